@@ -1,0 +1,19 @@
+from django.db import models
+from rest_framework.views import APIView
+
+from accounts import access
+from core.errors import NotFound
+
+
+class GovernedAPIView(APIView):
+    """Base for every API view on a governed object: the single enforcement point.
+
+    Views fetch objects only through `governed()`, which hides objects the user may not view (404)
+    and refuses actions the user may not take (403). Lists go through `access.visible()`.
+    """
+
+    def governed(self, queryset: models.QuerySet, codename: str | None = None, **lookup) -> models.Model:
+        obj = queryset.filter(**lookup).first()
+        if obj is None:
+            raise NotFound(f"No {queryset.model._meta.verbose_name} matches the given path.")
+        return access.require(self.request.user, obj, codename)

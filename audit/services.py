@@ -1,0 +1,102 @@
+"""Writing the audit log. `record()` is the only way in; services call it inside their transaction."""
+
+import json
+import re
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, models
+from django.utils import timezone
+
+from audit import chain
+from audit.models import AuditChainHead, AuditEvent
+from core import context
+
+REDACTED = "[redacted]"
+_SECRET_KEY = re.compile(
+    r"(secrets?|passw(or)?ds?|api[_-]?key|private[_-]?key|secret[_-]?(access[_-]?)?key|credentials?|authorization"
+    r"|(^|_)token)$",
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(r"^(mgr_[A-Za-z0-9]+_[A-Za-z0-9_-]{16,}|whsec_\S+|Bearer\s+\S+)$")
+
+
+def redact(value):
+    """Replace anything that looks like a secret (by key name or by value shape) with a marker."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and _SECRET_VALUE.match(value):
+        return REDACTED
+    return value
+
+
+def _to_json_text(value) -> str:
+    plain = json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    return chain.canonical_json(redact(plain)).decode()
+
+
+def _lock_head() -> AuditChainHead:
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:  # fresh or flushed database: create the head, then lock it
+        AuditChainHead.objects.get_or_create(pk=1)
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+    return head
+
+
+def record(
+    *,
+    action: str,
+    subject: models.Model | None = None,
+    subject_type: str | None = None,
+    subject_id: str | int | None = None,
+    subject_repr: str | None = None,
+    actor=None,
+    before=None,
+    after=None,
+    reason: str = "",
+    token_id: int | None = None,
+) -> AuditEvent:
+    """Append one event to the chain. Must run inside the caller's transaction.
+
+    The chain head row is locked until the caller commits, so concurrent writers queue and the
+    event commits or rolls back together with the change it describes.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit.record() must be called inside transaction.atomic()")
+    if subject is not None:
+        subject_type = subject_type or subject._meta.label_lower
+        subject_id = subject.pk if subject_id is None else subject_id
+        subject_repr = str(subject) if subject_repr is None else subject_repr
+    if not subject_type or subject_id is None:
+        raise ValueError("audit.record() needs a subject or subject_type and subject_id")
+    actor = actor if actor is not None else context.actor.get()
+    # actor: a user, or a string naming a system actor ("system:reconciler", "cli:create_api_token")
+    is_user = actor is not None and not isinstance(actor, str) and actor.is_authenticated
+
+    head = _lock_head()
+    event = AuditEvent(
+        seq=head.seq + 1,
+        at=timezone.now(),
+        actor_id=actor.pk if is_user else None,
+        actor_username=actor.get_username() if is_user else (actor if isinstance(actor, str) else ""),
+        token_id=token_id if token_id is not None else context.token_id.get(),
+        request_id=context.request_id.get(),
+        action=action,
+        subject_type=subject_type,
+        subject_id=str(subject_id),
+        subject_repr=(subject_repr or "")[:300],
+        before=_to_json_text(before),
+        after=_to_json_text(after),
+        reason=reason,
+        prev_hash=head.hash,
+    )
+    event.hash = event.computed_hash()
+    event.save(force_insert=True)
+    AuditChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash)
+    return event
+
+
+def snapshot(instance: models.Model, fields: list[str]) -> dict:
+    """A JSON-safe dict of the named fields, for before/after payloads."""
+    return {name: getattr(instance, name) for name in fields}

@@ -1,0 +1,83 @@
+"""Database-enforced immutability, as a migration operation that works on PostgreSQL and SQLite.
+
+`ProtectRows("registry_modelversion", columns=[...])` makes the listed columns unchangeable and the
+rows undeletable; without `columns`, the whole row is append-only. The triggers fire for raw SQL
+too, so no code path (ORM, admin, a DBA's psql session) can rewrite history.
+"""
+
+from django.db.migrations.operations.base import Operation
+
+
+class ProtectRows(Operation):
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, table: str, *, columns: list[str] | None = None, message: str | None = None):
+        self.table = table
+        self.columns = list(columns or [])
+        self.message = message or f"{table} is append-only: its rows cannot be changed or deleted"
+
+    def deconstruct(self):
+        kwargs = {"columns": self.columns} if self.columns else {}
+        if self.message != f"{self.table} is append-only: its rows cannot be changed or deleted":
+            kwargs["message"] = self.message
+        return self.__class__.__qualname__, [self.table], kwargs
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def describe(self):
+        return f"Protect rows of {self.table} against UPDATE/DELETE"
+
+    @property
+    def _name(self) -> str:
+        return f"{self.table}_protect"
+
+    def _update_condition(self, distinct: str) -> str:
+        return " OR ".join(f"OLD.{c} {distinct} NEW.{c}" for c in self.columns)
+
+    def _forwards_sql(self, vendor: str) -> list[str]:
+        # Dropping first makes the operation re-runnable: a later migration widens the column list
+        # by applying ProtectRows again on the same table.
+        msg = self.message.replace("'", "''")
+        name = self._name
+        drops = [sql for sql in self._backwards_sql(vendor) if "FUNCTION" not in sql]
+        if vendor == "postgresql":
+            when = f"WHEN ({self._update_condition('IS DISTINCT FROM')})" if self.columns else ""
+            return [
+                *drops,
+                f"""CREATE OR REPLACE FUNCTION {name}_reject() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION '{msg}' USING ERRCODE = 'restrict_violation'; END; $$""",
+                f"CREATE TRIGGER {name}_update BEFORE UPDATE ON {self.table} FOR EACH ROW {when} "
+                f"EXECUTE FUNCTION {name}_reject()",
+                f"CREATE TRIGGER {name}_delete BEFORE DELETE ON {self.table} FOR EACH ROW "
+                f"EXECUTE FUNCTION {name}_reject()",
+            ]
+        if vendor == "sqlite":
+            when = f"WHEN ({self._update_condition('IS NOT')})" if self.columns else ""
+            return [
+                *drops,
+                f"CREATE TRIGGER {name}_update BEFORE UPDATE ON {self.table} FOR EACH ROW {when} "
+                f"BEGIN SELECT RAISE(ABORT, '{msg}'); END",
+                f"CREATE TRIGGER {name}_delete BEFORE DELETE ON {self.table} FOR EACH ROW "
+                f"BEGIN SELECT RAISE(ABORT, '{msg}'); END",
+            ]
+        raise NotImplementedError(f"ProtectRows supports PostgreSQL and SQLite, not {vendor}")
+
+    def _backwards_sql(self, vendor: str) -> list[str]:
+        name = self._name
+        if vendor == "postgresql":
+            return [
+                f"DROP TRIGGER IF EXISTS {name}_update ON {self.table}",
+                f"DROP TRIGGER IF EXISTS {name}_delete ON {self.table}",
+                f"DROP FUNCTION IF EXISTS {name}_reject()",
+            ]
+        return [f"DROP TRIGGER IF EXISTS {name}_update", f"DROP TRIGGER IF EXISTS {name}_delete"]
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        for sql in self._forwards_sql(schema_editor.connection.vendor):
+            schema_editor.execute(sql, params=None)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        for sql in self._backwards_sql(schema_editor.connection.vendor):
+            schema_editor.execute(sql, params=None)

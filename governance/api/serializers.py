@@ -1,0 +1,192 @@
+from rest_framework import serializers
+
+from core.api import StrictSerializer
+from governance.choices import HostKind, PromotionState
+
+
+class TargetCreateInput(StrictSerializer):
+    name = serializers.CharField(max_length=64)
+    kind = serializers.ChoiceField(choices=HostKind.choices)
+    stage = serializers.CharField(max_length=64)
+    config = serializers.DictField(required=False, default=dict, help_text="host configuration; fields per kind")
+    credentials_ref = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="where the worker finds the credential: env:VAR_NAME or secret:name (never the value)",
+    )
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    policy = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="approvals_required, approver_groups, requester_can_approve, required_card_sections, "
+        "metric_gates [{metric, op, threshold, dataset?, split?}], allowed_licenses, require_lineage, "
+        "require_signature, require_verified_digest, min_live_on_stage {stage, hours}, request_expiry_hours",
+    )
+
+
+class PolicyOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    model = serializers.CharField(allow_null=True)
+    rules = serializers.DictField()
+    created_by = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+    def to_representation(self, policy):
+        return {
+            "version": policy.version,
+            "model": str(policy.model) if policy.model_id else None,
+            "rules": policy.rules,
+            "created_by": policy.created_by.username if policy.created_by else None,
+            "created_at": serializers.DateTimeField().to_representation(policy.created_at),
+        }
+
+
+class ReleaseSummary(serializers.Serializer):
+    number = serializers.IntegerField()
+    model = serializers.CharField(source="version.model.__str__")
+    version = serializers.IntegerField(source="version.number")
+    digest = serializers.CharField(source="version.digest")
+    state = serializers.CharField()
+    live_at = serializers.DateTimeField(allow_null=True)
+
+
+class TargetOutput(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    stage = serializers.CharField()
+    config = serializers.DictField()
+    credentials_ref = serializers.CharField()
+    description = serializers.CharField()
+    capabilities = serializers.ListField(child=serializers.CharField())
+    policy = PolicyOutput()
+    live_release = ReleaseSummary(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class PromotionInput(StrictSerializer):
+    model = serializers.RegexField(r"^[^/]+/[^/]+$", help_text="namespace/name")
+    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    target = serializers.CharField(max_length=64)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class CheckOutput(serializers.Serializer):
+    rule = serializers.CharField()
+    passed = serializers.BooleanField()
+    reason = serializers.CharField()
+
+
+class DryRunOutput(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    digest = serializers.CharField()
+    target = serializers.CharField()
+    policy_version = serializers.IntegerField()
+    approvals_required = serializers.IntegerField()
+    checks = CheckOutput(many=True)
+    passed = serializers.BooleanField()
+
+
+class ApprovalOutput(serializers.Serializer):
+    user = serializers.CharField()
+    decision = serializers.CharField()
+    comment = serializers.CharField()
+    at = serializers.DateTimeField()
+    counts = serializers.BooleanField(help_text="still bound to the current digest, card revision and policy")
+    card_revision = serializers.IntegerField(allow_null=True)
+    policy_version = serializers.IntegerField()
+
+
+class PromotionOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=PromotionState.choices)
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    digest = serializers.CharField()
+    target = serializers.CharField()
+    requester = serializers.CharField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+    policy_version = serializers.IntegerField()
+    approvals_required = serializers.IntegerField()
+    approvals_counted = serializers.IntegerField()
+    approvals = ApprovalOutput(many=True)
+    checks = CheckOutput(many=True)
+
+
+class PromotionListItem(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.CharField()
+    model = serializers.CharField(source="version.model.__str__")
+    version = serializers.IntegerField(source="version.number")
+    target = serializers.CharField(source="target.name")
+    requester = serializers.CharField(source="requester.username")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+
+
+class PromotionListQuery(StrictSerializer):
+    state = serializers.ChoiceField(choices=PromotionState.choices, required=False)
+    target = serializers.CharField(required=False, max_length=64)
+    model = serializers.RegexField(r"^[^/]+/[^/]+$", required=False)
+    waiting_for_me = serializers.BooleanField(required=False, default=False)
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+class ApproveInput(StrictSerializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class RejectInput(StrictSerializer):
+    comment = serializers.CharField(max_length=5000, help_text="required: what must change")
+
+
+class CancelInput(StrictSerializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class RollbackInput(StrictSerializer):
+    reason = serializers.CharField(max_length=5000, help_text="required: why traffic goes back")
+    release = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="the release number to return to; default: the release that served before the current one",
+    )
+
+
+class ReleaseOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    target = serializers.CharField(source="target.name")
+    model = serializers.CharField(source="version.model.__str__")
+    version = serializers.IntegerField(source="version.number")
+    digest = serializers.CharField(source="version.digest")
+    state = serializers.CharField()
+    traffic_percent = serializers.IntegerField()
+    endpoint_url = serializers.CharField()
+    host_release_id = serializers.CharField()
+    promotion = serializers.IntegerField(source="promotion_id", allow_null=True)
+    reason = serializers.CharField()
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_at = serializers.DateTimeField()
+    live_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+
+
+class ServedAtQuery(StrictSerializer):
+    at = serializers.DateTimeField(help_text="RFC 3339 time")
+
+
+class ServedAtOutput(serializers.Serializer):
+    at = serializers.DateTimeField()
+    release = ReleaseOutput(allow_null=True)
+    serving_since = serializers.DateTimeField(allow_null=True)
+    serving_until = serializers.DateTimeField(allow_null=True)

@@ -1,0 +1,196 @@
+"""REST API for outgoing webhooks (docs/webhooks.md). Platform administrators only."""
+
+import json
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from accounts import scopes
+from accounts.api.base import GovernedAPIView
+from core.api import StrictSerializer
+from core.errors import Forbidden, NotFound
+from core.pagination import cursor
+from governance import webhooks
+from governance.webhook_models import DeliveryState, WebhookEndpoint
+
+# --- serializers ------------------------------------------------------------------------------
+
+EVENT_TYPES_HELP = (
+    "event types to receive: "
+    + ", ".join(webhooks.EVENT_TYPES)
+    + "; a group wildcard such as 'promotion.*'; or '*' for all"
+)
+
+
+class WebhookCreateInput(StrictSerializer):
+    name = serializers.CharField(max_length=100)
+    url = serializers.CharField(max_length=2000, help_text="http(s) URL that receives signed POSTs")
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=100), min_length=1, max_length=50, help_text=EVENT_TYPES_HELP
+    )
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    active = serializers.BooleanField(required=False, default=True)
+
+
+class WebhookUpdateInput(StrictSerializer):
+    name = serializers.CharField(max_length=100, required=False)
+    url = serializers.CharField(max_length=2000, required=False)
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        min_length=1,
+        max_length=50,
+        required=False,
+        help_text=EVENT_TYPES_HELP,
+    )
+    description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+    active = serializers.BooleanField(required=False)
+
+
+class WebhookOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    url = serializers.CharField()
+    event_types = serializers.ListField(child=serializers.CharField())
+    active = serializers.BooleanField()
+    description = serializers.CharField()
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class WebhookCreatedOutput(WebhookOutput):
+    secret = serializers.CharField(
+        help_text="whsec_<base64> signing secret. Shown only in this response: store it with the receiver."
+    )
+
+
+class AttemptOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    response_excerpt = serializers.CharField()
+
+
+class DeliveryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    webhook_id = serializers.CharField(help_text="the webhook-id header; the same on every attempt")
+    event_seq = serializers.IntegerField(help_text="the audit event's seq")
+    event_type = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.choices)
+    attempts = serializers.IntegerField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    last_status = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+    payload = serializers.JSONField(help_text="the body as sent")
+    attempt_log = AttemptOutput(many=True)
+
+    def to_representation(self, delivery):
+        data = super().to_representation(delivery)
+        if delivery.state != DeliveryState.PENDING:
+            data["next_attempt_at"] = None
+        return data
+
+
+class DeliveryListQuery(StrictSerializer):
+    state = serializers.ChoiceField(choices=DeliveryState.choices, required=False)
+    event_type = serializers.CharField(required=False, max_length=100)
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+
+# --- views --------------------------------------------------------------------------------------
+
+
+class WebhookBase(GovernedAPIView):
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication and token scopes first
+        if not webhooks.may_manage(request.user):
+            raise Forbidden(
+                f"Managing webhooks needs the {webhooks.MANAGE_PERMISSION} permission (platform administrators)."
+            )
+
+    def endpoint(self, pk: int) -> WebhookEndpoint:
+        endpoint = WebhookEndpoint.objects.select_related("created_by").filter(pk=pk).first()
+        if endpoint is None:
+            raise NotFound(f"No webhook {pk}.")
+        return endpoint
+
+
+class WebhookListView(WebhookBase):
+    required_scopes = {"GET": scopes.READ, "POST": scopes.DEPLOYMENTS_WRITE}
+    pagination_class = cursor("-id")
+
+    @extend_schema(responses=WebhookOutput(many=True), summary="List webhook endpoints")
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(WebhookEndpoint.objects.select_related("created_by"), request, self)
+        return paginator.get_paginated_response(WebhookOutput(page, many=True).data)
+
+    @extend_schema(
+        request=WebhookCreateInput,
+        responses={201: WebhookCreatedOutput},
+        summary="Create a webhook endpoint; the response carries its signing secret, shown only once",
+    )
+    def post(self, request):
+        data = WebhookCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        endpoint, secret = webhooks.endpoint_create(actor=request.user, **data.validated_data)
+        body = WebhookOutput(endpoint).data | {"secret": secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class WebhookDetailView(WebhookBase):
+    required_scopes = {"GET": scopes.READ, "PATCH": scopes.DEPLOYMENTS_WRITE, "DELETE": scopes.DEPLOYMENTS_WRITE}
+
+    @extend_schema(responses=WebhookOutput, summary="Get a webhook endpoint (never its secret)")
+    def get(self, request, pk):
+        return Response(WebhookOutput(self.endpoint(pk)).data)
+
+    @extend_schema(
+        request=WebhookUpdateInput,
+        responses=WebhookOutput,
+        summary="Change a webhook endpoint's name, url, event types, description or active flag",
+    )
+    def patch(self, request, pk):
+        endpoint = self.endpoint(pk)
+        data = WebhookUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        endpoint = webhooks.endpoint_update(actor=request.user, endpoint=endpoint, **data.validated_data)
+        return Response(WebhookOutput(endpoint).data)
+
+    @extend_schema(
+        responses={204: OpenApiResponse(description="deleted, with its deliveries")},
+        summary="Delete a webhook endpoint and its delivery log",
+    )
+    def delete(self, request, pk):
+        webhooks.endpoint_delete(actor=request.user, endpoint=self.endpoint(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookDeliveriesView(WebhookBase):
+    pagination_class = cursor("-id")
+
+    @extend_schema(
+        parameters=[DeliveryListQuery],
+        responses=DeliveryOutput(many=True),
+        summary="The delivery log of a webhook endpoint (newest first), with every attempt",
+    )
+    def get(self, request, pk):
+        query = DeliveryListQuery(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        q = query.validated_data
+        qs = webhooks.deliveries_of(self.endpoint(pk))
+        if q.get("state"):
+            qs = qs.filter(state=q["state"])
+        if q.get("event_type"):
+            qs = qs.filter(event_type=q["event_type"])
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(qs, request, self)
+        for delivery in page:
+            delivery.payload = json.loads(delivery.body)
+        return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)

@@ -1,0 +1,390 @@
+"""The deployment engine: desired state per target, and the reconciler that converges hosts to it.
+
+Approval, rollback and (later) canary steps only *set desired state* (`target.desired_release`)
+in a transaction with their audit event, and enqueue a reconcile after commit. The reconciler
+claims the target with a lease (a conditional UPDATE, so at most one worker converges a target and
+a killed worker's claim runs out), asks the host what it serves, deploys when that differs, and
+records the outcome. Host calls happen outside database transactions; every state write re-checks
+that the desired release is still the one it worked on.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from audit.services import record
+from core.errors import Conflict, InvalidInput
+from governance.choices import ReleaseState
+from governance.hosts import HOSTS
+from governance.hosts.base import HostError, HostStatus, ReleaseSpec
+from governance.models import DeploymentTarget, PromotionRequest, Release, ServingPeriod
+from registry.storage import CHUNK, blob_store
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system:reconciler"
+ACTIVE = (ReleaseState.PENDING, ReleaseState.DEPLOYING)
+
+
+def _enqueue(target_id: int) -> None:
+    """Kick the reconciler; if the broker is down the periodic reconcile picks the target up."""
+    from governance import deployment_tasks
+
+    try:
+        deployment_tasks.reconcile_target.delay(target_id)
+    except Exception:  # noqa: BLE001 - the database row is the truth; beat retries
+        log.warning("could not enqueue reconcile of target %s; the periodic reconcile will", target_id)
+
+
+def _lock_target(target_id: int) -> DeploymentTarget:
+    return DeploymentTarget.objects.select_for_update(of=("self",)).select_related("desired_release").get(pk=target_id)
+
+
+def _next_number(target: DeploymentTarget) -> int:
+    return (target.releases.aggregate(n=Max("number"))["n"] or 0) + 1
+
+
+def _retire(release: Release | None, state: str, now) -> None:
+    if release is not None and release.state in (*ACTIVE, ReleaseState.LIVE):
+        release.state = state
+        release.ended_at = now
+        release.save(update_fields=["state", "ended_at"])
+
+
+def release_start(*, actor, promotion: PromotionRequest) -> Release:
+    """An approved promotion becomes the target's desired release. Runs inside the approval's transaction."""
+    target = DeploymentTarget.objects.select_for_update().get(pk=promotion.target_id)
+    now = timezone.now()
+    previous = target.desired_release
+    if previous is not None and previous.state in ACTIVE:  # never went live: replaced by the newer approval
+        _retire(previous, ReleaseState.SUPERSEDED, now)
+    release = Release.objects.create(
+        target=target,
+        version=promotion.version,
+        number=_next_number(target),
+        promotion=promotion,
+        state=ReleaseState.PENDING,
+        created_by=actor if not isinstance(actor, str) else None,
+        reason=f"promotion #{promotion.pk}",
+    )
+    target.desired_release = release
+    target.save(update_fields=["desired_release"])
+    record(
+        action="release.created",
+        subject=release,
+        actor=actor,
+        after={
+            "target": target.name,
+            "number": release.number,
+            "model": str(promotion.version.model),
+            "version": promotion.version.number,
+            "digest": promotion.version.digest,
+            "promotion": promotion.pk,
+        },
+    )
+    transaction.on_commit(lambda: _enqueue(target.pk))
+    return release
+
+
+def previous_good(target: DeploymentTarget) -> Release | None:
+    """The release that served before the current desired one: the default rollback destination."""
+    periods = ServingPeriod.objects.filter(target=target).select_related("release").order_by("-started_at", "-id")
+    current = target.desired_release_id
+    for period in periods:
+        if period.release_id != current:
+            return period.release
+    return None
+
+
+def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_number: int | None = None) -> Release:
+    """Point the target back at an earlier release that served (the previous one by default)."""
+    if not reason or not reason.strip():
+        raise InvalidInput("A rollback needs a reason.", detail={"reason": ["Required."]})
+    with transaction.atomic():
+        target = _lock_target(target.pk)
+        current = target.desired_release
+        if to_number is not None:
+            to = target.releases.filter(number=to_number).select_related("version__model").first()
+            if to is None:
+                raise InvalidInput(f"{target} has no release {to_number}.", detail={"release": ["No such release."]})
+            if to.live_at is None:
+                raise Conflict(
+                    f"Release {to_number} of {target} never served; only a release that was live can be "
+                    "rolled back to.",
+                    code="never_live",
+                )
+        else:
+            to = previous_good(target)
+            if to is None:
+                raise Conflict(
+                    f"{target} has no earlier release that served; nothing to roll back to.",
+                    code="nothing_to_roll_back_to",
+                )
+        if current is not None and current.pk == to.pk:
+            raise Conflict(f"Release {to.number} is already the desired release of {target}.", code="already_desired")
+        now = timezone.now()
+        _retire(current, ReleaseState.ROLLED_BACK, now)
+        to.state = ReleaseState.PENDING
+        to.ended_at = None
+        to.save(update_fields=["state", "ended_at"])
+        target.desired_release = to
+        target.save(update_fields=["desired_release"])
+        record(
+            action="release.rolled_back",
+            subject=target,
+            actor=actor,
+            reason=reason,
+            after={
+                "from": current.number if current else None,
+                "to": to.number,
+                "model": str(to.version.model),
+                "version": to.version.number,
+            },
+        )
+    transaction.on_commit(lambda: _enqueue(target.pk))
+    return to
+
+
+# --- the reconciler ---------------------------------------------------------------------------
+
+
+def _claim(target_id: int, owner: str) -> bool:
+    now = timezone.now()
+    lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+    return bool(
+        DeploymentTarget.objects.filter(pk=target_id)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
+        .update(lease_owner=owner, lease_until=now + lease)
+    )
+
+
+def _unclaim(target_id: int, owner: str) -> None:
+    DeploymentTarget.objects.filter(pk=target_id, lease_owner=owner).update(lease_owner="", lease_until=None)
+
+
+def resolve_credentials(ref: str) -> str | None:
+    """env:VAR -> the variable's value; secret:name -> the file SECRETS_DIR/name. Never logged."""
+    if not ref:
+        return None
+    kind, _, name = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(name)
+    else:
+        path = Path(settings.SECRETS_DIR) / name
+        value = path.read_text().strip() if path.is_file() else None
+    if value is None:
+        raise HostError(f"credential {ref} is not available to the worker", retryable=False)
+    return value
+
+
+def materialize(release: Release) -> str:
+    """Copy a registry-stored version's files into a release directory, checking every sha256 on the way."""
+    version = release.version
+    if not version.artifact_uri.startswith("registry://"):
+        raise HostError(
+            f"self-hosted targets serve registry-stored artifacts, not {version.artifact_uri}", retryable=False
+        )
+    root = Path(settings.DATA_DIR) / "releases" / release.target.name / str(release.number)
+    if (root / ".complete").exists():
+        return str(root)
+    staging = root.with_name(f"{root.name}.{uuid.uuid4().hex}.tmp")
+    store = blob_store()
+    try:
+        for f in version.manifest["files"]:
+            dest = staging / f["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            hasher = hashlib.sha256()
+            with store.open(f["sha256"]) as src, dest.open("wb") as out:
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+            if hasher.hexdigest() != f["sha256"]:
+                raise HostError(
+                    f"stored artifact {f['path']} no longer matches its sha256; refusing to deploy", retryable=False
+                )
+        (staging / ".complete").write_text(version.digest)
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(root)
+
+
+def _spec(target: DeploymentTarget, release: Release, credentials: str | None) -> ReleaseSpec:
+    version = release.version
+    _, _, pinned = version.artifact_uri.partition("@")
+    return ReleaseSpec(
+        target=target.name,
+        config=target.config,
+        credentials=credentials,
+        release_number=release.number,
+        model=str(version.model),
+        version_number=version.number,
+        digest=version.digest,
+        artifact_uri=version.artifact_uri,
+        files=tuple(version.manifest["files"]),
+        artifact_dir=materialize(release) if target.kind == "self_hosted" else None,
+        host_revision=version.tags.get("host_revision") or (pinned if not pinned.startswith("sha256:") else ""),
+    )
+
+
+def _serving_number(status: HostStatus, target: DeploymentTarget) -> int | None:
+    """The release number serving all traffic, mapping host release ids where the host can't number them."""
+    full = [s for s in status.serving if s.traffic_percent >= 100]
+    if status.state != "ready" or len(full) != 1:
+        return None
+    serving = full[0]
+    if serving.release_number:
+        return serving.release_number
+    match = target.releases.filter(host_release_id=serving.host_release_id).order_by("-number").first()
+    return match.number if match else None
+
+
+def _mark_deploying(target_id: int, release_id: int) -> bool:
+    with transaction.atomic():
+        target = DeploymentTarget.objects.select_for_update().get(pk=target_id)
+        release = Release.objects.select_for_update().get(pk=release_id)
+        if target.desired_release_id != release.pk or release.state != ReleaseState.PENDING:
+            return target.desired_release_id == release.pk
+        release.state = ReleaseState.DEPLOYING
+        release.save(update_fields=["state"])
+        record(
+            action="release.started",
+            subject=release,
+            actor=SYSTEM,
+            after={"target": target.name, "number": release.number},
+        )
+    return True
+
+
+def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
+    with transaction.atomic():
+        target = DeploymentTarget.objects.select_for_update().get(pk=target_id)
+        release = Release.objects.select_for_update().get(pk=release_id)
+        if target.desired_release_id != release.pk or release.state == ReleaseState.LIVE:
+            return
+        now = timezone.now()
+        for other in target.releases.filter(state=ReleaseState.LIVE).exclude(pk=release.pk):
+            _retire(other, ReleaseState.SUPERSEDED, now)
+        ServingPeriod.objects.filter(target=target, ended_at__isnull=True).update(ended_at=now)
+        ServingPeriod.objects.create(target=target, release=release, started_at=now)
+        release.state = ReleaseState.LIVE
+        release.live_at = now
+        release.endpoint_url = status.endpoint_url or release.endpoint_url
+        release.host_release_id = host_release_id or release.host_release_id
+        release.save(update_fields=["state", "live_at", "endpoint_url", "host_release_id"])
+        target.last_good_release = release
+        target.save(update_fields=["last_good_release"])
+        record(
+            action="release.live",
+            subject=release,
+            actor=SYSTEM,
+            after={
+                "target": target.name,
+                "number": release.number,
+                "version": release.version.number,
+                "endpoint_url": release.endpoint_url,
+                "host_release_id": release.host_release_id,
+            },
+        )
+
+
+def release_fail(*, target_id: int, reason: str) -> None:
+    """The desired release could not be converged: record why and fall back to the last good release."""
+    with transaction.atomic():
+        target = _lock_target(target_id)
+        release = target.desired_release
+        if release is None or release.state not in ACTIVE:
+            return
+        release.state = ReleaseState.FAILED
+        release.ended_at = timezone.now()
+        release.reason = f"{release.reason}; failed: {reason}"[:2000]
+        release.save(update_fields=["state", "ended_at", "reason"])
+        fallback = target.last_good_release if target.last_good_release_id != release.pk else None
+        target.desired_release = fallback
+        target.save(update_fields=["desired_release"])
+        record(
+            action="release.failed",
+            subject=release,
+            actor=SYSTEM,
+            reason=reason,
+            after={
+                "target": target.name,
+                "number": release.number,
+                "fallback": fallback.number if fallback else None,
+            },
+        )
+    if fallback is not None:
+        transaction.on_commit(lambda: _enqueue(target_id))
+
+
+def reconcile(target_id: int, *, owner: str) -> str:
+    """Converge one target. Returns converged | deploying | idle | busy. Raises HostError from the host."""
+    if not _claim(target_id, owner):
+        return "busy"
+    try:
+        target = DeploymentTarget.objects.select_related("desired_release__version__model").get(pk=target_id)
+        release = target.desired_release
+        if release is None or release.state == ReleaseState.FAILED:
+            return "idle"
+        host = HOSTS[target.kind].adapter()
+        credentials = resolve_credentials(target.credentials_ref)
+        status = host.status(target.config, credentials)
+        serving = _serving_number(status, target)
+        if serving == release.number:
+            _mark_live(target.pk, release.pk, status)
+            return "converged"
+        if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
+            with transaction.atomic():
+                record(
+                    action="target.drift_detected",
+                    subject=target,
+                    actor=SYSTEM,
+                    after={
+                        "desired": release.number,
+                        "host_serving": serving,
+                        "host_state": status.state,
+                    },
+                )
+                Release.objects.filter(pk=release.pk).update(state=ReleaseState.DEPLOYING)
+        elif not _mark_deploying(target.pk, release.pk):
+            return "idle"
+        result = host.deploy(_spec(target, release, credentials))
+        Release.objects.filter(pk=release.pk).update(
+            host_release_id=result.host_release_id, endpoint_url=result.endpoint_url
+        )
+        if not result.ready:
+            return "deploying"
+        status = host.status(target.config, credentials)
+        if _serving_number(status, target) == release.number:
+            _mark_live(target.pk, release.pk, status, result.host_release_id)
+            return "converged"
+        return "deploying"
+    finally:
+        _unclaim(target_id, owner)
+
+
+def targets_to_reconcile() -> list[int]:
+    """Targets with a desired release: the periodic reconcile checks each for drift or unfinished work."""
+    return list(DeploymentTarget.objects.filter(desired_release__isnull=False).values_list("pk", flat=True))
+
+
+def served_at(*, target: DeploymentTarget, at) -> ServingPeriod | None:
+    return (
+        ServingPeriod.objects.filter(target=target, started_at__lte=at)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=at))
+        .select_related("release__version__model")
+        .order_by("-started_at")
+        .first()
+    )

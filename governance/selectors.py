@@ -1,0 +1,168 @@
+"""Reads for governance, permission-filtered for the asking user."""
+
+from dataclasses import dataclass
+
+from django.db.models import Min, Prefetch, QuerySet
+from django.utils import timezone
+
+from accounts import access
+from governance.choices import Decision, PromotionState, ReleaseState
+from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest, Release
+from governance.policy import Check, Facts, PolicyRules, evaluate, parse_rules
+from registry import cards
+from registry import selectors as registry_selectors
+from registry.models import ModelVersion, RegisteredModel
+from registry.services import REGISTRY_URI
+
+
+def targets_visible(*, user) -> QuerySet[DeploymentTarget]:
+    return access.visible(user, DeploymentTarget.objects.all()).order_by("name")
+
+
+def current_policy(*, target: DeploymentTarget, model: RegisteredModel | None = None) -> Policy:
+    """The newest policy for this model on the target: a model override if one exists, else the target's."""
+    if model is not None:
+        override = Policy.objects.filter(target=target, model=model).order_by("-version").first()
+        if override is not None:
+            return override
+    return Policy.objects.filter(target=target, model__isnull=True).order_by("-version").first()
+
+
+def rules_of(policy: Policy) -> PolicyRules:
+    return parse_rules(policy.rules)
+
+
+def promotion_facts(*, version: ModelVersion) -> Facts:
+    """Everything the policy rules look at, gathered for one version."""
+    card = registry_selectors.latest_card(version)
+    filled, license_ = frozenset(), None
+    if card is not None:
+        report = cards.completeness(card.content)
+        filled = frozenset(s for s in cards.SECTIONS if s not in report["missing"] and s not in report["empty"])
+        license_ = (card.content.get("governance") or {}).get("license") or (card.content.get("metadata") or {}).get(
+            "license"
+        )
+    if version.artifact_uri.startswith(REGISTRY_URI):
+        missing, wrong = registry_selectors.stored_file_problems(version.manifest)
+        verified = not missing and not wrong
+        detail = (
+            f"all {len(version.manifest['files'])} files are stored under their sha256."
+            if verified
+            else "missing: " + ", ".join(missing + wrong)
+        )
+    else:
+        verified, detail = None, f"artifacts live outside the registry ({version.artifact_uri}) and cannot be verified."
+    live_since = dict(
+        Release.objects.filter(version=version, state=ReleaseState.LIVE, live_at__isnull=False)
+        .values("target__stage")
+        .annotate(since=Min("live_at"))
+        .values_list("target__stage", "since")
+    )
+    lineage = _lineage_summary(version)
+    signature = registry_selectors.latest_signature(version)
+    return Facts(
+        version_status=version.status,
+        digest=version.digest,
+        metrics=version.metrics,
+        metric_sources=version.metric_sources,
+        card_revision=card.revision if card else None,
+        card_sections_filled=filled,
+        card_license=license_,
+        digest_verified=verified,
+        digest_detail=detail,
+        lineage_datasets_with_digest=lineage["datasets_with_digest"],
+        code_commit=lineage["code_commit"],
+        signature_verified=signature.verified if signature else None,
+        signature_reason=signature.reason if signature else "",
+        live_since=live_since,
+        now=timezone.now(),
+    )
+
+
+def _lineage_summary(version: ModelVersion) -> dict:
+    """Input dataset versions with digests and the code commit behind a version."""
+    return {"datasets_with_digest": 0, "code_commit": version.source.get("commit")}
+
+
+def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revision: int | None) -> list[Approval]:
+    """Approvals that still count: bound to the current digest, card revision and policy version."""
+    seen, counted = set(), []
+    for approval in request.approvals.all():
+        if approval.decision != Decision.APPROVE or approval.user_id in seen:
+            continue
+        if (approval.digest, approval.card_revision, approval.policy_id) == (
+            request.version.digest,
+            card_revision,
+            policy.pk,
+        ):
+            seen.add(approval.user_id)
+            counted.append(approval)
+    return counted
+
+
+def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[bool, str]:
+    """Whether the user may approve or reject, and why not. Superusers get no exemption."""
+    if not (user and user.is_active):
+        return False, "Log in to review."
+    if request.requester_id == user.pk and not rules.requester_can_approve:
+        return False, "You requested this promotion; the policy does not let requesters review their own."
+    if not rules.approver_groups:
+        return False, "The policy names no approver groups, so nobody may approve on this target."
+    groups = set(user.groups.values_list("name", flat=True))
+    if not groups & set(rules.approver_groups):
+        return False, f"Only members of {', '.join(rules.approver_groups)} may review promotions to this target."
+    return True, ""
+
+
+def promotions_visible(*, user) -> QuerySet[PromotionRequest]:
+    """Requests whose model and target the user may both view."""
+    models = access.visible(user, RegisteredModel.objects.all())
+    targets = access.visible(user, DeploymentTarget.objects.all())
+    return (
+        PromotionRequest.objects.filter(version__model__in=models, target__in=targets)
+        .select_related("version__model", "target", "requester")
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
+    )
+
+
+def review_queue(*, user) -> QuerySet[PromotionRequest]:
+    """Pending requests on targets whose current policy names one of my groups, not requested by me."""
+    groups = list(user.groups.values_list("name", flat=True))
+    pending = promotions_visible(user=user).filter(state=PromotionState.PENDING)
+    if not groups:
+        return pending.none()
+    # Policies are small and few; filtering approver groups in Python keeps this portable (SQLite).
+    target_ids = [
+        p.target_id for p in _current_target_policies() if set(p.rules.get("approver_groups", [])) & set(groups)
+    ]
+    return pending.filter(target_id__in=target_ids).exclude(requester=user).order_by("created_at", "id")
+
+
+def _current_target_policies() -> list[Policy]:
+    latest = {}
+    for policy in Policy.objects.filter(model__isnull=True).order_by("target_id", "version"):
+        latest[policy.target_id] = policy
+    return list(latest.values())
+
+
+def live_release(*, target: DeploymentTarget) -> Release | None:
+    return target.releases.filter(state=ReleaseState.LIVE).select_related("version__model").order_by("-number").first()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A version checked against a target's current policy."""
+
+    policy: Policy
+    checks: list[Check]
+    card_revision: int | None
+
+    @property
+    def rules(self):
+        return rules_of(self.policy)
+
+
+def promotion_evaluate(*, version: ModelVersion, target: DeploymentTarget) -> Evaluation:
+    policy = current_policy(target=target, model=version.model)
+    facts = promotion_facts(version=version)
+    return Evaluation(policy=policy, checks=evaluate(rules_of(policy), facts), card_revision=facts.card_revision)

@@ -1,0 +1,298 @@
+"""Every write in governance: targets, policies, promotion requests and their reviews.
+
+Each service runs in one transaction, locks the row whose state it changes, refuses moves the
+current state does not allow (Conflict -> 409) or the actor may not make (Forbidden -> 403), and
+writes its audit event in the same transaction.
+"""
+
+import re
+from datetime import timedelta
+
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from guardian.shortcuts import assign_perm
+
+from accounts import access
+from audit.services import record
+from core.errors import Conflict, Forbidden, InvalidInput
+from governance import deployment, selectors
+from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
+from governance.hosts import HOSTS
+from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
+from governance.policy import failing, parse_rules
+from registry.models import ModelVersion, RegisteredModel
+from registry.services import _validate_slug
+
+CREDENTIALS_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+TARGET_OWNER_PERMS = ("view_deploymenttarget", "manage_deploymenttarget", "deploy_deploymenttarget")
+
+
+def _validate_rules(rules: dict) -> dict:
+    parsed = parse_rules(rules)
+    unknown = sorted(
+        set(parsed.approver_groups)
+        - set(Group.objects.filter(name__in=parsed.approver_groups).values_list("name", flat=True))
+    )
+    if unknown:
+        raise InvalidInput(
+            f"policy.approver_groups: no group named {', '.join(unknown)}.",
+            detail={"policy.approver_groups": [f"Unknown group(s): {', '.join(unknown)}."]},
+        )
+    return parsed.as_dict()
+
+
+def target_create(
+    *,
+    actor,
+    name: str,
+    kind: str,
+    stage: str,
+    config: dict,
+    policy: dict,
+    credentials_ref: str = "",
+    description: str = "",
+) -> DeploymentTarget:
+    _validate_slug(name, "name")
+    _validate_slug(stage, "stage")
+    if kind not in HOSTS:
+        raise InvalidInput(f"kind '{kind}' is not one of {', '.join(HOSTS)}.", detail={"kind": ["Unknown kind."]})
+    config = HOSTS[kind].validate_config(config)
+    if credentials_ref and not CREDENTIALS_REF.match(credentials_ref):
+        raise InvalidInput(
+            "credentials_ref must name where the credential lives, as env:VAR_NAME or secret:name — "
+            "never the credential itself.",
+            detail={"credentials_ref": ["Use env:VAR_NAME or secret:name."]},
+        )
+    rules = _validate_rules(policy)
+    try:
+        with transaction.atomic():
+            target = DeploymentTarget.objects.create(
+                name=name,
+                kind=kind,
+                stage=stage,
+                config=config,
+                credentials_ref=credentials_ref,
+                description=description,
+                created_by=actor,
+            )
+            Policy.objects.create(target=target, version=1, rules=rules, created_by=actor)
+            for perm in TARGET_OWNER_PERMS:
+                assign_perm(perm, actor, target)
+            record(
+                action="target.created",
+                subject=target,
+                actor=actor,
+                after={
+                    "name": name,
+                    "kind": kind,
+                    "stage": stage,
+                    "config": config,
+                    "credentials_ref": credentials_ref,
+                    "policy": {"version": 1, "rules": rules},
+                },
+            )
+    except IntegrityError:
+        raise Conflict(f"A target named {name} already exists.", code="already_exists") from None
+    return target
+
+
+def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: RegisteredModel | None = None) -> Policy:
+    """A new version of the target's policy (or of its override for one model). Old approvals stop counting."""
+    rules = _validate_rules(rules)
+    with transaction.atomic():
+        DeploymentTarget.objects.select_for_update().get(pk=target.pk)  # serializes version numbers
+        previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
+        last = Policy.objects.filter(target=target, model=model).aggregate(v=Max("version"))["v"] or 0
+        policy = Policy.objects.create(target=target, model=model, version=last + 1, rules=rules, created_by=actor)
+        record(
+            action="policy.changed",
+            subject=target,
+            actor=actor,
+            before={"version": previous.version, "rules": previous.rules, "model": str(model) if model else None}
+            if previous
+            else None,
+            after={"version": policy.version, "rules": rules, "model": str(model) if model else None},
+        )
+    return policy
+
+
+def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget, reason: str = "") -> PromotionRequest:
+    """Open a request. Failing rules don't stop it (reviewers see them); they block approval until fixed."""
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().get(pk=version.pk)  # one open request per version and target
+        open_request = PromotionRequest.objects.filter(
+            version=version, target=target, state=PromotionState.PENDING
+        ).first()
+        if open_request is not None:
+            raise Conflict(
+                f"Promotion #{open_request.pk} of {version} to {target} is already pending.",
+                code="already_pending",
+                detail={"id": open_request.pk},
+            )
+        evaluation = selectors.promotion_evaluate(version=version, target=target)
+        rules = evaluation.rules
+        request = PromotionRequest.objects.create(
+            version=version,
+            target=target,
+            requester=actor,
+            reason=reason,
+            expires_at=timezone.now() + timedelta(hours=rules.request_expiry_hours),
+        )
+        record(
+            action="promotion.requested",
+            subject=request,
+            actor=actor,
+            reason=reason,
+            after={
+                "model": str(version.model),
+                "version": version.number,
+                "digest": version.digest,
+                "target": target.name,
+                "policy_version": evaluation.policy.version,
+                "failing_rules": [c.rule for c in failing(evaluation.checks)],
+            },
+        )
+        if rules.approvals_required == 0 and not failing(evaluation.checks):
+            _transition(request, PromotionState.APPROVED, actor=actor, reason="policy requires no approvals")
+    return request
+
+
+def _transition(request: PromotionRequest, state: str, *, actor, reason: str = "", extra: dict | None = None):
+    allowed = PROMOTION_TRANSITIONS.get(PromotionState(request.state), set())
+    if state not in allowed:
+        raise Conflict(
+            f"Promotion #{request.pk} is {request.state}; it cannot become {state}.",
+            code="invalid_state",
+            detail={"state": request.state},
+        )
+    before = request.state
+    request.state = state
+    request.decided_at = timezone.now()
+    request.save(update_fields=["state", "decided_at"])
+    record(
+        action=f"promotion.{state}",
+        subject=request,
+        actor=actor,
+        reason=reason,
+        before={"state": before},
+        after={"state": state, **(extra or {})},
+    )
+    if state == PromotionState.APPROVED:  # hand over to deployment: the target's desired state changes
+        deployment.release_start(actor=actor, promotion=request)
+
+
+def _locked_pending(request_id: int) -> tuple[PromotionRequest, bool]:
+    """Lock the request. Returns (request, expired_now): an overdue pending request is expired here."""
+    request = (
+        PromotionRequest.objects.select_for_update(of=("self",))
+        .select_related("version__model", "target")
+        .get(pk=request_id)
+    )
+    if request.state == PromotionState.PENDING and request.expires_at <= timezone.now():
+        _transition(request, PromotionState.EXPIRED, actor="system:expiry", reason="request expired")
+        return request, True
+    return request, False
+
+
+def _review(*, actor, request_id: int, decision: str, comment: str) -> PromotionRequest:
+    with transaction.atomic():
+        request, expired = _locked_pending(request_id)
+        if not expired:
+            _review_locked(actor=actor, request=request, decision=decision, comment=comment)
+    if expired:  # the expiry is committed; the review is refused
+        raise Conflict(f"Promotion #{request_id} expired before it was decided.", code="expired")
+    return request
+
+
+def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: str) -> None:
+    if request.state != PromotionState.PENDING:
+        raise Conflict(
+            f"Promotion #{request.pk} is {request.state}, not pending.",
+            code="invalid_state",
+            detail={"state": request.state},
+        )
+    evaluation = selectors.promotion_evaluate(version=request.version, target=request.target)
+    rules = evaluation.rules
+    allowed, why = selectors.may_review(user=actor, request=request, rules=rules)
+    if not allowed:
+        raise Forbidden(why)
+    counted = selectors.counted_approvals(
+        request=request, policy=evaluation.policy, card_revision=evaluation.card_revision
+    )
+    if decision == Decision.APPROVE:
+        blocking = failing(evaluation.checks)
+        if blocking:
+            raise Conflict(
+                "Approval is blocked by failing rules: " + "; ".join(f"{c.rule}: {c.reason}" for c in blocking),
+                code="rules_failing",
+                detail={"failing": [c.__dict__ for c in blocking]},
+            )
+        if any(a.user_id == actor.pk for a in counted):
+            raise Conflict(f"You already approved promotion #{request.pk}.", code="already_approved")
+    Approval.objects.create(
+        request=request,
+        user=actor,
+        decision=decision,
+        comment=comment,
+        digest=request.version.digest,
+        card_revision=evaluation.card_revision,
+        policy=evaluation.policy,
+    )
+    record(
+        action="promotion.approval" if decision == Decision.APPROVE else "promotion.rejection",
+        subject=request,
+        actor=actor,
+        reason=comment,
+        after={
+            "decision": decision,
+            "digest": request.version.digest,
+            "card_revision": evaluation.card_revision,
+            "policy_version": evaluation.policy.version,
+        },
+    )
+    if decision == Decision.REJECT:
+        _transition(request, PromotionState.REJECTED, actor=actor, reason=comment)
+    elif len(counted) + 1 >= rules.approvals_required:
+        _transition(
+            request,
+            PromotionState.APPROVED,
+            actor=actor,
+            extra={"approvals": len(counted) + 1, "required": rules.approvals_required},
+        )
+
+
+def promotion_approve(*, actor, request_id: int, comment: str = "") -> PromotionRequest:
+    return _review(actor=actor, request_id=request_id, decision=Decision.APPROVE, comment=comment)
+
+
+def promotion_reject(*, actor, request_id: int, comment: str) -> PromotionRequest:
+    if not comment or not comment.strip():
+        raise InvalidInput(
+            "A rejection needs a comment that tells the requester what to change.",
+            detail={"comment": ["Required when rejecting."]},
+        )
+    return _review(actor=actor, request_id=request_id, decision=Decision.REJECT, comment=comment)
+
+
+def promotion_cancel(*, actor, request_id: int, reason: str = "") -> PromotionRequest:
+    with transaction.atomic():
+        request = PromotionRequest.objects.select_for_update(of=("self",)).select_related("target").get(pk=request_id)
+        if request.requester_id != actor.pk and not access.has_perm(actor, "manage_deploymenttarget", request.target):
+            raise Forbidden("Only the requester or a manager of the target may cancel a promotion request.")
+        _transition(request, PromotionState.CANCELLED, actor=actor, reason=reason)
+    return request
+
+
+def promotions_expire(*, now=None) -> int:
+    """Expire every overdue pending request (run periodically). Returns how many expired."""
+    now = now or timezone.now()
+    count = 0
+    for request_id in PromotionRequest.objects.filter(state=PromotionState.PENDING, expires_at__lte=now).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            _, expired = _locked_pending(request_id)
+            count += expired
+    return count

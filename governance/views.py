@@ -1,0 +1,224 @@
+"""Server-rendered reviewer pages: the review queue, a promotion request, targets.
+
+Reads go through the same permission-filtered selectors as the API (an object the user may not view
+is a 404); writes call the services, and a refused move shows the service's own message.
+"""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from core.errors import DomainError
+from governance import presenters, selectors, services, ui_compare, ui_selectors
+from governance.choices import Decision, PromotionState
+from governance.policy import failing
+from registry import selectors as registry_selectors
+
+PAGE_SIZE = 25
+
+
+def not_found(request, what: str):
+    return render(request, "ui/404.html", {"what": what}, status=404)
+
+
+def paginate(request, queryset, param: str = "page"):
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get(param))
+
+
+@login_required
+def review_queue(request):
+    page = paginate(request, selectors.review_queue(user=request.user))
+    rows = ui_selectors.queue_rows(list(page.object_list))
+    return render(request, "governance/review_queue.html", {"page": page, "rows": rows, "now": timezone.now()})
+
+
+def _promotion(request, pk: int):
+    return selectors.promotions_visible(user=request.user).filter(pk=pk).first()
+
+
+def _blockers(user, promotion, view: dict) -> dict:
+    """Why the user may not approve or reject right now ("" when they may)."""
+    evaluation = view["evaluation"]
+    if promotion.state != PromotionState.PENDING:
+        state = f"This request is {promotion.state}; only pending requests can be reviewed."
+        return {"approve": state, "reject": state}
+    if promotion.expires_at <= timezone.now():
+        expired = "This request has expired; the requester can open a new one."
+        return {"approve": expired, "reject": expired}
+    allowed, why = selectors.may_review(user=user, request=promotion, rules=evaluation.rules)
+    if not allowed:
+        return {"approve": why, "reject": why}
+    blocking = failing(evaluation.checks)
+    if blocking:
+        names = ", ".join(c.rule for c in blocking)
+        return {
+            "approve": f"Approval is blocked while {len(blocking)} rule(s) fail: {names}. See Policy checks.",
+            "reject": "",
+        }
+    username = user.get_username()
+    if any(a["counts"] and a["user"] == username for a in view["approvals"]):
+        return {"approve": "You already approved this request, and your approval still counts.", "reject": ""}
+    return {"approve": "", "reject": ""}
+
+
+@login_required
+def promotion_detail(request, pk: int):
+    promotion = _promotion(request, pk)
+    if promotion is None:
+        return not_found(request, f"promotion request #{pk}")
+    view = presenters.promotion_view(promotion)
+    evaluation = view["evaluation"]
+    candidate = promotion.version
+    release = selectors.live_release(target=promotion.target)
+    serving = release.version if release else None
+    serving_hidden = bool(serving) and not ui_selectors.visible_model_ids(
+        user=request.user, model_ids=[serving.model_id]
+    )
+    compare_to = None if serving_hidden else serving
+    candidate_card = registry_selectors.latest_card(candidate)
+    serving_card = registry_selectors.latest_card(compare_to) if compare_to else None
+    return render(
+        request,
+        "governance/promotion_detail.html",
+        {
+            "promotion": promotion,
+            "view": view,
+            "rules": evaluation.rules,
+            "candidate": candidate,
+            "candidate_card": candidate_card,
+            "release": release,
+            "serving": compare_to,
+            "serving_hidden": serving_hidden,
+            "serving_card": serving_card,
+            "same_version": compare_to is not None and compare_to.pk == candidate.pk,
+            "metrics": ui_compare.metric_deltas(
+                candidate.metrics, compare_to.metrics if compare_to else None, evaluation.rules
+            ),
+            "card_diff": ui_compare.card_diff(
+                candidate_card.content if candidate_card else None, serving_card.content if serving_card else None
+            ),
+            "lineage": ui_compare.lineage_rows(candidate, compare_to),
+            "failing": failing(evaluation.checks),
+            "blockers": _blockers(request.user, promotion, view),
+            "may_cancel": promotion.state == PromotionState.PENDING and promotion.requester_id == request.user.pk,
+        },
+    )
+
+
+@login_required
+@require_POST
+def promotion_review(request, pk: int):
+    """Approve or reject in two steps: the form posts here, a confirmation page posts back with confirm=yes."""
+    promotion = _promotion(request, pk)
+    if promotion is None:
+        return not_found(request, f"promotion request #{pk}")
+    detail_url = reverse("ui-promotion", args=[pk])
+    decision = request.POST.get("decision")
+    comment = request.POST.get("comment", "").strip()
+    if decision not in Decision.values:
+        messages.error(request, "Choose approve or reject.")
+        return redirect(detail_url)
+    if decision == Decision.REJECT and not comment:
+        messages.error(request, "A rejection needs a comment that tells the requester what to change.")
+        return redirect(detail_url)
+    view = presenters.promotion_view(promotion)
+    evaluation = view["evaluation"]
+    blocked = _blockers(request.user, promotion, view)[decision]
+    if blocked:
+        messages.error(request, blocked)
+        return redirect(detail_url)
+    seen = {"card_revision": str(evaluation.card_revision or ""), "policy_version": str(evaluation.policy.version)}
+    if request.POST.get("confirm") != "yes":
+        return render(
+            request,
+            "governance/promotion_confirm.html",
+            {"promotion": promotion, "view": view, "decision": decision, "comment": comment, "seen": seen},
+        )
+    # The reviewer confirmed what they saw: refuse if the card or the policy changed since.
+    if any(request.POST.get(key, "") != value for key, value in seen.items()):
+        messages.error(
+            request,
+            "The model card or the policy changed while you were reviewing. Look at the request again "
+            "before you decide.",
+        )
+        return redirect(detail_url)
+    try:
+        if decision == Decision.APPROVE:
+            done = services.promotion_approve(actor=request.user, request_id=pk, comment=comment)
+        else:
+            done = services.promotion_reject(actor=request.user, request_id=pk, comment=comment)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect(detail_url)
+    if decision == Decision.REJECT:
+        messages.success(request, f"You rejected promotion #{pk}.")
+    elif done.state == PromotionState.APPROVED:
+        messages.success(request, f"You approved promotion #{pk}. It now has every approval it needs: approved.")
+    else:
+        messages.success(request, f"You approved promotion #{pk}. It still needs more approvals.")
+    return redirect(detail_url)
+
+
+@login_required
+@require_POST
+def promotion_cancel(request, pk: int):
+    promotion = _promotion(request, pk)
+    if promotion is None:
+        return not_found(request, f"promotion request #{pk}")
+    try:
+        services.promotion_cancel(actor=request.user, request_id=pk, reason=request.POST.get("reason", "").strip())
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"You cancelled promotion #{pk}.")
+    return redirect("ui-promotion", pk=pk)
+
+
+@login_required
+def target_list(request):
+    page = paginate(request, selectors.targets_visible(user=request.user))
+    targets = list(page.object_list)
+    live = ui_selectors.live_by_target(targets)
+    visible = ui_selectors.visible_model_ids(user=request.user, model_ids=[r.version.model_id for r in live.values()])
+    rows = [
+        {
+            "target": t,
+            "release": live.get(t.pk),
+            "model_visible": t.pk in live and live[t.pk].version.model_id in visible,
+        }
+        for t in targets
+    ]
+    return render(request, "governance/target_list.html", {"page": page, "rows": rows})
+
+
+@login_required
+def target_detail(request, name: str):
+    target = selectors.targets_visible(user=request.user).filter(name=name).first()
+    if target is None:
+        return not_found(request, f"target {name}")
+    release = selectors.live_release(target=target)
+    page = paginate(request, ui_selectors.target_releases(target=target))
+    releases = list(page.object_list)
+    model_ids = [r.version.model_id for r in releases] + ([release.version.model_id] if release else [])
+    visible = ui_selectors.visible_model_ids(user=request.user, model_ids=model_ids)
+    policy = selectors.current_policy(target=target)
+    pending = ui_selectors.pending_for_target(user=request.user, target=target)
+    pending_page = paginate(request, pending, "pending_page")
+    return render(
+        request,
+        "governance/target_detail.html",
+        {
+            "target": target,
+            "release": release,
+            "page": page,
+            "releases": releases,
+            "visible_models": visible,
+            "policy": policy,
+            "rules": selectors.rules_of(policy),
+            "pending_page": pending_page,
+        },
+    )

@@ -1,0 +1,538 @@
+"""Outgoing webhooks: endpoints, the dispatcher that reads the audit log, and signed delivery.
+
+The audit log is the transactional outbox. Every change of state already writes an AuditEvent in
+its own transaction, so nothing here has to be enqueued inside a caller's transaction:
+
+- `dispatch()` locks the single `WebhookCursor` row, reads the audit events after its `last_seq`,
+  creates one `WebhookDelivery` per (event, subscribed endpoint) and advances the cursor, all in
+  one transaction. Two dispatchers serialize on the row lock and never create a delivery twice
+  (the (endpoint, event_seq) unique constraint backs this up). Audit seqs are assigned under the
+  chain-head lock, so committed events are always a gapless prefix: the cursor never skips one.
+- `deliver()` claims a due delivery with a conditional UPDATE (pushing `next_attempt_at` forward by
+  a lease), POSTs it signed in the Standard Webhooks format, logs the attempt, and either marks it
+  delivered, schedules the next attempt (exponential backoff with jitter) or marks it failed after
+  `WEBHOOK_MAX_ATTEMPTS`. A duplicate task finds nothing to claim.
+- Celery beat runs the dispatcher every few seconds and the sweeper, which re-enqueues pending
+  deliveries whose time has come but whose task was lost (broker down at enqueue time, long
+  backoffs). `kick()` asks for a dispatch right after commit and never raises.
+
+So when the broker is down nothing is lost: the events wait in the audit table and the
+deliveries in theirs until a worker can be reached again.
+
+Secrets: `whsec_<base64 of 32 random bytes>`, shown once on creation, stored encrypted with a
+Fernet key derived (HKDF-SHA256) from SECRET_KEY (SECRET_KEY_FALLBACKS still decrypt), and never
+logged, audited or returned again.
+"""
+
+import base64
+import json
+import logging
+import random
+import secrets as pysecrets
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Min
+from django.utils import timezone
+from standardwebhooks import Webhook
+
+from audit.models import AuditEvent, format_time
+from audit.services import record
+from core.errors import Conflict, InvalidInput
+from governance.webhook_models import (
+    DeliveryState,
+    WebhookAttempt,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+log = logging.getLogger(__name__)
+
+# Audit actions that are sent as webhooks. Everything else in the audit log is skipped.
+EVENT_TYPES = (
+    "version.registered",
+    "promotion.requested",
+    "promotion.approved",
+    "promotion.rejected",
+    "promotion.cancelled",
+    "promotion.expired",
+    "release.started",
+    "release.live",
+    "release.failed",
+    "release.rolled_back",
+)
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
+SECRET_BYTES = 32
+MANAGE_PERMISSION = "governance.manage_webhooks"
+USER_AGENT = "model-governance-registry-webhooks/1"
+EXCERPT_CHARS = 500
+
+
+def _setting(name: str, default):
+    return getattr(settings, name, default)
+
+
+def max_attempts() -> int:
+    return int(_setting("WEBHOOK_MAX_ATTEMPTS", 10))
+
+
+def timeout_seconds() -> float:
+    return float(_setting("WEBHOOK_TIMEOUT_SECONDS", 10))
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def may_manage(user) -> bool:
+    """Webhooks are platform configuration: superusers, or holders of governance.manage_webhooks."""
+    return bool(user and user.is_active and user.has_perm(MANAGE_PERMISSION))
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def _fernet_key(secret_key: str) -> bytes:
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"model-governance-registry",
+        info=b"governance.webhooks endpoint secrets v1",
+    )
+    return base64.urlsafe_b64encode(hkdf.derive(secret_key.encode()))
+
+
+@lru_cache(maxsize=4)
+def _secret_box(secret_key: str, fallbacks: tuple[str, ...]) -> MultiFernet:
+    return MultiFernet([Fernet(_fernet_key(k)) for k in (secret_key, *fallbacks)])
+
+
+def secret_box() -> MultiFernet:
+    """Encrypts with the key from SECRET_KEY; also decrypts with keys from SECRET_KEY_FALLBACKS."""
+    return _secret_box(settings.SECRET_KEY, tuple(_setting("SECRET_KEY_FALLBACKS", [])))
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(pysecrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def encrypt_secret(secret: str) -> str:
+    return secret_box().encrypt(secret.encode()).decode()
+
+
+def decrypt_secret(token: str) -> str:
+    return secret_box().decrypt(token.encode()).decode()
+
+
+# --- signing (Standard Webhooks) ------------------------------------------------------------
+
+
+def sign(*, secret: str, webhook_id: str, timestamp: int, body: str) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed by the base64-decoded secret."""
+    return Webhook(secret).sign(webhook_id, datetime.fromtimestamp(timestamp, tz=UTC), body)
+
+
+def signed_headers(*, secret: str, webhook_id: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret=secret, webhook_id=webhook_id, timestamp=timestamp, body=body),
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+
+
+# --- event filters and payloads -------------------------------------------------------------
+
+
+def _pattern_matches(pattern: str, event_type: str) -> bool:
+    if pattern == "*" or pattern == event_type:
+        return True
+    return pattern.endswith(".*") and event_type.startswith(pattern[:-1])
+
+
+def validate_event_types(patterns) -> list[str]:
+    """Each entry: an event type, a group wildcard ("promotion.*") or "*" for all of them."""
+    known = f"Known event types: {', '.join(EVENT_TYPES)}; or a group such as 'promotion.*'; or '*'."
+    if not isinstance(patterns, list) or not patterns:
+        raise InvalidInput(
+            'event_types must be a non-empty list, e.g. ["promotion.approved", "release.*"] or ["*"].',
+            detail={"event_types": [known]},
+        )
+    unknown = [
+        str(p) for p in patterns if not isinstance(p, str) or not any(_pattern_matches(p, t) for t in EVENT_TYPES)
+    ]
+    if unknown:
+        raise InvalidInput(
+            f"event_types: {', '.join(unknown)} matches no known event type.", detail={"event_types": [known]}
+        )
+    return sorted(set(patterns))
+
+
+def subscribed(patterns: list[str], event_type: str) -> bool:
+    return event_type in EVENT_TYPES and any(_pattern_matches(p, event_type) for p in patterns)
+
+
+def event_payload(event: AuditEvent) -> dict:
+    """What receivers get. Audit payloads are already redacted, so no secret can be in here."""
+    return {
+        "type": event.action,
+        "timestamp": format_time(event.at),
+        "data": {
+            "seq": event.seq,
+            "action": event.action,
+            "at": format_time(event.at),
+            "subject": {"type": event.subject_type, "id": event.subject_id, "repr": event.subject_repr},
+            "actor": event.actor_username or None,
+            "before": json.loads(event.before),
+            "after": json.loads(event.after),
+            "reason": event.reason,
+            "request_id": event.request_id,
+            "audit_hash": event.hash,
+        },
+    }
+
+
+def _body(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+
+def _validate_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("url must be an absolute http(s) URL.", detail={"url": ["Use http(s)://host/path."]})
+    if parts.username or parts.password:
+        raise InvalidInput(
+            "url must not carry credentials: receivers authenticate deliveries by their signature.",
+            detail={"url": ["Remove user:password@ from the URL."]},
+        )
+    return url
+
+
+def _endpoint_snapshot(endpoint: WebhookEndpoint) -> dict:
+    return {
+        "name": endpoint.name,
+        "url": endpoint.url,
+        "event_types": endpoint.event_types,
+        "active": endpoint.active,
+        "description": endpoint.description,
+    }
+
+
+def endpoint_create(
+    *, actor, name: str, url: str, event_types: list[str], description: str = "", active: bool = True
+) -> tuple[WebhookEndpoint, str]:
+    """Create an endpoint. Returns it with its plaintext secret, which is never available again."""
+    url = _validate_url(url)
+    event_types = validate_event_types(event_types)
+    secret = generate_secret()
+    try:
+        with transaction.atomic():
+            endpoint = WebhookEndpoint.objects.create(
+                name=name,
+                url=url,
+                secret_encrypted=encrypt_secret(secret),
+                event_types=event_types,
+                active=active,
+                description=description,
+                created_by=actor,
+            )
+            event = record(action="webhook.created", subject=endpoint, actor=actor, after=_endpoint_snapshot(endpoint))
+            endpoint.created_seq = event.seq
+            endpoint.save(update_fields=["created_seq"])
+    except IntegrityError:
+        raise Conflict(f"A webhook named {name} already exists.", code="already_exists") from None
+    log.info("webhook endpoint %s (%s) created for %s", endpoint.pk, endpoint.name, ", ".join(event_types))
+    return endpoint, secret
+
+
+def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
+    """Change name, url, event_types, description or active. The secret stays as it is."""
+    allowed = {"name", "url", "event_types", "description", "active"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a webhook.")
+    if "url" in changes:
+        changes["url"] = _validate_url(changes["url"])
+    if "event_types" in changes:
+        changes["event_types"] = validate_event_types(changes["event_types"])
+    try:
+        with transaction.atomic():
+            locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+            before = _endpoint_snapshot(locked)
+            for field, value in changes.items():
+                setattr(locked, field, value)
+            locked.save()
+            after = _endpoint_snapshot(locked)
+            if after != before:
+                record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after)
+    except IntegrityError:
+        raise Conflict(f"A webhook named {changes.get('name')} already exists.", code="already_exists") from None
+    return locked
+
+
+def endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> None:
+    """Delete the endpoint with its deliveries and their log (the audit log keeps that it existed)."""
+    with transaction.atomic():
+        locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        record(action="webhook.deleted", subject=locked, actor=actor, before=_endpoint_snapshot(locked))
+        locked.delete()
+
+
+# --- dispatch: audit events -> deliveries ---------------------------------------------------
+
+
+def _cursor_start() -> int:
+    """Where a fresh cursor starts: just before the oldest endpoint, or at the end of the log."""
+    first = WebhookEndpoint.objects.aggregate(s=Min("created_seq"))["s"]
+    if first is not None:
+        return first
+    return AuditEvent.objects.aggregate(s=Max("seq"))["s"] or 0
+
+
+@dataclass
+class DispatchResult:
+    delivery_ids: list[int]
+    last_seq: int
+    more: bool
+
+
+def dispatch(*, batch_size: int = 200) -> DispatchResult:
+    """Turn the next batch of audit events into deliveries. Safe to run concurrently."""
+    if not WebhookCursor.objects.filter(pk=1).exists():
+        WebhookCursor.objects.get_or_create(pk=1, defaults={"last_seq": _cursor_start()})
+    with transaction.atomic():
+        cursor = WebhookCursor.objects.select_for_update().get(pk=1)
+        log_end = AuditEvent.objects.aggregate(s=Max("seq"))["s"] or 0
+        if cursor.last_seq > log_end:  # the audit log was reset (a restored or flushed database)
+            log.warning("webhook cursor at #%s is past the audit log's end #%s; restarting", cursor.last_seq, log_end)
+            cursor.last_seq = min(_cursor_start(), log_end)
+            cursor.save(update_fields=["last_seq", "updated_at"])
+        events = list(AuditEvent.objects.filter(seq__gt=cursor.last_seq).order_by("seq")[:batch_size])
+        if not events:
+            return DispatchResult([], cursor.last_seq, False)
+        endpoints = list(WebhookEndpoint.objects.filter(active=True).order_by("pk"))
+        now = timezone.now()
+        deliveries = [
+            WebhookDelivery(
+                endpoint=endpoint,
+                event_seq=event.seq,
+                event_type=event.action,
+                webhook_id=f"msg_{uuid.uuid4().hex}",
+                body=_body(event_payload(event)),
+                next_attempt_at=now,
+            )
+            for event in events
+            if event.action in EVENT_TYPES
+            for endpoint in endpoints
+            if endpoint.created_seq < event.seq and subscribed(endpoint.event_types, event.action)
+        ]
+        WebhookDelivery.objects.bulk_create(deliveries)
+        cursor.last_seq = events[-1].seq
+        cursor.save(update_fields=["last_seq", "updated_at"])
+    if deliveries:
+        log.info("webhooks: %s deliveries for audit events #%s..#%s", len(deliveries), events[0].seq, events[-1].seq)
+    return DispatchResult([d.pk for d in deliveries], cursor.last_seq, len(events) == batch_size)
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def retry_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds before attempt `attempt + 1`: exponential from WEBHOOK_RETRY_BASE_SECONDS, capped at
+    WEBHOOK_RETRY_MAX_SECONDS, with jitter (uniform in [half, full] of the step) so receivers coming back
+    from an outage are not hit by every sender at once. A receiver's Retry-After is honoured (capped)."""
+    base = float(_setting("WEBHOOK_RETRY_BASE_SECONDS", 30))
+    cap = float(_setting("WEBHOOK_RETRY_MAX_SECONDS", 3600))
+    step = min(cap, base * 2 ** max(0, attempt - 1))
+    delay = random.uniform(step / 2, step)  # noqa: S311 - jitter, not cryptography
+    if retry_after:
+        delay = max(delay, min(cap, retry_after))
+    return delay
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not a delivery: the 3xx is recorded as a failed attempt."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+@dataclass
+class HttpResult:
+    status: int | None
+    error: str
+    excerpt: str
+    retry_after: float | None
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("Retry-After") if headers else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpResult:
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")  # noqa: S310
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            excerpt = response.read(EXCERPT_CHARS).decode("utf-8", "replace")
+            return HttpResult(response.status, "", excerpt, None)
+    except urllib.error.HTTPError as exc:
+        excerpt = (exc.read(EXCERPT_CHARS) or b"").decode("utf-8", "replace")
+        return HttpResult(exc.code, f"HTTP {exc.code} {exc.reason}", excerpt, _retry_after(exc.headers))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return HttpResult(None, f"{type(exc).__name__}: {reason}"[:1000], "", None)
+
+
+@dataclass
+class DeliveryOutcome:
+    delivery_id: int
+    state: str
+    attempt: int
+    status: int | None
+    error: str
+    retry_in: float | None  # seconds until the next attempt, when one is scheduled
+
+
+def _claim(delivery_id: int) -> WebhookDelivery | None:
+    now = timezone.now()
+    lease = timedelta(seconds=timeout_seconds() + 60)
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=now
+    ).update(next_attempt_at=now + lease)
+    if not claimed:
+        return None
+    return WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
+
+
+def deliver(*, delivery_id: int) -> DeliveryOutcome | None:
+    """Make one attempt at a due delivery. None when there is nothing to do (delivered, failed, not due
+    yet, or another worker is attempting it right now)."""
+    delivery = _claim(delivery_id)
+    if delivery is None:
+        return None
+    endpoint = delivery.endpoint
+    started_at = timezone.now()
+    started = time.monotonic()
+    if not endpoint.active:
+        result = HttpResult(None, "endpoint is inactive; delivery abandoned", "", None)
+    else:
+        try:
+            secret = decrypt_secret(endpoint.secret_encrypted)
+        except InvalidToken:
+            secret = None
+            result = HttpResult(
+                None,
+                "cannot decrypt the endpoint secret (SECRET_KEY changed without SECRET_KEY_FALLBACKS?); "
+                "recreate the webhook",
+                "",
+                None,
+            )
+        if secret is not None:
+            headers = signed_headers(secret=secret, webhook_id=delivery.webhook_id, body=delivery.body)
+            result = _post(endpoint.url, delivery.body, headers, timeout_seconds())
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return _finish(delivery, endpoint, result, started_at, duration_ms)
+
+
+def _finish(
+    delivery: WebhookDelivery, endpoint: WebhookEndpoint, result: HttpResult, started_at, duration_ms: int
+) -> DeliveryOutcome | None:
+    ok = result.status is not None and 200 <= result.status < 300
+    with transaction.atomic():
+        locked = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk).first()
+        if locked is None:  # the endpoint was deleted meanwhile
+            return None
+        number = locked.attempts + 1
+        WebhookAttempt.objects.create(
+            delivery=locked,
+            number=number,
+            at=started_at,
+            duration_ms=duration_ms,
+            status_code=result.status,
+            error=result.error,
+            response_excerpt=result.excerpt[:EXCERPT_CHARS],
+        )
+        locked.attempts = number
+        locked.last_status = result.status
+        locked.last_error = result.error
+        retry_in = None
+        if ok:
+            locked.state = DeliveryState.DELIVERED
+            locked.delivered_at = timezone.now()
+        elif number >= max_attempts() or not endpoint.active:
+            locked.state = DeliveryState.FAILED
+        else:
+            retry_in = retry_delay(number, result.retry_after)
+            locked.next_attempt_at = timezone.now() + timedelta(seconds=retry_in)
+        locked.save()
+    level = logging.INFO if ok else logging.WARNING
+    log.log(
+        level,
+        "webhook delivery %s (%s #%s) to endpoint %s attempt %s: %s%s",
+        locked.pk,
+        locked.event_type,
+        locked.event_seq,
+        endpoint.name,
+        number,
+        result.status if result.status is not None else result.error,
+        f"; next attempt in {retry_in:.1f}s" if retry_in is not None else f"; {locked.state}",
+    )
+    return DeliveryOutcome(locked.pk, locked.state, number, result.status, result.error, retry_in)
+
+
+def due_deliveries(*, grace_seconds: float | None = None, limit: int = 500) -> list[int]:
+    """Pending deliveries overdue by more than the grace period: their task was lost or never sent."""
+    grace = float(_setting("WEBHOOK_SWEEP_GRACE_SECONDS", 30) if grace_seconds is None else grace_seconds)
+    overdue = timezone.now() - timedelta(seconds=grace)
+    return list(
+        WebhookDelivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=overdue)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+# --- enqueueing (never raises: the database is the truth, beat and the sweeper catch up) ----
+
+
+def enqueue(task, *args, countdown: float | None = None) -> bool:
+    try:
+        task.apply_async(args=args, countdown=countdown, retry=False)
+        return True
+    except Exception as exc:  # broker down: the sweeper / beat will pick it up
+        log.warning("could not enqueue %s%s: %s", task.name, args, exc)
+        return False
+
+
+def kick() -> None:
+    """Ask for a dispatch as soon as the current transaction commits. Never raises; without a broker
+    the beat-driven dispatcher picks the events up on its next run."""
+    from governance import tasks
+
+    transaction.on_commit(lambda: enqueue(tasks.webhooks_dispatch))
+
+
+def deliveries_of(endpoint: WebhookEndpoint):
+    return endpoint.deliveries.prefetch_related("attempt_log")

@@ -1,0 +1,45 @@
+import gzip
+import io
+import json
+import zlib
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+
+from core.errors import InvalidInput, PayloadTooLarge
+from core.parsers import BoundedJSONParser
+
+
+class OpenLineageParser(BoundedJSONParser):
+    """JSON, optionally gzip-compressed (`Content-Encoding: gzip`, the OpenLineage HTTP transport's
+    `compression: gzip`). The decompressed body is bounded by MAX_JSON_BODY_BYTES as well."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        encoding = (request.META.get("HTTP_CONTENT_ENCODING", "") if request is not None else "").strip().lower()
+        if encoding in ("", "identity"):
+            return super().parse(stream, media_type, parser_context)
+        if encoding != "gzip":
+            raise InvalidInput(
+                f"Content-Encoding '{encoding}' is not supported; send JSON, or gzip-compressed JSON.",
+                code="unsupported_encoding",
+            )
+        limit = settings.MAX_JSON_BODY_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.", detail={"limit_bytes": limit})
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unzipped:
+                body = unzipped.read(limit + 1)
+        except (OSError, EOFError, zlib.error):
+            raise ParseError("The gzip-compressed body could not be decompressed.") from None
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Decompressed body is larger than {limit} bytes.", detail={"limit_bytes": limit})
+        try:
+            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")

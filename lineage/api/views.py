@@ -1,0 +1,169 @@
+from django.http import HttpResponse, StreamingHttpResponse
+from django.template.loader import render_to_string
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import scopes
+from core.errors import InvalidInput
+from lineage import exports, nodes, openlineage, selectors, services, trail
+from lineage import graph as graphs
+from lineage.api import serializers as s
+from lineage.api.parsers import OpenLineageParser
+
+
+class _IgnoreAccept(BaseContentNegotiation):
+    """Exports choose their media type by `format`; an Accept header must not turn them into a 406."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def _query(serializer_class, request):
+    query = serializer_class(data=request.query_params.dict())
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+class LineageIngestView(APIView):
+    required_scopes = {"POST": scopes.LINEAGE_WRITE}
+    parser_classes = [OpenLineageParser]
+
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={201: s.IngestOutput},
+        summary="Send an OpenLineage event (RunEvent, DatasetEvent or JobEvent, spec 2-0-2)",
+        description=(
+            "The endpoint any OpenLineage producer posts to (the openlineage-python HTTP transport's default "
+            "endpoint is api/v1/lineage). A malformed event is a 400 naming the bad field; nothing of it is "
+            "stored. Datasets in namespace `registry` name model versions ({namespace}/{name}:{number}). "
+            "The body may be gzip-compressed (Content-Encoding: gzip). See docs/lineage.md."
+        ),
+    )
+    def post(self, request):
+        parsed = openlineage.parse(request.data)
+        result = services.event_ingest(actor=request.user, event=parsed)
+        body = {
+            "event": result.event.pk,
+            "kind": result.event.kind,
+            "eventType": result.event.event_type,
+            "job": result.job,
+            "run": result.run,
+            "inputs": result.inputs,
+            "outputs": result.outputs,
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class LineageGraphView(APIView):
+    @extend_schema(
+        parameters=[s.GraphQuery],
+        responses=s.GraphOutput,
+        summary="Upstream and/or downstream of a node, to a depth, optionally as of a past time",
+        description=(
+            "One recursive query per traversal. Datasets, jobs and runs are visible to every user with the read "
+            "scope; model versions only to users who may view the model (a hidden one is neither returned nor "
+            "walked through; starting at one is a 404)."
+        ),
+    )
+    def get(self, request):
+        q = _query(s.GraphQuery, request)
+        query = selectors.GraphQuery(
+            node_id=q["nodeId"],
+            direction=q["direction"],
+            depth=q["depth"],
+            as_of=q.get("as_of"),
+            granularity=q["granularity"],
+        )
+        return Response(selectors.graph(user=request.user, query=query))
+
+
+class LineageExportView(APIView):
+    content_negotiation_class = _IgnoreAccept
+
+    @extend_schema(
+        parameters=[s.ExportQuery],
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.STR,
+                description="openlineage: NDJSON, one OpenLineage event per line; prov-json: a W3C PROV-JSON "
+                "document; csv: one row per node, then per edge",
+            )
+        },
+        summary="Stream a subgraph as OpenLineage NDJSON, PROV-JSON or CSV",
+    )
+    def get(self, request):
+        q = _query(s.ExportQuery, request)
+        as_of = q.get("as_of")
+        start = nodes.resolve(q["nodeId"], request.user, as_of)
+        result = graphs.walk(user=request.user, start=start, direction=q["direction"], depth=q["depth"], as_of=as_of)
+        selectors.describe_extension_nodes(result, request.user, as_of)
+        content_type, suffix = exports.FORMATS[q["format"]]
+        response = StreamingHttpResponse(exports.export(result, q["format"], as_of=as_of), content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="lineage.{suffix}"'
+        response["X-Lineage-Truncated"] = "true" if result.truncated else "false"
+        response["X-Lineage-Nodes"] = str(len(result.nodes))
+        return response
+
+
+class LineageTrailView(APIView):
+    required_scopes = {"GET": scopes.AUDIT_READ}
+    content_negotiation_class = _IgnoreAccept
+
+    @extend_schema(
+        parameters=[s.TrailQuery],
+        responses={200: OpenApiResponse(s.TrailOutput, description="format=json; format=html gives a printable page")},
+        summary="The lineage trail of a model version, with its sha256 and the audit events it covers",
+        description=(
+            "datasets (with digests) -> runs (with code commits) -> version (digest, signature results) -> card "
+            "revisions -> sections other apps add (governance: policy results, approvals, releases). Needs view "
+            "permission on the model (and the audit:read scope for tokens)."
+        ),
+    )
+    def get(self, request):
+        q = _query(s.TrailQuery, request)
+        sealed = trail.seal(trail.for_node(node_id=q["nodeId"], user=request.user, as_of=q.get("as_of")))
+        if q["format"] == "html":
+            html = render_to_string("lineage/trail.html", {"trail": sealed["trail"], "sha256": sealed["sha256"]})
+            response = HttpResponse(html, content_type="text/html; charset=utf-8")
+        else:
+            response = Response(sealed)
+        response["X-Trail-SHA256"] = sealed["sha256"]
+        return response
+
+
+class LineageLinkView(APIView):
+    required_scopes = {"POST": scopes.LINEAGE_WRITE}
+
+    @extend_schema(
+        request=s.LinkInput,
+        responses={201: s.LinkOutput, 200: OpenApiResponse(s.LinkOutput, description="already in that state")},
+        summary="Link a model version to the run that produced it after registration (or retract a link)",
+    )
+    def post(self, request):
+        data = s.LinkInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        d = data.validated_data
+        if not d["nodeId"].startswith("model:"):
+            raise InvalidInput(
+                "nodeId must be a model version: model:{namespace}/{name}:{number}.",
+                detail={"nodeId": ["Not a model version id."]},
+            )
+        version = nodes.resolve_model_version(d["nodeId"][len("model:") :], request.user)
+        fact, recorded = services.version_link(
+            actor=request.user, version=version, run_uuid=d["runId"], linked=d["linked"], reason=d["reason"]
+        )
+        body = {
+            "nodeId": nodes.model_id(version.model.namespace, version.model.name, version.number),
+            "runId": str(d["runId"]),
+            "linked": d["linked"],
+            "recorded": recorded,
+            "recordedAt": fact.recorded_at if fact else None,
+        }
+        return Response(s.LinkOutput(body).data, status=status.HTTP_201_CREATED if recorded else status.HTTP_200_OK)

@@ -1,0 +1,345 @@
+"""Reads for lineage, always for a given user.
+
+Visibility (docs/lineage.md): datasets, dataset versions, jobs and runs are not governed objects:
+any authenticated user whose token has the `read` scope sees them. Model version nodes follow the
+model's view permission (accounts.access): a model version the user may not view is never
+returned, not even as an edge end, and walks do not pass through it. Starting at a hidden model
+version is a 404, as everywhere else.
+"""
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Q
+
+from lineage import graph as graphs
+from lineage import nodes as node_ids
+from lineage.choices import FacetRole, NodeType, RunState
+from lineage.models import DatasetVersion, Facet, LineageEvent, Run
+
+T_DSV, T_RUN, T_MODEL, T_DS, T_JOB = graphs.T_DSV, graphs.T_RUN, graphs.T_MODEL, graphs.T_DS, graphs.T_JOB
+DIRECTIONS = ("upstream", "downstream", "both")
+GRANULARITIES = ("dataset", "version")
+
+
+@dataclass(frozen=True)
+class GraphQuery:
+    node_id: str
+    direction: str = "both"
+    depth: int = graphs.DEFAULT_DEPTH
+    as_of: datetime | None = None
+    granularity: str = "dataset"
+
+
+def walk(*, user, query: GraphQuery) -> graphs.Walk:
+    start = node_ids.resolve(query.node_id, user, query.as_of)
+    return graphs.walk(user=user, start=start, direction=query.direction, depth=query.depth, as_of=query.as_of)
+
+
+def version_node_id(key: tuple[int, int], row: dict) -> str:
+    """The id of a walked node at version granularity."""
+    t = key[0]
+    if t == T_DSV:
+        return node_ids.dataset_id(row["ns"], row["name"], row["version"])
+    if t == T_DS:
+        return node_ids.dataset_id(row["ns"], row["name"])
+    if t == T_RUN:
+        return node_ids.run_id(_uuid_text(row["ref"]))
+    if t == T_JOB:
+        return node_ids.job_id(row["ns"], row["name"])
+    if t == T_MODEL:
+        return node_ids.model_id(row["ns"], row["name"], row["number"])
+    return row.get("id") or f"{NodeType(t).label if t in NodeType.values else t}:{key[1]}"
+
+
+def group_node_id(key: tuple[int, int], row: dict) -> str:
+    """The id at dataset granularity: a dataset version shows as its dataset, a run as its job."""
+    t = key[0]
+    if t in (T_DSV, T_DS):
+        return node_ids.dataset_id(row["ns"], row["name"])
+    if t in (T_RUN, T_JOB):
+        return node_ids.job_id(row["ns"], row["name"])
+    return version_node_id(key, row)
+
+
+def _uuid_text(value: str) -> str:
+    return str(uuid.UUID(value))  # PostgreSQL gives the hyphenated form, SQLite 32 hex digits
+
+
+def describe_extension_nodes(result: graphs.Walk, user, as_of) -> None:
+    """Ask other apps (governance) to describe their nodes; drop the ones they don't describe."""
+    by_type = defaultdict(list)
+    for t, pk in result.nodes:
+        if t not in (T_DSV, T_RUN, T_MODEL, T_DS, T_JOB):
+            by_type[t].append(pk)
+    for t, ids in by_type.items():
+        handler = node_ids.handler_for(t)
+        described = handler.describe(ids, user, as_of) if handler and handler.describe else {}
+        for pk in ids:
+            if pk in described:
+                result.nodes[(t, pk)]["described"] = described[pk]
+            else:
+                del result.nodes[(t, pk)]
+
+
+def _version_node(key, row) -> dict:
+    t = key[0]
+    node = {"id": version_node_id(key, row), "depth": row["depth"]}
+    if t == T_DSV:
+        node |= {
+            "type": "datasetVersion",
+            "namespace": row["ns"],
+            "name": row["name"],
+            "version": row["version"],
+            "digest": row["digest"] or None,
+            "dataset": node_ids.dataset_id(row["ns"], row["name"]),
+        }
+    elif t == T_RUN:
+        node |= {
+            "type": "run",
+            "runId": _uuid_text(row["ref"]),
+            "state": row["state"],
+            "job": node_ids.job_id(row["ns"], row["name"]),
+        }
+    elif t in (T_DS, T_JOB):
+        node |= {"type": "dataset" if t == T_DS else "job", "namespace": row["ns"], "name": row["name"]}
+    elif t == T_MODEL:
+        node |= _model_fields(row)
+    else:
+        node = {**row["described"], "depth": row["depth"]}
+    return node
+
+
+def _model_fields(row) -> dict:
+    return {
+        "type": "model",
+        "namespace": row["ns"],
+        "name": row["name"],
+        "number": row["number"],
+        "digest": row["digest"],
+        "status": row["state"],
+    }
+
+
+def present(result: graphs.Walk, *, granularity: str = "dataset") -> dict:
+    """The contract shape: {"nodes": [{"id", "type", ...}], "edges": [{"source", "target", "kind"}], "truncated"}."""
+    from lineage.choices import EdgeKind
+
+    if granularity == "version":
+        result = result.without_isolated_groups()
+    ids = {
+        key: (version_node_id if granularity == "version" else group_node_id)(key, row)
+        for key, row in result.nodes.items()
+        if "described" in row or key[0] in (T_DSV, T_RUN, T_MODEL, T_DS, T_JOB)
+    }
+    for key, row in result.nodes.items():
+        if "described" in row:
+            ids[key] = row["described"]["id"]
+    nodes: dict[str, dict] = {}
+    for key, row in result.nodes.items():
+        if key not in ids:
+            continue
+        if granularity == "version":
+            nodes[ids[key]] = _version_node(key, row)
+            continue
+        node_id, t = ids[key], key[0]
+        node = nodes.get(node_id)
+        if node is None:
+            if t in (T_DSV, T_DS):
+                node = {"id": node_id, "type": "dataset", "namespace": row["ns"], "name": row["name"], "versions": []}
+            elif t in (T_RUN, T_JOB):
+                node = {"id": node_id, "type": "job", "namespace": row["ns"], "name": row["name"], "runs": []}
+            else:
+                node = _version_node(key, row)
+            node["depth"] = row["depth"]
+            nodes[node_id] = node
+        node["depth"] = min(node["depth"], row["depth"])
+        if t == T_DSV:
+            node["versions"].append({"version": row["version"], "digest": row["digest"] or None})
+        elif t == T_RUN:
+            node["runs"].append({"runId": _uuid_text(row["ref"]), "state": row["state"]})
+    for node in nodes.values():
+        if "versions" in node:
+            node["versions"].sort(key=lambda v: v["version"])
+        if "runs" in node:
+            node["runs"].sort(key=lambda r: r["runId"])
+    kinds = {k.value: k.label for k in EdgeKind}
+    edges = set()
+    for s_t, s_id, d_t, d_id, kind in result.edges:
+        source, target = ids.get((s_t, s_id)), ids.get((d_t, d_id))
+        if source is None or target is None or source == target:
+            continue
+        edges.add((source, target, kinds.get(kind, str(kind))))
+    return {
+        "nodes": sorted(nodes.values(), key=lambda n: (n["depth"], n["id"])),
+        "edges": [{"source": s, "target": t, "kind": k} for s, t, k in sorted(edges)],
+        "truncated": result.truncated,
+    }
+
+
+def graph(*, user, query: GraphQuery) -> dict:
+    result = walk(user=user, query=query)
+    describe_extension_nodes(result, user, query.as_of)
+    body = present(result, granularity=query.granularity)
+    return {"nodeId": query.node_id, "direction": query.direction, "depth": query.depth, **body}
+
+
+# --- attributes as of a time (facets and run events) ---------------------------------------------
+
+
+def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None) -> dict[tuple[int, int], dict]:
+    """{subject: {(role, name, run_id): value}}: the latest value of each facet recorded by as_of."""
+    if not subjects:
+        return {}
+    query = Q()
+    by_type = defaultdict(list)
+    for t, pk in subjects:
+        by_type[t].append(pk)
+    for t, ids in by_type.items():
+        query |= Q(subject_type=t, subject_id__in=ids)
+    qs = Facet.objects.filter(query)
+    if as_of is not None:
+        qs = qs.filter(recorded_at__lte=as_of)
+    result: dict[tuple[int, int], dict] = defaultdict(dict)
+    for row in qs.order_by("recorded_at", "id").values("subject_type", "subject_id", "role", "name", "run_id", "value"):
+        result[(row["subject_type"], row["subject_id"])][(row["role"], row["name"], row["run_id"])] = row["value"]
+    return result
+
+
+def _latest(facets: dict, name: str, role: int = FacetRole.FACETS, run_id=None, any_run: bool = True):
+    """The facet value sent with run_id if any, else (any_run) the latest sent at all. _deleted counts as absent."""
+    exact = facets.get((role, name, run_id))
+    if exact is None and any_run:
+        candidates = [v for (r, n, _), v in facets.items() if r == role and n == name]
+        exact = candidates[-1] if candidates else None
+    if isinstance(exact, dict) and exact.get("_deleted") is True:
+        return None
+    return exact
+
+
+def _find(facets: dict, name: str, schema: str, role: int = FacetRole.FACETS):
+    for (r, n, _), value in reversed(list(facets.items())):
+        if r == role and (n == name or f"/{schema}.json" in str(value.get("_schemaURL", ""))):
+            return value
+    return None
+
+
+def run_details(runs: list[Run], as_of: datetime | None, facets: dict | None = None) -> dict[int, dict]:
+    """State, times, kind, code, parameters and environment of each run, as of a time.
+
+    `facets` (from facets_as_of, covering the runs and their jobs) saves fetching them again."""
+    if not runs:
+        return {}
+    events = LineageEvent.objects.filter(run__in=runs)
+    if as_of is not None:
+        events = events.filter(recorded_at__lte=as_of)
+    by_run = defaultdict(list)
+    for ev in events.order_by("event_time", "id").values(
+        "id", "run_id", "event_type", "event_time", "producer", "recorded_at", "recorded_by__username"
+    ):
+        by_run[ev["run_id"]].append(ev)
+    if facets is None:
+        facets = facets_as_of([(T_RUN, r.pk) for r in runs] + [(T_JOB, r.job_id) for r in runs], as_of)
+    result = {}
+    for run in runs:
+        evs = by_run.get(run.pk, [])
+        states = [e for e in evs if e["event_type"] != RunState.OTHER]
+        started = next((e["event_time"] for e in evs if e["event_type"] == RunState.START), None)
+        ended = next(
+            (
+                e["event_time"]
+                for e in reversed(evs)
+                if e["event_type"] in (RunState.COMPLETE, RunState.FAIL, RunState.ABORT)
+            ),
+            None,
+        )
+        run_facets = facets.get((T_RUN, run.pk), {})
+        job_facets = facets.get((T_JOB, run.job_id), {})
+        code = _latest(job_facets, "sourceCodeLocation", run_id=run.pk) or {}
+        job_type = _latest(job_facets, "jobType", run_id=run.pk) or {}
+        params_facet = _find(run_facets, "executionParameters", "ExecutionParametersRunFacet") or {}
+        env = _latest(run_facets, "environmentVariables", run_id=run.pk) or {}
+        engine = _latest(run_facets, "processing_engine", run_id=run.pk) or {}
+        result[run.pk] = {
+            "runId": str(run.run_uuid),
+            "job": node_ids.job_id(run.job.namespace, run.job.name),
+            "kind": _run_kind(job_type.get("jobType")),
+            "state": states[-1]["event_type"] if states else None,
+            "startedAt": started,
+            "endedAt": ended,
+            "code": {
+                "type": code.get("type"),
+                "url": code.get("url"),
+                "repoUrl": code.get("repoUrl"),
+                "path": code.get("path"),
+                "commit": code.get("version"),
+                "branch": code.get("branch"),
+                "tag": code.get("tag"),
+            }
+            if code
+            else None,
+            "params": {p["key"]: p.get("value") for p in params_facet.get("parameters") or []},
+            "environment": {
+                "processingEngine": {k: engine.get(k) for k in ("name", "version", "openlineageAdapterVersion")}
+                if engine
+                else None,
+                "variables": {v["name"]: v.get("value") for v in env.get("environmentVariables") or []},
+            },
+            "events": [
+                {
+                    "eventType": e["event_type"],
+                    "eventTime": e["event_time"],
+                    "producer": e["producer"],
+                    "recordedAt": e["recorded_at"],
+                    "recordedBy": e["recorded_by__username"],
+                    "event": e["id"],
+                }
+                for e in evs
+            ],
+        }
+    return result
+
+
+def _run_kind(job_type: str | None) -> str:
+    text = (job_type or "").lower()
+    if "train" in text:
+        return "training"
+    if "eval" in text:
+        return "evaluation"
+    return "other"
+
+
+def dataset_version_details(
+    versions: list[DatasetVersion], as_of: datetime | None, facets: dict | None = None
+) -> dict[int, dict]:
+    """URI, schema fields and row count of each dataset version, as of a time."""
+    if facets is None:
+        subjects = [(T_DSV, v.pk) for v in versions] + [(T_DS, v.dataset_id) for v in versions]
+        facets = facets_as_of(subjects, as_of)
+    result = {}
+    for v in versions:
+        own = facets.get((T_DSV, v.pk), {})
+        general = facets.get((T_DS, v.dataset_id), {})
+
+        def pick(name, role=FacetRole.FACETS, own=own, general=general):
+            return _latest(own, name, role) or _latest(general, name, role)
+
+        source = pick("dataSource") or {}
+        schema = pick("schema") or {}
+        stats = pick("outputStatistics", FacetRole.OUTPUT_FACETS) or pick("dataQualityMetrics", FacetRole.INPUT_FACETS)
+        result[v.pk] = {
+            "id": node_ids.dataset_id(v.dataset.namespace, v.dataset.name, v.version),
+            "namespace": v.dataset.namespace,
+            "name": v.dataset.name,
+            "version": v.version,
+            "digest": v.digest or None,
+            "uri": source.get("uri"),
+            "dataSource": source.get("name"),
+            "schema": schema.get("fields") or [],
+            "rowCount": (stats or {}).get("rowCount"),
+            "createdAt": v.created_at,
+            "recordedAt": v.recorded_at,
+        }
+    return result

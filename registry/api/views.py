@@ -1,0 +1,210 @@
+import re
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+
+from accounts import scopes
+from accounts.api.base import GovernedAPIView
+from core.errors import Forbidden, InvalidInput, NotFound
+from core.pagination import cursor
+from registry import selectors, services
+from registry.api import serializers as s
+from registry.models import ModelPerm, ModelVersion, RegisteredModel
+from registry.storage import CHUNK, blob_store
+
+MAX_VERSION_NUMBER = 2**31 - 1
+SHA256_PATH = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+class ModelScopedView(GovernedAPIView):
+    """Views under /models/{namespace}/{name}/: the model decides access for everything below it."""
+
+    def model(self, codename: str | None = None) -> RegisteredModel:
+        return self.governed(
+            RegisteredModel.objects.select_related("owner_group", "created_by"),
+            codename,
+            namespace=self.kwargs["namespace"],
+            name=self.kwargs["name"],
+        )
+
+    def version(self, codename: str | None = None) -> ModelVersion:
+        model = self.model(codename)
+        number = int(self.kwargs["number"])
+        version = None
+        if number <= MAX_VERSION_NUMBER:
+            version = (
+                ModelVersion.objects.select_related("model", "created_by").filter(model=model, number=number).first()
+            )
+        if version is None:
+            raise NotFound(f"{model} has no version {number}.")
+        return version
+
+
+class ModelListView(GovernedAPIView):
+    required_scopes = {"GET": scopes.READ, "POST": scopes.MODELS_WRITE}
+    pagination_class = cursor("id")
+
+    @extend_schema(
+        responses=s.ModelOutput(many=True),
+        summary="List the models I may see",
+        parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
+    )
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(
+            selectors.models_visible(user=request.user).select_related("owner_group", "created_by"), request, self
+        )
+        return paginator.get_paginated_response(s.ModelOutput(page, many=True).data)
+
+    @extend_schema(request=s.ModelCreateInput, responses={201: s.ModelOutput}, summary="Create a model")
+    def post(self, request):
+        if not request.user.has_perm("registry.add_registeredmodel"):
+            raise Forbidden(
+                "Creating models needs the registry.add_registeredmodel permission (the model-owners or ci-bots role)."
+            )
+        data = s.ModelCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = services.model_create(actor=request.user, **data.validated_data)
+        return Response(s.ModelOutput(model).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetailView(ModelScopedView):
+    required_scopes = {"GET": scopes.READ, "PATCH": scopes.MODELS_WRITE}
+
+    @extend_schema(responses=s.ModelOutput, summary="Get a model")
+    def get(self, request, namespace, name):
+        return Response(s.ModelOutput(self.model()).data)
+
+    @extend_schema(request=s.ModelUpdateInput, responses=s.ModelOutput, summary="Change a model's description")
+    def patch(self, request, namespace, name):
+        model = self.model(ModelPerm.MANAGE)
+        data = s.ModelUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(
+            s.ModelOutput(services.model_update(actor=request.user, model=model, **data.validated_data)).data
+        )
+
+
+class VersionListView(ModelScopedView):
+    required_scopes = {"GET": scopes.READ, "POST": scopes.VERSIONS_WRITE}
+    pagination_class = cursor("-number")
+
+    @extend_schema(
+        parameters=[s.VersionListQuery],
+        responses=s.VersionOutput(many=True),
+        summary="List and filter a model's versions (cursor-paginated, newest first)",
+    )
+    def get(self, request, namespace, name):
+        model = self.model()
+        query = s.VersionListQuery(
+            data={
+                **request.query_params.dict(),
+                **{k: request.query_params.getlist(k) for k in ("tag", "metric") if k in request.query_params},
+            }
+        )
+        query.is_valid(raise_exception=True)
+        filters = {k: v for k, v in query.validated_data.items() if k not in ("cursor", "page_size")}
+        filters["tags"], filters["metrics"] = filters.pop("tag", None), filters.pop("metric", None)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(selectors.versions(model=model, **filters), request, self)
+        return paginator.get_paginated_response(s.VersionOutput(page, many=True).data)
+
+    @extend_schema(
+        request=s.VersionRegisterInput,
+        responses={201: s.VersionOutput, 200: OpenApiResponse(s.VersionOutput, description="same digest: existing")},
+        summary="Register a version (idempotent by digest)",
+    )
+    def post(self, request, namespace, name):
+        model = self.model(ModelPerm.REGISTER)
+        data = s.VersionRegisterInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        tags = fields.pop("tags")
+        version, created = services.version_register(
+            actor=request.user, model=model, content=services.VersionContent(**fields), tags=tags
+        )
+        return Response(
+            s.VersionOutput(version).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+class VersionDetailView(ModelScopedView):
+    required_scopes = {"GET": scopes.READ, "PATCH": scopes.VERSIONS_WRITE}
+
+    @extend_schema(responses=s.VersionOutput, summary="Get a version")
+    def get(self, request, namespace, name, number):
+        return Response(s.VersionOutput(self.version()).data)
+
+    @extend_schema(
+        request=s.VersionUpdateInput,
+        responses=s.VersionOutput,
+        summary="Change a version's tags (register permission) or status (manage permission)",
+    )
+    def patch(self, request, namespace, name, number):
+        data = s.VersionUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = self.version(ModelPerm.MANAGE if "status" in data.validated_data else ModelPerm.REGISTER)
+        version = services.version_update(actor=request.user, version=version, **data.validated_data)
+        return Response(s.VersionOutput(version).data)
+
+
+class ArtifactUploadView(ModelScopedView):
+    required_scopes = {"PUT": scopes.VERSIONS_WRITE}
+
+    @extend_schema(
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={201: s.BlobOutput, 200: OpenApiResponse(s.BlobOutput, description="already stored")},
+        summary="Upload one file's bytes, addressed by its sha256 (streamed and verified while stored)",
+    )
+    def put(self, request, namespace, name, digest):
+        self.model(ModelPerm.REGISTER)
+        match = SHA256_PATH.match(digest)
+        if match is None:
+            raise InvalidInput(f"'{digest}' is not sha256:<64 lowercase hex>.", detail={"digest": ["Bad digest."]})
+        raw = request._request  # the Django request: read the body as a stream, never whole
+
+        def chunks():
+            while chunk := raw.read(CHUNK):
+                yield chunk
+
+        declared = int(raw.META.get("CONTENT_LENGTH") or 0) or None
+        blob = blob_store().put(chunks(), expected_sha256=match[1], expected_size=declared)
+        body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
+        return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)
+
+
+class AliasListView(ModelScopedView):
+    @extend_schema(responses=s.AliasOutput(many=True), summary="List a model's aliases")
+    def get(self, request, namespace, name):
+        return Response(s.AliasOutput(selectors.aliases(model=self.model()), many=True).data)
+
+
+class AliasDetailView(ModelScopedView):
+    required_scopes = {"GET": scopes.READ, "PUT": scopes.MODELS_WRITE}
+
+    @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
+    def get(self, request, namespace, name, alias):
+        found = selectors.aliases(model=self.model()).filter(name=alias).first()
+        if found is None:
+            raise NotFound(f"{namespace}/{name} has no alias '{alias}'.")
+        return Response(s.AliasOutput(found).data)
+
+    @extend_schema(
+        request=s.AliasSetInput,
+        responses={200: s.AliasOutput, 201: s.AliasOutput},
+        summary="Point an alias at a version (protected aliases: managers only)",
+    )
+    def put(self, request, namespace, name, alias):
+        model = self.model(ModelPerm.REGISTER)
+        data = s.AliasSetInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        found, created = services.alias_set(
+            actor=request.user,
+            model=model,
+            name=alias,
+            number=data.validated_data["version"],
+            protected=data.validated_data["protected"],
+        )
+        return Response(s.AliasOutput(found).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

@@ -1,0 +1,552 @@
+"""Model cards: the canonical JSON form, its schema, completeness, and Hugging Face import/export.
+
+Pure functions, no database. The canonical form (schema `registry/card_schema/v1.json`) holds the
+sections of Mitchell et al. 2019 "Model Cards for Model Reporting" as Markdown text, a `governance`
+block, Hugging Face metadata (`metadata`), and any other Markdown sections (`other_sections`).
+
+Hugging Face cards are README.md files: a YAML metadata block and a Markdown body. Import maps the
+YAML keys to `metadata` (and a `governance` key to `governance`), and `##` headings (or deeper ones,
+such as the HF template's `### Training Data`) to the canonical sections. Export writes one `##`
+section per canonical section, so export -> import gives the same canonical content back.
+"""
+
+import copy
+import datetime
+import json
+import math
+import re
+from functools import cache
+from pathlib import Path
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+from jsonschema import Draft202012Validator
+
+from core.errors import InvalidInput
+
+SCHEMA_VERSION = "1"
+SCHEMA_DIR = Path(__file__).resolve().parent / "card_schema"
+
+# The Mitchell et al. sections, in the paper's order.
+MITCHELL_SECTIONS = [
+    "model_details",
+    "intended_use",
+    "factors",
+    "metrics",
+    "evaluation_data",
+    "training_data",
+    "quantitative_analyses",
+    "ethical_considerations",
+    "caveats_and_recommendations",
+]
+GOVERNANCE = "governance"
+# Every section a completeness report (and a policy's "required card sections") can name.
+SECTIONS = [*MITCHELL_SECTIONS, GOVERNANCE]
+
+# Headings written on export (and read back on import).
+HEADINGS = {
+    "model_details": "Model Details",
+    "intended_use": "Intended Use",
+    "factors": "Factors",
+    "metrics": "Metrics",
+    "evaluation_data": "Evaluation Data",
+    "training_data": "Training Data",
+    "quantitative_analyses": "Quantitative Analyses",
+    "ethical_considerations": "Ethical Considerations",
+    "caveats_and_recommendations": "Caveats and Recommendations",
+}
+
+# Heading text (normalized: lower case, '&' -> 'and', punctuation dropped) -> section. Covers the
+# paper's names, the Hugging Face model card template and cards written by transformers' Trainer.
+HEADING_ALIASES = {
+    "model_details": [
+        "model details",
+        "model description",
+        "model information",
+        "model overview",
+        "model summary",
+    ],
+    "intended_use": [
+        "intended use",
+        "intended uses",
+        "uses",
+        "direct use",
+        "downstream use",
+        "downstream use optional",
+        "out of scope use",
+        "out of scope uses",
+        "intended uses and limitations",
+        "primary intended uses",
+    ],
+    "factors": ["factors", "relevant factors", "evaluation factors"],
+    "metrics": ["metrics", "evaluation metrics", "model performance measures", "performance measures"],
+    "evaluation_data": ["evaluation data", "evaluation dataset", "evaluation datasets", "testing data", "test data"],
+    "training_data": [
+        "training data",
+        "training dataset",
+        "training datasets",
+        "training details",
+        "training procedure",
+    ],
+    "quantitative_analyses": [
+        "quantitative analyses",
+        "quantitative analysis",
+        "evaluation",
+        "evaluation results",
+        "results",
+    ],
+    "ethical_considerations": [
+        "ethical considerations",
+        "ethics",
+        "bias risks and limitations",
+        "bias risks limitations",
+        "risks and limitations",
+        "bias and fairness",
+    ],
+    "caveats_and_recommendations": [
+        "caveats and recommendations",
+        "caveats",
+        "recommendations",
+        "limitations",
+        "limitations and bias",
+    ],
+}
+_ALIAS_TO_SECTION = {alias: section for section, aliases in HEADING_ALIASES.items() for alias in aliases}
+
+# YAML keys with a place of their own in `metadata` (HF name -> canonical name).
+METADATA_KEYS = {
+    "license": "license",
+    "license_name": "license_name",
+    "license_link": "license_link",
+    "datasets": "datasets",
+    "metrics": "metrics",
+    "base_model": "base_model",
+    "library_name": "library_name",
+    "pipeline_tag": "pipeline_tag",
+    "tags": "tags",
+    "language": "language",
+    "model-index": "model_index",
+}
+PLACEHOLDERS = {"", "tbd", "tba", "todo", "...", "-", "more information needed"}
+MAX_YAML_NODES = 100_000
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+
+
+# --- schema validation -------------------------------------------------------------------------
+
+
+@cache
+def schema(version: str = SCHEMA_VERSION) -> dict:
+    with open(SCHEMA_DIR / f"v{version}.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+@cache
+def _validator(version: str = SCHEMA_VERSION) -> Draft202012Validator:
+    return Draft202012Validator(schema(version))
+
+
+def _path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(card)"
+
+
+def _error_entries(error) -> list[tuple[str, str]]:
+    """(field path, message) pairs for one jsonschema error, naming the offending field itself."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return [(_path([*path, key]), f"unknown field; allowed: {', '.join(allowed)}") for key in extra]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [key for key in error.validator_value if key not in error.instance]
+        return [(_path([*path, key]), "is required") for key in missing]
+    if error.validator == "propertyNames":
+        return [(_path(path), f"key {error.instance!r} is not allowed here: it has a field of its own")]
+    if error.validator == "oneOf":
+        return [(_path(path), "must be a string or a list of strings (each 1-500 characters)")]
+    if error.validator == "maxLength":
+        return [(_path(path), f"is longer than {error.validator_value} characters")]
+    return [(_path(path), error.message)]
+
+
+def _check_json_values(value, path=(), budget=None) -> None:
+    """Reject what JSON (and PostgreSQL's jsonb) cannot hold: NaN/Infinity, non-string keys."""
+    budget = budget if budget is not None else [MAX_YAML_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise InvalidInput(f"The card has more than {MAX_YAML_NODES} values.", code="invalid_card")
+    if isinstance(value, float) and not math.isfinite(value):
+        where = _path(path)
+        raise InvalidInput(
+            f"Invalid model card. {where}: {value} is not a finite number.",
+            code="invalid_card",
+            detail={where: ["Not a finite number."]},
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = _path(path)
+                raise InvalidInput(
+                    f"Invalid model card. {where}: key {key!r} is not a string.",
+                    code="invalid_card",
+                    detail={where: ["Keys must be strings."]},
+                )
+            _check_json_values(item, (*path, key), budget)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_values(item, (*path, index), budget)
+
+
+def _has_outer_heading(text: str) -> str | None:
+    for line in _unfenced_lines(text):
+        match = _HEADING.match(line)
+        if match and len(match.group(1)) <= 2:
+            return line.strip()
+    return None
+
+
+def _trim(text: str) -> str:
+    """Drop leading blank lines and trailing whitespace: the form import produces."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return "\n".join(lines).rstrip()
+
+
+def validate(content, version: str = SCHEMA_VERSION) -> dict:
+    """Check `content` against the card schema; return it normalized (section text trimmed).
+
+    Raises InvalidInput naming every failing field path, e.g.
+    "governance.risk_class: 'extreme' is not one of ['minimal', 'limited', 'high', 'unacceptable']".
+    """
+    if not isinstance(content, dict):
+        raise InvalidInput(
+            "Invalid model card: the card content must be a JSON object.",
+            code="invalid_card",
+            detail={"(card)": ["Must be an object."]},
+        )
+    _check_json_values(content)
+    content = copy.deepcopy(content)
+    entries = []
+    for error in sorted(_validator(version).iter_errors(content), key=lambda e: [str(p) for p in e.absolute_path]):
+        entries.extend(_error_entries(error))
+    for key, value in content.items():
+        if isinstance(value, str):
+            content[key] = value.strip() if key == "title" else _trim(value)
+    # Section text must not open a new top-level section, or it would not survive an HF round trip.
+    for section in ["summary", *MITCHELL_SECTIONS]:
+        if isinstance(content.get(section), str) and (line := _has_outer_heading(content[section])):
+            entries.append((section, f"contains the heading {line[:80]!r}; use ### or deeper inside a section"))
+    for index, other in enumerate(content.get("other_sections") or []):
+        if not isinstance(other, dict):
+            continue
+        if isinstance(other.get("title"), str):
+            other["title"] = other["title"].strip()
+        if isinstance(other.get("text"), str):
+            other["text"] = _trim(other["text"])
+            if line := _has_outer_heading(other["text"]):
+                entries.append(
+                    (f"other_sections[{index}].text", f"contains the heading {line[:80]!r}; use ### or deeper")
+                )
+        if isinstance(other.get("title"), str) and (section := section_for_heading(other["title"])):
+            entries.append((f"other_sections[{index}].title", f"'{other['title']}' is the {section} section"))
+    if entries:
+        detail: dict[str, list[str]] = {}
+        for path, message in entries:
+            detail.setdefault(path, []).append(message)
+        first_path, first_message = entries[0]
+        more = f" (and {len(entries) - 1} more)" if len(entries) > 1 else ""
+        raise InvalidInput(
+            f"Invalid model card. {first_path}: {first_message}{more}", code="invalid_card", detail=detail
+        )
+    return content
+
+
+# --- completeness ------------------------------------------------------------------------------
+
+
+def _is_blank_text(text: str) -> bool:
+    text = _COMMENT.sub("", text)
+    text = re.sub(r"\[more information needed\]", "", text, flags=re.IGNORECASE)
+    lines = [line for line in text.splitlines() if line.strip() and not _HEADING.match(line.strip())]
+    remaining = re.sub(r"\s+", " ", " ".join(lines)).strip().lower()
+    return remaining.strip("*_ .") in PLACEHOLDERS
+
+
+def _is_blank(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return _is_blank_text(value)
+    if isinstance(value, dict):
+        return all(_is_blank(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_is_blank(v) for v in value)
+    return False
+
+
+def completeness(content: dict) -> dict:
+    """Which of SECTIONS are missing (absent) or empty (blank, comments or placeholders only)."""
+    missing = [s for s in SECTIONS if s not in content]
+    empty = [s for s in SECTIONS if s in content and _is_blank(content[s])]
+    return {"complete": not missing and not empty, "missing": missing, "empty": empty}
+
+
+def present_sections(content: dict) -> list[str]:
+    return [s for s in SECTIONS if s in content]
+
+
+# --- Hugging Face import -----------------------------------------------------------------------
+
+
+def _normalize_heading(title: str) -> str:
+    title = _COMMENT.sub("", title).lower().replace("&", " and ")
+    title = re.sub(r"[^a-z0-9]+", " ", title)
+    return re.sub(r"\s+", " ", title).strip()
+
+
+def section_for_heading(title: str) -> str | None:
+    """The canonical section a Markdown heading names, or None."""
+    return _ALIAS_TO_SECTION.get(_normalize_heading(title))
+
+
+def _unfenced_lines(text: str):
+    """Lines outside fenced code blocks."""
+    fence = None
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if fence is None and match:
+            fence = match.group(1)[0] * 3
+            continue
+        if fence is not None:
+            if line.lstrip().startswith(fence):
+                fence = None
+            continue
+        yield line
+
+
+class _Node:
+    def __init__(self, level: int, title: str):
+        self.level, self.title, self.lines, self.children = level, title, [], []
+
+
+def _parse_markdown(text: str) -> tuple[str | None, list[str], list[_Node]]:
+    """Split a Markdown body into (title, preamble lines, top-level nodes with nested subsections).
+
+    Levels 1 and 2 start top-level nodes (the first H1 before any H2 is the title); deeper headings
+    nest. Headings inside fenced code blocks are text.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    title, preamble, top, stack = None, [], [], []
+    fence = None
+    for line in text.split("\n"):
+        match = None
+        fence_match = _FENCE.match(line)
+        if fence is not None:
+            if line.lstrip().startswith(fence):
+                fence = None
+        elif fence_match:
+            fence = fence_match.group(1)[0] * 3
+        else:
+            match = _HEADING.match(line)
+        if match is None:
+            (stack[-1].lines if stack else preamble).append(line)
+            continue
+        level, heading = len(match.group(1)), match.group(2).strip()
+        if not heading or (level > 2 and not stack):
+            (stack[-1].lines if stack else preamble).append(line)  # empty heading, or one in the preamble
+            continue
+        if level == 1 and title is None and not top:
+            title = heading
+            continue
+        node = _Node(level, heading)
+        if level <= 2:
+            top.append(node)
+            stack = [node]
+        else:
+            while len(stack) > 1 and stack[-1].level >= level:
+                stack.pop()
+            stack[-1].children.append(node)
+            stack.append(node)
+    return title, preamble, top
+
+
+def _collect(node: _Node, inherited: str | None, parts: dict, is_root: bool) -> list[str]:
+    """Distribute a node's subtree over sections; return the text it contributes to `inherited`.
+
+    A heading that names a section other than the one it sits in takes its subtree there (its
+    heading dropped); other headings stay, as headings, in the enclosing section's text.
+    """
+    own = section_for_heading(node.title)
+    if own is not None and (is_root or own != inherited):
+        body = [_trim("\n".join(node.lines))]
+        for child in node.children:
+            body.append(_collect(child, own, parts, False))
+        parts.setdefault(own, []).append("\n\n".join(p for p in body if p))
+        return ""
+    body = [_trim("\n".join(node.lines))]
+    for child in node.children:
+        body.append(_collect(child, inherited, parts, False))
+    text = "\n\n".join(p for p in body if p)
+    if is_root:
+        return text
+    if not text and node.children:
+        return ""  # nothing left here once the subsections went to their own sections
+    heading = "#" * node.level + " " + node.title
+    return f"{heading}\n\n{text}" if text else heading
+
+
+def _jsonable(value, path: str, budget: list[int]):
+    """YAML values -> JSON values (dates as ISO strings), with a bound on expanded size."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise InvalidInput(
+            f"The README's metadata has more than {MAX_YAML_NODES} values (after expanding YAML aliases).",
+            code="invalid_card",
+            detail={"metadata": ["Too large."]},
+        )
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{path}.{k}", budget) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [_jsonable(v, f"{path}[{i}]", budget) for i, v in enumerate(items)]
+    if isinstance(value, datetime.date | datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        raise InvalidInput(
+            f"Invalid model card. {path}: binary YAML values are not supported.",
+            code="invalid_card",
+            detail={path: ["Binary value."]},
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(
+            f"Invalid model card. {path}: {value} is not a finite number.",
+            code="invalid_card",
+            detail={path: ["Not a finite number."]},
+        )
+    return value
+
+
+def _metadata_block(readme: str) -> tuple[dict, str]:
+    """(YAML metadata, Markdown body). We parse the YAML first, before huggingface_hub sees it: a
+    bound on its expanded size (YAML aliases) and an error that says what is wrong."""
+    match = REGEX_YAML_BLOCK.search(readme)
+    if not match:
+        return {}, readme
+    body = readme[match.end() :]
+    try:
+        data = yaml.safe_load(match.group(2))
+    except yaml.YAMLError as exc:
+        raise InvalidInput(
+            f"The README's YAML metadata block does not parse: {exc}",
+            code="invalid_card",
+            detail={"metadata": [str(exc)]},
+        ) from None
+    if data is None:
+        return {}, body
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            "The README's YAML metadata block must be a mapping (key: value lines).",
+            code="invalid_card",
+            detail={"metadata": ["Must be a mapping."]},
+        )
+    return _jsonable(data, "metadata", [MAX_YAML_NODES]), body
+
+
+def from_huggingface(readme_text: str) -> dict:
+    """A Hugging Face README.md (YAML metadata + Markdown) -> canonical card content (validated)."""
+    if not isinstance(readme_text, str):
+        raise InvalidInput("A README must be text.", code="invalid_card")
+    raw, body = _metadata_block(readme_text)
+    for key in ("eval_results", "model_name", "ignore_metadata_errors"):
+        if key in raw:
+            raise InvalidInput(
+                f"Invalid model card. metadata.{key}: not a model card metadata key (use model-index).",
+                code="invalid_card",
+                detail={f"metadata.{key}": ["Not allowed."]},
+            )
+    try:
+        card = ModelCard(readme_text) if raw else None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidInput(
+            f"Invalid model card. metadata: {exc}".split(" Pass `ignore_metadata_errors")[0],
+            code="invalid_card",
+            detail={"metadata": [str(exc)]},
+        ) from None
+    data = _jsonable(card.data.to_dict(), "metadata", [MAX_YAML_NODES]) if card is not None else {}
+
+    content: dict = {}
+    metadata: dict = {}
+    extra: dict = {}
+    for key, value in data.items():
+        if key == GOVERNANCE:
+            content[GOVERNANCE] = value
+        elif key in METADATA_KEYS:
+            metadata[METADATA_KEYS[key]] = value
+        else:
+            extra[key] = value
+    if extra:
+        metadata["extra"] = extra
+
+    title, preamble, top = _parse_markdown(body)
+    if title is not None:
+        content["title"] = title
+    summary = _trim("\n".join(preamble))
+    if summary:
+        content["summary"] = summary
+    parts: dict[str, list[str]] = {}
+    others = []
+    for node in top:
+        text = _collect(node, None, parts, True)
+        if section_for_heading(node.title) is None and (text or not node.children):
+            others.append({"title": node.title, "text": text})
+    for section in MITCHELL_SECTIONS:
+        if section in parts:
+            content[section] = "\n\n".join(p for p in parts[section] if p)
+    if GOVERNANCE in content:
+        content[GOVERNANCE] = content.pop(GOVERNANCE)
+    if metadata:
+        content["metadata"] = metadata
+    if others:
+        content["other_sections"] = others
+    return validate(content)
+
+
+# --- Hugging Face export -----------------------------------------------------------------------
+
+
+def to_huggingface(content: dict) -> str:
+    """Canonical card content -> a Hugging Face README.md (YAML metadata + Markdown sections)."""
+    metadata = dict(content.get("metadata") or {})
+    extra = metadata.pop("extra", {}) or {}
+    model_index = metadata.pop("model_index", None)
+    fields = {name: metadata[name] for name in METADATA_KEYS.values() if name in metadata and name != "model_index"}
+    governance = content.get(GOVERNANCE)
+    if "license" not in fields and governance and governance.get("license"):
+        fields["license"] = governance["license"]
+    kwargs = {**extra}
+    if governance is not None:
+        kwargs[GOVERNANCE] = governance
+    if model_index:
+        kwargs["model-index"] = model_index
+    data = ModelCardData(**fields, **kwargs)
+
+    blocks = []
+    if content.get("title"):
+        blocks.append(f"# {content['title']}")
+    if content.get("summary"):
+        blocks.append(content["summary"])
+    for section in MITCHELL_SECTIONS:
+        if section in content:
+            blocks.append(f"## {HEADINGS[section]}" + (f"\n\n{content[section]}" if content[section] else ""))
+    for other in content.get("other_sections") or []:
+        blocks.append(f"## {other['title']}" + (f"\n\n{other['text']}" if other["text"] else ""))
+    body = "\n\n".join(blocks) + "\n"
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return str(card)

@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""registry-cli: register model versions from CI. Standard library only.
+
+Runs as the `registry-cli` console script once the project is installed, as
+`python -m registry.cli`, or as a single copied file (`python3 cli.py ...`, Python 3.8+).
+
+    registry-cli register --model ns/name --path ./model [--metrics metrics.json] [--params params.json]
+                          [--card README.md] [--tag k=v ...] [--alias candidate] [--create-model]
+                          [--source-commit SHA --source-repo URL --source-branch B --ci-run-url URL]
+    registry-cli digest --path ./model [--manifest]
+    registry-cli resolve --model ns/name --alias champion
+
+Configuration: --url or REGISTRY_URL (the server's base URL), and the API token in REGISTRY_TOKEN.
+The token is only ever read from the environment and is never printed.
+
+Which files a version holds: every regular file under --path, recursively, named by its path
+relative to --path with "/" separators, sorted. Hidden files and empty files are included; empty
+directories are not represented. A symbolic link is followed when its target lies inside --path
+(the file appears under the link's own name); a link whose target lies outside --path is skipped
+with a warning, so a stray link in a CI workspace cannot upload files from elsewhere on the
+machine. Dangling links, link loops, sockets, FIFOs and devices are errors.
+
+The digest is the registry's rule (registry/manifest.py): "sha256:" + hex sha256 of the canonical
+JSON {"files": [{"path", "size", "sha256"}, ...]} with files sorted by path, keys sorted, ","/":"
+separators, UTF-8, no whitespace.
+
+Exit status: 0 success; 1 the server refused a request (its error code and message are printed on
+stderr); 2 usage error (bad arguments, missing token or URL, unreadable files); 3 the server could
+not be reached or did not answer (network error, timeout): safe to retry, every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+__version__ = "0.1.0"
+
+PROG = "registry-cli"
+CHUNK = 1024 * 1024
+MAX_FILES = 10_000  # the server's limit (registry/manifest.py)
+MAX_PATH = 1024
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
+RETRY_STATUSES = (502, 503, 504)
+COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class CliError(Exception):
+    exit_code = EXIT_USAGE
+
+
+class UsageError(CliError):
+    exit_code = EXIT_USAGE
+
+
+class NetworkError(CliError):
+    exit_code = EXIT_NETWORK
+
+
+class ServerError(CliError):
+    """The server answered with an error status."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, method, path, status, code, message, detail=None, request_id=None):
+        super().__init__(message)
+        self.method, self.path, self.status = method, path, status
+        self.code, self.message, self.detail, self.request_id = code, message, detail, request_id
+
+    def __str__(self):
+        lines = [f"{self.method} {self.path} refused: HTTP {self.status} {self.code}: {self.message}"]
+        if self.detail not in (None, {}, []):
+            lines.append("detail: " + json.dumps(self.detail, ensure_ascii=False, sort_keys=True))
+        if self.request_id:
+            lines.append(f"request id: {self.request_id}")
+        return "\n".join(lines)
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+class Log:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --- files, manifest, digest -------------------------------------------------------------------
+
+
+def canonical_json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def manifest_digest(files: list) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json({"files": files})).hexdigest()
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives on Windows
+        return False
+
+
+def _posix_path(parts: list) -> str:
+    for part in parts:
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"file name {os.fsencode(part)!r} is not valid UTF-8; rename it.") from None
+        if "\\" in part or "\x00" in part:
+            raise UsageError(f"file name {part!r} contains a backslash, which the registry does not accept.")
+    path = "/".join(parts)
+    if len(path) > MAX_PATH:
+        raise UsageError(f"path '{path[:80]}…' is longer than {MAX_PATH} characters.")
+    return path
+
+
+def collect_files(root: str) -> list:
+    """[(relative POSIX path, absolute path)] for every file under root, sorted by path. See module doc."""
+    if not os.path.exists(root):
+        raise UsageError(f"--path {root}: no such file or directory.")
+    root_real = os.path.realpath(root)
+    if os.path.isfile(root_real):
+        return [(_posix_path([os.path.basename(os.path.abspath(root))]), root_real)]
+    if not os.path.isdir(root_real):
+        raise UsageError(f"--path {root} is neither a regular file nor a directory.")
+    found = []
+
+    def visit(directory: str, parts: list, ancestors: frozenset) -> None:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise UsageError(f"cannot list {directory}: {exc.strerror}.") from None
+        for entry in entries:
+            rel = parts + [entry.name]
+            shown = "/".join(rel)
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not _inside(target, root_real):
+                    warn(f"skipping {shown}: symbolic link to {target}, outside {root}.")
+                    continue
+                if not os.path.exists(target):
+                    raise UsageError(f"{shown} is a dangling symbolic link (to {target}).")
+                if os.path.isdir(target):
+                    if target in ancestors:
+                        raise UsageError(f"{shown} is a symbolic link loop (back to {target}).")
+                    visit(entry.path, rel, ancestors | {target})
+                    continue
+                mode = os.stat(target).st_mode
+            else:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    visit(entry.path, rel, ancestors | {os.path.realpath(entry.path)})
+                    continue
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"{shown} is not a regular file (socket, FIFO or device); remove it from --path.")
+            found.append((_posix_path(rel), entry.path))
+
+    try:
+        visit(root_real, [], frozenset({root_real}))
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename or root}: {exc.strerror}.") from None
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def hash_file(path: str) -> tuple:
+    """(size, sha256 hex) of a file, read in chunks."""
+    hasher, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}.") from None
+    return size, hasher.hexdigest()
+
+
+def build_manifest(root: str, log=None) -> tuple:
+    """({"files": [...]}, {relative path: absolute path}) for the files under root."""
+    files = collect_files(root)
+    if not files:
+        raise UsageError(f"--path {root} holds no files to register.")
+    if len(files) > MAX_FILES:
+        raise UsageError(f"--path {root} holds {len(files)} files; the registry accepts at most {MAX_FILES}.")
+    entries, where = [], {}
+    for rel, path in files:
+        size, sha = hash_file(path)
+        entries.append({"path": rel, "size": size, "sha256": sha})
+        where[rel] = path
+    if log:
+        log(f"hashed {len(entries)} file(s), {_human(sum(e['size'] for e in entries))}")
+    return {"files": entries}, where
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow redirects: a POST would turn into a GET, and the token must not travel elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class Client:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2, log=None):
+        self.base = base_url
+        self._token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.log = log or (lambda message: None)
+        self._opener = urllib.request.build_opener(_NoRedirect())
+
+    def url(self, *segments: str, trailing_slash: bool = False) -> str:
+        path = "/".join(urllib.parse.quote(s, safe=":") for s in segments)
+        return f"{self.base}/api/v1/{path}" + ("/" if trailing_slash else "")
+
+    def request(self, method: str, url: str, *, json_body=None, body=None, content_type=None, length=None, retry=True):
+        """Send a request; return (status, parsed JSON body or None). `body` may be a callable
+        returning an iterable of bytes (called again on each retry, for streamed uploads).
+        `retry=False` for requests that are not idempotent."""
+        short = urllib.parse.urlsplit(url).path
+        attempt, retries = 0, self.retries if retry else 0
+        while True:
+            attempt += 1
+            data = body() if callable(body) else body
+            if json_body is not None:
+                data, content_type = canonical_json(json_body), "application/json"
+            req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (base_url allows http(s) only)
+            req.add_header("Accept", "application/json")
+            req.add_header("User-Agent", f"{PROG}/{__version__} python/{sys.version.split()[0]}")
+            req.add_unredirected_header("Authorization", f"Bearer {self._token}")
+            if data is not None:
+                req.add_header("Content-Type", content_type or "application/octet-stream")
+                req.add_header("Content-Length", str(length if length is not None else len(data)))
+            try:
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    return resp.status, _parse_json(resp.read())
+            except urllib.error.HTTPError as exc:
+                raw = exc.read()
+                if exc.code in RETRY_STATUSES and attempt <= retries:
+                    self._pause(attempt, f"{method} {short}: HTTP {exc.code}")
+                    continue
+                raise _server_error(method, short, exc, raw) from None
+            except OSError as exc:  # URLError, connection errors and timeouts
+                reason = getattr(exc, "reason", exc)
+                if attempt <= retries:
+                    self._pause(attempt, f"{method} {short}: {reason}")
+                    continue
+                raise NetworkError(
+                    f"could not reach the registry at {self.base} ({method} {short}): {reason}. "
+                    "Check REGISTRY_URL / --url and the network; the command is safe to re-run."
+                ) from None
+
+    def _pause(self, attempt: int, why: str) -> None:
+        delay = min(2 ** (attempt - 1), 30)
+        self.log(f"{why}; retrying in {delay}s")
+        time.sleep(delay)
+
+
+def _parse_json(raw: bytes):
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _server_error(method: str, path: str, exc: urllib.error.HTTPError, raw: bytes) -> ServerError:
+    body = _parse_json(raw)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and "message" in error:
+        return ServerError(
+            method,
+            path,
+            exc.code,
+            error.get("code") or "error",
+            error["message"],
+            error.get("detail"),
+            error.get("request_id"),
+        )
+    if 300 <= exc.code < 400:
+        location = exc.headers.get("Location", "?")
+        return ServerError(
+            method,
+            path,
+            exc.code,
+            "redirect",
+            f"the server redirects to {location}; point REGISTRY_URL / --url at the final address "
+            "(redirects are not followed so the token never leaves for another address).",
+        )
+    text = raw.decode("utf-8", "replace").strip().replace("\n", " ")
+    message = f"{exc.reason or 'error'}" + (f": {text[:300]}" if text else "")
+    return ServerError(method, path, exc.code, "http_error", message)
+
+
+def _file_chunks(path: str):
+    def chunks():
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+    return chunks
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def base_url(args) -> str:
+    url = (args.url or os.environ.get("REGISTRY_URL") or "").strip()
+    if not url:
+        raise UsageError("no registry URL: pass --url or set REGISTRY_URL (e.g. https://registry.example.com).")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"registry URL '{url}' must start with http:// or https:// and name a host.")
+    if parts.username or parts.password:
+        raise UsageError("do not put credentials in the registry URL; set REGISTRY_TOKEN instead.")
+    path = parts.path.rstrip("/")
+    if path.endswith("/api/v1"):
+        path = path[: -len("/api/v1")]
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        warn(f"{parts.netloc} is plain http: the API token travels unencrypted.")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def client_from(args) -> Client:
+    url = base_url(args)
+    token = os.environ.get("REGISTRY_TOKEN", "").strip()
+    if not token:
+        raise UsageError("REGISTRY_TOKEN is not set: export the API token (in CI, from a secret).")
+    return Client(url, token, timeout=args.timeout, retries=args.retries, log=Log(args.quiet))
+
+
+def parse_model(text: str) -> tuple:
+    namespace, sep, name = (text or "").partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise UsageError(f"--model '{text}' must be namespace/name, e.g. acme/churn.")
+    return namespace, name
+
+
+def load_json_object(path: str, option: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f, parse_constant=_reject_constant)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror}.") from None
+    except ValueError as exc:
+        raise UsageError(f"{option} {path} is not valid JSON: {exc}.") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} {path} must hold a JSON object.")
+    return value
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_tags(items: list) -> dict:
+    tags = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--tag '{item}' must be key=value.")
+        tags[key.strip()] = value
+    return tags
+
+
+def source_from(args, environ=None) -> dict:
+    """Source fields: explicit options first, then GitHub Actions or GitLab CI variables."""
+    env = os.environ if environ is None else environ
+
+    def get(name):
+        return (env.get(name) or "").strip()
+
+    repository = commit = branch = run_url = ""
+    if get("GITHUB_ACTIONS") == "true" or get("GITHUB_SHA"):
+        server = get("GITHUB_SERVER_URL").rstrip("/") or "https://github.com"
+        repo = get("GITHUB_REPOSITORY")
+        repository = f"{server}/{repo}" if repo else ""
+        commit = get("GITHUB_SHA")
+        branch = get("GITHUB_HEAD_REF") or get("GITHUB_REF_NAME")  # a pull request's head branch, else the ref
+        if repo and get("GITHUB_RUN_ID"):
+            run_url = f"{server}/{repo}/actions/runs/{get('GITHUB_RUN_ID')}"
+    elif get("GITLAB_CI") == "true" or get("CI_COMMIT_SHA"):
+        repository = get("CI_PROJECT_URL")
+        commit = get("CI_COMMIT_SHA")
+        branch = get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or get("CI_COMMIT_REF_NAME")
+        run_url = get("CI_PIPELINE_URL")
+    source = {
+        "repository": args.source_repo if args.source_repo is not None else repository,
+        "commit": (args.source_commit if args.source_commit is not None else commit).strip().lower(),
+        "branch": args.source_branch if args.source_branch is not None else branch,
+        "ci_run_url": args.ci_run_url if args.ci_run_url is not None else run_url,
+    }
+    source = {k: v for k, v in source.items() if v}
+    if "commit" in source and not COMMIT_RE.match(source["commit"]):
+        raise UsageError(f"source commit '{source['commit']}' must be 7-64 hexadecimal characters.")
+    if "ci_run_url" in source and not source["ci_run_url"].startswith(("http://", "https://")):
+        raise UsageError(f"CI run URL '{source['ci_run_url']}' must be an http(s) URL.")
+    return source
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_digest(args) -> int:
+    manifest, _ = build_manifest(args.path)
+    if args.manifest:
+        print(json.dumps({"digest": manifest_digest(manifest["files"]), **manifest}, ensure_ascii=False))
+    else:
+        print(manifest_digest(manifest["files"]))
+    return EXIT_OK
+
+
+def cmd_resolve(args) -> int:
+    namespace, name = parse_model(args.model)
+    client = client_from(args)
+    for _ in range(3):  # the alias may move between the two reads; resolve again if it did
+        _, alias = client.request("GET", client.url("models", namespace, name, "aliases", args.alias))
+        _, version = client.request("GET", client.url("models", namespace, name, "versions", str(alias["version"])))
+        if version.get("digest") == alias.get("digest"):
+            break
+    print(json.dumps(version, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_register(args) -> int:
+    log = Log(args.quiet)
+    namespace, name = parse_model(args.model)
+    # Everything local is checked before the first request.
+    metrics = load_json_object(args.metrics, "--metrics") if args.metrics else None
+    params = load_json_object(args.params, "--params") if args.params else None
+    tags = parse_tags(args.tag)
+    source = source_from(args)
+    card = None
+    if args.card:
+        try:
+            with open(args.card, "rb") as f:
+                card = f.read()
+        except OSError as exc:
+            raise UsageError(f"--card {args.card}: {exc.strerror}.") from None
+    artifact_uri = args.artifact_uri or "registry://"
+    client = client_from(args)
+    manifest, where = build_manifest(args.path, log)
+    digest = manifest_digest(manifest["files"])
+    log(f"{args.model}: digest {digest}")
+
+    if args.create_model:
+        model_body = {"namespace": namespace, "name": name}
+        try:
+            client.request("POST", client.url("models", trailing_slash=True), json_body=model_body)
+            log(f"created model {args.model}")
+        except ServerError as exc:
+            if exc.status != 409:
+                raise
+            log(f"model {args.model} already exists")
+
+    body = {"artifact_uri": artifact_uri, "manifest": manifest}
+    for key, value in (("metrics", metrics), ("params", params), ("source", source), ("tags", tags)):
+        if value:
+            body[key] = value
+    versions_url = client.url("models", namespace, name, "versions", trailing_slash=True)
+    versions_path = urllib.parse.urlsplit(versions_url).path
+    # Register first: if the registry already holds every file (a re-run), nothing is uploaded.
+    try:
+        status, version = client.request("POST", versions_url, json_body=body)
+    except ServerError as exc:
+        if exc.code != "artifacts_missing" or not artifact_uri.startswith("registry://"):
+            raise
+        upload(client, namespace, name, manifest, where, exc.detail, args.jobs, log)
+        status, version = client.request("POST", versions_url, json_body=body)
+    if not isinstance(version, dict) or "number" not in version:
+        raise ServerError("POST", versions_path, status, "bad_response", "the registry's answer has no version number.")
+    number, created = version["number"], status == 201
+    if version.get("digest") != digest:
+        raise ServerError(
+            "POST",
+            versions_path,
+            status,
+            "digest_differs",
+            f"the registry computed {version.get('digest')} for the manifest, but this client computed {digest}.",
+        )
+    log(f"{'registered' if created else 'already registered:'} {args.model} version {number}")
+    step = None
+    try:
+        if card is not None:
+            step = "posting the model card"
+            client.request(
+                "POST",
+                client.url("models", namespace, name, "versions", str(number), "card"),
+                body=card,
+                content_type="text/markdown; charset=utf-8",
+                retry=False,  # each post adds a card revision
+            )
+            log(f"posted model card {args.card}")
+        if args.alias:
+            step = f"setting alias {args.alias}"
+            client.request(
+                "PUT", client.url("models", namespace, name, "aliases", args.alias), json_body={"version": number}
+            )
+            log(f"alias {args.alias} -> version {number}")
+    except CliError as exc:
+        print(f"{PROG}: version {number} ({digest}) is registered, but {step} failed:", file=sys.stderr)
+        raise exc from None
+    summary = {"model": f"{namespace}/{name}", "number": number, "digest": digest, "created": created}
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def upload(client: Client, namespace: str, name: str, manifest: dict, where: dict, detail, jobs: int, log) -> None:
+    """Upload the files the registry reported missing (each distinct content once), streamed from disk."""
+    missing = detail.get("missing") if isinstance(detail, dict) else None
+    wanted = set(missing) if isinstance(missing, list) else {f["path"] for f in manifest["files"]}
+    todo = {}
+    for entry in manifest["files"]:
+        if entry["path"] in wanted and entry["sha256"] not in todo:
+            todo[entry["sha256"]] = entry
+    total = sum(e["size"] for e in todo.values())
+    log(f"uploading {len(todo)} file(s), {_human(total)}")
+
+    def put(entry):
+        url = client.url("models", namespace, name, "artifacts", "sha256:" + entry["sha256"])
+        client.request("PUT", url, body=_file_chunks(where[entry["path"]]), length=entry["size"])
+        log(f"uploaded {entry['path']} ({_human(entry['size'])})")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(put, entry) for entry in todo.values()]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--url", default=default(None), help="registry base URL (default: $REGISTRY_URL)")
+    parser.add_argument(
+        "--timeout", type=float, default=default(300.0), help="seconds to wait on the network (default 300)"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=default(2),
+        help="retries after a network error or HTTP 502/503/504 (default 2)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Register model versions in the model governance registry from CI. "
+        "The API token is read from REGISTRY_TOKEN.",
+        epilog="Exit status: 0 ok, 1 the server refused, 2 usage error, 3 network error (retry).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    reg = sub.add_parser("register", help="hash, upload and register a directory as a model version")
+    _add_common(reg, top=False)
+    reg.add_argument("--model", required=True, help="namespace/name")
+    reg.add_argument("--path", required=True, help="directory (or single file) holding the model's files")
+    reg.add_argument("--metrics", help='JSON file: {"name": number | {"value", "dataset"?, "split"?}}')
+    reg.add_argument("--params", help="JSON file: an object of hyperparameters")
+    reg.add_argument("--card", help="model card (Hugging Face README.md) to post for the version")
+    reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="a tag; repeat for several")
+    reg.add_argument("--alias", help="point this alias (e.g. candidate) at the registered version")
+    reg.add_argument("--create-model", action="store_true", help="create the model first if it does not exist")
+    reg.add_argument(
+        "--artifact-uri",
+        help="where the files live: registry:// (default: upload them here), s3://bucket/prefix "
+        "or hf://org/repo@<commit> (nothing is uploaded)",
+    )
+    reg.add_argument("--jobs", type=int, default=4, help="parallel uploads (default 4)")
+    reg.add_argument("--source-commit", help="commit SHA (default: $GITHUB_SHA or $CI_COMMIT_SHA)")
+    reg.add_argument(
+        "--source-repo", help="repository URL (default: $GITHUB_SERVER_URL/$GITHUB_REPOSITORY or $CI_PROJECT_URL)"
+    )
+    reg.add_argument(
+        "--source-branch", help="branch (default: $GITHUB_HEAD_REF/$GITHUB_REF_NAME or $CI_COMMIT_REF_NAME)"
+    )
+    reg.add_argument("--ci-run-url", help="CI run URL (default: the GitHub Actions run or $CI_PIPELINE_URL)")
+    reg.set_defaults(func=cmd_register)
+
+    dig = sub.add_parser("digest", help="print the digest of a directory, computed locally")
+    dig.add_argument("--path", required=True, help="directory (or single file)")
+    dig.add_argument("--manifest", action="store_true", help='print {"digest", "files": [...]} as JSON instead')
+    dig.set_defaults(func=cmd_digest)
+
+    res = sub.add_parser("resolve", help="print the version an alias points to, as JSON")
+    _add_common(res, top=False)
+    res.add_argument("--model", required=True, help="namespace/name")
+    res.add_argument("--alias", required=True, help="alias name, e.g. champion")
+    res.set_defaults(func=cmd_resolve)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

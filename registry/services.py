@@ -1,0 +1,355 @@
+"""Every write to the registry. Each runs in one transaction with its audit event."""
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from guardian.shortcuts import assign_perm
+
+from accounts import access
+from audit.chain import canonical_json
+from audit.services import record
+from core.errors import Conflict, Forbidden, InvalidInput
+from registry import cards, signing
+from registry import manifest as manifests
+from registry.choices import STATUS_TRANSITIONS, VersionStatus
+from registry.models import (
+    Alias,
+    ModelCardRevision,
+    ModelPerm,
+    ModelVersion,
+    RegisteredModel,
+    VersionSignature,
+    slug_validator,
+)
+from registry.storage import blob_store
+
+REGISTRY_URI = "registry://"
+
+
+def _validate_slug(value: str, field: str) -> str:
+    try:
+        slug_validator(value)
+    except DjangoValidationError as exc:
+        raise InvalidInput(f"{field} '{value}': {exc.messages[0]}", detail={field: exc.messages}) from None
+    return value
+
+
+def model_create(*, actor, namespace: str, name: str, description: str = "", owner_group: str | None = None):
+    """Create a model; its creator (and owner group, if named) get every object permission on it."""
+    _validate_slug(namespace, "namespace")
+    _validate_slug(name, "name")
+    group = None
+    if owner_group:
+        group = Group.objects.filter(name=owner_group).first()
+        if group is None:
+            raise InvalidInput(f"No group named '{owner_group}'.", detail={"owner_group": ["Unknown group."]})
+    try:
+        with transaction.atomic():
+            model = RegisteredModel.objects.create(
+                namespace=namespace, name=name, description=description, owner_group=group, created_by=actor
+            )
+            for perm in ModelPerm.OWNER:
+                assign_perm(perm, actor, model)
+                if group is not None:
+                    assign_perm(perm, group, model)
+            record(
+                action="model.created",
+                subject=model,
+                actor=actor,
+                after={
+                    "namespace": namespace,
+                    "name": name,
+                    "description": description,
+                    "owner_group": owner_group,
+                    "granted": {"user": actor.get_username(), "group": owner_group, "perms": list(ModelPerm.OWNER)},
+                },
+            )
+    except IntegrityError:
+        raise Conflict(f"A model named {namespace}/{name} already exists.", code="already_exists") from None
+    return model
+
+
+def model_update(*, actor, model: RegisteredModel, description: str) -> RegisteredModel:
+    with transaction.atomic():
+        model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        before = {"description": model.description}
+        model.description = description
+        model.save(update_fields=["description"])
+        record(action="model.updated", subject=model, actor=actor, before=before, after={"description": description})
+    return model
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """What a client declares about a version; everything but tags is immutable once registered."""
+
+    manifest: dict
+    artifact_uri: str = ""
+    framework: str = ""
+    task: str = ""
+    params: dict | None = None
+    metrics: dict | None = None
+    source: dict | None = None
+    run_id: uuid.UUID | None = None
+
+
+def _split_metrics(metrics: dict) -> tuple[dict, dict]:
+    """{name: number | {"value", "dataset"?, "split"?}} -> ({name: number}, {name: {dataset, split}})."""
+    values, sources = {}, {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            values[name] = value["value"]
+            sources[name] = {k: value[k] for k in ("dataset", "split") if value.get(k)}
+        else:
+            values[name] = value
+    return values, sources
+
+
+def _check_registry_files(manifest: dict) -> None:
+    """For the registry's own storage: every file must be stored, with the declared size."""
+    store = blob_store()
+    missing, wrong = [], []
+    for f in manifest["files"]:
+        size = store.size(f["sha256"])
+        if size is None:
+            missing.append(f["path"])
+        elif size != f["size"]:
+            wrong.append(f"{f['path']} (declared {f['size']} bytes, stored {size})")
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append("not uploaded: " + ", ".join(missing[:20]))
+        if wrong:
+            parts.append("size differs: " + ", ".join(wrong[:20]))
+        raise InvalidInput(
+            "Manifest names files the registry does not hold; upload them first "
+            "(PUT …/artifacts/sha256:<hex>). " + "; ".join(parts) + ".",
+            code="artifacts_missing",
+            detail={"missing": missing, "size_mismatch": wrong},
+        )
+
+
+def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:
+    if not uri or uri == REGISTRY_URI:
+        return f"{REGISTRY_URI}{model.namespace}/{model.name}@{digest}"
+    return uri
+
+
+def version_register(*, actor, model: RegisteredModel, content: VersionContent, tags: dict | None = None):
+    """Register a version. Same digest again -> (existing, False); same digest, other content -> 409."""
+    manifest = manifests.normalize(content.manifest)
+    digest = manifests.digest(manifest)
+    metrics, metric_sources = _split_metrics(content.metrics or {})
+    artifact_uri = _normalize_uri(content.artifact_uri, model, digest)
+    if artifact_uri.startswith(REGISTRY_URI):
+        _check_registry_files(manifest)
+    fields = {
+        "manifest": manifest,
+        "artifact_uri": artifact_uri,
+        "framework": content.framework,
+        "task": content.task,
+        "params": content.params or {},
+        "metrics": metrics,
+        "metric_sources": metric_sources,
+        "source": content.source or {},
+        "run_id": content.run_id,
+    }
+    with transaction.atomic():
+        # The model row lock serializes registrations per model: numbers stay gapless, and a
+        # concurrent registration of the same digest sees the first one.
+        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        existing = ModelVersion.objects.filter(model=locked, digest=digest).first()
+        if existing is not None:
+            differing = [k for k, v in fields.items() if k != "manifest" and getattr(existing, k) != v]
+            if differing:
+                raise Conflict(
+                    f"Version {existing.number} of {locked} already has digest {digest} with different "
+                    f"{', '.join(differing)}. Versions are immutable: the same files cannot be registered with "
+                    "other metadata. Change the files to register a new version.",
+                    code="digest_conflict",
+                    detail={"number": existing.number, "fields": differing},
+                )
+            return existing, False
+        locked.latest_number += 1
+        locked.save(update_fields=["latest_number"])
+        version = ModelVersion.objects.create(
+            model=locked, number=locked.latest_number, digest=digest, created_by=actor, tags=tags or {}, **fields
+        )
+        record(
+            action="version.registered",
+            subject=version,
+            actor=actor,
+            after={
+                "number": version.number,
+                "digest": digest,
+                "artifact_uri": artifact_uri,
+                "files": len(manifest["files"]),
+                "metrics": metrics,
+                "source": fields["source"],
+                "tags": version.tags,
+                "run_id": version.run_id,
+            },
+        )
+    return version, True
+
+
+def version_update(
+    *, actor, version: ModelVersion, tags: dict | None = None, status: str | None = None, reason: str = ""
+) -> ModelVersion:
+    """Change the mutable parts of a version (tags, status); each change audited with before/after."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        before, after = {}, {}
+        if tags is not None and tags != version.tags:
+            before["tags"], after["tags"] = version.tags, tags
+            version.tags = tags
+        if status is not None and status != version.status:
+            allowed = STATUS_TRANSITIONS[VersionStatus(version.status)]
+            if status not in allowed:
+                raise Conflict(
+                    f"Version {version} is {version.status}; it can move to "
+                    f"{', '.join(sorted(allowed)) or 'no other status'}, not {status}.",
+                    code="invalid_transition",
+                )
+            before["status"], after["status"] = version.status, status
+            version.status = status
+        if after:
+            version.save(update_fields=list(after))
+            record(action="version.updated", subject=version, actor=actor, before=before, after=after, reason=reason)
+    return version
+
+
+def alias_set(
+    *, actor, model: RegisteredModel, name: str, number: int, protected: bool | None = None
+) -> tuple[Alias, bool]:
+    """Point alias `name` at version `number`. Protected aliases move only for model managers."""
+    _validate_slug(name, "alias")
+    with transaction.atomic():
+        version = ModelVersion.objects.filter(model=model, number=number).first()
+        if version is None:
+            raise InvalidInput(f"{model} has no version {number}.", detail={"version": ["No such version."]})
+        alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+        is_protected = (alias is not None and alias.protected) or bool(protected)
+        changes_protection = protected is not None and (alias is None or protected != alias.protected)
+        if (is_protected or changes_protection) and not access.has_perm(actor, ModelPerm.MANAGE, model):
+            raise Forbidden(f"Alias '{name}' is protected: only managers of {model} may move it or change that.")
+        if version.status == VersionStatus.ARCHIVED:
+            raise Conflict(f"Version {version} is archived; an alias cannot point at it.", code="version_archived")
+        created = alias is None
+        before = None if created else {"version": alias.version.number, "protected": alias.protected}
+        if created:
+            alias = Alias(model=model, name=name, protected=bool(protected))
+        elif protected is not None:
+            alias.protected = protected
+        alias.version = version
+        alias.updated_by = actor
+        alias.save()
+        after = {"version": number, "digest": version.digest, "protected": alias.protected}
+        if before != {"version": number, "protected": alias.protected}:
+            record(
+                action="alias.moved" if not created else "alias.created",
+                subject=alias,
+                actor=actor,
+                before=before,
+                after=after,
+            )
+    return alias, created
+
+
+# --- Model cards -------------------------------------------------------------------------------
+
+
+def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[ModelCardRevision, bool]:
+    """Append a model card revision to a version: validated, numbered last + 1, audited.
+
+    Posting the content of the latest revision again is idempotent: (latest, False).
+
+    Revisions are append-only (database triggers): a change to a card is always a new revision.
+    The audit event names the revision, its sections and completeness, and the sha256 of the
+    canonical JSON content, not the text itself.
+    """
+    content = cards.validate(content)
+    with transaction.atomic():
+        # The version row lock serializes revisions of one card: numbers have no gaps or duplicates.
+        locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        latest = locked.card_revisions.order_by("-revision").first()
+        if latest is not None and latest.content == content:
+            return latest, False  # a CI re-run posting the same card: nothing changes, nothing to audit
+        last = locked.card_revisions.aggregate(last=Max("revision"))["last"] or 0
+        revision = ModelCardRevision.objects.create(
+            version=locked,
+            revision=last + 1,
+            schema_version=cards.SCHEMA_VERSION,
+            content=content,
+            created_by=actor,
+        )
+        report = cards.completeness(content)
+        record(
+            action="card.revised",
+            subject=revision,
+            actor=actor,
+            after={
+                "model": str(locked.model),
+                "version": locked.number,
+                "revision": revision.revision,
+                "schema_version": revision.schema_version,
+                "sections": cards.present_sections(content),
+                "other_sections": [s["title"] for s in content.get("other_sections", [])],
+                "missing": report["missing"],
+                "empty": report["empty"],
+                "content_sha256": hashlib.sha256(canonical_json(content)).hexdigest(),
+            },
+        )
+    return revision, True
+
+
+# --- Signatures --------------------------------------------------------------------------------
+
+
+def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSignature:
+    """Verify a model-signing bundle against the version's manifest and record the verdict.
+
+    A malformed or unsupported bundle raises InvalidInput and nothing is stored. A well-formed one is
+    always recorded, verified or not: the result is a fact about the version. The audit event names
+    the verdict and the bundle's sha256, never the bundle itself.
+    """
+    result = signing.verify_bundle(bundle, version.manifest, signing.trusted_public_keys())
+    verified_at = timezone.now()
+    bundle_sha256 = signing.bundle_sha256(bundle)
+    with transaction.atomic():
+        # The version row lock orders concurrent attaches to one version: the latest is well defined.
+        locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        signature = VersionSignature.objects.create(
+            version=locked,
+            bundle=bundle,
+            bundle_sha256=bundle_sha256,
+            verified=result.verified,
+            reason=result.reason,
+            key_id=result.key_id,
+            files_checked=result.files_checked,
+            problems=result.problems,
+            verified_at=verified_at,
+            created_by=actor,
+        )
+        record(
+            action="version.signature_attached",
+            subject=signature,
+            actor=actor,
+            after={
+                "model": str(locked.model),
+                "version": locked.number,
+                "digest": locked.digest,
+                "verified": result.verified,
+                "reason": result.reason,
+                "key_id": result.key_id,
+                "files_checked": result.files_checked,
+                "bundle_sha256": bundle_sha256,
+            },
+        )
+    return signature

@@ -1,0 +1,95 @@
+"""Content-addressed artifact storage: each file is stored once, under its sha256.
+
+The registry's own artifacts live at blobs/sha256/<first two hex>/<hex>. Uploads are hashed while
+they are written to a temporary place and only moved into the blob namespace when the hash (and
+size, where declared) match, so a tampered upload leaves nothing behind.
+"""
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+
+from core.errors import InvalidInput
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    created: bool  # False when the blob was already stored
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256[:2]}/{sha256}"
+
+
+def check_received(sha256: str, size: int, expected_sha256: str, expected_size: int | None) -> None:
+    if sha256 != expected_sha256:
+        raise InvalidInput(
+            f"Uploaded content has sha256 {sha256}, not the declared {expected_sha256}; nothing was stored.",
+            code="digest_mismatch",
+            detail={"declared": expected_sha256, "received": sha256},
+        )
+    if expected_size is not None and size != expected_size:
+        raise InvalidInput(
+            f"Uploaded content is {size} bytes, not the declared {expected_size}; nothing was stored.",
+            code="size_mismatch",
+            detail={"declared": expected_size, "received": size},
+        )
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, sha256: str) -> Path:
+        return self.root / blob_key(sha256)
+
+    def size(self, sha256: str) -> int | None:
+        try:
+            return self._path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def put(self, chunks: Iterable[bytes], *, expected_sha256: str, expected_size: int | None = None) -> StoredBlob:
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        hasher, size = hashlib.sha256(), 0
+        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            check_received(hasher.hexdigest(), size, expected_sha256, expected_size)
+            final = self._path(expected_sha256)
+            if final.exists():
+                return StoredBlob(expected_sha256, size, created=False)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, final)
+            return StoredBlob(expected_sha256, size, created=True)
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def open(self, sha256: str):
+        return self._path(sha256).open("rb")
+
+
+@cache
+def blob_store():
+    """The configured store: local files by default, S3 when ARTIFACT_STORAGE=s3."""
+    if settings.ARTIFACT_STORAGE == "s3":
+        from registry.s3 import S3BlobStore
+
+        return S3BlobStore.from_settings()
+    return LocalBlobStore(settings.ARTIFACT_ROOT)

@@ -1,0 +1,107 @@
+"""Server-rendered pages for models (reviewers and owners).
+
+Where a version serves and its promotion history are governance facts; these pages read them through
+`governance.ui_selectors`, imported inside the views: the page composes both apps, while the registry's
+models, services and selectors never depend on governance.
+"""
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import render
+from django.utils.http import urlencode
+
+from registry import cards, selectors, ui_selectors
+
+HOME_PAGE_SIZE = 100
+PAGE_SIZE = 25
+
+
+def _not_found(request, what: str):
+    return render(request, "ui/404.html", {"what": what}, status=404)
+
+
+def _page(request, items, param: str = "page"):
+    return Paginator(items, PAGE_SIZE).get_page(request.GET.get(param))
+
+
+@login_required
+def home(request):
+    models = list(selectors.models_visible(user=request.user)[: HOME_PAGE_SIZE + 1])
+    return render(request, "home.html", {"models": models[:HOME_PAGE_SIZE], "more": len(models) > HOME_PAGE_SIZE})
+
+
+@login_required
+def model_detail(request, namespace: str, name: str):
+    from governance import ui_selectors as governance_ui
+
+    model = ui_selectors.model_for(user=request.user, namespace=namespace, name=name)
+    if model is None:
+        return _not_found(request, f"model {namespace}/{name}")
+    page = _page(request, ui_selectors.version_list(model=model))
+    versions = list(page.object_list)
+    serving = governance_ui.serving_by_version(user=request.user, versions=versions)
+    return render(
+        request,
+        "registry/model_detail.html",
+        {
+            "model": model,
+            "page": page,
+            "rows": [
+                {
+                    "version": v,
+                    "serving": serving.get(v.pk, []),
+                    "metrics": [(k, ui_selectors.metric_text(val)) for k, val in sorted(v.metrics.items())[:3]],
+                }
+                for v in versions
+            ],
+            "aliases": selectors.aliases(model=model),
+        },
+    )
+
+
+@login_required
+def version_detail(request, namespace: str, name: str, number: int):
+    from governance import ui_selectors as governance_ui
+
+    model = ui_selectors.model_for(user=request.user, namespace=namespace, name=name)
+    version = ui_selectors.version_for(model=model, number=number) if model else None
+    if version is None:
+        return _not_found(request, f"version {number} of {namespace}/{name}")
+    revisions = list(ui_selectors.card_revisions(version=version).only("revision", "created_at", "created_by"))
+    card = None
+    wanted = request.GET.get("revision")
+    if revisions:
+        known = {r.revision for r in revisions}
+        shown = int(wanted) if wanted and wanted.isdigit() and int(wanted) in known else revisions[0].revision
+        card = version.card_revisions.select_related("created_by").get(revision=shown)
+    sections, report = [], None
+    if card is not None:
+        sections = ui_selectors.card_sections(card.content)
+        report = cards.completeness(card.content)
+    signature = selectors.latest_signature(version)
+    promotions = _page(request, governance_ui.version_promotions(user=request.user, version=version), "promotions_page")
+    files = _page(request, version.manifest.get("files", []), "files_page")
+    metrics = [
+        {"name": k, "value": ui_selectors.metric_text(v), "source": version.metric_sources.get(k, {})}
+        for k, v in sorted(version.metrics.items())
+    ]
+    return render(
+        request,
+        "registry/version_detail.html",
+        {
+            "model": model,
+            "version": version,
+            "metrics": metrics,
+            "revisions": revisions,
+            "card": card,
+            "sections": sections,
+            "report": report,
+            "aliases": version.aliases.order_by("name"),
+            "signature": signature,
+            "serving": governance_ui.serving_by_version(user=request.user, versions=[version]).get(version.pk, []),
+            "promotions": promotions,
+            "files": files,
+            "trail_url": "/api/v1/lineage/trail?"
+            + urlencode({"nodeId": f"model:{model}:{version.number}", "format": "html"}),
+        },
+    )

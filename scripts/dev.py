@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""The two commands of the README, for a fresh machine with only Python 3.11.
+
+    python3 scripts/dev.py up [--port N] [--no-worker]   install, migrate, seed the demo, run web + worker
+    python3 scripts/dev.py test [PYTEST ARGS...]        install, start PostgreSQL + Redis, lint, checks, pytest
+
+Standard library only: it creates .venv and installs the project (pinned by constraints.txt) into it.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+PYTHON = BIN / "python"
+
+TEST_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/registry"
+TEST_BROKER_URL = "redis://127.0.0.1:6379/0"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+RELOAD_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main reload"
+START_REDIS = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run(*command, env=None) -> None:
+    """Run a command from the repository root; stop everything if it fails."""
+    result = subprocess.run([str(part) for part in command], cwd=ROOT, env=env)
+    if result.returncode != 0:
+        fail(f"`{' '.join(str(part) for part in command)}` exited with status {result.returncode}")
+
+
+# --- Installing ----------------------------------------------------------------------------------
+
+
+def install_project(extras: str = "") -> None:
+    """Create .venv if missing and install the project into it, pinned by constraints.txt.
+
+    Skipped when pyproject.toml and constraints.txt have not changed since the last install.
+    """
+    if not PYTHON.exists():
+        say(f"Creating virtual environment in {VENV}")
+        run(sys.executable, "-m", "venv", VENV)
+        run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    inputs = b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt"))
+    stamp = VENV / f".installed{extras and '-' + extras}"
+    digest = hashlib.sha256(inputs).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    say(f"Installing the project{f' with [{extras}]' if extras else ''} (pinned by constraints.txt)")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", f".[{extras}]" if extras else ".")
+    stamp.write_text(digest)
+
+
+# --- up: the demo --------------------------------------------------------------------------------
+
+
+def demo_env() -> dict[str, str]:
+    """DEBUG on; everything else is the embedded default (SQLite, local files, file broker) unless set."""
+    env = dict(os.environ)
+    env.setdefault("DJANGO_DEBUG", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own local server
+                return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """Ask each process to stop (SIGTERM: warm shutdown for Celery), kill what lingers."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + 30
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stop_like_ctrl_c(signum, frame) -> None:
+    """Ctrl-C, or SIGTERM from a process manager or a test: stop the web server and the worker."""
+    raise KeyboardInterrupt
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen:
+    data_dir = Path(env.get("DATA_DIR", ROOT / "var"))
+    say("Starting the Celery worker (with beat for periodic tasks)")
+    return subprocess.Popen(
+        [BIN / "celery", "-A", "config", "worker", "--beat", "--schedule", data_dir / "celerybeat-schedule",
+         "--loglevel", "INFO", "--concurrency", "2"],
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+
+
+def start_web(env: dict[str, str], port: int) -> subprocess.Popen:
+    say(f"Starting the web server on 127.0.0.1:{port}")
+    return subprocess.Popen(
+        [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def up(port: int, with_worker: bool) -> None:
+    install_project()
+    if not port_is_free(port):
+        fail(f"port {port} on 127.0.0.1 is in use; pass --port N or set PORT")
+    env = demo_env()
+    run(PYTHON, "manage.py", "migrate", "--noinput", env=env)
+    logins = subprocess.run(
+        [PYTHON, "manage.py", "seed_demo"], cwd=ROOT, env=env, capture_output=True, text=True
+    )  # fmt: skip
+    if logins.returncode != 0:
+        sys.stderr.write(logins.stdout + logins.stderr)
+        fail("manage.py seed_demo failed")
+
+    processes: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    signal.signal(signal.SIGINT, stop_like_ctrl_c)  # even where a parent shell ignores SIGINT
+    try:
+        if with_worker:
+            processes.append(start_worker(env))
+        web = start_web(env, port)
+        processes.append(web)
+        url = f"http://127.0.0.1:{port}/"
+        if not wait_for_http(url + "healthz", web):
+            fail("the web server did not come up; see its output above")
+        print(f"\n{logins.stdout.rstrip()}\n", flush=True)
+        say(f"Registry running at {url}  (API docs: {url}api/docs/, ready check: {url}readyz)")
+        say("Press Ctrl-C to stop" + (" the web server and the worker" if with_worker else ""))
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        fail("a process exited unexpectedly; stopping the others")
+    except KeyboardInterrupt:
+        say("Stopping")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop(processes)
+
+
+# --- test: the whole suite -----------------------------------------------------------------------
+
+
+def test_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", TEST_DATABASE_URL)
+    env.setdefault("CELERY_BROKER_URL", TEST_BROKER_URL)
+    env["DJANGO_DEBUG"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until_reachable(host: str, port: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reachable(host, port):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def as_root(command: str) -> str | None:
+    """The shell command prefixed for root: as is when we are root, with sudo when it exists."""
+    if os.geteuid() == 0:
+        return command
+    if shutil.which("sudo"):
+        return f"sudo -n sh -c '{command}'"
+    return None
+
+
+def sh_as_root(command: str) -> bool:
+    wrapped = as_root(command)
+    if wrapped is None:
+        print(f"    cannot run as root (not root, no sudo): {command}", flush=True)
+        return False
+    print(f"    $ {wrapped}", flush=True)
+    return subprocess.run(wrapped, shell=True).returncode == 0  # noqa: S602 - fixed commands of our own
+
+
+def install_debian_packages(packages: list[str]) -> bool:
+    say(f"Installing Debian packages: {' '.join(packages)}")
+    return sh_as_root("apt-get update -qq") and sh_as_root(
+        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {' '.join(packages)}"
+    )
+
+
+def trust_local_postgres_user() -> None:
+    """A freshly installed Debian cluster asks for a password on 127.0.0.1; let `postgres` in, as CI expects."""
+    rule = "host all postgres 127.0.0.1/32 trust"
+    edit = f'grep -qx "{rule}" "$f" || sed -i "1i {rule}" "$f"'
+    sh_as_root(f"for f in /etc/postgresql/*/main/pg_hba.conf; do {edit}; done")
+    sh_as_root(f"{RELOAD_POSTGRES} 2>/dev/null || true")  # if apt already started it
+
+
+def ensure_service(name: str, url: str, default_port: int, binary: str, package: str, start: str) -> None:
+    """Make the service at URL reachable: probe it, start it if local, install it if missing."""
+    host, port = urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or default_port
+    if reachable(host, port):
+        return
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        fail(f"{name} at {host}:{port} is not reachable (it is not local, so it cannot be started here)")
+    say(f"{name} is not answering on {host}:{port}; starting it")
+    if not shutil.which(binary):
+        if not install_debian_packages([package]):
+            fail(f"could not install {package}; install {name} or point the URL at a running server")
+        if name == "PostgreSQL":
+            trust_local_postgres_user()
+    sh_as_root(start)
+    if not wait_until_reachable(host, port):
+        fail(f"{name} is still not reachable on {host}:{port}; the tests need it and are not skipped")
+    say(f"{name} is up on {host}:{port}")
+
+
+CREATE_DATABASE = """
+import sys, psycopg
+from psycopg import errors, sql
+from urllib.parse import urlsplit
+url = urlsplit(sys.argv[1])
+name = url.path.lstrip("/")
+with psycopg.connect(url._replace(scheme="postgresql", path="/postgres").geturl(), autocommit=True) as conn:
+    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except errors.DuplicateDatabase:
+            pass  # created meanwhile by a parallel run
+"""
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database the URL names, so management commands can connect to it."""
+    if urlsplit(url).scheme in {"postgres", "postgresql", "pgsql"}:
+        run(PYTHON, "-c", CREATE_DATABASE, url)
+
+
+def test(pytest_args: list[str]) -> None:
+    install_project("test")
+    env = test_env()
+    ensure_service("PostgreSQL", env["DATABASE_URL"], 5432, "pg_ctlcluster", "postgresql", START_POSTGRES)
+    ensure_service("Redis", env["CELERY_BROKER_URL"], 6379, "redis-server", "redis-server", START_REDIS)
+    ensure_database(env["DATABASE_URL"])
+
+    say("Lint: ruff check")
+    run(BIN / "ruff", "check", ".", env=env)
+    say("Format: ruff format --check")
+    run(BIN / "ruff", "format", "--check", ".", env=env)
+    say("Migrations are up to date")
+    run(PYTHON, "manage.py", "makemigrations", "--check", "--dry-run", env=env)
+    say("OpenAPI schema validates without warnings")
+    with tempfile.TemporaryDirectory() as tmp:
+        schema = Path(tmp) / "openapi.yaml"
+        run(PYTHON, "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file", schema, env=env)
+    say("pytest " + " ".join(pytest_args))
+    result = subprocess.run([BIN / "pytest", *pytest_args], cwd=ROOT, env=env)
+    sys.exit(result.returncode)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="install and run the demo (SQLite, local files, local broker)")
+    up_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    up_parser.add_argument("--no-worker", action="store_true", help="run the web server only")
+    commands.add_parser("test", help="install and run lint, checks and the whole test suite; extra args go to pytest")
+    argv = sys.argv[1:]
+    if argv[:1] == ["test"]:  # everything after `test` belongs to pytest, untouched
+        test(argv[1:])
+    args = parser.parse_args(argv)
+    up(args.port, with_worker=not args.no_worker)
+
+
+if __name__ == "__main__":
+    main()

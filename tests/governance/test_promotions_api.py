@@ -1,0 +1,281 @@
+import threading
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from audit.models import AuditEvent
+from governance.models import Approval, PromotionRequest
+from tests.conftest import bearer
+from tests.governance.conftest import FULL_CARD, MODEL, POLICY, promote
+from tests.registry.helpers import register_body, s3_manifest
+
+
+def approve(persona, pk, comment=""):
+    return persona.client().post(f"/api/v1/promotions/{pk}/approve", {"comment": comment}, format="json")
+
+
+def test_target_contract_hides_nothing_secret(world):
+    body = world["reviewer"].client().get("/api/v1/targets/prod").json()
+    assert body["name"] == "prod" and body["kind"] == "self_hosted" and body["stage"] == "production"
+    assert body["policy"]["version"] == 1
+    assert body["policy"]["rules"]["approver_groups"] == ["reviewers"]
+    assert "traffic_split" in body["capabilities"]
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"app_name": "x", "api_token": "secret-value"}, "config.api_token"),
+        ({"environment": "main"}, "config.app_name"),
+        ({"app_name": 3}, "config.app_name"),
+    ],
+)
+def test_target_config_validated_per_kind(world, config, field):
+    r = (
+        world["admin"]
+        .client()
+        .post("/api/v1/targets/", {"name": "m", "kind": "modal", "stage": "staging", "config": config}, format="json")
+    )
+    assert r.status_code == 400 and field in r.json()["error"]["message"]
+
+
+def test_credentials_must_be_a_reference(world):
+    r = (
+        world["admin"]
+        .client()
+        .post(
+            "/api/v1/targets/",
+            {
+                "name": "rep",
+                "kind": "replicate",
+                "stage": "production",
+                "credentials_ref": "r8_abcdefSECRET",
+                "config": {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
+            },
+            format="json",
+        )
+    )
+    assert r.status_code == 400 and "credentials_ref" in r.json()["error"]["message"]
+
+
+def test_only_admins_create_targets(world):
+    r = (
+        world["owner"]
+        .client()
+        .post(
+            "/api/v1/targets/", {"name": "x", "kind": "modal", "stage": "s", "config": {"app_name": "a"}}, format="json"
+        )
+    )
+    assert r.status_code == 403
+
+
+def test_dry_run_and_request_show_the_same_checks(world):
+    owner = world["owner"].client()
+    dry = owner.post(
+        "/api/v1/promotions/dry-run", {"model": "acme/churn", "version": 1, "target": "prod"}, format="json"
+    )
+    assert dry.status_code == 200, dry.json()
+    created = promote(world["owner"])
+    assert created.status_code == 201
+    body = created.json()
+    assert body["state"] == "pending" and body["approvals_required"] == 2
+    assert body["checks"] == dry.json()["checks"]
+    assert {c["rule"] for c in body["checks"]} == {"version_status", "card_sections", "metric:auc"}
+    assert all(c["passed"] for c in body["checks"])
+    again = promote(world["owner"])
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_pending"
+
+
+def test_two_reviewers_approve(world):
+    pk = promote(world["owner"]).json()["id"]
+    first = approve(world["reviewer"], pk, "looks good")
+    assert first.status_code == 200 and first.json()["state"] == "pending"
+    assert first.json()["approvals_counted"] == 1
+    dup = approve(world["reviewer"], pk)
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == "already_approved"
+    second = approve(world["reviewer2"], pk)
+    assert second.status_code == 200 and second.json()["state"] == "approved"
+    got = world["auditor"].client().get(f"/api/v1/promotions/{pk}").json()
+    assert [(a["user"], a["decision"], a["counts"]) for a in got["approvals"]] == [
+        ("reviewer", "approve", True),
+        ("reviewer2", "approve", True),
+    ]
+    late = approve(world["admin"], pk)
+    assert late.status_code in (403, 409)
+
+
+def test_separation_of_duties_even_for_superusers(world):
+    from django.contrib.auth.models import Group
+
+    world["admin"].user.groups.add(Group.objects.get(name="reviewers"))
+    pk = promote(world["admin"]).json()["id"]
+    own = approve(world["admin"], pk)
+    assert own.status_code == 403 and "requested this promotion" in own.json()["error"]["message"]
+
+
+def test_non_approvers_get_403(world):
+    pk = promote(world["owner"]).json()["id"]
+    r = approve(world["auditor"], pk)  # may see it, may not review it
+    assert r.status_code == 403 and "reviewers" in r.json()["error"]["message"]
+    for name in ("ci_bot", "outsider"):  # may not even see the model
+        assert approve(world[name], pk).status_code == 404
+
+
+def test_reject_requires_comment_and_is_final(world):
+    pk = promote(world["owner"]).json()["id"]
+    client = world["reviewer"].client()
+    missing = client.post(f"/api/v1/promotions/{pk}/reject", {}, format="json")
+    assert missing.status_code == 400 and "comment" in missing.json()["error"]["message"]
+    rejected = client.post(f"/api/v1/promotions/{pk}/reject", {"comment": "needs fairness eval"}, format="json")
+    assert rejected.status_code == 200 and rejected.json()["state"] == "rejected"
+    after = approve(world["reviewer2"], pk)
+    assert after.status_code == 409 and after.json()["error"]["code"] == "invalid_state"
+
+
+def test_failing_rule_blocks_approval_until_fixed(world):
+    owner = world["owner"].client()
+    owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2"), metrics={"auc": 0.92}), format="json")
+    pk = promote(world["owner"], version=2).json()["id"]
+    blocked = approve(world["reviewer"], pk)
+    assert blocked.status_code == 409 and blocked.json()["error"]["code"] == "rules_failing"
+    assert "card_sections" in blocked.json()["error"]["message"]
+    owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json")
+    assert approve(world["reviewer"], pk).status_code == 200
+
+
+def test_card_change_invalidates_earlier_approvals(world):
+    pk = promote(world["owner"]).json()["id"]
+    assert approve(world["reviewer"], pk).json()["approvals_counted"] == 1
+    world["owner"].client().post(
+        f"{MODEL}/versions/1/card", {"content": {**FULL_CARD, "factors": "age"}}, format="json"
+    )
+    after = approve(world["reviewer2"], pk).json()
+    assert after["state"] == "pending" and after["approvals_counted"] == 1
+    assert [a["counts"] for a in after["approvals"]] == [False, True]
+    # the first reviewer may approve again, against the new card revision
+    final = approve(world["reviewer"], pk).json()
+    assert final["state"] == "approved"
+
+
+def test_policy_change_invalidates_earlier_approvals(world):
+    pk = promote(world["owner"]).json()["id"]
+    approve(world["reviewer"], pk)
+    r = world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "approvals_required": 2}, format="json")
+    assert r.status_code == 200 and r.json()["version"] == 2
+    after = approve(world["reviewer2"], pk).json()
+    assert after["approvals_counted"] == 1 and after["state"] == "pending"
+
+
+def test_cancel_by_requester(world):
+    pk = promote(world["owner"]).json()["id"]
+    assert world["reviewer"].client().post(f"/api/v1/promotions/{pk}/cancel", {}, format="json").status_code == 403
+    r = world["owner"].client().post(f"/api/v1/promotions/{pk}/cancel", {"reason": "wrong version"}, format="json")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+
+
+def test_expired_request_cannot_be_approved(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    pk = promote(world["owner"]).json()["id"]
+    PromotionRequest.objects.filter(pk=pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    r = approve(world["reviewer"], pk)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "expired"
+    assert PromotionRequest.objects.get(pk=pk).state == "expired"  # the expiry itself was committed
+    assert AuditEvent.objects.filter(action="promotion.expired", subject_id=str(pk)).count() == 1
+
+
+def test_review_queue(world):
+    pk = promote(world["owner"]).json()["id"]
+    mine = world["reviewer"].client().get("/api/v1/promotions/?waiting_for_me=true").json()["results"]
+    assert [p["id"] for p in mine] == [pk]
+    assert world["auditor"].client().get("/api/v1/promotions/?waiting_for_me=true").json()["results"] == []
+    assert world["outsider"].client().get("/api/v1/promotions/").json()["results"] == []
+
+
+def test_approve_scope_required(world, make_token):
+    pk = promote(world["owner"]).json()["id"]
+    client = bearer(make_token(world["reviewer"].user, ["read", "promotions:write"]))
+    r = client.post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_approvals(world):
+    """5 reviewers x 4 calls each on a 3-approval policy: exactly 3 approvals, approved once, chain intact."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from accounts import services
+
+    world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "approvals_required": 3}, format="json")
+    reviewers = Group.objects.get(name="reviewers")
+    tokens = []
+    for i in range(5):
+        user = get_user_model().objects.create_user(username=f"rev{i}")
+        user.groups.add(reviewers)
+        tokens.append(
+            services.token_create(actor="test", user=user, name="t", scopes=["read", "approvals:write"]).plaintext
+        )
+    pk = promote(world["owner"]).json()["id"]
+    barrier = threading.Barrier(20)
+    codes = []
+
+    def call(token):
+        try:
+            barrier.wait()
+            codes.append(bearer(token).post(f"/api/v1/promotions/{pk}/approve", {}, format="json").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call, args=(tokens[i % 5],)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes.count(200) == 3 and codes.count(409) == 17
+    assert Approval.objects.filter(request_id=pk).count() == 3
+    assert len(set(Approval.objects.filter(request_id=pk).values_list("user_id", flat=True))) == 3
+    assert PromotionRequest.objects.get(pk=pk).state == "approved"
+    assert AuditEvent.objects.filter(action="promotion.approved", subject_id=str(pk)).count() == 1
+    call_command("audit_verify")
+
+
+def test_signature_rule_reads_the_latest_verdict(world):
+    from django.utils import timezone
+
+    from registry.models import ModelVersion, VersionSignature
+
+    world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "require_signature": True}, format="json")
+
+    def dry():
+        body = (
+            world["owner"]
+            .client()
+            .post("/api/v1/promotions/dry-run", {"model": "acme/churn", "version": 1, "target": "prod"}, format="json")
+            .json()
+        )
+        return {c["rule"]: c for c in body["checks"]}["signature"]
+
+    assert not dry()["passed"] and "no signature" in dry()["reason"]
+    version = ModelVersion.objects.get(number=1)
+    VersionSignature.objects.create(
+        version=version,
+        bundle={},
+        bundle_sha256="0" * 64,
+        verified=False,
+        reason="model-0.bin differs",
+        verified_at=timezone.now(),
+    )
+    assert not dry()["passed"] and "model-0.bin differs" in dry()["reason"]
+    VersionSignature.objects.create(
+        version=version,
+        bundle={},
+        bundle_sha256="1" * 64,
+        verified=True,
+        reason="verified with key abc",
+        verified_at=timezone.now(),
+    )
+    assert dry()["passed"]

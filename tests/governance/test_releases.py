@@ -1,0 +1,81 @@
+"""Approval hands over to deployment: desired state, rollback requests, history. (Host convergence: test_reconcile.)"""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from governance.models import DeploymentTarget, Release, ServingPeriod
+from tests.governance.conftest import promote
+
+
+def approve_all(world, pk):
+    for name in ("reviewer", "reviewer2"):
+        r = world[name].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+        assert r.status_code == 200, r.json()
+
+
+def test_approval_sets_desired_release(world):
+    pk = promote(world["owner"]).json()["id"]
+    approve_all(world, pk)
+    target = DeploymentTarget.objects.get(name="prod")
+    release = target.desired_release
+    assert (release.number, release.state, release.version.number, release.promotion_id) == (1, "pending", 1, pk)
+    created = AuditEvent.objects.get(action="release.created")
+    assert created.subject_id == str(release.pk)
+    body = world["auditor"].client().get("/api/v1/targets/prod/releases").json()["results"]
+    assert [(r["number"], r["state"], r["promotion"]) for r in body] == [(1, "pending", pk)]
+
+
+def test_rollback_needs_an_earlier_release_and_a_reason(world):
+    pk = promote(world["owner"]).json()["id"]
+    approve_all(world, pk)
+    admin = world["admin"].client()
+    missing = admin.post("/api/v1/targets/prod/rollback", {}, format="json")
+    assert missing.status_code == 400 and "reason" in missing.json()["error"]["message"]
+    nothing = admin.post("/api/v1/targets/prod/rollback", {"reason": "errors"}, format="json")
+    assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "nothing_to_roll_back_to"
+
+
+def test_rollback_permission(world):
+    for name, code in (("reviewer", 403), ("auditor", 403), ("outsider", 404), ("owner", 403)):
+        r = world[name].client().post("/api/v1/targets/prod/rollback", {"reason": "x"}, format="json")
+        assert r.status_code == code, (name, r.json())
+
+
+def test_rollback_to_previous_serving_release(world):
+    target = DeploymentTarget.objects.get(name="prod")
+    from registry.models import ModelVersion
+
+    v1 = ModelVersion.objects.get(number=1)
+    now = timezone.now()
+    r1 = Release.objects.create(
+        target=target,
+        version=v1,
+        number=1,
+        state="superseded",
+        live_at=now - timedelta(hours=2),
+        ended_at=now - timedelta(hours=1),
+    )
+    r2 = Release.objects.create(target=target, version=v1, number=2, state="live", live_at=now - timedelta(hours=1))
+    ServingPeriod.objects.create(
+        target=target, release=r1, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
+    )
+    ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
+    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
+    r = world["admin"].client().post("/api/v1/targets/prod/rollback", {"reason": "p95 doubled"}, format="json")
+    assert r.status_code == 202 and r.json()["number"] == 1 and r.json()["state"] == "pending"
+    target.refresh_from_db()
+    assert target.desired_release_id == r1.pk
+    r2.refresh_from_db()
+    assert r2.state == "rolled_back"
+    event = AuditEvent.objects.get(action="release.rolled_back")
+    assert event.reason == "p95 doubled"
+    again = world["admin"].client().post("/api/v1/targets/prod/rollback", {"reason": "x", "release": 1}, format="json")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_desired"
+    # what served at a time in the past
+    at = (now - timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    served = world["auditor"].client().get(f"/api/v1/targets/prod/served-at?at={at}").json()
+    assert served["release"]["number"] == 1
+    before = (now - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert world["auditor"].client().get(f"/api/v1/targets/prod/served-at?at={before}").json()["release"] is None

@@ -1,0 +1,202 @@
+"""GET /api/v1/lineage/export: OpenLineage NDJSON, PROV-JSON (parsed back with `prov`) and CSV."""
+
+import csv
+import io
+import json
+from urllib.parse import unquote
+
+import pytest
+from prov.model import (
+    ProvActivity,
+    ProvAgent,
+    ProvAssociation,
+    ProvAttribution,
+    ProvDocument,
+    ProvEntity,
+    ProvGeneration,
+    ProvUsage,
+)
+
+from lineage import openlineage
+from lineage.models import Dataset, DatasetVersion, Edge, Job, Run
+from tests.lineage.conftest import PRODUCER, RAW, post_event
+
+pytestmark = pytest.mark.django_db
+
+EXPORT = "/api/v1/lineage/export"
+
+
+def export(client, node_id, fmt, **params):
+    response = client.get(EXPORT, {"nodeId": node_id, "format": fmt, **params})
+    assert response.status_code == 200, response.content
+    assert response.streaming
+    return response, b"".join(response.streaming_content).decode()
+
+
+def local(qualified_name) -> str:
+    return unquote(qualified_name.localpart)
+
+
+def test_prov_json_parses_back_with_prov(personas, scenario):
+    runs = scenario["runs"]
+    response, text = export(personas["owner"].client(), "model:acme/churn:1", "prov-json", direction="upstream")
+    assert response["Content-Type"] == "application/json"
+    doc = ProvDocument.deserialize(content=text, format="json")
+
+    entities = {local(r.identifier): r for r in doc.get_records(ProvEntity)}
+    features = f"dataset:s3://lake:features#run:{runs['B']}"
+    raw = f"dataset:s3://lake:raw/events#{RAW}"
+    assert set(entities) == {
+        "model:acme/churn:1",
+        "model:acme/base:1",
+        features,
+        raw,
+        "job:pipelines:train",
+        "job:pipelines:featurize",
+        "job:etl:ingest",
+    }
+
+    def attr(record, name):
+        values = [v for k, v in record.attributes if k.localpart == name]
+        return values[0] if values else None
+
+    assert attr(entities[raw], "digest") == RAW
+    assert attr(entities[raw], "uri") == "s3://lake/raw/events"
+    assert attr(entities["model:acme/churn:1"], "digest") == scenario["churn"].digest
+    assert attr(entities["model:acme/churn:1"], "type").localpart == "ModelVersion"
+    assert attr(entities[features], "rowCount") == 5000
+    assert attr(entities["job:pipelines:train"], "type").localpart == "Plan"
+
+    activities = {local(r.identifier): r for r in doc.get_records(ProvActivity)}
+    assert set(activities) == {f"run:{runs[k]}" for k in "ABC"}
+    train = activities[f"run:{runs['C']}"]
+    assert train.get_startTime().isoformat() == "2026-01-03T00:00:00+00:00"
+    assert train.get_endTime().isoformat() == "2026-01-03T02:00:00+00:00"
+    assert attr(train, "code_commit") == "def456"
+    assert attr(train, "kind") == "training"
+
+    def pairs(cls, first, second):
+        return {
+            (local(dict(r.formal_attributes)[first]), local(dict(r.formal_attributes)[second]))
+            for r in doc.get_records(cls)
+        }
+
+    from prov.constants import PROV_ATTR_ACTIVITY, PROV_ATTR_AGENT, PROV_ATTR_ENTITY, PROV_ATTR_PLAN
+
+    assert pairs(ProvUsage, PROV_ATTR_ACTIVITY, PROV_ATTR_ENTITY) == {
+        (f"run:{runs['C']}", features),
+        (f"run:{runs['C']}", "model:acme/base:1"),
+        (f"run:{runs['B']}", raw),
+    }
+    assert pairs(ProvGeneration, PROV_ATTR_ENTITY, PROV_ATTR_ACTIVITY) == {
+        ("model:acme/churn:1", f"run:{runs['C']}"),
+        (features, f"run:{runs['B']}"),
+        (raw, f"run:{runs['A']}"),
+    }
+    agents = {local(r.identifier) for r in doc.get_records(ProvAgent)}
+    assert agents == {"user:owner", "user:ci_bot", f"software:{PRODUCER}"}
+    associations = {
+        (
+            local(dict(r.formal_attributes)[PROV_ATTR_ACTIVITY]),
+            local(dict(r.formal_attributes)[PROV_ATTR_AGENT]),
+            local(dict(r.formal_attributes)[PROV_ATTR_PLAN]) if dict(r.formal_attributes)[PROV_ATTR_PLAN] else None,
+        )
+        for r in doc.get_records(ProvAssociation)
+    }
+    assert (f"run:{runs['C']}", f"software:{PRODUCER}", "job:pipelines:train") in associations
+    assert (f"run:{runs['C']}", "user:owner", None) in associations
+    assert (f"run:{runs['B']}", "user:ci_bot", None) in associations
+    assert pairs(ProvAttribution, PROV_ATTR_ENTITY, PROV_ATTR_AGENT) == {
+        ("model:acme/churn:1", "user:owner"),
+        ("model:acme/base:1", "user:owner"),
+    }
+
+
+def test_openlineage_ndjson_is_valid_events_and_reingests_to_the_same_graph(personas, scenario):
+    runs = scenario["runs"]
+    owner = personas["owner"].client()
+    response, text = export(owner, "model:acme/churn:1", "openlineage", direction="both")
+    assert response["Content-Type"] == "application/x-ndjson"
+    assert response["X-Lineage-Truncated"] == "false"
+    events = [json.loads(line) for line in text.splitlines()]
+    parsed = [openlineage.parse(e) for e in events]  # every line is a valid OpenLineage 2-0-2 event
+    by_run = {str(p.run_uuid): e for p, e in zip(parsed, events, strict=True) if p.run_uuid}
+    assert set(by_run) == {str(runs[k]) for k in "ABCD"}
+    train = by_run[str(runs["C"])]
+    assert train["eventType"] == "COMPLETE"
+    assert train["eventTime"] == "2026-01-03T02:00:00Z"
+    assert train["schemaURL"].endswith("#/$defs/RunEvent")
+    assert train["job"]["namespace"] == "pipelines" and train["job"]["name"] == "train"
+    assert train["job"]["facets"]["sourceCodeLocation"]["version"] == "def456"
+    assert [p["key"] for p in train["run"]["facets"]["executionParameters"]["parameters"]] == ["lr", "epochs"]
+    assert [(i["namespace"], i["name"]) for i in train["inputs"]] == [
+        ("s3://lake", "features"),
+        ("registry", "acme/base:1"),
+    ]
+    assert [(o["namespace"], o["name"]) for o in train["outputs"]] == [("registry", "acme/churn:1")]
+    assert train["outputs"][0]["facets"]["version"]["datasetVersion"] == scenario["churn"].digest
+    # Events carry the inputs and outputs that belong to the exported subgraph: the evaluation's
+    # holdout set is neither upstream nor downstream of the model.
+    evaluate = by_run[str(runs["D"])]
+    assert [(i["namespace"], i["name"]) for i in evaluate["inputs"]] == [("registry", "acme/churn:1")]
+    raw = by_run[str(runs["A"])]["outputs"][0]
+    assert raw["facets"]["version"]["datasetVersion"] == RAW
+    assert [f["name"] for f in raw["facets"]["schema"]["fields"]] == ["user"]
+
+    # Sending the export back changes nothing: every fact is already recorded.
+    tables = (Dataset, DatasetVersion, Job, Run, Edge)
+    before = {m.__name__: m.objects.count() for m in tables}
+    for event in events:
+        post_event(owner, event)
+    assert {m.__name__: m.objects.count() for m in tables} == before
+
+
+def test_csv_lists_nodes_then_edges(personas, scenario):
+    runs = scenario["runs"]
+    response, text = export(
+        personas["owner"].client(), "dataset:s3://lake:raw/events", "csv", direction="downstream", depth=2
+    )
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == 'attachment; filename="lineage.csv"'
+    rows = list(csv.DictReader(io.StringIO(text)))
+    nodes = [(r["id"], r["type"], r["depth"]) for r in rows if r["record"] == "node"]
+    assert nodes == [
+        (f"dataset:s3://lake:raw/events#{RAW}", "datasetVersion", "0"),
+        (f"run:{runs['B']}", "run", "1"),
+        (f"dataset:s3://lake:features#run:{runs['B']}", "datasetVersion", "2"),
+    ]
+    raw = next(r for r in rows if r["type"] == "datasetVersion" and r["name"] == "raw/events")
+    assert (raw["namespace"], raw["version"], raw["digest"]) == ("s3://lake", RAW, RAW)
+    edges = [(r["source"], r["target"], r["kind"]) for r in rows if r["record"] == "edge"]
+    assert edges == [
+        (f"dataset:s3://lake:raw/events#{RAW}", f"run:{runs['B']}", "input"),
+        (f"run:{runs['B']}", f"dataset:s3://lake:features#run:{runs['B']}", "output"),
+    ]
+    assert rows[-1]["record"] == "truncated"  # depth 2 stops before the training run
+
+
+def test_exports_respect_visibility_and_validate_their_query(personas, scenario):
+    outsider = personas["outsider"].client()
+    _, text = export(outsider, "dataset:s3://lake:raw/events", "csv", direction="downstream")
+    assert "model:" not in text
+    _, text = export(outsider, "dataset:s3://lake:raw/events", "openlineage", direction="downstream")
+    assert "acme/churn" not in text
+    assert outsider.get(EXPORT, {"nodeId": "model:acme/churn:1", "format": "csv"}).status_code == 404
+    response = outsider.get(EXPORT, {"nodeId": "model:acme/churn:1", "format": "pdf"})
+    assert response.status_code == 400
+    assert "format" in response.json()["error"]["detail"]
+    response = outsider.get(EXPORT, {"nodeId": "model:acme/churn:1", "format": "csv"}, HTTP_ACCEPT="text/csv")
+    assert response.status_code == 404  # errors stay JSON whatever the Accept header
+
+
+def test_export_as_of(personas, scenario):
+    from django.utils import timezone
+
+    runs = scenario["runs"]
+    owner = personas["owner"].client()
+    before_eval = scenario["card"].created_at  # the evaluation run was sent after the card
+    _, now_text = export(owner, "model:acme/churn:1", "csv", direction="downstream")
+    _, then_text = export(owner, "model:acme/churn:1", "csv", direction="downstream", as_of=before_eval.isoformat())
+    assert f"run:{runs['D']}" in now_text
+    assert f"run:{runs['D']}" not in then_text
+    assert timezone.now() > before_eval

@@ -1,0 +1,446 @@
+"""registry-cli end to end: the CLI runs as a subprocess against a live server over real HTTP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.urls import Resolver404, resolve
+
+from accounts import scopes
+from registry import cli
+from registry import manifest as manifests
+from registry.models import Alias, ModelVersion, RegisteredModel
+from registry.storage import blob_store
+
+ROOT = Path(__file__).resolve().parents[2]
+CI_TOKEN_SCOPES = [scopes.READ, scopes.MODELS_WRITE, scopes.VERSIONS_WRITE]
+CI_PREFIXES = ("GITHUB_", "GITLAB_", "CI_", "REGISTRY_")
+FAKE_GITHUB = {
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
+    "GITHUB_REPOSITORY": "acme/churn-model",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REF_NAME": "main",
+    "GITHUB_RUN_ID": "4242",
+}
+
+
+def run(*args, url=None, token=None, extra_env=None, timeout=60):
+    """Run the CLI in a fresh interpreter with a clean CI environment; return the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CI_PREFIXES)}
+    if url is not None:
+        env["REGISTRY_URL"] = url
+    if token is not None:
+        env["REGISTRY_TOKEN"] = token
+    env.update(extra_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "registry.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def summary(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    d = tmp_path / "model"
+    (d / "weights").mkdir(parents=True)
+    (d / "weights" / "shard-00001.bin").write_bytes(os.urandom(3 * cli.CHUNK + 17))  # several chunks
+    (d / "weights" / "shard-00002.bin").write_bytes(b"\x00" * 1000)
+    (d / "config.json").write_text('{"layers": 2}')
+    (d / ".gitattributes").write_text("*.bin filter=lfs\n")
+    (d / "empty.txt").write_bytes(b"")
+    (d / "same-as-config.json").write_text('{"layers": 2}')  # same content, stored once
+    (d / "config-link.json").symlink_to("config.json")  # inside the tree: included
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not part of the model")
+    (d / "leak.txt").symlink_to(outside)  # outside the tree: skipped
+    return d
+
+
+@pytest.fixture
+def ci(personas, make_token):
+    """The ci-bot persona with the token CI gets: read, models:write, versions:write."""
+    return make_token(personas["ci_bot"].user, CI_TOKEN_SCOPES)
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A URL nobody answers: any request the CLI made would fail with exit status 3."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+live = pytest.mark.django_db(transaction=True)  # the live server thread must see committed rows
+
+
+@live
+def test_register_creates_model_uploads_and_prints_summary(live_server, ci, model_dir, artifact_root):
+    result = run(
+        "register",
+        "--model",
+        "acme/churn",
+        "--path",
+        str(model_dir),
+        "--create-model",
+        "--tag",
+        "team=growth",
+        url=live_server.url,
+        token=ci,
+        extra_env=FAKE_GITHUB,
+    )
+    out = summary(result)
+    version = ModelVersion.objects.get()
+    assert out == {"model": "acme/churn", "number": 1, "digest": version.digest, "created": True}
+    assert "skipping leak.txt" in result.stderr and "outside" in result.stderr
+    assert ci not in result.stderr + result.stdout
+
+    paths = [f["path"] for f in version.manifest["files"]]
+    assert paths == [
+        ".gitattributes",
+        "config-link.json",
+        "config.json",
+        "empty.txt",
+        "same-as-config.json",
+        "weights/shard-00001.bin",
+        "weights/shard-00002.bin",
+    ]
+    assert version.artifact_uri == f"registry://acme/churn@{version.digest}"
+    assert version.tags == {"team": "growth"}
+    assert version.source == {
+        "repository": "https://github.com/acme/churn-model",
+        "commit": FAKE_GITHUB["GITHUB_SHA"],
+        "branch": "main",
+        "ci_run_url": "https://github.com/acme/churn-model/actions/runs/4242",
+    }
+    assert RegisteredModel.objects.get().created_by.username == "ci_bot"
+    # every file's bytes are in the registry's store, byte for byte
+    for entry in version.manifest["files"]:
+        with blob_store().open(entry["sha256"]) as f:
+            assert f.read() == (model_dir / entry["path"]).read_bytes()
+    assert "uploading 5 file(s)" in result.stderr  # 7 files, 5 distinct contents
+
+
+@live
+def test_digest_command_equals_server_digest(live_server, ci, model_dir):
+    out = summary(
+        run(
+            "register",
+            "--model",
+            "acme/churn",
+            "--path",
+            str(model_dir),
+            "--create-model",
+            url=live_server.url,
+            token=ci,
+        )
+    )
+    local = run("digest", "--path", str(model_dir))
+    assert local.returncode == 0, local.stderr
+    assert local.stdout.strip() == out["digest"]
+
+    listed = json.loads(run("digest", "--path", str(model_dir), "--manifest").stdout)
+    assert listed["digest"] == out["digest"]
+    # the server's own rule, recomputed from the manifest the CLI sent, and the stored version
+    assert manifests.digest(manifests.normalize({"files": listed["files"]})) == out["digest"]
+    assert ModelVersion.objects.get(number=out["number"]).digest == out["digest"]
+
+
+@live
+def test_rerun_is_idempotent_and_uploads_nothing(live_server, ci, model_dir, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"auc": 0.91, "f1": {"value": 0.8, "dataset": "holdout", "split": "test"}}))
+    args = ("register", "--model", "acme/churn", "--path", str(model_dir), "--metrics", str(metrics))
+    first = summary(run(*args, "--create-model", url=live_server.url, token=ci, extra_env=FAKE_GITHUB))
+    again = run(*args, "--create-model", url=live_server.url, token=ci, extra_env=FAKE_GITHUB)
+    second = summary(again)
+    assert second == {**first, "created": False}
+    assert "already exists" in again.stderr
+    assert "uploading" not in again.stderr  # the registry already holds every file
+    assert ModelVersion.objects.count() == 1
+
+    # a changed file is a new version; only the changed content is uploaded
+    (model_dir / "config.json").write_text('{"layers": 3}')
+    changed = run(*args, url=live_server.url, token=ci, extra_env=FAKE_GITHUB)
+    third = summary(changed)
+    assert "uploading 1 file(s)" in changed.stderr
+    assert third["number"] == 2 and third["created"] is True and third["digest"] != first["digest"]
+
+
+@live
+def test_same_files_other_metrics_is_refused_with_servers_message(live_server, ci, model_dir, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"auc": 0.91}')
+    args = ("register", "--model", "acme/churn", "--path", str(model_dir), "--metrics", str(metrics))
+    summary(run(*args, "--create-model", url=live_server.url, token=ci))
+    metrics.write_text('{"auc": 0.5}')
+    result = run(*args, url=live_server.url, token=ci)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "409 digest_conflict" in result.stderr
+    assert "Versions are immutable" in result.stderr
+
+
+@live
+def test_read_only_token_exits_1_with_servers_message(live_server, personas, make_token, model_dir):
+    read_only = make_token(personas["ci_bot"].user, [scopes.READ])
+    result = run(
+        "register",
+        "--model",
+        "acme/churn",
+        "--path",
+        str(model_dir),
+        "--create-model",
+        url=live_server.url,
+        token=read_only,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "403 insufficient_scope" in result.stderr
+    assert "This API token lacks the scope 'models:write'" in result.stderr
+    assert read_only not in result.stderr
+    assert not RegisteredModel.objects.exists()
+
+    # the model exists, the token still cannot register: refused before anything is uploaded
+    full = personas["ci_bot"]
+    assert (
+        full.client().post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    )
+    result = run("register", "--model", "acme/churn", "--path", str(model_dir), url=live_server.url, token=read_only)
+    assert result.returncode == 1
+    assert "lacks the scope 'versions:write'" in result.stderr
+    assert "uploading" not in result.stderr
+    assert not ModelVersion.objects.exists()
+
+
+@live
+def test_unknown_model_exits_1(live_server, ci, model_dir):
+    result = run("register", "--model", "acme/nope", "--path", str(model_dir), url=live_server.url, token=ci)
+    assert result.returncode == 1
+    assert "404 not_found" in result.stderr
+
+
+@live
+def test_alias_is_set_and_resolves(live_server, ci, model_dir, tmp_path):
+    base = ("register", "--model", "acme/churn", "--create-model", "--alias", "candidate")
+    one = summary(run(*base, "--path", str(model_dir), url=live_server.url, token=ci))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.bin").write_bytes(b"v2")
+    two = summary(run(*base, "--path", str(other), url=live_server.url, token=ci))
+    assert (one["number"], two["number"]) == (1, 2)
+    assert Alias.objects.get(name="candidate").version.number == 2
+
+    resolved = run("resolve", "--model", "acme/churn", "--alias", "candidate", url=live_server.url, token=ci)
+    assert resolved.returncode == 0, resolved.stderr
+    body = json.loads(resolved.stdout)
+    assert (body["number"], body["digest"], body["model"]) == (2, two["digest"], "acme/churn")
+
+    missing = run("resolve", "--model", "acme/churn", "--alias", "champion", url=live_server.url, token=ci)
+    assert missing.returncode == 1
+    assert "404 not_found" in missing.stderr and "no alias 'champion'" in missing.stderr
+
+
+def _card_endpoint_exists() -> bool:
+    try:
+        resolve("/api/v1/models/acme/churn/versions/1/card")
+    except Resolver404:
+        return False
+    return True
+
+
+needs_card_api = pytest.mark.skipif(
+    not _card_endpoint_exists(), reason="POST …/versions/{n}/card is not in registry/api/urls.py yet"
+)
+
+
+@live
+@needs_card_api
+def test_card_is_posted_before_the_alias_moves(live_server, ci, model_dir, tmp_path):
+    from registry.models import ModelCardRevision
+
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: apache-2.0\n---\n# Churn model\n\n## Intended use\n\nPredicts churn.\n")
+    args = ("register", "--model", "acme/churn", "--path", str(model_dir), "--card", str(card), "--alias", "candidate")
+    result = run(*args, "--create-model", url=live_server.url, token=ci)
+    assert summary(result)["number"] == 1
+    assert "posted model card" in result.stderr
+    revision = ModelCardRevision.objects.get()
+    assert revision.version.number == 1
+    assert revision.content["metadata"]["license"] == "apache-2.0"
+    assert revision.content["intended_use"] == "Predicts churn."
+    assert Alias.objects.get(name="candidate").version.number == 1
+
+
+@live
+@needs_card_api
+def test_refused_card_exits_1_and_leaves_the_alias_alone(live_server, ci, model_dir, tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("   \n")
+    result = run(
+        "register",
+        "--model",
+        "acme/churn",
+        "--path",
+        str(model_dir),
+        "--create-model",
+        "--card",
+        str(card),
+        "--alias",
+        "candidate",
+        url=live_server.url,
+        token=ci,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "version 1 (sha256:" in result.stderr and "posting the model card failed" in result.stderr
+    assert "400 invalid_card: The README.md body is empty." in result.stderr
+    assert ModelVersion.objects.get().number == 1  # the version itself is registered (re-running is safe)
+    assert not Alias.objects.exists()
+
+
+def test_missing_token_exits_2(dead_url, model_dir):
+    result = run("register", "--model", "acme/churn", "--path", str(model_dir), url=dead_url)
+    assert result.returncode == 2
+    assert "REGISTRY_TOKEN is not set" in result.stderr
+    assert run("resolve", "--model", "acme/churn", "--alias", "x", url=dead_url).returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model", "acme"), "must be namespace/name"),
+        (("--model", "acme/churn", "--metrics", "missing.json"), "--metrics missing.json"),
+        (("--model", "acme/churn", "--tag", "novalue"), "must be key=value"),
+        (("--model", "acme/churn", "--source-commit", "not-a-sha"), "7-64 hexadecimal"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_request(dead_url, model_dir, args, message):
+    result = run("register", "--path", str(model_dir), *args, url=dead_url, token="mgr_not_used")
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_usage_error_for_argparse_and_empty_dir(tmp_path):
+    assert run("register", "--path", str(tmp_path)).returncode == 2  # --model missing
+    empty = run("digest", "--path", str(tmp_path))
+    assert empty.returncode == 2 and "holds no files" in empty.stderr
+
+
+def test_network_error_exits_3_with_clear_message(dead_url, model_dir):
+    result = run(
+        "register",
+        "--model",
+        "acme/churn",
+        "--path",
+        str(model_dir),
+        "--retries",
+        "0",
+        url=dead_url,
+        token="mgr_not_used",
+    )
+    assert result.returncode == 3
+    assert f"could not reach the registry at {dead_url}" in result.stderr
+    assert "mgr_not_used" not in result.stderr
+
+
+def test_source_defaults_from_ci_env():
+    args = cli.build_parser().parse_args(["register", "--model", "a/b", "--path", "."])
+    assert cli.source_from(args, {}) == {}
+    gitlab = {
+        "GITLAB_CI": "true",
+        "CI_COMMIT_SHA": "ABCDEF0123456789ABCDEF0123456789ABCDEF01",
+        "CI_PROJECT_URL": "https://gitlab.com/acme/churn",
+        "CI_COMMIT_REF_NAME": "release",
+        "CI_PIPELINE_URL": "https://gitlab.com/acme/churn/-/pipelines/7",
+    }
+    assert cli.source_from(args, gitlab) == {
+        "repository": "https://gitlab.com/acme/churn",
+        "commit": "abcdef0123456789abcdef0123456789abcdef01",
+        "branch": "release",
+        "ci_run_url": "https://gitlab.com/acme/churn/-/pipelines/7",
+    }
+    pr = {**FAKE_GITHUB, "GITHUB_HEAD_REF": "feature/x", "GITHUB_REF_NAME": "12/merge"}
+    assert cli.source_from(args, pr)["branch"] == "feature/x"
+    explicit = cli.build_parser().parse_args(
+        ["register", "--model", "a/b", "--path", ".", "--source-branch", "b", "--ci-run-url", "https://ci/1"]
+    )
+    got = cli.source_from(explicit, FAKE_GITHUB)
+    assert got["branch"] == "b" and got["ci_run_url"] == "https://ci/1" and got["commit"] == FAKE_GITHUB["GITHUB_SHA"]
+
+
+def test_console_script_is_installed(model_dir):
+    script = Path(sys.executable).with_name("registry-cli")
+    assert script.exists(), "pip install -e . installs the registry-cli console script"
+    result = subprocess.run([str(script), "digest", "--path", str(model_dir)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == run("digest", "--path", str(model_dir)).stdout.strip()
+
+
+def test_symlink_loop_is_a_usage_error(tmp_path):
+    d = tmp_path / "m"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f.bin").write_bytes(b"x")
+    (d / "sub" / "loop").symlink_to(d)
+    result = run("digest", "--path", str(d))
+    assert result.returncode == 2 and "symbolic link loop" in result.stderr
+
+
+MEASURED = (  # run the CLI, then report this process's peak RSS (VmHWM starts afresh at exec, unlike ru_maxrss)
+    "import re, sys\n"
+    "from registry.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "status = open('/proc/self/status').read()\n"
+    "sys.stderr.write('MAXRSS_KIB=%s\\n' % re.search(r'VmHWM:\\s+(\\d+)', status)[1])\n"
+    "sys.exit(rc)\n"
+)
+
+
+def peak_kib(result) -> int:
+    return int(result.stderr.rsplit("MAXRSS_KIB=", 1)[1].split()[0])
+
+
+@live
+def test_large_file_is_hashed_and_uploaded_in_chunks_not_read_into_memory(live_server, ci, tmp_path):
+    size = 96 * 1024 * 1024
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    (small / "weights.bin").write_bytes(b"tiny")
+    with open(big / "weights.bin", "wb") as f:
+        for _ in range(size // cli.CHUNK):
+            f.write(os.urandom(1024) * 1024)
+
+    def register(path, model):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(CI_PREFIXES)}
+        env.update(REGISTRY_URL=live_server.url, REGISTRY_TOKEN=ci)
+        args = ["register", "--model", model, "--path", str(path), "--create-model"]
+        result = subprocess.run(
+            [sys.executable, "-c", MEASURED, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    baseline = peak_kib(register(small, "acme/small"))
+    result = register(big, "acme/big")
+    assert json.loads(result.stdout)["created"] is True
+    assert "uploading 1 file(s), 96.0 MiB" in result.stderr
+    # hashing and uploading keep a few 1 MiB chunks in memory, never the 96 MiB file
+    assert peak_kib(result) - baseline < 24 * 1024, (baseline, peak_kib(result))
+    version = ModelVersion.objects.get(model__name="big")
+    assert blob_store().size(version.manifest["files"][0]["sha256"]) == size

@@ -1,0 +1,174 @@
+import hashlib
+import json
+import threading
+
+import pytest
+from django.db import connection, transaction
+from django.db.utils import DatabaseError
+
+from audit.models import AuditEvent
+from registry.models import ModelVersion
+from registry.storage import blob_store
+from tests.conftest import bearer
+from tests.registry.helpers import file_entry, register_body, s3_manifest
+
+BASE = "/api/v1/models/acme/churn"
+
+
+@pytest.fixture
+def owner(personas):
+    client = personas["owner"].client()
+    assert client.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    return client
+
+
+def test_create_model_then_duplicate_is_409(owner):
+    again = owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_exists"
+
+
+def test_invalid_model_name_is_400_naming_field(owner):
+    r = owner.post("/api/v1/models/", {"namespace": "Acme Corp", "name": "x"}, format="json")
+    assert r.status_code == 400
+    assert "namespace" in r.json()["error"]["message"]
+
+
+def test_register_is_idempotent_by_digest(owner):
+    manifest = s3_manifest(b"weights-1")
+    first = owner.post(f"{BASE}/versions/", register_body(manifest, metrics={"auc": 0.91}), format="json")
+    assert first.status_code == 201, first.json()
+    body = first.json()
+    canonical = json.dumps({"files": manifest["files"]}, sort_keys=True, separators=(",", ":")).encode()
+    assert body["digest"] == "sha256:" + hashlib.sha256(canonical).hexdigest()
+    assert body["number"] == 1
+    again = owner.post(f"{BASE}/versions/", register_body(manifest, metrics={"auc": 0.91}), format="json")
+    assert again.status_code == 200
+    assert again.json()["number"] == 1
+    conflict = owner.post(f"{BASE}/versions/", register_body(manifest, metrics={"auc": 0.5}), format="json")
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["detail"]["fields"] == ["metrics"]
+    second = owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"weights-2")), format="json")
+    assert second.json()["number"] == 2
+    got = owner.get(f"{BASE}/versions/1").json()
+    assert got["metrics"] == {"auc": 0.91} and got["digest"] == body["digest"]
+
+
+def test_digest_ignores_file_order(owner):
+    files = s3_manifest(b"a", b"b")["files"]
+    one = owner.post(f"{BASE}/versions/", register_body({"files": files}), format="json").json()
+    two = owner.post(f"{BASE}/versions/", register_body({"files": files[::-1]}), format="json")
+    assert two.status_code == 200 and two.json()["digest"] == one["digest"]
+
+
+def test_raw_sql_cannot_change_version_content(owner):
+    owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"w"), metrics={"auc": 0.9}), format="json")
+    for sql in (
+        "UPDATE registry_modelversion SET digest = 'sha256:00'",
+        "UPDATE registry_modelversion SET metrics = '{\"auc\": 1.0}'",
+        "DELETE FROM registry_modelversion",
+    ):
+        with pytest.raises(DatabaseError, match="immutable"), transaction.atomic(), connection.cursor() as cur:
+            cur.execute(sql)
+    # the mutable columns stay mutable
+    with connection.cursor() as cur:
+        cur.execute('UPDATE registry_modelversion SET tags = \'{"stage": "x"}\'')
+    assert ModelVersion.objects.get().tags == {"stage": "x"}
+
+
+def test_upload_then_register_in_registry_storage(owner):
+    content = b"\x00model-bytes" * 1000
+    entry = file_entry("model.onnx", content)
+    r = owner.put(f"{BASE}/artifacts/sha256:{entry['sha256']}", data=content, content_type="application/octet-stream")
+    assert r.status_code == 201 and r.json()["size"] == len(content)
+    again = owner.put(
+        f"{BASE}/artifacts/sha256:{entry['sha256']}", data=content, content_type="application/octet-stream"
+    )
+    assert again.status_code == 200
+    reg = owner.post(f"{BASE}/versions/", {"manifest": {"files": [entry]}}, format="json")
+    assert reg.status_code == 201, reg.json()
+    assert reg.json()["artifact_uri"].startswith("registry://acme/churn@sha256:")
+    with blob_store().open(entry["sha256"]) as f:
+        assert f.read() == content
+
+
+def test_register_refuses_files_not_uploaded(owner):
+    missing = file_entry("weights.bin", b"never uploaded")
+    r = owner.post(f"{BASE}/versions/", {"manifest": {"files": [missing]}}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "artifacts_missing"
+    assert ModelVersion.objects.count() == 0
+
+
+def test_tampered_upload_is_rejected_and_nothing_kept(owner, settings):
+    declared = hashlib.sha256(b"the real weights").hexdigest()
+    events_before = AuditEvent.objects.count()
+    r = owner.put(
+        f"{BASE}/artifacts/sha256:{declared}", data=b"tampered weights", content_type="application/octet-stream"
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "digest_mismatch"
+    assert blob_store().size(declared) is None
+    assert list((settings.ARTIFACT_ROOT / "tmp").iterdir()) == []
+    assert AuditEvent.objects.count() == events_before
+
+
+def test_alias_contract(owner):
+    owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"1")), format="json")
+    v2 = owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"2")), format="json").json()
+    assert owner.put(f"{BASE}/aliases/champion", {"version": 2}, format="json").status_code == 201
+    got = owner.get(f"{BASE}/aliases/champion").json()
+    assert (got["alias"], got["version"], got["digest"]) == ("champion", 2, v2["digest"])
+    assert owner.put(f"{BASE}/aliases/champion", {"version": 1}, format="json").status_code == 200
+    assert owner.get(f"{BASE}/aliases/champion").json()["version"] == 1
+    assert owner.get(f"{BASE}/aliases/nope").status_code == 404
+
+
+def test_protected_alias_needs_manager(owner, personas):
+    from accounts.services import permission_grant
+    from registry.models import RegisteredModel
+
+    owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"1")), format="json")
+    owner.put(f"{BASE}/aliases/champion", {"version": 1, "protected": True}, format="json")
+    bot = personas["ci_bot"]
+    model = RegisteredModel.objects.get()
+    permission_grant(actor=personas["owner"].user, principal=bot.user, perm="register_version", obj=model)
+    permission_grant(actor=personas["owner"].user, principal=bot.user, perm="view_registeredmodel", obj=model)
+    r = bot.client().put(f"{BASE}/aliases/champion", {"version": 1}, format="json")
+    assert r.status_code == 403
+    assert bot.client().put(f"{BASE}/aliases/candidate", {"version": 1}, format="json").status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("same_digest", [False, True])
+def test_concurrent_registrations(personas, same_digest):
+    owner = personas["owner"]
+    assert (
+        owner.client().post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    )
+    barrier = threading.Barrier(8)
+    results = []
+
+    def register(i):
+        try:
+            barrier.wait()
+            body = register_body(s3_manifest(b"same" if same_digest else f"w{i}".encode()))
+            r = bearer(owner.token).post(f"{BASE}/versions/", body, format="json")
+            results.append((r.status_code, r.json()["number"]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    numbers = sorted(n for _, n in results)
+    if same_digest:
+        assert numbers == [1] * 8
+        assert sorted(c for c, _ in results) == [200] * 7 + [201]
+        assert ModelVersion.objects.count() == 1
+    else:
+        assert numbers == list(range(1, 9))
+        assert all(c == 201 for c, _ in results)
+    assert AuditEvent.objects.filter(action="version.registered").count() == ModelVersion.objects.count()

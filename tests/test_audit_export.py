@@ -1,0 +1,318 @@
+"""GET /api/v1/audit/events: streamed NDJSON and CSV, filtered, for auditors only."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from accounts import roles, services
+from audit import chain
+from audit.models import AuditEvent, format_time
+from audit.services import record
+from tests.conftest import bearer
+
+URL = "/api/v1/audit/events"
+CHAIN_SCRIPT = Path(__file__).resolve().parent.parent / "audit" / "chain.py"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def auditor(personas):
+    return personas["auditor"].client()
+
+
+@pytest.fixture
+def lone_auditor(db):
+    """An auditor without the other personas, for tests that need no log."""
+    user = get_user_model().objects.create_user(username="lone-auditor", password=None)
+    user.groups.add(roles.ensure_roles()[roles.AUDITORS])
+    return bearer(services.token_create(actor="test", user=user, name="a", scopes=["audit:read"]).plaintext)
+
+
+@pytest.fixture
+def log(personas) -> list[AuditEvent]:
+    """The personas' own events (tokens, memberships) plus events on two subjects by two actors."""
+    owner, ci_bot = personas["owner"].user, personas["ci_bot"].user
+    with transaction.atomic():
+        for n in range(3):
+            record(action="model.changed", subject_type="registry.model", subject_id="7", actor=owner, after={"n": n})
+            record(action="model.changed", subject_type="registry.model", subject_id="8", actor=ci_bot, after={"n": n})
+            record(action="model.changed", subject_type="registry.version", subject_id="7", actor=ci_bot)
+    events = list(AuditEvent.objects.order_by("seq"))
+    assert len(events) > 9
+    return events
+
+
+def ndjson(response) -> list[dict]:
+    assert response.status_code == 200, response.content if not response.streaming else b""
+    assert response.streaming
+    assert response["Content-Type"] == "application/x-ndjson"
+    body = b"".join(response.streaming_content)
+    assert body == b"" or body.endswith(b"\n")
+    return [json.loads(line) for line in body.splitlines()]
+
+
+def csv_rows(response) -> list[dict]:
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Content-Type"].startswith("text/csv")
+    text = b"".join(response.streaming_content).decode()
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    assert header == [*chain.EVENT_FIELDS, "prev_hash", "hash"]
+    return [dict(zip(header, row, strict=True)) for row in reader]
+
+
+def seqs(events) -> list[int]:
+    return [int(e["seq"]) if isinstance(e, dict) else e.seq for e in events]
+
+
+def verify_offline(tmp_path: Path, lines: list[dict], *args: str) -> subprocess.CompletedProcess:
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(b"".join(chain.canonical_json(e) + b"\n" for e in lines))
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else shutil.which("python3")
+    return subprocess.run(
+        [python, "-I", "-S", str(CHAIN_SCRIPT), str(export), *args], capture_output=True, text=True, timeout=30
+    )
+
+
+# --- the whole log --------------------------------------------------------------------------
+
+
+def test_ndjson_export_is_the_whole_chain(auditor, log, tmp_path):
+    response = auditor.get(URL)
+    events = ndjson(response)
+    assert seqs(events) == seqs(log)
+    assert events == [e.as_export_dict() for e in log]
+    assert response["X-Audit-Last-Seq"] == str(log[-1].seq)
+    assert response["X-Audit-Last-Hash"] == log[-1].hash
+    assert response["Content-Disposition"] == 'attachment; filename="audit-events.ndjson"'
+    result = verify_offline(tmp_path, events, "--expect-head", response["X-Audit-Last-Hash"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_head_endpoint_matches_the_export(auditor, log):
+    response = auditor.get("/api/v1/audit/head")
+    assert response.status_code == 200
+    assert response.json() == {"seq": log[-1].seq, "hash": log[-1].hash}
+
+
+def test_csv_export_has_the_same_events(auditor, log):
+    response = auditor.get(URL, {"format": "csv"})
+    rows = csv_rows(response)
+    assert response["Content-Disposition"] == 'attachment; filename="audit-events.csv"'
+    assert response["X-Audit-Last-Hash"] == log[-1].hash
+    assert seqs(rows) == seqs(log)
+    for row, event in zip(rows, log, strict=True):
+        assert row["hash"] == event.hash
+        assert row["prev_hash"] == event.prev_hash
+        assert row["action"] == event.action
+        assert row["actor_id"] == ("" if event.actor_id is None else str(event.actor_id))
+        assert row["at"] == format_time(event.at)
+        assert json.loads(row["after"]) == json.loads(event.after)
+
+
+def test_export_ignores_the_accept_header(auditor, log):
+    """Clients that ask for the media type they want must not get 406."""
+    assert ndjson(auditor.get(URL, HTTP_ACCEPT="application/x-ndjson")) == [e.as_export_dict() for e in log]
+    assert seqs(csv_rows(auditor.get(URL, {"format": "csv"}, HTTP_ACCEPT="text/csv"))) == seqs(log)
+    error = auditor.get(URL, {"nope": "1"}, HTTP_ACCEPT="text/csv")
+    assert error.status_code == 400
+    assert error.json()["error"]["code"] == "invalid"
+
+
+# --- filters --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_filter_by_subject(auditor, log, fmt, tmp_path):
+    response = auditor.get(URL, {"format": fmt, "subject_type": "registry.model", "subject_id": "7"})
+    got = ndjson(response) if fmt == "ndjson" else csv_rows(response)
+    expected = [e for e in log if (e.subject_type, e.subject_id) == ("registry.model", "7")]
+    assert len(expected) == 3
+    assert seqs(got) == seqs(expected)
+    assert response["X-Audit-Last-Seq"] == str(expected[-1].seq)
+    assert response["X-Audit-Last-Hash"] == expected[-1].hash
+    if fmt == "ndjson":
+        assert verify_offline(tmp_path, got, "--allow-gaps").returncode == 0
+        gaps = verify_offline(tmp_path, got)
+        assert gaps.returncode == 1
+        assert f"sequence {expected[0].seq}" in gaps.stderr
+
+
+def test_filter_by_subject_type_alone(auditor, log):
+    got = ndjson(auditor.get(URL, {"subject_type": "registry.version"}))
+    assert seqs(got) == seqs(e for e in log if e.subject_type == "registry.version")
+    assert len(got) == 3
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_filter_by_actor(auditor, log, fmt):
+    response = auditor.get(URL, {"format": fmt, "actor": "owner"})
+    got = ndjson(response) if fmt == "ndjson" else csv_rows(response)
+    expected = [e for e in log if e.actor_username == "owner"]
+    assert len(expected) >= 3
+    assert seqs(got) == seqs(expected)
+    assert {row["actor_username"] for row in got} == {"owner"}
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_filter_by_time_range(auditor, log, fmt, tmp_path):
+    since, until = log[3], log[7]
+    response = auditor.get(URL, {"format": fmt, "since": format_time(since.at), "until": format_time(until.at)})
+    got = ndjson(response) if fmt == "ndjson" else csv_rows(response)
+    assert seqs(got) == [since.seq, *range(since.seq + 1, until.seq)]  # since inclusive, until exclusive
+    assert response["X-Audit-Last-Seq"] == str(until.seq - 1)
+    if fmt == "ndjson":
+        assert verify_offline(tmp_path, got, "--partial").returncode == 0
+        missing_start = verify_offline(tmp_path, got)
+        assert missing_start.returncode == 1
+        assert "--partial" in missing_start.stderr
+
+
+def test_time_filters_accept_offsets(auditor, log):
+    at = log[5].at
+    got = ndjson(auditor.get(URL, {"since": at.isoformat()}))  # "+00:00" form
+    assert seqs(got) == seqs(log[5:])
+    got = ndjson(auditor.get(URL, {"until": at.astimezone().isoformat()}))
+    assert seqs(got) == seqs(log[:5])
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_filter_after_seq(auditor, log, fmt, tmp_path):
+    response = auditor.get(URL, {"format": fmt, "after_seq": log[4].seq})
+    got = ndjson(response) if fmt == "ndjson" else csv_rows(response)
+    assert seqs(got) == seqs(log[5:])
+    assert response["X-Audit-Last-Hash"] == log[-1].hash
+    if fmt == "ndjson":
+        assert verify_offline(tmp_path, got, "--partial", "--expect-head", log[-1].hash).returncode == 0
+
+
+def test_filters_combine(auditor, log):
+    got = ndjson(auditor.get(URL, {"actor": "ci_bot", "subject_type": "registry.model", "after_seq": log[-4].seq}))
+    expected = [e for e in log[-3:] if e.actor_username == "ci_bot" and e.subject_type == "registry.model"]
+    assert len(expected) == 1
+    assert seqs(got) == seqs(expected)
+
+
+def test_empty_result(auditor, log):
+    response = auditor.get(URL, {"actor": "nobody"})
+    assert ndjson(response) == []
+    assert response["X-Audit-Last-Seq"] == "0"
+    assert response["X-Audit-Last-Hash"] == chain.GENESIS
+
+
+def test_export_is_a_snapshot(auditor, log):
+    """Events appended while the response streams are not included; the headers stay true."""
+    response = auditor.get(URL)
+    with transaction.atomic():
+        record(action="late", subject_type="t", subject_id="1", actor="system:test")
+    events = ndjson(response)
+    assert seqs(events) == seqs(log)
+    assert response["X-Audit-Last-Seq"] == str(log[-1].seq)
+
+
+# --- bad queries ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-13-45T00:00:00Z"}, "until"),
+        ({"since": "2026-01-01T00:00:00Z", "until": "not-a-date"}, "until"),
+        ({"after_seq": "abc"}, "after_seq"),
+        ({"after_seq": "-1"}, "after_seq"),
+        ({"format": "xml"}, "format"),
+        ({"subject_type": "x" * 101}, "subject_type"),
+        ({"actor": ""}, "actor"),
+    ],
+)
+def test_bad_query_is_400_naming_the_field(lone_auditor, params, field):
+    response = lone_auditor.get(URL, params)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert error["message"].startswith(f"Invalid input. {field}:"), error["message"]
+    assert field in error["detail"]
+
+
+@pytest.mark.parametrize("param", ["subject", "limit", "page", "since_seq"])
+def test_unknown_query_parameter_is_400(lone_auditor, param):
+    response = lone_auditor.get(URL, {param: "1"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert param in error["message"]
+    assert param in error["detail"]
+
+
+# --- who may export -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("persona", "status"),
+    [("admin", 200), ("auditor", 200), ("owner", 403), ("reviewer", 403), ("ci_bot", 403), ("outsider", 403)],
+)
+@pytest.mark.parametrize("path", [URL, "/api/v1/audit/head"])
+def test_who_may_export(personas, persona, status, path):
+    response = personas[persona].client().get(path)
+    assert response.status_code == status
+    if status == 403:
+        error = response.json()["error"]
+        assert error["code"] == "forbidden"
+        assert "auditor" in error["message"]
+    else:
+        assert response["X-Audit-Last-Seq"] if path == URL else response.json()["seq"] > 0
+
+
+def test_refused_export_streams_nothing(personas):
+    response = personas["reviewer"].client().get(URL)
+    assert response.status_code == 403
+    assert not response.streaming
+    assert "X-Audit-Last-Seq" not in response
+
+
+@pytest.mark.parametrize("path", [URL, "/api/v1/audit/head"])
+def test_token_without_audit_scope_is_403_insufficient_scope(personas, make_token, path):
+    token = make_token(personas["auditor"].user, ["read"])
+    response = bearer(token).get(path)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_scope"
+    assert "audit:read" in error["message"]
+
+
+def test_token_with_only_audit_scope_may_export(personas, make_token, log):
+    token = make_token(personas["auditor"].user, ["audit:read"])
+    assert seqs(ndjson(bearer(token).get(URL))) == [*seqs(log), log[-1].seq + 1]  # + the token's creation
+
+
+def test_auditor_session_may_export(personas, client, log):
+    client.force_login(personas["auditor"].user)
+    assert seqs(ndjson(client.get(URL))) == seqs(log)
+
+
+def test_anonymous_is_401(db, client):
+    response = client.get(URL)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_inactive_auditor_is_refused(personas):
+    user = get_user_model().objects.get(username="auditor")
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    response = personas["auditor"].client().get(URL)
+    assert response.status_code == 401
+    assert "inactive" in response.json()["error"]["message"]

@@ -1,0 +1,174 @@
+"""Every error leaves the API as {"error": {"code", "message", "detail"}} with a 4xx for bad input."""
+
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from accounts import scopes, services
+from accounts.models import ApiToken
+from tests.conftest import bearer
+
+TOKENS = "/api/v1/tokens/"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def error_of(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert {"code", "message", "detail"} <= set(error)
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user(username="writer", password=None)
+
+
+@pytest.fixture
+def writer(user):
+    """A client with a token holding every scope (lighter than the six personas)."""
+    return bearer(services.token_create(actor="test", user=user, name="all", scopes=list(scopes.ALL)).plaintext)
+
+
+def post_raw(client, body: str | bytes, content_type: str = "application/json"):
+    return client.generic("POST", TOKENS, body, content_type=content_type)
+
+
+@pytest.mark.parametrize("body", ['{"name": "x", "scopes": ["read"]', "{'name': 'x'}", "not json", '{"a": NaN'])
+def test_malformed_json(writer, body):
+    error = error_of(post_raw(writer, body), 400, "malformed_json")
+    assert "JSON" in error["message"]
+    assert not ApiToken.objects.filter(name="x").exists()
+
+
+def test_invalid_utf8_is_malformed(writer):
+    error_of(post_raw(writer, b'{"name": "\xff\xfe"}'), 400, "malformed_json")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "x", "scopes": "read"}, "scopes"),
+        ({"name": "x", "scopes": [1]}, "scopes"),
+        ({"name": ["x"], "scopes": ["read"]}, "name"),
+        ({"name": {"a": 1}, "scopes": ["read"]}, "name"),
+        ({"name": "x", "scopes": ["read"], "expires_in_days": "soon"}, "expires_in_days"),
+        ({"name": "x", "scopes": ["read"], "expires_in_days": 1.5}, "expires_in_days"),
+        ({"name": "x", "scopes": ["read"], "expires_in_days": 0}, "expires_in_days"),
+        ({"name": "x", "scopes": ["nope"]}, "scopes"),
+        ({"scopes": ["read"]}, "name"),
+    ],
+)
+def test_wrong_types_name_the_field(writer, payload, field):
+    error = error_of(writer.post(TOKENS, payload, format="json"), 400, "invalid")
+    assert field in error["message"]
+    assert field in error["detail"]
+
+
+@pytest.mark.parametrize("body", ["[]", "[1, 2]", '"text"', "42", "null", "true"])
+def test_non_object_body_is_400(writer, body):
+    error_of(post_raw(writer, body), 400, "invalid")
+
+
+def test_unknown_field_is_named(writer):
+    error = error_of(
+        writer.post(TOKENS, {"name": "x", "scopes": ["read"], "is_superuser": True}, format="json"), 400, "invalid"
+    )
+    assert "is_superuser" in error["message"]
+    assert "is_superuser" in error["detail"]
+    assert "Allowed" in error["message"]
+
+
+def test_oversize_body_is_413(writer):
+    payload = {"name": "x" * 500, "scopes": ["read"]}
+    with override_settings(MAX_JSON_BODY_BYTES=200):
+        error = error_of(writer.post(TOKENS, payload, format="json"), 413, "payload_too_large")
+    assert "200" in error["message"]
+    assert error["detail"] == {"limit_bytes": 200}
+    assert not ApiToken.objects.filter(name="x" * 500).exists()
+
+
+def test_body_at_the_limit_is_parsed(writer):
+    body = json.dumps({"name": "small", "scopes": ["read"]})
+    with override_settings(MAX_JSON_BODY_BYTES=len(body)):
+        response = post_raw(writer, body)
+    assert response.status_code == 201, response.content
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", [TOKENS, "/api/v1/me", "/api/v1/audit/events"])
+def test_missing_auth_is_401(path):
+    error = error_of(APIClient().get(path), 401, "not_authenticated")
+    assert "credentials" in error["message"].lower()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("header", ["Bearer", "Bearer a b", "Bearer mgr_nope_nope", " ", "Bearer \t"])
+def test_bad_authorization_header_is_401(header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401, response.content
+    assert response.json()["error"]["code"] in {"authentication_failed", "not_authenticated"}
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/nope/", "/api/v1/tokens/123/nope"])
+def test_unknown_api_route_is_json_404(path):
+    error = error_of(APIClient().get(path), 404, "not_found")
+    assert path in error["message"]
+
+
+def test_unknown_object_is_json_404(writer):
+    error = error_of(writer.post("/api/v1/tokens/999999/revoke", {}, format="json"), 404, "not_found")
+    assert "999999" in error["message"]
+
+
+@pytest.mark.parametrize("method", ["put", "patch", "delete"])
+def test_wrong_method_is_405_with_a_token(writer, method):
+    error = error_of(getattr(writer, method)(TOKENS, {}, format="json"), 405, "method_not_allowed")
+    assert method.upper() in error["message"]
+
+
+def test_wrong_method_is_405_with_a_session(user):
+    client = APIClient()
+    client.force_login(user)
+    error_of(client.delete("/api/v1/me"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_wrong_content_type_is_415(writer, content_type):
+    error = error_of(post_raw(writer, "name=x&scopes=read", content_type), 415, "unsupported_media_type")
+    assert content_type.split(";")[0] in error["message"]
+
+
+def test_error_carries_the_request_id(writer):
+    response = writer.generic("POST", TOKENS, "{", content_type="application/json", HTTP_X_REQUEST_ID="req-123")
+    assert response["X-Request-ID"] == "req-123"
+    assert response.json()["error"]["request_id"] == "req-123"
+
+
+def test_bearer_helper_and_unknown_token(db):
+    error = error_of(bearer("mgr_abc_" + "x" * 40).get("/api/v1/me"), 401, "authentication_failed")
+    assert "Invalid API token" in error["message"]
+
+
+def test_deeply_nested_json_is_400(writer):
+    depth = 100_000
+    error = error_of(post_raw(writer, "[" * depth + "]" * depth), 400, "malformed_json")
+    assert "nested" in error["message"]

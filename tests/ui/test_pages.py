@@ -1,0 +1,284 @@
+import re
+
+import pytest
+from django.test import Client
+from django.utils.html import escape
+
+from governance import services
+from governance.models import Approval, PromotionRequest
+from registry import services as registry
+from tests.ui import builders
+
+PAGES = [
+    "/reviews/",
+    "/promotions/{pk}/",
+    "/targets/",
+    "/targets/prod/",
+    "/models/acme/churn/",
+    "/models/acme/churn/versions/2/",
+]
+
+
+def url(template, seeded):
+    return template.format(pk=seeded["promotion"].pk)
+
+
+def as_user(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def text(response) -> str:
+    return re.sub(r"\s+", " ", response.content.decode())
+
+
+def review(client, pk, decision, comment="", confirm=True, **seen):
+    data = {"decision": decision, "comment": comment}
+    if confirm:
+        page = client.post(f"/promotions/{pk}/review/", data)
+        assert page.status_code == 200, text(page)
+        # what the confirmation page carries forward
+        for name in ("card_revision", "policy_version"):
+            data[name] = seen.get(name, re.search(rf'name="{name}" value="([^"]*)"', page.content.decode())[1])
+        data["confirm"] = "yes"
+    return client.post(f"/promotions/{pk}/review/", data, follow=True)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_needs_login(client, seeded, path):
+    r = client.get(url(path, seeded))
+    assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.parametrize("path", [p for p in PAGES if p not in ("/reviews/", "/targets/")])
+def test_objects_the_user_may_not_view_are_404(seeded, path):
+    r = as_user(seeded["outsider"].user).get(url(path, seeded))
+    assert r.status_code == 404 and b"Not found" in r.content
+
+
+def test_unknown_objects_are_404(seeded):
+    reviewer = as_user(seeded["reviewer"].user)
+    for path in ("/promotions/999999/", "/targets/nope/", "/models/acme/nope/", "/models/acme/churn/versions/9/"):
+        assert reviewer.get(path).status_code == 404, path
+
+
+def test_queue_lists_requests_waiting_for_me(seeded):
+    page = text(as_user(seeded["reviewer"].user).get("/reviews/"))
+    pk = seeded["promotion"].pk
+    assert f'href="/promotions/{pk}/"' in page
+    assert "acme/churn" in page and "v2" in page and "prod" in page and "owner" in page
+    assert "1 failing" in page
+    # the requester does not review their own request; outsiders review nothing
+    assert f"/promotions/{pk}/" not in text(as_user(seeded["owner"].user).get("/reviews/"))
+    assert "Nothing is waiting for you" in text(as_user(seeded["outsider"].user).get("/reviews/"))
+
+
+def test_queue_is_paginated(seeded):
+    owner, prod = seeded["owner"].user, seeded["prod"]
+    for i in range(26):
+        services.promotion_request(actor=owner, version=builders.version(owner, seeded["churn"], f"p{i}"), target=prod)
+    reviewer = as_user(seeded["reviewer"].user)
+    first = text(reviewer.get("/reviews/"))
+    assert first.count("Review #") == 25 and "Page 1 of 2 (27 in all)" in first
+    assert text(reviewer.get("/reviews/?page=2")).count("Review #") == 2
+
+
+def test_request_page_shows_failing_rule_and_disabled_approve(seeded):
+    page = text(as_user(seeded["reviewer"].user).get(f"/promotions/{seeded['promotion'].pk}/"))
+    assert 'data-rule="card_sections"' in page and "✗ fail" in page
+    assert "missing or leaves empty: training_data" in page
+    assert re.search(r'<button type="submit" class="btn" disabled aria-describedby="approve-blocked">Approve', page)
+    assert "Approval is blocked while 1 rule(s) fail: card_sections" in page
+    # rejecting stays possible
+    assert re.search(r'<button type="submit" class="btn danger">Reject', page)
+
+
+def test_request_page_compares_with_what_serves(seeded):
+    page = text(as_user(seeded["reviewer"].user).get(f"/promotions/{seeded['promotion'].pk}/"))
+    # metric deltas, better/worse follow the gate's direction (auc >= 0.85: higher is better)
+    assert re.search(
+        r"<code>auc</code></th> <td class=\"num\">0.91</td> <td class=\"num\">0.88</td> <td class=\"num\">\+0.03</td>",
+        page,
+    )
+    assert "▲ better" in page
+    assert re.search(
+        r"<code>latency_ms</code></th> <td class=\"num\">35</td> <td class=\"num\">40</td> <td class=\"num\">-5</td>",
+        page,
+    )
+    # the card diff names the removed section, with its old text
+    assert 'Training Data <span class="badge diff-removed">removed</span>' in page
+    assert '<span class="d-del">-CRM snapshots 2024-2025, deduplicated.</span>' in page
+    assert 'Intended Use <span class="badge">unchanged</span>' in page
+    # lineage: code commit of each
+    assert "c0ffeev2" in page and "c0ffeev1" in page
+    assert "acme/churn v1" in page and "release 1" in page
+
+
+def test_same_checks_as_the_api(seeded):
+    api = seeded["reviewer"].client().get(f"/api/v1/promotions/{seeded['promotion'].pk}").json()
+    page = text(as_user(seeded["reviewer"].user).get(f"/promotions/{seeded['promotion'].pk}/"))
+    rules = re.findall(r'data-rule="([^"]+)"', page)
+    assert rules == [c["rule"] for c in api["checks"]]
+    for check in api["checks"]:
+        assert escape(check["reason"]) in page
+
+
+def test_requester_sees_why_they_may_not_approve(seeded):
+    page = text(as_user(seeded["owner"].user).get(f"/promotions/{seeded['promotion'].pk}/"))
+    assert "You requested this promotion; the policy does not let requesters review their own." in page
+    assert 'disabled aria-describedby="reject-blocked"' in page
+    assert "Cancel request" in page
+
+
+def test_approve_needs_confirmation_then_records(seeded):
+    owner, v2, pk = seeded["owner"].user, seeded["v2"], seeded["promotion"].pk
+    registry.card_revision_add(actor=owner, version=v2, content=builders.CARD_WITH_TRAINING_DATA)
+    reviewer = as_user(seeded["reviewer"].user)
+    confirm = reviewer.post(f"/promotions/{pk}/review/", {"decision": "approve", "comment": "Looks good."})
+    assert confirm.status_code == 200 and b"Confirm your approval" in confirm.content
+    assert not Approval.objects.exists()  # nothing recorded before confirmation
+    done = text(review(reviewer, pk, "approve", "Looks good."))
+    assert f"You approved promotion #{pk}. It still needs more approvals." in done
+    assert "1 of 2" in done and "Looks good." in done
+    # the button now says why it is disabled
+    assert "You already approved this request" in done
+    done = text(review(as_user(seeded["reviewer2"]), pk, "approve"))
+    assert "approved" in done and "2 of 2" in done
+    assert PromotionRequest.objects.get(pk=pk).state == "approved"
+    assert 'class="badge state-approved">approved' in done
+    assert "This request is approved; only pending requests can be reviewed." in done
+
+
+def test_reject_requires_comment(seeded):
+    pk = seeded["promotion"].pk
+    reviewer = as_user(seeded["reviewer"].user)
+    r = text(reviewer.post(f"/promotions/{pk}/review/", {"decision": "reject", "comment": "  "}, follow=True))
+    assert "A rejection needs a comment" in r
+    done = text(review(reviewer, pk, "reject", "Add the training data section."))
+    assert "You rejected promotion" in done and "Add the training data section." in done
+    assert PromotionRequest.objects.get(pk=pk).state == "rejected"
+
+
+def test_blocked_approval_shows_the_domain_message(seeded):
+    pk = seeded["promotion"].pk
+    # even when posted directly with a confirmation, the request is refused with the reason
+    r = text(review(as_user(seeded["reviewer"].user), pk, "approve", confirm=False))
+    assert "Choose approve" not in r and "Approval is blocked while 1 rule(s) fail" in r
+    assert not Approval.objects.exists()
+    r = text(review(as_user(seeded["owner"].user), pk, "reject", "no", confirm=False))
+    assert "You requested this promotion" in r
+
+
+def test_service_errors_reach_the_page(seeded, monkeypatch):
+    from core.errors import Conflict
+
+    def refuse(**kwargs):
+        raise Conflict("Promotion #1 is approved, not pending.")
+
+    monkeypatch.setattr(services, "promotion_reject", refuse)
+    r = text(review(as_user(seeded["reviewer"].user), seeded["promotion"].pk, "reject", "nope"))
+    assert 'role="alert">Promotion #1 is approved, not pending.' in r
+
+
+def test_confirmation_is_refused_when_the_card_changed_meanwhile(seeded):
+    owner, v2, pk = seeded["owner"].user, seeded["v2"], seeded["promotion"].pk
+    registry.card_revision_add(actor=owner, version=v2, content=builders.CARD_WITH_TRAINING_DATA)
+    reviewer = as_user(seeded["reviewer"].user)
+    reviewer.post(f"/promotions/{pk}/review/", {"decision": "approve"})
+    registry.card_revision_add(actor=owner, version=v2, content={**builders.CARD_WITH_TRAINING_DATA, "factors": "x"})
+    r = text(review(reviewer, pk, "approve", card_revision="2", policy_version="1"))
+    assert "changed while you were reviewing" in r and not Approval.objects.exists()
+
+
+def test_review_posts_need_csrf(seeded):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(seeded["reviewer"].user)
+    r = client.post(f"/promotions/{seeded['promotion'].pk}/review/", {"decision": "reject", "comment": "x"})
+    assert r.status_code == 403
+    assert client.get(f"/promotions/{seeded['promotion'].pk}/review/").status_code == 405
+
+
+def test_requester_cancels(seeded):
+    pk = seeded["promotion"].pk
+    r = text(as_user(seeded["owner"].user).post(f"/promotions/{pk}/cancel/", {"reason": "wrong build"}, follow=True))
+    assert "You cancelled promotion" in r and PromotionRequest.objects.get(pk=pk).state == "cancelled"
+    r = text(as_user(seeded["reviewer"].user).post(f"/promotions/{pk}/cancel/", follow=True))
+    assert 'role="alert"' in r
+
+
+def test_card_text_is_escaped(seeded):
+    owner, v2 = seeded["owner"].user, seeded["v2"]
+    registry.card_revision_add(
+        actor=owner, version=v2, content={**builders.CARD_WITH_TRAINING_DATA, "factors": "<script>alert(1)</script>"}
+    )
+    reviewer = as_user(seeded["reviewer"].user)
+    for path in (f"/promotions/{seeded['promotion'].pk}/", "/models/acme/churn/versions/2/"):
+        body = reviewer.get(path).content.decode()
+        assert "<script>alert(1)</script>" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body, path
+
+
+def test_model_page(seeded):
+    registry.alias_set(actor=seeded["owner"].user, model=seeded["churn"], name="champion", number=1)
+    page = text(as_user(seeded["reviewer"].user).get("/models/acme/churn/"))
+    assert '<code>@champion</code> → <a href="/models/acme/churn/versions/1/">v1</a>' in page
+    assert re.search(r'versions/1/">v1</a>.*?<a href="/targets/prod/">prod</a>', page)
+    assert "auc=0.88" in page and "1 revision" in page
+
+
+def test_version_page(seeded):
+    page = text(as_user(seeded["reviewer"].user).get("/models/acme/churn/versions/2/"))
+    assert "Gradient-boosted churn classifier." in page and "Model Details" in page
+    assert "Incomplete" in page and "training_data" in page
+    assert "none attached" in page  # signature
+    assert f'href="/promotions/{seeded["promotion"].pk}/"' in page and "pending" in page
+    assert "c0ffeev2" in page and "model-0.bin" in page
+    v1 = text(as_user(seeded["reviewer"].user).get("/models/acme/churn/versions/1/"))
+    assert '<a href="/targets/prod/">prod</a> (release 1, 100%)' in v1
+
+
+def test_version_page_shows_an_older_card_revision(seeded):
+    registry.card_revision_add(
+        actor=seeded["owner"].user, version=seeded["v2"], content=builders.CARD_WITH_TRAINING_DATA
+    )
+    client = as_user(seeded["reviewer"].user)
+    assert "CRM snapshots" in text(client.get("/models/acme/churn/versions/2/"))
+    old = text(client.get("/models/acme/churn/versions/2/?revision=1"))
+    assert "not the latest" in old and "CRM snapshots" not in old
+
+
+def test_target_pages(seeded):
+    client = as_user(seeded["reviewer"].user)
+    listing = text(client.get("/targets/"))
+    assert '<a href="/targets/prod/">prod</a>' in listing and "acme/churn v1" in listing
+    page = text(client.get("/targets/prod/"))
+    assert "acme/churn v1</a> — release 1, 100% of traffic" in page
+    assert "members of reviewers" in page and "training_data" in page and "auc &gt;= 0.85" in page
+    assert f'href="/promotions/{seeded["promotion"].pk}/"' in page
+
+
+def test_target_page_hides_models_the_user_may_not_view(seeded, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(username="ops")
+    user.user_permissions.add(Permission.objects.get(codename="view_deploymenttarget"))
+    page = text(as_user(user).get("/targets/prod/"))
+    assert "acme/churn" not in page and "a version of a model you may not view" in page
+
+
+def test_nav_marks_the_current_page(seeded):
+    page = as_user(seeded["reviewer"].user).get("/reviews/").content.decode()
+    assert '<a href="/reviews/" aria-current="page">Reviews</a>' in page
+
+
+def test_version_page_links_the_lineage_trail(seeded):
+    client = as_user(seeded["reviewer"].user)
+    page = client.get("/models/acme/churn/versions/2/").content.decode()
+    link = re.search(r'<a href="(/api/v1/lineage/trail\?[^"]+)">Lineage trail</a>', page)[1].replace("&amp;", "&")
+    r = client.get(link)
+    assert r.status_code == 200 and r["Content-Type"].startswith("text/html"), r.content[:300]
+
+
+def test_unknown_card_revision_shows_the_latest(seeded):
+    page = text(as_user(seeded["reviewer"].user).get("/models/acme/churn/versions/2/?revision=99"))
+    assert 'Model card <span class="muted">(revision 1)</span>' in page
