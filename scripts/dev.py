@@ -280,8 +280,25 @@ def ensure_database(url: str) -> None:
         run(PYTHON, "-c", CREATE_DATABASE, url)
 
 
+# Debian packages the suite drives for real: HAProxy (self-hosted target), socat (its runtime API from a
+# shell), Chromium (the browser tests). Each is looked up by its binary.
+SYSTEM_TOOLS = {"haproxy": "haproxy", "socat": "socat", "chromium": "chromium"}
+
+
+def ensure_system_tools() -> None:
+    """Install the Debian packages the tests need; fail (the tests are never skipped) when one cannot be had."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = [package for binary, package in SYSTEM_TOOLS.items() if not shutil.which(binary, path=path)]
+    if missing and not install_debian_packages(missing):
+        fail(f"could not install {' '.join(missing)}; the tests need them (apt-get install -y {' '.join(missing)})")
+    still_missing = [binary for binary in SYSTEM_TOOLS if not shutil.which(binary, path=path)]
+    if still_missing:
+        fail(f"{' '.join(still_missing)} not found after installing; the tests need them")
+
+
 def test(pytest_args: list[str]) -> None:
     install_project("test")
+    ensure_system_tools()
     env = test_env()
     ensure_service("PostgreSQL", env["DATABASE_URL"], 5432, "pg_ctlcluster", "postgresql", START_POSTGRES)
     ensure_service("Redis", env["CELERY_BROKER_URL"], 6379, "redis-server", "redis-server", START_REDIS)
