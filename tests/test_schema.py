@@ -97,7 +97,8 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def unreachable_broker():
+def unreachable_broker(monkeypatch):
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers it over conf.broker_url
     saved = celery_app.conf.broker_url
     celery_app.conf.broker_url = f"redis://127.0.0.1:{_closed_port()}/0"
     try:
