@@ -78,6 +78,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.middleware.MetricsMiddleware",  # outermost: times the whole request, writes the access log line
     "core.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -144,7 +145,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Security (safe by default; relaxed only by DEBUG or explicit env) ------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # load balancer probes speak plain HTTP
+# Load balancer probes and the Prometheus scraper speak plain HTTP to the process, not through the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
@@ -279,16 +281,35 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# --- Logs and metrics (docs/operations.md) ------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line with request_id, actor, token_id and, in Celery tasks,
+# task_name and task_id. text: the same facts on human-readable lines (the default with DJANGO_DEBUG=1).
+LOG_FORMAT = env("LOG_FORMAT", "text" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "core.logging.JsonFormatter"},
+        "text": {"()": "core.logging.TextFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own handlers are replaced: everything goes through the one console handler above.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }
+# Celery would otherwise replace the root handler with its own plain format in worker processes.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# /metrics: with METRICS_TOKEN set, scrapers send `Authorization: Bearer <METRICS_TOKEN>`. Unset, /metrics
+# is open with DJANGO_DEBUG=1 and answers 403 otherwise.
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+# A Celery worker serves its tasks' metrics on this port (0: off). Needs PROMETHEUS_MULTIPROC_DIR for prefork.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)

@@ -1,9 +1,131 @@
+"""Log records that carry the request id, the actor and the Celery task, as JSON lines or plain text.
+
+`LOG_FORMAT=json` (the default unless DJANGO_DEBUG=1) writes one JSON object per line:
+
+    {"ts": "2026-01-02T03:04:05.678Z", "level": "INFO", "logger": "core.access", "message": "...",
+     "request_id": "9f3c...", "actor": "ci-bot", "token_id": 7, "pid": 123, ...}
+
+Celery tasks add "task_name" and "task_id"; `extra={...}` fields of a log call are added as keys.
+Anything that looks like an API token or a webhook secret is masked before the line is written,
+so a careless log call cannot leak one.
+"""
+
+import datetime as dt
+import json
 import logging
+import re
+import traceback
+
+from django.utils.functional import LazyObject, empty
 
 from core import context
 
+# mgr_<prefix>_<secret> API tokens (accounts.services.token_create) and whsec_ webhook secrets: the
+# public prefix is kept (it names the token in the admin), the secret part is masked.
+_SECRETS = re.compile(r"\b(mgr_[0-9a-f]{6,16}_)[A-Za-z0-9_-]{8,}|\b(whsec_)[A-Za-z0-9+/=]{8,}")
+MASK = "***"
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
+
+
+def _actor_name() -> str:
+    """The current actor's username, without ever causing a query: a lazy request.user that nobody
+    has looked at yet (e.g. an anonymous health check) is reported as "-"."""
+    actor = context.actor.get()
+    if actor is None:
+        return "-"
+    if isinstance(actor, LazyObject):
+        wrapped = actor._wrapped
+        if wrapped is empty:
+            return "-"
+        actor = wrapped
+    if isinstance(actor, str):
+        return actor
+    if getattr(actor, "is_authenticated", False):
+        return actor.get_username()
+    return "anonymous"
+
+
+def _current_task():
+    try:
+        from celery._state import get_current_task
+    except ImportError:  # pragma: no cover - celery is a dependency
+        return None
+    return get_current_task()
+
 
 class RequestIdFilter(logging.Filter):
+    """Adds request_id, actor, token_id, task_name and task_id to every record (for either format)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = context.request_id.get() or "-"
+        record.actor = _actor_name()
+        record.token_id = context.token_id.get()
+        task = _current_task()
+        if task is not None and getattr(task, "request", None) is not None and task.request.id:
+            record.task_name, record.task_id = task.name, task.request.id
+        else:
+            record.task_name = record.task_id = None
         return True
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` (or our filter).
+# "request" (Django's request object, whose repr holds the query string) and "task" (TextFormatter's) are
+# left out on purpose.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "request",
+    "task",
+}
+_OURS = ("request_id", "actor", "token_id", "task_name", "task_id")
+
+
+def _jsonable(value):
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Values that are not JSON types are written as their str()."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in _OURS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        entry["pid"] = record.process
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in _OURS and key not in entry and not key.startswith("_"):
+                entry[key] = _jsonable(value)
+        if record.exc_info:
+            entry["exc_info"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = record.stack_info
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for local development, with the same redaction as JSON."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(actor)s%(task)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.task = f" {record.task_name}[{record.task_id}]" if getattr(record, "task_name", None) else ""
+        for key in ("request_id", "actor"):
+            if not hasattr(record, key):
+                setattr(record, key, "-")
+        return redact(super().format(record))

@@ -1,7 +1,9 @@
+import logging
 import re
+import time
 import uuid
 
-from core import context
+from core import context, metrics
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -35,3 +37,44 @@ class ActorMiddleware:
     def __call__(self, request):
         context.actor.set(request.user)  # lazy: evaluated only if something is audited
         return self.get_response(request)
+
+
+access_log = logging.getLogger("core.access")
+# Probes and scrapes arrive every few seconds; their lines are logged at DEBUG so they do not drown the rest.
+_QUIET_VIEWS = {"healthz", "readyz", "metrics"}
+
+
+class MetricsMiddleware:
+    """Outermost: times every request for registry_http_request_duration_seconds and writes one access
+    log line (method, path without query string, view name, status, duration) carrying the request id
+    and actor that the inner middleware put in core.context."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = self.get_response(request)
+            status = response.status_code
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.observe_request(request, status, seconds)
+            view = metrics.view_label(request)
+            access_log.log(
+                logging.DEBUG if view in _QUIET_VIEWS else logging.INFO,
+                "%s %s %s %.1fms",
+                request.method,
+                request.path,
+                status,
+                seconds * 1000,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "view": view,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
