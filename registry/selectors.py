@@ -55,7 +55,7 @@ def versions(
 
 
 def aliases(*, model: RegisteredModel) -> QuerySet[Alias]:
-    return Alias.objects.filter(model=model).select_related("version").order_by("name")
+    return Alias.objects.filter(model=model).select_related("version", "updated_by").order_by("name")
 
 
 def stored_file_problems(manifest: dict) -> tuple[list[str], list[str]]:

@@ -1,12 +1,13 @@
 """Every write to the registry. Each runs in one transaction with its audit event."""
 
+import copy
 import hashlib
 import uuid
 from dataclasses import dataclass
 
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
@@ -141,8 +142,44 @@ def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:
     return uri
 
 
+def _existing_version(model: RegisteredModel, digest: str, fields: dict) -> tuple[ModelVersion, bool]:
+    """The version already registered with `digest`: (it, False) if its content matches, else 409."""
+    existing = ModelVersion.objects.select_related("model").get(model=model, digest=digest)
+    differing = [k for k, v in fields.items() if k != "manifest" and getattr(existing, k) != v]
+    if differing:
+        raise Conflict(
+            f"Version {existing.number} of {existing.model} already has digest {digest} with different "
+            f"{', '.join(differing)}. Versions are immutable: the same files cannot be registered with "
+            "other metadata. Change the files to register a new version.",
+            code="digest_conflict",
+            detail={"number": existing.number, "fields": differing},
+        )
+    return existing, False
+
+
+def _next_number(model: RegisteredModel) -> int:
+    """Lock the model row and bump its latest number in one statement; the lock lasts until commit."""
+    table = RegisteredModel._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET latest_number = latest_number + 1 WHERE id = %s RETURNING latest_number",  # noqa: S608
+            [model.pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise RegisteredModel.DoesNotExist("RegisteredModel matching query does not exist.")
+    return row[0]
+
+
 def version_register(*, actor, model: RegisteredModel, content: VersionContent, tags: dict | None = None):
-    """Register a version. Same digest again -> (existing, False); same digest, other content -> 409."""
+    """Register a version. Same digest again -> (existing, False); same digest, other content -> 409.
+
+    The model row lock serializes registrations per model so numbers stay gapless; it is taken as
+    late as possible and held for as few statements as possible: one UPDATE that locks the row and
+    bumps the number, the INSERT of the version, the audit event, COMMIT. A digest the model already
+    has is caught by the (model, digest) unique constraint: the transaction rolls back (the number
+    bump with it) and the existing version is returned, or 409 if its content differs.
+    """
     manifest = manifests.normalize(content.manifest)
     digest = manifests.digest(manifest)
     metrics, metric_sources = _split_metrics(content.metrics or {})
@@ -160,42 +197,39 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
         "source": content.source or {},
         "run_id": content.run_id,
     }
-    with transaction.atomic():
-        # The model row lock serializes registrations per model: numbers stay gapless, and a
-        # concurrent registration of the same digest sees the first one.
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-        existing = ModelVersion.objects.filter(model=locked, digest=digest).first()
-        if existing is not None:
-            differing = [k for k, v in fields.items() if k != "manifest" and getattr(existing, k) != v]
-            if differing:
-                raise Conflict(
-                    f"Version {existing.number} of {locked} already has digest {digest} with different "
-                    f"{', '.join(differing)}. Versions are immutable: the same files cannot be registered with "
-                    "other metadata. Change the files to register a new version.",
-                    code="digest_conflict",
-                    detail={"number": existing.number, "fields": differing},
-                )
-            return existing, False
-        locked.latest_number += 1
-        locked.save(update_fields=["latest_number"])
-        version = ModelVersion.objects.create(
-            model=locked, number=locked.latest_number, digest=digest, created_by=actor, tags=tags or {}, **fields
-        )
-        record(
-            action="version.registered",
-            subject=version,
-            actor=actor,
-            after={
-                "number": version.number,
-                "digest": digest,
-                "artifact_uri": artifact_uri,
-                "files": len(manifest["files"]),
-                "metrics": metrics,
-                "source": fields["source"],
-                "tags": version.tags,
-                "run_id": version.run_id,
-            },
-        )
+    tags = tags or {}
+    audit_after = {
+        "number": None,
+        "digest": digest,
+        "artifact_uri": artifact_uri,
+        "files": len(manifest["files"]),
+        "metrics": metrics,
+        "source": fields["source"],
+        "tags": tags,
+        "run_id": content.run_id,
+    }
+    model = copy.copy(model)  # the caller's instance keeps its latest_number; the version's model is current
+    try:
+        with transaction.atomic():
+            model.latest_number = _next_number(model)
+            version = ModelVersion(
+                model=model, number=model.latest_number, digest=digest, created_by=actor, tags=tags, **fields
+            )
+            version.save(force_insert=True)
+            record(
+                action="version.registered",
+                subject=version,
+                actor=actor,
+                after={**audit_after, "number": version.number},
+            )
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+        if constraint not in (None, "registry_version_unique_digest"):
+            raise
+        try:
+            return _existing_version(model, digest, fields)
+        except ModelVersion.DoesNotExist:
+            raise exc from None
     return version, True
 
 
