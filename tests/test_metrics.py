@@ -1,0 +1,233 @@
+"""/metrics over real HTTP requests (Django test client): access rules, and each metric family after
+the real action it counts — requests, releases made by the governance services, a reconcile that finds
+drift on a Replicate deployment (official client against the local wire-compatible fake), Celery tasks
+run through Celery's own tracer, and a webhook attempt against a closed port."""
+
+import hashlib
+import socket
+import time
+
+import pytest
+from django.test import Client
+from django.urls import resolve
+from prometheus_client.parser import text_string_to_metric_families
+
+from audit.models import AuditEvent
+from core import metrics
+from governance import deployment_tasks, webhooks
+from governance import services as governance_services
+from governance.hosts import HOSTS
+from governance.hosts.base import ReleaseSpec
+from governance.models import Release
+from registry import services as registry_services
+from tests.fakes.replicate_server import ReplicateServer
+
+pytestmark = pytest.mark.django_db
+
+METRICS_TOKEN = "metrics-scrape-token-for-tests"
+R_TOKEN = "r8_MetricsTestTokenNeverLogged0123456789"
+V1, V2 = "1a" * 32, "2b" * 32
+
+
+@pytest.fixture
+def scrape(settings):
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    client = Client(HTTP_HOST="localhost")
+
+    def get() -> dict[tuple[str, tuple], float]:
+        r = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
+        assert r.status_code == 200, r.content
+        assert r["Content-Type"].startswith("text/plain")
+        samples = {}
+        for family in text_string_to_metric_families(r.content.decode()):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    return get
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_access_rules(settings):
+    client = Client(HTTP_HOST="localhost")
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Token {METRICS_TOKEN}").status_code == 401
+    ok = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
+    assert ok.status_code == 200 and b"registry_http_request_duration_seconds" in ok.content
+    assert METRICS_TOKEN.encode() not in ok.content
+    assert client.post("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}").status_code == 405
+
+    settings.METRICS_TOKEN = ""
+    settings.DEBUG = False
+    closed = client.get("/metrics")
+    assert closed.status_code == 403 and b"METRICS_TOKEN" in closed.content
+    settings.DEBUG = True
+    assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_is_exempt_from_the_https_redirect(settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    client = Client(HTTP_HOST="localhost")
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}").status_code == 200
+    assert client.get("/api/v1/models/").status_code == 301  # everything else is still redirected
+
+
+def test_request_latency_is_labelled_by_view_never_by_path(personas, scrape):
+    owner = personas["owner"].client()
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    detail = "/api/v1/models/acme/churn"
+    view = resolve(detail).view_name
+    before = scrape()
+    for _ in range(3):
+        assert owner.get(detail).status_code == 200
+    assert owner.get("/api/v1/models/acme/no-such-model").status_code == 404
+    assert Client(HTTP_HOST="localhost").get("/no/such/page/4711").status_code == 404
+    after = scrape()
+
+    name = "registry_http_request_duration_seconds_count"
+    ok = {"view": view, "method": "GET", "status": "2xx"}
+    assert value(after, name, **ok) - value(before, name, **ok) == 3
+    missing = {"view": view, "method": "GET", "status": "4xx"}
+    assert value(after, name, **missing) - value(before, name, **missing) == 1
+    unmatched = {"view": "<unmatched>", "method": "GET", "status": "4xx"}
+    assert value(after, name, **unmatched) - value(before, name, **unmatched) == 1
+    buckets = [v for (n, labels), v in after.items() if n.endswith("_bucket") and dict(labels)["view"] == view]
+    assert buckets and max(buckets) >= 3  # the +Inf bucket holds every observation
+    label_values = {v for (n, labels) in after for _, v in labels if n.startswith("registry_http")}
+    assert not any("acme" in v or "4711" in v or "/" in v for v in label_values), label_values
+
+
+def _register(actor, model, seed: str, host_revision: str):
+    data = seed.encode()
+    manifest = {"files": [{"path": "model.bin", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}
+    content = registry_services.VersionContent(manifest=manifest, artifact_uri=f"s3://bucket/{seed}@{host_revision}")
+    version, _ = registry_services.version_register(actor=actor, model=model, content=content)
+    return version
+
+
+@pytest.fixture
+def replicate_world(personas, monkeypatch):
+    """acme/clf v1 and a Replicate target backed by the local fake, needing one reviewer approval."""
+    monkeypatch.setenv("METRICS_TEST_R_TOKEN", R_TOKEN)
+    with ReplicateServer(token=R_TOKEN, username="acme", seed=3) as server:
+        server.add_version("acme/clf", V1)
+        server.add_version("acme/clf", V2)
+        admin, owner = personas["admin"].user, personas["owner"].user
+        model = registry_services.model_create(actor=owner, namespace="acme", name="clf")
+        config = {"owner": "acme", "deployment": "clf-prod", "model": "acme/clf", "base_url": server.url}
+        target = governance_services.target_create(
+            actor=admin,
+            name="clf-prod",
+            kind="replicate",
+            stage="production",
+            config=config,
+            policy={"approvals_required": 1, "approver_groups": ["reviewers"]},
+            credentials_ref="env:METRICS_TEST_R_TOKEN",
+        )
+        version = _register(owner, model, "v1", V1)
+        yield {"server": server, "target": target, "version": version, "config": config, **personas}
+
+
+def test_releases_drift_and_celery_tasks(replicate_world, scrape):
+    w = replicate_world
+    task = deployment_tasks.reconcile_target.name
+    before = scrape()
+    assert value(before, "registry_database_collector_up") == 1
+    assert value(before, "registry_releases", state="pending") == 0
+
+    request = governance_services.promotion_request(actor=w["owner"].user, version=w["version"], target=w["target"])
+    governance_services.promotion_approve(actor=w["reviewer"].user, request_id=request.pk, comment="ship")
+    pending = scrape()
+    assert value(pending, "registry_releases", state="pending") == 1
+    assert value(pending, "registry_releases", state="live") == 0
+
+    # The reconcile task, run through Celery's tracer in this process (task_prerun/postrun fire as on a worker).
+    assert deployment_tasks.reconcile_target.apply(args=(w["target"].pk,)).get() == "converged"
+    live = scrape()
+    assert value(live, "registry_releases", state="pending") == 0
+    assert value(live, "registry_releases", state="live") == 1
+    succeeded = {"task": task, "outcome": "success"}
+    assert (
+        value(live, "registry_celery_tasks_total", **succeeded)
+        - value(before, "registry_celery_tasks_total", **succeeded)
+        == 1
+    )
+    count = "registry_celery_task_duration_seconds_count"
+    assert value(live, count, **succeeded) - value(before, count, **succeeded) == 1
+    assert value(live, "registry_celery_task_duration_seconds_sum", **succeeded) > value(
+        before, "registry_celery_task_duration_seconds_sum", **succeeded
+    )
+    assert value(live, "registry_reconcile_drift_total") == 0
+
+    # Someone changes the deployment behind the registry's back: the next reconcile finds drift and repairs it.
+    host = HOSTS["replicate"].adapter()
+    spec = ReleaseSpec(
+        target="clf-prod",
+        config=w["config"],
+        credentials=R_TOKEN,
+        release_number=99,
+        model="acme/clf",
+        version_number=2,
+        host_revision=V2,
+    )
+    host.deploy(spec)
+    assert deployment_tasks.reconcile_target.apply(args=(w["target"].pk,)).get() == "converged"
+    drifted = scrape()
+    assert AuditEvent.objects.filter(action=metrics.DRIFT_ACTION).count() == 1
+    assert value(drifted, "registry_reconcile_drift_total") == 1
+    assert value(drifted, "registry_releases", state="live") == 1
+    assert w["server"].deployment("acme", "clf-prod")["current_release"]["version"] == V1
+
+    # A task that raises (here: a malformed id the ORM rejects) is counted as a failure.
+    assert deployment_tasks.reconcile_target.apply(args=("not-an-id",)).failed()
+    failed = scrape()
+    failure = {"task": task, "outcome": "failure"}
+    assert (
+        value(failed, "registry_celery_tasks_total", **failure)
+        - value(drifted, "registry_celery_tasks_total", **failure)
+        == 1
+    )
+    assert Release.objects.filter(state="live").count() == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_webhook_delivery_failures(personas, scrape, settings):
+    settings.WEBHOOK_MAX_ATTEMPTS = 2
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 0.05
+    admin, owner = personas["admin"].user, personas["owner"].user
+    url = f"http://127.0.0.1:{_closed_port()}/hook"
+    model = registry_services.model_create(actor=owner, namespace="acme", name="hooked")
+    webhooks.endpoint_create(actor=admin, name="down", url=url, event_types=["version.registered"])
+    _register(owner, model, "hooked-v1", V1)
+    before = scrape()
+    [delivery_id] = webhooks.dispatch().delivery_ids
+    assert (
+        value(scrape(), "registry_webhook_deliveries", state="pending")
+        == value(before, "registry_webhook_deliveries", state="pending") + 1
+    )
+
+    first = webhooks.deliver(delivery_id=delivery_id)
+    assert first.state == "pending" and first.status is None and first.error  # connection refused, retry later
+    after_one = scrape()
+    name = "registry_webhook_delivery_failures_total"
+    assert value(after_one, name) - value(before, name) == 1
+
+    time.sleep(first.retry_in + 0.02)
+    assert webhooks.deliver(delivery_id=delivery_id).state == "failed"  # the last allowed attempt
+    after_two = scrape()
+    assert value(after_two, name) - value(before, name) == 2
+    assert value(after_two, "registry_webhook_deliveries", state="failed") == 1
+    assert value(after_two, "registry_webhook_deliveries", state="pending") == value(
+        before, "registry_webhook_deliveries", state="pending"
+    )
