@@ -27,6 +27,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("registry.urls")),
     path("", include("governance.urls")),
+    path("", include("lineage.urls")),
     path("", registry_views.home, name="home"),
 ]
 

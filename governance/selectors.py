@@ -9,6 +9,7 @@ from accounts import access
 from governance.choices import Decision, PromotionState, ReleaseState
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest, Release
 from governance.policy import Check, Facts, PolicyRules, evaluate, parse_rules
+from lineage import selectors as lineage_selectors
 from registry import cards
 from registry import selectors as registry_selectors
 from registry.models import ModelVersion, RegisteredModel
@@ -80,8 +81,10 @@ def promotion_facts(*, version: ModelVersion) -> Facts:
 
 
 def _lineage_summary(version: ModelVersion) -> dict:
-    """Input dataset versions with digests and the code commit behind a version."""
-    return {"datasets_with_digest": 0, "code_commit": version.source.get("commit")}
+    """Dataset versions with digests upstream of the version (through the run that produced it) and
+    the code commit behind it: the producing run's commit, else the version's `source.commit`.
+    Read from the lineage graph for every asker alike (lineage.selectors.version_summary)."""
+    return lineage_selectors.version_summary(version=version)
 
 
 def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revision: int | None) -> list[Approval]:

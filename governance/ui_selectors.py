@@ -82,7 +82,9 @@ def _facts(version: ModelVersion, card, signature, live_since: dict, rules, now)
             )
         else:
             detail = f"artifacts live outside the registry ({version.artifact_uri}) and cannot be verified."
-    lineage = selectors._lineage_summary(version)
+    lineage = {"datasets_with_digest": 0, "code_commit": None}
+    if rules.require_lineage:  # a graph walk per version: only when a rule looks at the answer
+        lineage = selectors._lineage_summary(version)
     return Facts(
         version_status=version.status,
         digest=version.digest,

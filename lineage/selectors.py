@@ -343,3 +343,53 @@ def dataset_version_details(
             "recordedAt": v.recorded_at,
         }
     return result
+
+
+# --- what governance's policy checks (require_lineage) ---------------------------------------------
+
+SUMMARY_DEPTH = 50
+
+
+def version_summary(*, version, as_of: datetime | None = None) -> dict:
+    """The lineage facts a policy checks about a model version, for every reader alike.
+
+    A system read, not a user's: it walks the whole upstream graph (depth 50) without the model
+    visibility filter, because whether a version has lineage must not depend on who asks.
+
+    {"datasets_with_digest": n, "datasets": [dataset version ids with a digest, upstream],
+     "producing_runs": [run ids], "code_commit": str | None, "commit_from": "run:<uuid>" | "source" | None}.
+    The commit is the producing run's (its job's sourceCodeLocation as that run sent it); without
+    one, the version's registered `source.commit`.
+    """
+    start = node_ids.Start(
+        node_ids.model_id(version.model.namespace, version.model.name, version.number),
+        "model",
+        version.pk,
+        f"SELECT {T_MODEL} AS t, %(start_pk)s AS id",
+        {"start_pk": version.pk},
+    )
+    result = graphs.walk(
+        user=None, start=start, direction="upstream", depth=SUMMARY_DEPTH, as_of=as_of, seen=graphs.Visibility()
+    )
+    datasets = sorted(
+        version_node_id(key, row) for key, row in result.nodes.items() if key[0] == T_DSV and row["digest"]
+    )
+    producing = sorted(
+        s_id for s_t, s_id, d_t, d_id, _ in result.edges if s_t == T_RUN and (d_t, d_id) == (T_MODEL, version.pk)
+    )
+    commit, commit_from = None, None
+    runs = list(Run.objects.select_related("job").filter(pk__in=producing).order_by("recorded_at", "id"))
+    details = run_details(runs, as_of)
+    for run in runs:  # the latest producing run with a commit wins
+        code = details[run.pk]["code"] or {}
+        if code.get("commit"):
+            commit, commit_from = code["commit"], node_ids.run_id(run.run_uuid)
+    if commit is None and (version.source or {}).get("commit"):
+        commit, commit_from = version.source["commit"], "source"
+    return {
+        "datasets_with_digest": len(datasets),
+        "datasets": datasets,
+        "producing_runs": [node_ids.run_id(r.run_uuid) for r in runs],
+        "code_commit": commit,
+        "commit_from": commit_from,
+    }

@@ -44,10 +44,12 @@ class TrailContext:
 @dataclass
 class Section:
     """What a builder adds: `data` goes under trail["sections"][name]; `audit_subjects` are
-    (subject_type, subject_id) pairs whose audit events the trail must cover."""
+    (subject_type, subject_id) pairs whose audit events the trail must cover; `audit_seqs` single
+    events to cover as well (an event about a broader subject, e.g. a rollback recorded on its target)."""
 
     data: object
     audit_subjects: list[tuple[str, str]] = field(default_factory=list)
+    audit_seqs: list[int] = field(default_factory=list)
 
 
 _SECTIONS: dict[str, Callable[[TrailContext], Section | None]] = {}
@@ -300,16 +302,18 @@ def version_trail(*, user, version, as_of: datetime | None = None) -> dict:
     subjects += [("lineage.lineageevent", str(pk)) for pk in events.values_list("pk", flat=True)]
 
     context = TrailContext(user=user, version=version, as_of=as_of, node_id=node_id)
+    seqs: list[int] = []
     for name, builder in sorted(_SECTIONS.items()):
         section = builder(context)
         if section is not None:
             trail["sections"][name] = section.data
             subjects += section.audit_subjects
-    trail["audit"] = _audit_range(subjects, as_of)
+            seqs += section.audit_seqs
+    trail["audit"] = _audit_range(subjects, as_of, seqs)
     return trail
 
 
-def _audit_range(subjects: list[tuple[str, str]], as_of) -> dict:
+def _audit_range(subjects: list[tuple[str, str]], as_of, seqs: list[int] = ()) -> dict:
     """The audit events that recorded the trail's facts, with their hashes, and the chain head."""
     by_type: dict[str, set[str]] = {}
     for subject_type, subject_id in subjects:
@@ -317,7 +321,9 @@ def _audit_range(subjects: list[tuple[str, str]], as_of) -> dict:
     query = Q()
     for subject_type, ids in by_type.items():
         query |= Q(subject_type=subject_type, subject_id__in=sorted(ids))
-    events = AuditEvent.objects.filter(query) if by_type else AuditEvent.objects.none()
+    if seqs:
+        query |= Q(seq__in=sorted(set(seqs)))
+    events = AuditEvent.objects.filter(query) if by_type or seqs else AuditEvent.objects.none()
     if as_of is not None:
         events = events.filter(at__lte=as_of)
     rows = [

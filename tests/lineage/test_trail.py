@@ -157,7 +157,8 @@ def test_trail_of_a_model_version_field_by_field(personas, scenario):
         }
     ]
     assert card.content["model_details"] == BASE_CARD["model_details"]
-    assert isinstance(t["sections"], dict)
+    # governance's sections: never requested for promotion, never released
+    assert t["sections"] == {"promotions": {"requests": [], "policies": [], "checks": []}, "releases": []}
 
     # The audit events that recorded those facts: the two versions, the card, and the lineage events
     # of runs A, B and C (not of the downstream evaluation D).
@@ -244,4 +245,5 @@ def test_trail_includes_signature_verdicts_and_sections_other_apps_add(personas,
         1,
         "owner",
     )
-    assert t["sections"] == {"promotions": {"releases": []}}
+    # the builder replaced governance's "promotions"; governance's "releases" (none here) is still there
+    assert t["sections"] == {"promotions": {"releases": []}, "releases": []}
