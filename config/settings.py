@@ -215,6 +215,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Error responses (400/401/403/404/409/413/415 with the one error body) on every operation.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.openapi.document_errors"],
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ USE_TZ = True
 # --- Logs and metrics (docs/operations.md) ------------------------------------------------------
 # LOG_FORMAT=json: one JSON object per line with request_id, actor, token_id and, in Celery tasks,
 # task_name and task_id. text: the same facts on human-readable lines (the default with DJANGO_DEBUG=1).
-LOG_FORMAT = env("LOG_FORMAT", "text" if DEBUG else "json")
+LOG_FORMAT = env("LOG_FORMAT") or ("text" if DEBUG else "json")
 if LOG_FORMAT not in {"json", "text"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}.")
 LOGGING = {

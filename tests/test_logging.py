@@ -1,0 +1,159 @@
+"""Structured logs: the project's LOGGING configuration (with LOG_FORMAT=json) writes one JSON object
+per line carrying the request id and actor of real HTTP requests — the same request id the audit event
+of that request stores — and Celery task lines carry the task name and id. API tokens never appear."""
+
+import copy
+import io
+import json
+import logging
+import logging.config
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import Client
+
+from accounts.models import ApiToken
+from audit.models import AuditEvent
+from governance import tasks as governance_tasks
+from governance import webhooks
+from registry import services as registry_services
+from tests.webhooks.conftest import register
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def log_lines():
+    """The project's LOGGING dict, as configured for LOG_FORMAT=json, writing into a buffer for the test."""
+    buffer = io.StringIO()
+    config = copy.deepcopy(django_settings.LOGGING)
+    config["handlers"]["console"]["formatter"] = "json"
+    config["handlers"]["console"]["stream"] = buffer
+    logging.config.dictConfig(config)
+
+    def lines() -> list[dict]:
+        text = buffer.getvalue()
+        return [json.loads(line) for line in text.splitlines()]  # every line must be one JSON object
+
+    lines.raw = buffer
+    yield lines
+    logging.config.dictConfig(django_settings.LOGGING)
+
+
+def test_request_log_lines_carry_request_id_and_actor_matching_the_audit_event(personas, log_lines):
+    owner = personas["owner"]
+    r = owner.client().post(
+        "/api/v1/models/?token=" + owner.token,  # a secret in a query string must not reach the logs either
+        {"namespace": "acme", "name": "logged"},
+        format="json",
+        HTTP_X_REQUEST_ID="obs-req-0001",
+    )
+    assert r.status_code == 201, r.json()
+    assert r["X-Request-ID"] == "obs-req-0001"
+    event = AuditEvent.objects.get(action="model.created", subject_repr__contains="logged")
+    assert event.request_id == "obs-req-0001"
+
+    lines = log_lines()
+    [access] = [line for line in lines if line["logger"] == "core.access" and line["request_id"] == "obs-req-0001"]
+    token = ApiToken.objects.get(user=owner.user)
+    assert access["actor"] == "owner" and access["token_id"] == token.pk
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/api/v1/models/", 201)
+    assert access["view"] == r.wsgi_request.resolver_match.view_name and isinstance(access["duration_ms"], float)
+    assert access["level"] == "INFO" and access["ts"].endswith("Z")
+    assert owner.token not in log_lines.raw.getvalue()
+
+    # A second request gets its own id; an anonymous request is logged with actor "-" or "anonymous".
+    assert Client(HTTP_HOST="localhost").get("/api/v1/models/").status_code == 401
+    anonymous = [line for line in log_lines() if line.get("path") == "/api/v1/models/" and line["status"] == 401]
+    assert len(anonymous) == 1
+    assert anonymous[0]["request_id"] not in ("obs-req-0001", "-") and anonymous[0]["actor"] in ("-", "anonymous")
+
+
+def test_secrets_in_messages_and_extras_are_masked(personas, log_lines):
+    token = personas["ci_bot"].token
+    logging.getLogger("tests.careless").warning("calling with %s", token, extra={"header": f"Bearer {token}"})
+    logging.getLogger("tests.careless").error("webhook secret whsec_c2VjcmV0c2VjcmV0c2VjcmV0 leaked")
+    raw = log_lines.raw.getvalue()
+    assert token not in raw and "c2VjcmV0c2VjcmV0" not in raw
+    careless = [line for line in log_lines() if line["logger"] == "tests.careless"]
+    prefix = token.split("_")[1]
+    assert careless[0]["message"] == f"calling with mgr_{prefix}_***"  # the public prefix still names it
+    assert careless[0]["header"] == f"Bearer mgr_{prefix}_***"
+    assert careless[1]["message"] == "webhook secret whsec_*** leaked"
+
+
+def test_exceptions_are_one_line_with_the_traceback(log_lines):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("tests.exc").exception("it failed")
+    [line] = [line for line in log_lines() if line["logger"] == "tests.exc"]
+    assert line["level"] == "ERROR" and "ValueError: boom" in line["exc_info"] and "Traceback" in line["exc_info"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_celery_task_lines_carry_task_name_and_id(personas, log_lines, settings):
+    settings.WEBHOOK_MAX_ATTEMPTS = 1  # fail for good: no retry is sent to the broker
+    admin, owner = personas["admin"].user, personas["owner"].user
+    model = registry_services.model_create(actor=owner, namespace="acme", name="tasklog")
+    webhooks.endpoint_create(
+        actor=admin, name="down", url=f"http://127.0.0.1:{_closed_port()}/h", event_types=["version.registered"]
+    )
+    register(owner, model, "v1")
+    [delivery_id] = webhooks.dispatch().delivery_ids
+    result = governance_tasks.webhooks_deliver.apply(args=(delivery_id,))
+    assert result.get() == "failed"
+    [line] = [line for line in log_lines() if line["message"].startswith(f"webhook delivery {delivery_id} ")]
+    assert line["level"] == "WARNING" and line["logger"] == "governance.webhooks"
+    assert line["task_name"] == "governance.tasks.webhooks_deliver" and line["task_id"] == result.id
+    outside = logging.getLogger("tests.outside")
+    outside.info("not in a task")
+    [plain] = [line for line in log_lines() if line["logger"] == "tests.outside"]
+    assert "task_name" not in plain and "task_id" not in plain
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60
+    )
+
+
+SNIPPET = "import logging; logging.getLogger('probe').warning('hello %s', 42)"
+
+
+def test_log_format_env_selects_json_or_text():
+    as_json = _manage("shell", "-c", SNIPPET, LOG_FORMAT="json")
+    assert as_json.returncode == 0, as_json.stderr
+    [probe] = [json.loads(line) for line in as_json.stderr.splitlines() if '"probe"' in line]
+    assert probe["message"] == "hello 42" and probe["level"] == "WARNING" and probe["request_id"] == "-"
+
+    as_text = _manage("shell", "-c", SNIPPET, LOG_FORMAT="text")
+    assert as_text.returncode == 0, as_text.stderr
+    [line] = [line for line in as_text.stderr.splitlines() if " probe " in line]
+    assert line.endswith("WARNING probe [- -] hello 42")
+
+    default_debug = _manage("shell", "-c", SNIPPET, LOG_FORMAT="", DJANGO_DEBUG="1")
+    assert any(line.endswith("hello 42") and not line.startswith("{") for line in default_debug.stderr.splitlines())
+
+    default_production = _manage("shell", "-c", SNIPPET, LOG_FORMAT="", DJANGO_DEBUG="0", SECRET_KEY="x" * 50)
+    assert default_production.returncode == 0, default_production.stderr
+    assert any(
+        json.loads(line)["message"] == "hello 42"
+        for line in default_production.stderr.splitlines()
+        if '"probe"' in line
+    )
+
+    wrong = _manage("check", LOG_FORMAT="xml")
+    assert wrong.returncode != 0 and "LOG_FORMAT must be json or text" in wrong.stderr
