@@ -4,10 +4,20 @@ drift on a Replicate deployment (official client against the local wire-compatib
 run through Celery's own tracer, and a webhook attempt against a closed port."""
 
 import hashlib
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
+from django.db import connection
 from django.test import Client
 from django.urls import resolve
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +34,7 @@ from tests.fakes.replicate_server import ReplicateServer
 
 pytestmark = pytest.mark.django_db
 
+ROOT = Path(__file__).resolve().parent.parent
 METRICS_TOKEN = "metrics-scrape-token-for-tests"
 R_TOKEN = "r8_MetricsTestTokenNeverLogged0123456789"
 V1, V2 = "1a" * 32, "2b" * 32
@@ -231,3 +242,144 @@ def test_webhook_delivery_failures(personas, scrape, settings):
     assert value(after_two, "registry_webhook_deliveries", state="pending") == value(
         before, "registry_webhook_deliveries", state="pending"
     )
+
+
+# --- Several processes: gunicorn workers and Celery prefork children share PROMETHEUS_MULTIPROC_DIR ----
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - localhost
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+def _samples(text: str) -> dict:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _wait(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_multiprocess_gunicorn_and_prefork_worker(transactional_db, tmp_path):
+    """Two gunicorn workers and a prefork worker with two children write to one PROMETHEUS_MULTIPROC_DIR:
+    one scrape of /metrics (answered by either gunicorn worker) sums them all, and the worker's own
+    exporter (WORKER_METRICS_PORT) serves the children's task counts."""
+    if connection.vendor != "postgresql":
+        pytest.fail("the processes share the test database: run on PostgreSQL")
+    redis_server = shutil.which("redis-server")
+    assert redis_server, "redis-server is not installed"
+    db = connection.settings_dict
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    redis_port, web_port, worker_port = _free_port(), _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "1",
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",  # a private broker: no other run's tasks
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "WORKER_METRICS_PORT": str(worker_port),
+        "WORKER_METRICS_ADDR": "127.0.0.1",
+        "LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("TEST_DATABASE_NAME", None)
+    logs = {name: tmp_path / f"{name}.log" for name in ("redis", "web", "worker")}
+    procs = []
+
+    def start(name, command):
+        proc = subprocess.Popen(  # noqa: S603
+            command, cwd=ROOT, env=env, stdout=logs[name].open("a"), stderr=subprocess.STDOUT
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        start(
+            "redis",
+            [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        )
+        python = sys.executable
+        web = start("web", [python, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", "2"])
+        start(
+            "worker",
+            [python, "-m", "celery", "-A", "config", "worker", "-P", "prefork", "-c", "2", "-l", "info",
+             "-n", f"obs-{worker_port}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{web_port}"
+        _wait(lambda: _get(f"{base}/healthz")[0] == 200 or web.poll() is not None, 60, "gunicorn")
+        assert web.poll() is None, logs["web"].read_text()[-3000:]
+        for _ in range(30):
+            assert _get(f"{base}/healthz")[0] == 200
+        assert _get(f"{base}/metrics")[0] == 401  # the token is required
+
+        from config.celery import app
+
+        with app.connection_for_write(env["CELERY_BROKER_URL"]) as conn:
+            for _ in range(4):
+                deployment_tasks.expire_promotions.apply_async(connection=conn)
+        task = deployment_tasks.expire_promotions.name
+        success = (("outcome", "success"), ("task", task))
+
+        def four_tasks():
+            status, text = _get(f"{base}/metrics", METRICS_TOKEN)
+            samples = _samples(text) if status == 200 else {}
+            return samples if samples.get(("registry_celery_tasks_total", success)) == 4 else None
+
+        samples = _wait(four_tasks, 60, f"4 {task} runs in /metrics; worker log: {logs['worker'].read_text()[-2000:]}")
+        healthz = (("method", "GET"), ("status", "2xx"), ("view", "healthz"))
+        assert samples[("registry_http_request_duration_seconds_count", healthz)] == 31  # both workers' requests
+        assert samples[("registry_celery_task_duration_seconds_count", success)] == 4
+        assert samples[("registry_database_collector_up", ())] == 1
+        # Which processes wrote: at least two gunicorn workers served /healthz, and worker children ran tasks.
+        writers = {p.name for p in multiproc.iterdir()}
+        assert len(writers) >= 3, writers
+
+        status, text = _get(f"http://127.0.0.1:{worker_port}/metrics")
+        assert status == 200
+        worker_samples = _samples(text)
+        assert worker_samples[("registry_celery_tasks_total", success)] == 4
+        assert not any(name.startswith("registry_releases") for name, _ in worker_samples)  # DB counts: web only
+
+        task_lines = [
+            json.loads(line)
+            for line in logs["worker"].read_text().splitlines()
+            if line.startswith("{") and task in line and "succeeded" in line
+        ]
+        assert len(task_lines) == 4 and all(line["task_name"] == task and line["task_id"] for line in task_lines)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
