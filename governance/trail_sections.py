@@ -300,7 +300,9 @@ def _release_rows(releases: list[Release], as_of) -> tuple[dict[int, dict], dict
             state, live_at, ended_at = r.state, r.live_at, r.ended_at
         else:
             state, ended_at = states[r.pk]
-            live_at = lives[-1] if lives else None
+            # the row's live_at is the start of its newest serving period (the same instant)
+            starts = [p.started_at for p in r.serving_periods.all() if p.started_at <= as_of]
+            live_at = max(starts) if starts else (lives[-1] if lives else None)
         served = []
         for p in sorted(r.serving_periods.all(), key=lambda p: (p.started_at, p.pk)):
             if as_of is not None and p.started_at > as_of:
