@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The two commands of the README, for a fresh machine with only Python 3.11.
 
-    python3 scripts/dev.py up [--port N] [--no-worker]   install, migrate, seed the demo, run web + worker
+    python3 scripts/dev.py up [--port N] [--no-worker]   install, migrate, seed the demo, run web + worker,
+                                                        HAProxy, and deploy a demo model to a self-hosted target
     python3 scripts/dev.py test [PYTEST ARGS...]        install, start PostgreSQL + Redis, lint, checks, pytest
 
 Standard library only: it creates .venv and installs the project (pinned by constraints.txt) into it.
@@ -9,6 +10,7 @@ Standard library only: it creates .venv and installs the project (pinned by cons
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -140,11 +142,125 @@ def start_web(env: dict[str, str], port: int) -> subprocess.Popen:
     )
 
 
-def up(port: int, with_worker: bool) -> None:
+def find_haproxy() -> str | None:
+    return shutil.which("haproxy", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+def ensure_haproxy() -> bool:
+    """HAProxy (Debian package) for the self-hosted target: install it if missing; False if that fails."""
+    if find_haproxy():
+        return True
+    say("HAProxy is not installed; the self-hosted demo target needs it")
+    install_debian_packages(["haproxy"])
+    if find_haproxy():
+        return True
+    say(f"{SELF_HOSTED_OFF} (could not install it; run `apt-get install -y haproxy` as root, then `up` again)")
+    return False
+
+
+SELF_HOSTED_OFF = "The registry demo runs without its self-hosted target, which needs HAProxy"
+
+
+def start_haproxy(env: dict[str, str], haproxy: list[subprocess.Popen]) -> bool:
+    """`manage.py demo_haproxy`: HAProxy in the foreground; stopping it stops the model servers behind it."""
+    say(f"Starting HAProxy for the self-hosted target (traffic on 127.0.0.1:{env['DEMO_HAPROXY_PORT']}, "
+        f"runtime API on 127.0.0.1:{env['DEMO_HAPROXY_ADMIN_PORT']})")  # fmt: skip
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", "demo_haproxy"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    haproxy.append(process)
+    for line in process.stdout:  # it prints one line when HAProxy answers, or exits with the reason on stderr
+        print(f"    {line.rstrip()}", flush=True)
+        if " serves http" in line:
+            return True
+    process.wait()
+    haproxy.remove(process)
+    say(f"{SELF_HOSTED_OFF} on free ports: HAProxy did not start (see above; --haproxy-port/--haproxy-admin-port)")
+    return False
+
+
+def post_json(url: str, body: dict, timeout: float = 5) -> dict:
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own local HAProxy
+        return json.loads(response.read())
+
+
+def deploy_demo(env: dict[str, str], helpers: list[subprocess.Popen]) -> dict | None:
+    """`manage.py demo_deploy` (register, request, approve v1 then v2; the worker deploys): its JSON summary."""
+    say("Self-hosted demo: owner registers demo/linear v1 and v2, reviewer approves each promotion to 'local'")
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", "demo_deploy"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )  # fmt: skip
+    helpers.append(process)
+    summary = None
+    for line in process.stdout:
+        if line.startswith("{"):
+            summary = json.loads(line)
+        else:
+            print(f"    {line.rstrip()}", flush=True)
+    if process.wait() != 0 or summary is None:
+        say("The self-hosted demo did not finish (see above); the registry demo runs on")
+        return None
+    return summary
+
+
+def wait_for_version(endpoint: str, version: int, timeout: float = 90) -> str | None:
+    """POST the demo input through HAProxy until the answer comes from `version`; the answer as JSON text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            answer = post_json(f"{endpoint}/infer", DEMO_INPUT)
+            if answer.get("model_version") == str(version):
+                return json.dumps(answer, separators=(",", ":"))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    return None
+
+
+DEMO_INPUT = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+DEMO_ANSWER = {1: 14.0, 2: 24.0}  # governance/demo.py: y = x·[0.5, 0.25, 1] + 10 × version
+
+
+def show_self_hosted(env: dict[str, str], summary: dict, port: int) -> bool:
+    """Check that curl through HAProxy answers from the serving version, then print it and the rollback."""
+    endpoint, serving, back = summary["endpoint"], summary["serving_version"], summary["rollback_version"]
+    answer = wait_for_version(endpoint, serving)
+    if answer is None:
+        say(f"HAProxy at {endpoint} did not answer from version {serving}; see the worker's output above")
+        return False
+    token = subprocess.run(
+        [PYTHON, "manage.py", "create_api_token", "admin", "--scopes", "read,deployments:write",
+         "--name", "quickstart-rollback", "--expires-in-days", "7"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    data = json.dumps(DEMO_INPUT, separators=(",", ":"))
+    print(flush=True)
+    say(f"Self-hosted target '{summary['target']}': demo/linear version {serving} answers through HAProxy")
+    print(f"    $ curl -s {endpoint}/infer -H 'Content-Type: application/json' -d '{data}'", flush=True)
+    print(f"    {answer}", flush=True)
+    if back is None or token.returncode != 0:
+        return True
+    reason = json.dumps({"reason": f"quickstart: back to version {back}"})
+    say(f'Roll back (as admin): the worker makes version {back} answer again, "data":[{DEMO_ANSWER.get(back)}]')
+    bearer = token.stdout.split()[-1]
+    rollback_url = f"http://127.0.0.1:{port}/api/v1/targets/{summary['target']}/rollback"
+    json_type = "-H 'Content-Type: application/json'"
+    print(
+        f"    $ curl -s -X POST -H 'Authorization: Bearer {bearer}' {json_type} {rollback_url} -d '{reason}'",
+        flush=True,
+    )
+    say(f"Releases and audit trail: http://127.0.0.1:{port}/targets/{summary['target']}/ (signed in as admin)")
+    return True
+
+
+def up(port: int, with_worker: bool, self_hosted: bool, haproxy_port: int, haproxy_admin_port: int) -> None:
     install_project()
     if not port_is_free(port):
         fail(f"port {port} on 127.0.0.1 is in use; pass --port N or set PORT")
     env = demo_env()
+    env.update(DEMO_HAPROXY_PORT=str(haproxy_port), DEMO_HAPROXY_ADMIN_PORT=str(haproxy_admin_port))
     run(PYTHON, "manage.py", "migrate", "--noinput", env=env)
     logins = subprocess.run(
         [PYTHON, "manage.py", "seed_demo"], cwd=ROOT, env=env, capture_output=True, text=True
@@ -152,11 +268,18 @@ def up(port: int, with_worker: bool) -> None:
     if logins.returncode != 0:
         sys.stderr.write(logins.stdout + logins.stderr)
         fail("manage.py seed_demo failed")
+    if self_hosted and not with_worker:
+        say("The self-hosted target needs the Celery worker; skipped with --no-worker")
+    self_hosted = self_hosted and with_worker and ensure_haproxy()
 
-    processes: list[subprocess.Popen] = []
+    processes: list[subprocess.Popen] = []  # web, worker: stopped first
+    helpers: list[subprocess.Popen] = []  # demo_deploy while it runs
+    haproxy: list[subprocess.Popen] = []  # stopped last: it stops the model servers the worker started
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     signal.signal(signal.SIGINT, stop_like_ctrl_c)  # even where a parent shell ignores SIGINT
     try:
+        if self_hosted:
+            start_haproxy(env, haproxy)
         if with_worker:
             processes.append(start_worker(env))
         web = start_web(env, port)
@@ -166,8 +289,13 @@ def up(port: int, with_worker: bool) -> None:
             fail("the web server did not come up; see its output above")
         print(f"\n{logins.stdout.rstrip()}\n", flush=True)
         say(f"Registry running at {url}  (API docs: {url}api/docs/, ready check: {url}readyz)")
-        say("Press Ctrl-C to stop" + (" the web server and the worker" if with_worker else ""))
-        while all(process.poll() is None for process in processes):
+        if haproxy:
+            summary = deploy_demo(env, helpers)
+            if summary is not None:
+                show_self_hosted(env, summary, port)
+        stopping = "the web server" + (", the worker" if with_worker else "") + (", HAProxy" if haproxy else "")
+        say(f"Press Ctrl-C to stop {stopping}" + (" and the model servers" if haproxy else ""))
+        while all(process.poll() is None for process in processes + haproxy):
             time.sleep(0.5)
         fail("a process exited unexpectedly; stopping the others")
     except KeyboardInterrupt:
@@ -175,7 +303,8 @@ def up(port: int, with_worker: bool) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop(processes)
+        stop(helpers + processes)
+        stop(haproxy)
 
 
 # --- test: the whole suite -----------------------------------------------------------------------
@@ -325,12 +454,23 @@ def main() -> None:
     up_parser = commands.add_parser("up", help="install and run the demo (SQLite, local files, local broker)")
     up_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     up_parser.add_argument("--no-worker", action="store_true", help="run the web server only")
+    up_parser.add_argument("--no-self-hosted", action="store_true", help="no HAProxy, no demo deployment")
+    up_parser.add_argument("--haproxy-port", type=int, default=int(os.environ.get("DEMO_HAPROXY_PORT", "8080")))
+    up_parser.add_argument(
+        "--haproxy-admin-port", type=int, default=int(os.environ.get("DEMO_HAPROXY_ADMIN_PORT", "9999"))
+    )
     commands.add_parser("test", help="install and run lint, checks and the whole test suite; extra args go to pytest")
     argv = sys.argv[1:]
     if argv[:1] == ["test"]:  # everything after `test` belongs to pytest, untouched
         test(argv[1:])
     args = parser.parse_args(argv)
-    up(args.port, with_worker=not args.no_worker)
+    up(
+        args.port,
+        with_worker=not args.no_worker,
+        self_hosted=not args.no_self_hosted,
+        haproxy_port=args.haproxy_port,
+        haproxy_admin_port=args.haproxy_admin_port,
+    )
 
 
 if __name__ == "__main__":
