@@ -1,7 +1,11 @@
-"""The README's first command, run from a clean clone of the committed HEAD, serves /readyz with 200.
+"""The README's first command, run from a clean clone of the committed HEAD: /readyz answers 200, the
+demo model answers through the demo HAProxy from version 2, the printed rollback makes version 1
+answer, and SIGTERM leaves no HAProxy or model server behind.
 
 Uncommitted changes are not in the clone on purpose: this checks what a newcomer gets. The clone
 makes its own .venv (pip may reuse its download cache) and keeps its data in the temporary folder.
+Every port is a free one, so it runs next to a demo on the default ports. Needs haproxy (Debian
+package; `scripts/dev.py test` installs it): without it the demo prints why and this test fails.
 """
 
 import contextlib
@@ -21,6 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 300  # a fresh virtual environment is installed first
+ROLLBACK_TIMEOUT = 60  # rollback request -> the previous version answers (about a second when all is well)
+STOP_TIMEOUT = 20  # SIGTERM -> every HAProxy and model server of the demo gone
 # Variables of the test run that would point the demo away from its embedded defaults.
 WORKER_READY = re.compile(r"celery@\S+ ready")
 NOT_INHERITED = {"DATABASE_URL", "CELERY_BROKER_URL", "TEST_DATABASE_NAME", "DATA_DIR", "SECRET_KEY", "VIRTUAL_ENV"}
@@ -32,6 +38,10 @@ def readme_commands() -> list[str]:
     assert match, "README.md has no code block"
     lines = [line.split("#", 1)[0].strip() for line in match.group(1).splitlines()]
     return [line.removeprefix("$ ") for line in lines if line]
+
+
+INFER_COMMAND = re.compile(r"^    \$ (curl -s \S+/v2/models/linear/infer .*)$", re.MULTILINE)
+ROLLBACK_COMMAND = re.compile(r"^    \$ (curl -s -X POST .*/api/v1/targets/local/rollback .*)$", re.MULTILINE)
 
 
 def free_port() -> int:
@@ -74,6 +84,50 @@ def stop_group(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def curl(command: str) -> tuple[int, dict]:
+    """Send the request a printed `curl -s [-X M] [-H 'K: V']... URL [-d DATA]` line describes; (status, JSON)."""
+    args = shlex.split(command)
+    assert args[0] == "curl", command
+    method, headers, data, url = None, {}, None, None
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg == "-s":
+            continue
+        if arg == "-X":
+            method = next(rest)
+        elif arg == "-H":
+            key, _, value = next(rest).partition(":")
+            headers[key.strip()] = value.strip()
+        elif arg == "-d":
+            data = next(rest).encode()
+        elif arg.startswith("http://") and url is None:
+            url = arg
+        else:
+            raise AssertionError(f"unexpected curl argument {arg!r} in {command!r}")
+    method = method or ("POST" if data is not None else "GET")  # curl -d posts
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - servers this test started
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def demo_processes(data_dir: Path) -> dict[int, str]:
+    """pid -> command line of every live HAProxy and model server whose command line names the demo's DATA_DIR."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(data_dir) in cmdline and ("haproxy" in cmdline or "governance.hosts.model_server" in cmdline):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
 def wait_until(ready, process: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -84,18 +138,21 @@ def wait_until(ready, process: subprocess.Popen, timeout: float) -> bool:
 
 
 @pytest.mark.slow
-def test_readme_first_command_serves_readyz_from_a_clean_clone(tmp_path):
+def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean_clone(tmp_path):
     command = readme_commands()[0]
     assert "dev.py up" in command, f"README's first command is not the demo: {command!r}"
     clone = tmp_path / "clone"
     clone_head(clone)
-    port = free_port()
+    port, haproxy_port, admin_port = free_port(), free_port(), free_port()
+    env = clean_env(tmp_path, port)
+    env.update(DEMO_HAPROXY_PORT=str(haproxy_port), DEMO_HAPROXY_ADMIN_PORT=str(admin_port))
+    data_dir = tmp_path / "data"
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             shlex.split(command),
             cwd=clone,
-            env=clean_env(tmp_path, port),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -109,8 +166,13 @@ def test_readme_first_command_serves_readyz_from_a_clean_clone(tmp_path):
         except OSError as exc:
             readyz["status"], readyz["body"] = None, repr(exc)
         output = log_path.read_text(errors="replace")
-        return readyz["status"] == 200 and "Registry running at" in output and WORKER_READY.search(output) is not None
+        return (
+            readyz["status"] == 200
+            and "Press Ctrl-C" in output  # printed after the self-hosted demo is deployed (or has given up)
+            and WORKER_READY.search(output) is not None
+        )
 
+    leftovers: dict[int, str] = {}
     try:
         wait_until(ready, process, READY_TIMEOUT)
         output = log_path.read_text(errors="replace")
@@ -121,6 +183,42 @@ def test_readme_first_command_serves_readyz_from_a_clean_clone(tmp_path):
         assert (tmp_path / "data" / "registry.sqlite3").exists(), "the demo did not use the embedded SQLite default"
         assert "demo-admin" in output, f"the demo logins were not printed; output:\n{tail}"
         assert WORKER_READY.search(output), f"the Celery worker did not start; output:\n{tail}"
+
+        # The self-hosted target: the printed curl answers from version 2 through the demo HAProxy.
+        assert "demo/linear version 2 answers through HAProxy" in output, f"no self-hosted demo; output:\n{tail}"
+        infer = INFER_COMMAND.search(output)
+        assert infer, f"the curl command was not printed; output:\n{tail}"
+        assert f"http://127.0.0.1:{haproxy_port}/v2/models/linear/infer" in infer.group(1)
+        status, answer = curl(infer.group(1))
+        assert status == 200, answer
+        assert answer["model_name"] == "linear" and answer["model_version"] == "2", answer
+        assert answer["outputs"][0]["data"] == [24.0], answer  # 1·0.5 + 2·0.25 + 3·1 + bias 20
+        running = demo_processes(data_dir)
+        assert sum("haproxy" in c for c in running.values()) == 1, running
+        assert sum("model_server" in c for c in running.values()) == 2, running  # v2 serving, v1 kept for rollback
+
+        # The printed rollback, over REST, makes version 1 answer again.
+        rollback = ROLLBACK_COMMAND.search(output)
+        assert rollback, f"the rollback command was not printed; output:\n{tail}"
+        status, body = curl(rollback.group(1))
+        assert status == 202, body
+        assert body["version"] == 1 and body["model"] == "demo/linear", body
+        deadline = time.monotonic() + ROLLBACK_TIMEOUT
+        while time.monotonic() < deadline:
+            status, answer = curl(infer.group(1))
+            if status == 200 and answer["model_version"] == "1":
+                break
+            time.sleep(0.2)
+        assert answer["model_version"] == "1", f"version 1 does not answer after the rollback: {answer}"
+        assert answer["outputs"][0]["data"] == [14.0], answer
     finally:
         stop_group(process)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while demo_processes(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        leftovers = demo_processes(data_dir)
+        for pid in leftovers:  # never leak them into the rest of the run, but fail below
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert process.returncode == 0, f"`{command}` did not stop cleanly on SIGTERM: {log_path.read_text()[-2000:]}"
+    assert not leftovers, f"SIGTERM left demo processes running: {leftovers}"
