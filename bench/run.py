@@ -42,18 +42,25 @@ import sys
 import tempfile
 import threading
 import time
+import uuid as uuid_mod
 from collections import Counter
 from pathlib import Path
 
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results"
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 DB_NAME = "registry_bench"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+# Approvals enqueue reconcile tasks on commit: they go to a Redis database of their own (no worker
+# consumes them; it is flushed at the end), never to the one other sessions' workers listen on.
+BROKER_DB = 13
+BROKER_URL = f"redis://127.0.0.1:6379/{BROKER_DB}"
+ALL_BENCHMARKS = ("registration", "reads", "lineage", "audit", "review", "rollback", "load")
 NAMESPACE = "bench"
 REG_MODEL = "reg"  # registration target (starts empty)
 BIG_MODEL = "big"  # 100,000 bulk-inserted versions: get, alias, list/filter
@@ -278,7 +285,7 @@ def django_env(data_dir: Path) -> dict:
         SECURE_SSL_REDIRECT="0",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         DATABASE_URL=DATABASE_URL,
-        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_BROKER_URL=BROKER_URL,
         DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
     )
@@ -315,7 +322,9 @@ def start_gunicorn(env: dict, port: int, args, log_dir: Path) -> subprocess.Pope
         "--keep-alive",
         "60",
         "--backlog",
-        "256",
+        "1024",
+        "--timeout",
+        "600",
         "--access-logfile",
         str(log_dir / "access.log"),
         "--access-logformat",
@@ -743,6 +752,309 @@ def bench_profile(api, gunicorn, cfg, rng) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# the other benchmarks of issue 7: lineage, audit, review queue, rollback, load
+# --------------------------------------------------------------------------------------------
+
+
+def run_json(cmd: list[str], env: dict | None = None, timeout: int = 3600) -> dict:
+    """Run a benchmark script in its own process; its last stdout line is the JSON result."""
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[1:3])} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_lineage(cfg) -> dict:
+    """bench/lineage.py (its own database, registry_bench_lineage): load once, measure cfg.reps times."""
+    size = ["--pipelines", "20", "--queries", "50", "--exports", "5"] if cfg.quick else ["--queries", "200"]
+    reps = []
+    for rep in range(cfg.reps):
+        out = RESULTS / f"lineage_rep{rep + 1}.json"
+        settle(cfg)
+        cmd = [PYTHON, str(ROOT / "bench" / "lineage.py"), *size, "--json", str(out)] + (["--reuse"] if rep else [])
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=3600)
+        reps.append(json.loads(out.read_text()))
+        out.unlink()
+        first = reps[-1]["traversals"][0]
+        print(f"  rep {rep + 1}: {first['case']}: p50 {first['p50_ms']} ms, p95 {first['p95_ms']} ms", flush=True)
+    cases = {}
+    for i, case in enumerate(reps[0]["traversals"]):
+        rows = [r["traversals"][i] for r in reps]
+        cases[case["case"]] = {
+            "p50_ms": statistics.median(r["p50_ms"] for r in rows),
+            "p95_ms": statistics.median(r["p95_ms"] for r in rows),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rows) if "p99_ms" in case else None,
+            "queries": case.get("queries"),
+            "reps": [{"p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]} for r in rows],
+        }
+    return {"shape": reps[0].get("shape"), "load": reps[0].get("load"), "cases": cases, "exports": reps[-1]["exports"]}
+
+
+def bench_audit(cfg, env: dict, port: int, gunicorn: subprocess.Popen, work_dir: Path) -> dict:
+    import audit_bench
+
+    auditor = manage(
+        env, "create_api_token", "bench-auditor", "--scopes", "read,audit:read", "--create-user", "--roles", "auditors"
+    )
+    token = auditor.strip().splitlines()[-1].strip()
+    appends = []
+    for rep in range(cfg.reps):
+        quiet = settle(cfg)
+        res = {
+            **run_json([PYTHON, str(ROOT / "bench" / "audit_bench.py"), "append", "8", str(cfg.audit_per_writer)], env),
+            **quiet,
+        }
+        appends.append(res)
+        print(
+            f"  rep {rep + 1}: append, 8 writers: {res['events_per_s']:.0f} events/s, p95 {res['p95_ms']:.1f} ms",
+            flush=True,
+        )
+    intact = manage(env, "audit_verify").strip()
+    print(f"  chain after the concurrent appends: {intact}", flush=True)
+    print(f"  bulk: appending {cfg.audit_events:,} chained events with COPY", flush=True)
+    bulk = audit_bench.bulk_events(DB_NAME, PG, cfg.audit_events)
+    exports = []
+    for rep in range(cfg.reps):
+        settle(cfg)
+        res = audit_bench.export_and_verify(port, token, worker_pids(gunicorn.pid), work_dir / "audit-export.ndjson")
+        (work_dir / "audit-export.ndjson").unlink()
+        exports.append(res)
+        print(
+            f"  rep {rep + 1}: export {res['events']:,} events: {res['export_events_per_s']:,.0f}/s, worker peak RSS "
+            f"{res['export_worker_peak_rss_mb']:.0f} MB; verify {res['verify_events_per_s']:,.0f}/s, peak RSS "
+            f"{res['verify_peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    keys = ["export_events_per_s", "export_worker_peak_rss_mb", "verify_events_per_s", "verify_peak_rss_mb"]
+    return {
+        "append": {
+            "events_per_s": median_of(appends, "events_per_s"),
+            "p50_ms": median_of(appends, "p50_ms"),
+            "p95_ms": median_of(appends, "p95_ms"),
+            "chain_check": intact,
+            "reps": appends,
+        },
+        "bulk": bulk,
+        "export_verify": {**{k: median_of(exports, k) for k in keys}, "events": exports[0]["events"], "reps": exports},
+    }
+
+
+def bench_review(cfg, env: dict) -> dict:
+    sizes = "100,1000" if cfg.quick else "100,10000"
+    requests = 20 if cfg.quick else 100
+    settle(cfg)
+    return run_json([PYTHON, str(ROOT / "bench" / "review_bench.py"), sizes, str(requests), str(cfg.reps)], env)
+
+
+def bench_rollback(cfg) -> dict:
+    reps = []
+    for rep in range(cfg.reps):
+        settle(cfg)
+        res = run_json([PYTHON, str(ROOT / "bench" / "rollback_bench.py"), str(cfg.rollbacks), "10"], timeout=600)
+        reps.append(res)
+        print(
+            f"  rep {rep + 1}: p50 {res['p50_ms']:.1f} ms, p95 {res['p95_ms']:.1f} ms, client requests "
+            f"{res['client_requests_ok']} ok / {res['client_requests_failed']} failed",
+            flush=True,
+        )
+    return {
+        "p50_ms": median_of(reps, "p50_ms"),
+        "p95_ms": median_of(reps, "p95_ms"),
+        "client_requests_failed": sum(r["client_requests_failed"] for r in reps),
+        "client_requests_ok": sum(r["client_requests_ok"] for r in reps),
+        "reps": reps,
+    }
+
+
+def ol_event(run_id: str, job: str, inputs: list[str], outputs: list[str]) -> dict:
+    def ds(name):
+        return {"namespace": "s3://bench-lake", "name": name, "facets": {}}
+
+    return {
+        "eventType": "COMPLETE",
+        "eventTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "producer": "https://github.com/example/bench",
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": run_id, "facets": {}},
+        "job": {"namespace": "bench", "name": job, "facets": {}},
+        "inputs": [ds(n) for n in inputs],
+        "outputs": [ds(n) for n in outputs],
+    }
+
+
+def load_setup(env: dict, port: int, pool: int, rng) -> dict:
+    """Users, tokens, model bench/load with lineage, target `load` and `pool` pending promotion requests."""
+    owner = (
+        manage(
+            env,
+            "create_api_token",
+            "bench",
+            "--name",
+            "load",
+            "--scopes",
+            "read,models:write,versions:write,promotions:write,lineage:write",
+        )
+        .strip()
+        .splitlines()[-1]
+        .strip()
+    )
+    reviewer = (
+        manage(
+            env,
+            "create_api_token",
+            "bench-load-reviewer",
+            "--scopes",
+            "read,approvals:write",
+            "--create-user",
+            "--roles",
+            "reviewers",
+        )
+        .strip()
+        .splitlines()[-1]
+        .strip()
+    )
+    admin = (
+        manage(env, "create_api_token", "bench-load-admin", "--scopes", "read,deployments:write", "--create-user")
+        .strip()
+        .splitlines()[-1]
+        .strip()
+    )
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.filter(username='bench-load-admin').update(is_superuser=True, is_staff=True)",
+    )
+    api, admin_api = Api(port, owner), Api(port, admin)
+    api.once("POST", "/api/v1/models/", {"namespace": NAMESPACE, "name": "load"}, expect=(201,))
+    admin_api.once(
+        "POST",
+        "/api/v1/targets/",
+        {
+            "name": "load",
+            "kind": "self_hosted",
+            "stage": "production",
+            "policy": {"approvals_required": 1, "approver_groups": ["reviewers"], "requester_can_approve": False},
+        },
+        expect=(201,),
+    )
+    # lineage: raw -> prep -> features -> train -> model files; every version names the training run
+    prep, train = str(uuid_mod.uuid4()), str(uuid_mod.uuid4())
+    api.once(
+        "POST",
+        "/api/v1/lineage",
+        ol_event(prep, "prep", ["raw/clicks", "raw/accounts"], ["features"]),
+        expect=(200, 201),
+    )
+    api.once(
+        "POST", "/api/v1/lineage", ol_event(train, "train", ["features", "labels"], ["model-files"]), expect=(200, 201)
+    )
+    base = f"/api/v1/models/{NAMESPACE}/load"
+
+    def body(i: int) -> bytes:
+        payload = json.loads(registration_body("load-pool", i, rng))
+        payload["run_id"] = train
+        return json.dumps(payload).encode()
+
+    per = -(-pool // 8)
+    run_load(
+        api, [[("POST", f"{base}/versions/", body(c * per + i)) for i in range(per)] for c in range(8)], expect=201
+    )
+    api.once("PUT", f"{base}/aliases/champion", {"version": 1})
+    promote = [
+        [
+            (
+                "POST",
+                "/api/v1/promotions/",
+                json.dumps({"model": f"{NAMESPACE}/load", "version": c * per + i + 1, "target": "load"}).encode(),
+            )
+            for i in range(per)
+        ]
+        for c in range(8)
+    ]
+    run_load(api, promote, expect=201)
+    with psycopg.connect(dbname=DB_NAME, **PG) as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT p.id FROM governance_promotionrequest p "
+                "JOIN governance_deploymenttarget t ON t.id = p.target_id WHERE t.name = 'load' AND p.state = 'pending'"
+            ).fetchall()
+        ]
+    return {
+        "owner_token": owner,
+        "reviewer_token": reviewer,
+        "run_id": train,
+        "promotion_ids": ids,
+        "lineage_versions": list(range(1, 8 * per + 1)),
+        "model": f"{NAMESPACE}/load",
+    }
+
+
+def bench_load(cfg, env: dict, port: int, work_dir: Path, rng) -> dict:
+    pool_needed = int(cfg.load_clients * cfg.load_seconds * 2.5 * 0.10) * cfg.reps + 200  # ~2.5 req/s per client
+    print(
+        f"  set-up: model bench/load with lineage, target `load`, {pool_needed} pending promotion requests", flush=True
+    )
+    setup = load_setup(env, port, pool_needed, rng)
+    reps = []
+    ids = setup["promotion_ids"]
+    for rep in range(cfg.reps):
+        share = ids[rep :: cfg.reps]
+        config = {
+            **setup,
+            "promotion_ids": share,
+            "port": port,
+            "clients": cfg.load_clients,
+            "seconds": cfg.load_seconds,
+        }
+        path = work_dir / "load.json"
+        path.write_text(json.dumps(config))
+        quiet = settle(cfg)
+        res = {
+            **run_json([PYTHON, str(ROOT / "bench" / "load.py"), str(path)], timeout=cfg.load_seconds + 300),
+            **quiet,
+        }
+        reps.append(res)
+        print(
+            f"  rep {rep + 1}: {res['clients']} clients x {res['seconds']:.0f} s: {res['requests_ok']} ok, "
+            f"{res['requests_failed']} failed, {res['requests_per_s']:.0f} req/s, p95 {res['all']['p95_ms']:.0f} ms",
+            flush=True,
+        )
+    actions = {}
+    for name in reps[0]["actions"]:
+        rows = [r["actions"][name] for r in reps]
+        actions[name] = {
+            "ok": sum(r["ok"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rows),
+            "p95_ms": statistics.median(r["p95_ms"] for r in rows),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rows),
+        }
+    return {
+        "clients": cfg.load_clients,
+        "seconds": cfg.load_seconds,
+        "requests_per_s": median_of(reps, "requests_per_s"),
+        "requests_ok": sum(r["requests_ok"] for r in reps),
+        "requests_failed": sum(r["requests_failed"] for r in reps),
+        "p50_ms": statistics.median(r["all"]["p50_ms"] for r in reps),
+        "p95_ms": statistics.median(r["all"]["p95_ms"] for r in reps),
+        "actions": actions,
+        "reps": reps,
+    }
+
+
+def flush_broker() -> None:
+    """Drop the reconcile tasks the approvals queued (our own Redis database only)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 6379), timeout=5) as s:
+        s.sendall(f"*2\r\n$6\r\nSELECT\r\n${len(str(BROKER_DB))}\r\n{BROKER_DB}\r\n*1\r\n$7\r\nFLUSHDB\r\n".encode())
+        s.recv(100)
+
+
+# --------------------------------------------------------------------------------------------
 # machine and main
 # --------------------------------------------------------------------------------------------
 
@@ -786,7 +1098,7 @@ def probe_queries(env: dict, token: str) -> dict:
 
 
 def print_table(results: dict) -> None:
-    reg, reads = results["registration"], results["reads"]
+    reg, reads = results.get("registration") or {}, results.get("reads") or {}
     rows = [("benchmark", "figure", "client", "server", "goal")]
 
     def ms(x):
@@ -806,6 +1118,91 @@ def print_table(results: dict) -> None:
             goal = "(extra)"
         rows.append((name, "p50", ms(r["p50_ms"]), ms(r["server_p50_ms"]), ""))
         rows.append(("", "p95", ms(r["p95_ms"]), ms(r["server_p95_ms"]), goal))
+    if "review" in results:
+        for r in results["review"].values():
+            for label in ("first page", "last page"):
+                x = r[label]
+                rows.append(
+                    (
+                        f"review queue, {r['pending']} pending, {label}",
+                        "p50 / p95",
+                        f"{x['p50_ms']:.1f} / {x['p95_ms']:.1f} ms",
+                        "",
+                        f"SQL {x['sql_statements']}",
+                    )
+                )
+    if "load" in results:
+        r = results["load"]
+        rows.append(
+            (
+                f"load, {r['clients']} clients x {r['seconds']} s",
+                "req/s, failed",
+                f"{r['requests_per_s']:.0f}, {r['requests_failed']}",
+                "",
+                "0 errors",
+            )
+        )
+        for name, a in r["actions"].items():
+            rows.append(
+                (
+                    f"  {name}",
+                    "p50 / p95",
+                    f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f} ms",
+                    "",
+                    f"{a['ok']} ok {a['errors']} err",
+                )
+            )
+    if "audit" in results:
+        a, e = results["audit"]["append"], results["audit"]["export_verify"]
+        rows.append(
+            (
+                "audit append, 8 writers",
+                "events/s, p95",
+                f"{a['events_per_s']:.0f}, {a['p95_ms']:.1f} ms",
+                "",
+                a["chain_check"][:40],
+            )
+        )
+        rows.append(
+            (
+                f"audit export {e['events']:,}",
+                "events/s, RSS",
+                f"{e['export_events_per_s']:,.0f}, {e['export_worker_peak_rss_mb']:.0f} MB",
+                "",
+                ">= 200,000/s, < 100 MB",
+            )
+        )
+        rows.append(
+            (
+                f"audit verify {e['events']:,}",
+                "events/s, RSS",
+                f"{e['verify_events_per_s']:,.0f}, {e['verify_peak_rss_mb']:.0f} MB",
+                "",
+                ">= 200,000/s, < 100 MB",
+            )
+        )
+    if "rollback" in results:
+        r = results["rollback"]
+        rows.append(
+            (
+                "rollback (self-hosted)",
+                "p50 / p95",
+                f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} ms",
+                "",
+                f"< 1 s; failed {r['client_requests_failed']}",
+            )
+        )
+    if "lineage" in results:
+        for case, r in results["lineage"]["cases"].items():
+            rows.append(
+                (
+                    f"lineage: {case[:60]}",
+                    "p50 / p95",
+                    f"{r['p50_ms']} / {r['p95_ms']} ms",
+                    "",
+                    "< 50 ms" if case.startswith("upstream depth 20 from a model version (superuser)") else "",
+                )
+            )
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     for i, row in enumerate(rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
@@ -831,7 +1228,14 @@ def main() -> int:
     )
     parser.add_argument("--busy-below", type=float, default=25.0, help="'quiet' = machine CPU busy below this %%")
     parser.add_argument(
-        "--only", default="registration,reads", help="comma-separated subset of: registration, reads (default both)"
+        "--only",
+        default=",".join(ALL_BENCHMARKS),
+        help=f"comma-separated subset of: {', '.join(ALL_BENCHMARKS)} (default all)",
+    )
+    parser.add_argument("--load-seconds", type=int, default=None, help="load test duration (default 60, quick 15)")
+    parser.add_argument("--load-clients", type=int, default=100, help="load test concurrent clients (default 100)")
+    parser.add_argument(
+        "--audit-events", type=int, default=None, help="events exported (default 1,000,000, quick 100,000)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
@@ -846,8 +1250,17 @@ def main() -> int:
         lists=100 if args.quick else 500,
         settle=args.settle if args.settle is not None else (0 if args.quick else 60),
         busy_below=args.busy_below,
+        quick=args.quick,
+        audit_per_writer=100 if args.quick else 500,
+        audit_events=args.audit_events or (100_000 if args.quick else 1_000_000),
+        rollbacks=10 if args.quick else 30,
+        load_clients=args.load_clients,
+        load_seconds=args.load_seconds or (15 if args.quick else 60),
     )
     only = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = only - set(ALL_BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(ALL_BENCHMARKS)}")
     profile = args.profile if args.profile is not None else not args.quick
 
     atexit.register(_stop_children)
@@ -862,6 +1275,7 @@ def main() -> int:
         print(f"database {DB_NAME}: drop, create, migrate", flush=True)
         recreate_database()
         manage(env, "migrate", "--noinput")
+        manage(env, "collectstatic", "--noinput")  # production settings serve hashed static names (UI pages)
         token = create_user_and_token(env)
         port = free_port()
         gunicorn = start_gunicorn(env, port, args, work_dir)
@@ -908,6 +1322,23 @@ def main() -> int:
             print("query counts and plans (in-process probe)", flush=True)
             queries = probe_queries(env, token)
 
+        extra = {}
+        if "review" in only:
+            print("5. review queue page (in-process, full Django stack)", flush=True)
+            extra["review"] = bench_review(cfg, env)
+        if "load" in only:
+            print(f"6. load test: {cfg.load_clients} clients x {cfg.load_seconds} s ({cfg.reps} reps)", flush=True)
+            extra["load"] = bench_load(cfg, env, port, work_dir, rng)
+        if "audit" in only:
+            print("7. audit: append with 8 writers; export + verify", flush=True)
+            extra["audit"] = bench_audit(cfg, env, port, gunicorn, work_dir)
+        if "rollback" in only:
+            print("8. rollback on the self-hosted target through HAProxy", flush=True)
+            extra["rollback"] = bench_rollback(cfg)
+        if "lineage" in only:
+            print("9. lineage traversal (bench/lineage.py, its own database)", flush=True)
+            extra["lineage"] = bench_lineage(cfg)
+
         results = {
             "date": started.date().isoformat(),
             "started_at": started.isoformat(timespec="seconds"),
@@ -919,6 +1350,7 @@ def main() -> int:
             "registration": registration,
             "reads": reads,
             "queries": queries,
+            **extra,
         }
         if profile:
             print("profile (py-spy) of an 8-client registration pass", flush=True)
@@ -935,6 +1367,7 @@ def main() -> int:
         return 0
     finally:
         _stop_children()
+        flush_broker()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
