@@ -8,7 +8,7 @@ Layout (a small Sugiyama-style pipeline, enough for a few hundred nodes):
 1. break cycles (JobEvent declared lineage can read and write the same table): a depth-first search
    in a fixed order reverses its back edges, for layering only;
 2. longest-path layering: a node sits one layer right of its furthest upstream neighbour, so every
-   edge points right;
+   edge points right; a source node then moves right, next to its first reader;
 3. an edge that spans several layers gets a dummy point per layer it crosses, so it is routed
    between the nodes instead of through them;
 4. barycenter ordering: a few down and up sweeps sort each layer by the mean position of the
@@ -94,7 +94,8 @@ def _layers(ids: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
         succ[s].append(t)
         indeg[t] += 1
     layer = dict.fromkeys(ids, 0)
-    ready = [n for n in ids if indeg[n] == 0]
+    sources = [n for n in ids if indeg[n] == 0]
+    ready = list(sources)
     while ready:
         node = ready.pop()
         for t in succ[node]:
@@ -102,6 +103,11 @@ def _layers(ids: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
             indeg[t] -= 1
             if indeg[t] == 0:
                 ready.append(t)
+    # A source (a side table, a base model) sits just left of its first reader, not in column 0:
+    # otherwise every source would pull a long edge across the picture.
+    for n in sources:
+        if succ[n]:
+            layer[n] = min(layer[t] for t in succ[n]) - 1
     return layer
 
 
