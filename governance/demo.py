@@ -31,6 +31,7 @@ from accounts import roles
 from core.errors import DomainError
 from governance import deployment, deployment_tasks, services
 from governance.choices import PromotionState, ReleaseState
+from governance.hosts.base import HostError
 from governance.hosts.demo_model import MODEL_FILE, linear_model_bytes
 from governance.hosts.haproxy import HAProxyFleet
 from governance.models import DeploymentTarget, PromotionRequest, Release
@@ -256,6 +257,10 @@ def deploy(*, timeout: float = 180.0, say=print) -> DemoState:
     owner, reviewer, admin = _user("owner"), _user("reviewer"), _user("admin")
     demo_fleet = fleet()
     config = target_config(demo_fleet)
+    try:
+        demo_fleet.api().servers_state(demo_fleet.backend)
+    except HostError as exc:
+        raise DemoError(f"the demo HAProxy does not answer ({exc}): start `manage.py demo_haproxy` first") from exc
     try:
         model = ensure_model(owner)
         versions = [ensure_version(owner, model, number) for number in sorted(BIAS)]

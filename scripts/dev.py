@@ -251,7 +251,7 @@ def show_self_hosted(env: dict[str, str], summary: dict, port: int) -> bool:
         f"    $ curl -s -X POST -H 'Authorization: Bearer {bearer}' {json_type} {rollback_url} -d '{reason}'",
         flush=True,
     )
-    say(f"Releases and audit trail: http://127.0.0.1:{port}/targets/{summary['target']}/ (signed in as admin)")
+    say(f"The target's releases and policy: http://127.0.0.1:{port}/targets/{summary['target']}/ (signed in as admin)")
     return True
 
 

@@ -26,7 +26,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 300  # a fresh virtual environment is installed first
 ROLLBACK_TIMEOUT = 60  # rollback request -> the previous version answers (about a second when all is well)
-STOP_TIMEOUT = 20  # SIGTERM -> every HAProxy and model server of the demo gone
 # Variables of the test run that would point the demo away from its embedded defaults.
 WORKER_READY = re.compile(r"celery@\S+ ready")
 NOT_INHERITED = {"DATABASE_URL", "CELERY_BROKER_URL", "TEST_DATABASE_NAME", "DATA_DIR", "SECRET_KEY", "VIRTUAL_ENV"}
@@ -72,16 +71,24 @@ def get_json(url: str) -> tuple[int, dict]:
         return exc.code, {}
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the command's process group (it stops web and worker cleanly), SIGKILL what is left."""
+def stop(process: subprocess.Popen) -> bool:
+    """SIGTERM the command alone, as a process manager would: it must stop everything it started.
+
+    Returns whether its process group was empty once it exited; SIGKILLs whatever was left in it.
+    """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
+        os.kill(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    try:
+        os.killpg(process.pid, 0)
+        group_left = True
+    except ProcessLookupError:
+        group_left = False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return not group_left
 
 
 def curl(command: str) -> tuple[int, dict]:
@@ -137,19 +144,9 @@ def wait_until(ready, process: subprocess.Popen, timeout: float) -> bool:
     return ready()
 
 
-@pytest.mark.slow
-def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean_clone(tmp_path):
-    command = readme_commands()[0]
-    assert "dev.py up" in command, f"README's first command is not the demo: {command!r}"
-    clone = tmp_path / "clone"
-    clone_head(clone)
-    port, haproxy_port, admin_port = free_port(), free_port(), free_port()
-    env = clean_env(tmp_path, port)
-    env.update(DEMO_HAPROXY_PORT=str(haproxy_port), DEMO_HAPROXY_ADMIN_PORT=str(admin_port))
-    data_dir = tmp_path / "data"
-    log_path = tmp_path / "up.log"
+def start(command: str, clone: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             shlex.split(command),
             cwd=clone,
             env=env,
@@ -158,6 +155,10 @@ def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def wait_for_demo(process: subprocess.Popen, port: int, log_path: Path, timeout: float) -> tuple[dict, str]:
+    """Wait for /readyz 200, the worker, and the end of the demo's output ("Press Ctrl-C")."""
     readyz = {}
 
     def ready() -> bool:
@@ -172,10 +173,45 @@ def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean
             and WORKER_READY.search(output) is not None
         )
 
-    leftovers: dict[int, str] = {}
+    wait_until(ready, process, timeout)
+    return readyz, log_path.read_text(errors="replace")
+
+
+def infer_until(command: str, version: str, timeout: float) -> dict:
+    """Run the printed inference curl until the answer comes from `version`; the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, answer = curl(command)
+        if status == 200 and answer["model_version"] == version or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
+def stop_and_check(process: subprocess.Popen, data_dir: Path, command: str, log_path: Path) -> None:
+    group_empty = stop(process)
+    leftovers = demo_processes(data_dir)  # `up` has exited: whatever still runs was left behind
+    for pid in leftovers:  # never leak them into the rest of the run, but fail below
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 0, f"`{command}` did not stop cleanly on SIGTERM: {log_path.read_text()[-2000:]}"
+    assert not leftovers, f"SIGTERM left demo processes running: {leftovers}"
+    assert group_empty, "SIGTERM left processes of the web server, worker or HAProxy running"
+
+
+@pytest.mark.slow
+def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean_clone(tmp_path):
+    command = readme_commands()[0]
+    assert "dev.py up" in command, f"README's first command is not the demo: {command!r}"
+    clone = tmp_path / "clone"
+    clone_head(clone)
+    port, haproxy_port, admin_port = free_port(), free_port(), free_port()
+    env = clean_env(tmp_path, port)
+    env.update(DEMO_HAPROXY_PORT=str(haproxy_port), DEMO_HAPROXY_ADMIN_PORT=str(admin_port))
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "up.log"
+    process = start(command, clone, env, log_path)
     try:
-        wait_until(ready, process, READY_TIMEOUT)
-        output = log_path.read_text(errors="replace")
+        readyz, output = wait_for_demo(process, port, log_path, READY_TIMEOUT)
         tail = output[-4000:]
         assert readyz["status"] == 200, f"/readyz: {readyz}; exit code {process.poll()}; output:\n{tail}"
         assert readyz["body"] == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
@@ -188,8 +224,9 @@ def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean
         assert "demo/linear version 2 answers through HAProxy" in output, f"no self-hosted demo; output:\n{tail}"
         infer = INFER_COMMAND.search(output)
         assert infer, f"the curl command was not printed; output:\n{tail}"
-        assert f"http://127.0.0.1:{haproxy_port}/v2/models/linear/infer" in infer.group(1)
-        status, answer = curl(infer.group(1))
+        infer = infer.group(1)
+        assert f"http://127.0.0.1:{haproxy_port}/v2/models/linear/infer" in infer
+        status, answer = curl(infer)
         assert status == 200, answer
         assert answer["model_name"] == "linear" and answer["model_version"] == "2", answer
         assert answer["outputs"][0]["data"] == [24.0], answer  # 1·0.5 + 2·0.25 + 3·1 + bias 20
@@ -203,22 +240,28 @@ def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean
         status, body = curl(rollback.group(1))
         assert status == 202, body
         assert body["version"] == 1 and body["model"] == "demo/linear", body
-        deadline = time.monotonic() + ROLLBACK_TIMEOUT
-        while time.monotonic() < deadline:
-            status, answer = curl(infer.group(1))
-            if status == 200 and answer["model_version"] == "1":
-                break
-            time.sleep(0.2)
+        answer = infer_until(infer, "1", ROLLBACK_TIMEOUT)
         assert answer["model_version"] == "1", f"version 1 does not answer after the rollback: {answer}"
         assert answer["outputs"][0]["data"] == [14.0], answer
     finally:
-        stop_group(process)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while demo_processes(data_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        leftovers = demo_processes(data_dir)
-        for pid in leftovers:  # never leak them into the rest of the run, but fail below
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    assert process.returncode == 0, f"`{command}` did not stop cleanly on SIGTERM: {log_path.read_text()[-2000:]}"
-    assert not leftovers, f"SIGTERM left demo processes running: {leftovers}"
+        stop_and_check(process, data_dir, command, log_path)
+
+    # Again on the same data: nothing is registered or promoted twice, and the rolled-back-to version
+    # serves behind the new HAProxy (its slots start empty; the reconciler deploys the desired release).
+    log_path = tmp_path / "up-again.log"
+    process = start(command, clone, env, log_path)
+    try:
+        readyz, output = wait_for_demo(process, port, log_path, READY_TIMEOUT)
+        tail = output[-4000:]
+        assert readyz["status"] == 200, f"/readyz: {readyz}; exit code {process.poll()}; output:\n{tail}"
+        assert "demo/linear version 1 answers through HAProxy" in output, f"output:\n{tail}"
+        answer = infer_until(infer, "1", 5)
+        assert answer["model_version"] == "1" and answer["outputs"][0]["data"] == [14.0], answer
+        token = re.search(r"Authorization: Bearer (\S+?)'", ROLLBACK_COMMAND.search(output).group(1)).group(1)
+        api = f"http://127.0.0.1:{port}/api/v1"
+        promotions = curl(f"curl -s -H 'Authorization: Bearer {token}' {api}/promotions/?model=demo/linear")
+        releases = curl(f"curl -s -H 'Authorization: Bearer {token}' {api}/targets/local/releases")
+        assert [p["version"] for p in promotions[1]["results"]] == [2, 1], promotions
+        assert [(r["number"], r["version"]) for r in releases[1]["results"]] == [(2, 2), (1, 1)], releases
+    finally:
+        stop_and_check(process, data_dir, command, log_path)

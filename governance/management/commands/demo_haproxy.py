@@ -1,6 +1,7 @@
 """Run the demo HAProxy in the foreground; when it stops, stop the model servers behind it (DEBUG only)."""
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -33,6 +34,13 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _stop(process: subprocess.Popen, grace: float = 5.0) -> None:
@@ -71,6 +79,12 @@ class Command(BaseCommand):
             fleet = demo.fleet()
         except demo.DemoError as exc:
             raise CommandError(str(exc)) from None
+        owner_path = fleet.workdir / "demo_haproxy.pid"
+        owner = _read_pid(owner_path)
+        if owner is not None and owner != os.getpid() and "demo_haproxy" in _cmdline(owner):
+            raise CommandError(
+                f"the demo HAProxy of {settings.DATA_DIR} already runs (manage.py demo_haproxy, pid {owner})"
+            )
         self.stop_leftover(fleet)
         self.stop_model_servers(fleet)  # anything a killed earlier run left behind
         busy = [port for port in (fleet.port, fleet.admin_port) if port_in_use(port)]
@@ -79,6 +93,7 @@ class Command(BaseCommand):
                 f"port {busy[0]} on 127.0.0.1 is in use; set DEMO_HAPROXY_PORT / DEMO_HAPROXY_ADMIN_PORT to free ones"
             )
         fleet.workdir.mkdir(parents=True, exist_ok=True)
+        owner_path.write_text(f"{os.getpid()}\n")
         fleet.config_path.write_text(fleet.config_text())
         check = subprocess.run([binary, "-c", "-q", "-f", str(fleet.config_path)], capture_output=True, text=True)
         if check.returncode != 0:
@@ -114,8 +129,9 @@ class Command(BaseCommand):
             self.stop_model_servers(fleet)
             if process is not None:
                 _stop(process)
-            with contextlib.suppress(FileNotFoundError):
-                fleet.pid_path.unlink()
+            for path in (fleet.pid_path, owner_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if not stopped:
