@@ -33,6 +33,7 @@ class ReplicateServer(FakeServer):
     def reset_state(self) -> None:
         self.versions: dict[str, set[str]] = {}
         self.deployments: dict[tuple[str, str], dict] = {}
+        self.history: dict[tuple[str, str], list[dict]] = {}  # every release of each deployment, in order
         self.releases_created = 0
 
     def add_version(self, model: str, version: str) -> None:
@@ -147,6 +148,7 @@ class ReplicateServer(FakeServer):
             "current_release": self._release(user, 1, model, body["version"], config),
         }
         self.deployments[(user, name)] = deployment
+        self.history.setdefault((user, name), []).append(deployment["current_release"])
         return deployment
 
     def update(self, user: str, deployment: dict, body: dict) -> dict:
@@ -162,6 +164,7 @@ class ReplicateServer(FakeServer):
         config = {**current["configuration"], **{k: body[k] for k in body if k != "version"}}
         self._check_config(config)
         deployment["current_release"] = self._release(user, current["number"] + 1, current["model"], version, config)
+        self.history.setdefault((user, deployment["name"]), []).append(deployment["current_release"])
         return deployment
 
 

@@ -5,128 +5,39 @@ tries to kick the dispatcher, which fails quietly; the broker comes back and the
 signed, without anyone re-sending anything.
 """
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from standardwebhooks import Webhook
 
 from governance import webhooks
 from governance.webhook_models import WebhookDelivery
 from registry import services as registry_services
+from tests import processes
 from tests.webhooks.conftest import register
 
 BASE_DIR = Path(settings.BASE_DIR)
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Redis:
-    def __init__(self, port: int, log: Path):
-        self.port, self.log, self.proc = port, log, None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (apt-get install redis-server)"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=self.log.open("a"),
-            stderr=subprocess.STDOUT,
-        )
-        wait(lambda: redis_ping(self.port), 10, "redis to start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        wait(lambda: not redis_ping(self.port), 10, "redis to stop")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @pytest.fixture
 def stack(transactional_db, tmp_path):
     """Redis on a free port, a Celery worker and beat pointing at it and at this test's database."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the worker process shares the test database: run on PostgreSQL (DATABASE_URL)")
-    port = free_port()
-    redis = Redis(port, tmp_path / "redis.log")
+    processes.require_postgresql()
+    redis = processes.Redis(processes.free_port(), tmp_path / "redis.log")
     redis.start()
-    db = connection.settings_dict
-    user, password = quote(db["USER"] or "", safe=""), quote(db["PASSWORD"] or "", safe="")
-    database_url = f"postgres://{user}:{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "DJANGO_DEBUG": "1",
-        "SECRET_KEY": settings.SECRET_KEY,  # the worker must decrypt the endpoint secrets
-        "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "WEBHOOK_DISPATCH_INTERVAL_SECONDS": "1",
-        "WEBHOOK_SWEEP_INTERVAL_SECONDS": "2",
-    }
-    env.pop("TEST_DATABASE_NAME", None)
-    celery = [sys.executable, "-m", "celery", "-A", "config"]
-    worker = subprocess.Popen(
-        [*celery, "worker", "-P", "solo", "-l", "info", "-n", f"hooks-{port}@%h"]
-        + ["--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=(tmp_path / "worker.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    beat = subprocess.Popen(
-        [*celery, "beat", "-l", "info", "-s", str(tmp_path / "beat-schedule"), "--pidfile", str(tmp_path / "beat.pid")],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=(tmp_path / "beat.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    env = processes.service_env(redis.url, WEBHOOK_DISPATCH_INTERVAL_SECONDS="1", WEBHOOK_SWEEP_INTERVAL_SECONDS="2")
+    worker = processes.start_worker(env, tmp_path / "worker.log", f"hooks-{redis.port}@%h")
+    beat = processes.start_beat(env, tmp_path)
     try:
         yield {"redis": redis, "env": env, "logs": tmp_path}
     finally:
-        stop(beat)
-        stop(worker)
+        processes.stop(beat)
+        processes.stop(worker)
         redis.stop()
 
 

@@ -1,0 +1,94 @@
+"""The deployment engine end to end: gunicorn + a private Redis + a Celery worker (and beat) + PostgreSQL.
+
+The test process only talks HTTP to the web server and reads the database; approvals enqueue reconciles
+from the web process, the worker converges the hosts. Hosts are a real HAProxy with real model servers
+(self-hosted) or the local Replicate server driven through the official client.
+"""
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from accounts import roles, scopes, services
+from tests import processes
+
+
+@dataclass
+class Stack:
+    url: str
+    env: dict
+    workdir: Path
+    redis: processes.Redis
+    tokens: dict[str, str] = field(repr=False)
+    worker: object = None
+    beat: object = None
+    web: object = None
+    worker_starts: int = 0
+
+    def api(self, persona: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.tokens[persona]}"}, timeout=30
+        )
+
+    def start_worker(self, pool: str = "solo") -> None:
+        self.worker_starts += 1
+        self.worker = processes.start_worker(
+            self.env, self.workdir / "worker.log", f"deploy-{self.redis.port}-{self.worker_starts}@%h", pool=pool
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name} ---\n{processes.tail(self.workdir / name)}" for name in ("worker.log", "beat.log", "web.log")
+        )
+
+
+@pytest.fixture
+def users(transactional_db, django_user_model):
+    """admin, owner (requests promotions), reviewer (approves): committed, each with a full-scope token."""
+    groups = roles.ensure_roles()
+    tokens = {}
+    for name, group in (("admin", None), ("owner", roles.MODEL_OWNERS), ("reviewer", roles.REVIEWERS)):
+        user = django_user_model.objects.create_user(
+            username=name, password=f"pw-{name}-123456", is_superuser=name == "admin", is_staff=name == "admin"
+        )
+        if group:
+            user.groups.add(groups[group])
+        tokens[name] = services.token_create(actor="test", user=user, name="e2e", scopes=list(scopes.ALL)).plaintext
+    return tokens
+
+
+def make_stack(users, tmp_path: Path, **settings_env: str) -> Stack:
+    processes.require_postgresql()
+    redis = processes.Redis(processes.free_port(), tmp_path / "redis.log")
+    redis.start()
+    env = processes.service_env(
+        redis.url,
+        DATA_DIR=str(tmp_path / "data"),
+        RECONCILE_INTERVAL_SECONDS="2",
+        RECONCILE_LEASE_SECONDS="6",
+        WEBHOOK_DISPATCH_INTERVAL_SECONDS="3600",  # no webhook endpoints here; keep beat quiet
+        **settings_env,
+    )
+    port = processes.free_port()
+    stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=tmp_path, redis=redis, tokens=users)
+    stack.web = processes.start_web(env, tmp_path / "web.log", port)
+    stack.start_worker()
+    stack.beat = processes.start_beat(env, tmp_path)
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    for proc in (stack.beat, stack.worker, stack.web):
+        processes.stop(proc)
+    stack.redis.stop()
+
+
+@pytest.fixture
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if not found:
+        pytest.fail("haproxy is not installed: apt-get install -y haproxy (scripts/dev.py test does it)")
+    return found
