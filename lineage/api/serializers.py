@@ -33,7 +33,9 @@ class ExportQuery(StrictSerializer):
 
 
 class TrailQuery(StrictSerializer):
-    nodeId = serializers.CharField(max_length=3000, help_text="model:{namespace}/{name}:{number}")  # noqa: N815
+    nodeId = serializers.CharField(  # noqa: N815
+        max_length=3000, help_text="model:{namespace}/{name}:{number} or release:{target}:{number}"
+    )
     format = serializers.ChoiceField(choices=["json", "html"], default="json")
     as_of = serializers.DateTimeField(required=False)
 
@@ -79,13 +81,18 @@ class NodeOutput(serializers.Serializer):
     depth = serializers.IntegerField(help_text="hops from the start node")
     namespace = serializers.CharField(required=False)
     name = serializers.CharField(required=False)
-    version = serializers.CharField(required=False, help_text="datasetVersion")
+    version = serializers.CharField(
+        required=False, help_text="datasetVersion: its version; release: the released model version's node id"
+    )
+    target = serializers.CharField(required=False, help_text="release: its deployment target")
     digest = serializers.CharField(required=False, allow_null=True)
     dataset = serializers.CharField(required=False, help_text="datasetVersion: its dataset node id")
     runId = serializers.UUIDField(required=False)  # noqa: N815
-    state = serializers.CharField(required=False, allow_null=True, help_text="run: latest eventType")
+    state = serializers.CharField(
+        required=False, allow_null=True, help_text="run: latest eventType; release: release state"
+    )
     job = serializers.CharField(required=False, help_text="run: its job node id")
-    number = serializers.IntegerField(required=False, help_text="model: version number")
+    number = serializers.IntegerField(required=False, help_text="model: version number; release: release number")
     status = serializers.CharField(required=False, help_text="model: version status")
     versions = VersionRefOutput(many=True, required=False, help_text="dataset: the versions reached")
     runs = RunRefOutput(many=True, required=False, help_text="job: the runs reached")

@@ -119,7 +119,7 @@ class LineageTrailView(APIView):
     @extend_schema(
         parameters=[s.TrailQuery],
         responses={200: OpenApiResponse(s.TrailOutput, description="format=json; format=html gives a printable page")},
-        summary="The lineage trail of a model version, with its sha256 and the audit events it covers",
+        summary="The lineage trail of a model version or a release, with its sha256 and the audit events it covers",
         description=(
             "datasets (with digests) -> runs (with code commits) -> version (digest, signature results) -> card "
             "revisions -> sections other apps add (governance: policy results, approvals, releases). Needs view "
