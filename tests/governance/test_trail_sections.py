@@ -360,6 +360,8 @@ def test_trail_of_a_release(personas, released):
     assert html.status_code == 200
     text = html.content.decode()
     assert html["X-Trail-SHA256"] in text and "release:prod:2" in text and "p95 latency doubled" in text
+    assert f"Request #{s['p2'].pk} to prod: rejected" in text and "say why v2 is better" in text
+    assert "Rollback (audit #" in text and "release:prod:2 → release:prod:1" in text
 
 
 def test_sections_leave_out_targets_the_reader_may_not_view(personas, released, make_token):
