@@ -71,24 +71,39 @@ def get_json(url: str) -> tuple[int, dict]:
         return exc.code, {}
 
 
-def stop(process: subprocess.Popen) -> bool:
+def group_members(pgid: int) -> dict[int, str]:
+    """pid -> command line of the live (not zombie) processes in the process group."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+def stop(process: subprocess.Popen) -> dict[int, str]:
     """SIGTERM the command alone, as a process manager would: it must stop everything it started.
 
-    Returns whether its process group was empty once it exited; SIGKILLs whatever was left in it.
+    Returns what was left of its process group a few seconds after it exited (children of a stopped
+    process may take a moment to exit), and SIGKILLs it.
     """
     with contextlib.suppress(ProcessLookupError):
         os.kill(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=60)
-    try:
-        os.killpg(process.pid, 0)
-        group_left = True
-    except ProcessLookupError:
-        group_left = False
+    deadline = time.monotonic() + 5
+    while (left := group_members(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    return not group_left
+    return left
 
 
 def curl(command: str) -> tuple[int, dict]:
@@ -188,14 +203,14 @@ def infer_until(command: str, version: str, timeout: float) -> dict:
 
 
 def stop_and_check(process: subprocess.Popen, data_dir: Path, command: str, log_path: Path) -> None:
-    group_empty = stop(process)
+    group_left = stop(process)
     leftovers = demo_processes(data_dir)  # `up` has exited: whatever still runs was left behind
     for pid in leftovers:  # never leak them into the rest of the run, but fail below
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert process.returncode == 0, f"`{command}` did not stop cleanly on SIGTERM: {log_path.read_text()[-2000:]}"
     assert not leftovers, f"SIGTERM left demo processes running: {leftovers}"
-    assert group_empty, "SIGTERM left processes of the web server, worker or HAProxy running"
+    assert not group_left, f"SIGTERM left processes of the web server, worker or HAProxy running: {group_left}"
 
 
 @pytest.mark.slow
