@@ -1,3 +1,6 @@
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 
 
@@ -9,6 +12,37 @@ class Cursor(CursorPagination):
     max_page_size = 500
     ordering = "-id"
 
+    def get_page_size(self, request):
+        """page_size from the query, 1..max_page_size; anything else is a 400 (not silently the default)."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError:
+            size = None
+        if size is None or not 1 <= size <= self.max_page_size:
+            message = f"page_size must be an integer from 1 to {self.max_page_size}."
+            raise ValidationError({self.page_size_query_param: [message]})
+        return size
+
 
 def cursor(ordering: str) -> type[Cursor]:
     return type(f"Cursor_{ordering.strip('-')}", (Cursor,), {"ordering": ordering})
+
+
+_PAGES: dict[type, serializers.Serializer] = {}
+
+
+def paginated(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of one page of a cursor-paginated list: {next, previous, results: [...]}."""
+    if serializer_class not in _PAGES:
+        _PAGES[serializer_class] = inline_serializer(
+            name=f"Paginated{serializer_class.__name__}List",
+            fields={
+                "next": serializers.URLField(allow_null=True, help_text="the next page, or null on the last"),
+                "previous": serializers.URLField(allow_null=True, help_text="the previous page, or null"),
+                "results": serializer_class(many=True),
+            },
+        )
+    return _PAGES[serializer_class]

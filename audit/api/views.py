@@ -61,7 +61,14 @@ class AuditEventExportView(APIView):
 
     @extend_schema(
         parameters=[ExportQuery],
-        responses={200: OpenApiResponse(OpenApiTypes.STR, description="NDJSON (one event per line) or CSV")},
+        responses={
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR, description="format=ndjson: one event per line"
+            ),
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="format=csv: a header row, then one event per row"
+            ),
+        },
         summary="Stream audit events in chain order (NDJSON or CSV)",
         description=(
             "Streams in constant memory. The response headers X-Audit-Last-Seq and X-Audit-Last-Hash "

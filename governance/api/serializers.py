@@ -175,7 +175,7 @@ class ReleaseOutput(serializers.Serializer):
     host_release_id = serializers.CharField()
     promotion = serializers.IntegerField(source="promotion_id", allow_null=True)
     reason = serializers.CharField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
     created_at = serializers.DateTimeField()
     live_at = serializers.DateTimeField(allow_null=True)
     ended_at = serializers.DateTimeField(allow_null=True)

@@ -5,7 +5,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
-from core.pagination import cursor
+from core.pagination import cursor, paginated
 from governance import deployment, presenters, selectors, services
 from governance.api import serializers as s
 from governance.hosts import HOSTS
@@ -145,7 +145,8 @@ class PromotionListView(PromotionBase):
 
     @extend_schema(
         parameters=[s.PromotionListQuery],
-        responses=s.PromotionListItem(many=True),
+        responses=paginated(s.PromotionListItem),
+        operation_id="promotions_list",
         summary="List promotion requests (newest first); waiting_for_me=true gives my review queue",
     )
     def get(self, request):
@@ -252,7 +253,8 @@ class TargetReleaseListView(GovernedAPIView):
     pagination_class = cursor("-number")
 
     @extend_schema(
-        responses=s.ReleaseOutput(many=True),
+        responses=paginated(s.ReleaseOutput),
+        operation_id="targets_releases_list",
         summary="A target's releases, newest first",
         parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
     )

@@ -10,7 +10,7 @@ from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.api import StrictSerializer
 from core.errors import Forbidden, NotFound
-from core.pagination import cursor
+from core.pagination import cursor, paginated
 from governance import webhooks
 from governance.webhook_models import DeliveryState, WebhookEndpoint
 
@@ -125,7 +125,11 @@ class WebhookListView(WebhookBase):
     required_scopes = {"GET": scopes.READ, "POST": scopes.DEPLOYMENTS_WRITE}
     pagination_class = cursor("-id")
 
-    @extend_schema(responses=WebhookOutput(many=True), summary="List webhook endpoints")
+    @extend_schema(
+        operation_id="webhooks_list",
+        responses=paginated(WebhookOutput),
+        summary="List webhook endpoints",
+    )
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(WebhookEndpoint.objects.select_related("created_by"), request, self)
@@ -177,7 +181,8 @@ class WebhookDeliveriesView(WebhookBase):
 
     @extend_schema(
         parameters=[DeliveryListQuery],
-        responses=DeliveryOutput(many=True),
+        responses=paginated(DeliveryOutput),
+        operation_id="webhooks_deliveries_list",
         summary="The delivery log of a webhook endpoint (newest first), with every attempt",
     )
     def get(self, request, pk):

@@ -43,7 +43,7 @@ class CompletenessOutput(serializers.Serializer):
 class CardRevisionOutput(serializers.ModelSerializer):
     content = CardContentField()
     completeness = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
         model = ModelCardRevision
@@ -134,7 +134,12 @@ class CardView(ModelScopedView):
     @extend_schema(
         summary="Add a model card revision (JSON {content} or a Hugging Face README.md as text/markdown)",
         request={"application/json": CardRevisionInput, MARKDOWN: OpenApiTypes.STR},
-        responses={(201, "application/json"): CardRevisionOutput},
+        responses={
+            (201, "application/json"): CardRevisionOutput,
+            (200, "application/json"): OpenApiResponse(
+                CardRevisionOutput, description="The same content as the latest revision: that revision, unchanged"
+            ),
+        },
     )
     def post(self, request, namespace, name, number):
         version = self.version(ModelPerm.REGISTER)

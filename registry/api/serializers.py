@@ -23,8 +23,8 @@ class ModelUpdateInput(StrictSerializer):
 
 
 class ModelOutput(serializers.ModelSerializer):
-    owner_group = serializers.CharField(source="owner_group.name", default=None)
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    owner_group = serializers.CharField(source="owner_group.name", allow_null=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
         model = RegisteredModel
@@ -126,7 +126,7 @@ class VersionUpdateInput(StrictSerializer):
 
 class VersionOutput(serializers.ModelSerializer):
     model = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
         model = ModelVersion
@@ -178,7 +178,7 @@ class AliasOutput(serializers.ModelSerializer):
     alias = serializers.CharField(source="name")
     version = serializers.IntegerField(source="version.number")
     digest = serializers.CharField(source="version.digest")
-    updated_by = serializers.CharField(source="updated_by.username", default=None)
+    updated_by = serializers.CharField(source="updated_by.username", allow_null=True, default=None)
 
     class Meta:
         model = Alias

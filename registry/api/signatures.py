@@ -59,7 +59,7 @@ class SignatureOutput(serializers.ModelSerializer):
     )
     files_checked = serializers.IntegerField(help_text="Files of the version's manifest compared with the signature.")
     problems = ProblemsField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
         model = VersionSignature

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
-from core.pagination import cursor
+from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
 from registry.models import ModelPerm, ModelVersion, RegisteredModel
@@ -47,7 +47,8 @@ class ModelListView(GovernedAPIView):
     pagination_class = cursor("id")
 
     @extend_schema(
-        responses=s.ModelOutput(many=True),
+        responses=paginated(s.ModelOutput),
+        operation_id="models_list",
         summary="List the models I may see",
         parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
     )
@@ -93,7 +94,8 @@ class VersionListView(ModelScopedView):
 
     @extend_schema(
         parameters=[s.VersionListQuery],
-        responses=s.VersionOutput(many=True),
+        responses=paginated(s.VersionOutput),
+        operation_id="models_versions_list",
         summary="List and filter a model's versions (cursor-paginated, newest first)",
     )
     def get(self, request, namespace, name):

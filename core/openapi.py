@@ -1,0 +1,73 @@
+"""OpenAPI schema post-processing: document the error responses every operation can give.
+
+Every error leaves the API through core.api.exception_handler as {"error": {code, message, detail,
+request_id}}. Views declare their success responses; this hook adds the error statuses that the
+shared machinery can produce for each operation, with that body, so clients (and schemathesis) see
+them in the schema:
+
+- 401 (no or bad credentials), 403 (token scope or permission), 404 (hidden or missing object, or
+  an unknown pagination cursor): every operation;
+- 400 (invalid input): operations that take a body or query parameters;
+- 409 (the current state refuses the change): every unsafe method;
+- 413 (body too large) and 415 (unsupported Content-Type): operations that take a body.
+
+A status a view already documents keeps its description; it gains the error body if it had none.
+"""
+
+ERROR_COMPONENT = "Error"
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every error response: a machine-readable code, a message for people, details per field.",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "description": "machine-readable, e.g. invalid, not_found, forbidden"},
+                "message": {"type": "string", "description": "what went wrong and what to do, in words"},
+                "detail": {"nullable": True, "description": "per-field messages for invalid input, or null"},
+                "request_id": {"type": "string", "nullable": True, "description": "quote it when reporting"},
+            },
+            "required": ["code", "message", "detail"],
+        }
+    },
+    "required": ["error"],
+}
+DESCRIPTIONS = {
+    "400": "Invalid input: the message names the field",
+    "401": "Missing, malformed, expired or revoked credentials",
+    "403": "The token's scopes or the user's permissions do not allow this",
+    "404": "No such object, or one the caller may not see",
+    "409": "The object's current state does not allow this",
+    "413": "Request body too large",
+    "415": "Unsupported Content-Type",
+}
+UNSAFE = {"post", "put", "patch", "delete"}
+
+
+def error_statuses(method: str, operation: dict) -> list[str]:
+    statuses = ["401", "403", "404"]
+    has_body = "requestBody" in operation
+    has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
+    if has_body or has_query:
+        statuses.append("400")
+    if method in UNSAFE:
+        statuses.append("409")
+    if has_body:
+        statuses += ["413", "415"]
+    return statuses
+
+
+def document_errors(result, generator, request, public):
+    """drf-spectacular POSTPROCESSING_HOOKS entry."""
+    result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
+    ref = {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}
+    for path_item in result.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status in error_statuses(method, operation):
+                response = responses.setdefault(status, {"description": DESCRIPTIONS[status]})
+                content = response.setdefault("content", {})
+                content.setdefault("application/json", {}).setdefault("schema", ref)
+    return result
