@@ -71,3 +71,52 @@ def bearer(token: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     return client
+
+
+# --- Secret scan (tests/secret_scan.py): no API token or host credential in logs, audit events or API
+# responses, across the whole session; the last test (tests/zz_secret_scan) fails on any finding.
+
+SESSION_SCANNER = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "plants_secrets: the test leaks secrets on purpose; the session scan skips it")
+    config.addinivalue_line("markers", "secret_scan_final: the session's secret scan verdict; always runs last")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    final = [item for item in items if item.get_closest_marker("secret_scan_final")]
+    items[:] = [item for item in items if item not in final] + final
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_scanner():
+    global SESSION_SCANNER
+    from tests import secret_scan
+
+    secret_scan.install()
+    if SESSION_SCANNER is None:
+        SESSION_SCANNER = secret_scan.SecretScanner()
+        secret_scan.ACTIVE.append(SESSION_SCANNER)
+    return SESSION_SCANNER
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        if SESSION_SCANNER is not None:
+            SESSION_SCANNER.read_env_refs()  # while the test's own environment (monkeypatch) is still in place
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        if SESSION_SCANNER is not None:
+            if item.get_closest_marker("plants_secrets"):
+                SESSION_SCANNER.discard()
+            else:
+                SESSION_SCANNER.flush(item.nodeid)

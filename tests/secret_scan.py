@@ -1,0 +1,236 @@
+"""Secret scan across the whole pytest session: no API token or host credential value may leak into
+logs, audit events or API responses.
+
+How it works (installed by tests/conftest.py for every session):
+
+- Secrets are recorded as tests create them: every API token that passes through
+  `ApiToken.hash_token` (minted or presented; only values of the token format `mgr_<prefix>_<secret>`),
+  every host credential resolved by `governance.deployment.resolve_credentials` or handed to a host
+  adapter in a `ReleaseSpec`, and the values of environment variables that targets' `credentials_ref`
+  (env:VAR) name, read while the test that created the target still runs.
+- Outputs are captured per test: every log record (any logger, formatted with its traceback), every
+  API response body (streamed ones as they stream; the one response that legitimately shows a new
+  token, POST /api/v1/tokens/ -> 201, is kept without its `token` field), and the before/after/reason
+  JSON of every audit event written in this process.
+- At the end of each test the captured outputs are searched for every secret known so far, and
+  findings are kept. The session's last test (tests/zz_secret_scan) also searches the log files
+  under DATA_DIR and pytest's temporary directories, and fails naming each leak.
+
+Tests that plant leaks on purpose (the scanner's own tests) carry @pytest.mark.plants_secrets: the
+session scanner ignores what they capture.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN_FORMAT = re.compile(r"^mgr_[0-9a-f]{12}_[A-Za-z0-9_\-]{20,}$")
+MAX_CAPTURE_PER_TEST = 8 * 1024 * 1024  # bytes of response bodies kept per test (enough for every API page)
+ACTIVE: list[SecretScanner] = []
+_lock = threading.Lock()
+
+
+@dataclass
+class Finding:
+    secret_label: str
+    where: str
+    context: str
+
+    def __str__(self) -> str:
+        return f"{self.secret_label} found in {self.where}: ...{self.context}..."
+
+
+@dataclass
+class SecretScanner:
+    secrets: dict[str, str] = field(default_factory=dict)  # value -> label (never printed whole)
+    env_refs: set[str] = field(default_factory=set)
+    captured: list[tuple[str, str]] = field(default_factory=list)  # (where, text)
+    captured_bytes: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"tokens": 0, "credentials": 0, "responses": 0, "log_records": 0, "audit_events": 0}
+    )
+
+    # --- recording secrets
+    def add_secret(self, value: str | None, kind: str) -> None:
+        if not value or len(value) < 8 or value in self.secrets:
+            return
+        self.secrets[value] = f"{kind} {value[:8]}…"
+        self.stats["tokens" if kind == "API token" else "credentials"] += 1
+        if kind == "API token":  # the secret part alone is as bad as the whole token
+            self.secrets.setdefault(value.split("_", 2)[2], f"{kind} {value[:8]}… (its secret part)")
+
+    def read_env_refs(self) -> None:
+        for name in self.env_refs:
+            self.add_secret(os.environ.get(name), f"host credential (env {name})")
+
+    # --- capturing outputs
+    def capture(self, where: str, text: str, kind: str) -> None:
+        with _lock:
+            if self.captured_bytes > MAX_CAPTURE_PER_TEST:
+                return
+            self.captured.append((where, text))
+            self.captured_bytes += len(text)
+            self.stats[kind] += 1
+
+    def scan_text(self, where: str, text: str) -> list[Finding]:
+        found = []
+        for value, label in self.secrets.items():
+            at = text.find(value)
+            if at >= 0:
+                context = text[max(0, at - 60) : at].replace(value, "<secret>") + "<secret>"
+                found.append(Finding(label, where, context[-120:]))
+        return found
+
+    def flush(self, test_id: str = "") -> list[Finding]:
+        """Search everything captured since the last flush for every known secret; keep the findings."""
+        with _lock:
+            captured, self.captured, self.captured_bytes = self.captured, [], 0
+        found = []
+        for where, text in captured:
+            found += self.scan_text(f"{where} during {test_id}" if test_id else where, text)
+        self.findings += found
+        return found
+
+    def discard(self) -> None:
+        with _lock:
+            self.captured, self.captured_bytes = [], 0
+
+    def scan_files(self, roots: list[Path], suffixes=(".log", ".out", ".err")) -> list[Finding]:
+        found = []
+        for root in roots:
+            if not root.is_dir():
+                continue
+            for path in root.rglob("*"):
+                if path.suffix in suffixes and path.is_file() and path.stat().st_size < 50 * 1024 * 1024:
+                    found += self.scan_text(f"log file {path}", path.read_text(errors="replace"))
+        self.findings += found
+        return found
+
+
+# --- the hooks into the running code (observers: each calls the original and only records) ----------
+
+
+def _each(method: str, *args) -> None:
+    for scanner in list(ACTIVE):
+        getattr(scanner, method)(*args)
+
+
+class _CaptureLogs(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
+        except Exception:  # noqa: BLE001 - a record that can't format is the logging code's problem, not ours
+            return
+        _each("capture", f"log record ({record.name})", text, "log_records")
+
+
+def _response_text(request, response) -> str:
+    body = response.content.decode("utf-8", errors="replace")
+    if request.method == "POST" and request.path.rstrip("/").endswith("/api/v1/tokens") and response.status_code == 201:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        data.pop("token", None)  # shown once, on purpose: the only place a token may appear
+        return json.dumps(data)
+    return body
+
+
+def _tee(chunks, where: str):
+    for chunk in chunks:
+        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else str(chunk)
+        _each("capture", where, text, "responses")
+        yield chunk
+
+
+def install() -> None:
+    """Wrap the functions that see secrets and outputs. Idempotent."""
+    from django.core.handlers.base import BaseHandler
+    from django.db.models.signals import post_save
+
+    from accounts.models import ApiToken
+    from audit.models import AuditEvent
+    from governance import deployment
+    from governance.hosts import base as hosts_base
+    from governance.models import DeploymentTarget
+
+    if getattr(ApiToken.hash_token, "_secret_scan", False):
+        return
+
+    original_hash = ApiToken.hash_token
+
+    @functools.wraps(original_hash)
+    def hash_token(token: str) -> str:
+        if isinstance(token, str) and TOKEN_FORMAT.match(token):
+            _each("add_secret", token, "API token")
+        return original_hash(token)
+
+    hash_token._secret_scan = True
+    ApiToken.hash_token = staticmethod(hash_token)
+
+    original_resolve = deployment.resolve_credentials
+
+    @functools.wraps(original_resolve)
+    def resolve_credentials(ref: str):
+        value = original_resolve(ref)
+        _each("add_secret", value, f"host credential ({ref})")
+        return value
+
+    deployment.resolve_credentials = resolve_credentials
+
+    original_spec_init = hosts_base.ReleaseSpec.__init__
+
+    @functools.wraps(original_spec_init)
+    def spec_init(self, *args, **kwargs):
+        original_spec_init(self, *args, **kwargs)
+        _each("add_secret", getattr(self, "credentials", None), "host credential (release spec)")
+
+    hosts_base.ReleaseSpec.__init__ = spec_init
+
+    def target_saved(sender, instance, **kwargs):
+        kind, _, name = (instance.credentials_ref or "").partition(":")
+        if kind == "env" and name:
+            for scanner in list(ACTIVE):
+                scanner.env_refs.add(name)
+            _each("read_env_refs")
+
+    post_save.connect(target_saved, sender=DeploymentTarget, weak=False, dispatch_uid="secret-scan-target")
+
+    def audit_saved(sender, instance, created, **kwargs):
+        if created:
+            text = json.dumps([instance.before, instance.after, instance.reason], default=str)
+            _each("capture", f"audit event {instance.action}", text, "audit_events")
+
+    post_save.connect(audit_saved, sender=AuditEvent, weak=False, dispatch_uid="secret-scan-audit")
+
+    original_get_response = BaseHandler.get_response
+
+    @functools.wraps(original_get_response)
+    def get_response(self, request):
+        response = original_get_response(self, request)
+        if request.path.startswith("/api/"):
+            where = f"API response {request.method} {request.path} {response.status_code}"
+            if getattr(response, "streaming", False):
+                response.streaming_content = _tee(response.streaming_content, where)
+            else:
+                _each("capture", where, _response_text(request, response), "responses")
+        return response
+
+    BaseHandler.get_response = get_response
+
+    handler = _CaptureLogs(level=logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+
+
+def verdict(scanner: SecretScanner) -> None:
+    """Fail naming every distinct leak (never the secret itself)."""
+    findings = list(dict.fromkeys(str(f) for f in scanner.findings))
+    assert not findings, f"{len(findings)} leaks of API tokens or host credentials:\n" + "\n".join(findings[:50])
