@@ -16,6 +16,7 @@ Every client request must succeed (any connection error or non-200 answer counts
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import shutil
@@ -149,6 +150,170 @@ def run(rollbacks: int = 30, threads: int = 10) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --- through the product: rollback request over the API -> Celery worker -> adapter -> HAProxy ----
+
+
+def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
+    """Needs the Django environment of the bench database, gunicorn on `port` and a Celery worker on the
+    same broker (bench/run.py starts both). Sets up target `rollback` (self-hosted, this HAProxy), model
+    bench/rollback with two registry-stored versions, promotes and approves each (the worker deploys
+    them), then times `POST /api/v1/targets/rollback/rollback` until 100 % of new requests answer with the
+    previous version, ROLLBACKS times (after 2 unmeasured warm-up rollbacks), with THREADS clients sending
+    inference requests throughout."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from accounts import roles
+    from accounts import services as accounts
+    from governance import services as gov
+    from governance.models import DeploymentTarget, PromotionRequest
+    from registry import services as reg
+    from registry.storage import blob_store
+
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if not haproxy:
+        raise RuntimeError("haproxy is not installed: apt-get install -y haproxy socat")
+    work = Path(tempfile.mkdtemp(prefix="registry-bench-rollback-"))
+    fleet = HAProxyFleet(work / "haproxy", executable=haproxy)
+    config = fleet.host_config(state_dir=str(work / "state"), ready_timeout=60)
+    roles.ensure_roles()
+    User = get_user_model()
+    admin, _ = User.objects.get_or_create(
+        username="bench-rollback-admin", defaults={"is_superuser": True, "is_staff": True}
+    )
+    owner, _ = User.objects.get_or_create(username="bench-rollback-owner")
+    reviewer, _ = User.objects.get_or_create(username="bench-rollback-reviewer")
+    reviewer.groups.add(Group.objects.get(name=roles.REVIEWERS))
+    token = accounts.token_create(actor="bench", user=admin, name="rollback", scopes="read,deployments:write").plaintext
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def api(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            conn.close()
+
+    ok, errors = [0], []
+    stop = threading.Event()
+    lock = threading.Lock()
+    name = "rollback"
+
+    def infer_as(conn) -> str:
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": X}]})
+        conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+        return json.loads(payload)["model_version"]
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
+        while not stop.is_set():
+            try:
+                infer_as(conn)
+                with lock:
+                    ok[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                with lock:
+                    errors.append(f"{exc.__class__.__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
+        conn.close()
+
+    def wait_live(target, number: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            release = target.releases.filter(number=number).first()
+            if release is not None and release.state == "live":
+                return
+            if release is not None and release.state == "failed":
+                raise RuntimeError(f"release {number} failed: {release.reason}")
+            time.sleep(0.05)
+        raise RuntimeError(f"release {number} not live within {timeout} s")
+
+    fleet.start()
+    try:
+        target = DeploymentTarget.objects.filter(name="rollback").first() or gov.target_create(
+            actor=admin,
+            name="rollback",
+            kind="self_hosted",
+            stage="production",
+            config=config,
+            policy={"approvals_required": 1, "approver_groups": [roles.REVIEWERS], "requester_can_approve": False},
+        )
+        model = reg.model_create(actor=owner, namespace="bench", name=name)
+        store = blob_store()
+        for v in (1, 2):
+            path = write_linear_model(work / f"v{v}", WEIGHTS, BIAS[v])
+            data = path.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            store.put([data], expected_sha256=sha, expected_size=len(data))
+            content = reg.VersionContent(manifest={"files": [{"path": path.name, "size": len(data), "sha256": sha}]})
+            version, _ = reg.version_register(actor=owner, model=model, content=content)
+            request = gov.promotion_request(actor=owner, version=version, target=target)
+            gov.promotion_approve(actor=reviewer, request_id=request.pk)
+            assert PromotionRequest.objects.get(pk=request.pk).state == "approved"
+            wait_live(target, v)
+        workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        time.sleep(1.0)
+        timings, api_ms, serving = [], [], "2"
+        warmup = 2  # the first rollbacks after start-up pay for cold imports and caches: reported apart
+        for _ in range(rollbacks + warmup):
+            expect = "1" if serving == "2" else "2"
+            began = time.perf_counter()
+            status, body = api("POST", f"/api/v1/targets/{target.name}/rollback", {"reason": "bench rollback"})
+            api_ms.append((time.perf_counter() - began) * 1000)
+            if status != 202:
+                raise RuntimeError(f"rollback -> {status}: {body}")
+            deadline, streak = time.monotonic() + 30, 0
+            while streak < 4:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"traffic not on version {expect} within 30 s of the rollback request")
+                probe = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
+                streak = streak + 1 if infer_as(probe) == expect else 0
+                probe.close()
+            timings.append(time.perf_counter() - began)
+            wait_live(target, body["number"])
+            serving = expect
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stop.set()
+        for w in workers:
+            w.join(15)
+        warm, timings, api_ms = timings[:warmup], timings[warmup:], api_ms[warmup:]
+        return {
+            "path": "POST /api/v1/targets/rollback/rollback -> Celery worker -> SelfHostedHost -> HAProxy",
+            "rollbacks": rollbacks,
+            "client_threads": threads,
+            "p50_ms": _pct(timings, 50) * 1000,
+            "p95_ms": _pct(timings, 95) * 1000,
+            "max_ms": max(timings) * 1000,
+            "warmup_ms": [round(t * 1000, 1) for t in warm],
+            "all_ms": [round(t * 1000, 1) for t in timings],
+            "api_request_p50_ms": _pct(api_ms, 50),
+            "client_requests_ok": ok[0],
+            "client_requests_failed": len(errors),
+            "failures": errors[:5],
+        }
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            self_hosted.SelfHostedHost().shutdown(config)
+        fleet.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
-    print(json.dumps(run(*args)))
+    if sys.argv[1:2] == ["product"]:
+        print(json.dumps(product(*[int(a) for a in sys.argv[2:]])))
+    else:
+        print(json.dumps(run(*[int(a) for a in sys.argv[1:]])))
