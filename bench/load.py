@@ -13,6 +13,7 @@ waits for the answer, and repeats until the time is up (closed loop, no think ti
     resolve the alias `champion`             30 %   GET  /api/v1/models/bench/load/aliases/champion
     list versions, metric filter             25 %   GET  /api/v1/models/bench/load/versions/?metric=auc>=0.8
     lineage graph, upstream depth 20         15 %   GET  /api/v1/lineage/graph?nodeId=model:bench/load:N
+                                                     (N among the 50 versions whose training run was ingested)
     approve a pending promotion (reviewer)   10 %   POST /api/v1/promotions/{id}/approve          -> 200
 
 Any other status, a timeout or a connection error is an error; the run must have none. Prints JSON:
@@ -43,7 +44,7 @@ def _pct(values: list[float], p: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
-def registration(run_id: str) -> dict:
+def registration() -> dict:
     key = uuid.uuid4().hex
     files = [
         {"path": "config.json", "size": 712, "sha256": uuid.uuid4().hex * 2},
@@ -57,7 +58,7 @@ def registration(run_id: str) -> dict:
         "params": {"learning_rate": 3e-5, "epochs": 3},
         "metrics": {"auc": round(random.uniform(0.5, 1.0), 4)},  # noqa: S311
         "source": {"repository": "https://github.com/example/classifier", "commit": key[:40], "branch": "main"},
-        "run_id": run_id,
+        "run_id": str(uuid.uuid4()),  # each version names its own training run
         "tags": {"stage": "dev"},
     }
 
@@ -81,7 +82,7 @@ async def main(cfg: dict) -> dict:
             action = "resolve alias"
             fallback[0] += 1
         if action == "register":
-            req = client.post(f"{model}/versions/", json=registration(cfg["run_id"]), headers=owner)
+            req = client.post(f"{model}/versions/", json=registration(), headers=owner)
             ok = (201,)
         elif action == "resolve alias":
             req, ok = client.get(f"{model}/aliases/champion", headers=owner), (200,)

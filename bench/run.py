@@ -60,6 +60,7 @@ DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
 # consumes them; it is flushed at the end), never to the one other sessions' workers listen on.
 BROKER_DB = 13
 BROKER_URL = f"redis://127.0.0.1:6379/{BROKER_DB}"
+LINEAGE_VERSIONS = 50  # load test: versions with an ingested training run, where lineage queries start
 ALL_BENCHMARKS = ("registration", "reads", "lineage", "audit", "review", "rollback", "load")
 NAMESPACE = "bench"
 REG_MODEL = "reg"  # registration target (starts empty)
@@ -659,11 +660,10 @@ KEY_FRAMES = [
     ("connection health check (SELECT 1 per request)", "is_usable", "django/db/backends/postgresql/base.py"),
     ("token authentication", "authenticate", "accounts/authentication.py"),
     ("object permission checks (access.require)", "require", "accounts/access.py"),
-    ("  guardian ObjectPermissionBackend", "has_perm", "guardian/backends.py"),
-    ("  ModelBackend model-wide perms", "get_all_permissions", "django/contrib/auth/backends.py"),
+    ("  the one permission query (access.held_codenames)", "held_codenames", "accounts/access.py"),
     ("input validation (serializer is_valid)", "is_valid", "rest_framework/serializers.py"),
     ("version_register (service, incl. its SQL)", "version_register", "registry/services.py"),
-    ("  lock model row (select_for_update().get)", "get", "django/db/models/query.py"),
+    ("  lock model row and bump its number (UPDATE ... RETURNING)", "_next_number", "registry/services.py"),
     ("  audit record (chain head lock, insert, update)", "record", "audit/services.py"),
     ("output serialization (serializer .data)", "data", "rest_framework/serializers.py"),
     ("SQL compilation (ORM as_sql)", "as_sql", "django/db/models/sql/compiler.py"),
@@ -853,7 +853,7 @@ def start_worker(env: dict, work_dir: Path) -> subprocess.Popen:
     celery = str(VENV_BIN / "celery") if (VENV_BIN / "celery").exists() else "celery"
     cmd = [celery, "-A", "config", "worker", "-P", "solo", "-l", "info", "-n", f"bench-{os.getpid()}@%h"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    log = (RESULTS / "celery.log").open("wb")
+    log = (work_dir / "celery.log").open("wb")
     return spawn(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -971,35 +971,43 @@ def load_setup(env: dict, port: int, pool: int, rng) -> dict:
         },
         expect=(201,),
     )
-    # lineage: raw -> prep -> features -> train -> model files; every version names the training run
-    prep, train = str(uuid_mod.uuid4()), str(uuid_mod.uuid4())
+    # lineage: raw -> prep -> features; features + labels -> train_i -> model-files-i -> version i (one training run
+    # per version, as CI does). The graph queries start at these versions.
+    prep = str(uuid_mod.uuid4())
     api.once(
         "POST",
         "/api/v1/lineage",
         ol_event(prep, "prep", ["raw/clicks", "raw/accounts"], ["features"]),
         expect=(200, 201),
     )
-    api.once(
-        "POST", "/api/v1/lineage", ol_event(train, "train", ["features", "labels"], ["model-files"]), expect=(200, 201)
-    )
     base = f"/api/v1/models/{NAMESPACE}/load"
 
-    def body(i: int) -> bytes:
+    def body(i: int, run_id: str) -> bytes:
         payload = json.loads(registration_body("load-pool", i, rng))
-        payload["run_id"] = train
+        payload["run_id"] = run_id
         return json.dumps(payload).encode()
 
+    for i in range(LINEAGE_VERSIONS):
+        train = str(uuid_mod.uuid4())
+        event = ol_event(train, "train", ["features", "labels"], [f"model-files-{i}"])
+        api.once("POST", "/api/v1/lineage", event, expect=(200, 201))
+        api.once("POST", f"{base}/versions/", json.loads(body(i, train)), expect=(201,))
+    # the pool of versions to promote: each names its own (not ingested) training run
     per = -(-pool // 8)
-    run_load(
-        api, [[("POST", f"{base}/versions/", body(c * per + i)) for i in range(per)] for c in range(8)], expect=201
-    )
+    work = [
+        [("POST", f"{base}/versions/", body(LINEAGE_VERSIONS + c * per + i, str(uuid_mod.uuid4()))) for i in range(per)]
+        for c in range(8)
+    ]
+    run_load(api, work, expect=201)
     api.once("PUT", f"{base}/aliases/champion", {"version": 1})
     promote = [
         [
             (
                 "POST",
                 "/api/v1/promotions/",
-                json.dumps({"model": f"{NAMESPACE}/load", "version": c * per + i + 1, "target": "load"}).encode(),
+                json.dumps(
+                    {"model": f"{NAMESPACE}/load", "version": LINEAGE_VERSIONS + c * per + i + 1, "target": "load"}
+                ).encode(),
             )
             for i in range(per)
         ]
@@ -1017,9 +1025,8 @@ def load_setup(env: dict, port: int, pool: int, rng) -> dict:
     return {
         "owner_token": owner,
         "reviewer_token": reviewer,
-        "run_id": train,
         "promotion_ids": ids,
-        "lineage_versions": list(range(1, 8 * per + 1)),
+        "lineage_versions": list(range(1, LINEAGE_VERSIONS + 1)),
         "model": f"{NAMESPACE}/load",
     }
 
