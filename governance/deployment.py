@@ -8,6 +8,7 @@ records the outcome. Host calls happen outside database transactions; every stat
 that the desired release is still the one it worked on.
 """
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,8 +26,9 @@ from audit.services import record
 from core.errors import Conflict, InvalidInput
 from governance.choices import ReleaseState
 from governance.hosts import HOSTS
-from governance.hosts.base import HostError, HostStatus, ReleaseSpec
+from governance.hosts.base import Health, HostError, HostStatus, ReleaseSpec
 from governance.models import DeploymentTarget, PromotionRequest, Release, ServingPeriod
+from governance.rollout import Rollout, judge, plan
 from registry.storage import CHUNK, blob_store
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,9 @@ def materialize(release: Release) -> str:
     return str(root)
 
 
-def _spec(target: DeploymentTarget, release: Release, credentials: str | None) -> ReleaseSpec:
+def _spec(
+    target: DeploymentTarget, release: Release, credentials: str | None, traffic: dict[int, int] | None = None
+) -> ReleaseSpec:
     version = release.version
     _, _, pinned = version.artifact_uri.partition("@")
     return ReleaseSpec(
@@ -236,6 +240,7 @@ def _spec(target: DeploymentTarget, release: Release, credentials: str | None) -
         files=tuple(version.manifest["files"]),
         artifact_dir=materialize(release) if target.kind == "self_hosted" else None,
         host_revision=version.tags.get("host_revision") or (pinned if not pinned.startswith("sha256:") else ""),
+        traffic=tuple(sorted((traffic or {}).items())),
     )
 
 
@@ -280,10 +285,11 @@ def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release
         ServingPeriod.objects.filter(target=target, ended_at__isnull=True).update(ended_at=now)
         ServingPeriod.objects.create(target=target, release=release, started_at=now)
         release.state = ReleaseState.LIVE
+        release.traffic_percent = 100
         release.live_at = now
         release.endpoint_url = status.endpoint_url or release.endpoint_url
         release.host_release_id = host_release_id or release.host_release_id
-        release.save(update_fields=["state", "live_at", "endpoint_url", "host_release_id"])
+        release.save(update_fields=["state", "traffic_percent", "live_at", "endpoint_url", "host_release_id"])
         target.last_good_release = release
         target.save(update_fields=["last_good_release"])
         record(
@@ -360,6 +366,10 @@ def reconcile(target_id: int, *, owner: str) -> str:
                 Release.objects.filter(pk=release.pk).update(state=ReleaseState.DEPLOYING)
         elif not _mark_deploying(target.pk, release.pk):
             return "idle"
+        else:
+            canary = _canary_plan(target, release, status)
+            if canary is not None:
+                return _canary_step(target, release, canary, host, credentials, status)
         result = host.deploy(_spec(target, release, credentials))
         Release.objects.filter(pk=release.pk).update(
             host_release_id=result.host_release_id, endpoint_url=result.endpoint_url
@@ -373,6 +383,83 @@ def reconcile(target_id: int, *, owner: str) -> str:
         return "deploying"
     finally:
         _unclaim(target_id, owner)
+
+
+# --- canary steps -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Canary:
+    rollout: Rollout
+    beside: Release  # the release serving the rest of the traffic
+
+
+def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus) -> Canary | None:
+    """Canary steps apply when the target declares them and its last good release still takes traffic."""
+    rollout = plan(target.rollout)
+    if rollout is None or not {"traffic_split", "health"} <= HOSTS[target.kind].capabilities:
+        return None
+    beside = target.last_good_release
+    serving = {s.release_number for s in status.serving if s.traffic_percent > 0}
+    if beside is None or beside.pk == release.pk or beside.number not in serving:
+        return None
+    return Canary(rollout, beside)
+
+
+def _canary_step(target, release: Release, canary: Canary, host, credentials, status: HostStatus) -> str:
+    """Hold, advance or abort the release's canary step. The step lives on the release row, so any worker resumes it."""
+    split = {s.release_number: s.traffic_percent for s in status.serving}
+    percent = release.traffic_percent if release.step_started_at else canary.rollout.steps[0]
+    if release.step_started_at is None or split.get(release.number, 0) != percent:
+        # Start the first step, or re-apply the current one (a worker died mid-step, or the host lost it).
+        result = host.deploy(
+            _spec(target, release, credentials, {release.number: percent, canary.beside.number: 100 - percent})
+        )
+        _begin_step(target, release, percent, host.health(target.config, credentials, release.number), result)
+        return "deploying"
+    held = (timezone.now() - release.step_started_at).total_seconds()
+    health = host.health(target.config, credentials, release.number)
+    verdict, why = judge(canary.rollout, percent, Health(**release.step_baseline), health, held)
+    if verdict == "wait":
+        return "deploying"
+    if verdict == "fail":
+        host.set_traffic(target.config, credentials, {canary.beside.number: 100})
+        release_fail(target_id=target.pk, reason=why)
+        return "failed"
+    after = canary.rollout.next_step(percent)
+    if after < 100:
+        host.set_traffic(target.config, credentials, {release.number: after, canary.beside.number: 100 - after})
+        _begin_step(target, release, after, host.health(target.config, credentials, release.number), None, why)
+        return "deploying"
+    host.set_traffic(target.config, credentials, {release.number: 100})
+    status = host.status(target.config, credentials)
+    if _serving_number(status, target) == release.number:
+        _mark_live(target.pk, release.pk, status)
+        return "converged"
+    return "deploying"
+
+
+def _begin_step(target, release: Release, percent: int, baseline: Health, result, passed: str = "") -> None:
+    with transaction.atomic():
+        target = DeploymentTarget.objects.select_for_update().get(pk=target.pk)
+        release = Release.objects.select_for_update().get(pk=release.pk)
+        if target.desired_release_id != release.pk or release.state != ReleaseState.DEPLOYING:
+            return
+        release.traffic_percent = percent
+        release.step_started_at = timezone.now()
+        release.step_baseline = dataclasses.asdict(baseline)
+        fields = ["traffic_percent", "step_started_at", "step_baseline"]
+        if result is not None:
+            release.host_release_id, release.endpoint_url = result.host_release_id, result.endpoint_url
+            fields += ["host_release_id", "endpoint_url"]
+        release.save(update_fields=fields)
+        record(
+            action="release.canary_step",
+            subject=release,
+            actor=SYSTEM,
+            reason=passed,
+            after={"target": target.name, "number": release.number, "traffic_percent": percent},
+        )
 
 
 def targets_to_reconcile() -> list[int]:

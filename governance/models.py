@@ -15,6 +15,8 @@ class DeploymentTarget(models.Model):
     config = models.JSONField(default=dict)
     # "env:VAR_NAME" or "secret:name": where the worker finds the credential, never the value.
     credentials_ref = models.CharField(max_length=200, blank=True)
+    # Canary steps for hosts that split traffic (governance.rollout); {} = all traffic at once.
+    rollout = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -128,6 +130,9 @@ class Release(models.Model):
     )
     state = models.CharField(max_length=20, choices=ReleaseState.choices, default=ReleaseState.PENDING)
     traffic_percent = models.PositiveSmallIntegerField(default=100)
+    # A canary step in progress: when the release took `traffic_percent`, and the host's counters then.
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    step_baseline = models.JSONField(null=True, blank=True)
     endpoint_url = models.CharField(max_length=500, blank=True)
     host_release_id = models.CharField(max_length=200, blank=True)
     reason = models.TextField(blank=True)

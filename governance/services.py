@@ -22,6 +22,7 @@ from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
 from governance.hosts import HOSTS
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
 from governance.policy import failing, parse_rules
+from governance.rollout import parse_rollout
 from registry.models import ModelVersion, RegisteredModel
 from registry.services import _validate_slug
 
@@ -53,12 +54,14 @@ def target_create(
     policy: dict,
     credentials_ref: str = "",
     description: str = "",
+    rollout: dict | None = None,
 ) -> DeploymentTarget:
     _validate_slug(name, "name")
     _validate_slug(stage, "stage")
     if kind not in HOSTS:
         raise InvalidInput(f"kind '{kind}' is not one of {', '.join(HOSTS)}.", detail={"kind": ["Unknown kind."]})
     config = HOSTS[kind].validate_config(config)
+    rollout = parse_rollout(rollout, capabilities=HOSTS[kind].capabilities, kind=kind)
     if credentials_ref and not CREDENTIALS_REF.match(credentials_ref):
         raise InvalidInput(
             "credentials_ref must name where the credential lives, as env:VAR_NAME or secret:name — "
@@ -74,6 +77,7 @@ def target_create(
                 stage=stage,
                 config=config,
                 credentials_ref=credentials_ref,
+                rollout=rollout,
                 description=description,
                 created_by=actor,
             )
@@ -90,6 +94,7 @@ def target_create(
                     "stage": stage,
                     "config": config,
                     "credentials_ref": credentials_ref,
+                    "rollout": rollout,
                     "policy": {"version": 1, "rules": rules},
                 },
             )

@@ -17,6 +17,12 @@ class TargetCreateInput(StrictSerializer):
         help_text="where the worker finds the credential: env:VAR_NAME or secret:name (never the value)",
     )
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    rollout = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="canary steps, for hosts that split traffic: {steps: [10, 50, 100], step_seconds, "
+        "max_error_rate, max_latency_ms?, min_requests}; omitted: each release takes all traffic at once",
+    )
     policy = serializers.DictField(
         required=False,
         default=dict,
@@ -58,6 +64,7 @@ class TargetOutput(serializers.Serializer):
     stage = serializers.CharField()
     config = serializers.DictField()
     credentials_ref = serializers.CharField()
+    rollout = serializers.DictField()
     description = serializers.CharField()
     capabilities = serializers.ListField(child=serializers.CharField())
     policy = PolicyOutput()

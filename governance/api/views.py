@@ -20,6 +20,7 @@ def target_view(target: DeploymentTarget) -> dict:
         "stage": target.stage,
         "config": target.config,
         "credentials_ref": target.credentials_ref,
+        "rollout": target.rollout,
         "description": target.description,
         "capabilities": sorted(HOSTS[target.kind].capabilities),
         "policy": selectors.current_policy(target=target),

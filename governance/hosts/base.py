@@ -32,6 +32,9 @@ class ReleaseSpec:
     files: tuple[dict, ...] = ()  # the manifest's files
     artifact_dir: str | None = None  # a local directory holding the files (self-hosted), if materialized
     host_revision: str = ""  # host-specific pointer to the artifact (HF repo commit, Replicate version id, …)
+    # The traffic split to apply once the release is ready, as (release number, percent) pairs: a canary
+    # step beside the serving release. Empty: this release takes all the traffic.
+    traffic: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class HostStatus:
 
 
 @dataclass(frozen=True)
+class Health:
+    """One release's cumulative request and error counters as the host counts them, and its latency."""
+
+    requests: int
+    errors: int  # 5xx answers and failed responses
+    latency_ms: float | None = None  # the host's recent average response time
+    up: bool = True  # the host's own health check passes
+
+
+@dataclass(frozen=True)
 class DeployResult:
     host_release_id: str
     endpoint_url: str = ""
@@ -59,7 +72,7 @@ class DeployResult:
 
 
 class Host(Protocol):
-    capabilities: frozenset[str]  # subset of {"deploy", "rollback", "traffic_split"}
+    capabilities: frozenset[str]  # subset of {"deploy", "rollback", "traffic_split", "health"}
 
     def deploy(self, spec: ReleaseSpec) -> DeployResult:
         """Make the host serve `spec` (100% of traffic unless the host splits). Idempotent."""
@@ -69,3 +82,6 @@ class Host(Protocol):
 
     def set_traffic(self, config: dict, credentials: str | None, split: dict[int, int]) -> None:
         """Shift traffic between releases by release number ({3: 90, 4: 10}); only with "traffic_split"."""
+
+    def health(self, config: dict, credentials: str | None, release_number: int) -> Health:
+        """Counters for one release (canary gates); only with "health"."""

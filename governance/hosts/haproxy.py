@@ -196,8 +196,8 @@ class RuntimeAPI:
             )
         return result
 
-    def sessions(self, backend: str) -> dict[str, int]:
-        """Current sessions (requests in flight or connections held) per server, from `show stat`."""
+    def stats(self, backend: str) -> dict[str, dict[str, str]]:
+        """`show stat` rows of the backend's servers, by server name (counters as HAProxy spells them)."""
         reply = self.execute(f"show stat {backend} 4 -1")
         lines = reply.splitlines()
         if not lines or not lines[0].startswith("# "):
@@ -209,8 +209,12 @@ class RuntimeAPI:
                 continue
             row = dict(zip(columns, line.split(","), strict=False))
             if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND"):
-                result[row["svname"]] = int(row.get("scur") or 0)
+                result[row["svname"]] = row
         return result
+
+    def sessions(self, backend: str) -> dict[str, int]:
+        """Current sessions (requests in flight or connections held) per server."""
+        return {name: int(row.get("scur") or 0) for name, row in self.stats(backend).items()}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

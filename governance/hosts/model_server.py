@@ -164,8 +164,9 @@ class OnnxModel:
                 raise RequestError(400, f"unknown outputs {unknown}")
         try:
             results = self.session.run(wanted, feed)
-        except Exception as exc:  # onnxruntime raises its own exception types for bad shapes
-            raise RequestError(400, f"inference failed: {exc}") from exc
+        except Exception as exc:  # onnxruntime: InvalidArgument is the request's fault, the rest the model's
+            client_fault = exc.__class__.__name__ == "InvalidArgument"
+            raise RequestError(400 if client_fault else 500, f"inference failed: {exc}") from exc
         names = wanted or [meta["name"] for meta in self.outputs]
         outputs = []
         for out_name, value in zip(names, results, strict=True):

@@ -37,12 +37,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from core.errors import InvalidInput  # the one error hierarchy (plain Python, no Django)
-from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving
+from governance.hosts.base import DeployResult, Health, HostError, HostStatus, ReleaseSpec, Serving
 from governance.hosts.config import check_fields
 from governance.hosts.haproxy import RuntimeAPI, ServerState, free_port, parse_address
 
 KIND = "self_hosted"
-CAPABILITIES = frozenset({"deploy", "rollback", "traffic_split"})
+CAPABILITIES = frozenset({"deploy", "rollback", "traffic_split", "health"})
 
 log = logging.getLogger(__name__)
 
@@ -341,13 +341,16 @@ class SelfHostedHost:
             record = self._ensure_process(settings, state, records, spec, model_name)
             ready_at = time.monotonic()
             slot = self._ensure_slot(api, settings, state, records, servers, record)
-            self._shift(api, settings, state, records, {record.release: 100})
+            split = _check_split(dict(spec.traffic)) if spec.traffic else {record.release: 100}
+            self._check_receivers(api, settings, records, split)
+            self._shift(api, settings, state, records, split)
             switched_at = time.monotonic()
             self._retire(api, settings, state, records)
         log.info(
-            "self-hosted %s: release %s serves 100%% via %s/%s (process ready %.3fs, switched %.3fs after start)",
+            "self-hosted %s: release %s serves %s%% via %s/%s (process ready %.3fs, switched %.3fs after start)",
             spec.target,
             record.release,
+            split.get(record.release, 0),
             settings.backend,
             slot,
             ready_at - started,
@@ -741,20 +744,48 @@ class SelfHostedHost:
         state = State(settings.state_dir)
         with state.locked():
             records = state.load()
-            servers = self._servers(api, settings)
-            for number, percent in split.items():
-                if percent == 0:
-                    continue
-                record = records.get(number)
-                if record is None or not process_alive(record) or not record.slot:
-                    raise HostError(f"release {number} is not running on this host: deploy it first", retryable=False)
-                server = servers.get(record.slot)
-                if server is None or server.port != record.port or server.maint or not server.up:
-                    raise HostError(
-                        f"release {number}'s slot {record.slot} is not healthy in HAProxy; deploy it again",
-                        retryable=False,
-                    )
+            self._check_receivers(api, settings, records, split)
             self._shift(api, settings, state, records, split)
+
+    def _check_receivers(self, api: RuntimeAPI, settings: Settings, records: dict[int, Record], split: dict) -> None:
+        """Every release given traffic runs and is healthy in HAProxy."""
+        servers = self._servers(api, settings)
+        for number, percent in split.items():
+            if percent == 0:
+                continue
+            record = records.get(number)
+            if record is None or not process_alive(record) or not record.slot:
+                raise HostError(f"release {number} is not running on this host: deploy it first", retryable=False)
+            server = servers.get(record.slot)
+            if server is None or server.port != record.port or server.maint or not server.up:
+                raise HostError(
+                    f"release {number}'s slot {record.slot} is not healthy in HAProxy; deploy it again",
+                    retryable=False,
+                )
+
+    # ----- health ------------------------------------------------------------------------------
+
+    def health(self, config: dict, credentials: str | None, release_number: int) -> Health:
+        """HAProxy's counters for the release's slot: answers, 5xx and failed responses, average time."""
+        settings = Settings.of(config)
+        record = State(settings.state_dir).load().get(release_number)
+        if record is None or not record.slot:
+            raise HostError(f"release {release_number} is not running on this host", retryable=False)
+        row = RuntimeAPI(settings.admin).stats(settings.backend).get(record.slot)
+        if row is None:
+            raise HostError(f"HAProxy has no slot {settings.backend}/{record.slot}", retryable=True)
+
+        def count(*names: str) -> int:
+            return sum(int(row.get(name) or 0) for name in names)
+
+        answers = count("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+        failed = count("eresp")  # the server broke the response off
+        return Health(
+            requests=answers + failed,
+            errors=count("hrsp_5xx") + failed,
+            latency_ms=float(row["rtime"]) if row.get("rtime") else None,
+            up=row.get("status", "").startswith(("UP", "DRAIN", "NOLB")),
+        )
 
     # ----- teardown (tests, demo, decommissioning a target) --------------------------------------
 
