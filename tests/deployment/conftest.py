@@ -5,6 +5,7 @@ from the web process, the worker converges the hosts. Hosts are a real HAProxy w
 (self-hosted) or the local Replicate server driven through the official client.
 """
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import httpx
 import pytest
 
 from accounts import roles, scopes, services
+from governance.hosts.haproxy import HAProxyFleet
+from governance.hosts.self_hosted import SelfHostedHost
 from tests import processes
 
 
@@ -92,3 +95,25 @@ def haproxy_binary() -> str:
     if not found:
         pytest.fail("haproxy is not installed: apt-get install -y haproxy (scripts/dev.py test does it)")
     return found
+
+
+@pytest.fixture
+def fleet(haproxy_binary, tmp_path):
+    fleet = HAProxyFleet(tmp_path / "haproxy", executable=haproxy_binary)
+    fleet.start()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture
+def stack(users, tmp_path, fleet):
+    stack = make_stack(users, tmp_path)
+    config = fleet.host_config(state_dir=str(tmp_path / "serving"), ready_timeout=60)
+    try:
+        yield stack, config
+    finally:
+        with contextlib.suppress(Exception):
+            SelfHostedHost().shutdown(config)  # model servers the worker started
+        stop_stack(stack)

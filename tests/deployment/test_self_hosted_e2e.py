@@ -6,7 +6,6 @@ the artifacts, starts KServe v2 model servers and moves HAProxy weights through 
 threads send inference requests through HAProxy the whole time; not one may fail.
 """
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,10 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from governance.hosts.demo_model import write_linear_model
-from governance.hosts.haproxy import HAProxyFleet
-from governance.hosts.self_hosted import SelfHostedHost
 from tests import processes
-from tests.deployment.conftest import make_stack, stop_stack
 from tests.hosts.test_self_hosted import BIAS, NAME, WEIGHTS, Traffic, versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -29,31 +25,9 @@ MODEL = f"acme/{NAME}"
 TARGET = "prod-local"
 
 
-@pytest.fixture
-def fleet(haproxy_binary, tmp_path):
-    fleet = HAProxyFleet(tmp_path / "haproxy", executable=haproxy_binary)
-    fleet.start()
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
-@pytest.fixture
-def stack(users, tmp_path, fleet):
-    stack = make_stack(users, tmp_path)
-    config = fleet.host_config(state_dir=str(tmp_path / "serving"), ready_timeout=60)
-    try:
-        yield stack, config
-    finally:
-        with contextlib.suppress(Exception):
-            SelfHostedHost().shutdown(config)  # model servers the worker started
-        stop_stack(stack)
-
-
-def register_with_cli(stack, tmp_path, version: int) -> dict:
+def register_with_cli(stack, tmp_path, version: int, model_dir=None) -> dict:
     """What a CI pipeline does: registry-cli hashes, uploads and registers the model directory."""
-    model_dir = write_linear_model(tmp_path / f"model-v{version}", WEIGHTS, BIAS[version]).parent
+    model_dir = model_dir or write_linear_model(tmp_path / f"model-v{version}", WEIGHTS, BIAS[version]).parent
     metrics = tmp_path / f"metrics-v{version}.json"
     metrics.write_text(json.dumps({"mse": 0.1 / version}))
     result = subprocess.run(
@@ -99,8 +73,7 @@ def wait_live(stack, number: int, timeout: float = 90) -> dict:
         raise AssertionError(f"{exc}\n{stack.logs()}") from None
 
 
-def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traffic(stack, fleet, tmp_path):
-    stack, config = stack
+def create_target(stack, config, **extra) -> None:
     with stack.api("owner") as owner:
         assert owner.post("/models/", json={"namespace": "acme", "name": NAME}).status_code == 201
     with stack.api("admin") as admin:
@@ -112,9 +85,15 @@ def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traf
                 "stage": "production",
                 "config": config,
                 "policy": {"approvals_required": 1, "approver_groups": ["reviewers"]},
+                **extra,
             },
         )
         assert created.status_code == 201, created.text
+
+
+def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traffic(stack, fleet, tmp_path):
+    stack, config = stack
+    create_target(stack, config)
     v1, v2 = register_with_cli(stack, tmp_path, 1), register_with_cli(stack, tmp_path, 2)
     assert (v1["number"], v2["number"]) == (1, 2)
 

@@ -581,7 +581,7 @@ def test_validate_config_is_strict():
 def test_registry_hands_out_the_adapter():
     adapter = HOSTS["self_hosted"].adapter()
     assert isinstance(adapter, SelfHostedHost)
-    assert adapter.capabilities == {"deploy", "rollback", "traffic_split"}
+    assert adapter.capabilities == {"deploy", "rollback", "traffic_split", "health"}
 
 
 def test_host_modules_import_no_django():
