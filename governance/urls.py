@@ -9,4 +9,5 @@ urlpatterns = [
     path("promotions/<int:pk>/cancel/", views.promotion_cancel, name="ui-promotion-cancel"),
     path("targets/", views.target_list, name="ui-targets"),
     path("targets/<str:name>/", views.target_detail, name="ui-target"),
+    path("targets/<str:name>/rollback/", views.target_rollback, name="ui-target-rollback"),
 ]

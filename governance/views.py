@@ -12,8 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from accounts import access
 from core.errors import DomainError
-from governance import presenters, selectors, services, ui_compare, ui_selectors
+from governance import deployment, presenters, selectors, services, ui_compare, ui_selectors
 from governance.choices import Decision, PromotionState
 from governance.policy import failing
 from registry import selectors as registry_selectors
@@ -220,5 +221,31 @@ def target_detail(request, name: str):
             "policy": policy,
             "rules": selectors.rules_of(policy),
             "pending_page": pending_page,
+            "may_roll_back": access.has_perm(request.user, "deploy_deploymenttarget", target),
+            "roll_back_to": deployment.previous_good(target),
         },
     )
+
+
+@login_required
+@require_POST
+def target_rollback(request, name: str):
+    """The rollback button: same service, permission and audit as POST /api/v1/targets/{name}/rollback."""
+    target = selectors.targets_visible(user=request.user).filter(name=name).first()
+    if target is None:
+        return not_found(request, f"target {name}")
+    if not access.has_perm(request.user, "deploy_deploymenttarget", target):
+        messages.error(request, f"You may not roll back {name}: that needs the deploy permission on the target.")
+        return redirect("ui-target", name=name)
+    try:
+        release = deployment.deployment_rollback(
+            actor=request.user, target=target, reason=request.POST.get("reason", "")
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Rolling back: release {release.number} ({release.version}) is desired again; the worker moves traffic.",
+        )
+    return redirect("ui-target", name=name)

@@ -79,3 +79,50 @@ def test_rollback_to_previous_serving_release(world):
     assert served["release"]["number"] == 1
     before = (now - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert world["auditor"].client().get(f"/api/v1/targets/prod/served-at?at={before}").json()["release"] is None
+
+
+def _two_serving_releases(world):
+    from registry.models import ModelVersion
+
+    target = DeploymentTarget.objects.get(name="prod")
+    v1 = ModelVersion.objects.get(number=1)
+    now = timezone.now()
+    r1 = Release.objects.create(
+        target=target, version=v1, number=1, state="superseded", live_at=now - timedelta(hours=2)
+    )
+    r2 = Release.objects.create(target=target, version=v1, number=2, state="live", live_at=now - timedelta(hours=1))
+    ServingPeriod.objects.create(
+        target=target, release=r1, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
+    )
+    ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
+    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
+    return target, r1
+
+
+def test_ui_rollback_button_uses_the_same_rule_permission_and_audit(world, client):
+    target, r1 = _two_serving_releases(world)
+    client.force_login(world["reviewer"].user)  # may view the target, may not deploy
+    page = client.get("/targets/prod/")
+    assert page.status_code == 200 and b"Roll back to release" not in page.content
+    refused = client.post("/targets/prod/rollback/", {"reason": "errors"}, follow=True)
+    assert b"You may not roll back prod" in refused.content
+    target.refresh_from_db()
+    assert target.desired_release.number == 2
+
+    client.force_login(world["admin"].user)
+    page = client.get("/targets/prod/")
+    assert b"Roll back to release 1" in page.content
+    no_reason = client.post("/targets/prod/rollback/", {"reason": "  "}, follow=True)
+    assert b"A rollback needs a reason." in no_reason.content
+    done = client.post("/targets/prod/rollback/", {"reason": "p95 doubled"}, follow=True)
+    assert b"Rolling back: release 1" in done.content
+    target.refresh_from_db()
+    assert target.desired_release_id == r1.pk
+    event = AuditEvent.objects.get(action="release.rolled_back")
+    assert (event.reason, event.actor_username) == ("p95 doubled", "admin")
+
+
+def test_ui_rollback_of_a_hidden_target_is_a_404(world, client):
+    _two_serving_releases(world)
+    client.force_login(world["outsider"].user)
+    assert client.post("/targets/prod/rollback/", {"reason": "x"}).status_code == 404
