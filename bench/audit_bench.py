@@ -24,19 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+from stats import pct  # bench/stats.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audit import chain  # noqa: E402 - stdlib only, no Django
-
-
-def _pct(values: list[float], p: float) -> float:
-    data = sorted(values)
-    k = (len(data) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
-
 
 # --- append: 8 concurrent writers, in-process ---------------------------------------------------
 
@@ -97,9 +90,9 @@ def append(writers: int, per_writer: int) -> dict:
         "seq_advanced": end_seq - start_seq,
         "wall_s": wall,
         "events_per_s": len(all_ms) / wall,
-        "p50_ms": _pct(all_ms, 50),
-        "p95_ms": _pct(all_ms, 95),
-        "p99_ms": _pct(all_ms, 99),
+        "p50_ms": pct(all_ms, 50),
+        "p95_ms": pct(all_ms, 95),
+        "p99_ms": pct(all_ms, 99),
     }
 
 

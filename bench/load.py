@@ -30,18 +30,9 @@ import time
 import uuid
 
 import httpx
+from stats import pct  # bench/stats.py
 
 MIX = [("register", 20), ("resolve alias", 30), ("list versions", 25), ("lineage graph", 15), ("approve", 10)]
-
-
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    k = (len(data) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 def registration() -> dict:
@@ -133,16 +124,16 @@ async def main(cfg: dict) -> dict:
             n: {
                 "ok": len(lat[n]),
                 "errors": len(errors[n]),
-                "p50_ms": _pct(lat[n], 50),
-                "p95_ms": _pct(lat[n], 95),
-                "p99_ms": _pct(lat[n], 99),
+                "p50_ms": pct(lat[n], 50),
+                "p95_ms": pct(lat[n], 95),
+                "p99_ms": pct(lat[n], 99),
                 "error_samples": errors[n][:3],
             }
             for n in names
         },
         "all": {
-            "p50_ms": _pct([x for v in lat.values() for x in v], 50),
-            "p95_ms": _pct([x for v in lat.values() for x in v], 95),
+            "p50_ms": pct([x for v in lat.values() for x in v], 50),
+            "p95_ms": pct([x for v in lat.values() for x in v], 95),
         },
     }
 

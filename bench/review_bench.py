@@ -21,16 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from stats import pct  # bench/stats.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _pct(values: list[float], p: float) -> float:
-    data = sorted(values)
-    k = (len(data) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 def main(sizes: list[int], requests: int, reps: int = 1) -> dict:
@@ -135,7 +129,7 @@ def main(sizes: list[int], requests: int, reps: int = 1) -> dict:
                     if response.status_code != 200:
                         raise RuntimeError(f"GET {path} -> {response.status_code}")
                     statements.add(len(queries))
-                rep_figures.append((_pct(times, 50), _pct(times, 95)))
+                rep_figures.append((pct(times, 50), pct(times, 95)))
             per_size[label] = {
                 "path": path,
                 "p50_ms": statistics.median(f[0] for f in rep_figures),

@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from stats import pct  # bench/stats.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,22 +40,49 @@ X, WEIGHTS, BIAS = [1.0, 2.0, 3.0], [0.5, 0.25, 1.0], {1: 10.0, 2: 20.0}
 NAME = "demo"
 
 
-def _pct(values: list[float], p: float) -> float:
-    data = sorted(values)
-    k = (len(data) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
-
-
-def infer(conn: http.client.HTTPConnection) -> str:
+def infer(conn: http.client.HTTPConnection, name: str = NAME) -> str:
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": X}]})
-    conn.request("POST", f"/v2/models/{NAME}/infer", body, {"Content-Type": "application/json"})
+    conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
     response = conn.getresponse()
     payload = response.read()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
     return json.loads(payload)["model_version"]
+
+
+class Clients:
+    """THREADS client threads sending inference requests through HAProxy on keep-alive connections,
+    counting answers and every failure (a connection error or a non-200 answer)."""
+
+    def __init__(self, port: int, threads: int, name: str = NAME):
+        self.port, self.name = port, name
+        self.ok, self.errors = 0, []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stop.is_set():
+            try:
+                infer(conn, self.name)
+                with self.lock:
+                    self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                with self.lock:
+                    self.errors.append(f"{exc.__class__.__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.close()
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(15)
 
 
 def run(rollbacks: int = 30, threads: int = 10) -> dict:
@@ -78,23 +107,7 @@ def run(rollbacks: int = 30, threads: int = 10) -> dict:
             artifact_dir=models[release],
         )
 
-    ok, errors = [0], []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
-        while not stop.is_set():
-            try:
-                infer(conn)
-                with lock:
-                    ok[0] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure counts
-                with lock:
-                    errors.append(f"{exc.__class__.__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
-        conn.close()
+    clients = Clients(fleet.port, threads)
 
     fleet.start()
     try:
@@ -104,9 +117,7 @@ def run(rollbacks: int = 30, threads: int = 10) -> dict:
         t0 = time.perf_counter()
         adapter.deploy(spec(2))  # a new release: start the server, wait ready, HAProxy check, weights
         switch = time.perf_counter() - t0
-        workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-        for w in workers:
-            w.start()
+        clients.start()
         time.sleep(1.0)
         timings = []
         probe = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
@@ -121,25 +132,23 @@ def run(rollbacks: int = 30, threads: int = 10) -> dict:
                 raise RuntimeError(f"rollback to release {release}: next answers came from {answers}")
             time.sleep(0.2)
         time.sleep(0.5)
-        stop.set()
-        for w in workers:
-            w.join(15)
+        clients.finish()
         split = {s.release_number: s.traffic_percent for s in adapter.status(config, None).serving}
         return {
             "rollbacks": rollbacks,
             "client_threads": threads,
-            "p50_ms": _pct(timings, 50) * 1000,
-            "p95_ms": _pct(timings, 95) * 1000,
+            "p50_ms": pct(timings, 50) * 1000,
+            "p95_ms": pct(timings, 95) * 1000,
             "max_ms": max(timings) * 1000,
-            "client_requests_ok": ok[0],
-            "client_requests_failed": len(errors),
-            "failures": errors[:5],
+            "client_requests_ok": clients.ok,
+            "client_requests_failed": len(clients.errors),
+            "failures": clients.errors[:5],
             "final_split": split,
             "first_deploy_s": first_deploy,
             "switch_to_new_release_s": switch,
         }
     finally:
-        stop.set()
+        clients.stop.set()
         with contextlib.suppress(Exception):
             adapter.shutdown(config)
         for proc in list(self_hosted._CHILDREN.values()):
@@ -199,33 +208,8 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
         finally:
             conn.close()
 
-    ok, errors = [0], []
-    stop = threading.Event()
-    lock = threading.Lock()
     name = "rollback"
-
-    def infer_as(conn) -> str:
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": X}]})
-        conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-        return json.loads(payload)["model_version"]
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
-        while not stop.is_set():
-            try:
-                infer_as(conn)
-                with lock:
-                    ok[0] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure counts
-                with lock:
-                    errors.append(f"{exc.__class__.__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
-        conn.close()
+    clients = Clients(fleet.port, threads, name)
 
     def wait_live(target, number: int, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -261,9 +245,7 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
             gov.promotion_approve(actor=reviewer, request_id=request.pk)
             assert PromotionRequest.objects.get(pk=request.pk).state == "approved"
             wait_live(target, v)
-        workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-        for w in workers:
-            w.start()
+        clients.start()
         time.sleep(1.0)
         timings, api_ms, serving = [], [], "2"
         warmup = 2  # the first rollbacks after start-up pay for cold imports and caches: reported apart
@@ -279,33 +261,31 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"traffic not on version {expect} within 30 s of the rollback request")
                 probe = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=10)
-                streak = streak + 1 if infer_as(probe) == expect else 0
+                streak = streak + 1 if infer(probe, name) == expect else 0
                 probe.close()
             timings.append(time.perf_counter() - began)
             wait_live(target, body["number"])
             serving = expect
             time.sleep(0.2)
         time.sleep(0.5)
-        stop.set()
-        for w in workers:
-            w.join(15)
+        clients.finish()
         warm, timings, api_ms = timings[:warmup], timings[warmup:], api_ms[warmup:]
         return {
             "path": "POST /api/v1/targets/rollback/rollback -> Celery worker -> SelfHostedHost -> HAProxy",
             "rollbacks": rollbacks,
             "client_threads": threads,
-            "p50_ms": _pct(timings, 50) * 1000,
-            "p95_ms": _pct(timings, 95) * 1000,
+            "p50_ms": pct(timings, 50) * 1000,
+            "p95_ms": pct(timings, 95) * 1000,
             "max_ms": max(timings) * 1000,
             "warmup_ms": [round(t * 1000, 1) for t in warm],
             "all_ms": [round(t * 1000, 1) for t in timings],
-            "api_request_p50_ms": _pct(api_ms, 50),
-            "client_requests_ok": ok[0],
-            "client_requests_failed": len(errors),
-            "failures": errors[:5],
+            "api_request_p50_ms": pct(api_ms, 50),
+            "client_requests_ok": clients.ok,
+            "client_requests_failed": len(clients.errors),
+            "failures": clients.errors[:5],
         }
     finally:
-        stop.set()
+        clients.stop.set()
         with contextlib.suppress(Exception):
             self_hosted.SelfHostedHost().shutdown(config)
         fleet.stop()

@@ -47,6 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
+from stats import pct  # bench/stats.py
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -119,17 +120,6 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------------
 # statistics
 # --------------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    """Percentile by linear interpolation (p in 0..100)."""
-    data = sorted(values)
-    if not data:
-        return float("nan")
-    k = (len(data) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 def lat_summary(ms: list[float]) -> dict:
