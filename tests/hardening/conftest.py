@@ -19,22 +19,8 @@ from django.contrib.auth.models import Group
 from accounts import scopes
 from accounts import services as account_services
 from config.celery import app as celery_app
+from tests.governance.conftest import FULL_CARD, MODEL, POLICY  # the same world the governance tests use
 from tests.registry.helpers import register_body, s3_manifest
-
-MODEL = "/api/v1/models/acme/churn"
-FULL_CARD = {
-    "model_details": "Gradient-boosted churn classifier.",
-    "intended_use": "Rank accounts by churn risk for the retention team.",
-    "training_data": "CRM snapshots 2024-2025.",
-    "governance": {"risk_class": "limited", "license": "apache-2.0"},
-}
-POLICY = {
-    "approvals_required": 2,
-    "approver_groups": ["reviewers"],
-    "requester_can_approve": False,
-    "required_card_sections": ["intended_use", "training_data"],
-    "metric_gates": [{"metric": "auc", "op": ">=", "threshold": 0.85}],
-}
 
 
 @dataclass
