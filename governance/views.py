@@ -209,6 +209,7 @@ def target_detail(request, name: str):
     policy = selectors.current_policy(target=target)
     pending = ui_selectors.pending_for_target(user=request.user, target=target)
     pending_page = paginate(request, pending, "pending_page")
+    may_roll_back = access.has_perm(request.user, "deploy_deploymenttarget", target)
     return render(
         request,
         "governance/target_detail.html",
@@ -221,8 +222,8 @@ def target_detail(request, name: str):
             "policy": policy,
             "rules": selectors.rules_of(policy),
             "pending_page": pending_page,
-            "may_roll_back": access.has_perm(request.user, "deploy_deploymenttarget", target),
-            "roll_back_to": deployment.previous_good(target),
+            "may_roll_back": may_roll_back,
+            "roll_back_to": deployment.previous_good(target) if may_roll_back else None,
         },
     )
 
