@@ -1,5 +1,6 @@
 """Shared fixtures: the six personas, each with a full-scope API token, and authenticated API clients."""
 
+import shutil
 from dataclasses import dataclass, field
 
 import pytest
@@ -7,6 +8,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from accounts import roles, scopes, services
+from governance.hosts.haproxy import HAProxyFleet
 
 
 @dataclass
@@ -120,3 +122,23 @@ def pytest_runtest_teardown(item, nextitem):
                 SESSION_SCANNER.discard()
             else:
                 SESSION_SCANNER.flush(item.nodeid)
+
+
+@pytest.fixture(scope="session")
+def selfhost_haproxy_binary() -> str:
+    """The haproxy binary (scripts/dev.py test installs it). Never a skip."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if not found:
+        pytest.fail("haproxy is not installed; run: apt-get install -y haproxy socat (scripts/dev.py test does it)")
+    return found
+
+
+@pytest.fixture
+def selfhost_fleet(selfhost_haproxy_binary, tmp_path):
+    """A real HAProxy with free ports and disabled model-server slots, stopped after the test."""
+    fleet = HAProxyFleet(tmp_path / "haproxy", executable=selfhost_haproxy_binary)
+    fleet.start()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

@@ -77,7 +77,7 @@ class Redis:
 
 
 def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
-    """Stop a process (and the process group it leads, when it leads one); kill it if it lingers."""
+    """Send `sig` (SIGTERM: a graceful stop); kill the process if it lingers."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)

@@ -6,7 +6,6 @@ from the web process, the worker converges the hosts. Hosts are a real HAProxy w
 """
 
 import contextlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import httpx
 import pytest
 
 from accounts import roles, scopes, services
-from governance.hosts.haproxy import HAProxyFleet
 from governance.hosts.self_hosted import SelfHostedHost
 from tests import processes
 
@@ -33,8 +31,20 @@ class Stack:
 
     def api(self, persona: str) -> httpx.Client:
         return httpx.Client(
-            base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {self.tokens[persona]}"}, timeout=30
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {self.tokens[persona]}"},
+            timeout=30,
+            event_hooks={"response": [self._no_server_error]},
         )
+
+    def _no_server_error(self, response: httpx.Response) -> None:
+        """A 5xx is never expected here: fail with the server's own log, while the log still exists."""
+        if response.status_code >= 500:
+            response.read()
+            raise AssertionError(
+                f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text}\n"
+                f"{processes.tail(self.workdir / 'web.log', 8000)}"
+            )
 
     def start_worker(self, pool: str = "solo") -> None:
         self.worker_starts += 1
@@ -90,27 +100,9 @@ def stop_stack(stack: Stack) -> None:
 
 
 @pytest.fixture
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
-    if not found:
-        pytest.fail("haproxy is not installed: apt-get install -y haproxy (scripts/dev.py test does it)")
-    return found
-
-
-@pytest.fixture
-def fleet(haproxy_binary, tmp_path):
-    fleet = HAProxyFleet(tmp_path / "haproxy", executable=haproxy_binary)
-    fleet.start()
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
-@pytest.fixture
-def stack(users, tmp_path, fleet):
+def stack(users, tmp_path, selfhost_fleet):
     stack = make_stack(users, tmp_path)
-    config = fleet.host_config(state_dir=str(tmp_path / "serving"), ready_timeout=60)
+    config = selfhost_fleet.host_config(state_dir=str(tmp_path / "serving"), ready_timeout=60)
     try:
         yield stack, config
     finally:

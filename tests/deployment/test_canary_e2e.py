@@ -38,7 +38,7 @@ def broken_model(directory):
     return directory
 
 
-def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, fleet, tmp_path):
+def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, selfhost_fleet, tmp_path):
     stack, config = stack
     create_target(stack, config, rollout=ROLLOUT)
     for n in (1, 2):
@@ -47,13 +47,10 @@ def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, fleet,
 
     promote(stack, 1)  # nothing serves yet: no canary, all traffic at once
     wait_live(stack, 1)
-    with Traffic(fleet, threads=4) as traffic:
+    with Traffic(selfhost_fleet, threads=4) as traffic:
         traffic.wait_for(30)
         promote(stack, 2)
-        seen_split = processes.wait(
-            lambda: {"1", "2"} <= set(traffic.versions_between(time.monotonic() - 1)), 60, "a 20/80 split"
-        )
-        assert seen_split
+        processes.wait(lambda: {"1", "2"} <= set(traffic.versions_between(time.monotonic() - 1)), 60, "a 20/80 split")
         wait_live(stack, 2)
         assert traffic.errors == []
 
@@ -64,7 +61,6 @@ def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, fleet,
             return found if found and found["state"] == "failed" else None
 
         release3 = processes.wait(failed, 90, "the broken release's canary to fail", interval=0.3)
-        stopped = time.monotonic()
         time.sleep(0.5)  # requests sent before the switch may still be answered by release 3
         calm = time.monotonic()
         traffic.wait_for(50)
@@ -73,7 +69,7 @@ def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, fleet,
     assert errors_after == [], errors_after[:3]
     assert 0 < len(traffic.errors) < len(traffic.results)  # clients felt the 20% step, not more
     assert set(traffic.versions_between(calm)) == {"2"}
-    assert versions(fleet, 10) == {"2": 10}
+    assert versions(selfhost_fleet, 10) == {"2": 10}
     states = {r["number"]: r["state"] for r in releases(stack)}
     assert states == {1: "superseded", 2: "live", 3: "failed"}
     steps = [
@@ -81,4 +77,3 @@ def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, fleet,
         for e in AuditEvent.objects.filter(action="release.canary_step")
     ]
     assert [(s["number"], s["traffic_percent"]) for s in steps] == [(2, 20), (3, 20)]
-    assert stopped > 0

@@ -91,7 +91,7 @@ def create_target(stack, config, **extra) -> None:
         assert created.status_code == 201, created.text
 
 
-def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traffic(stack, fleet, tmp_path):
+def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traffic(stack, selfhost_fleet, tmp_path):
     stack, config = stack
     create_target(stack, config)
     v1, v2 = register_with_cli(stack, tmp_path, 1), register_with_cli(stack, tmp_path, 2)
@@ -101,9 +101,9 @@ def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traf
     promote(stack, 1)
     first = wait_live(stack, 1)
     assert first["version"] == 1 and first["endpoint_url"].endswith(f"/v2/models/{NAME}")
-    assert versions(fleet, 20) == {"1": 20}
+    assert versions(selfhost_fleet, 20) == {"1": 20}
 
-    with Traffic(fleet, threads=8) as traffic:
+    with Traffic(selfhost_fleet, threads=8) as traffic:
         traffic.wait_for(50)
         # Approve v2 while clients are sending requests.
         promote(stack, 2)

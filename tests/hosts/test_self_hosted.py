@@ -12,7 +12,6 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -36,19 +35,9 @@ NAME = "demo"
 X = [1.0, 2.0, 3.0]
 WEIGHTS = [0.5, 0.25, 1.0]
 BIAS = {1: 10.0, 2: 20.0, 3: 30.0}  # model version -> bias: the answer tells the version apart too
-INSTALL = "apt-get install -y haproxy socat"
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def selfhost_haproxy_binary() -> str:
-    """The haproxy binary (scripts/dev.py test installs it). Never a skip."""
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
-    if not found:
-        pytest.fail(f"haproxy is not installed and could not be installed; run: {INSTALL}")
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +45,6 @@ def selfhost_models(tmp_path_factory) -> dict[int, str]:
     """Three versions of a tiny ONNX model y = x·w + b, differing in b."""
     root = tmp_path_factory.mktemp("selfhost-models")
     return {v: str(write_linear_model(root / f"v{v}", WEIGHTS, BIAS[v]).parent) for v in BIAS}
-
-
-@pytest.fixture
-def selfhost_fleet(selfhost_haproxy_binary, tmp_path):
-    fleet = HAProxyFleet(tmp_path / "haproxy", executable=selfhost_haproxy_binary)
-    fleet.start()
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 @pytest.fixture
