@@ -29,6 +29,8 @@ from governance.hosts import HOSTS
 from governance.hosts.base import Health, HostError, HostStatus, ReleaseSpec
 from governance.models import DeploymentTarget, PromotionRequest, Release, ServingPeriod
 from governance.rollout import Rollout, judge, plan
+from lineage import services as lineage
+from lineage.choices import EdgeKind, NodeType
 from registry.storage import CHUNK, blob_store
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
         created_by=actor if not isinstance(actor, str) else None,
         reason=f"promotion #{promotion.pk}",
     )
+    record_deployed_edge(release)
     target.desired_release = release
     target.save(update_fields=["desired_release"])
     record(
@@ -95,6 +98,15 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
     )
     transaction.on_commit(lambda: _enqueue(target.pk))
     return release
+
+
+def record_deployed_edge(release: Release) -> None:
+    """The lineage fact 'this model version was deployed as this release' (model -> release), as of
+    the release's creation, so the lineage graph reaches serving from the data that trained it."""
+    lineage.edges_append(
+        edges=[((NodeType.MODEL, release.version_id), (NodeType.RELEASE, release.pk), EdgeKind.DEPLOYED)],
+        recorded_at=release.created_at,
+    )
 
 
 def previous_good(target: DeploymentTarget) -> Release | None:

@@ -40,7 +40,7 @@ from lineage import nodes as lineage_nodes
 from lineage import trail as lineage_trail
 from lineage.choices import NodeType
 
-T_RELEASE, T_MODEL = int(NodeType.RELEASE), int(NodeType.MODEL)
+T_RELEASE = int(NodeType.RELEASE)
 REQUEST_SUBJECT = PromotionRequest._meta.label_lower
 RELEASE_SUBJECT = Release._meta.label_lower
 TARGET_SUBJECT = DeploymentTarget._meta.label_lower
@@ -416,12 +416,9 @@ def release_trail(*, node_id: str, user, as_of=None) -> dict:
 
 def _resolve_release(node_id: str, rest: str, user, as_of) -> lineage_nodes.Start:
     release = _find_release(node_id, user, as_of)
+    # Upstream of a release is its model version, by the stored "deployed" edge (deployment.release_start).
     return lineage_nodes.Start(
-        node_id,
-        "release",
-        release.pk,
-        f"SELECT {T_RELEASE} AS t, %(start_pk)s AS id UNION ALL SELECT {T_MODEL} AS t, %(start_version)s AS id",
-        {"start_pk": release.pk, "start_version": release.version_id},
+        node_id, "release", release.pk, f"SELECT {T_RELEASE} AS t, %(start_pk)s AS id", {"start_pk": release.pk}
     )
 
 

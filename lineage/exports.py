@@ -201,8 +201,8 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
 
 def prov_document(result: graphs.Walk, *, as_of=None):
     """A prov.model.ProvDocument: entities (dataset versions, model versions, jobs as plans),
-    activities (runs), agents (users, the software that reported each run) and the relations
-    used, wasGeneratedBy, wasAssociatedWith, wasAttributedTo."""
+    activities (runs, releases), agents (users, the software that reported each run) and the relations
+    used (a release uses the model version it deployed), wasGeneratedBy, wasAssociatedWith, wasAttributedTo."""
     from prov.constants import PROV_TYPE
     from prov.model import PROV, ProvDocument
 
@@ -261,6 +261,11 @@ def prov_document(result: graphs.Walk, *, as_of=None):
             row = g.result.nodes[key]
             attrs |= {PROV_TYPE: PROV["Plan"], lin["namespace"]: row["ns"], lin["name"]: row["name"]}
             records[key] = doc.entity(qn(node_id), attrs)
+        elif "described" in g.result.nodes[key]:  # another app's node: governance's release is an activity
+            described = g.result.nodes[key]["described"]
+            attrs[PROV_TYPE] = lin[described["type"].capitalize()]
+            attrs |= {lin[k]: v for k, v in described.items() if k not in ("id", "type") and v is not None}
+            records[key] = doc.activity(qn(node_id), other_attributes=attrs)
 
     plans = {}
     for key in [k for k in g.keys if k[0] == T_RUN]:
@@ -292,6 +297,8 @@ def prov_document(result: graphs.Walk, *, as_of=None):
             doc.used(dst, src)
         elif s_t == T_RUN and kind == EdgeKind.OUTPUT:
             doc.wasGeneratedBy(dst, src)
+        elif kind == EdgeKind.DEPLOYED:  # the release serves (uses) the model version
+            doc.used(dst, src, other_attributes={PROV_TYPE: lin["deployed"]})
         elif d_t == T_JOB or s_t == T_JOB:
             doc.wasDerivedFrom(dst, src, other_attributes={PROV_TYPE: lin[f"declared_{EdgeKind(kind).label}"]})
     return doc

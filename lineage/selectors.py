@@ -51,7 +51,9 @@ def version_node_id(key: tuple[int, int], row: dict) -> str:
         return node_ids.job_id(row["ns"], row["name"])
     if t == T_MODEL:
         return node_ids.model_id(row["ns"], row["name"], row["number"])
-    return row.get("id") or f"{NodeType(t).label if t in NodeType.values else t}:{key[1]}"
+    if "described" in row:  # another app's node (governance: releases), as that app names it
+        return row["described"]["id"]
+    return f"{NodeType(t).label if t in NodeType.values else t}:{key[1]}"
 
 
 def group_node_id(key: tuple[int, int], row: dict) -> str:
@@ -134,9 +136,6 @@ def present(result: graphs.Walk, *, granularity: str = "dataset") -> dict:
         for key, row in result.nodes.items()
         if "described" in row or key[0] in (T_DSV, T_RUN, T_MODEL, T_DS, T_JOB)
     }
-    for key, row in result.nodes.items():
-        if "described" in row:
-            ids[key] = row["described"]["id"]
     nodes: dict[str, dict] = {}
     for key, row in result.nodes.items():
         if key not in ids:

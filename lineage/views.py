@@ -17,7 +17,6 @@ from core.errors import InvalidInput, NotFound
 from lineage import graph as graphs
 from lineage import nodes as node_ids
 from lineage import picture, selectors
-from lineage.choices import EdgeKind
 
 DEFAULT_PAGE_DEPTH = 20
 MAX_PICTURE_NODES = 400  # beyond this the page lists the nodes and offers the exports instead
@@ -105,12 +104,7 @@ def lineage_page(request):
     )
     selectors.describe_extension_nodes(result, request.user, as_of)
     graph = selectors.present(result, granularity=options["granularity"])
-    by_id = {n["id"]: n for n in graph["nodes"]}
-    subject = by_id.get(node_id)
-    if start.type == "release" and subject is not None and subject.get("version") in by_id:
-        # A release stands for the version it released: draw it downstream of that version.
-        deployed = EdgeKind.DEPLOYED.label
-        graph["edges"].append({"source": subject["version"], "target": node_id, "kind": deployed})
+    subject = next((n for n in graph["nodes"] if n["id"] == node_id), None)
 
     svg, layout = None, None
     if len(graph["nodes"]) <= MAX_PICTURE_NODES:

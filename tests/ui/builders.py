@@ -2,8 +2,10 @@
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import transaction
 from django.utils import timezone
 
+from governance import deployment
 from governance import services as governance
 from governance.choices import ReleaseState
 from governance.models import Release
@@ -53,13 +55,16 @@ def version(owner, model_, seed: str, metrics=None, card=None, commit=None):
 
 
 def release(target_, version_, number, state=ReleaseState.LIVE):
-    return Release.objects.create(
+    made = Release.objects.create(
         target=target_,
         version=version_,
         number=number,
         state=state,
         live_at=timezone.now() if state == ReleaseState.LIVE else None,
     )
+    with transaction.atomic():
+        deployment.record_deployed_edge(made)
+    return made
 
 
 def reviewer(username, password=None):
