@@ -1,8 +1,25 @@
+"""Reading the audit log: filtered event sets, the chain head, and the export streams.
+
+The export is the one place that reads the whole log, so it avoids per-event Python work: on
+PostgreSQL each NDJSON line is assembled by the database from the stored columns (`before`/`after`
+already hold the canonical JSON text that was hashed), and rows are read through a server-side
+cursor inside a transaction, so nothing is materialized and memory stays flat whatever the size.
+"""
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db import connection, transaction
+from django.db.models import QuerySet, TextField
+from django.db.models.expressions import RawSQL
 
-from audit.models import AuditChainHead, AuditEvent
+from audit import chain
+from audit.models import AuditChainHead, AuditEvent, format_time
+
+EXPORT_BATCH = 5000  # rows per fetch and per streamed chunk (~3 MB of NDJSON)
+CSV_COLUMNS = [*chain.EVENT_FIELDS, "prev_hash", "hash"]
 
 
 def events(
@@ -33,3 +50,77 @@ def events(
 
 def head() -> AuditChainHead:
     return AuditChainHead.objects.filter(pk=1).first() or AuditChainHead()
+
+
+# chain.canonical_json(event.as_export_dict()), built by PostgreSQL: the keys in sorted order, strings
+# through to_json (it escapes exactly what Python's json.dumps(ensure_ascii=False) escapes: quote,
+# backslash and control characters, as \b \f \n \r \t or \u00xx), before/after spliced in as stored.
+# tests/test_audit_export.py checks it byte for byte against the Python definition.
+_PG_LINE = (
+    """'{"action":' || to_json(action)::text"""
+    """ || ',"actor_id":' || COALESCE(actor_id::text, 'null')"""
+    """ || ',"actor_username":' || to_json(actor_username)::text"""
+    """ || ',"after":' || after"""
+    """ || ',"at":"' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+    """ || '","before":' || before"""
+    """ || ',"hash":"' || hash || '","prev_hash":"' || prev_hash"""
+    """ || '","reason":' || to_json(reason)::text"""
+    """ || ',"request_id":' || to_json(request_id)::text"""
+    """ || ',"seq":' || seq::text"""
+    """ || ',"subject_id":' || to_json(subject_id)::text"""
+    """ || ',"subject_repr":' || to_json(subject_repr)::text"""
+    """ || ',"subject_type":' || to_json(subject_type)::text"""
+    """ || ',"token_id":' || COALESCE(token_id::text, 'null') || '}'"""
+)
+
+
+def _postgres_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
+    line = RawSQL(_PG_LINE, (), output_field=TextField())  # noqa: S611 - a constant, no input in it
+    lines = qs.annotate(line=line).values_list("line", flat=True)
+    return lines.iterator(chunk_size=EXPORT_BATCH)
+
+
+def _python_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
+    for event in qs.iterator(chunk_size=EXPORT_BATCH):
+        yield chain.canonical_json(event.as_export_dict()).decode()
+
+
+def _chunked(lines: Iterable[str]) -> Iterator[bytes]:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == EXPORT_BATCH:
+            yield ("\n".join(batch) + "\n").encode()
+            batch.clear()
+    if batch:
+        yield ("\n".join(batch) + "\n").encode()
+
+
+def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
+    """The export: one canonical JSON line per event (with prev_hash and hash), in chunks.
+
+    Inside a transaction Django's server-side cursor is not WITH HOLD, so PostgreSQL streams the
+    rows instead of materializing the result when the statement's implicit transaction ends.
+    """
+    with transaction.atomic():
+        lines = _postgres_lines(qs) if connection.vendor == "postgresql" else _python_lines(qs)
+        yield from _chunked(lines)
+
+
+def csv_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
+    """A header row, then CSV_COLUMNS per event (before/after as the stored canonical JSON text, None
+    as ""), in chunks of EXPORT_BATCH rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    at = CSV_COLUMNS.index("at")
+    writer.writerow(CSV_COLUMNS)
+    with transaction.atomic():
+        for n, row in enumerate(qs.values_list(*CSV_COLUMNS).iterator(chunk_size=EXPORT_BATCH), start=1):
+            row = ["" if value is None else value for value in row]
+            row[at] = format_time(row[at])
+            writer.writerow(row)
+            if n % EXPORT_BATCH == 0:
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+    yield buffer.getvalue().encode()
