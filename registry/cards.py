@@ -19,8 +19,6 @@ from functools import cache
 from pathlib import Path
 
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from jsonschema import Draft202012Validator
 
 from core.errors import InvalidInput
@@ -436,6 +434,8 @@ def _jsonable(value, path: str, budget: list[int]):
 def _metadata_block(readme: str) -> tuple[dict, str]:
     """(YAML metadata, Markdown body). We parse the YAML first, before huggingface_hub sees it: a
     bound on its expanded size (YAML aliases) and an error that says what is wrong."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK  # huggingface_hub is imported on use: ~20 MB
+
     match = REGEX_YAML_BLOCK.search(readme)
     if not match:
         return {}, readme
@@ -471,6 +471,8 @@ def from_huggingface(readme_text: str) -> dict:
                 code="invalid_card",
                 detail={f"metadata.{key}": ["Not allowed."]},
             )
+    from huggingface_hub import ModelCard
+
     try:
         card = ModelCard(readme_text) if raw else None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -535,6 +537,8 @@ def to_huggingface(content: dict) -> str:
         kwargs[GOVERNANCE] = governance
     if model_index:
         kwargs["model-index"] = model_index
+    from huggingface_hub import ModelCard, ModelCardData
+
     data = ModelCardData(**fields, **kwargs)
 
     blocks = []

@@ -33,13 +33,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Conflict, InvalidInput, NotFound
-from registry.storage import CHUNK, StoredBlob, blob_key, check_received
+from registry.storage import CHUNK, MAX_SINGLE_PUT, StoredBlob, blob_key, check_received
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "tmp/"
 STAGING_PREFIX = "staging/"
-MAX_SINGLE_PUT = 5 * 1024**3  # S3's limit for one PUT, hence for one presigned upload
 PRESIGN_EXPIRES_SECONDS = 3600
 PART_SIZE = 8 * 1024 * 1024
 UPLOAD_ID = re.compile(r"^([0-9a-f]{64})\.([0-9]{1,20})\.([0-9a-f]{32})$")

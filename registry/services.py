@@ -16,7 +16,7 @@ from accounts import access
 from audit.chain import canonical_json
 from audit.services import record
 from core.errors import Conflict, Forbidden, InvalidInput
-from registry import cards, signing
+from registry import cards
 from registry import manifest as manifests
 from registry.choices import STATUS_TRANSITIONS, VersionStatus
 from registry.models import (
@@ -353,6 +353,8 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSi
     always recorded, verified or not: the result is a fact about the version. The audit event names
     the verdict and the bundle's sha256, never the bundle itself.
     """
+    from registry import signing  # model-signing and sigstore are imported on use (tens of MB)
+
     result = signing.verify_bundle(bundle, version.manifest, signing.trusted_public_keys())
     verified_at = timezone.now()
     bundle_sha256 = signing.bundle_sha256(bundle)

@@ -18,6 +18,7 @@ from django.conf import settings
 from core.errors import InvalidInput
 
 CHUNK = 1024 * 1024
+MAX_SINGLE_PUT = 5 * 1024**3  # S3's limit for one PUT, hence for one presigned upload
 
 
 @dataclass(frozen=True)

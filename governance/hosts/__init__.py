@@ -5,15 +5,20 @@ validated (`validate_config`) and what it can do (`capabilities`). The deploy/st
 of the interface arrives with the deployment engine.
 """
 
+import importlib
 from dataclasses import dataclass
-
-from governance.hosts import hf_endpoint, modal, replicate, self_hosted
 
 
 @dataclass(frozen=True)
 class HostSpec:
+    """A host kind. Its module (and the platform's client library) is imported on first use, so a
+    web worker that never touches Replicate does not carry its client (and numpy) in memory."""
+
     kind: str
-    module: object
+
+    @property
+    def module(self):
+        return importlib.import_module(f"governance.hosts.{self.kind}")
 
     def validate_config(self, config: dict) -> dict:
         return self.module.validate_config(config)
@@ -33,7 +38,7 @@ ADAPTERS = {
     "modal": "ModalHost",
     "self_hosted": "SelfHostedHost",
 }
-HOSTS = {m.KIND: HostSpec(m.KIND, m) for m in (replicate, hf_endpoint, modal, self_hosted)}
+HOSTS = {kind: HostSpec(kind) for kind in ADAPTERS}
 
 
 def host(kind: str) -> HostSpec:

@@ -15,8 +15,7 @@ from core.errors import Conflict
 from registry.api import serializers as s
 from registry.api.views import ModelScopedView
 from registry.models import ModelPerm
-from registry.s3 import MAX_SINGLE_PUT, S3BlobStore
-from registry.storage import blob_store
+from registry.storage import MAX_SINGLE_PUT, blob_store
 
 
 class UploadCreateInput(StrictSerializer):
@@ -37,7 +36,9 @@ class UploadOutput(serializers.Serializer):
     )
 
 
-def s3_store() -> S3BlobStore:
+def s3_store():
+    from registry.s3 import S3BlobStore  # boto3 is imported only where S3 is used
+
     store = blob_store()
     if not isinstance(store, S3BlobStore):
         raise Conflict(
