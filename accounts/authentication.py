@@ -25,7 +25,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <token>'.")
         plaintext = parts[1]
-        token = ApiToken.objects.select_related("user").filter(token_hash=ApiToken.hash_token(plaintext)).first()
+        token = next(
+            iter(ApiToken.objects.select_related("user").filter(token_hash=ApiToken.hash_token(plaintext))[:1]), None
+        )
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid API token.")
         if token.revoked_at is not None:

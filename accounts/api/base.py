@@ -13,7 +13,7 @@ class GovernedAPIView(APIView):
     """
 
     def governed(self, queryset: models.QuerySet, codename: str | None = None, **lookup) -> models.Model:
-        obj = queryset.filter(**lookup).first()
+        obj = next(iter(queryset.filter(**lookup)[:1]), None)  # lookups are unique: no ORDER BY needed
         if obj is None:
             raise NotFound(f"No {queryset.model._meta.verbose_name} matches the given path.")
         return access.require(self.request.user, obj, codename)

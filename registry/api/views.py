@@ -1,17 +1,18 @@
 import re
 
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from accounts import scopes
+from accounts import access, scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
-from registry.models import ModelPerm, ModelVersion, RegisteredModel
+from registry.models import Alias, ModelPerm, ModelVersion, RegisteredModel
 from registry.storage import CHUNK, blob_store
 
 MAX_VERSION_NUMBER = 2**31 - 1
@@ -29,17 +30,30 @@ class ModelScopedView(GovernedAPIView):
             name=self.kwargs["name"],
         )
 
+    def below(self, queryset: QuerySet, codename: str | None, missing: str, **lookup):
+        """An object under the path's model, read with its model in one query; the model's permissions
+        decide (404 hidden, 403 lacking `codename`). When there is none, the model alone is looked up, so
+        a missing or hidden model answers exactly as `model()` does and a visible one names what is missing."""
+        found = next(
+            iter(
+                queryset.select_related("model__owner_group", "model__created_by").filter(
+                    model__namespace=self.kwargs["namespace"], model__name=self.kwargs["name"], **lookup
+                )[:1]
+            ),
+            None,
+        )
+        if found is None:
+            raise NotFound(f"{self.model(codename)} {missing}.")
+        access.require(self.request.user, found.model, codename)
+        return found
+
     def version(self, codename: str | None = None) -> ModelVersion:
-        model = self.model(codename)
         number = int(self.kwargs["number"])
-        version = None
-        if number <= MAX_VERSION_NUMBER:
-            version = (
-                ModelVersion.objects.select_related("model", "created_by").filter(model=model, number=number).first()
-            )
-        if version is None:
-            raise NotFound(f"{model} has no version {number}.")
-        return version
+        if number > MAX_VERSION_NUMBER:
+            raise NotFound(f"{self.model(codename)} has no version {number}.")
+        return self.below(
+            ModelVersion.objects.select_related("created_by"), codename, f"has no version {number}", number=number
+        )
 
 
 class ModelListView(GovernedAPIView):
@@ -188,9 +202,9 @@ class AliasDetailView(ModelScopedView):
 
     @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
     def get(self, request, namespace, name, alias):
-        found = selectors.aliases(model=self.model()).filter(name=alias).first()
-        if found is None:
-            raise NotFound(f"{namespace}/{name} has no alias '{alias}'.")
+        found = self.below(
+            Alias.objects.select_related("version", "updated_by"), None, f"has no alias '{alias}'", name=alias
+        )
         return Response(s.AliasOutput(found).data)
 
     @extend_schema(
