@@ -73,7 +73,7 @@ def users(transactional_db, django_user_model):
     return tokens
 
 
-def make_stack(users, tmp_path: Path, **settings_env: str) -> Stack:
+def make_stack(users, tmp_path: Path, *, beat: bool = True, **settings_env: str) -> Stack:
     processes.require_postgresql()
     redis = processes.Redis(processes.free_port(), tmp_path / "redis.log")
     redis.start()
@@ -89,13 +89,14 @@ def make_stack(users, tmp_path: Path, **settings_env: str) -> Stack:
     stack = Stack(url=f"http://127.0.0.1:{port}", env=env, workdir=tmp_path, redis=redis, tokens=users)
     stack.web = processes.start_web(env, tmp_path / "web.log", port)
     stack.start_worker()
-    stack.beat = processes.start_beat(env, tmp_path)
+    stack.beat = processes.start_beat(env, tmp_path) if beat else None
     return stack
 
 
 def stop_stack(stack: Stack) -> None:
     for proc in (stack.beat, stack.worker, stack.web):
-        processes.stop(proc)
+        if proc is not None:
+            processes.stop(proc)
     stack.redis.stop()
 
 
