@@ -16,6 +16,7 @@ from django.db.models import QuerySet, TextField
 from django.db.models.expressions import RawSQL
 
 from audit import chain
+from audit.canonical_sql import canonical_sql
 from audit.models import AuditChainHead, AuditEvent, format_time
 
 EXPORT_BATCH = 5000  # rows per fetch and per streamed chunk (~3 MB of NDJSON)
@@ -52,30 +53,9 @@ def head() -> AuditChainHead:
     return AuditChainHead.objects.filter(pk=1).first() or AuditChainHead()
 
 
-# chain.canonical_json(event.as_export_dict()), built by PostgreSQL: the keys in sorted order, strings
-# through to_json (it escapes exactly what Python's json.dumps(ensure_ascii=False) escapes: quote,
-# backslash and control characters, as \b \f \n \r \t or \u00xx), before/after spliced in as stored.
-# tests/test_audit_export.py checks it byte for byte against the Python definition.
-_PG_LINE = (
-    """'{"action":' || to_json(action)::text"""
-    """ || ',"actor_id":' || COALESCE(actor_id::text, 'null')"""
-    """ || ',"actor_username":' || to_json(actor_username)::text"""
-    """ || ',"after":' || after"""
-    """ || ',"at":"' || to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    """ || '","before":' || before"""
-    """ || ',"hash":"' || hash || '","prev_hash":"' || prev_hash"""
-    """ || '","reason":' || to_json(reason)::text"""
-    """ || ',"request_id":' || to_json(request_id)::text"""
-    """ || ',"seq":' || seq::text"""
-    """ || ',"subject_id":' || to_json(subject_id)::text"""
-    """ || ',"subject_repr":' || to_json(subject_repr)::text"""
-    """ || ',"subject_type":' || to_json(subject_type)::text"""
-    """ || ',"token_id":' || COALESCE(token_id::text, 'null') || '}'"""
-)
-
-
 def _postgres_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
-    line = RawSQL(_PG_LINE, (), output_field=TextField())  # noqa: S611 - a constant, no input in it
+    # chain.canonical_json(event.as_export_dict()), built by PostgreSQL from the stored columns
+    line = RawSQL(canonical_sql(links=True), (), output_field=TextField())  # noqa: S611 - no input in it
     lines = qs.annotate(line=line).values_list("line", flat=True)
     return lines.iterator(chunk_size=EXPORT_BATCH)
 

@@ -1,5 +1,7 @@
 """Writing the audit log. `record()` is the only way in; services call it inside their transaction."""
 
+# ruff: noqa: S608 - the INSERT names the model's table and columns; values are bound parameters
+
 import json
 import re
 
@@ -60,7 +62,8 @@ def record(
     """Append one event to the chain. Must run inside the caller's transaction.
 
     The chain head row is locked until the caller commits, so concurrent writers queue and the
-    event commits or rolls back together with the change it describes.
+    event commits or rolls back together with the change it describes. On PostgreSQL the database
+    links the event (seq, prev_hash, hash) as it is inserted; elsewhere this function does.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must be called inside transaction.atomic()")
@@ -74,9 +77,7 @@ def record(
     # actor: a user, or a string naming a system actor ("system:reconciler", "cli:create_api_token")
     is_user = actor is not None and not isinstance(actor, str) and actor.is_authenticated
 
-    head = _lock_head()
     event = AuditEvent(
-        seq=head.seq + 1,
         at=timezone.now(),
         actor_id=actor.pk if is_user else None,
         actor_username=actor.get_username() if is_user else (actor if isinstance(actor, str) else ""),
@@ -89,12 +90,41 @@ def record(
         before=_to_json_text(before),
         after=_to_json_text(after),
         reason=reason,
-        prev_hash=head.hash,
     )
+    if connection.vendor == "postgresql":
+        _link_in_database(event)
+    else:
+        _link_in_python(event)
+    return event
+
+
+_LINKED_COLUMNS = [f.column for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash")]
+_INSERT = (
+    f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(_LINKED_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_LINKED_COLUMNS))}) RETURNING seq, prev_hash, hash"
+)
+
+
+def _link_in_database(event: AuditEvent) -> None:
+    """PostgreSQL: one INSERT; the chain-link trigger (migration 0003) locks the head, assigns seq and
+    prev_hash, computes the hash and moves the head."""
+    fields = {f.column: f for f in AuditEvent._meta.concrete_fields}
+    params = [fields[c].get_db_prep_save(getattr(event, fields[c].attname), connection) for c in _LINKED_COLUMNS]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT, params)
+        event.seq, event.prev_hash, event.hash = cursor.fetchone()
+    event._state.adding = False
+    event._state.db = connection.alias
+
+
+def _link_in_python(event: AuditEvent) -> None:
+    """SQLite: lock the head (the write lock is the database's), link, insert, move the head."""
+    head = _lock_head()
+    event.seq = head.seq + 1
+    event.prev_hash = head.hash
     event.hash = event.computed_hash()
     event.save(force_insert=True)
     AuditChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash)
-    return event
 
 
 def snapshot(instance: models.Model, fields: list[str]) -> dict:

@@ -1,0 +1,90 @@
+"""On PostgreSQL the database links each inserted audit event into the chain (migration 0003): the
+hash it computes is audit/chain.py's, byte for byte, and an INSERT cannot choose its own links."""
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, transaction
+
+from audit import chain
+from audit.models import AuditChainHead, AuditEvent
+from audit.services import record
+from tests.test_audit_export import TRICKY
+
+pytestmark = pytest.mark.django_db
+
+
+def python_hash(event: AuditEvent) -> str:
+    return chain.event_hash(event.prev_hash, event.as_chain_dict())
+
+
+def test_the_database_hash_is_the_python_definition_for_every_character_class():
+    assert connection.vendor == "postgresql"
+    recorded = []
+    with transaction.atomic():
+        for n, text in enumerate(TRICKY):
+            recorded.append(
+                record(
+                    action=f"tricky.{n}",
+                    subject_type="t",
+                    subject_id=text[:200] or "0",
+                    subject_repr=text[:300],
+                    actor="system:test",
+                    token_id=n or None,
+                    reason=text,
+                    before={"text": text, "numbers": [1, -2.5, 1e-7, 10**20], "flag": False},
+                    after=None if n % 2 else {"nested": {"b": text[:10], "a": None}},
+                )
+            )
+    stored = list(AuditEvent.objects.order_by("seq"))
+    assert [e.seq for e in stored] == [e.seq for e in recorded] == list(range(1, len(TRICKY) + 1))
+    for returned, row in zip(recorded, stored, strict=True):
+        assert (returned.prev_hash, returned.hash) == (row.prev_hash, row.hash)  # record() returns the links
+        assert row.hash == python_hash(row)
+    assert stored[0].prev_hash == chain.GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
+    head = AuditChainHead.objects.get(pk=1)
+    assert (head.seq, head.hash) == (stored[-1].seq, stored[-1].hash)
+
+
+def test_an_insert_cannot_choose_its_own_links():
+    """Raw SQL naming a forged sequence number and hashes is linked like any other event."""
+    with transaction.atomic():
+        first = record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_auditevent (seq, at, actor_username, request_id, action, subject_type, subject_id,"
+            " subject_repr, before, after, reason, prev_hash, hash)"
+            " VALUES (99, now(), 'mallory', '', 'forged', 't', '2', '', 'null', 'null', '', %s, %s)"
+            " RETURNING seq, prev_hash, hash",
+            [chain.GENESIS, "f" * 64],
+        )
+        seq, prev_hash, digest = cursor.fetchone()
+    assert (seq, prev_hash) == (2, first.hash)
+    assert digest == python_hash(AuditEvent.objects.get(seq=2)) != "f" * 64
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert out.getvalue().startswith("OK: 2 audit events verified")
+
+
+def test_a_flushed_log_starts_again_at_genesis():
+    """A database flushed by TRUNCATE (tests, a fresh install) has no head row: the trigger makes it."""
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE audit_auditevent, audit_auditchainhead")
+    with transaction.atomic():
+        event = record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    assert (event.seq, event.prev_hash) == (1, chain.GENESIS)
+    assert AuditChainHead.objects.get(pk=1).hash == event.hash == python_hash(event)
+
+
+def test_a_rolled_back_insert_leaves_the_head_where_it_was():
+    with transaction.atomic():
+        kept = record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        record(action="b", subject_type="t", subject_id="2", actor="system:test")
+        raise RuntimeError("the change this event described failed")
+    head = AuditChainHead.objects.get(pk=1)
+    assert (head.seq, head.hash) == (kept.seq, kept.hash)
+    with transaction.atomic():
+        assert record(action="c", subject_type="t", subject_id="3", actor="system:test").seq == kept.seq + 1
