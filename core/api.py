@@ -4,6 +4,7 @@ Every error leaves the API as {"error": {"code", "message", "detail"}} with a 4x
 anything the client sent; a 5xx only for our own faults, and then without internals.
 """
 
+import copy
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -84,6 +85,17 @@ def exception_handler(exc, ctx):
         error_body("internal_error", "Internal server error. Quote the request id when reporting it."),
         status=500,
     )
+
+
+class OutputModelSerializer(serializers.ModelSerializer):
+    """A ModelSerializer for responses whose fields depend only on the class: it introspects the model
+    once per class, not once per instance (about 0.3 ms per response), and hands each instance a copy."""
+
+    def get_fields(self):
+        cls = type(self)
+        if "_fields_prototype" not in cls.__dict__:
+            cls._fields_prototype = super().get_fields()
+        return copy.deepcopy(cls._fields_prototype)
 
 
 class StrictSerializer(serializers.Serializer):

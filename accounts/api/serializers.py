@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from accounts import scopes
 from accounts.models import ApiToken
-from core.api import StrictSerializer
+from core.api import OutputModelSerializer, StrictSerializer
 
 
 class TokenCreateInput(StrictSerializer):
@@ -15,7 +15,7 @@ class TokenRevokeInput(StrictSerializer):
     reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
 
 
-class TokenOutput(serializers.ModelSerializer):
+class TokenOutput(OutputModelSerializer):
     user = serializers.CharField(source="user.username")
     scopes = serializers.ListField(child=serializers.CharField())
 

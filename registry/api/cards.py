@@ -8,7 +8,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from accounts import scopes
-from core.api import StrictSerializer
+from core.api import OutputModelSerializer, StrictSerializer
 from core.errors import InvalidInput, NotFound
 from core.parsers import BoundedJSONParser
 from registry import cards, services
@@ -40,7 +40,7 @@ class CompletenessOutput(serializers.Serializer):
     )
 
 
-class CardRevisionOutput(serializers.ModelSerializer):
+class CardRevisionOutput(OutputModelSerializer):
     content = CardContentField()
     completeness = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)

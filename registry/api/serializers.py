@@ -4,7 +4,7 @@ import re
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api import StrictSerializer
+from core.api import OutputModelSerializer, StrictSerializer
 from registry.choices import VersionStatus
 from registry.models import Alias, ModelVersion, RegisteredModel
 
@@ -22,7 +22,7 @@ class ModelUpdateInput(StrictSerializer):
     description = serializers.CharField(allow_blank=True, max_length=10000)
 
 
-class ModelOutput(serializers.ModelSerializer):
+class ModelOutput(OutputModelSerializer):
     owner_group = serializers.CharField(source="owner_group.name", allow_null=True, default=None)
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
@@ -124,7 +124,7 @@ class VersionUpdateInput(StrictSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class VersionOutput(serializers.ModelSerializer):
+class VersionOutput(OutputModelSerializer):
     model = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
@@ -174,7 +174,7 @@ class AliasSetInput(StrictSerializer):
     protected = serializers.BooleanField(required=False, allow_null=True, default=None)
 
 
-class AliasOutput(serializers.ModelSerializer):
+class AliasOutput(OutputModelSerializer):
     alias = serializers.CharField(source="name")
     version = serializers.IntegerField(source="version.number")
     digest = serializers.CharField(source="version.digest")

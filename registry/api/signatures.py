@@ -9,6 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts import scopes
+from core.api import OutputModelSerializer
 from core.errors import NotFound
 from registry import services
 from registry.api.views import ModelScopedView
@@ -49,7 +50,7 @@ class ProblemsField(serializers.JSONField):
     pass
 
 
-class SignatureOutput(serializers.ModelSerializer):
+class SignatureOutput(OutputModelSerializer):
     verified = serializers.BooleanField(
         help_text="True only if the signature verifies with a trusted key and covers exactly the manifest's files."
     )
