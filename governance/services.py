@@ -189,9 +189,17 @@ def _transition(request: PromotionRequest, state: str, *, actor, reason: str = "
 
 
 def _locked_pending(request_id: int) -> tuple[PromotionRequest, bool]:
-    """Lock the request. Returns (request, expired_now): an overdue pending request is expired here."""
+    """Lock the request and its target. Returns (request, expired_now): an overdue pending request is
+    expired here.
+
+    The target is locked now, before any audit event is appended, because an approval may start a
+    release on it: lock order is promotion -> target -> release -> audit chain head (record() last),
+    the order the reconciler follows too. Locking the target only in release_start, after the approval's
+    own audit events had taken the chain head, deadlocked with a reconcile holding the target
+    (tests/governance/test_lock_order.py).
+    """
     request = (
-        PromotionRequest.objects.select_for_update(of=("self",))
+        PromotionRequest.objects.select_for_update(of=("self", "target"))
         .select_related("version__model", "target")
         .get(pk=request_id)
     )

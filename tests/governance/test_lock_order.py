@@ -1,0 +1,78 @@
+"""Lock order: promotion -> target -> release -> audit chain head, the head always last.
+
+A final approval starts a release on its target. If it appended its audit events (taking the chain
+head) before locking the target, a reconcile that holds the target and then appends its own event
+would wait for the head while the approval waits for the target: a deadlock, which PostgreSQL breaks
+by failing one of them (a 500 for the reviewer, or a failed task)."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection, connections, transaction
+
+from audit.services import record
+from governance import services as governance
+from governance.models import DeploymentTarget, PromotionRequest, Release
+from tests.governance.conftest import promote
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def waiting_on_a_lock(pid: int) -> bool:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    return bool(row) and row[0] == "Lock"
+
+
+def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
+    reviewer, reviewer2 = world["reviewer"].user, world["reviewer2"].user
+    created = promote(world["owner"])
+    assert created.status_code == 201, created.json()
+    request_id = created.json()["id"]
+    governance.promotion_approve(actor=reviewer, request_id=request_id)  # 1 of 2
+    target = DeploymentTarget.objects.get(name="prod")
+
+    holding, released, outcome = threading.Event(), threading.Event(), {}
+    approver_pid = []
+
+    def reconcile_like():
+        """What the reconciler does: lock the target, work, append an audit event, commit."""
+        try:
+            with transaction.atomic():
+                DeploymentTarget.objects.select_for_update().get(pk=target.pk)
+                holding.set()
+                released.wait(10)
+                record(action="release.started", subject=target, actor="system:reconciler")
+            outcome["reconcile"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcome["reconcile"] = repr(exc)
+        finally:
+            connection.close()
+
+    def final_approval():
+        try:
+            approver_pid.append(connection.cursor().connection.info.backend_pid)
+            governance.promotion_approve(actor=reviewer2, request_id=request_id)
+            outcome["approval"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            outcome["approval"] = repr(exc)
+        finally:
+            connection.close()
+
+    reconciler = threading.Thread(target=reconcile_like)
+    reconciler.start()
+    assert holding.wait(10)
+    approver = threading.Thread(target=final_approval)
+    approver.start()
+    deadline = time.monotonic() + 10
+    while not (approver_pid and waiting_on_a_lock(approver_pid[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert approver_pid and waiting_on_a_lock(approver_pid[0]), "the approval should be waiting for the target"
+    released.set()  # the reconcile now appends its audit event and commits
+    reconciler.join(20)
+    approver.join(20)
+    assert outcome == {"reconcile": "ok", "approval": "ok"}
+    assert PromotionRequest.objects.get(pk=request_id).state == "approved"
+    assert Release.objects.filter(target=target, promotion_id=request_id).exists()
