@@ -209,17 +209,36 @@ def _locked_pending(request_id: int) -> tuple[PromotionRequest, bool]:
     return request, False
 
 
-def _review(*, actor, request_id: int, decision: str, comment: str) -> PromotionRequest:
+CHANGED_SINCE_REVIEW = (
+    "The version, its model card or the policy changed while you were reviewing. Look at the request again "
+    "before you decide."
+)
+
+
+def _check_seen(request: PromotionRequest, evaluation, seen: dict | None) -> None:
+    """A reviewer's decision is about what they looked at: when they say what that was (digest, card
+    revision, policy version), it must still be current under the request's lock, or nothing is recorded."""
+    current = {
+        "digest": request.version.digest,
+        "card_revision": evaluation.card_revision,
+        "policy_version": evaluation.policy.version,
+    }
+    changed = {k: {"seen": v, "current": current[k]} for k, v in (seen or {}).items() if v != current[k]}
+    if changed:
+        raise Conflict(CHANGED_SINCE_REVIEW, code="changed_since_review", detail=changed)
+
+
+def _review(*, actor, request_id: int, decision: str, comment: str, seen: dict | None) -> PromotionRequest:
     with transaction.atomic():
         request, expired = _locked_pending(request_id)
         if not expired:
-            _review_locked(actor=actor, request=request, decision=decision, comment=comment)
+            _review_locked(actor=actor, request=request, decision=decision, comment=comment, seen=seen)
     if expired:  # the expiry is committed; the review is refused
         raise Conflict(f"Promotion #{request_id} expired before it was decided.", code="expired")
     return request
 
 
-def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: str) -> None:
+def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: str, seen: dict | None) -> None:
     if request.state != PromotionState.PENDING:
         raise Conflict(
             f"Promotion #{request.pk} is {request.state}, not pending.",
@@ -231,6 +250,7 @@ def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: 
     allowed, why = selectors.may_review(user=actor, request=request, rules=rules)
     if not allowed:
         raise Forbidden(why)
+    _check_seen(request, evaluation, seen)
     counted = selectors.counted_approvals(
         request=request, policy=evaluation.policy, card_revision=evaluation.card_revision
     )
@@ -276,17 +296,18 @@ def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: 
         )
 
 
-def promotion_approve(*, actor, request_id: int, comment: str = "") -> PromotionRequest:
-    return _review(actor=actor, request_id=request_id, decision=Decision.APPROVE, comment=comment)
+def promotion_approve(*, actor, request_id: int, comment: str = "", seen: dict | None = None) -> PromotionRequest:
+    """seen: what the reviewer looked at, any of {"digest", "card_revision", "policy_version"} (409 if changed)."""
+    return _review(actor=actor, request_id=request_id, decision=Decision.APPROVE, comment=comment, seen=seen)
 
 
-def promotion_reject(*, actor, request_id: int, comment: str) -> PromotionRequest:
+def promotion_reject(*, actor, request_id: int, comment: str, seen: dict | None = None) -> PromotionRequest:
     if not comment or not comment.strip():
         raise InvalidInput(
             "A rejection needs a comment that tells the requester what to change.",
             detail={"comment": ["Required when rejecting."]},
         )
-    return _review(actor=actor, request_id=request_id, decision=Decision.REJECT, comment=comment)
+    return _review(actor=actor, request_id=request_id, decision=Decision.REJECT, comment=comment, seen=seen)
 
 
 def promotion_cancel(*, actor, request_id: int, reason: str = "") -> PromotionRequest:

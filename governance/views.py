@@ -110,6 +110,18 @@ def promotion_detail(request, pk: int):
     )
 
 
+def _seen(form) -> dict:
+    """The confirmation page's hidden fields; ValueError when they are missing or malformed."""
+    if not form.get("digest"):
+        raise ValueError("no digest")
+    card = form.get("card_revision", "")
+    return {
+        "digest": form["digest"],
+        "card_revision": int(card) if card else None,
+        "policy_version": int(form.get("policy_version", "")),
+    }
+
+
 @login_required
 @require_POST
 def promotion_review(request, pk: int):
@@ -132,26 +144,28 @@ def promotion_review(request, pk: int):
     if blocked:
         messages.error(request, blocked)
         return redirect(detail_url)
-    seen = {"card_revision": str(evaluation.card_revision or ""), "policy_version": str(evaluation.policy.version)}
     if request.POST.get("confirm") != "yes":
+        seen = {
+            "digest": promotion.version.digest,
+            "card_revision": evaluation.card_revision or "",
+            "policy_version": evaluation.policy.version,
+        }
         return render(
             request,
             "governance/promotion_confirm.html",
             {"promotion": promotion, "view": view, "decision": decision, "comment": comment, "seen": seen},
         )
-    # The reviewer confirmed what they saw: refuse if the card or the policy changed since.
-    if any(request.POST.get(key, "") != value for key, value in seen.items()):
-        messages.error(
-            request,
-            "The model card or the policy changed while you were reviewing. Look at the request again "
-            "before you decide.",
-        )
+    # The decision is about what the confirmation page showed: the service refuses it if that changed.
+    try:
+        seen = _seen(request.POST)
+    except ValueError:
+        messages.error(request, services.CHANGED_SINCE_REVIEW)
         return redirect(detail_url)
     try:
         if decision == Decision.APPROVE:
-            done = services.promotion_approve(actor=request.user, request_id=pk, comment=comment)
+            done = services.promotion_approve(actor=request.user, request_id=pk, comment=comment, seen=seen)
         else:
-            done = services.promotion_reject(actor=request.user, request_id=pk, comment=comment)
+            done = services.promotion_reject(actor=request.user, request_id=pk, comment=comment, seen=seen)
     except DomainError as exc:
         messages.error(request, exc.message)
         return redirect(detail_url)

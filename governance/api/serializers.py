@@ -146,11 +146,29 @@ class PromotionListQuery(StrictSerializer):
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
 
 
-class ApproveInput(StrictSerializer):
+class SeenInput(StrictSerializer):
+    """What the reviewer looked at. Each field given must still be current, or the decision is refused
+    with 409 changed_since_review and nothing is recorded."""
+
+    digest = serializers.RegexField(
+        r"^sha256:[0-9a-f]{64}$", required=False, help_text="the version's digest the reviewer checked"
+    )
+    card_revision = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="the model card revision read (null: no card)"
+    )
+    policy_version = serializers.IntegerField(required=False, min_value=1, help_text="the policy version applied")
+
+    def seen(self) -> dict:
+        return {
+            k: self.validated_data[k] for k in ("digest", "card_revision", "policy_version") if k in self.validated_data
+        }
+
+
+class ApproveInput(SeenInput):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
 
-class RejectInput(StrictSerializer):
+class RejectInput(SeenInput):
     comment = serializers.CharField(max_length=5000, help_text="required: what must change")
 
 

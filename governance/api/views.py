@@ -194,12 +194,20 @@ class PromotionDetailView(PromotionBase):
 class PromotionApproveView(PromotionBase):
     required_scopes = {"POST": scopes.APPROVALS_WRITE}
 
-    @extend_schema(request=s.ApproveInput, responses=s.PromotionOutput, summary="Approve a promotion request")
+    @extend_schema(
+        request=s.ApproveInput,
+        responses=s.PromotionOutput,
+        summary="Approve a promotion request",
+        description="Name what you reviewed (digest, card_revision, policy_version) to have the approval refused "
+        "with 409 changed_since_review if any of it changed meanwhile.",
+    )
     def post(self, request, pk):
         self.promotion(pk)
         data = s.ApproveInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.promotion_approve(actor=request.user, request_id=pk, **data.validated_data)
+        services.promotion_approve(
+            actor=request.user, request_id=pk, comment=data.validated_data["comment"], seen=data.seen()
+        )
         return self.detail(pk)
 
 
@@ -213,7 +221,9 @@ class PromotionRejectView(PromotionBase):
         self.promotion(pk)
         data = s.RejectInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.promotion_reject(actor=request.user, request_id=pk, **data.validated_data)
+        services.promotion_reject(
+            actor=request.user, request_id=pk, comment=data.validated_data["comment"], seen=data.seen()
+        )
         return self.detail(pk)
 
 

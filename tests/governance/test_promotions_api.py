@@ -167,6 +167,53 @@ def test_policy_change_invalidates_earlier_approvals(world):
     assert after["approvals_counted"] == 1 and after["state"] == "pending"
 
 
+def test_an_approval_naming_what_was_reviewed_is_refused_when_it_changed(world):
+    """digest / card_revision / policy_version in the body pin the decision to what the reviewer saw."""
+    from registry.models import ModelVersion
+
+    pk = promote(world["owner"]).json()["id"]
+    digest = ModelVersion.objects.get(model__name="churn", number=1).digest
+    seen = {"digest": digest, "card_revision": 1, "policy_version": 1}
+    reviewer = world["reviewer"].client()
+    world["owner"].client().post(
+        f"{MODEL}/versions/1/card", {"content": {**FULL_CARD, "factors": "age"}}, format="json"
+    )
+    stale = reviewer.post(f"/api/v1/promotions/{pk}/approve", {**seen, "comment": "looks fine"}, format="json")
+    assert stale.status_code == 409, stale.json()
+    error = stale.json()["error"]
+    assert error["code"] == "changed_since_review"
+    assert error["detail"] == {"card_revision": {"seen": 1, "current": 2}}
+    assert not Approval.objects.exists()
+    # the same reviewer, having looked at revision 2
+    ok = reviewer.post(f"/api/v1/promotions/{pk}/approve", {**seen, "card_revision": 2}, format="json")
+    assert ok.status_code == 200 and ok.json()["approvals_counted"] == 1
+    # a policy change between looking and rejecting is refused the same way
+    world["admin"].client().put("/api/v1/targets/prod/policy", POLICY, format="json")
+    reject = (
+        world["reviewer2"]
+        .client()
+        .post(f"/api/v1/promotions/{pk}/reject", {"comment": "no", "policy_version": 1}, format="json")
+    )
+    assert reject.status_code == 409 and reject.json()["error"]["detail"] == {
+        "policy_version": {"seen": 1, "current": 2}
+    }
+    assert Approval.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"digest": "md5:abc"}, "digest"),
+        ({"card_revision": 0}, "card_revision"),
+        ({"policy_version": "x"}, "policy_version"),
+    ],
+)
+def test_malformed_seen_fields_are_400(world, body, field):
+    pk = promote(world["owner"]).json()["id"]
+    r = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", body, format="json")
+    assert r.status_code == 400 and field in r.json()["error"]["detail"]
+
+
 def test_cancel_by_requester(world):
     pk = promote(world["owner"]).json()["id"]
     assert world["reviewer"].client().post(f"/api/v1/promotions/{pk}/cancel", {}, format="json").status_code == 403

@@ -39,7 +39,7 @@ def review(client, pk, decision, comment="", confirm=True, **seen):
         page = client.post(f"/promotions/{pk}/review/", data)
         assert page.status_code == 200, text(page)
         # what the confirmation page carries forward
-        for name in ("card_revision", "policy_version"):
+        for name in ("digest", "card_revision", "policy_version"):
             data[name] = seen.get(name, re.search(rf'name="{name}" value="([^"]*)"', page.content.decode())[1])
         data["confirm"] = "yes"
     return client.post(f"/promotions/{pk}/review/", data, follow=True)
