@@ -1,8 +1,10 @@
 """The audit log is append-only in the database and hash-chained; both verifiers catch tampering."""
 
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -468,3 +470,337 @@ def test_standalone_verifier_usage_errors_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert "cannot read" in result.stderr
+
+
+# --- the fast path over raw lines: same verdicts as verify_events() ---------------------------
+#
+# audit/chain.py hashes a canonical line's raw bytes (the line minus its hash members) instead of
+# re-serializing the event, but only after proving the line canonical; everything else goes through
+# verify_events()'s own checks. These tests pin both halves: canonical lines take the fast path, and
+# every other line gets verify_events()'s verdict, message and sequence number, including lines
+# forged to fool a fast path that would hash raw bytes without that proof.
+
+MEMBERS = re.compile(rb'"hash":"([0-9a-f]{64})","prev_hash":"([0-9a-f]{64})",?')
+
+
+def synthetic_lines(count: int, start: int = 1, prev: str = chain.GENESIS, **overrides) -> list[bytes]:
+    """Export lines as the registry writes them (canonical JSON of the event with prev_hash and hash)."""
+    lines = []
+    for seq in range(start, start + count):
+        event = {
+            "seq": seq,
+            "at": f"2026-01-01T00:00:{seq % 60:02d}.000000Z",
+            "actor_id": 7,
+            "actor_username": "bench:bulk",
+            "token_id": None,
+            "request_id": f"req-{seq:012d}",
+            "action": "version.registered",
+            "subject_type": "registry.modelversion",
+            "subject_id": str(seq),
+            "subject_repr": f"fraud/{seq}",
+            "before": {"status": "registered"} if seq % 3 else None,
+            "after": {"metrics": {"auc": (seq % 1000) / 1000, "n": seq}, "tags": ["a", "b"], "note": "x" * 200},
+            "reason": "",
+            **overrides,
+        }
+        event["hash"] = chain.event_hash(prev, event)
+        event["prev_hash"] = prev
+        lines.append(chain.canonical_json(event) + b"\n")
+        prev = event["hash"]
+    return lines
+
+
+def reference_verdict(lines: list[bytes], **kwargs) -> str:
+    """What verify_events() (the definition, which re-serializes every event) says about these lines."""
+    try:
+        count, head = chain.verify_events(
+            [json.loads(line) for line in lines if line.strip()], **{"from_genesis": True, **kwargs}
+        )
+    except chain.ChainError as failure:
+        return f"FAIL: {failure}"
+    return f"OK: {count} events verified; last hash {head}"
+
+
+def assert_same_verdict(result: subprocess.CompletedProcess, lines: list[bytes], **kwargs) -> str:
+    verdict = reference_verdict(lines, **kwargs)
+    if verdict.startswith("OK"):
+        assert (result.returncode, result.stdout.strip(), result.stderr) == (0, verdict, "")
+    else:
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert result.stderr.splitlines()[0] == verdict
+        assert "OK" not in result.stdout
+    return verdict
+
+
+def raw_rehash(line: bytes) -> bytes:
+    """Give a line the hash of its raw bytes minus its first hash members: the hash a fast path that hashed raw
+    bytes without proving them canonical would accept. For a canonical line that is simply its right hash."""
+    members = MEMBERS.search(line)
+    body = line[: members.start()] + line[members.end() :]
+    forged = hashlib.sha256(members[2] + body.rstrip(b"\n")).hexdigest().encode()
+    return line[: members.start(1)] + forged + line[members.end(1) :]
+
+
+def fast_batch(lines: list[bytes]):
+    """What the fast path makes of these lines: (seqs, prev_hashes, hashes), or None to check them one by one."""
+    lines = [line.rstrip(b"\n") for line in lines]
+    return None if any(map(chain._suspect, lines)) else chain._canonical_batch(lines)
+
+
+def test_canonical_lines_take_the_fast_path(exported):
+    lines, head = exported
+    canonical = [line for line in lines if not chain._suspect(line.rstrip(b"\n"))]
+    assert len(canonical) >= len(lines) - 2  # only the event with quotes and a newline in its reason is held back
+    seqs, prev_hashes, hashes = fast_batch(canonical)
+    events = [json.loads(line) for line in canonical]
+    assert (list(seqs), list(prev_hashes), list(hashes)) == (
+        [e["seq"] for e in events],
+        [e["prev_hash"] for e in events],
+        [e["hash"] for e in events],
+    )
+    run = chain._scan_block(b"".join(lines), False, "utf-8", "strict")  # the held-back line checked on its own
+    assert run == (len(lines), 1, chain.GENESIS, len(lines), head)
+    assert (
+        chain.verify_lines(lines, from_genesis=True)
+        == chain.verify_events(map(json.loads, lines))
+        == (
+            len(lines),
+            head,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "reserialize",
+    [
+        lambda e: json.dumps(e, sort_keys=True, ensure_ascii=False),  # ", " and ": "
+        lambda e: json.dumps({k: e[k] for k in (*chain.EVENT_FIELDS, "prev_hash", "hash")}, separators=(",", ":")),
+        lambda e: json.dumps(dict(reversed(e.items())), ensure_ascii=False, separators=(",", ":")),
+        lambda e: json.dumps(e, sort_keys=True, separators=(",", ":"), ensure_ascii=True),
+        lambda e: " " + json.dumps(e, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\t",
+    ],
+    ids=["spaces", "unsorted", "unsorted-escaped", "ascii-escaped", "padded"],
+)
+def test_valid_lines_in_another_form_still_verify(exported, tmp_path, reserialize):
+    """An export re-serialized by another tool is not canonical: each line is re-serialized and checked."""
+    lines, head = exported
+    reformatted = [reserialize(json.loads(line)).encode() + b"\n" for line in lines]
+    assert reformatted != lines
+    assert all(fast_batch([new]) is None for new, old in zip(reformatted, lines, strict=True) if new != old)
+    result = run_verifier(tmp_path, reformatted, "--expect-head", head)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"OK: {len(lines)} events verified; last hash {head}"
+
+
+def test_crlf_line_ends_verify(exported, tmp_path):
+    lines, head = exported
+    result = run_verifier(tmp_path, [line.replace(b"\n", b"\r\n") for line in lines], "--expect-head", head)
+    assert result.returncode == 0, result.stderr
+
+
+def _move_members_into_after(line: bytes) -> bytes:
+    members = MEMBERS.search(line)
+    rest = line[: members.start()] + line[members.end() :]
+    return rest.replace(b'"after":{', b'"after":{' + members[0], 1)
+
+
+def _copy_members_into_a_payload(line: bytes) -> bytes:
+    payload = b'"before":{' if b'"before":{' in line else b'"after":{'
+    return line.replace(payload, payload + MEMBERS.search(line)[0], 1)
+
+
+def _members_text_inside_reason(line: bytes) -> bytes:
+    forged = MEMBERS.search(line)[0].replace(b'"', b'\\"')  # inside a JSON string, quotes are escaped
+    return line.replace(b'"reason":"', b'"reason":"' + forged, 1)
+
+
+def _members_moved_to_the_end(line: bytes) -> bytes:
+    members = MEMBERS.search(line)
+    rest = line[: members.start()] + line[members.end() :]
+    return rest.rstrip(b"}\n") + b"," + members[0].rstrip(b",") + b"}\n"
+
+
+TAMPERINGS = {
+    "value-in-a-string": lambda line: line.replace(b'"actor_username":"bench:bulk"', b'"actor_username":"bench:bulK"'),
+    "value-in-a-nested-object": lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a","c"]'),
+    "spaces": lambda line: line.replace(b'"reason":', b'"reason": '),
+    "key-order": lambda line: line.replace(b'"actor_id":7,"actor_username"', b'"actor_username"', 1).replace(
+        b'"after"', b'"actor_id":7,"after"', 1
+    ),
+    "unicode-escape": lambda line: line.replace(b'"bench:bulk"', b'"b\\u0065nch:bulk"'),
+    "float-form": lambda line: re.sub(rb'"auc":([0-9.]+)', rb'"auc":\g<1>0', line, count=1),
+    "float-exponent": lambda line: re.sub(rb'"n":([0-9]+)', rb'"n":\g<1>e0', line, count=1),
+    "negative-zero": lambda line: line.replace(b'"actor_id":7', b'"actor_id":-0'),
+    "duplicate-key": lambda line: line.replace(b'"reason":""', b'"reason":"forged","reason":""'),
+    "duplicate-nested-key": lambda line: line.replace(b'"tags":', b'"note":"","tags":'),
+    "members-in-after": _move_members_into_after,
+    "members-also-in-a-payload": _copy_members_into_a_payload,
+    "members-text-in-a-string": _members_text_inside_reason,
+    "members-at-the-end": _members_moved_to_the_end,
+    "extra-field": lambda line: line.replace(b'"token_id":null}', b'"token_id":null,"zz":1}'),
+    "nested-key-order": lambda line: re.sub(rb'"auc":([0-9.]+),"n":([0-9]+)', rb'"n":\2,"auc":\1', line, count=1),
+    "trailing-space": lambda line: line.rstrip(b"\n") + b" \n",
+    "seq-as-zero": lambda line: re.sub(rb'"seq":[0-9]+,', b'"seq":0,', line, count=1),
+    "seq-as-float": lambda line: re.sub(rb'"seq":([0-9]+)', rb'"seq":\g<1>.0', line, count=1),
+    "seq-as-true": lambda line: re.sub(rb'"seq":[0-9]+,', b'"seq":true,', line, count=1),
+}
+
+
+# still canonical JSON, so these do pass the batch (for the seqs, its caller then leaves them to _Chain)
+CANONICAL_TAMPERINGS = {
+    "value-in-a-string",
+    "value-in-a-nested-object",
+    "members-text-in-a-string",
+    "seq-as-true",
+    "seq-as-float",
+    "seq-as-zero",
+}
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["hash-kept", "raw-bytes-rehashed"])
+@pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_tampered_lines_get_the_verdict_of_verify_events(tmp_path, tampering, rehash, where):
+    lines = synthetic_lines(9)
+    index = {"first": 0, "middle": 4, "last": 8}[where]
+    tampered = TAMPERINGS[tampering](lines[index])
+    assert tampered != lines[index], "the tampering must change the line"
+    if rehash:
+        tampered = raw_rehash(tampered)
+        forged_hash = MEMBERS.search(tampered)[1].decode()  # relink what follows: only this line can be at fault
+        lines[index + 1 :] = synthetic_lines(len(lines) - index - 1, start=index + 2, prev=forged_hash)
+    lines[index] = tampered
+    if tampering not in CANONICAL_TAMPERINGS:
+        assert fast_batch([tampered]) is None
+    verdict = assert_same_verdict(run_verifier(tmp_path, lines), lines)
+    if rehash and tampering not in CANONICAL_TAMPERINGS:
+        assert verdict.startswith("FAIL: sequence ") and f"(line {index + 1}): " in verdict, verdict
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'quote " backslash \\ slash / done',
+        "tab\tnewline\ncr\rnul\x00unit\x1fdel\x7f",
+        "Modèle «α» 🚀 — ünïcödé, 中文, \u2028 line separator",
+        "ends with a backslash \\",
+        ':starts with a colon, and has {"hash":"x","prev_hash":"y",} in it',
+        "-0,-0}]",
+    ],
+    ids=["quotes", "controls", "unicode", "trailing-backslash", "json-like", "negative-zero-text"],
+)
+def test_values_with_quotes_unicode_and_control_characters(tmp_path, value):
+    lines = synthetic_lines(5, reason=value, subject_repr=value, after={"v": value, "k": [value, {"z": value}]})
+    head = json.loads(lines[-1])["hash"]
+    result = run_verifier(tmp_path, lines, "--expect-head", head)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"OK: 5 events verified; last hash {head}"
+    assert chain.verify_lines(lines, from_genesis=True) == (5, head)
+
+    event = json.loads(lines[2])
+    event["reason"] = value + "!"
+    changed = chain.canonical_json(event) + b"\n"
+    for forged_line in (
+        changed,  # the hash kept
+        raw_rehash(changed.replace(b'"reason":', b'"reason": ')),  # not canonical, given its raw bytes' hash
+        raw_rehash(changed.replace(b'"reason":', b'"reason":"forged","reason":')),
+    ):
+        forged_hash = MEMBERS.search(forged_line)[1].decode()
+        forged = [*lines[:2], forged_line, *synthetic_lines(2, start=4, prev=forged_hash)]
+        verdict = assert_same_verdict(run_verifier(tmp_path, forged), forged)
+        assert verdict.startswith("FAIL: sequence 3 (line 3): hash does not match"), verdict
+
+
+def test_blank_lines_and_broken_json_are_numbered_as_before(tmp_path):
+    lines = synthetic_lines(4)
+    with_blank = [lines[0], b"\n", b"   \n", lines[1], lines[2][:-20] + b"\n", lines[3]]
+    result = run_verifier(tmp_path, with_blank)
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAIL: line 5: not valid JSON:"), result.stderr  # physical line numbers
+    result = run_verifier(tmp_path, [lines[0], b"\n", lines[2], lines[3]])
+    assert_same_verdict(result, [lines[0], lines[2], lines[3]])  # chain errors count events, not lines
+    assert result.stderr.startswith("FAIL: sequence 3 (line 2): expected sequence 2 after 1")
+
+
+@pytest.mark.parametrize("mode", [[], ["--partial"], ["--allow-gaps"]], ids=["whole", "partial", "gaps"])
+def test_partial_and_filtered_exports(tmp_path, mode):
+    lines = synthetic_lines(12)
+    tail = lines[4:]
+    result = run_verifier(tmp_path, tail, *mode)
+    if mode:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert_same_verdict(result, tail)
+    gappy = lines[1:3] + lines[5:9] + lines[10:]
+    result = run_verifier(tmp_path, gappy, *mode)
+    if mode == ["--allow-gaps"]:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"OK: {len(gappy)} events verified")
+        backwards = [gappy[1], gappy[0], *gappy[2:]]
+        assert_same_verdict(run_verifier(tmp_path, backwards, *mode), backwards, allow_gaps=True, from_genesis=False)
+    else:
+        assert_same_verdict(result, gappy, from_genesis=not mode)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2", "3"])
+def test_a_large_export_in_parallel(tmp_path, jobs):
+    """More than one worker's share (about a MB) of lines: checked in blocks, by worker processes with --jobs."""
+    lines = synthetic_lines(4000)
+    assert sum(map(len, lines)) > 2 * chain.TASK_SIZE
+    head = json.loads(lines[-1])["hash"]
+    result = run_verifier(tmp_path, lines, "--jobs", jobs, "--expect-head", head)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"OK: 4000 events verified; last hash {head}"
+
+    for index, tampering in [(3170, "duplicate-key"), (2400, "members-in-after"), (1999, "key-order")]:
+        forged = list(lines)
+        forged[index] = raw_rehash(TAMPERINGS[tampering](forged[index]))
+        forged_hash = MEMBERS.search(forged[index])[1].decode()
+        forged[index + 1 :] = synthetic_lines(len(lines) - index - 1, start=index + 2, prev=forged_hash)
+        assert_same_verdict(run_verifier(tmp_path, forged, "--jobs", jobs), forged)
+    swapped = [*lines[:2500], lines[2501], lines[2500], *lines[2502:]]
+    assert_same_verdict(run_verifier(tmp_path, swapped, "--jobs", jobs), swapped)
+    result = run_verifier(tmp_path, lines[:-1], "--jobs", jobs, "--expect-head", head)
+    assert_fails_at(result, 4000)
+
+
+def test_jobs_must_be_positive(tmp_path):
+    result = run_verifier(tmp_path, synthetic_lines(2), "--jobs", "0")
+    assert result.returncode == 2
+
+
+def test_lines_that_only_parse_together_are_not_mistaken_for_events(tmp_path):
+    """Two lines, neither of them JSON, that joined form a JSON value holding two events, each with hashes made to
+    match the other line: checked as a batch, they must still not pass for two events."""
+
+    def event(seq: int, **fields) -> dict:
+        return {**json.loads(synthetic_lines(1, start=seq)[0]), **fields}
+
+    def body(line: bytes) -> bytes:
+        return MEMBERS.sub(b"", line, count=1)
+
+    # line 1: event 2, its token_id an array left open; line 2: event 1, then what closes line 1
+    placeholder = "0" * 64
+    first = chain.canonical_json(event(2, token_id=None, hash=placeholder, prev_hash=placeholder))
+    first = first.replace(b'"token_id":null}', b'"token_id":[{"q":{}')
+    hash_1 = hashlib.sha256(chain.GENESIS.encode() + body(first)).hexdigest()  # event 1's hash, over line 1
+    second = chain.canonical_json(event(1, hash=hash_1, prev_hash=chain.GENESIS)) + b"}]}"
+    hash_2 = hashlib.sha256(hash_1.encode() + body(second)).hexdigest()  # event 2's hash, over line 2
+    first = first.replace(
+        f'"hash":"{placeholder}","prev_hash":"{placeholder}"'.encode(),
+        f'"hash":"{hash_2}","prev_hash":"{hash_1}"'.encode(),
+    )
+    lines = [first + b"\n", second + b"\n"]
+    assert body(first) == body(lines[0].rstrip(b"\n"))
+    result = run_verifier(tmp_path, lines)
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAIL: line 1: not valid JSON"), result.stderr
+
+
+@pytest.mark.parametrize("start", [0, -3])
+@pytest.mark.parametrize("mode", [[], ["--partial"], ["--allow-gaps"]], ids=["whole", "partial", "gaps"])
+def test_sequence_numbers_below_one(tmp_path, start, mode):
+    lines = synthetic_lines(6, start=start)  # well linked and hashed, and canonical
+    result = run_verifier(tmp_path, lines, *mode)
+    verdict = assert_same_verdict(result, lines, allow_gaps=mode == ["--allow-gaps"], from_genesis=not mode)
+    assert verdict == f"FAIL: sequence {start} (line 1): seq must be a positive integer"
