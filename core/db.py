@@ -81,3 +81,51 @@ class ProtectRows(Operation):
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         for sql in self._backwards_sql(schema_editor.connection.vendor):
             schema_editor.execute(sql, params=None)
+
+
+class BlockTruncate(Operation):
+    """PostgreSQL: refuse TRUNCATE of `table` (row triggers do not fire for it), unless the session has
+    said `SET registry.allow_truncate = on`. The test suite says so on its own connections, because
+    Django's test flush truncates every table; nothing in the service does. SQLite has no TRUNCATE."""
+
+    reversible = True
+    reduces_to_sql = True
+    SETTING = "registry.allow_truncate"
+
+    def __init__(self, table: str, *, message: str | None = None):
+        self.table = table
+        self.message = message or f"{table} cannot be truncated"
+
+    def deconstruct(self):
+        kwargs = {"message": self.message} if self.message != f"{self.table} cannot be truncated" else {}
+        return self.__class__.__qualname__, [self.table], kwargs
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def describe(self):
+        return f"Refuse TRUNCATE of {self.table}"
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        name, msg = f"{self.table}_no_truncate", self.message.replace("'", "''")
+        for sql in (
+            f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF current_setting('{self.SETTING}', true) IS DISTINCT FROM 'on' THEN
+                    RAISE EXCEPTION '{msg}' USING ERRCODE = 'restrict_violation';
+                END IF;
+                RETURN NULL;
+            END $$""",
+            f"DROP TRIGGER IF EXISTS {name} ON {self.table}",
+            f"CREATE TRIGGER {name} BEFORE TRUNCATE ON {self.table} FOR EACH STATEMENT EXECUTE FUNCTION {name}()",
+        ):
+            schema_editor.execute(sql, params=None)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        name = f"{self.table}_no_truncate"
+        schema_editor.execute(f"DROP TRIGGER IF EXISTS {name} ON {self.table}", params=None)
+        schema_editor.execute(f"DROP FUNCTION IF EXISTS {name}()", params=None)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from accounts import roles, scopes, services
@@ -79,6 +80,17 @@ def bearer(token: str) -> APIClient:
 # responses, across the whole session; the last test (tests/zz_secret_scan) fails on any finding.
 
 SESSION_SCANNER = None
+
+
+def _allow_truncate(sender, connection, **kwargs):
+    """Django's test flush truncates every table; the audit tables refuse TRUNCATE unless the session
+    allows it (core.db.BlockTruncate). Only the test process's own connections do."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET registry.allow_truncate = on")
+
+
+connection_created.connect(_allow_truncate, dispatch_uid="tests-allow-truncate")
 
 
 def pytest_configure(config):

@@ -88,3 +88,18 @@ def test_a_rolled_back_insert_leaves_the_head_where_it_was():
     assert (head.seq, head.hash) == (kept.seq, kept.hash)
     with transaction.atomic():
         assert record(action="c", subject_type="t", subject_id="3", actor="system:test").seq == kept.seq + 1
+
+
+@pytest.mark.parametrize(
+    "tables", ["audit_auditevent", "audit_auditchainhead", "audit_auditevent, audit_auditchainhead"]
+)
+def test_truncate_is_refused_unless_the_session_allows_it(tables):
+    """TRUNCATE fires no row trigger; a statement trigger refuses it (the test suite allows it for its flush)."""
+    from django.db import IntegrityError
+
+    with transaction.atomic():
+        record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL registry.allow_truncate = off")
+        cursor.execute(f"TRUNCATE {tables}")
+    assert AuditEvent.objects.count() == 1 and AuditChainHead.objects.get(pk=1).seq == 1
