@@ -82,7 +82,7 @@ def token_create(
 
 def token_revoke(*, actor, token_id: int, reason: str = "") -> ApiToken:
     with transaction.atomic():
-        token = ApiToken.objects.select_for_update().select_related("user").filter(pk=token_id).first()
+        token = ApiToken.objects.select_for_update(no_key=True).select_related("user").filter(pk=token_id).first()
         if token is None or not (actor.is_superuser or token.user_id == actor.pk):
             raise NotFound(f"No API token with id {token_id}.")
         if token.revoked_at is not None:

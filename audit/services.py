@@ -40,10 +40,10 @@ def _to_json_text(value) -> str:
 
 
 def _lock_head() -> AuditChainHead:
-    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    head = AuditChainHead.objects.select_for_update(no_key=True).filter(pk=1).first()
     if head is None:  # fresh or flushed database: create the head, then lock it
         AuditChainHead.objects.get_or_create(pk=1)
-        head = AuditChainHead.objects.select_for_update().get(pk=1)
+        head = AuditChainHead.objects.select_for_update(no_key=True).get(pk=1)
     return head
 
 

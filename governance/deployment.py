@@ -50,7 +50,11 @@ def _enqueue(target_id: int) -> None:
 
 
 def _lock_target(target_id: int) -> DeploymentTarget:
-    return DeploymentTarget.objects.select_for_update(of=("self",)).select_related("desired_release").get(pk=target_id)
+    return (
+        DeploymentTarget.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("desired_release")
+        .get(pk=target_id)
+    )
 
 
 def _next_number(target: DeploymentTarget) -> int:
@@ -66,7 +70,7 @@ def _retire(release: Release | None, state: str, now) -> None:
 
 def release_start(*, actor, promotion: PromotionRequest) -> Release:
     """An approved promotion becomes the target's desired release. Runs inside the approval's transaction."""
-    target = DeploymentTarget.objects.select_for_update().get(pk=promotion.target_id)
+    target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=promotion.target_id)
     now = timezone.now()
     previous = target.desired_release
     if previous is not None and previous.state in ACTIVE:  # never went live: replaced by the newer approval
@@ -270,8 +274,8 @@ def _serving_number(status: HostStatus, target: DeploymentTarget) -> int | None:
 
 def _mark_deploying(target_id: int, release_id: int) -> bool:
     with transaction.atomic():
-        target = DeploymentTarget.objects.select_for_update().get(pk=target_id)
-        release = Release.objects.select_for_update().get(pk=release_id)
+        target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
+        release = Release.objects.select_for_update(no_key=True).get(pk=release_id)
         if target.desired_release_id != release.pk or release.state != ReleaseState.PENDING:
             return target.desired_release_id == release.pk
         release.state = ReleaseState.DEPLOYING
@@ -287,8 +291,8 @@ def _mark_deploying(target_id: int, release_id: int) -> bool:
 
 def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
     with transaction.atomic():
-        target = DeploymentTarget.objects.select_for_update().get(pk=target_id)
-        release = Release.objects.select_for_update().get(pk=release_id)
+        target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
+        release = Release.objects.select_for_update(no_key=True).get(pk=release_id)
         if target.desired_release_id != release.pk or release.state == ReleaseState.LIVE:
             return
         now = timezone.now()
@@ -453,8 +457,8 @@ def _canary_step(target, release: Release, canary: Canary, host, credentials, st
 
 def _begin_step(target, release: Release, percent: int, baseline: Health, result, passed: str = "") -> None:
     with transaction.atomic():
-        target = DeploymentTarget.objects.select_for_update().get(pk=target.pk)
-        release = Release.objects.select_for_update().get(pk=release.pk)
+        target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)
+        release = Release.objects.select_for_update(no_key=True).get(pk=release.pk)
         if target.desired_release_id != release.pk or release.state != ReleaseState.DEPLOYING:
             return
         release.traffic_percent = percent

@@ -107,7 +107,7 @@ def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: Registere
     """A new version of the target's policy (or of its override for one model). Old approvals stop counting."""
     rules = _validate_rules(rules)
     with transaction.atomic():
-        DeploymentTarget.objects.select_for_update().get(pk=target.pk)  # serializes version numbers
+        DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)  # serializes version numbers
         previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
         last = Policy.objects.filter(target=target, model=model).aggregate(v=Max("version"))["v"] or 0
         policy = Policy.objects.create(target=target, model=model, version=last + 1, rules=rules, created_by=actor)
@@ -126,7 +126,9 @@ def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: Registere
 def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget, reason: str = "") -> PromotionRequest:
     """Open a request. Failing rules don't stop it (reviewers see them); they block approval until fixed."""
     with transaction.atomic():
-        ModelVersion.objects.select_for_update().get(pk=version.pk)  # one open request per version and target
+        ModelVersion.objects.select_for_update(no_key=True).get(
+            pk=version.pk
+        )  # one open request per version and target
         open_request = PromotionRequest.objects.filter(
             version=version, target=target, state=PromotionState.PENDING
         ).first()
@@ -199,7 +201,7 @@ def _locked_pending(request_id: int) -> tuple[PromotionRequest, bool]:
     (tests/governance/test_lock_order.py).
     """
     request = (
-        PromotionRequest.objects.select_for_update(of=("self", "target"))
+        PromotionRequest.objects.select_for_update(no_key=True, of=("self", "target"))
         .select_related("version__model", "target")
         .get(pk=request_id)
     )
@@ -312,7 +314,11 @@ def promotion_reject(*, actor, request_id: int, comment: str, seen: dict | None 
 
 def promotion_cancel(*, actor, request_id: int, reason: str = "") -> PromotionRequest:
     with transaction.atomic():
-        request = PromotionRequest.objects.select_for_update(of=("self",)).select_related("target").get(pk=request_id)
+        request = (
+            PromotionRequest.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("target")
+            .get(pk=request_id)
+        )
         if request.requester_id != actor.pk and not access.has_perm(actor, "manage_deploymenttarget", request.target):
             raise Forbidden("Only the requester or a manager of the target may cancel a promotion request.")
         _transition(request, PromotionState.CANCELLED, actor=actor, reason=reason)

@@ -273,7 +273,7 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
         changes["event_types"] = validate_event_types(changes["event_types"])
     try:
         with transaction.atomic():
-            locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+            locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
             before = _endpoint_snapshot(locked)
             for field, value in changes.items():
                 setattr(locked, field, value)
@@ -289,7 +289,7 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
 def endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> None:
     """Delete the endpoint with its deliveries and their log (the audit log keeps that it existed)."""
     with transaction.atomic():
-        locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
         record(action="webhook.deleted", subject=locked, actor=actor, before=_endpoint_snapshot(locked))
         locked.delete()
 
@@ -317,7 +317,7 @@ def dispatch(*, batch_size: int = 200) -> DispatchResult:
     if not WebhookCursor.objects.filter(pk=1).exists():
         WebhookCursor.objects.get_or_create(pk=1, defaults={"last_seq": _cursor_start()})
     with transaction.atomic():
-        cursor = WebhookCursor.objects.select_for_update().get(pk=1)
+        cursor = WebhookCursor.objects.select_for_update(no_key=True).get(pk=1)
         log_end = AuditEvent.objects.aggregate(s=Max("seq"))["s"] or 0
         if cursor.last_seq > log_end:  # the audit log was reset (a restored or flushed database)
             log.warning("webhook cursor at #%s is past the audit log's end #%s; restarting", cursor.last_seq, log_end)
@@ -462,7 +462,7 @@ def _finish(
 ) -> DeliveryOutcome | None:
     ok = result.status is not None and 200 <= result.status < 300
     with transaction.atomic():
-        locked = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk).first()
+        locked = WebhookDelivery.objects.select_for_update(no_key=True).filter(pk=delivery.pk).first()
         if locked is None:  # the endpoint was deleted meanwhile
             return None
         number = locked.attempts + 1

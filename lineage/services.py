@@ -307,7 +307,7 @@ def version_link(
     now = timezone.now()
     with transaction.atomic():
         # The version row lock serializes link facts of one version, so their ids are in time order.
-        locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         current = _linked_now(locked, run_uuid)
         if current == linked:
             if linked:

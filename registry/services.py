@@ -78,7 +78,7 @@ def model_create(*, actor, namespace: str, name: str, description: str = "", own
 
 def model_update(*, actor, model: RegisteredModel, description: str) -> RegisteredModel:
     with transaction.atomic():
-        model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        model = RegisteredModel.objects.select_for_update(no_key=True).get(pk=model.pk)
         before = {"description": model.description}
         model.description = description
         model.save(update_fields=["description"])
@@ -238,7 +238,7 @@ def version_update(
 ) -> ModelVersion:
     """Change the mutable parts of a version (tags, status); each change audited with before/after."""
     with transaction.atomic():
-        version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        version = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         before, after = {}, {}
         if tags is not None and tags != version.tags:
             before["tags"], after["tags"] = version.tags, tags
@@ -268,7 +268,7 @@ def alias_set(
         version = ModelVersion.objects.filter(model=model, number=number).first()
         if version is None:
             raise InvalidInput(f"{model} has no version {number}.", detail={"version": ["No such version."]})
-        alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+        alias = Alias.objects.select_for_update(no_key=True).filter(model=model, name=name).first()
         is_protected = (alias is not None and alias.protected) or bool(protected)
         changes_protection = protected is not None and (alias is None or protected != alias.protected)
         if (is_protected or changes_protection) and not access.has_perm(actor, ModelPerm.MANAGE, model):
@@ -311,7 +311,7 @@ def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[M
     content = cards.validate(content)
     with transaction.atomic():
         # The version row lock serializes revisions of one card: numbers have no gaps or duplicates.
-        locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         latest = locked.card_revisions.order_by("-revision").first()
         if latest is not None and latest.content == content:
             return latest, False  # a CI re-run posting the same card: nothing changes, nothing to audit
@@ -360,7 +360,7 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSi
     bundle_sha256 = signing.bundle_sha256(bundle)
     with transaction.atomic():
         # The version row lock orders concurrent attaches to one version: the latest is well defined.
-        locked = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         signature = VersionSignature.objects.create(
             version=locked,
             bundle=bundle,

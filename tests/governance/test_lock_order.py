@@ -76,3 +76,48 @@ def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
     assert outcome == {"reconcile": "ok", "approval": "ok"}
     assert PromotionRequest.objects.get(pk=request_id).state == "approved"
     assert Release.objects.filter(target=target, promotion_id=request_id).exists()
+
+
+def test_a_new_promotion_and_a_reconcile_of_its_target_do_not_deadlock(world):
+    """A new promotion request appends its audit event, then COMMIT checks its deferred foreign key to the
+    target (FOR KEY SHARE on the target row). Row locks are FOR NO KEY UPDATE, which that check passes, so
+    a reconcile holding the target and waiting for the chain head cannot deadlock with it (it did with
+    FOR UPDATE: a 500 on POST /promotions/ in the fault-injection e2e run)."""
+    from governance import deployment
+
+    target = DeploymentTarget.objects.get(name="prod")
+    holding, released, outcome = threading.Event(), threading.Event(), {}
+
+    def reconcile_like():
+        try:
+            with transaction.atomic():
+                deployment._lock_target(target.pk)
+                holding.set()
+                released.wait(10)
+                record(action="release.started", subject=target, actor="system:reconciler")
+            outcome["reconcile"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcome["reconcile"] = repr(exc)
+        finally:
+            connection.close()
+
+    def request_promotion():
+        try:
+            response = promote(world["owner"])
+            outcome["request"] = response.status_code
+        except Exception as exc:  # noqa: BLE001
+            outcome["request"] = repr(exc)
+        finally:
+            connection.close()
+
+    reconciler = threading.Thread(target=reconcile_like)
+    reconciler.start()
+    assert holding.wait(10)
+    requester = threading.Thread(target=request_promotion)
+    requester.start()
+    requester.join(10)  # with FOR UPDATE it would now wait at COMMIT, holding the chain head
+    released.set()
+    reconciler.join(20)
+    requester.join(20)
+    assert outcome == {"reconcile": "ok", "request": 201}
+    assert PromotionRequest.objects.filter(target=target).count() == 1

@@ -44,7 +44,7 @@ class Command(BaseCommand):
     @transaction.atomic
     def seed_user(self, username: str, groups, is_admin: bool) -> None:
         user, _ = services.user_get_or_create(actor=ACTOR, username=username)
-        user = get_user_model().objects.select_for_update().get(pk=user.pk)
+        user = get_user_model().objects.select_for_update(no_key=True).get(pk=user.pk)
         before = {"is_staff": user.is_staff, "is_superuser": user.is_superuser}
         after = {"is_staff": is_admin, "is_superuser": is_admin}
         if before != after:
