@@ -7,7 +7,6 @@ cursor inside a transaction, so nothing is materialized and memory stays flat wh
 """
 
 import csv
-import io
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
@@ -65,15 +64,16 @@ def _python_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
         yield chain.canonical_json(event.as_export_dict()).decode()
 
 
-def _chunked(lines: Iterable[str]) -> Iterator[bytes]:
+def _chunked(pieces: Iterable[str], sep: str = "") -> Iterator[bytes]:
+    """EXPORT_BATCH pieces per chunk, each followed by `sep`."""
     batch: list[str] = []
-    for line in lines:
-        batch.append(line)
+    for piece in pieces:
+        batch.append(piece)
         if len(batch) == EXPORT_BATCH:
-            yield ("\n".join(batch) + "\n").encode()
+            yield (sep.join(batch) + sep).encode()
             batch.clear()
     if batch:
-        yield ("\n".join(batch) + "\n").encode()
+        yield (sep.join(batch) + sep).encode()
 
 
 def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
@@ -84,23 +84,26 @@ def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     """
     with transaction.atomic():
         lines = _postgres_lines(qs) if connection.vendor == "postgresql" else _python_lines(qs)
-        yield from _chunked(lines)
+        yield from _chunked(lines, sep="\n")
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
 
 
 def csv_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     """A header row, then CSV_COLUMNS per event (before/after as the stored canonical JSON text, None
     as ""), in chunks of EXPORT_BATCH rows."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(_Echo())  # writerow() returns the formatted row
     at = CSV_COLUMNS.index("at")
-    writer.writerow(CSV_COLUMNS)
-    with transaction.atomic():
-        for n, row in enumerate(qs.values_list(*CSV_COLUMNS).iterator(chunk_size=EXPORT_BATCH), start=1):
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow(CSV_COLUMNS)
+        for row in qs.values_list(*CSV_COLUMNS).iterator(chunk_size=EXPORT_BATCH):
             row = ["" if value is None else value for value in row]
             row[at] = format_time(row[at])
-            writer.writerow(row)
-            if n % EXPORT_BATCH == 0:
-                yield buffer.getvalue().encode()
-                buffer.seek(0)
-                buffer.truncate()
-    yield buffer.getvalue().encode()
+            yield writer.writerow(row)
+
+    with transaction.atomic():
+        yield from _chunked(rows())

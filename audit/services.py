@@ -99,18 +99,17 @@ def record(
     return event
 
 
-_LINKED_COLUMNS = [f.column for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash")]
+_GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash")]
 _INSERT = (
-    f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(_LINKED_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_LINKED_COLUMNS))}) RETURNING seq, prev_hash, hash"
+    f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(f.column for f in _GIVEN_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_GIVEN_FIELDS))}) RETURNING seq, prev_hash, hash"
 )
 
 
 def _link_in_database(event: AuditEvent) -> None:
     """PostgreSQL: one INSERT; the chain-link trigger (migration 0003) locks the head, assigns seq and
     prev_hash, computes the hash and moves the head."""
-    fields = {f.column: f for f in AuditEvent._meta.concrete_fields}
-    params = [fields[c].get_db_prep_save(getattr(event, fields[c].attname), connection) for c in _LINKED_COLUMNS]
+    params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _GIVEN_FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, params)
         event.seq, event.prev_hash, event.hash = cursor.fetchone()
