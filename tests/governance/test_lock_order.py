@@ -12,6 +12,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from audit.services import record
+from governance import deployment
 from governance import services as governance
 from governance.models import DeploymentTarget, PromotionRequest, Release
 from tests.governance.conftest import promote
@@ -26,6 +27,32 @@ def waiting_on_a_lock(pid: int) -> bool:
     return bool(row) and row[0] == "Lock"
 
 
+def in_thread(outcome: dict, key: str, work) -> threading.Thread:
+    """Run `work()` on its own connection; its result (or the exception's repr) lands in outcome[key]."""
+
+    def run():
+        try:
+            outcome[key] = work()
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcome[key] = repr(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def reconcile_like(target, holding: threading.Event, released: threading.Event) -> str:
+    """What the reconciler does: lock the target, work, append an audit event, commit."""
+    with transaction.atomic():
+        deployment._lock_target(target.pk)
+        holding.set()
+        released.wait(10)
+        record(action="release.started", subject=target, actor="system:reconciler")
+    return "ok"
+
+
 def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
     reviewer, reviewer2 = world["reviewer"].user, world["reviewer2"].user
     created = promote(world["owner"])
@@ -37,35 +64,14 @@ def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
     holding, released, outcome = threading.Event(), threading.Event(), {}
     approver_pid = []
 
-    def reconcile_like():
-        """What the reconciler does: lock the target, work, append an audit event, commit."""
-        try:
-            with transaction.atomic():
-                DeploymentTarget.objects.select_for_update().get(pk=target.pk)
-                holding.set()
-                released.wait(10)
-                record(action="release.started", subject=target, actor="system:reconciler")
-            outcome["reconcile"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
-            outcome["reconcile"] = repr(exc)
-        finally:
-            connection.close()
-
     def final_approval():
-        try:
-            approver_pid.append(connection.cursor().connection.info.backend_pid)
-            governance.promotion_approve(actor=reviewer2, request_id=request_id)
-            outcome["approval"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            outcome["approval"] = repr(exc)
-        finally:
-            connection.close()
+        approver_pid.append(connection.cursor().connection.info.backend_pid)
+        governance.promotion_approve(actor=reviewer2, request_id=request_id)
+        return "ok"
 
-    reconciler = threading.Thread(target=reconcile_like)
-    reconciler.start()
+    reconciler = in_thread(outcome, "reconcile", lambda: reconcile_like(target, holding, released))
     assert holding.wait(10)
-    approver = threading.Thread(target=final_approval)
-    approver.start()
+    approver = in_thread(outcome, "approval", final_approval)
     deadline = time.monotonic() + 10
     while not (approver_pid and waiting_on_a_lock(approver_pid[0])) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -83,38 +89,12 @@ def test_a_new_promotion_and_a_reconcile_of_its_target_do_not_deadlock(world):
     target (FOR KEY SHARE on the target row). Row locks are FOR NO KEY UPDATE, which that check passes, so
     a reconcile holding the target and waiting for the chain head cannot deadlock with it (it did with
     FOR UPDATE: a 500 on POST /promotions/ in the fault-injection e2e run)."""
-    from governance import deployment
-
     target = DeploymentTarget.objects.get(name="prod")
     holding, released, outcome = threading.Event(), threading.Event(), {}
 
-    def reconcile_like():
-        try:
-            with transaction.atomic():
-                deployment._lock_target(target.pk)
-                holding.set()
-                released.wait(10)
-                record(action="release.started", subject=target, actor="system:reconciler")
-            outcome["reconcile"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
-            outcome["reconcile"] = repr(exc)
-        finally:
-            connection.close()
-
-    def request_promotion():
-        try:
-            response = promote(world["owner"])
-            outcome["request"] = response.status_code
-        except Exception as exc:  # noqa: BLE001
-            outcome["request"] = repr(exc)
-        finally:
-            connection.close()
-
-    reconciler = threading.Thread(target=reconcile_like)
-    reconciler.start()
+    reconciler = in_thread(outcome, "reconcile", lambda: reconcile_like(target, holding, released))
     assert holding.wait(10)
-    requester = threading.Thread(target=request_promotion)
-    requester.start()
+    requester = in_thread(outcome, "request", lambda: promote(world["owner"]).status_code)
     requester.join(10)  # with FOR UPDATE it would now wait at COMMIT, holding the chain head
     released.set()
     reconciler.join(20)
