@@ -170,15 +170,13 @@ def test_blocked_approval_shows_the_domain_message(seeded):
     assert "You requested this promotion" in r
 
 
-def test_service_errors_reach_the_page(seeded, monkeypatch):
-    from core.errors import Conflict
-
-    def refuse(**kwargs):
-        raise Conflict("Promotion #1 is approved, not pending.")
-
-    monkeypatch.setattr(services, "promotion_reject", refuse)
-    r = text(review(as_user(seeded["reviewer"].user), seeded["promotion"].pk, "reject", "nope"))
-    assert 'role="alert">Promotion #1 is approved, not pending.' in r
+def test_service_errors_reach_the_page(seeded):
+    """A refusal that only the service can make (under the request's lock) is shown as the page's alert,
+    in the service's words, and records nothing: here the policy changed after the confirmation page."""
+    pk = seeded["promotion"].pk
+    r = text(review(as_user(seeded["reviewer"].user), pk, "reject", "nope", policy_version="999"))
+    assert f'role="alert">{escape(services.CHANGED_SINCE_REVIEW)}' in r
+    assert PromotionRequest.objects.get(pk=pk).state == "pending"
 
 
 def test_confirmation_is_refused_when_the_card_changed_meanwhile(seeded):
