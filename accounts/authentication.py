@@ -25,9 +25,8 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <token>'.")
         plaintext = parts[1]
-        token = next(
-            iter(ApiToken.objects.select_related("user").filter(token_hash=ApiToken.hash_token(plaintext))[:1]), None
-        )
+        by_hash = ApiToken.objects.select_related("user").filter(token_hash=ApiToken.hash_token(plaintext))
+        token = next(iter(by_hash.order_by()[:1]), None)  # unique: no ORDER BY to compile and run
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid API token.")
         if token.revoked_at is not None:

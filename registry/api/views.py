@@ -22,9 +22,14 @@ SHA256_PATH = re.compile(r"^sha256:([0-9a-f]{64})$")
 class ModelScopedView(GovernedAPIView):
     """Views under /models/{namespace}/{name}/: the model decides access for everything below it."""
 
+    model_related: tuple[str, ...] = ()  # what the view's response reads from the model besides its name
+
     def model(self, codename: str | None = None) -> RegisteredModel:
+        queryset = RegisteredModel.objects.all()
+        if self.model_related:  # (select_related() with no names would follow every foreign key)
+            queryset = queryset.select_related(*self.model_related)
         return self.governed(
-            RegisteredModel.objects.select_related("owner_group", "created_by"),
+            queryset,
             codename,
             namespace=self.kwargs["namespace"],
             name=self.kwargs["name"],
@@ -36,7 +41,7 @@ class ModelScopedView(GovernedAPIView):
         a missing or hidden model answers exactly as `model()` does and a visible one names what is missing."""
         found = next(
             iter(
-                queryset.select_related("model__owner_group", "model__created_by").filter(
+                queryset.select_related("model").filter(
                     model__namespace=self.kwargs["namespace"], model__name=self.kwargs["name"], **lookup
                 )[:1]
             ),
@@ -87,6 +92,7 @@ class ModelListView(GovernedAPIView):
 
 class ModelDetailView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.MODELS_WRITE}
+    model_related = ("owner_group", "created_by")  # ModelOutput
 
     @extend_schema(responses=s.ModelOutput, summary="Get a model")
     def get(self, request, namespace, name):
