@@ -392,3 +392,71 @@ def test_command_errors(personas, args, message):
     assert ApiToken.objects.count() == count
     assert new_events(start) == []
     assert not get_user_model().objects.filter(username="ghost").exists()
+
+
+# --- the hand-written look-up (accounts.authentication.token_by_hash) ----------------------------
+
+
+def _orm_fields(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+def test_token_look_up_reads_what_the_orm_reads(personas, make_token):
+    """Every column of the token and its user comes back as the ORM converts it (JSON scopes, aware
+    datetimes, booleans), and the user needs no further query."""
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.authentication import token_by_hash
+
+    user = personas["owner"].user
+    user.first_name, user.last_login = "Ada", timezone.now()
+    user.save()
+    plaintext = make_token(user, ["read", "versions:write"], expires_in_days=3)
+    digest = ApiToken.hash_token(plaintext)
+    ApiToken.objects.filter(token_hash=digest).update(revoked_at=timezone.now())
+    with CaptureQueriesContext(connection) as queries:
+        token = token_by_hash(digest)
+        username = token.user.username
+    assert len(queries) == 1 and username == "owner"
+    stored = ApiToken.objects.select_related("user").get(token_hash=digest)
+    assert _orm_fields(token) == _orm_fields(stored)
+    assert _orm_fields(token.user) == _orm_fields(stored.user)
+    assert token.scopes == ["read", "versions:write"] and token.revoked_at.tzinfo is not None
+    assert token_by_hash(ApiToken.hash_token(plaintext + "x")) is None
+
+
+def test_token_look_up_on_sqlite(tmp_path):
+    """The embedded default: SQLite hands back text dates and integer booleans, the converters fix them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
+        "DJANGO_DEBUG": "1",
+        "DATA_DIR": str(tmp_path / "data"),
+        "CELERY_BROKER_URL": "filesystem://",
+    }
+    manage = [sys.executable, str(root / "manage.py")]
+    migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=root, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    script = (
+        "from datetime import datetime\n"
+        "from django.contrib.auth.models import User\n"
+        "from accounts import services\n"
+        "from accounts.authentication import token_by_hash\n"
+        "from accounts.models import ApiToken\n"
+        "user = User.objects.create_user('sq', is_staff=True)\n"
+        "issued = services.token_create(actor='test', user=user, name='t', scopes=['read'])\n"
+        "token = token_by_hash(ApiToken.hash_token(issued.plaintext))\n"
+        "assert token.scopes == ['read'] and isinstance(token.created_at, datetime), vars(token)\n"
+        "assert token.user.is_staff is True and token.user.is_active is True, vars(token.user)\n"
+        "assert isinstance(token.user.date_joined, datetime) and token.user.date_joined.tzinfo is not None\n"
+        "print('ok', token.user.username)\n"
+    )
+    shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    assert shell.returncode == 0, shell.stderr
+    assert "ok sq" in shell.stdout
