@@ -1,13 +1,12 @@
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from accounts.models import ApiToken
 from core import context
-from core.rows import SelectedColumns
+from core.rows import SelectedColumns, fetch_one
 
 # last_used_at is written at most this often per token, so reads don't turn into writes.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -28,9 +27,7 @@ _BY_HASH = " ".join(
 
 def token_by_hash(token_hash: str) -> ApiToken | None:
     """The token with this hash and its user (token.user needs no further query)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_BY_HASH, [token_hash])
-        row = cursor.fetchone()
+    row = fetch_one(_BY_HASH, [token_hash])
     if row is None:
         return None
     token = _TOKEN.instance(row)

@@ -3,6 +3,12 @@
 from django.db import DEFAULT_DB_ALIAS, connections, models
 
 
+def fetch_one(sql: str, params: list, using: str = DEFAULT_DB_ALIAS) -> tuple | None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
 class SelectedColumns:
     """A model's columns in a hand-written SELECT, and the instance made back from them exactly as the
     ORM makes it (the backend's and the fields' converters: JSON text, SQLite dates and booleans).
@@ -17,6 +23,7 @@ class SelectedColumns:
         self.fields = model._meta.concrete_fields
         self.width = len(self.fields)
         self._attnames = [f.attname for f in self.fields]
+        self._pk_index = self.fields.index(model._meta.pk)
         self._converters: dict[str, list] = {}  # per database alias
 
     @property
@@ -33,7 +40,10 @@ class SelectedColumns:
     def sql(self) -> str:
         return ", ".join(f'{self.alias}."{f.column}"' for f in self.fields)
 
-    def instance(self, row, start: int = 0, using: str = DEFAULT_DB_ALIAS) -> models.Model:
+    def instance(self, row, start: int = 0, using: str = DEFAULT_DB_ALIAS) -> models.Model | None:
+        """The instance in row[start:start + width]; None when its primary key is NULL (a LEFT JOIN found none)."""
+        if row[start + self._pk_index] is None:
+            return None
         connection = connections[using]
         converters = self._converters.get(using)
         if converters is None:

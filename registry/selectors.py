@@ -3,10 +3,12 @@
 import re
 from datetime import datetime
 
+from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 
 from accounts import access
 from core.errors import InvalidInput
+from core.rows import SelectedColumns, fetch_one
 from registry.models import Alias, ModelCardRevision, ModelVersion, RegisteredModel, VersionSignature
 from registry.storage import blob_store
 
@@ -16,6 +18,64 @@ _OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt", "=": "exact"}
 
 def models_visible(*, user) -> QuerySet[RegisteredModel]:
     return access.visible(user, RegisteredModel.objects.all()).order_by("id")
+
+
+# --- by path: /models/{namespace}/{name}/... ------------------------------------------------------
+# Every request under a model path reads its model, version or alias this way: hand-written, because
+# the ORM spent about 4M instructions building and compiling the joined version query and 0.4M
+# running it (bench/README.md). Callers check access on the model (registry.api.views.ModelScopedView).
+
+_M = SelectedColumns(RegisteredModel, "m")
+_V = SelectedColumns(ModelVersion, "v")
+_A = SelectedColumns(Alias, "a")
+_U = SelectedColumns(get_user_model(), "u")  # the version's creator, the alias's last editor
+_AT_MODEL = f"{_M.column('namespace')} = %s AND {_M.column('name')} = %s"
+_MODEL_AT = f"SELECT {_M.sql} FROM {_M.table} WHERE {_AT_MODEL}"  # noqa: S608 - names from _meta
+_VERSION_AT = " ".join(
+    [
+        f"SELECT {_V.sql}, {_M.sql}, {_U.sql} FROM {_V.table}",  # noqa: S608 - names from _meta
+        f"JOIN {_M.table} ON {_M.column('pk')} = {_V.column('model')}",
+        f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_V.column('created_by')}",
+        f"WHERE {_AT_MODEL} AND {_V.column('number')} = %s",
+    ]
+)
+_ALIAS_AT = " ".join(
+    [
+        f"SELECT {_A.sql}, {_V.sql}, {_M.sql}, {_U.sql} FROM {_A.table}",  # noqa: S608 - names from _meta
+        f"JOIN {_M.table} ON {_M.column('pk')} = {_A.column('model')}",
+        f"JOIN {_V.table} ON {_V.column('pk')} = {_A.column('version')}",
+        f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_A.column('updated_by')}",
+        f"WHERE {_AT_MODEL} AND {_A.column('name')} = %s",
+    ]
+)
+
+
+def model_at(namespace: str, name: str) -> RegisteredModel | None:
+    row = fetch_one(_MODEL_AT, [namespace, name])
+    return _M.instance(row) if row else None
+
+
+def version_at(namespace: str, name: str, number: int) -> ModelVersion | None:
+    """The version with its model and creator."""
+    row = fetch_one(_VERSION_AT, [namespace, name, number])
+    if row is None:
+        return None
+    version = _V.instance(row)
+    version.model = _M.instance(row, _V.width)
+    version.created_by = _U.instance(row, _V.width + _M.width)
+    return version
+
+
+def alias_at(namespace: str, name: str, alias: str) -> Alias | None:
+    """The alias with its version, model and last editor."""
+    row = fetch_one(_ALIAS_AT, [namespace, name, alias])
+    if row is None:
+        return None
+    found = _A.instance(row)
+    found.version = _V.instance(row, _A.width)
+    found.model = found.version.model = _M.instance(row, _A.width + _V.width)
+    found.updated_by = _U.instance(row, _A.width + _V.width + _M.width)
+    return found
 
 
 def versions(

@@ -14,6 +14,10 @@ class GovernedAPIView(APIView):
 
     def governed(self, queryset: models.QuerySet, codename: str | None = None, **lookup) -> models.Model:
         obj = next(iter(queryset.filter(**lookup)[:1]), None)  # lookups are unique: no ORDER BY needed
+        return self.governed_object(obj, codename, queryset.model._meta.verbose_name)
+
+    def governed_object(self, obj: models.Model | None, codename: str | None, kind: str) -> models.Model:
+        """The same checks for an object the view read itself (None: there is none)."""
         if obj is None:
-            raise NotFound(f"No {queryset.model._meta.verbose_name} matches the given path.")
+            raise NotFound(f"No {kind} matches the given path.")
         return access.require(self.request.user, obj, codename)

@@ -1,6 +1,5 @@
 import re
 
-from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -12,7 +11,7 @@ from core.errors import Forbidden, InvalidInput, NotFound
 from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
-from registry.models import Alias, ModelPerm, ModelVersion, RegisteredModel
+from registry.models import ModelPerm, ModelVersion, RegisteredModel
 from registry.storage import CHUNK, blob_store
 
 MAX_VERSION_NUMBER = 2**31 - 1
@@ -22,31 +21,15 @@ SHA256_PATH = re.compile(r"^sha256:([0-9a-f]{64})$")
 class ModelScopedView(GovernedAPIView):
     """Views under /models/{namespace}/{name}/: the model decides access for everything below it."""
 
-    model_related: tuple[str, ...] = ()  # what the view's response reads from the model besides its name
-
     def model(self, codename: str | None = None) -> RegisteredModel:
-        queryset = RegisteredModel.objects.all()
-        if self.model_related:  # (select_related() with no names would follow every foreign key)
-            queryset = queryset.select_related(*self.model_related)
-        return self.governed(
-            queryset,
-            codename,
-            namespace=self.kwargs["namespace"],
-            name=self.kwargs["name"],
-        )
+        found = selectors.model_at(self.kwargs["namespace"], self.kwargs["name"])
+        return self.governed_object(found, codename, RegisteredModel._meta.verbose_name)
 
-    def below(self, queryset: QuerySet, codename: str | None, missing: str, **lookup):
-        """An object under the path's model, read with its model in one query; the model's permissions
-        decide (404 hidden, 403 lacking `codename`). When there is none, the model alone is looked up, so
-        a missing or hidden model answers exactly as `model()` does and a visible one names what is missing."""
-        found = next(
-            iter(
-                queryset.select_related("model").filter(
-                    model__namespace=self.kwargs["namespace"], model__name=self.kwargs["name"], **lookup
-                )[:1]
-            ),
-            None,
-        )
+    def below(self, found, codename: str | None, missing: str):
+        """An object under the path's model, read with its model (selectors.version_at, alias_at); the
+        model's permissions decide (404 hidden, 403 lacking `codename`). When there is none, the model
+        alone is looked up, so a missing or hidden model answers exactly as `model()` does and a visible
+        one names what is missing."""
         if found is None:
             raise NotFound(f"{self.model(codename)} {missing}.")
         access.require(self.request.user, found.model, codename)
@@ -56,9 +39,8 @@ class ModelScopedView(GovernedAPIView):
         number = int(self.kwargs["number"])
         if number > MAX_VERSION_NUMBER:
             raise NotFound(f"{self.model(codename)} has no version {number}.")
-        return self.below(
-            ModelVersion.objects.select_related("created_by"), codename, f"has no version {number}", number=number
-        )
+        found = selectors.version_at(self.kwargs["namespace"], self.kwargs["name"], number)
+        return self.below(found, codename, f"has no version {number}")
 
 
 class ModelListView(GovernedAPIView):
@@ -92,7 +74,10 @@ class ModelListView(GovernedAPIView):
 
 class ModelDetailView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.MODELS_WRITE}
-    model_related = ("owner_group", "created_by")  # ModelOutput
+
+    def model(self, codename: str | None = None) -> RegisteredModel:  # with what ModelOutput shows
+        models = RegisteredModel.objects.select_related("owner_group", "created_by")
+        return self.governed(models, codename, namespace=self.kwargs["namespace"], name=self.kwargs["name"])
 
     @extend_schema(responses=s.ModelOutput, summary="Get a model")
     def get(self, request, namespace, name):
@@ -208,9 +193,7 @@ class AliasDetailView(ModelScopedView):
 
     @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
     def get(self, request, namespace, name, alias):
-        found = self.below(
-            Alias.objects.select_related("version", "updated_by"), None, f"has no alias '{alias}'", name=alias
-        )
+        found = self.below(selectors.alias_at(namespace, name, alias), None, f"has no alias '{alias}'")
         return Response(s.AliasOutput(found).data)
 
     @extend_schema(

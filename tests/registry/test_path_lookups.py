@@ -1,0 +1,59 @@
+"""registry.selectors.model_at / version_at / alias_at (hand-written, every request under a model path)
+read what the ORM reads, related objects included, and None where there is nothing."""
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from registry import selectors
+from registry.models import Alias, ModelVersion, RegisteredModel
+from tests.registry.helpers import register_body, s3_manifest
+
+BASE = "/api/v1/models/acme/churn"
+
+
+def fields(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+@pytest.fixture
+def churn(personas):
+    client = personas["owner"].client()
+    assert client.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    body = register_body(s3_manifest(b"w"), metrics={"auc": 0.9}, params={"lr": 0.1}, tags={"stage": "dev"})
+    assert client.post(f"{BASE}/versions/", body, format="json").status_code == 201
+    assert client.put(f"{BASE}/aliases/champion", {"version": 1}, format="json").status_code == 201
+    return client
+
+
+def test_lookups_read_what_the_orm_reads(churn, django_assert_num_queries):
+    with django_assert_num_queries(3):
+        model = selectors.model_at("acme", "churn")
+        version = selectors.version_at("acme", "churn", 1)
+        alias = selectors.alias_at("acme", "churn", "champion")
+        names = (version.model.name, version.created_by.username, alias.version.model.name, alias.updated_by.username)
+    assert names == ("churn", "owner", "churn", "owner")
+    assert fields(model) == fields(RegisteredModel.objects.get(namespace="acme", name="churn"))
+    stored = ModelVersion.objects.select_related("created_by").get(model=model, number=1)
+    assert fields(version) == fields(stored) and fields(version.created_by) == fields(stored.created_by)
+    assert version.metrics == {"auc": 0.9} and version.tags == {"stage": "dev"}  # JSON, not text
+    assert fields(alias) == fields(Alias.objects.get(model=model, name="champion"))
+    assert alias.version.model is alias.model and fields(alias.version) == fields(stored)
+
+
+def test_a_deleted_creator_reads_as_none(churn, personas):
+    get_user_model().objects.filter(username="owner").delete()  # SET_NULL on created_by and updated_by
+    assert selectors.version_at("acme", "churn", 1).created_by is None
+    assert selectors.alias_at("acme", "churn", "champion").updated_by is None
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: selectors.model_at("acme", "nope"),
+        lambda: selectors.version_at("acme", "churn", 2),
+        lambda: selectors.version_at("other", "churn", 1),
+        lambda: selectors.alias_at("acme", "churn", "candidate"),
+    ],
+)
+def test_nothing_there_is_none(churn, call):
+    assert call() is None
