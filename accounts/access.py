@@ -66,17 +66,18 @@ def _connect_invalidation() -> None:
         _connected[0] = True
 
 
-def _obj_filter(perm_model, alias: str) -> str:
+def _obj_filter(perm_model, alias: str, pk_sql: str) -> str:
     if perm_model.objects.is_generic():
-        return f"{alias}.content_type_id = %s AND {alias}.object_pk = %s"
+        return f"{alias}.content_type_id = %s AND {alias}.object_pk = CAST({pk_sql} AS text)"
     column = perm_model._meta.get_field("content_object").column
-    return f"{alias}.{column} = %s"
+    return f"{alias}.{column} = {pk_sql}"
 
 
-def _perms_sql(model: type[models.Model]) -> tuple[str, bool, bool]:
-    """One statement: codenames held model-wide in the app, plus those held on one object.
+def _perms_sql(model: type[models.Model], pk_sql: str = "%s") -> tuple[str, bool, bool]:
+    """One statement: codenames held model-wide in the app, plus those held on one object, whose primary
+    key is a parameter or, embedded in another statement, `pk_sql` (a column of the enclosing row).
     Also whether the user and the group object permission tables are guardian's generic ones."""
-    entry = _sql_by_model.get(model)
+    entry = _sql_by_model.get((model, pk_sql))
     if entry is None:
         user_model = get_user_model()
         user_perms = user_model.user_permissions.through._meta.db_table
@@ -99,41 +100,75 @@ def _perms_sql(model: type[models.Model]) -> tuple[str, bool, bool]:
             f" JOIN {user_groups} ug ON ug.{ug_group} = gp.group_id WHERE ug.{ug_user} = %s)"
             f" UNION SELECT p.codename FROM {Permission._meta.db_table} p WHERE p.content_type_id = %s AND ("
             f"p.id IN (SELECT o.permission_id FROM {uop._meta.db_table} o"
-            f" WHERE o.{uop_user} = %s AND {_obj_filter(uop, 'o')})"
+            f" WHERE o.{uop_user} = %s AND {_obj_filter(uop, 'o', pk_sql)})"
             f" OR p.id IN (SELECT g.permission_id FROM {gop._meta.db_table} g"
             f" JOIN {user_groups} ug ON ug.{ug_group} = g.{gop_group}"
-            f" WHERE ug.{ug_user} = %s AND {_obj_filter(gop, 'g')}))"
+            f" WHERE ug.{ug_user} = %s AND {_obj_filter(gop, 'g', pk_sql)}))"
         )
-        entry = _sql_by_model[model] = (sql, uop.objects.is_generic(), gop.objects.is_generic())
+        entry = _sql_by_model[(model, pk_sql)] = (sql, uop.objects.is_generic(), gop.objects.is_generic())
     return entry
 
 
-def _obj_params(generic: bool, ctype: ContentType, obj: models.Model) -> list:
-    return [ctype.id, str(obj.pk)] if generic else [obj.pk]
+def _perms_params(user, model: type[models.Model], ctype: ContentType, pk=None) -> list:
+    """The statement's parameters; `pk` None when the statement reads it from a column."""
+    _, user_generic, group_generic = _perms_sql(model)
+
+    def obj(generic: bool) -> list:
+        return [ctype.id, *([] if pk is None else [str(pk)])] if generic else ([] if pk is None else [pk])
+
+    return [
+        model._meta.app_label,
+        user.pk,
+        user.pk,
+        ctype.id,
+        user.pk,
+        *obj(user_generic),
+        user.pk,
+        *obj(group_generic),
+    ]
 
 
-def held_codenames(user, obj: models.Model) -> frozenset[str]:
-    """Every codename `user` holds on `obj` (model-wide in obj's app, or on obj), one query, memoized."""
+def _memo(user) -> dict:
     if not _connected[0]:
         _connect_invalidation()
     generation, memo = user.__dict__.get(_CACHE_ATTR, (None, None))
     if generation != _current[0]:
         memo = {}
         user.__dict__[_CACHE_ATTR] = (_current[0], memo)
+    return memo
+
+
+def held_codenames(user, obj: models.Model) -> frozenset[str]:
+    """Every codename `user` holds on `obj` (model-wide in obj's app, or on obj), one query, memoized."""
+    memo = _memo(user)
     ctype = get_content_type(obj)
     key = (ctype.id, str(obj.pk))
     codenames = memo.get(key)
     if codenames is None:
-        sql, user_generic, group_generic = _perms_sql(type(obj))
-        params = [obj._meta.app_label, user.pk, user.pk, ctype.id, user.pk]
-        params += _obj_params(user_generic, ctype, obj)
-        params.append(user.pk)
-        params += _obj_params(group_generic, ctype, obj)
+        sql = _perms_sql(type(obj))[0]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(sql, _perms_params(user, type(obj), ctype, obj.pk))
             codenames = frozenset(row[0] for row in cursor.fetchall())
         memo[key] = codenames
     return codenames
+
+
+def needs_query(user) -> bool:
+    """Whether has_perm() asks the database for this user (active, not a superuser)."""
+    return bool(user and user.is_active and not user.is_superuser and not user.is_anonymous and user.pk is not None)
+
+
+def codenames_column(user, model: type[models.Model], pk_sql: str) -> tuple[str, list]:
+    """held_codenames() as an ARRAY expression (and its parameters) for a statement that reads the object
+    itself, whose primary key is the column `pk_sql`: one round trip instead of two. Hand the array to
+    remember() with the object."""
+    sql = _perms_sql(model, pk_sql)[0]
+    return f"ARRAY({sql})", _perms_params(user, model, get_content_type(model))
+
+
+def remember(user, obj: models.Model, codenames) -> None:
+    """What codenames_column() read for `obj`, as if held_codenames() had asked."""
+    _memo(user)[(get_content_type(obj).id, str(obj.pk))] = frozenset(codenames)
 
 
 def has_perm(user, codename: str, obj: models.Model) -> bool:

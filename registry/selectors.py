@@ -23,59 +23,77 @@ def models_visible(*, user) -> QuerySet[RegisteredModel]:
 # --- by path: /models/{namespace}/{name}/... ------------------------------------------------------
 # Every request under a model path reads its model, version or alias this way: hand-written, because
 # the ORM spent about 4M instructions building and compiling the joined version query and 0.4M
-# running it (bench/README.md). Callers check access on the model (registry.api.views.ModelScopedView).
+# running it (bench/README.md). Given the asking user, the same statement also reads every codename
+# the user holds on the model (accounts.access.codenames_column), so the access check that follows
+# (ModelScopedView) needs no query of its own.
 
 _M = SelectedColumns(RegisteredModel, "m")
 _V = SelectedColumns(ModelVersion, "v")
 _A = SelectedColumns(Alias, "a")
 _U = SelectedColumns(get_user_model(), "u")  # the version's creator, the alias's last editor
 _AT_MODEL = f"{_M.column('namespace')} = %s AND {_M.column('name')} = %s"
-_MODEL_AT = f"SELECT {_M.sql} FROM {_M.table} WHERE {_AT_MODEL}"  # noqa: S608 - names from _meta
-_VERSION_AT = " ".join(
-    [
-        f"SELECT {_V.sql}, {_M.sql}, {_U.sql} FROM {_V.table}",  # noqa: S608 - names from _meta
-        f"JOIN {_M.table} ON {_M.column('pk')} = {_V.column('model')}",
-        f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_V.column('created_by')}",
-        f"WHERE {_AT_MODEL} AND {_V.column('number')} = %s",
-    ]
-)
-_ALIAS_AT = " ".join(
-    [
-        f"SELECT {_A.sql}, {_V.sql}, {_M.sql}, {_U.sql} FROM {_A.table}",  # noqa: S608 - names from _meta
-        f"JOIN {_M.table} ON {_M.column('pk')} = {_A.column('model')}",
-        f"JOIN {_V.table} ON {_V.column('pk')} = {_A.column('version')}",
-        f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_A.column('updated_by')}",
-        f"WHERE {_AT_MODEL} AND {_A.column('name')} = %s",
-    ]
-)
+_FROM = {  # what follows the selected columns: tables, joins, the path's conditions
+    "model": f"FROM {_M.table} WHERE {_AT_MODEL}",
+    "version": " ".join(
+        [
+            f"FROM {_V.table} JOIN {_M.table} ON {_M.column('pk')} = {_V.column('model')}",
+            f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_V.column('created_by')}",
+            f"WHERE {_AT_MODEL} AND {_V.column('number')} = %s",
+        ]
+    ),
+    "alias": " ".join(
+        [
+            f"FROM {_A.table} JOIN {_M.table} ON {_M.column('pk')} = {_A.column('model')}",
+            f"JOIN {_V.table} ON {_V.column('pk')} = {_A.column('version')}",
+            f"LEFT JOIN {_U.table} ON {_U.column('pk')} = {_A.column('updated_by')}",
+            f"WHERE {_AT_MODEL} AND {_A.column('name')} = %s",
+        ]
+    ),
+}
+_COLUMNS = {"model": [_M], "version": [_V, _M, _U], "alias": [_A, _V, _M, _U]}
 
 
-def model_at(namespace: str, name: str) -> RegisteredModel | None:
-    row = fetch_one(_MODEL_AT, [namespace, name])
-    return _M.instance(row) if row else None
-
-
-def version_at(namespace: str, name: str, number: int) -> ModelVersion | None:
-    """The version with its model and creator."""
-    row = fetch_one(_VERSION_AT, [namespace, name, number])
+def _at(kind: str, params: list, user) -> tuple[list, tuple] | None:
+    """The row's instances, in _COLUMNS order, with the user's codenames on the model remembered."""
+    columns = ", ".join(c.sql for c in _COLUMNS[kind])
+    perms_sql, perms_params = "NULL", []
+    if access.needs_query(user):
+        perms_sql, perms_params = access.codenames_column(user, RegisteredModel, _M.column("pk"))
+    row = fetch_one(f"SELECT {columns}, {perms_sql} {_FROM[kind]}", [*perms_params, *params])  # noqa: S608 - from _meta
     if row is None:
         return None
-    version = _V.instance(row)
-    version.model = _M.instance(row, _V.width)
-    version.created_by = _U.instance(row, _V.width + _M.width)
+    start, found = 0, []
+    for selected in _COLUMNS[kind]:
+        found.append(selected.instance(row, start))
+        start += selected.width
+    model = found[_COLUMNS[kind].index(_M)]
+    if row[-1] is not None:
+        access.remember(user, model, row[-1])
+    return found
+
+
+def model_at(namespace: str, name: str, *, user=None) -> RegisteredModel | None:
+    found = _at("model", [namespace, name], user)
+    return found[0] if found else None
+
+
+def version_at(namespace: str, name: str, number: int, *, user=None) -> ModelVersion | None:
+    """The version with its model and creator."""
+    found = _at("version", [namespace, name, number], user)
+    if found is None:
+        return None
+    version, version.model, version.created_by = found
     return version
 
 
-def alias_at(namespace: str, name: str, alias: str) -> Alias | None:
+def alias_at(namespace: str, name: str, alias: str, *, user=None) -> Alias | None:
     """The alias with its version, model and last editor."""
-    row = fetch_one(_ALIAS_AT, [namespace, name, alias])
-    if row is None:
+    found = _at("alias", [namespace, name, alias], user)
+    if found is None:
         return None
-    found = _A.instance(row)
-    found.version = _V.instance(row, _A.width)
-    found.model = found.version.model = _M.instance(row, _A.width + _V.width)
-    found.updated_by = _U.instance(row, _A.width + _V.width + _M.width)
-    return found
+    alias_, version, model, alias_.updated_by = found
+    alias_.version, alias_.model, version.model = version, model, model
+    return alias_
 
 
 def versions(

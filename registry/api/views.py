@@ -22,7 +22,7 @@ class ModelScopedView(GovernedAPIView):
     """Views under /models/{namespace}/{name}/: the model decides access for everything below it."""
 
     def model(self, codename: str | None = None) -> RegisteredModel:
-        found = selectors.model_at(self.kwargs["namespace"], self.kwargs["name"])
+        found = selectors.model_at(self.kwargs["namespace"], self.kwargs["name"], user=self.request.user)
         return self.governed_object(found, codename, RegisteredModel._meta.verbose_name)
 
     def below(self, found, codename: str | None, missing: str):
@@ -39,7 +39,7 @@ class ModelScopedView(GovernedAPIView):
         number = int(self.kwargs["number"])
         if number > MAX_VERSION_NUMBER:
             raise NotFound(f"{self.model(codename)} has no version {number}.")
-        found = selectors.version_at(self.kwargs["namespace"], self.kwargs["name"], number)
+        found = selectors.version_at(self.kwargs["namespace"], self.kwargs["name"], number, user=self.request.user)
         return self.below(found, codename, f"has no version {number}")
 
 
@@ -193,7 +193,9 @@ class AliasDetailView(ModelScopedView):
 
     @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
     def get(self, request, namespace, name, alias):
-        found = self.below(selectors.alias_at(namespace, name, alias), None, f"has no alias '{alias}'")
+        found = self.below(
+            selectors.alias_at(namespace, name, alias, user=request.user), None, f"has no alias '{alias}'"
+        )
         return Response(s.AliasOutput(found).data)
 
     @extend_schema(

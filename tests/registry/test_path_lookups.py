@@ -3,7 +3,10 @@ read what the ORM reads, related objects included, and None where there is nothi
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from accounts import access
 from registry import selectors
 from registry.models import Alias, ModelVersion, RegisteredModel
 from tests.registry.helpers import register_body, s3_manifest
@@ -57,3 +60,24 @@ def test_a_deleted_creator_reads_as_none(churn, personas):
 )
 def test_nothing_there_is_none(churn, call):
     assert call() is None
+
+
+@pytest.mark.parametrize("persona", ["owner", "reviewer", "outsider", "ci_bot", "auditor"])
+@pytest.mark.parametrize("kind", ["model", "version", "alias"])
+def test_codenames_read_with_the_object_are_what_the_permission_query_says(churn, personas, persona, kind):
+    """Given the user, a look-up also reads the user's codenames on the model (one statement, no permission
+    query after it), and they are exactly what accounts.access asks the database for on its own."""
+    user = get_user_model().objects.get(username=personas[persona].user.username)
+    look_up = {
+        "model": lambda: selectors.model_at("acme", "churn", user=user),
+        "version": lambda: selectors.version_at("acme", "churn", 1, user=user),
+        "alias": lambda: selectors.alias_at("acme", "churn", "champion", user=user),
+    }[kind]
+    found = look_up()
+    model = found if kind == "model" else found.model
+    with CaptureQueriesContext(connection) as queries:
+        remembered = access.held_codenames(user, model)
+    assert len(queries) == 0  # remembered from the look-up
+    fresh = get_user_model().objects.get(pk=user.pk)
+    assert remembered == access.held_codenames(fresh, model)
+    assert ("view_registeredmodel" in remembered) == (persona in ("owner", "reviewer", "auditor"))
