@@ -159,3 +159,21 @@ def start_web(env: dict, log: Path, port: int) -> subprocess.Popen:
 
 def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
+
+
+def sqlite_shell(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `script` with `manage.py shell -c` on a freshly migrated SQLite database (the embedded default)
+    in a process of its own; returns the finished process and the database file."""
+    db_file = tmp_path / "registry.sqlite3"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db_file}",
+        "DJANGO_DEBUG": "1",
+        "DATA_DIR": str(tmp_path / "data"),
+        "CELERY_BROKER_URL": "filesystem://",
+    }
+    manage = [sys.executable, str(BASE_DIR / "manage.py")]
+    migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=BASE_DIR, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=BASE_DIR, capture_output=True, text=True)
+    return shell, db_file

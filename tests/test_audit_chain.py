@@ -23,6 +23,7 @@ from audit import chain
 from audit.models import AuditChainHead, AuditEvent
 from audit.services import record
 from tests.conftest import bearer
+from tests.processes import sqlite_shell
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_SCRIPT = ROOT / "audit" / "chain.py"
@@ -177,17 +178,6 @@ def test_orm_update_and_delete_rejected(three_events):
 
 
 def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
-    db_file = tmp_path / "registry.sqlite3"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{db_file}",
-        "DJANGO_DEBUG": "1",
-        "DATA_DIR": str(tmp_path / "data"),
-        "CELERY_BROKER_URL": "filesystem://",
-    }
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert migrate.returncode == 0, migrate.stderr
     script = (
         "from django.core.management import call_command\n"
         "from django.db import transaction\n"
@@ -197,7 +187,7 @@ def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
         "    record(action='test.sqlite', subject_type='test', subject_id='2', actor='system:test')\n"
         "call_command('audit_verify')\n"  # read back from SQLite, the chain still verifies
     )
-    shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+    shell, db_file = sqlite_shell(tmp_path, script)
     assert shell.returncode == 0, shell.stderr
     assert "OK: 2 audit events verified" in shell.stdout
 

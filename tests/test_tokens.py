@@ -18,6 +18,7 @@ from accounts.authentication import LAST_USED_RESOLUTION
 from accounts.models import ApiToken
 from audit.models import AuditEvent
 from tests.conftest import bearer
+from tests.processes import sqlite_shell
 
 TOKENS = "/api/v1/tokens/"
 
@@ -427,22 +428,6 @@ def test_token_look_up_reads_what_the_orm_reads(personas, make_token):
 
 def test_token_look_up_on_sqlite(tmp_path):
     """The embedded default: SQLite hands back text dates and integer booleans, the converters fix them."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'registry.sqlite3'}",
-        "DJANGO_DEBUG": "1",
-        "DATA_DIR": str(tmp_path / "data"),
-        "CELERY_BROKER_URL": "filesystem://",
-    }
-    manage = [sys.executable, str(root / "manage.py")]
-    migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=root, capture_output=True, text=True)
-    assert migrate.returncode == 0, migrate.stderr
     script = (
         "from datetime import datetime\n"
         "from django.contrib.auth.models import User\n"
@@ -457,6 +442,6 @@ def test_token_look_up_on_sqlite(tmp_path):
         "assert isinstance(token.user.date_joined, datetime) and token.user.date_joined.tzinfo is not None\n"
         "print('ok', token.user.username)\n"
     )
-    shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=root, capture_output=True, text=True)
+    shell, _ = sqlite_shell(tmp_path, script)
     assert shell.returncode == 0, shell.stderr
     assert "ok sq" in shell.stdout
