@@ -153,15 +153,13 @@ def held_codenames(user, obj: models.Model) -> frozenset[str]:
     return codenames
 
 
-def needs_query(user) -> bool:
-    """Whether has_perm() asks the database for this user (active, not a superuser)."""
-    return bool(user and user.is_active and not user.is_superuser and not user.is_anonymous and user.pk is not None)
-
-
-def codenames_column(user, model: type[models.Model], pk_sql: str) -> tuple[str, list]:
+def codenames_column(user, model: type[models.Model], pk_sql: str) -> tuple[str, list] | None:
     """held_codenames() as an ARRAY expression (and its parameters) for a statement that reads the object
     itself, whose primary key is the column `pk_sql`: one round trip instead of two. Hand the array to
-    remember() with the object."""
+    remember() with the object. None when has_perm() asks nothing for this user (inactive, superuser,
+    anonymous) or the database has no arrays (SQLite: has_perm() then asks on its own)."""
+    if connection.vendor != "postgresql" or not user or not user.is_active or user.is_superuser or user.pk is None:
+        return None
     sql = _perms_sql(model, pk_sql)[0]
     return f"ARRAY({sql})", _perms_params(user, model, get_content_type(model))
 

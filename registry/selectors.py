@@ -53,12 +53,10 @@ _FROM = {  # what follows the selected columns: tables, joins, the path's condit
 _COLUMNS = {"model": [_M], "version": [_V, _M, _U], "alias": [_A, _V, _M, _U]}
 
 
-def _at(kind: str, params: list, user) -> tuple[list, tuple] | None:
+def _at(kind: str, params: list, user) -> list | None:
     """The row's instances, in _COLUMNS order, with the user's codenames on the model remembered."""
     columns = ", ".join(c.sql for c in _COLUMNS[kind])
-    perms_sql, perms_params = "NULL", []
-    if access.needs_query(user):
-        perms_sql, perms_params = access.codenames_column(user, RegisteredModel, _M.column("pk"))
+    perms_sql, perms_params = access.codenames_column(user, RegisteredModel, _M.column("pk")) or ("NULL", [])
     row = fetch_one(f"SELECT {columns}, {perms_sql} {_FROM[kind]}", [*perms_params, *params])  # noqa: S608 - from _meta
     if row is None:
         return None

@@ -81,3 +81,30 @@ def test_codenames_read_with_the_object_are_what_the_permission_query_says(churn
     fresh = get_user_model().objects.get(pk=user.pk)
     assert remembered == access.held_codenames(fresh, model)
     assert ("view_registeredmodel" in remembered) == (persona in ("owner", "reviewer", "auditor"))
+
+
+def test_path_reads_and_their_access_checks_on_sqlite(tmp_path):
+    """The embedded default has no arrays: the look-ups read no codenames there, and the access check asks
+    on its own, with the same answers (owner 200, outsider 404)."""
+    from tests.processes import sqlite_shell
+
+    script = (
+        "from django.contrib.auth.models import User\n"
+        "from django.test import Client\n"
+        "from accounts import services as tokens\n"
+        "from registry import services\n"
+        "owner, outsider = User.objects.create_user('own'), User.objects.create_user('out')\n"
+        "model = services.model_create(actor=owner, namespace='acme', name='churn')\n"
+        "content = services.VersionContent(artifact_uri='s3://b/x', manifest={'files': [{'path': 'm.bin', "
+        "'size': 1, 'sha256': 'ab' * 32}]})\n"
+        "services.version_register(actor=owner, model=model, content=content)\n"
+        "services.alias_set(actor=owner, model=model, name='champion', number=1, protected=None)\n"
+        "def get(user, path):\n"
+        "    token = tokens.token_create(actor='test', user=user, name='t', scopes=['read']).plaintext\n"
+        "    client = Client(HTTP_HOST='localhost', HTTP_AUTHORIZATION=f'Bearer {token}')\n"
+        "    return client.get('/api/v1/models/acme/churn' + path).status_code\n"
+        "print('statuses', [get(u, p) for u in (owner, outsider) for p in ('', '/versions/1', '/aliases/champion')])\n"
+    )
+    shell, _ = sqlite_shell(tmp_path, script)
+    assert shell.returncode == 0, shell.stderr
+    assert "statuses [200, 200, 200, 404, 404, 404]" in shell.stdout
