@@ -57,10 +57,6 @@ def _postgres_line() -> RawSQL:
     return RawSQL(canonical_sql(links=True), (), output_field=TextField())  # noqa: S611 - no input in it
 
 
-def _postgres_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
-    return qs.annotate(line=_postgres_line()).values_list("line", flat=True).iterator(chunk_size=EXPORT_BATCH)
-
-
 def _postgres_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     """EXPORT_BATCH lines per chunk, each chunk joined by PostgreSQL: one statement per chunk, the next
     one starting after the last seq seen (the index on seq makes each a short range scan), so no Python

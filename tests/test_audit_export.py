@@ -353,13 +353,12 @@ def test_postgres_lines_are_the_canonical_export_byte_for_byte(personas):
                 after={"nested": {"z": text[:50], "a": -1}} if n else None,
             )
     qs = selectors.events()
-    by_sql = list(selectors._postgres_lines(qs))
     by_python = list(selectors._python_lines(qs))
-    assert len(by_sql) == AuditEvent.objects.count() >= len(TRICKY)
-    assert by_sql == by_python
-    body = b"".join(selectors.ndjson_chunks(qs))
+    assert len(by_python) == AuditEvent.objects.count() >= len(TRICKY)
+    body = b"".join(selectors.ndjson_chunks(qs))  # PostgreSQL builds and joins the lines
     assert body == ("\n".join(by_python) + "\n").encode()
-    assert chain.verify_events([json.loads(line) for line in body.splitlines()], from_genesis=True)[0] == len(by_sql)
+    lines = body.splitlines()
+    assert chain.verify_events([json.loads(line) for line in lines], from_genesis=True)[0] == len(by_python)
 
 
 def test_export_streams_in_chunks(auditor, log, monkeypatch):
