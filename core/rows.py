@@ -25,6 +25,7 @@ class SelectedColumns:
         self._attnames = [f.attname for f in self.fields]
         self._pk_index = self.fields.index(model._meta.pk)
         self._converters: dict[str, list] = {}  # per database alias
+        self.sql = ", ".join(self._qualified(f) for f in self.fields)  # the SELECT list
 
     @property
     def table(self) -> str:
@@ -33,12 +34,10 @@ class SelectedColumns:
 
     def column(self, name: str) -> str:
         """A field's column under this alias ("pk" names the primary key)."""
-        field = self.model._meta.pk if name == "pk" else self.model._meta.get_field(name)
-        return f'{self.alias}."{field.column}"'
+        return self._qualified(self.model._meta.pk if name == "pk" else self.model._meta.get_field(name))
 
-    @property
-    def sql(self) -> str:
-        return ", ".join(f'{self.alias}."{f.column}"' for f in self.fields)
+    def _qualified(self, field) -> str:
+        return f'{self.alias}."{field.column}"'
 
     def instance(self, row, start: int = 0, using: str = DEFAULT_DB_ALIAS) -> models.Model | None:
         """The instance in row[start:start + width]; None when its primary key is NULL (a LEFT JOIN found none)."""

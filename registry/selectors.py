@@ -51,22 +51,22 @@ _FROM = {  # what follows the selected columns: tables, joins, the path's condit
     ),
 }
 _COLUMNS = {"model": [_M], "version": [_V, _M, _U], "alias": [_A, _V, _M, _U]}
+_SELECT = {kind: "SELECT " + ", ".join(c.sql for c in columns) for kind, columns in _COLUMNS.items()}
+_MODEL_PK = _M.column("pk")
 
 
 def _at(kind: str, params: list, user) -> list | None:
     """The row's instances, in _COLUMNS order, with the user's codenames on the model remembered."""
-    columns = ", ".join(c.sql for c in _COLUMNS[kind])
-    perms_sql, perms_params = access.codenames_column(user, RegisteredModel, _M.column("pk")) or ("NULL", [])
-    row = fetch_one(f"SELECT {columns}, {perms_sql} {_FROM[kind]}", [*perms_params, *params])  # noqa: S608 - from _meta
+    perms_sql, perms_params = access.codenames_column(user, RegisteredModel, _MODEL_PK) or ("NULL", [])
+    row = fetch_one(f"{_SELECT[kind]}, {perms_sql} {_FROM[kind]}", [*perms_params, *params])  # noqa: S608 - from _meta
     if row is None:
         return None
     start, found = 0, []
     for selected in _COLUMNS[kind]:
         found.append(selected.instance(row, start))
         start += selected.width
-    model = found[_COLUMNS[kind].index(_M)]
     if row[-1] is not None:
-        access.remember(user, model, row[-1])
+        access.remember(user, found[_COLUMNS[kind].index(_M)], row[-1])
     return found
 
 
