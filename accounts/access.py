@@ -113,8 +113,11 @@ def _perms_params(user, model: type[models.Model], ctype: ContentType, pk=None) 
     """The statement's parameters; `pk` None when the statement reads it from a column."""
     _, user_generic, group_generic = _perms_sql(model)
 
-    def obj(generic: bool) -> list:
-        return [ctype.id, *([] if pk is None else [str(pk)])] if generic else ([] if pk is None else [pk])
+    def obj(generic: bool) -> list:  # the object's identity: generic tables store its type and pk as text
+        ids = [ctype.id] if generic else []
+        if pk is not None:
+            ids.append(str(pk) if generic else pk)
+        return ids
 
     return [
         model._meta.app_label,
@@ -158,7 +161,7 @@ def codenames_column(user, model: type[models.Model], pk_sql: str) -> tuple[str,
     itself, whose primary key is the column `pk_sql`: one round trip instead of two. Hand the array to
     remember() with the object. None when has_perm() asks nothing for this user (inactive, superuser,
     anonymous) or the database has no arrays (SQLite: has_perm() then asks on its own)."""
-    if connection.vendor != "postgresql" or not user or not user.is_active or user.is_superuser or user.pk is None:
+    if connection.vendor != "postgresql" or not _asks_database(user):
         return None
     sql = _perms_sql(model, pk_sql)[0]
     return f"ARRAY({sql})", _perms_params(user, model, get_content_type(model))
@@ -169,13 +172,15 @@ def remember(user, obj: models.Model, codenames) -> None:
     _memo(user)[(get_content_type(obj).id, str(obj.pk))] = frozenset(codenames)
 
 
+def _asks_database(user) -> bool:
+    """Whether has_perm() reads this user's grants: inactive users hold nothing and active superusers
+    everything without asking; anonymous or unsaved users hold nothing."""
+    return bool(user and user.is_active and not user.is_superuser and not user.is_anonymous and user.pk is not None)
+
+
 def has_perm(user, codename: str, obj: models.Model) -> bool:
-    if not (user and user.is_active):
-        return False
-    if user.is_superuser:
-        return True
-    if user.is_anonymous or user.pk is None:
-        return False
+    if not _asks_database(user):
+        return bool(user and user.is_active and user.is_superuser)
     return codename in held_codenames(user, obj)
 
 
