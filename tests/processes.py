@@ -161,9 +161,9 @@ def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
 
 
-def sqlite_shell(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProcess, Path]:
+def sqlite_shell(tmp_path: Path, script: str) -> tuple[str, Path]:
     """Run `script` with `manage.py shell -c` on a freshly migrated SQLite database (the embedded default)
-    in a process of its own; returns the finished process and the database file."""
+    in a process of its own; it must succeed. Returns what it printed and the database file."""
     db_file = tmp_path / "registry.sqlite3"
     env = {
         **os.environ,
@@ -176,4 +176,5 @@ def sqlite_shell(tmp_path: Path, script: str) -> tuple[subprocess.CompletedProce
     migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=BASE_DIR, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr
     shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=BASE_DIR, capture_output=True, text=True)
-    return shell, db_file
+    assert shell.returncode == 0, shell.stderr
+    return shell.stdout, db_file

@@ -442,6 +442,5 @@ def test_token_look_up_on_sqlite(tmp_path):
         "assert isinstance(token.user.date_joined, datetime) and token.user.date_joined.tzinfo is not None\n"
         "print('ok', token.user.username)\n"
     )
-    shell, _ = sqlite_shell(tmp_path, script)
-    assert shell.returncode == 0, shell.stderr
-    assert "ok sq" in shell.stdout
+    printed, _ = sqlite_shell(tmp_path, script)
+    assert "ok sq" in printed
