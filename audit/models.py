@@ -11,7 +11,9 @@ class AuditEvent(models.Model):
 
     Actor and subject are copied, not foreign keys: deleting a user or an object must never
     touch the log. `before`/`after` hold the canonical JSON text that was hashed, so what is
-    verified is byte-for-byte what was written.
+    verified is byte-for-byte what was written. `line` is the event's export line (canonical JSON of
+    as_export_dict()), written once as the event is linked, so the export reads it instead of building
+    it; null for events recorded before it existed (migration 0005), whose line the export builds.
     """
 
     seq = models.BigIntegerField(primary_key=True)
@@ -29,6 +31,7 @@ class AuditEvent(models.Model):
     reason = models.TextField(blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    line = models.TextField(null=True, editable=False)
 
     class Meta:
         ordering = ["seq"]
@@ -63,6 +66,9 @@ class AuditEvent(models.Model):
 
     def computed_hash(self) -> str:
         return chain.event_hash(self.prev_hash, self.as_chain_dict())
+
+    def export_line(self) -> str:
+        return chain.canonical_json(self.as_export_dict()).decode()
 
 
 class AuditChainHead(models.Model):

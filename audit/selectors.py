@@ -1,21 +1,18 @@
 """Reading the audit log: filtered event sets, the chain head, and the export streams.
 
-The export is the one place that reads the whole log, so it avoids per-event Python work: on
-PostgreSQL each NDJSON line is assembled by the database from the stored columns (`before`/`after`
-already hold the canonical JSON text that was hashed) and each chunk of lines is joined there too,
-one short statement per chunk, so memory stays flat whatever the size of the log.
+The export is the one place that reads the whole log, so it avoids per-event work: each event's NDJSON
+line is stored as it is linked (AuditEvent.line), and the export reads and joins them, one short
+statement per chunk, so memory stays flat whatever the size of the log.
 """
 
 import csv
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from django.db import connection, transaction
-from django.db.models import QuerySet, TextField
-from django.db.models.expressions import RawSQL
+from django.db import transaction
+from django.db.models import QuerySet
 
 from audit import chain
-from audit.canonical_sql import canonical_sql
 from audit.models import AuditChainHead, AuditEvent, format_time
 
 EXPORT_BATCH = 2000  # events per streamed chunk (~1.4 MB of NDJSON) and per statement
@@ -52,31 +49,23 @@ def head() -> AuditChainHead:
     return AuditChainHead.objects.filter(pk=1).first() or AuditChainHead()
 
 
-def _postgres_line() -> RawSQL:
-    # chain.canonical_json(event.as_export_dict()), built by PostgreSQL from the stored columns
-    return RawSQL(canonical_sql(links=True), (), output_field=TextField())  # noqa: S611 - no input in it
+def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
+    """The export: one canonical JSON line per event (with prev_hash and hash), EXPORT_BATCH lines per chunk.
 
-
-def _postgres_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
-    """EXPORT_BATCH lines per chunk, each chunk joined by PostgreSQL: one statement per chunk, the next
-    one starting after the last seq seen (the index on seq makes each a short range scan), so no Python
-    code runs per event and no cursor stays open between chunks."""
+    Each chunk is one short statement reading the stored lines after the last seq seen (a range scan of the
+    primary key), so no Python runs per event beyond the join and no cursor stays open between chunks."""
     after = 0
-    with connection.cursor() as cursor:
-        while True:
-            page = qs.filter(seq__gt=after).annotate(line=_postgres_line()).values_list("seq", "line")
-            sql, params = page[:EXPORT_BATCH].query.sql_with_params()
-            query = f"SELECT string_agg(line, E'\\n' ORDER BY seq) || E'\\n', max(seq) FROM ({sql}) AS page"  # noqa: S608 - ORM SQL
-            cursor.execute(query, params)
-            text, after = cursor.fetchone()
-            if text is None:
-                return
-            yield text.encode()
-
-
-def _python_lines(qs: QuerySet[AuditEvent]) -> Iterator[str]:
-    for event in qs.iterator(chunk_size=EXPORT_BATCH):
-        yield chain.canonical_json(event.as_export_dict()).decode()
+    while True:
+        rows = list(qs.filter(seq__gt=after).values_list("seq", "line")[:EXPORT_BATCH])
+        if not rows:
+            return
+        after = rows[-1][0]
+        lines = [line for _, line in rows]
+        if None in lines:  # events recorded before lines were stored: build theirs
+            missing = AuditEvent.objects.filter(seq__in=[seq for seq, line in rows if line is None])
+            built = {event.seq: event.export_line() for event in missing}
+            lines = [built[seq] if line is None else line for seq, line in rows]
+        yield ("\n".join(lines) + "\n").encode()
 
 
 def _chunked(pieces: Iterable[str], sep: str = "") -> Iterator[bytes]:
@@ -89,14 +78,6 @@ def _chunked(pieces: Iterable[str], sep: str = "") -> Iterator[bytes]:
             batch.clear()
     if batch:
         yield (sep.join(batch) + sep).encode()
-
-
-def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
-    """The export: one canonical JSON line per event (with prev_hash and hash), in chunks."""
-    if connection.vendor == "postgresql":
-        yield from _postgres_chunks(qs)
-    else:
-        yield from _chunked(_python_lines(qs), sep="\n")
 
 
 class _Echo:

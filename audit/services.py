@@ -99,7 +99,7 @@ def record(
     return event
 
 
-_GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash")]
+_GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash", "line")]
 _INSERT = (
     f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(f.column for f in _GIVEN_FIELDS)}) "
     f"VALUES ({', '.join(['%s'] * len(_GIVEN_FIELDS))}) RETURNING seq, prev_hash, hash"
@@ -107,8 +107,8 @@ _INSERT = (
 
 
 def _link_in_database(event: AuditEvent) -> None:
-    """PostgreSQL: one INSERT; the chain-link trigger (migration 0003) locks the head, assigns seq and
-    prev_hash, computes the hash and moves the head."""
+    """PostgreSQL: one INSERT; the chain-link trigger (migrations 0003, 0005) locks the head, assigns seq and
+    prev_hash, computes the hash, stores the export line and moves the head."""
     params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _GIVEN_FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(_INSERT, params)
@@ -122,11 +122,12 @@ def _link_in_database(event: AuditEvent) -> None:
 
 
 def _link_in_python(event: AuditEvent) -> None:
-    """SQLite: lock the head (the write lock is the database's), link, insert, move the head."""
+    """SQLite: lock the head (the write lock is the database's), link, insert with the export line, move the head."""
     head = _lock_head()
     event.seq = head.seq + 1
     event.prev_hash = head.hash
     event.hash = event.computed_hash()
+    event.line = event.export_line()
     event.save(force_insert=True)
     AuditChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash)
 

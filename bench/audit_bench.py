@@ -113,7 +113,7 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
         base = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=count)
         cols = (
             "seq, at, actor_id, actor_username, token_id, request_id, action, subject_type, subject_id, "
-            "subject_repr, before, after, reason, prev_hash, hash"
+            "subject_repr, before, after, reason, prev_hash, hash, line"
         )
         with conn.cursor() as cur, cur.copy(f"COPY audit_auditevent ({cols}) FROM STDIN") as copy:
             for i in range(1, count + 1):
@@ -142,6 +142,8 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
                     "reason": "",
                 }
                 digest = chain.event_hash(prev, event)
+                # the line as the chain-link trigger stores it
+                line = chain.canonical_json({**event, "prev_hash": prev, "hash": digest}).decode()
                 copy.write_row(
                     (
                         seq,
@@ -159,6 +161,7 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
                         "",
                         prev,
                         digest,
+                        line,
                     )
                 )
                 prev = digest

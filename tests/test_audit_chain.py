@@ -255,8 +255,13 @@ def test_audit_verify_detects_a_rehashed_row(five_events):
     """Recomputing the changed row's own hash does not help: the next event still links to the old one."""
     forged = AuditEvent.objects.get(seq=3)
     forged.reason = "forged"
-    new_hash = forged.computed_hash()
-    tamper(("UPDATE audit_auditevent SET reason = %s, hash = %s WHERE seq = 3", ["forged", new_hash]))
+    forged.hash = forged.computed_hash()
+    tamper(
+        (
+            "UPDATE audit_auditevent SET reason = %s, hash = %s, line = %s WHERE seq = 3",
+            ["forged", forged.hash, forged.export_line()],
+        )
+    )
     with pytest.raises(CommandError, match=r"sequence 4 \(line 4\): prev_hash does not match"):
         call_command("audit_verify", stdout=io.StringIO())
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from accounts import roles, services
@@ -16,6 +18,7 @@ from audit import chain
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from tests.conftest import bearer
+from tests.test_audit_chain import tamper
 
 URL = "/api/v1/audit/events"
 CHAIN_SCRIPT = Path(__file__).resolve().parent.parent / "audit" / "chain.py"
@@ -329,10 +332,10 @@ TRICKY = [
 ]
 
 
-def test_postgres_lines_are_the_canonical_export_byte_for_byte(personas):
-    """The export's SQL-built line (PostgreSQL) and the Python definition (chain.canonical_json of
-    as_export_dict(), used on SQLite) agree on every character class, so the fast path of the
-    offline verifier and the registry's own audit_verify see the same bytes."""
+def test_stored_lines_are_the_canonical_export_byte_for_byte(personas):
+    """The line the chain-link trigger stores (PostgreSQL) is the Python definition (chain.canonical_json of
+    as_export_dict(), what SQLite stores) for every character class, so the export, the offline verifier's
+    fast path and the registry's own audit_verify see the same bytes."""
     from django.db import connection
 
     from audit import selectors
@@ -352,13 +355,40 @@ def test_postgres_lines_are_the_canonical_export_byte_for_byte(personas):
                 before={"text": text, "list": [1, 2.5, None, True]},
                 after={"nested": {"z": text[:50], "a": -1}} if n else None,
             )
-    qs = selectors.events()
-    by_python = list(selectors._python_lines(qs))
-    assert len(by_python) == AuditEvent.objects.count() >= len(TRICKY)
-    body = b"".join(selectors.ndjson_chunks(qs))  # PostgreSQL builds and joins the lines
-    assert body == ("\n".join(by_python) + "\n").encode()
+    stored = list(AuditEvent.objects.order_by("seq"))
+    assert len(stored) >= len(TRICKY)
+    assert [event.line for event in stored] == [event.export_line() for event in stored]
+    body = b"".join(selectors.ndjson_chunks(selectors.events()))
+    assert body == "".join(event.export_line() + "\n" for event in stored).encode()
     lines = body.splitlines()
-    assert chain.verify_events([json.loads(line) for line in lines], from_genesis=True)[0] == len(by_python)
+    assert chain.verify_events([json.loads(line) for line in lines], from_genesis=True)[0] == len(stored)
+
+
+def test_events_without_a_stored_line_are_exported_alike(auditor, log, monkeypatch):
+    """Events recorded before lines were stored (migration 0005) have none: the export builds theirs, byte for
+    byte, also in chunks that mix both kinds, and audit_verify still passes."""
+    from audit import selectors
+
+    monkeypatch.setattr(selectors, "EXPORT_BATCH", 3)
+    stored = b"".join(auditor.get(URL).streaming_content)
+    tamper(("UPDATE audit_auditevent SET line = NULL WHERE seq %% 2 = 0", []))
+    assert AuditEvent.objects.filter(line__isnull=True).count() == len(log) // 2
+    assert b"".join(auditor.get(URL).streaming_content) == stored
+    assert b"".join(auditor.get(URL, {"after_seq": log[2].seq}).streaming_content).startswith(
+        log[3].export_line().encode() + b"\n"
+    )
+    call_command("audit_verify", stdout=io.StringIO())
+
+
+def test_audit_verify_detects_a_changed_line(log):
+    """The export serves the stored line: one that no longer says what the hashed columns say is reported."""
+    forged = json.loads(log[2].line)
+    forged["reason"] = "forged"
+    tamper(
+        ("UPDATE audit_auditevent SET line = %s WHERE seq = %s", [chain.canonical_json(forged).decode(), log[2].seq])
+    )
+    with pytest.raises(CommandError, match=rf"sequence {log[2].seq}: its stored export line differs from its columns"):
+        call_command("audit_verify", stdout=io.StringIO())
 
 
 def test_export_streams_in_chunks(auditor, log, monkeypatch):

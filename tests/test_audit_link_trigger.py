@@ -49,20 +49,22 @@ def test_the_database_hash_is_the_python_definition_for_every_character_class():
 
 
 def test_an_insert_cannot_choose_its_own_links():
-    """Raw SQL naming a forged sequence number and hashes is linked like any other event."""
+    """Raw SQL naming a forged sequence number, hashes and export line is linked like any other event."""
     with transaction.atomic():
         first = record(action="a", subject_type="t", subject_id="1", actor="system:test")
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO audit_auditevent (seq, at, actor_username, request_id, action, subject_type, subject_id,"
-            " subject_repr, before, after, reason, prev_hash, hash)"
-            " VALUES (99, now(), 'mallory', '', 'forged', 't', '2', '', 'null', 'null', '', %s, %s)"
+            " subject_repr, before, after, reason, prev_hash, hash, line)"
+            " VALUES (99, now(), 'mallory', '', 'forged', 't', '2', '', 'null', 'null', '', %s, %s, %s)"
             " RETURNING seq, prev_hash, hash",
-            [chain.GENESIS, "f" * 64],
+            [chain.GENESIS, "f" * 64, '{"action":"harmless"}'],
         )
         seq, prev_hash, digest = cursor.fetchone()
     assert (seq, prev_hash) == (2, first.hash)
-    assert digest == python_hash(AuditEvent.objects.get(seq=2)) != "f" * 64
+    forged = AuditEvent.objects.get(seq=2)
+    assert digest == python_hash(forged) != "f" * 64
+    assert forged.line == forged.export_line()  # nor its export line
     out = io.StringIO()
     call_command("audit_verify", stdout=out)
     assert out.getvalue().startswith("OK: 2 audit events verified")

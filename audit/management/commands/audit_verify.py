@@ -1,3 +1,5 @@
+from itertools import chain as chain_iterables
+
 from django.core.management.base import BaseCommand, CommandError
 
 from audit import chain
@@ -6,12 +8,30 @@ from audit.selectors import head
 
 
 class Command(BaseCommand):
-    help = "Recompute the stored audit hash chain; exit non-zero naming the first bad sequence number."
+    help = (
+        "Recompute the stored audit hash chain and check each stored export line against its event; "
+        "exit non-zero naming the first bad sequence number."
+    )
 
     def handle(self, *args, **options):
-        events = (e.as_export_dict() for e in AuditEvent.objects.order_by("seq").iterator(chunk_size=5000))
+        def events():
+            # The export serves each event's stored line, so it must say what the hashed columns say. A line is
+            # compared once verify_events() has accepted its event's columns (when it asks for the next event):
+            # a changed column is reported as the chain's break, a changed line as its own.
+            previous = None
+            for event in chain_iterables(AuditEvent.objects.order_by("seq").iterator(chunk_size=5000), [None]):
+                line = previous[0].line if previous is not None else None
+                if line is not None and line.encode() != chain.canonical_json(previous[1]):
+                    raise CommandError(
+                        f"audit chain broken at sequence {previous[0].seq}: its stored export line differs from "
+                        "its columns (one of them was changed)"
+                    )
+                if event is not None:
+                    previous = (event, event.as_export_dict())
+                    yield previous[1]
+
         try:
-            count, last_hash = chain.verify_events(events, from_genesis=True)
+            count, last_hash = chain.verify_events(events(), from_genesis=True)
         except chain.ChainError as exc:
             raise CommandError(f"audit chain broken at {exc}") from None
         tip = head()
