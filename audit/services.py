@@ -4,6 +4,7 @@
 
 import json
 import re
+import secrets
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models
@@ -15,6 +16,7 @@ from audit.models import AuditChainHead, AuditEvent
 from core import context
 
 REDACTED = "[redacted]"
+SUBJECT_REPR_LENGTH = AuditEvent._meta.get_field("subject_repr").max_length
 _SECRET_KEY = re.compile(
     r"(secrets?|passw(or)?ds?|api[_-]?key|private[_-]?key|secret[_-]?(access[_-]?)?key|credentials?|authorization"
     r"|(^|_)token)$",
@@ -47,7 +49,7 @@ def _lock_head() -> AuditChainHead:
     return head
 
 
-def record(
+def new_event(
     *,
     action: str,
     subject: models.Model | None = None,
@@ -60,14 +62,8 @@ def record(
     reason: str = "",
     token_id: int | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain. Must run inside the caller's transaction.
-
-    The chain head row is locked until the caller commits, so concurrent writers queue and the
-    event commits or rolls back together with the change it describes. On PostgreSQL the database
-    links the event (seq, prev_hash, hash) as it is inserted; elsewhere this function does.
-    """
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit.record() must be called inside transaction.atomic()")
+    """The event record() appends, not yet linked (no seq, prev_hash or hash): actor and request from the
+    context unless given, payloads redacted and in canonical JSON text."""
     if subject is not None:
         subject_type = subject_type or subject._meta.label_lower
         subject_id = subject.pk if subject_id is None else subject_id
@@ -77,8 +73,7 @@ def record(
     actor = actor if actor is not None else context.actor.get()
     # actor: a user, or a string naming a system actor ("system:reconciler", "cli:create_api_token")
     is_user = actor is not None and not isinstance(actor, str) and actor.is_authenticated
-
-    event = AuditEvent(
+    return AuditEvent(
         at=timezone.now(),
         actor_id=actor.pk if is_user else None,
         actor_username=actor.get_username() if is_user else (actor if isinstance(actor, str) else ""),
@@ -87,38 +82,72 @@ def record(
         action=action,
         subject_type=subject_type,
         subject_id=str(subject_id),
-        subject_repr=(subject_repr or "")[:300],
+        subject_repr=(subject_repr or "")[:SUBJECT_REPR_LENGTH],
         before=_to_json_text(before),
         after=_to_json_text(after),
         reason=reason,
     )
+
+
+def record(**fields) -> AuditEvent:
+    """Append one event (fields: those of new_event()) to the chain. Must run inside the caller's transaction.
+
+    The chain head row is locked until the caller commits, so concurrent writers queue and the
+    event commits or rolls back together with the change it describes. On PostgreSQL the database
+    links the event (seq, prev_hash, hash) as it is inserted; elsewhere this function does.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit.record() must be called inside transaction.atomic()")
+    event = new_event(**fields)
     if connection.vendor == "postgresql":
-        _link_in_database(event)
+        with connection.cursor() as cursor:
+            cursor.execute(*insert_sql(event))
+            linked(event, *cursor.fetchone())
     else:
         _link_in_python(event)
     return event
 
 
+def json_text_around(value: dict, key: str) -> tuple[str, str]:
+    """The canonical JSON text of `value` (as new_event() writes a payload) cut where value[key] goes: for a
+    statement that fills in a value only the database knows (prefix || value || suffix)."""
+    hole = f"hole-{secrets.token_hex(16)}"
+    prefix, suffix = _to_json_text({**value, key: hole}).split(f'"{hole}"')
+    return prefix, suffix
+
+
 _GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash", "line")]
-_INSERT = (
-    f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(f.column for f in _GIVEN_FIELDS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_GIVEN_FIELDS))}) RETURNING seq, prev_hash, hash"
-)
+_INSERT_INTO = f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(f.column for f in _GIVEN_FIELDS)})"
 
 
-def _link_in_database(event: AuditEvent) -> None:
-    """PostgreSQL: one INSERT; the chain-link trigger (migrations 0003, 0005) locks the head, assigns seq and
-    prev_hash, computes the hash, stores the export line and moves the head."""
-    params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _GIVEN_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT, params)
-        event.seq, event.prev_hash, event.hash = cursor.fetchone()
+def insert_sql(event: AuditEvent, computed: dict[str, tuple[str, list]] | None = None) -> tuple[str, list]:
+    """PostgreSQL: the INSERT of an unlinked event, returning its links (see linked()); the chain-link trigger
+    (migrations 0003, 0005) locks the head, assigns seq and prev_hash, computes the hash, stores the export line
+    and moves the head. `computed` gives columns by name as SQL expressions with their parameters, for an
+    INSERT that is part of a larger statement (values another part of it produces)."""
+    computed = computed or {}
+    values, params = [], []
+    for field in _GIVEN_FIELDS:
+        if field.attname in computed:
+            sql, more = computed[field.attname]
+            values.append(sql)
+            params += more
+        else:
+            values.append("%s")
+            params.append(field.get_db_prep_save(getattr(event, field.attname), connection))
+    return f"{_INSERT_INTO} VALUES ({', '.join(values)}) RETURNING seq, prev_hash, hash", params
+
+
+def linked(event: AuditEvent, seq: int, prev_hash: str, digest: str) -> AuditEvent:
+    """The event as the database stored it (insert_sql() returned its links)."""
+    event.seq, event.prev_hash, event.hash = seq, prev_hash, digest
     event._state.adding = False
     event._state.db = connection.alias
     # As the ORM's save() would: listeners of new audit events (the test suite's secret scan) see it.
     post_save.send(
         sender=AuditEvent, instance=event, created=True, update_fields=None, raw=False, using=connection.alias
     )
+    return event
 
 
 def _link_in_python(event: AuditEvent) -> None:

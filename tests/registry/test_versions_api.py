@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import threading
 
@@ -172,3 +173,49 @@ def test_concurrent_registrations(personas, same_digest):
         assert numbers == list(range(1, 9))
         assert all(c == 201 for c, _ in results)
     assert AuditEvent.objects.filter(action="version.registered").count() == ModelVersion.objects.count()
+
+
+def test_the_registration_event_is_the_one_record_writes(personas, owner):
+    """On PostgreSQL one statement bumps the number, inserts the version and appends its audit event
+    (services._insert_numbered): the event is the one audit.services.record() would append (subject, actor,
+    redacted canonical payload with the number the database assigned), linked, with its export line."""
+    from django.core.management import call_command
+
+    from accounts.models import ApiToken
+    from audit.services import new_event
+
+    assert connection.vendor == "postgresql"
+    owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"first")), format="json")
+    body = register_body(
+        s3_manifest(b"audited"),
+        metrics={"auc": 0.9},
+        source={"commit": "a" * 40},
+        tags={"api_key": "k-1", "stage": "dev"},
+    )
+    r = owner.post(f"{BASE}/versions/", body, format="json")
+    assert (r.status_code, r.json()["number"]) == (201, 2)
+    version = ModelVersion.objects.select_related("model").get(model__name="churn", number=2)
+    event = AuditEvent.objects.get(action="version.registered", subject_id=str(version.pk))
+    after = {
+        "number": 2,
+        "digest": version.digest,
+        "artifact_uri": version.artifact_uri,
+        "files": len(version.manifest["files"]),
+        "metrics": {"auc": 0.9},
+        "source": {"commit": "a" * 40},
+        "tags": {"api_key": "k-1", "stage": "dev"},
+        "run_id": None,
+    }
+    expected = new_event(action="version.registered", subject=version, actor=personas["owner"].user, after=after)
+    fields = ["actor_id", "actor_username", "action", "subject_type", "subject_id", "subject_repr", "before", "after"]
+    assert {f: getattr(event, f) for f in fields} == {f: getattr(expected, f) for f in fields}
+    assert json.loads(event.after)["tags"] == {"api_key": "[redacted]", "stage": "dev"}
+    assert (event.subject_repr, event.token_id) == (
+        "acme/churn:2",
+        ApiToken.objects.get(user=personas["owner"].user).pk,
+    )
+    assert event.request_id and event.request_id == r["X-Request-ID"]
+    assert event.line == event.export_line()
+    assert event.hash == event.computed_hash()
+    assert event.prev_hash == AuditEvent.objects.get(seq=event.seq - 1).hash
+    call_command("audit_verify", stdout=io.StringIO())
