@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 from collections import deque
@@ -155,15 +154,15 @@ def verify_events(
 # the verdict, the message and the sequence number are those of verify_events().
 #
 # Why each line L of a batch that passes is canonical (E = json.loads(L)), given that _suspect()
-# found nothing in it:
-#  * One json.loads over '[{"N":L1},\n"N",\n{"N":L2},\n"N",...,{"N":Ln}]', with N a random nonce
-#    that no line contains, returns [None, "N", None, ..., None]: object_hook replaces every object
-#    by None (after appending it to a list), and the n-1 strings "N" are the separators put there: a
-#    line has no backslash, so none of its strings decodes to "N", and a separator cannot lie inside
-#    a string (a raw newline is invalid there). So the separators are top-level elements and each
-#    {"N":Li} is one element. That wrapper has the single key N, so a single member whose value is
-#    all of Li: one JSON value, an object as Li starts with "{" (null would give None too), which
-#    is completed, and appended, just before its wrapper.
+# found nothing in it. Write M for the string "\x00", spelled "\u0000" in JSON: no line holds a
+# string equal to it, as that takes an escape (a backslash) or a raw control character (invalid).
+#  * One json.loads over '[{M:L1},\nM,\n{M:L2},\nM,...,{M:Ln}]' returns [None, M, None, ..., None]:
+#    object_hook replaces every object by None (after appending it to a list), and the n-1 strings
+#    M are the separators put there (no line holds one, and a separator cannot lie inside a string:
+#    a raw newline is invalid there). So the separators are top-level elements and each {M:Li} is
+#    one element. That wrapper has the single key M, so a single member whose value is all of Li:
+#    one JSON value, an object as Li starts with "{" (null would give None too), which is completed,
+#    and appended, just before its wrapper; and the wrappers are the only objects with the key M.
 #  * No whitespace outside strings: no tab, CR or LF in a line; a space between two tokens touches
 #    one of "{[]}:," and shows as "{ " "[ " ", " ": " " ," " }" " ]" or " :", none of which occurs
 #    (inside a string they only keep the line off this path); L starts with "{" and ends with "}".
@@ -173,27 +172,40 @@ def verify_events(
 #    batch delimits a string.
 #  * Numbers: an integer token is -?(0|[1-9][0-9]*), what Python writes, except "-0", which does not
 #    occur (with no whitespace, an integer is followed by "," "}" or "]"). Each float token equals
-#    repr(float(token)), what the encoder writes. NaN, Infinity and -Infinity are refused.
+#    repr(float(token)), what the encoder writes: checked by repr() itself, or, for the common short
+#    ones, by _SHORT_FLOATS: a decimal with at most 15 significant digits (DBL_DIG) is the only one of
+#    that many digits that rounds to its float, so repr(), the shortest string that does, has its
+#    digits; and from 1e-4 up to 1e16 repr() writes them in positional form, with no trailing zero
+#    but the one of "x.0". NaN, Infinity and -Infinity are refused.
 #  * Objects: every object's keys are in sorted order, and none had a duplicate key (which a dict
 #    hides): each key ends in '":' and any other '":' is a string starting with ":", so the batch
 #    has as many '":' as the dicts have keys only if there was none. L's own object has exactly the
 #    13 EVENT_FIELDS plus "prev_hash" and "hash".
-#  So L == canonical_json(E), where E's members hash and prev_hash are the text
-#  '"hash":"H","prev_hash":"P",' (between "before" and "reason"). With H and P of 64 hex digits that
-#  text matches _MEMBERS, so each line has a match, and n matches in the batch mean exactly one per
-#  line: removing them leaves canonical_json of each body, what event_hash() hashes after P.
+#  So L == canonical_json(E), where E's members hash and prev_hash, with H and P of 64 hex digits, are
+#  the text '"hash":"H","prev_hash":"P",' (between "before" and "reason"). Removing it from each line
+#  leaves canonical_json of each body, what event_hash() hashes after P. Every '"hash":"' in a valid
+#  line is a key "hash" with a string value, so n of them in the batch mean exactly one per line, that
+#  text's: each is followed by the 145 bytes to drop. Otherwise (a payload with its own "hash"), the
+#  text matches _MEMBERS, and n matches in the batch mean exactly one per line, the same text.
 
-_NONCE = secrets.token_hex(16)
-_NONCE_BYTES = _NONCE.encode()
-_WRAPPER_KEYS = (_NONCE,)
-_HEAD, _SEP, _TAIL = f'[{{"{_NONCE}":'.encode(), f'}},\n"{_NONCE}",\n{{"{_NONCE}":'.encode(), b"}]"
+_MARK = "\x00"  # M above
+_HEAD, _TAIL = b'[{"\\u0000":', b"}]"
+_SEP = b'},\n"\\u0000",\n{"\\u0000":'  # between two lines: closes one wrapper, opens the next
+_WRAPPER_KEYS = (_MARK,)
 _LINE_KEYS = tuple(sorted((*EVENT_FIELDS, "prev_hash", "hash")))
 _SPACE_NEXT_TO_PUNCTUATION = re.compile(rb" (?:(?<=[{\[,:] )|(?=[,}\]:]))")
 _NEGATIVE_ZERO = re.compile(rb"-0[,}\]]")
-_HEX = re.compile("[0-9a-f]*")  # what hexdigest() writes
-_MEMBERS = re.compile(rb'"hash":"[0-9a-f]{64}","prev_hash":"[0-9a-f]{64}",')
+_HEX_DIGITS = b"0123456789abcdef"
+# float tokens, each followed by a newline, that are their own repr() (see above): at most 15 digits, no exponent, no
+# trailing zero but in "x.0", at most three zeros after "0." (repr(0.00001) is "1e-05")
+_SHORT_FLOATS = re.compile(
+    r"(?:-?(?=[0-9.]{3,16}\n)(?:[1-9][0-9]*\.(?:[0-9]*[1-9]|0)|0\.(?:0{0,3}[1-9](?:[0-9]*[1-9])?|0))\n)*"
+)
+_HASH_KEY = b'"hash":"'
 _first_byte, _last_byte = itemgetter(0), itemgetter(-1)
-_seq_prev_hash = itemgetter("seq", "prev_hash", "hash")
+_MEMBERS = re.compile(rb'"hash":"[0-9a-f]{64}","prev_hash":"[0-9a-f]{64}",')
+_AFTER_MEMBERS = itemgetter(slice(len('H","prev_hash":"P",') + 2 * 63, None))  # H and P of 64 hex digits
+_seq, _prev_hash, _hash = itemgetter("seq"), itemgetter("prev_hash"), itemgetter("hash")
 _digest = methodcaller("digest")
 _Triples = tuple[tuple, tuple, tuple]  # (seqs, prev_hashes, hashes) of a batch, in order
 
@@ -208,16 +220,14 @@ def _suspect(data: bytes) -> bool:
         b"\\" in data
         or b"\t" in data
         or b"\r" in data
-        or _NONCE_BYTES in data
         or (b" " in data and _SPACE_NEXT_TO_PUNCTUATION.search(data) is not None)
         or _NEGATIVE_ZERO.search(data) is not None
     )
 
 
-def _canonical_batch(lines: list[bytes], data: bytes | None = None) -> _Triples | None:
+def _canonical_batch(lines: list[bytes]) -> _Triples | None:
     """The seqs, prev_hashes and hashes of these lines if each is provably canonical (see above) and its hash
-    matches; None if not. The caller has made sure that no line is _suspect(); data, if given, is the lines
-    joined by newlines (the block they come from, saving a copy)."""
+    matches; None if not. The caller has made sure that no line is _suspect()."""
     n = len(lines)
     if not n:
         return (), (), ()
@@ -229,35 +239,48 @@ def _canonical_batch(lines: list[bytes], data: bytes | None = None) -> _Triples 
         top = json.loads(text, object_hook=objects.append, parse_float=floats.append, parse_constant=_no_constant)
     except (IndexError, ValueError, RecursionError):  # an empty line, bad UTF-8 or JSON, nesting too deep
         return None
-    if top != [None, _NONCE] * (n - 1) + [None]:
+    if top != [None, _MARK] * (n - 1) + [None]:
         return None
-    if floats and list(map(repr, map(float, floats))) != floats:
+    if (
+        floats
+        and not _SHORT_FLOATS.fullmatch("\n".join(floats) + "\n")
+        and list(map(repr, map(float, floats))) != floats
+    ):
         return None
     keys = list(map(tuple, objects))
     if any(list(k) != sorted(k) for k in set(keys)):
         return None
     if text.count('":') != sum(map(len, keys)):
         return None  # a duplicated key
-    wrappers = list(map(_WRAPPER_KEYS.__eq__, keys))
-    if wrappers.count(True) != n:
+    own, at = [], -1  # each line's object completes just before its wrapper
+    try:
+        while True:
+            at = keys.index(_WRAPPER_KEYS, at + 1)
+            own.append(at - 1)
+    except ValueError:
+        pass
+    if len(own) != n or own[0] < 0 or list(map(keys.__getitem__, own)) != [_LINE_KEYS] * n:
         return None
-    own = wrappers[1:] + [False]  # each line's object completes just before its wrapper
-    if list(compress(keys, own)) != [_LINE_KEYS] * n:
-        return None
-    seqs, prev_hashes, hashes = zip(*map(_seq_prev_hash, compress(objects, own)), strict=True)
-    try:  # 64 lowercase hex digits each: a hash must be (to equal a hexdigest), a prev_hash need not be, but
-        # that is what makes its members match _MEMBERS (other lines are checked one by one)
-        if set(map(len, prev_hashes + hashes)) != {64} or not _HEX.fullmatch("".join(prev_hashes + hashes)):
-            return None
+    events = list(map(objects.__getitem__, own))
+    seqs, prev_hashes, hashes = tuple(map(_seq, events)), tuple(map(_prev_hash, events)), tuple(map(_hash, events))
+    try:  # 64 lowercase hex digits each: a hash must be (to equal a hexdigest), a prev_hash need not be, but other
+        # members are not the bytes dropped below (those lines go one by one)
+        prev_bytes = list(map(str.encode, prev_hashes))
+        digits = b"".join(prev_bytes) + "".join(hashes).encode()
     except TypeError:  # not strings
         return None
-    # Each line holds its own members as '"hash":"H","prev_hash":"P",', a match: n matches in all means exactly
-    # one per line, and removing it leaves the canonical body.
-    bodies, matches = _MEMBERS.subn(b"", data if data is not None else b"\n".join(lines))
-    if matches != n:
+    if set(map(len, prev_hashes + hashes)) != {64} or digits.translate(None, _HEX_DIGITS):
         return None
+    data = b"\n".join(lines)
+    pieces = data.split(_HASH_KEY)
+    if len(pieces) == n + 1:  # one '"hash":"' per line, that of its members (see above)
+        bodies = b"".join([pieces[0], *map(_AFTER_MEMBERS, islice(pieces, 1, None))])
+    else:
+        bodies, matches = _MEMBERS.subn(b"", data)
+        if matches != n:
+            return None
     bodies = bodies.split(b"\n")
-    digests = map(_digest, map(hashlib.sha256, map(add, map(str.encode, prev_hashes), bodies)))
+    digests = map(_digest, map(hashlib.sha256, map(add, prev_bytes, bodies)))
     if b"".join(digests) != bytes.fromhex("".join(hashes)):  # all 32 bytes long: equal joined, equal one by one
         return None
     return seqs, prev_hashes, hashes
@@ -298,7 +321,7 @@ def _scan_block(data: bytes, allow_gaps: bool, encoding: str, errors: str) -> tu
     triples = None
     if encoding == "utf-8":  # the only encoding in which a line's bytes are what the registry hashed
         if not _suspect(data):
-            triples = _canonical_batch(lines, data if data.endswith(b"\n") else data + b"\n")
+            triples = _canonical_batch(lines)
         else:  # some lines with backslashes, spaces after commas...: the others still go through the batch
             suspect = list(map(_suspect, lines))
             fast = _canonical_batch([line for line, s in zip(lines, suspect, strict=True) if not s])

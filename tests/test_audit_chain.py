@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import shutil
 import sqlite3
@@ -624,6 +625,8 @@ TAMPERINGS = {
     "unicode-escape": lambda line: line.replace(b'"bench:bulk"', b'"b\\u0065nch:bulk"'),
     "float-form": lambda line: re.sub(rb'"auc":([0-9.]+)', rb'"auc":\g<1>0', line, count=1),
     "float-exponent": lambda line: re.sub(rb'"n":([0-9]+)', rb'"n":\g<1>e0', line, count=1),
+    "float-small-positional": lambda line: re.sub(rb'"auc":[0-9.]+', b'"auc":0.00001', line, count=1),  # 1e-05
+    "float-17-digits": lambda line: re.sub(rb'"auc":[0-9.]+', b'"auc":0.10000000000000001', line, count=1),
     "negative-zero": lambda line: line.replace(b'"actor_id":7', b'"actor_id":-0'),
     "duplicate-key": lambda line: line.replace(b'"reason":""', b'"reason":"forged","reason":""'),
     "duplicate-nested-key": lambda line: line.replace(b'"tags":', b'"note":"","tags":'),
@@ -669,6 +672,47 @@ def test_tampered_lines_get_the_verdict_of_verify_events(tmp_path, tampering, re
     verdict = assert_same_verdict(run_verifier(tmp_path, lines), lines)
     if rehash and tampering not in CANONICAL_TAMPERINGS:
         assert verdict.startswith("FAIL: sequence ") and f"(line {index + 1}): " in verdict, verdict
+
+
+def test_short_floats_are_their_own_repr():
+    """_SHORT_FLOATS spares the batch repr() for the usual floats: every token it accepts must be its own repr()."""
+    rng = random.Random(1234)
+    tokens = ["0.0", "-0.0", "0.5", "0.0001", "1.0", "100.0", "0.9312", "-2.25", "123456789012.345", "10000000000000.0"]
+    for _ in range(100_000):
+        whole = rng.choice(["0", str(rng.randint(1, 9)), str(rng.randrange(10 ** rng.randint(1, 16)))])
+        fraction = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 17)))
+        tokens.append(("-" if rng.random() < 0.2 else "") + whole + "." + fraction)
+    tokens += [repr(rng.uniform(-1, 1) * 10 ** rng.randint(-6, 18)) for _ in range(100_000)]
+    accepted = [t for t in tokens if chain._SHORT_FLOATS.fullmatch(t + "\n")]
+    assert len(accepted) > 50_000
+    assert [t for t in accepted if repr(float(t)) != t] == []
+    for not_canonical in ("1.50", "0.10", "0.00001", "1e5", "1.0e0", "01.5", "0.10000000000000001", "1e+16", "1e-05"):
+        assert not chain._SHORT_FLOATS.fullmatch(not_canonical + "\n")  # the last two are canonical, for repr()
+
+
+def test_payloads_with_members_of_their_own(tmp_path):
+    """A payload may hold a "hash" (and "prev_hash") key of its own: the batch then finds each line's members by
+    _MEMBERS, or leaves the lines to be checked one by one, with the same verdicts."""
+    hex_64 = "ab" * 32
+    payloads = {
+        "hash-string": {"hash": "sha256:abc", "size": 1},
+        "hash-number": {"hash": 5},
+        "members-look-alike": {"hash": hex_64, "prev_hash": hex_64, "x": 1},
+    }
+    for name, payload in payloads.items():
+        lines = synthetic_lines(6, after={"file": payload, "auc": 0.5})
+        head = json.loads(lines[-1])["hash"]
+        fast = fast_batch(lines)
+        if name == "members-look-alike":
+            assert fast is None, name  # two matches of _MEMBERS per line
+        else:
+            assert fast is not None and list(fast[2]) == [json.loads(line)["hash"] for line in lines], name
+        assert chain.verify_lines(lines, from_genesis=True) == (6, head), name
+        forged = list(lines)
+        forged[3] = raw_rehash(_move_members_into_after(forged[3]))
+        forged[4:] = synthetic_lines(2, start=5, prev=MEMBERS.search(forged[3])[1].decode(), after={"file": payload})
+        verdict = assert_same_verdict(run_verifier(tmp_path, forged), forged)
+        assert verdict.startswith("FAIL: sequence 4 (line 4): "), (name, verdict)
 
 
 @pytest.mark.parametrize(
