@@ -1,0 +1,131 @@
+"""A/B of two checkouts on this machine, interleaved: registration throughput and latency.
+
+This machine's speed drifts by tens of percent within minutes (bench/README.md), so two full runs of
+bench/run.py at different times cannot compare two versions of the code. This script serves both
+checkouts at once (one gunicorn each, on a database each, same settings as run.py) and alternates
+short passes between them, A B B A A B ..., so both see the same machine; it reports each side's
+median and the per-round ratio B/A.
+
+    git worktree add /tmp/base <commit>  &&  ln -s "$PWD/.venv" /tmp/base/.venv
+    .venv/bin/python bench/ab.py /tmp/base .  [--rounds 8] [--clients 8] [--requests 1200]
+
+Each checkout is imported from its own directory (gunicorn runs there), with this checkout's venv.
+"""
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import run  # bench/run.py: processes, payloads, the load client
+
+NAMES = ("A", "B")
+
+
+def prepare(tree: Path, name: str, work: Path, args) -> dict:
+    db = f"registry_ab_{name.lower()}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **run.PG) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
+    data_dir = work / name
+    data_dir.mkdir()
+    env = {**run.django_env(data_dir), "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}"}
+
+    def manage(*argv: str) -> str:
+        out = subprocess.run(
+            [run.PYTHON, "manage.py", *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=600
+        )
+        if out.returncode:
+            raise RuntimeError(f"{tree}: manage.py {argv[0]} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    manage("migrate", "--noinput")
+    manage("collectstatic", "--noinput")
+    manage("ensure_roles")
+    token = manage("create_api_token", "bench", "--scopes", "read,models:write,versions:write", "--create-user")
+    token = token.strip().splitlines()[-1].strip()
+    manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import Group, User; "
+        "User.objects.get(username='bench').groups.add(Group.objects.get(name='model-owners'))",
+    )
+    port = run.free_port()
+    old_root = run.ROOT
+    run.ROOT = tree  # start_gunicorn runs in ROOT
+    try:
+        run.start_gunicorn(env, port, args, data_dir)
+    finally:
+        run.ROOT = old_root
+    api = run.Api(port, token)
+    api.once("POST", "/api/v1/models/", {"namespace": run.NAMESPACE, "name": run.REG_MODEL})
+    return {"tree": str(tree), "api": api, "log": run.AccessLog(data_dir / "access.log"), "passes": []}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path, help="checkout A (the baseline)")
+    parser.add_argument("b", type=Path, help="checkout B")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=1200, help="registrations per pass (all clients)")
+    parser.add_argument("--workers", type=int, default=5)
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    rng = random.Random(7)  # noqa: S311 - payload values, not secrets
+    with tempfile.TemporaryDirectory(prefix="registry-ab-") as tmp:
+        try:
+            sides = {
+                name: prepare(tree.resolve(), name, Path(tmp), args)
+                for name, tree in zip(NAMES, (args.a, args.b), strict=True)
+            }
+            for name, side in sides.items():  # connections, workers' caches, the first versions
+                run.run_load(side["api"], run.registration_work(f"warm-{name}", args.clients, 20, rng), expect=201)
+            for n in range(args.rounds):
+                order = NAMES if n % 2 == 0 else NAMES[::-1]  # A B, B A, ...: neither side always goes first
+                for name in order:
+                    side = sides[name]
+                    work = run.registration_work(f"{name}{n}", args.clients, args.requests // args.clients, rng)
+                    mark = side["log"].mark()
+                    res = run.run_load(side["api"], work, expect=201)
+                    res["server"] = side["log"].server_ms(mark, "POST", r"/versions/$")
+                    side["passes"].append(res)
+                    print(
+                        f"round {n + 1} {name}: {res['per_s']:.0f}/s, p50 {res['p50_ms']:.1f} ms, "
+                        f"server p95 {res['server']['p95_ms']:.1f} ms",
+                        flush=True,
+                    )
+        finally:
+            run._stop_children()
+    summary = {}
+    for name, side in sides.items():
+        passes = side["passes"]
+        summary[name] = {
+            "tree": side["tree"],
+            "per_s": statistics.median(p["per_s"] for p in passes),
+            "p50_ms": statistics.median(p["p50_ms"] for p in passes),
+            "server_p95_ms": statistics.median(p["server"]["p95_ms"] for p in passes),
+            "passes": passes,
+        }
+    ratios = [b["per_s"] / a["per_s"] for a, b in zip(sides["A"]["passes"], sides["B"]["passes"], strict=True)]
+    summary["B/A per round"] = ratios
+    print(
+        f"\nA {summary['A']['per_s']:.0f}/s (p50 {summary['A']['p50_ms']:.1f} ms, server p95 "
+        f"{summary['A']['server_p95_ms']:.1f}) | B {summary['B']['per_s']:.0f}/s (p50 {summary['B']['p50_ms']:.1f} ms, "
+        f"server p95 {summary['B']['server_p95_ms']:.1f}) | B/A median {statistics.median(ratios):.2f} "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
+    if args.output:
+        args.output.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
