@@ -18,6 +18,7 @@ from audit import chain
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from tests.conftest import bearer
+from tests.processes import sqlite_shell
 from tests.test_audit_chain import tamper
 
 URL = "/api/v1/audit/events"
@@ -380,6 +381,35 @@ def test_events_without_a_stored_line_are_exported_alike(auditor, log, monkeypat
     call_command("audit_verify", stdout=io.StringIO())
 
 
+def test_sqlite_exports_the_stored_lines_and_builds_missing_ones(tmp_path):
+    """On the embedded default (SQLite) record() stores each line as it links the event, and the export
+    builds the line of an event that has none (a database older than migration 0005), byte for byte."""
+    script = (
+        "from django.db import connection, transaction\n"
+        "from audit import selectors\n"
+        "from audit.models import AuditEvent\n"
+        "from audit.services import record\n"
+        "from tests.test_audit_export import TRICKY\n"
+        "with transaction.atomic():\n"
+        "    for n, text in enumerate(TRICKY):\n"
+        "        record(action=f't.{n}', subject_type='t', subject_id=str(n), subject_repr=text[:300],\n"
+        "               actor='system:test', reason=text, after={'text': text, 'n': [n, 2.5, None]})\n"
+        "events = list(AuditEvent.objects.order_by('seq'))\n"
+        "assert [e.line for e in events] == [e.export_line() for e in events]\n"
+        "expected = ''.join(e.export_line() + '\\n' for e in events).encode()\n"
+        "assert b''.join(selectors.ndjson_chunks(selectors.events())) == expected\n"
+        "with connection.cursor() as cursor:\n"  # as a log older than stored lines: the triggers forbid it
+        "    cursor.execute('DROP TRIGGER audit_auditevent_protect_update')\n"
+        "    cursor.execute('UPDATE audit_auditevent SET line = NULL WHERE seq % 2 = 0')\n"
+        "assert AuditEvent.objects.filter(line__isnull=True).count() == len(events) // 2 > 0\n"
+        "selectors.EXPORT_BATCH = 2\n"
+        "assert b''.join(selectors.ndjson_chunks(selectors.events())) == expected\n"
+        "print('exported', len(events))\n"
+    )
+    printed, _ = sqlite_shell(tmp_path, script)
+    assert printed.splitlines()[-1] == f"exported {len(TRICKY)}"
+
+
 def test_audit_verify_detects_a_changed_line(log):
     """The export serves the stored line: one that no longer says what the hashed columns say is reported."""
     forged = json.loads(log[2].line)
@@ -404,6 +434,21 @@ def test_export_streams_in_chunks(auditor, log, monkeypatch):
     csv_response = auditor.get(URL, {"format": "csv"})
     rows = list(csv.DictReader(io.StringIO(b"".join(csv_response.streaming_content).decode())))
     assert [int(r["seq"]) for r in rows] == seqs(log)
+
+
+@pytest.mark.django_db(transaction=True)  # the stream runs after the view, in autocommit, as in the service
+def test_an_export_abandoned_midway_leaves_the_connection_usable(auditor, log, monkeypatch):
+    """A client that goes away mid-download closes the stream: the COPY is cancelled, and the connection (the
+    same one, in this thread) answers the next query and the next export."""
+    from audit import selectors
+
+    monkeypatch.setattr(selectors, "EXPORT_BATCH", 2)
+    response = auditor.get(URL)
+    chunks = iter(response.streaming_content)
+    assert len(next(chunks).splitlines()) == 2
+    response.close()
+    assert AuditEvent.objects.count() == len(log)
+    assert seqs(ndjson(auditor.get(URL))) == seqs(log)
 
 
 def test_filtered_export_pages_through_every_match(auditor, log, monkeypatch):
