@@ -457,7 +457,10 @@ def _verify_tasks(
                 if not raw and not newline:
                     continue
                 line_no += 1
-                text = raw.decode(encoding, errors) + newline
+                try:
+                    text = raw.decode(encoding, errors) + newline
+                except UnicodeDecodeError as exc:
+                    raise ChainError(None, line_no, f"not valid {encoding}: {exc.reason} at byte {exc.start}") from None
                 if not text.strip():
                     continue
                 try:

@@ -615,6 +615,12 @@ def _members_moved_to_the_end(line: bytes) -> bytes:
     return rest.rstrip(b"}\n") + b"," + members[0].rstrip(b",") + b"}\n"
 
 
+def _members_moved_after_the_reason(line: bytes) -> bytes:
+    members = MEMBERS.search(line)
+    rest = line[: members.start()] + line[members.end() :]
+    return rest.replace(b'"reason":"",', b'"reason":"",' + members[0], 1)
+
+
 TAMPERINGS = {
     "value-in-a-string": lambda line: line.replace(b'"actor_username":"bench:bulk"', b'"actor_username":"bench:bulK"'),
     "value-in-a-nested-object": lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a","c"]'),
@@ -634,6 +640,9 @@ TAMPERINGS = {
     "members-also-in-a-payload": _copy_members_into_a_payload,
     "members-text-in-a-string": _members_text_inside_reason,
     "members-at-the-end": _members_moved_to_the_end,
+    "members-after-the-reason": _members_moved_after_the_reason,
+    # canonical, and a '"reason":' key after the members, in an object after the top-level reason
+    "reason-key-after-the-members": lambda line: line.replace(b'"token_id":null}', b'"token_id":{"reason":null}}'),
     "extra-field": lambda line: line.replace(b'"token_id":null}', b'"token_id":null,"zz":1}'),
     "nested-key-order": lambda line: re.sub(rb'"auc":([0-9.]+),"n":([0-9]+)', rb'"n":\2,"auc":\1', line, count=1),
     "trailing-space": lambda line: line.rstrip(b"\n") + b" \n",
@@ -648,16 +657,27 @@ CANONICAL_TAMPERINGS = {
     "value-in-a-string",
     "value-in-a-nested-object",
     "members-text-in-a-string",
+    "reason-key-after-the-members",
     "seq-as-true",
     "seq-as-float",
     "seq-as-zero",
 }
+# not canonical (the members out of place) but valid: once given their hash, verify_events() accepts these
+VALID_TAMPERINGS = {"members-after-the-reason"}
 
 
+def head_of(lines: list[bytes]) -> str:
+    """The hash in the last line's members: the head that whoever rehashed the chain up to there would publish."""
+    return MEMBERS.search(lines[-1])[1].decode()
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["no-head", "head-of-the-file"])
 @pytest.mark.parametrize("rehash", [False, True], ids=["hash-kept", "raw-bytes-rehashed"])
 @pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_tampered_lines_get_the_verdict_of_verify_events(tmp_path, tampering, rehash, where):
+def test_tampered_lines_get_the_verdict_of_verify_events(tmp_path, tampering, rehash, where, head):
+    """With head-of-the-file, --expect-head is the head of the (forged) chain itself, as an attacker who rehashed
+    it would publish: the head proves nothing about the lines then, and the verdict stays verify_events()'."""
     lines = synthetic_lines(9)
     index = {"first": 0, "middle": 4, "last": 8}[where]
     tampered = TAMPERINGS[tampering](lines[index])
@@ -669,8 +689,9 @@ def test_tampered_lines_get_the_verdict_of_verify_events(tmp_path, tampering, re
     lines[index] = tampered
     if tampering not in CANONICAL_TAMPERINGS:
         assert fast_batch([tampered]) is None
-    verdict = assert_same_verdict(run_verifier(tmp_path, lines), lines)
-    if rehash and tampering not in CANONICAL_TAMPERINGS:
+    args = ("--expect-head", head_of(lines)) if head else ()
+    verdict = assert_same_verdict(run_verifier(tmp_path, lines, *args), lines)
+    if rehash and tampering not in CANONICAL_TAMPERINGS | VALID_TAMPERINGS:
         assert verdict.startswith("FAIL: sequence ") and f"(line {index + 1}): " in verdict, verdict
 
 
@@ -760,6 +781,58 @@ def test_blank_lines_and_broken_json_are_numbered_as_before(tmp_path):
     assert result.stderr.startswith("FAIL: sequence 3 (line 2): expected sequence 2 after 1")
 
 
+def test_a_head_given_with_the_file_does_not_vouch_for_its_lines(tmp_path):
+    """Lines given the hash of their raw bytes, relinked up to a head that comes with them: no proof that they are
+    the registry's, since whoever wrote them computed that head. Lines that verify_events() would not accept, or
+    that are not JSON at all, still fail, as they do without the head; a genuine chain passes with it."""
+    lines = synthetic_lines(9)
+    result = run_verifier(tmp_path, lines, "--expect-head", head_of(lines))
+    assert (result.returncode, result.stdout.strip()) == (0, f"OK: 9 events verified; last hash {head_of(lines)}")
+    for forge, expected in [
+        (lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a","b"'), "FAIL: line 5: not valid JSON: "),
+        (
+            lambda line: line.replace(b'"action":', b'"action":"version.deleted","action":'),
+            "FAIL: sequence 5 (line 5): hash does not match",
+        ),
+        (lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a", "b"]'), "FAIL: sequence 5 (line 5): hash"),
+    ]:
+        forged = list(lines)
+        forged[4] = raw_rehash(forge(forged[4]))
+        forged[5:] = synthetic_lines(4, start=6, prev=MEMBERS.search(forged[4])[1].decode())
+        for args in [("--expect-head", head_of(forged)), ("--partial", "--expect-head", head_of(forged)), ()]:
+            for jobs in ("1", "2"):
+                result = run_verifier(tmp_path, forged, "--jobs", jobs, *args)
+                assert result.returncode == 1, (args, result.stdout, result.stderr)
+                assert result.stderr.startswith(expected), (args, result.stderr)
+                assert "OK" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        lambda lines: [lines[0], b"\n", *lines[1:4], b"  \n", *lines[4:]],
+        lambda lines: [line.replace(b"\n", b"\r\n") for line in lines],
+        lambda lines: [*lines[:-1], lines[-1].rstrip(b"\n")],
+        lambda lines: [*lines, b"\n"],
+    ],
+    ids=["blank-lines", "crlf", "no-final-newline", "blank-last-line"],
+)
+def test_unusual_line_ends_with_the_head(tmp_path, reshape):
+    """Line ends that the registry does not write, the head given or not: the same verdict as verify_events()."""
+    lines = synthetic_lines(9)
+    head = head_of(lines)
+    reshaped = reshape(lines)
+    for args in [("--expect-head", head), ("--partial", "--expect-head", head), ()]:
+        result = run_verifier(tmp_path, reshaped, *args)
+        assert (result.returncode, result.stdout.strip(), result.stderr) == (
+            0,
+            f"OK: 9 events verified; last hash {head}",
+            "",
+        )
+    result = run_verifier(tmp_path, reshaped, "--expect-head", head_of(lines[:-1]))
+    assert_fails_at(result, 10)
+
+
 @pytest.mark.parametrize("mode", [[], ["--partial"], ["--allow-gaps"]], ids=["whole", "partial", "gaps"])
 def test_partial_and_filtered_exports(tmp_path, mode):
     lines = synthetic_lines(12)
@@ -842,3 +915,11 @@ def test_sequence_numbers_below_one(tmp_path, start, mode):
     result = run_verifier(tmp_path, lines, *mode)
     verdict = assert_same_verdict(result, lines, allow_gaps=mode == ["--allow-gaps"], from_genesis=not mode)
     assert verdict == f"FAIL: sequence {start} (line 1): seq must be a positive integer"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_bytes_that_are_not_utf8_fail_naming_the_line(tmp_path, jobs):
+    """Not a traceback: a FAIL line, as for any other line that is not an event."""
+    result = run_verifier(tmp_path, [b"\xff\xfe{}\n"], "--jobs", jobs)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.strip() == "FAIL: line 1: not valid utf-8: invalid start byte at byte 0"
