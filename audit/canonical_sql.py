@@ -1,7 +1,8 @@
 """`audit.chain.canonical_json` of an event, as a PostgreSQL expression over its stored columns.
 
-One builder for the two places PostgreSQL writes it: the chain-link trigger (migration 0003), which
-hashes the event body, and the export, which streams each event as its canonical line. Keys come in
+One builder for every place PostgreSQL writes it: the chain-link trigger, which hashes the event body
+(migration 0003) and stores the export line (0005), and the export, which builds the line of events
+recorded before lines were stored. Keys come in
 sorted order; strings go through to_json, which escapes exactly what Python's
 json.dumps(ensure_ascii=False) escapes (quote, backslash, control characters as \\b \\f \\n \\r \\t or
 \\u00xx); `before`/`after` are stored as canonical JSON text already and are spliced in as they are.

@@ -6,6 +6,7 @@ stays flat whatever the size of the log.
 """
 
 import csv
+import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import islice
@@ -19,7 +20,8 @@ from audit import chain
 from audit.canonical_sql import canonical_sql
 from audit.models import AuditChainHead, AuditEvent, format_time
 
-EXPORT_BATCH = 2000  # events per streamed chunk (~1.4 MB of NDJSON) and per statement
+EXPORT_BATCH = 2000  # events per streamed chunk (~1.4 MB of NDJSON); per statement on SQLite
+EXPORT_BATCHES_PER_COPY = 25  # PostgreSQL: chunks per COPY statement (~35 MB)
 CSV_COLUMNS = [*chain.EVENT_FIELDS, "prev_hash", "hash"]
 
 
@@ -59,15 +61,30 @@ def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
 
 
 def _copied_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
-    """PostgreSQL: one COPY streams the stored lines, the database reading the next ones while these are sent.
-    Events recorded before lines were stored get theirs built by the SQL the chain-link trigger uses. COPY's
-    text format doubles each backslash, the only character of a line it escapes (JSON text holds no control
-    character), so undoubling them gives the lines back."""
+    """PostgreSQL: COPY streams the stored lines, the database reading the next ones while these are sent; one
+    COPY per EXPORT_BATCHES_PER_COPY chunks, the next after the last seq sent, so a slow client holds a
+    statement (and its snapshot) for one range at most. Events recorded before lines were stored get theirs
+    built by the SQL the chain-link trigger uses.
+
+    COPY's text format escapes backslashes (doubled), control characters and NULL (\\N); a line holds no
+    control character (JSON escapes them) and is never NULL, so undoubling the backslashes of whole rows (one
+    COPY message each) gives the lines back byte for byte."""
     built = RawSQL(canonical_sql(links=True), (), output_field=TextField())  # noqa: S611 - no input in it
-    sql, params = qs.annotate(export_line=Coalesce("line", built)).values_list("export_line").query.sql_with_params()
-    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
-        for rows in iter(lambda: list(islice(copy, EXPORT_BATCH)), []):
-            yield b"".join(rows).replace(b"\\\\", b"\\")
+    lines = qs.annotate(export_line=Coalesce("line", built)).values_list("export_line")
+    after = 0
+    with connection.wrap_database_errors, connection.cursor() as cursor:
+        while True:
+            limit = EXPORT_BATCH * EXPORT_BATCHES_PER_COPY
+            sql, params = lines.filter(seq__gt=after)[:limit].query.sql_with_params()
+            sent, chunk = 0, b""
+            with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
+                for rows in iter(lambda: list(islice(copy, EXPORT_BATCH)), []):
+                    sent += len(rows)
+                    chunk = b"".join(rows).replace(b"\\\\", b"\\")
+                    yield chunk
+            if sent < limit:
+                return
+            after = json.loads(chunk[chunk.rfind(b"\n", 0, -1) + 1 :])["seq"]  # the range's last line
 
 
 def _stored_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:

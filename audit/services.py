@@ -139,7 +139,7 @@ def insert_sql(event: AuditEvent, computed: dict[str, tuple[str, list]] | None =
 
 
 def linked(event: AuditEvent, seq: int, prev_hash: str, digest: str) -> AuditEvent:
-    """The event as the database stored it (insert_sql() returned its links)."""
+    """The event, stored, with the links insert_sql() returned (its stored `line` is not read back)."""
     event.seq, event.prev_hash, event.hash = seq, prev_hash, digest
     event._state.adding = False
     event._state.db = connection.alias

@@ -77,7 +77,7 @@ def _events(subject_type: str, ids, as_of, actions=None) -> list[AuditEvent]:
     ids = sorted({str(i) for i in ids})
     if not ids:
         return []
-    qs = AuditEvent.objects.filter(subject_type=subject_type, subject_id__in=ids)
+    qs = AuditEvent.objects.filter(subject_type=subject_type, subject_id__in=ids).defer("line")  # export text
     if actions is not None:
         qs = qs.filter(action__in=actions)
     if as_of is not None:

@@ -323,7 +323,7 @@ def dispatch(*, batch_size: int = 200) -> DispatchResult:
             log.warning("webhook cursor at #%s is past the audit log's end #%s; restarting", cursor.last_seq, log_end)
             cursor.last_seq = min(_cursor_start(), log_end)
             cursor.save(update_fields=["last_seq", "updated_at"])
-        events = list(AuditEvent.objects.filter(seq__gt=cursor.last_seq).order_by("seq")[:batch_size])
+        events = list(AuditEvent.objects.filter(seq__gt=cursor.last_seq).defer("line").order_by("seq")[:batch_size])
         if not events:
             return DispatchResult([], cursor.last_seq, False)
         endpoints = list(WebhookEndpoint.objects.filter(active=True).order_by("pk"))

@@ -323,7 +323,7 @@ def _audit_range(subjects: list[tuple[str, str]], as_of, seqs: list[int] = ()) -
         query |= Q(subject_type=subject_type, subject_id__in=sorted(ids))
     if seqs:
         query |= Q(seq__in=sorted(set(seqs)))
-    events = AuditEvent.objects.filter(query) if by_type or seqs else AuditEvent.objects.none()
+    events = AuditEvent.objects.filter(query).defer("line") if by_type or seqs else AuditEvent.objects.none()
     if as_of is not None:
         events = events.filter(at__lte=as_of)
     rows = [

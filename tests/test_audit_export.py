@@ -330,6 +330,7 @@ TRICKY = [
     "non-ASCII é ü 漢字 🚀 \u2028 \u2029 \ufeff",
     "",
     "x" * 5000,
+    'backslash runs \\\\ \\\\\\ a literal \\n, \\" and one at the end \\',
 ]
 
 
@@ -449,6 +450,22 @@ def test_an_export_abandoned_midway_leaves_the_connection_usable(auditor, log, m
     response.close()
     assert AuditEvent.objects.count() == len(log)
     assert seqs(ndjson(auditor.get(URL))) == seqs(log)
+
+
+def test_several_copy_statements_continue_after_the_last_seq(auditor, log, monkeypatch):
+    """PostgreSQL streams the export with one COPY per range of chunks: every event once, in order, across
+    ranges, filtered or not, and ranges that end exactly at the end of the log."""
+    from audit import selectors
+
+    monkeypatch.setattr(selectors, "EXPORT_BATCH", 2)
+    monkeypatch.setattr(selectors, "EXPORT_BATCHES_PER_COPY", 2)
+    assert seqs(ndjson(auditor.get(URL))) == seqs(log)
+    expected = [e for e in log if e.subject_type == "registry.model"]
+    assert seqs(ndjson(auditor.get(URL, {"subject_type": "registry.model"}))) == seqs(expected)
+    monkeypatch.setattr(selectors, "EXPORT_BATCH", 1)  # every range full, the last one too
+    monkeypatch.setattr(selectors, "EXPORT_BATCHES_PER_COPY", 1)
+    body = b"".join(auditor.get(URL).streaming_content)
+    assert body == "".join(event.export_line() + "\n" for event in log).encode()
 
 
 def test_filtered_export_pages_through_every_match(auditor, log, monkeypatch):
