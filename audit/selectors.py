@@ -71,10 +71,9 @@ def _copied_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     COPY message each) gives the lines back byte for byte."""
     built = RawSQL(canonical_sql(links=True), (), output_field=TextField())  # noqa: S611 - no input in it
     lines = qs.annotate(export_line=Coalesce("line", built)).values_list("export_line")
-    after = 0
+    after, limit = 0, EXPORT_BATCH * EXPORT_BATCHES_PER_COPY
     with connection.wrap_database_errors, connection.cursor() as cursor:
         while True:
-            limit = EXPORT_BATCH * EXPORT_BATCHES_PER_COPY
             sql, params = lines.filter(seq__gt=after)[:limit].query.sql_with_params()
             sent, chunk = 0, b""
             with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:

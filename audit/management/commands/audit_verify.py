@@ -1,5 +1,3 @@
-from itertools import chain as chain_iterables
-
 from django.core.management.base import BaseCommand, CommandError
 
 from audit import chain
@@ -14,21 +12,25 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        def check_line(event: AuditEvent, exported: dict) -> None:
+            if event.line is not None and event.line.encode() != chain.canonical_json(exported):
+                raise CommandError(
+                    f"audit chain broken at sequence {event.seq}: its stored export line differs from its columns "
+                    "(one of them was changed)"
+                )
+
         def events():
             # The export serves each event's stored line, so it must say what the hashed columns say. A line is
             # compared once verify_events() has accepted its event's columns (when it asks for the next event):
             # a changed column is reported as the chain's break, a changed line as its own.
             previous = None
-            for event in chain_iterables(AuditEvent.objects.order_by("seq").iterator(chunk_size=5000), [None]):
-                line = previous[0].line if previous is not None else None
-                if line is not None and line.encode() != chain.canonical_json(previous[1]):
-                    raise CommandError(
-                        f"audit chain broken at sequence {previous[0].seq}: its stored export line differs from "
-                        "its columns (one of them was changed)"
-                    )
-                if event is not None:
-                    previous = (event, event.as_export_dict())
-                    yield previous[1]
+            for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=5000):
+                if previous is not None:
+                    check_line(*previous)
+                previous = (event, event.as_export_dict())
+                yield previous[1]
+            if previous is not None:
+                check_line(*previous)
 
         try:
             count, last_hash = chain.verify_events(events(), from_genesis=True)
