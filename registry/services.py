@@ -1,5 +1,6 @@
 """Every write to the registry. Each runs in one transaction with its audit event."""
 
+import contextlib
 import copy
 import hashlib
 import uuid
@@ -173,9 +174,10 @@ _INSERT_NUMBERED = (
 def _insert_numbered(version: ModelVersion, actor, audit_after: dict) -> None:
     """PostgreSQL: bump the model's number, insert the version and append its audit event in one statement.
 
-    The model row is then locked from that one statement to COMMIT, with no round trip and no Python work in
-    between (as three statements the lock also covered the version INSERT, the audit payload and the event
-    INSERT): under concurrent registrations of one model, that lock is what bounds them."""
+    The model row is then locked from that one statement to COMMIT (the statement's own end in autocommit
+    mode), with no round trip and no Python work in between (as three statements the lock also covered the
+    version INSERT, the audit payload and the event INSERT): under concurrent registrations of one model,
+    that lock is what bounds them."""
     model = version.model
     event = new_event(action="version.registered", subject_type=_VERSION_LABEL, subject_id="", actor=actor)
     prefix, suffix = json_text_around(audit_after, "number")
@@ -219,9 +221,9 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     The model row lock serializes registrations per model so numbers stay gapless; it is taken as
     late as possible and held as briefly as possible: everything that needs no number is done before,
     then the row is locked and the number bumped, the version inserted and the audit event appended
-    (on PostgreSQL in one statement, _insert_numbered), and the transaction commits. A digest the
-    model already has is caught by the (model, digest) unique constraint: the transaction rolls back
-    (the number bump with it) and the existing version is returned, or 409 if its content differs.
+    (on PostgreSQL in one statement, _insert_numbered, its own transaction), and the transaction commits.
+    A digest the model already has is caught by the (model, digest) unique constraint: the transaction
+    rolls back (the number bump with it) and the existing version is returned, or 409 if its content differs.
     """
     manifest = manifests.normalize(content.manifest)
     digest = manifests.digest(manifest)
@@ -254,10 +256,13 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     model = copy.copy(model)  # the caller's instance keeps its latest_number; the version's model is current
     version = ModelVersion(model=model, digest=digest, created_by=actor, tags=tags, **fields)
     try:
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql":
+            # One statement: in autocommit mode it is its own transaction, with no BEGIN and COMMIT round
+            # trips; inside a caller's transaction, a savepoint keeps that one usable when the digest repeats.
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
                 _insert_numbered(version, actor, audit_after)
-            else:
+        else:
+            with transaction.atomic():
                 model.latest_number = version.number = _next_number(model)
                 version.save(force_insert=True)
                 record(

@@ -1,6 +1,11 @@
 """SQL statements per request on the hot API paths (what CI pipelines and deployers call most): a fixed
 number whatever the data, and none of them a lazy load of something the response does not show."""
 
+import contextlib
+import re
+import tempfile
+import types
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -38,9 +43,9 @@ def statements(client, method: str, path: str, body=None, status: int = 200) -> 
         ("get", f"{BASE}/aliases/champion", None, 200, 2),  # + the alias with version, model, editor, codenames
         ("get", BASE, None, 200, 3),  # + the model with its owner group and creator, the permission query
         ("get", f"{BASE}/versions/?metric=auc>=0.5", None, 200, 3),  # + the model with codenames, the page
-        # + the model with codenames; in the transaction, one statement bumps the number (model row lock),
-        # inserts the version and appends its audit event; savepoint and release around it (the digest's
-        # unique constraint decides a repeat)
+        # + the model with codenames; one statement bumps the number (model row lock), inserts the version
+        # and appends its audit event; inside the test's transaction a savepoint and release around it (the
+        # digest's unique constraint decides a repeat), served in autocommit none (next test)
         ("post", f"{BASE}/versions/", register_body(s3_manifest(b"new"), metrics={"auc": 0.8}), 201, 5),
     ],
 )
@@ -49,3 +54,53 @@ def test_hot_paths_run_a_fixed_number_of_statements(owner, method, path, body, s
     sql = statements(owner, method, path, body, status)
     assert len(sql) == count, "\n".join(sql)
     assert not [q for q in sql if 'FROM "auth_group"' in q], "a lazy load of the model's owner group"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_registration_served_in_autocommit_is_one_statement_without_a_savepoint(personas):
+    """As the service runs it (no enclosing transaction): the registration's statement is its own
+    transaction, so neither BEGIN/COMMIT nor a savepoint costs a round trip; a repeated digest fails that
+    statement alone and the connection goes on (the existing version is returned)."""
+    client = personas["owner"].client()
+    assert client.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    body = register_body(s3_manifest(b"auto"), metrics={"auc": 0.8})
+    statements(client, "get", BASE)  # the token's last_used_at is written at most once a minute
+    with wire_trace() as wire:
+        sql = statements(client, "post", f"{BASE}/versions/", body, status=201)
+    assert len(sql) == 3, "\n".join(sql)
+    assert sql[-1].startswith("WITH bumped AS"), sql[-1]
+    assert "WITH bumped AS" in wire.text
+    assert not re.search(r"\b(BEGIN|COMMIT|SAVEPOINT)\b", wire.text), wire.text  # what psycopg sent itself
+    with wire_trace() as wire:
+        statements(client, "post", f"{BASE}/versions/", body, status=200)
+    assert not re.search(r"\b(BEGIN|COMMIT|SAVEPOINT)\b", wire.text), wire.text
+    assert client.get(f"{BASE}/versions/1").json()["number"] == 1
+
+
+@contextlib.contextmanager
+def wire_trace():
+    """libpq's trace of every protocol message on the test's connection (BEGIN and COMMIT included,
+    which psycopg sends on its own and CaptureQueriesContext never sees)."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    with tempfile.TemporaryFile() as f:
+        trace = types.SimpleNamespace(text="")
+        pgconn.trace(f.fileno())
+        try:
+            yield trace
+        finally:
+            pgconn.untrace()
+            f.seek(0)
+            trace.text = f.read().decode(errors="replace")
+
+
+def test_the_hot_statements_are_prepared_on_the_server(owner):
+    """Parameters are bound server-side and psycopg prepares a statement on its 5th run on a connection
+    (settings: DATABASE_PREPARED_STATEMENTS), so the token and version look-ups skip planning."""
+    for number in (1, 2, 3, 1, 2, 3):
+        statements(owner, "get", f"{BASE}/versions/{number}")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert [p for p in prepared if "token_hash" in p], prepared
+    assert [p for p in prepared if "registry_modelversion" in p and "$1" in p], prepared
