@@ -645,16 +645,20 @@ def _frame(raw: str) -> tuple[str, str, str]:
 # (label, function name (last part of the qualified name), file): inclusive share of request time
 KEY_FRAMES = [
     ("SQL statements (Django cursor execute: send, wait, fetch)", "_execute", "django/db/backends/utils.py"),
-    ("  of which waiting on psycopg (server work, locks, network, CPU queue)", "wait", "psycopg/connection.py"),
+    (
+        "psycopg waiting, every round trip (health check included): server, network, CPU queue",
+        "wait",
+        "psycopg/connection.py",
+    ),
     ("COMMIT", "commit", "django/db/backends/base/base.py"),
     ("connection health check (SELECT 1 per request)", "is_usable", "django/db/backends/postgresql/base.py"),
     ("token authentication", "authenticate", "accounts/authentication.py"),
     ("object permission checks (access.require)", "require", "accounts/access.py"),
     ("  the one permission query (access.held_codenames)", "held_codenames", "accounts/access.py"),
     ("input validation (serializer is_valid)", "is_valid", "rest_framework/serializers.py"),
+    ("model look-up with the user's codenames (selectors.model_at)", "model_at", "registry/selectors.py"),
     ("version_register (service, incl. its SQL)", "version_register", "registry/services.py"),
-    ("  lock model row and bump its number (UPDATE ... RETURNING)", "_next_number", "registry/services.py"),
-    ("  audit record (chain head lock, insert, update)", "record", "audit/services.py"),
+    ("  its one statement: number bump, version, audit event", "_insert_numbered", "registry/services.py"),
     ("output serialization (serializer .data)", "data", "rest_framework/serializers.py"),
     ("SQL compilation (ORM as_sql)", "as_sql", "django/db/models/sql/compiler.py"),
     ("gunicorn access log", "access", "gunicorn/glogging.py"),
@@ -677,16 +681,8 @@ def summarize_raw(path: Path, top: int = 20) -> dict:
             continue  # idle master, keep-alive poller, idle threads: not a request
         n = int(count)
         total += n
-        for i, (label, func, file) in enumerate(KEY_FRAMES):
-            if label.startswith("  lock model row"):
-                hit = any(
-                    fn.split(".")[-1] == func and fl == file and frames[j - 1][0] == "version_register"
-                    for j, (fn, fl, _) in enumerate(frames)
-                    if j
-                )
-            else:
-                hit = any(fn.split(".")[-1] == func and fl == file for fn, fl, _ in frames)
-            if hit:
+        for i, (_, func, file) in enumerate(KEY_FRAMES):
+            if any(fn.split(".")[-1] == func and fl == file for fn, fl, _ in frames):
                 key[i] += n
         fn, fl, _ = frames[-1]
         leaf[f"{fn} ({fl})"] += n
@@ -723,6 +719,11 @@ def bench_profile(api, gunicorn, cfg, rng) -> dict:
         "cpu": summarize_raw(cpu_raw),
         "wall": summarize_raw(wall_raw),
     }
+    (RESULTS / "profile_top.txt").write_text(profile_text(result, p3["pg_backends_avg"]))
+    return result
+
+
+def profile_text(result: dict, pg_backends_avg: dict) -> str:
     lines = [f"py-spy profile of 8-client registration ({dt.date.today().isoformat()})", ""]
     for kind in ("cpu", "wall"):
         s = result[kind]
@@ -736,9 +737,8 @@ def bench_profile(api, gunicorn, cfg, rng) -> dict:
         lines += ["", "deepest project line on the stack (where the time is spent, by call site):"]
         lines += [f"  {v:5.1f}%  {f}" for f, v in s["deepest_project_line_pct"]] + [""]
     lines += ["PostgreSQL backends of registry_bench during the wall-clock pass (average count per state):"]
-    lines += [f"  {v:5.2f}  {k}" for k, v in p3["pg_backends_avg"].items()]
-    (RESULTS / "profile_top.txt").write_text("\n".join(lines) + "\n")
-    return result
+    lines += [f"  {v:5.2f}  {k}" for k, v in pg_backends_avg.items()]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1022,7 +1022,9 @@ def load_setup(env: dict, port: int, pool: int, rng) -> dict:
 
 
 def bench_load(cfg, env: dict, port: int, work_dir: Path, rng) -> dict:
-    pool_needed = int(cfg.load_clients * cfg.load_seconds * 1.0 * 0.10) * cfg.reps + 200  # <= 1 req/s per client
+    # approvals are 10 % of the mix; sized for up to 3 requests/s per client (about 2 in the fifth session, when
+    # a pool sized for 1 ran out and the rest of the approval picks resolved the alias instead)
+    pool_needed = int(cfg.load_clients * cfg.load_seconds * 3.0 * 0.10) * cfg.reps + 200
     print(
         f"  set-up: model bench/load with lineage, target `load`, {pool_needed} pending promotion requests", flush=True
     )
