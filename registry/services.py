@@ -220,10 +220,11 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
 
     The model row lock serializes registrations per model so numbers stay gapless; it is taken as
     late as possible and held as briefly as possible: everything that needs no number is done before,
-    then the row is locked and the number bumped, the version inserted and the audit event appended
-    (on PostgreSQL in one statement, _insert_numbered, its own transaction), and the transaction commits.
-    A digest the model already has is caught by the (model, digest) unique constraint: the transaction
-    rolls back (the number bump with it) and the existing version is returned, or 409 if its content differs.
+    then the row is locked and the number bumped, the version inserted and the audit event appended,
+    and that commits (on PostgreSQL one statement, _insert_numbered, which is its own transaction when
+    no transaction is open). A digest the model already has is caught by the (model, digest) unique
+    constraint: the write rolls back (the number bump with it) and the existing version is returned, or
+    409 if its content differs.
     """
     manifest = manifests.normalize(content.manifest)
     digest = manifests.digest(manifest)
