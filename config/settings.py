@@ -128,10 +128,11 @@ elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     # bench/README.md); the service's queries are short OLTP ones that never gain from it.
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
     if env_bool("DATABASE_PREPARED_STATEMENTS", True):
-        # Server-side binding lets psycopg prepare a statement on its 5th run on a connection, so the
-        # hot ones (token, model/version/alias by path, registration) skip PostgreSQL's planning: about
-        # 0.3 ms each, a third of a version get (bench/README.md). Turn off behind a pooler that
-        # cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+        # Server-side binding lets psycopg prepare a statement once it has run 5 times on a connection,
+        # so the hot ones (token, model/version/alias by path, registration) stop being parsed and,
+        # once PostgreSQL settles on a generic plan, planned: about 0.3 ms each, a third of a version
+        # get (bench/README.md). Off behind a pooler that cannot keep prepared statements (PgBouncer
+        # in transaction mode before 1.22, which also handles psycopg's DEALLOCATE ALL on rollback).
         DATABASES["default"]["OPTIONS"].update(server_side_binding=True, prepare_threshold=5)
 if env("TEST_DATABASE_NAME"):  # lets parallel test runs on one server keep their own databases
     DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME")}

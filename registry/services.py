@@ -177,7 +177,7 @@ def _insert_numbered(version: ModelVersion, actor, audit_after: dict) -> None:
     The model row is then locked from that one statement to COMMIT (the statement's own end in autocommit
     mode), with no round trip and no Python work in between (as three statements the lock also covered the
     version INSERT, the audit payload and the event INSERT): under concurrent registrations of one model,
-    that lock is what bounds them."""
+    that lock is what bounds them. In autocommit mode the event's post_save listeners run after the commit."""
     model = version.model
     event = new_event(action="version.registered", subject_type=_VERSION_LABEL, subject_id="", actor=actor)
     prefix, suffix = json_text_around(audit_after, "number")
@@ -260,7 +260,8 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
         if connection.vendor == "postgresql":
             # One statement: in autocommit mode it is its own transaction, with no BEGIN and COMMIT round
             # trips; inside a caller's transaction, a savepoint keeps that one usable when the digest repeats.
-            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            in_transaction = connection.in_atomic_block or not connection.get_autocommit()
+            with transaction.atomic() if in_transaction else contextlib.nullcontext():
                 _insert_numbered(version, actor, audit_after)
         else:
             with transaction.atomic():

@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
 from audit.models import AuditEvent
-from registry.models import ModelVersion
+from registry.models import ModelVersion, RegisteredModel
 from registry.storage import blob_store
 from tests.conftest import bearer
 from tests.registry.helpers import file_entry, register_body, s3_manifest
@@ -127,7 +127,6 @@ def test_alias_contract(owner):
 
 def test_protected_alias_needs_manager(owner, personas):
     from accounts.services import permission_grant
-    from registry.models import RegisteredModel
 
     owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"1")), format="json")
     owner.put(f"{BASE}/aliases/champion", {"version": 1, "protected": True}, format="json")
@@ -172,6 +171,8 @@ def test_concurrent_registrations(personas, same_digest):
     else:
         assert numbers == list(range(1, 9))
         assert all(c == 201 for c, _ in results)
+    # a repeated digest undid its number bump with its failed statement: numbers stay gapless
+    assert RegisteredModel.objects.get(namespace="acme", name="churn").latest_number == max(numbers)
     assert AuditEvent.objects.filter(action="version.registered").count() == ModelVersion.objects.count()
 
 
