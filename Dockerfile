@@ -28,4 +28,4 @@ USER app
 RUN DJANGO_DEBUG=0 SECRET_KEY=build-time-dummy-key-not-used-at-runtime python manage.py collectstatic --noinput
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
+CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000"]
