@@ -14,7 +14,8 @@ its own transaction, so nothing here has to be enqueued inside a caller's transa
   `WEBHOOK_MAX_ATTEMPTS`. A duplicate task finds nothing to claim.
 - Celery beat runs the dispatcher every few seconds and the sweeper, which re-enqueues pending
   deliveries whose time has come but whose task was lost (broker down at enqueue time, long
-  backoffs). `kick()` asks for a dispatch right after commit and never raises.
+  backoffs). `kick()` asks for a dispatch right after commit and never raises; no service calls it
+  yet, so a delivery starts within one dispatch interval (`WEBHOOK_DISPATCH_INTERVAL_SECONDS`).
 
 So when the broker is down nothing is lost: the events wait in the audit table and the
 deliveries in theirs until a worker can be reached again.
