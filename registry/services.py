@@ -259,9 +259,9 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     try:
         if connection.vendor == "postgresql":
             # One statement: in autocommit mode it is its own transaction, with no BEGIN and COMMIT round
-            # trips; inside a caller's transaction, a savepoint keeps that one usable when the digest repeats.
-            in_transaction = connection.in_atomic_block or not connection.get_autocommit()
-            with transaction.atomic() if in_transaction else contextlib.nullcontext():
+            # trips; inside a caller's transaction (atomic() turns autocommit off), a savepoint keeps that
+            # one usable when the digest repeats.
+            with contextlib.nullcontext() if connection.get_autocommit() else transaction.atomic():
                 _insert_numbered(version, actor, audit_after)
         else:
             with transaction.atomic():
