@@ -646,12 +646,12 @@ def _frame(raw: str) -> tuple[str, str, str]:
 KEY_FRAMES = [
     ("SQL statements (Django cursor execute: send, wait, fetch)", "_execute", "django/db/backends/utils.py"),
     (
-        "psycopg waiting, every round trip (health check included): server, network, CPU queue",
+        "psycopg waiting, every round trip: server, network, CPU queue",
         "wait",
         "psycopg/connection.py",
     ),
     ("COMMIT", "commit", "django/db/backends/base/base.py"),
-    ("connection health check (SELECT 1 per request)", "is_usable", "django/db/backends/postgresql/base.py"),
+    ("connection health check (socket poll; SELECT 1 only if it is readable)", "is_usable", "core/postgres/base.py"),
     ("token authentication", "authenticate", "accounts/authentication.py"),
     ("object permission checks (access.require)", "require", "accounts/access.py"),
     ("  the one permission query (access.held_codenames)", "held_codenames", "accounts/access.py"),

@@ -1,16 +1,14 @@
 """SQL statements per request on the hot API paths (what CI pipelines and deployers call most): a fixed
 number whatever the data, and none of them a lazy load of something the response does not show."""
 
-import contextlib
 import re
-import tempfile
-import types
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from tests.registry.helpers import register_body, s3_manifest
+from tests.wire import wire_trace
 
 BASE = "/api/v1/models/acme/churn"
 
@@ -76,23 +74,6 @@ def test_a_registration_served_in_autocommit_is_one_statement_without_a_savepoin
     assert "WITH bumped AS" in wire.text and "registry_version_unique_digest" in wire.text, wire.text
     assert not re.search(r"\b(BEGIN|COMMIT|SAVEPOINT)\b", wire.text), wire.text
     assert client.get(f"{BASE}/versions/1").json()["number"] == 1
-
-
-@contextlib.contextmanager
-def wire_trace():
-    """libpq's trace of every protocol message on the test's connection (BEGIN and COMMIT included,
-    which psycopg sends on its own and CaptureQueriesContext never sees)."""
-    connection.ensure_connection()
-    pgconn = connection.connection.pgconn
-    with tempfile.TemporaryFile() as f:
-        trace = types.SimpleNamespace(text="")
-        pgconn.trace(f.fileno())
-        try:
-            yield trace
-        finally:
-            pgconn.untrace()
-            f.seek(0)
-            trace.text = f.read().decode(errors="replace")
 
 
 def test_the_hot_statements_are_prepared_on_the_server(owner):
