@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import islice
+from typing import NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import QuerySet, TextField
@@ -53,6 +54,24 @@ def events(
 
 def head() -> AuditChainHead:
     return AuditChainHead.objects.filter(pk=1).first() or AuditChainHead()
+
+
+class Export(NamedTuple):
+    chunks: Iterator[bytes]
+    last_seq: int  # the last event included (0 and GENESIS when none is): verify with --expect-head
+    last_hash: str
+
+
+EXPORT_FORMATS = ("ndjson", "csv")
+
+
+def export(fmt: str = "ndjson", **filters) -> Export:
+    """The events that `filters` select (see events()), as they stand now: whatever is appended while the
+    chunks stream is left out, so the last seq and hash can be handed out before the first chunk."""
+    qs = events(**filters)
+    last = qs.order_by("-seq").values("seq", "hash").first() or {"seq": 0, "hash": chain.GENESIS}
+    qs = qs.filter(seq__lte=last["seq"])
+    return Export((csv_chunks if fmt == "csv" else ndjson_chunks)(qs), last["seq"], last["hash"])
 
 
 def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:

@@ -1,32 +1,16 @@
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import scopes
-from audit import chain, selectors
-from core.api import StrictSerializer
+from audit import selectors
+from audit.api.serializers import ExportQuery, HeadOutput
 from core.errors import Forbidden
 
 EXPORT_PERMISSION = "audit.view_auditevent"
-
-
-class ExportQuery(StrictSerializer):
-    format = serializers.ChoiceField(choices=["ndjson", "csv"], default="ndjson")
-    since = serializers.DateTimeField(required=False, help_text="events at or after this time (RFC 3339)")
-    until = serializers.DateTimeField(required=False, help_text="events before this time (RFC 3339)")
-    subject_type = serializers.CharField(required=False, max_length=100)
-    subject_id = serializers.CharField(required=False, max_length=200)
-    actor = serializers.CharField(required=False, max_length=150, help_text="actor username")
-    after_seq = serializers.IntegerField(required=False, min_value=0)
-
-
-class HeadOutput(serializers.Serializer):
-    seq = serializers.IntegerField()
-    hash = serializers.CharField()
 
 
 def _require_auditor(request):
@@ -75,19 +59,12 @@ class AuditEventExportView(APIView):
         query.is_valid(raise_exception=True)
         params = dict(query.validated_data)
         fmt = params.pop("format")
-        events = selectors.events(**params)
-        last = events.order_by("-seq").values("seq", "hash").first() or {"seq": 0, "hash": chain.GENESIS}
-        events = events.filter(seq__lte=last["seq"])  # a consistent snapshot, whatever is appended meanwhile
-
-        if fmt == "csv":
-            response = StreamingHttpResponse(selectors.csv_chunks(events), content_type="text/csv; charset=utf-8")
-            filename = "audit-events.csv"
-        else:
-            response = StreamingHttpResponse(selectors.ndjson_chunks(events), content_type="application/x-ndjson")
-            filename = "audit-events.ndjson"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        response["X-Audit-Last-Seq"] = str(last["seq"])
-        response["X-Audit-Last-Hash"] = last["hash"]
+        export = selectors.export(fmt, **params)
+        media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+        response = StreamingHttpResponse(export.chunks, content_type=media_type)
+        response["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
+        response["X-Audit-Last-Seq"] = str(export.last_seq)
+        response["X-Audit-Last-Hash"] = export.last_hash
         return response
 
 

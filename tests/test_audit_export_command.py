@@ -1,0 +1,115 @@
+"""manage.py audit_export: the API's export (same bytes, formats and filters) straight to a file or stdout."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from audit.management.commands.audit_export import _write_whole
+from tests.test_audit_export import CHAIN_SCRIPT, URL, auditor, log  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.django_db
+
+
+def export(*args: str) -> str:
+    """Runs the command; returns what it wrote to stderr (the summary)."""
+    err = io.StringIO()
+    call_command("audit_export", *args, stderr=err)
+    return err.getvalue()
+
+
+def api_body(client, **params) -> bytes:
+    response = client.get(URL, params)
+    assert response.status_code == 200
+    return b"".join(response.streaming_content)
+
+
+def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, log, tmp_path):  # noqa: F811
+    out = tmp_path / "audit.ndjson"
+    summary = export("--output", str(out))
+    assert out.read_bytes() == api_body(auditor)
+    assert f"#{log[-1].seq} (hash {log[-1].hash})" in summary
+    verify = summary.splitlines()[-1].removeprefix("Verify: python ").split()
+    assert verify == ["audit/chain.py", str(out), "--expect-head", log[-1].hash]
+    result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "params", "flags"),
+    [
+        (
+            ["--subject-type", "registry.model", "--subject-id", "7"],
+            {"subject_type": "registry.model", "subject_id": "7"},
+            ["--allow-gaps"],
+        ),
+        (["--actor", "ci_bot"], {"actor": "ci_bot"}, ["--allow-gaps"]),
+        (["--after-seq", "3"], {"after_seq": "3"}, ["--partial"]),
+        (
+            ["--since", "2000-01-01T00:00:00Z", "--actor", "owner"],
+            {"since": "2000-01-01T00:00:00Z", "actor": "owner"},
+            ["--partial", "--allow-gaps"],
+        ),
+    ],
+)
+def test_filters_select_what_the_api_selects(auditor, log, tmp_path, args, params, flags):  # noqa: F811
+    out = tmp_path / "audit.ndjson"
+    summary = export("--output", str(out), *args)
+    body = out.read_bytes()
+    assert body == api_body(auditor, **params)
+    assert body  # the filter matched something, so the comparison means something
+    verify = summary.splitlines()[-1].split()
+    assert verify[4:-2] == flags
+    result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[3:]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_csv_to_stdout(auditor, log, capsysbinary):  # noqa: F811
+    call_command("audit_export", "--format", "csv", stderr=io.StringIO())
+    assert capsysbinary.readouterr().out == api_body(auditor, format="csv")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "xml"], "--format"),
+        (["--since", "yesterday"], "--since"),
+        (["--after-seq", "-1"], "--after-seq"),
+        (["--output", "/nonexistent-dir/audit.ndjson"], "does not exist"),
+    ],
+)
+def test_bad_options_are_refused_and_write_nothing(log, tmp_path, args, message, capsysbinary):  # noqa: F811
+    with pytest.raises(CommandError, match=message):
+        export(*args)
+    assert capsysbinary.readouterr().out == b""
+
+
+def test_an_output_directory_is_refused(log, tmp_path):  # noqa: F811
+    with pytest.raises(CommandError, match="is a directory"):
+        export("--output", str(tmp_path))
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_file_and_no_partial_one(tmp_path):
+    out = tmp_path / "audit.ndjson"
+    out.write_bytes(b"the previous export\n")
+
+    def chunks():
+        yield b'{"seq":1}\n'
+        raise ConnectionError("the database went away")
+
+    with pytest.raises(ConnectionError):
+        _write_whole(out, chunks())
+    assert out.read_bytes() == b"the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.ndjson"]
+
+
+def test_an_empty_log_exports_an_empty_file_with_the_genesis_head(db, tmp_path):
+    out = tmp_path / "audit.ndjson"
+    summary = export("--output", str(out), "--after-seq", "999999")
+    assert out.read_bytes() == b""
+    assert "up to #0" in summary
+    assert Path(out).exists()
