@@ -10,6 +10,8 @@
 * `export_and_verify()`: `GET /api/v1/audit/events?format=ndjson` from gunicorn into a file (events/s,
   peak RSS of the serving worker sampled from /proc), then `python audit/chain.py FILE` (the stdlib
   offline verifier) over the whole file from genesis (events/s, peak RSS of that process from wait4).
+* `export_command()`: `manage.py audit_export --output FILE`, the same export from a process of its own
+  (events/s and peak RSS from wait4), checked byte for byte against the HTTP export.
 """
 
 from __future__ import annotations
@@ -243,6 +245,43 @@ def export_and_verify(port: int, token: str, worker_pids: list[int], out: Path) 
         "verify_output": stdout.strip()[-200:],
         "end_to_end_events_per_s": last_seq / (export_s + verify_s),
     }
+
+
+def export_command(env: dict, out: Path, http_export: Path) -> dict:
+    """`manage.py audit_export --output FILE` as its own process: events/s and peak RSS (wait4), and the
+    file compared with the HTTP export of the same log."""
+    python = str(ROOT / ".venv" / "bin" / "python")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [python, "manage.py", "audit_export", "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    stderr = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"audit_export failed: {stderr}")
+    events = int(stderr.split("up to #", 1)[1].split(" ", 1)[0])
+    return {
+        "events": events,
+        "seconds": seconds,  # the whole process: interpreter and Django start-up included
+        "events_per_s": events / seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "same_bytes_as_http": _same_bytes(out, http_export),
+    }
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
 
 
 if __name__ == "__main__":
