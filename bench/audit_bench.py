@@ -251,18 +251,23 @@ def export_command(env: dict, out: Path, http_export: Path) -> dict:
     """`manage.py audit_export --output FILE` as its own process: events/s and peak RSS (wait4), and the
     file compared with the HTTP export of the same log."""
     python = str(ROOT / ".venv" / "bin" / "python")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [python, "manage.py", "audit_export", "--output", str(out)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    stderr = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+    err_path = out.with_name(out.name + ".stderr")
+    with err_path.open("w+b") as err:  # a file, not a pipe: wait4 reads nothing while the child writes
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [python, "manage.py", "audit_export", "--output", str(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4
+        err.seek(0)
+        stderr = err.read().decode()
+    err_path.unlink()
+    if proc.returncode != 0:
         raise RuntimeError(f"audit_export failed: {stderr}")
     events = int(stderr.split("up to #", 1)[1].split(" ", 1)[0])
     return {

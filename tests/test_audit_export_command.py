@@ -1,14 +1,15 @@
 """manage.py audit_export: the API's export (same bytes, formats and filters) straight to a file or stdout."""
 
 import io
+import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from audit import chain
 from audit.management.commands.audit_export import _write_whole
 from tests.test_audit_export import CHAIN_SCRIPT, URL, auditor, log  # noqa: F401 - fixtures
 
@@ -22,6 +23,13 @@ def export(*args: str) -> str:
     return err.getvalue()
 
 
+def verify_command(summary: str) -> list[str]:
+    """The command the summary says verifies the export, as argv after `python`."""
+    line = summary.splitlines()[-1]
+    assert line.startswith("Verify (from the project directory): python "), summary
+    return shlex.split(line.split(": python ", 1)[1])
+
+
 def api_body(client, **params) -> bytes:
     response = client.get(URL, params)
     assert response.status_code == 200
@@ -33,8 +41,9 @@ def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, 
     summary = export("--output", str(out))
     assert out.read_bytes() == api_body(auditor)
     assert f"#{log[-1].seq} (hash {log[-1].hash})" in summary
-    verify = summary.splitlines()[-1].removeprefix("Verify: python ").split()
+    verify = verify_command(summary)
     assert verify == ["audit/chain.py", str(out), "--expect-head", log[-1].hash]
+    assert out.stat().st_mode & 0o777 == 0o600  # audit data: the owner's only
     result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -52,7 +61,7 @@ def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, 
         (
             ["--since", "2000-01-01T00:00:00Z", "--actor", "owner"],
             {"since": "2000-01-01T00:00:00Z", "actor": "owner"},
-            ["--partial", "--allow-gaps"],
+            ["--allow-gaps"],
         ),
     ],
 )
@@ -62,15 +71,30 @@ def test_filters_select_what_the_api_selects(auditor, log, tmp_path, args, param
     body = out.read_bytes()
     assert body == api_body(auditor, **params)
     assert body  # the filter matched something, so the comparison means something
-    verify = summary.splitlines()[-1].split()
-    assert verify[4:-2] == flags
-    result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[3:]], capture_output=True, text=True)
+    verify = verify_command(summary)
+    assert verify[2:-2] == flags
+    result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_csv_to_stdout(auditor, log, capsysbinary):  # noqa: F811
     call_command("audit_export", "--format", "csv", stderr=io.StringIO())
     assert capsysbinary.readouterr().out == api_body(auditor, format="csv")
+
+
+def test_ndjson_to_stdout_says_how_to_verify_the_saved_output(auditor, log, capsysbinary):  # noqa: F811
+    summary = export()
+    assert capsysbinary.readouterr().out == api_body(auditor)
+    assert verify_command(summary) == ["audit/chain.py", "FILE", "--expect-head", log[-1].hash]
+
+
+def test_a_symlinked_output_is_written_at_its_target(auditor, log, tmp_path):  # noqa: F811
+    target, link = tmp_path / "evidence.ndjson", tmp_path / "latest.ndjson"
+    target.write_bytes(b"last month's export\n")
+    link.symlink_to(target)
+    export("--output", str(link))
+    assert link.is_symlink()
+    assert target.read_bytes() == api_body(auditor)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +104,7 @@ def test_csv_to_stdout(auditor, log, capsysbinary):  # noqa: F811
         (["--since", "yesterday"], "--since"),
         (["--after-seq", "-1"], "--after-seq"),
         (["--output", "/nonexistent-dir/audit.ndjson"], "does not exist"),
+        (["--output", "/dev/null"], "not a regular file"),
     ],
 )
 def test_bad_options_are_refused_and_write_nothing(log, tmp_path, args, message, capsysbinary):  # noqa: F811
@@ -88,8 +113,14 @@ def test_bad_options_are_refused_and_write_nothing(log, tmp_path, args, message,
     assert capsysbinary.readouterr().out == b""
 
 
+def test_a_bad_filter_with_an_output_file_creates_no_file(log, tmp_path):  # noqa: F811
+    with pytest.raises(CommandError, match="--since"):
+        export("--output", str(tmp_path / "audit.ndjson"), "--since", "last tuesday")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_directory_is_refused(log, tmp_path):  # noqa: F811
-    with pytest.raises(CommandError, match="is a directory"):
+    with pytest.raises(CommandError, match="is not a regular file"):
         export("--output", str(tmp_path))
 
 
@@ -107,9 +138,8 @@ def test_an_export_that_fails_midway_leaves_the_previous_file_and_no_partial_one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.ndjson"]
 
 
-def test_an_empty_log_exports_an_empty_file_with_the_genesis_head(db, tmp_path):
+def test_an_empty_selection_exports_an_empty_file_with_the_genesis_head(db, tmp_path):
     out = tmp_path / "audit.ndjson"
     summary = export("--output", str(out), "--after-seq", "999999")
-    assert out.read_bytes() == b""
-    assert "up to #0" in summary
-    assert Path(out).exists()
+    assert out.exists() and out.read_bytes() == b""
+    assert f"up to #0 (hash {chain.GENESIS})" in summary

@@ -1,5 +1,6 @@
+import contextlib
 import os
-import sys
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -8,14 +9,18 @@ from django.core.management.base import BaseCommand, CommandError
 from audit import selectors
 from audit.api.serializers import ExportQuery
 
+# What `audit/chain.py` needs to verify an export filtered this way (see its --help).
+_GAPS = {"subject_type", "subject_id", "actor"}  # events missing in between
+_LATER_START = {"since", "until", "after_seq"}  # a contiguous run that does not start at sequence 1
+
 
 class Command(BaseCommand):
     help = (
-        "Export audit events in chain order, as GET /api/v1/audit/events does (same formats and filters), "
-        "straight from the database: to --output FILE (written whole or not at all) or to stdout. "
-        "The last event's sequence number and hash go to stderr, with the command that verifies the file."
+        "Export audit events in chain order, as GET /api/v1/audit/events does (same formats, filters and "
+        "bytes), straight from the database: to --output FILE (a new file, readable by its owner only, in "
+        "place once complete) or to stdout. The last event's sequence number and hash go to stderr, with "
+        "the command that verifies the file."
     )
-
     # Django's system checks load the URLconf and every view (13 MB): nothing an export reads from.
     requires_system_checks = []
 
@@ -41,38 +46,61 @@ class Command(BaseCommand):
             )
         filters = dict(query.validated_data)
         fmt = filters.pop("format")
+        target = None if options["output"] == "-" else _output_path(options["output"])
         export = selectors.export(fmt, **filters)
-        if options["output"] == "-":
-            out = sys.stdout.buffer
-            for chunk in export.chunks:
+        if target is None:
+            self._to_stdout(export.chunks)
+        else:
+            _write_whole(target, export.chunks)
+        summary = f"Exported audit events up to #{export.last_seq} (hash {export.last_hash}) to {target or 'stdout'}."
+        if fmt == "ndjson":
+            flag = "--allow-gaps" if _GAPS & filters.keys() else "--partial" if _LATER_START & filters.keys() else ""
+            command = ["python", "audit/chain.py", str(target) if target else "FILE", flag, "--expect-head"]
+            summary += f"\nVerify (from the project directory): {shlex.join(filter(None, command))} {export.last_hash}"
+        self.stderr.write(summary, style_func=str)  # not an error, whatever a terminal's styling says
+
+    def _to_stdout(self, chunks) -> None:
+        out = getattr(self.stdout._out, "buffer", self.stdout._out)  # the bytes under the text stream
+        try:
+            for chunk in chunks:
                 out.write(chunk)
             out.flush()
-            where = "stdout"
-        else:
-            where = _write_whole(Path(options["output"]), export.chunks)
-        summary = f"Exported audit events up to #{export.last_seq} (hash {export.last_hash}) to {where}."
-        if fmt == "ndjson":
-            flags = [" --partial"] * bool({"since", "until", "after_seq"} & filters.keys())
-            flags += [" --allow-gaps"] * bool({"subject_type", "subject_id", "actor"} & filters.keys())
-            saved = "FILE" if where == "stdout" else where
-            summary += f"\nVerify: python audit/chain.py {saved}{''.join(flags)} --expect-head {export.last_hash}"
-        self.stderr.write(summary)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # the interpreter's own flush at exit
+            raise CommandError(
+                "stdout was closed before the export ended (e.g. by `head`): it is incomplete."
+            ) from None
 
 
-def _write_whole(path: Path, chunks) -> Path:
-    """Into a temporary file beside `path`, renamed over it once the last chunk is written: an export that
-    fails midway leaves no file that looks complete."""
-    if path.is_dir():
-        raise CommandError(f"--output {path} is a directory: name a file.")
+def _output_path(given: str) -> Path:
+    path = Path(os.path.realpath(given))  # write beside a symlink's target, not over the link
+    if path.exists() and not path.is_file():
+        raise CommandError(f"--output {given} is not a regular file: name a file, or - for stdout.")
     if not path.parent.is_dir():
-        raise CommandError(f"--output {path}: the directory {path.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        raise CommandError(f"--output {given}: the directory {path.parent} does not exist.")
+    return path
+
+
+def _write_whole(path: Path, chunks) -> None:
+    """Into a temporary file beside `path`, flushed to disk and renamed over it once the last chunk is
+    written: an export that fails midway (or a crash) leaves no file that looks complete."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise CommandError(f"--output {path}: cannot create a file in {path.parent}: {exc.strerror}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-    return path
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
