@@ -1,7 +1,9 @@
 """manage.py audit_export: the API's export (same bytes, formats and filters) straight to a file or stdout."""
 
 import io
+import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -143,3 +145,19 @@ def test_an_empty_selection_exports_an_empty_file_with_the_genesis_head(db, tmp_
     summary = export("--output", str(out), "--after-seq", "999999")
     assert out.exists() and out.read_bytes() == b""
     assert f"up to #0 (hash {chain.GENESIS})" in summary
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "audit.ndjson"
+
+    def chunks():
+        yield b'{"seq":1}\n'
+        os.kill(os.getpid(), signal.SIGTERM)  # what `kill` or a container stop sends
+        yield b'{"seq":2}\n'
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        _write_whole(out, chunks())
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back

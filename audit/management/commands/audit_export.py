@@ -1,7 +1,10 @@
 import contextlib
 import os
 import shlex
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -83,13 +86,14 @@ def _output_path(given: str) -> Path:
 
 def _write_whole(path: Path, chunks) -> None:
     """Into a temporary file beside `path`, flushed to disk and renamed over it once the last chunk is
-    written: an export that fails midway (or a crash) leaves no file that looks complete."""
+    written: an export that fails midway (or a crash) leaves no file that looks complete, and one that
+    fails or is stopped (Ctrl-C, SIGTERM) leaves no temporary file either."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as exc:
         raise CommandError(f"--output {path}: cannot create a file in {path.parent}: {exc.strerror}.") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _sigterm_exits(), os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
@@ -104,3 +108,17 @@ def _write_whole(path: Path, chunks) -> None:
         os.fsync(directory)  # the rename itself
     finally:
         os.close(directory)
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM ends the process through SystemExit (as Ctrl-C does through KeyboardInterrupt), so the
+    cleanup above runs; Python's default is to die on the spot."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
