@@ -32,11 +32,13 @@ APPEND_ONLY = "audit events are append-only"
 
 
 def system_python() -> str:
-    """A Python outside the project's venv: the verifier must run with the standard library alone."""
-    for candidate in ("/usr/bin/python3", shutil.which("python3", path=os.defpath)):
-        if candidate and Path(candidate).exists() and Path(candidate).resolve() != Path(sys.executable).resolve():
+    """The interpreter under the project's venv, preferably the system's. The verifier must run with the
+    standard library alone: callers pass -I -S (no site-packages, no environment, not the script's
+    directory), which holds whichever interpreter this is, also when the venv was made from this one."""
+    for candidate in ("/usr/bin/python3", shutil.which("python3", path=os.defpath), sys._base_executable):
+        if candidate and Path(candidate).exists():
             return candidate
-    raise AssertionError("no system python3 outside the venv found")
+    raise AssertionError("no python3 found")
 
 
 def assert_chain_links(events: list[AuditEvent]) -> None:
