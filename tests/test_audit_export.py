@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from audit.models import AuditEvent, format_time
 from audit.services import record
 from tests.conftest import bearer
 from tests.processes import sqlite_shell
-from tests.test_audit_chain import tamper
+from tests.test_audit_chain import system_python, tamper
 
 URL = "/api/v1/audit/events"
 CHAIN_SCRIPT = Path(__file__).resolve().parent.parent / "audit" / "chain.py"
@@ -84,9 +83,8 @@ def seqs(events) -> list[int]:
 def verify_offline(tmp_path: Path, lines: list[dict], *args: str) -> subprocess.CompletedProcess:
     export = tmp_path / "export.ndjson"
     export.write_bytes(b"".join(chain.canonical_json(e) + b"\n" for e in lines))
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else shutil.which("python3")
     return subprocess.run(
-        [python, "-I", "-S", str(CHAIN_SCRIPT), str(export), *args], capture_output=True, text=True, timeout=30
+        [system_python(), "-I", "-S", str(CHAIN_SCRIPT), str(export), *args], capture_output=True, text=True, timeout=30
     )
 
 
