@@ -9,6 +9,7 @@ median and the per-round ratio B/A.
     git worktree add /tmp/base <commit>  &&  ln -s "$PWD/.venv" /tmp/base/.venv
     .venv/bin/python bench/ab.py /tmp/base .  [--rounds 8] [--clients 8] [--requests 1200]
     .venv/bin/python bench/ab.py /tmp/base . --what get --clients 1 --requests 600   # version gets
+    .venv/bin/python bench/ab.py . . --workers 5 --workers-b 2      # one checkout, two server set-ups
 
 Each checkout is imported from its own directory (gunicorn runs there), with this checkout's venv.
 """
@@ -60,13 +61,20 @@ def prepare(tree: Path, name: str, work: Path, args) -> dict:
     port = run.free_port()
     old_root = run.ROOT
     run.ROOT = tree  # start_gunicorn runs in ROOT
+    workers = args.workers_b if name == "B" and args.workers_b else args.workers
     try:
-        run.start_gunicorn(env, port, args, data_dir)
+        run.start_gunicorn(env, port, argparse.Namespace(**{**vars(args), "workers": workers}), data_dir)
     finally:
         run.ROOT = old_root
     api = run.Api(port, token)
     api.once("POST", "/api/v1/models/", {"namespace": run.NAMESPACE, "name": run.REG_MODEL})
-    return {"tree": str(tree), "api": api, "log": run.AccessLog(data_dir / "access.log"), "passes": []}
+    return {
+        "tree": str(tree),
+        "workers": workers,
+        "api": api,
+        "log": run.AccessLog(data_dir / "access.log"),
+        "passes": [],
+    }
 
 
 def pass_work(args, key: str, rng: random.Random) -> tuple[list, int, str, str]:
@@ -90,7 +98,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=1200, help="requests per pass (all clients)")
     parser.add_argument("--what", choices=("register", "get"), default="register", help="what each pass does")
-    parser.add_argument("--workers", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=run.DEFAULT_WORKERS)
+    parser.add_argument("--workers-b", type=int, help="B's gunicorn workers, if not --workers (compare set-ups)")
     parser.add_argument("--worker-class", default="sync")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path)
@@ -126,6 +135,7 @@ def main() -> int:
         passes = side["passes"]
         summary[name] = {
             "tree": side["tree"],
+            "workers": side["workers"],
             "per_s": statistics.median(p["per_s"] for p in passes),
             "p50_ms": statistics.median(p["p50_ms"] for p in passes),
             "server_p50_ms": statistics.median(p["server"]["p50_ms"] for p in passes),

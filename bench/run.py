@@ -5,7 +5,7 @@
                                   [--worker-class sync|gthread --workers N --threads N]
 
 Creates a fresh PostgreSQL database `registry_bench`, migrates it, starts the service under
-gunicorn with production-like settings (default: 5 sync workers), and measures over real HTTP (one
+gunicorn with production-like settings (default: cores + 1 sync workers), and measures over real HTTP (one
 http.client connection per client thread, kept alive where the worker class allows it; gunicorn's
 sync workers close after each response, so the client reconnects; latency taken on the client):
 
@@ -63,6 +63,10 @@ BROKER_DB = 13
 BROKER_URL = f"redis://127.0.0.1:6379/{BROKER_DB}"
 LINEAGE_VERSIONS = 50  # load test: versions with an ingested training run, where lineage queries start
 ALL_BENCHMARKS = ("registration", "reads", "lineage", "audit", "review", "rollback", "load")
+# Sync workers for the service: as many as there are cores, plus one to take the CPU while another waits
+# for PostgreSQL. More bought no throughput here (PostgreSQL and the client share the cores) and cost
+# each request colder caches and ~110 MB per worker (bench/README.md, "Workers").
+DEFAULT_WORKERS = (os.cpu_count() or 1) + 1
 NAMESPACE = "bench"
 REG_MODEL = "reg"  # registration target (starts empty)
 BIG_MODEL = "big"  # 100,000 bulk-inserted versions: get, alias, list/filter
@@ -1266,7 +1270,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and one repetition (smoke run)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3, quick 1)")
     parser.add_argument("--versions", type=int, default=100_000, help="versions bulk-inserted for list/get")
-    parser.add_argument("--workers", type=int, default=5, help="gunicorn workers (default 5 = 2 x cores + 1)")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"gunicorn workers (default cores + 1 = {DEFAULT_WORKERS})"
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (gthread only)")
     parser.add_argument("--worker-class", default="sync", help="sync (default) or gthread")
     parser.add_argument("--profile", dest="profile", action="store_true", default=None)

@@ -48,7 +48,8 @@ class RegisteredModelGroupObjectPermission(GroupObjectPermissionBase):
 class ModelVersion(models.Model):
     """An immutable, content-addressed version. Content columns are protected by triggers (0002)."""
 
-    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="versions")
+    # no index of its own: every index below starts with it (migration 0006)
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="versions", db_index=False)
     number = models.PositiveIntegerField()
     digest = models.CharField(max_length=71)  # "sha256:" + 64 hex
     manifest = models.JSONField()
