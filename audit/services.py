@@ -62,7 +62,7 @@ def new_event(
     reason: str = "",
     token_id: int | None = None,
 ) -> AuditEvent:
-    """The event record() appends, not yet linked (no seq, prev_hash or hash): actor and request from the
+    """The event record() appends, not yet linked (no seq, time, prev_hash or hash): actor and request from the
     context unless given, payloads redacted and in canonical JSON text."""
     if subject is not None:
         subject_type = subject_type or subject._meta.label_lower
@@ -74,7 +74,6 @@ def new_event(
     # actor: a user, or a string naming a system actor ("system:reconciler", "cli:create_api_token")
     is_user = actor is not None and not isinstance(actor, str) and actor.is_authenticated
     return AuditEvent(
-        at=timezone.now(),
         actor_id=actor.pk if is_user else None,
         actor_username=actor.get_username() if is_user else (actor if isinstance(actor, str) else ""),
         token_id=token_id if token_id is not None else context.token_id.get(),
@@ -94,7 +93,8 @@ def record(**fields) -> AuditEvent:
 
     The chain head row is locked until the caller commits, so concurrent writers queue and the
     event commits or rolls back together with the change it describes. On PostgreSQL the database
-    links the event (seq, prev_hash, hash) as it is inserted; elsewhere this function does.
+    links the event (seq, time, prev_hash, hash) as it is inserted; elsewhere this function does. The
+    time is taken once the head is held, so times never decrease along the chain.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record() must be called inside transaction.atomic()")
@@ -116,14 +116,15 @@ def json_text_around(value: dict, key: str) -> tuple[str, str]:
     return prefix, suffix
 
 
-_GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in ("seq", "prev_hash", "hash", "line")]
+_LINKED_FIELDS = ("seq", "at", "prev_hash", "hash", "line")  # what linking sets, whatever the INSERT says
+_GIVEN_FIELDS = [f for f in AuditEvent._meta.concrete_fields if f.attname not in _LINKED_FIELDS]
 _INSERT_INTO = f"INSERT INTO {AuditEvent._meta.db_table} ({', '.join(f.column for f in _GIVEN_FIELDS)})"
 
 
 def insert_sql(event: AuditEvent, computed: dict[str, tuple[str, list]] | None = None) -> tuple[str, list]:
     """PostgreSQL: the INSERT of an unlinked event, returning its links (see linked()); the chain-link trigger
-    (migrations 0003, 0005) locks the head, assigns seq and prev_hash, computes the hash, stores the export line
-    and moves the head. `computed` gives columns by name as SQL expressions with their parameters, for an
+    (migrations 0003, 0005, 0007) locks the head, assigns seq, time and prev_hash, computes the hash, stores the
+    export line and moves the head. `computed` gives columns by name as SQL expressions with their parameters, for an
     INSERT that is part of a larger statement (values another part of it produces)."""
     computed = computed or {}
     values, params = [], []
@@ -135,12 +136,12 @@ def insert_sql(event: AuditEvent, computed: dict[str, tuple[str, list]] | None =
         else:
             values.append("%s")
             params.append(field.get_db_prep_save(getattr(event, field.attname), connection))
-    return f"{_INSERT_INTO} VALUES ({', '.join(values)}) RETURNING seq, prev_hash, hash", params
+    return f"{_INSERT_INTO} VALUES ({', '.join(values)}) RETURNING seq, at, prev_hash, hash", params
 
 
-def linked(event: AuditEvent, seq: int, prev_hash: str, digest: str) -> AuditEvent:
+def linked(event: AuditEvent, seq: int, at, prev_hash: str, digest: str) -> AuditEvent:
     """The event, stored, with the links insert_sql() returned (its stored `line` is not read back)."""
-    event.seq, event.prev_hash, event.hash = seq, prev_hash, digest
+    event.seq, event.at, event.prev_hash, event.hash = seq, at, prev_hash, digest
     event._state.adding = False
     event._state.db = connection.alias
     # As the ORM's save() would: listeners of new audit events (the test suite's secret scan) see it.
@@ -154,11 +155,12 @@ def _link_in_python(event: AuditEvent) -> None:
     """SQLite: lock the head (the write lock is the database's), link, insert with the export line, move the head."""
     head = _lock_head()
     event.seq = head.seq + 1
+    event.at = max(timezone.now(), head.at) if head.at else timezone.now()
     event.prev_hash = head.hash
     event.hash = event.computed_hash()
     event.line = event.export_line()
     event.save(force_insert=True)
-    AuditChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash)
+    AuditChainHead.objects.filter(pk=1).update(seq=event.seq, hash=event.hash, at=event.at)
 
 
 def snapshot(instance: models.Model, fields: list[str]) -> dict:

@@ -109,11 +109,13 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
 
     t0 = time.perf_counter()
     with psycopg.connect(dbname=dbname, **pg) as conn:
-        seq, prev = conn.execute("SELECT seq, hash FROM audit_auditchainhead WHERE id = 1 FOR UPDATE").fetchone()
+        seq, prev, last_at = conn.execute(
+            "SELECT seq, hash, at FROM audit_auditchainhead WHERE id = 1 FOR UPDATE"
+        ).fetchone()
         # The rows come linked (audit/chain.py, below); the database's link trigger would relink each one
         # and move the head row a million times in one transaction. Off for this load only.
         conn.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_chain_link")
-        base = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=count)
+        at = max(dt.datetime.now(dt.UTC), last_at or dt.datetime.min.replace(tzinfo=dt.UTC))  # times follow the chain
         cols = (
             "seq, at, actor_id, actor_username, token_id, request_id, action, subject_type, subject_id, "
             "subject_repr, before, after, reason, prev_hash, hash, line"
@@ -121,7 +123,7 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
         with conn.cursor() as cur, cur.copy(f"COPY audit_auditevent ({cols}) FROM STDIN") as copy:
             for i in range(1, count + 1):
                 seq += 1
-                at = base + dt.timedelta(seconds=i)
+                at += dt.timedelta(microseconds=1)
                 before = {"status": "registered"} if i % 3 else None
                 after = {
                     "number": i,
@@ -168,7 +170,7 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
                     )
                 )
                 prev = digest
-        conn.execute("UPDATE audit_auditchainhead SET seq = %s, hash = %s WHERE id = 1", (seq, prev))
+        conn.execute("UPDATE audit_auditchainhead SET seq = %s, hash = %s, at = %s WHERE id = 1", (seq, prev, at))
         conn.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_chain_link")
         conn.commit()
     with psycopg.connect(dbname=dbname, autocommit=True, **pg) as conn:

@@ -167,7 +167,7 @@ _INSERT_NUMBERED = (
     f"version AS (INSERT INTO {ModelVersion._meta.db_table} ({', '.join(f.column for f in _VERSION_FIELDS)}, number) "
     f"VALUES ({', '.join(['%s'] * len(_VERSION_FIELDS))}, (SELECT latest_number FROM bumped)) RETURNING id, number), "
     "event AS ({event}) "
-    "SELECT version.id, version.number, event.seq, event.prev_hash, event.hash FROM version, event"
+    "SELECT version.id, version.number, event.seq, event.at, event.prev_hash, event.hash FROM version, event"
 )
 
 

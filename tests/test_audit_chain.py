@@ -94,6 +94,8 @@ def test_concurrent_writers_keep_one_gapless_chain():
     assert [e.seq for e in events] == list(range(1, total + 1))
     assert_chain_links(events)
     assert len({e.hash for e in events}) == total
+    # times follow the chain, so a since/until export is one contiguous run of sequence numbers
+    assert [e.at for e in events] == sorted(e.at for e in events)
     # every call landed exactly once, and each thread's events are in the order it wrote them
     assert sorted(e.subject_id for e in events) == sorted(f"{t}:{i}" for t in range(THREADS) for i in range(PER_THREAD))
     for t in range(THREADS):
@@ -211,6 +213,28 @@ def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
         assert db.execute("SELECT count(*), min(reason), max(reason) FROM audit_auditevent").fetchone() == (2, "", "")
     finally:
         db.close()
+
+
+def test_event_times_follow_the_chain_on_sqlite(tmp_path):
+    """SQLite links in Python: the time is taken with the head held, never earlier than the head's."""
+    script = (
+        "from datetime import timedelta\n"
+        "from django.core.management import call_command\n"
+        "from django.db import transaction\n"
+        "from audit.models import AuditChainHead\n"
+        "from audit.services import record\n"
+        "with transaction.atomic():\n"
+        "    first = record(action='test.sqlite', subject_type='test', subject_id='1', actor='system:test')\n"
+        "assert AuditChainHead.objects.get(pk=1).at == first.at\n"
+        "ahead = first.at + timedelta(hours=1)\n"
+        "AuditChainHead.objects.filter(pk=1).update(at=ahead)\n"
+        "with transaction.atomic():\n"
+        "    second = record(action='test.sqlite', subject_type='test', subject_id='2', actor='system:test')\n"
+        "assert second.at == ahead, (second.at, ahead)\n"
+        "call_command('audit_verify')\n"
+    )
+    printed, _ = sqlite_shell(tmp_path, script)
+    assert "OK: 2 audit events verified" in printed
 
 
 # --- audit_verify on the stored chain -------------------------------------------------------

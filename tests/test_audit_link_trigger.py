@@ -2,6 +2,7 @@
 hash it computes is audit/chain.py's, byte for byte, and an INSERT cannot choose its own links."""
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -56,13 +57,14 @@ def test_an_insert_cannot_choose_its_own_links():
         cursor.execute(
             "INSERT INTO audit_auditevent (seq, at, actor_username, request_id, action, subject_type, subject_id,"
             " subject_repr, before, after, reason, prev_hash, hash, line)"
-            " VALUES (99, now(), 'mallory', '', 'forged', 't', '2', '', 'null', 'null', '', %s, %s, %s)"
+            " VALUES (99, '2000-01-01Z', 'mallory', '', 'forged', 't', '2', '', 'null', 'null', '', %s, %s, %s)"
             " RETURNING seq, prev_hash, hash",
             [chain.GENESIS, "f" * 64, '{"action":"harmless"}'],
         )
         seq, prev_hash, digest = cursor.fetchone()
     assert (seq, prev_hash) == (2, first.hash)
     forged = AuditEvent.objects.get(seq=2)
+    assert forged.at >= first.at  # nor its time
     assert digest == python_hash(forged) != "f" * 64
     assert forged.line == forged.export_line()  # nor its export line
     out = io.StringIO()
@@ -105,3 +107,24 @@ def test_truncate_is_refused_unless_the_session_allows_it(tables):
         cursor.execute("SET LOCAL registry.allow_truncate = off")
         cursor.execute(f"TRUNCATE {tables}")
     assert AuditEvent.objects.count() == 1 and AuditChainHead.objects.get(pk=1).seq == 1
+
+
+def test_an_event_is_never_earlier_than_the_one_before_even_if_the_clock_steps_back():
+    """The time is taken with the head held, and a clock stepped back (NTP, a restored VM) cannot make it
+    go backwards along the chain: an export filtered by time stays one contiguous run of sequence numbers."""
+    with transaction.atomic():
+        first = record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    assert AuditChainHead.objects.get(pk=1).at == first.at
+    ahead = first.at + timedelta(hours=1)  # as if the clock had been an hour fast when the last event was linked
+    AuditChainHead.objects.filter(pk=1).update(at=ahead)
+    with transaction.atomic():
+        second = record(action="b", subject_type="t", subject_id="2", actor="system:test")
+    with transaction.atomic():
+        third = record(action="c", subject_type="t", subject_id="3", actor="system:test")
+    stored = {e.seq: e for e in AuditEvent.objects.all()}
+    assert second.at == stored[2].at == ahead  # record() returns the stored time
+    assert third.at == stored[3].at == ahead
+    assert stored[3].hash == python_hash(stored[3])
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert out.getvalue().startswith("OK: 3 audit events verified")
