@@ -14,8 +14,8 @@ its own transaction, so nothing here has to be enqueued inside a caller's transa
   `WEBHOOK_MAX_ATTEMPTS`. A duplicate task finds nothing to claim.
 - Celery beat runs the dispatcher every few seconds and the sweeper, which re-enqueues pending
   deliveries whose time has come but whose task was lost (broker down at enqueue time, long
-  backoffs). `kick()` asks for a dispatch right after commit and never raises; no service calls it
-  yet, so a delivery starts within one dispatch interval (`WEBHOOK_DISPATCH_INTERVAL_SECONDS`).
+  backoffs). A delivery starts within one dispatch interval (`WEBHOOK_DISPATCH_INTERVAL_SECONDS`): writes
+  never touch the broker, so a change of state costs no broker round trip and cannot fail for want of one.
 
 So when the broker is down nothing is lost: the events wait in the audit table and the
 deliveries in theirs until a worker can be reached again.
@@ -525,14 +525,6 @@ def enqueue(task, *args, countdown: float | None = None) -> bool:
     except Exception as exc:  # broker down: the sweeper / beat will pick it up
         log.warning("could not enqueue %s%s: %s", task.name, args, exc)
         return False
-
-
-def kick() -> None:
-    """Ask for a dispatch as soon as the current transaction commits. Never raises; without a broker
-    the beat-driven dispatcher picks the events up on its next run."""
-    from governance import tasks
-
-    transaction.on_commit(lambda: enqueue(tasks.webhooks_dispatch))
 
 
 def deliveries_of(endpoint: WebhookEndpoint):

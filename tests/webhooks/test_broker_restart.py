@@ -1,8 +1,8 @@
 """A delivery survives a broker restart: real Redis, a real Celery worker and beat, a real receiver.
 
-The broker is stopped, a web process registers a version (its audit event is the outbox row) and
-tries to kick the dispatcher, which fails quietly; the broker comes back and the webhook arrives,
-signed, without anyone re-sending anything.
+The broker is stopped, a web process registers a version (its audit event is the outbox row; the write
+never touches the broker), beat's dispatch runs go nowhere; the broker comes back and the webhook
+arrives, signed, without anyone re-sending anything.
 """
 
 import subprocess
@@ -50,7 +50,6 @@ from registry.models import RegisteredModel
 from tests.webhooks.conftest import register
 owner = get_user_model().objects.get(pk={owner})
 version = register(owner, RegisteredModel.objects.get(pk={model}), "v2")
-webhooks.kick()  # broker down: must not raise
 print("registered", version.number)
 """
 
@@ -70,7 +69,7 @@ def test_a_delivery_survives_a_broker_restart(stack, receiver, django_user_model
     register(owner, model, "v1")
     assert arrived(1), (stack["logs"] / "worker.log").read_text()[-3000:]
 
-    # The broker goes away; a web process changes state and tries to kick the dispatcher.
+    # The broker goes away; a web process changes state, which needs no broker.
     stack["redis"].stop()
     started = time.monotonic()
     web = subprocess.run(
@@ -83,7 +82,7 @@ def test_a_delivery_survives_a_broker_restart(stack, receiver, django_user_model
     )
     assert web.returncode == 0, web.stderr
     assert "registered 2" in web.stdout
-    assert "could not enqueue governance.tasks.webhooks_dispatch" in web.stderr
+    assert "could not enqueue" not in web.stderr
     time.sleep(max(0.0, 2 - (time.monotonic() - started)))  # beat ticks at least once into the void
     assert receiver.wait_for(lambda r: r.json()["data"]["after"]["number"] == 2, timeout=0.1) == []
 
