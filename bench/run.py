@@ -47,6 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
+from roundtrip import round_trips  # bench/roundtrip.py
 from stats import pct  # bench/stats.py
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1125,6 +1126,7 @@ def machine() -> dict:
         "postgresql_settings": settings,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "round_trip": round_trips(),
     }
 
 
