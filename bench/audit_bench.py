@@ -115,7 +115,8 @@ def bulk_events(dbname: str, pg: dict, count: int) -> dict:
         # The rows come linked (audit/chain.py, below); the database's link trigger would relink each one
         # and move the head row a million times in one transaction. Off for this load only.
         conn.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_chain_link")
-        at = max(dt.datetime.now(dt.UTC), last_at or dt.datetime.min.replace(tzinfo=dt.UTC))  # times follow the chain
+        # times follow the chain; in UTC, as the lines below format them
+        at = max(dt.datetime.now(dt.UTC), last_at or dt.datetime.min.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
         cols = (
             "seq, at, actor_id, actor_username, token_id, request_id, action, subject_type, subject_id, "
             "subject_repr, before, after, reason, prev_hash, hash, line"

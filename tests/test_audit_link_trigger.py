@@ -3,6 +3,7 @@ hash it computes is audit/chain.py's, byte for byte, and an INSERT cannot choose
 
 import io
 from datetime import timedelta
+from importlib import import_module
 
 import pytest
 from django.core.management import call_command
@@ -128,3 +129,21 @@ def test_an_event_is_never_earlier_than_the_one_before_even_if_the_clock_steps_b
     out = io.StringIO()
     call_command("audit_verify", stdout=out)
     assert out.getvalue().startswith("OK: 3 audit events verified")
+
+
+def test_the_migration_starts_the_heads_time_at_the_latest_event():
+    """Migration 0007 on a log that already has events: the head's time starts at the latest one, so the
+    first event linked after the upgrade is not earlier than any before it."""
+    from django.apps import apps
+
+    migration = import_module("audit.migrations.0007_event_time_follows_chain")
+    with transaction.atomic():
+        record(action="a", subject_type="t", subject_id="1", actor="system:test")
+        last = record(action="b", subject_type="t", subject_id="2", actor="system:test")
+    AuditChainHead.objects.filter(pk=1).update(at=None)  # a head as the migration finds it
+    with connection.schema_editor() as editor:
+        migration.forwards(apps, editor)
+    assert AuditChainHead.objects.get(pk=1).at == last.at
+    with transaction.atomic():
+        after = record(action="c", subject_type="t", subject_id="3", actor="system:test")
+    assert after.at >= last.at and after.hash == python_hash(AuditEvent.objects.get(seq=after.seq))

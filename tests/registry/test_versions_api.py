@@ -5,6 +5,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.db.models.signals import post_save
 from django.db.utils import DatabaseError
 
 from audit.models import AuditEvent
@@ -193,10 +194,19 @@ def test_the_registration_event_is_the_one_record_writes(personas, owner):
         source={"commit": "a" * 40},
         tags={"api_key": "k-1", "stage": "dev"},
     )
-    r = owner.post(f"{BASE}/versions/", body, format="json")
+    announced = []  # the in-memory event, as listeners of new audit events see it
+    post_save.connect(
+        lambda instance, **kw: announced.append(instance), sender=AuditEvent, weak=False, dispatch_uid="test-announced"
+    )
+    try:
+        r = owner.post(f"{BASE}/versions/", body, format="json")
+    finally:
+        post_save.disconnect(sender=AuditEvent, dispatch_uid="test-announced")
     assert (r.status_code, r.json()["number"]) == (201, 2)
     version = ModelVersion.objects.select_related("model").get(model__name="churn", number=2)
     event = AuditEvent.objects.get(action="version.registered", subject_id=str(version.pk))
+    [seen] = announced  # with the links and the time the database assigned
+    assert (seen.seq, seen.at, seen.prev_hash, seen.hash) == (event.seq, event.at, event.prev_hash, event.hash)
     after = {
         "number": 2,
         "digest": version.digest,
