@@ -111,6 +111,8 @@ def record(**fields) -> AuditEvent:
 def json_text_around(value: dict, key: str) -> tuple[str, str]:
     """The canonical JSON text of `value` (as new_event() writes a payload) cut where value[key] goes: for a
     statement that fills in a value only the database knows (prefix || value || suffix)."""
+    if _SECRET_KEY.search(key):  # redact() would drop the value, and the hole with it
+        raise ValueError(f"json_text_around: '{key}' names a secret, whose value the audit log never holds")
     hole = f"hole-{secrets.token_hex(16)}"
     prefix, suffix = _to_json_text({**value, key: hole}).split(f'"{hole}"')
     return prefix, suffix

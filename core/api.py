@@ -92,7 +92,17 @@ class SharedFields:
     CPU for its nested input). Validating or representing reads them but never changes them, so one set serves
     every request and thread. The price: a field, a nested serializer's methods and a `get_<field>` method see
     the prototype as their parent, so they must not read per-instance state (`self.context`, `self.instance`,
-    `self.root`, `partial`); the serializer's own `validate_<field>`/`validate` run on the real instance."""
+    `self.root`, `partial`); the serializer's own `validate_<field>`/`validate` run on the real instance. So
+    `partial` and `context`, which the shared fields could not see, are refused rather than ignored."""
+
+    def __init__(self, *args, **kwargs):
+        refused = [name for name in ("partial", "context") if kwargs.get(name)]
+        if refused:
+            raise TypeError(
+                f"{type(self).__name__} shares its fields per class (core.api.SharedFields), which cannot see "
+                f"{' or '.join(refused)}: validate the parts in the view, or give the serializer its own fields."
+            )
+        super().__init__(*args, **kwargs)
 
     @property
     def fields(self):

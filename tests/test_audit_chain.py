@@ -949,3 +949,16 @@ def test_bytes_that_are_not_utf8_fail_naming_the_line(tmp_path, jobs):
     result = run_verifier(tmp_path, [b"\xff\xfe{}\n"], "--jobs", jobs)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.strip() == "FAIL: line 1: not valid utf-8: invalid start byte at byte 0"
+
+
+def test_json_text_around_cuts_the_payload_where_the_database_fills_in():
+    """The registration statement writes prefix || number || suffix: the payload record() would have written,
+    redaction included; a secret-like key has no place to cut (its value is never kept)."""
+    from audit.services import _to_json_text, json_text_around
+
+    payload = {"digest": "sha256:" + "a" * 64, "number": None, "api_key": "k-1", "tags": {"stage": "dev"}}
+    prefix, suffix = json_text_around(payload, "number")
+    assert prefix + "17" + suffix == _to_json_text({**payload, "number": 17})
+    assert '"api_key":"[redacted]"' in prefix + suffix
+    with pytest.raises(ValueError, match="names a secret"):
+        json_text_around(payload, "api_key")

@@ -3,6 +3,8 @@ thread validates against one set of fields, so results must never leak from one 
 
 import threading
 
+import pytest
+
 from core.api import SharedFields
 from registry.api.serializers import VersionOutput, VersionRegisterInput
 
@@ -51,3 +53,12 @@ def test_concurrent_validations_keep_their_own_results():
     for t in threads:
         t.join()
     assert wrong == []
+
+
+@pytest.mark.parametrize("kwargs", [{"partial": True}, {"context": {"request": None}}])
+def test_what_shared_fields_cannot_see_is_refused(kwargs):
+    """A partial update would still require every field, and fields would not see the context: refused loudly."""
+    with pytest.raises(TypeError, match="shares its fields per class"):
+        VersionRegisterInput(data=body(1, valid=True), **kwargs)
+    with pytest.raises(TypeError, match="shares its fields per class"):
+        VersionOutput(many=True, **kwargs)
