@@ -6,6 +6,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from django.core.management import call_command
@@ -161,3 +162,64 @@ def test_an_export_stopped_by_sigterm_leaves_no_partial_file(tmp_path):
     assert stopped.value.code == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
+
+
+# An export in a process of its own, writing `out` through _write_whole: one chunk, then `then` (Python).
+EXPORTER = """
+import os, signal, sys
+from pathlib import Path
+import django
+django.setup()
+from audit.management.commands.audit_export import _write_whole
+def chunks():
+    yield b'{"seq":1}\\n'
+    THEN
+_write_whole(Path(sys.argv[1]), chunks())
+"""
+
+
+def exporter(out, then: str) -> subprocess.Popen:
+    code = EXPORTER.replace("THEN", then)
+    return subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def partials(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
+
+
+def wait_for_partial(directory, process) -> list[str]:
+    for _ in range(600):
+        if found := partials(directory):
+            return found
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    raise AssertionError("the exporter wrote no temporary file")
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next_export(log, tmp_path):  # noqa: F811
+    out = tmp_path / "audit.ndjson"
+    killed = exporter(out, "os.kill(os.getpid(), signal.SIGKILL)")  # what the OOM killer does
+    assert killed.wait(timeout=60) == -signal.SIGKILL, killed.stderr.read().decode()
+    [left] = partials(tmp_path)
+    assert not out.exists()
+
+    summary = export("--output", str(out))
+    assert partials(tmp_path) == []
+    assert f"Removed {left}, left by an export to the same file that did not finish." in summary
+    assert out.read_bytes().count(b"\n") == len(log)  # the export itself is whole
+
+
+def test_a_running_exports_temporary_file_is_left_alone(log, tmp_path):  # noqa: F811
+    out = tmp_path / "audit.ndjson"
+    running = exporter(out, "sys.stdin.read()")  # holds its temporary file open until told to finish
+    try:
+        [theirs] = wait_for_partial(tmp_path, running)
+        summary = export("--output", str(out))
+        assert "Removed" not in summary
+        assert partials(tmp_path) == [theirs]
+        assert out.read_bytes().count(b"\n") == len(log)
+    finally:
+        running.stdin.close()
+        assert running.wait(timeout=60) == 0, running.stderr.read().decode()
+    assert partials(tmp_path) == []
+    assert out.read_bytes() == b'{"seq":1}\n'  # the other export finished later and replaced it

@@ -1,4 +1,6 @@
 import contextlib
+import fcntl
+import glob
 import os
 import shlex
 import signal
@@ -54,7 +56,8 @@ class Command(BaseCommand):
         if target is None:
             self._to_stdout(export.chunks)
         else:
-            _write_whole(target, export.chunks)
+            for name in _write_whole(target, export.chunks):
+                self.stderr.write(f"Removed {name}, left by an export to the same file that did not finish.", str)
         summary = f"Exported audit events up to #{export.last_seq} (hash {export.last_hash}) to {target or 'stdout'}."
         if fmt == "ndjson":
             flag = "--allow-gaps" if _GAPS & filters.keys() else "--partial" if _LATER_START & filters.keys() else ""
@@ -84,21 +87,21 @@ def _output_path(given: str) -> Path:
     return path
 
 
-def _write_whole(path: Path, chunks) -> None:
+def _write_whole(path: Path, chunks) -> list[str]:
     """Into a temporary file beside `path`, flushed to disk and renamed over it once the last chunk is
     written: an export that fails midway (or a crash) leaves no file that looks complete, and one that
-    fails or is stopped (Ctrl-C, SIGTERM) leaves no temporary file either."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        raise CommandError(f"--output {path}: cannot create a file in {path.parent}: {exc.strerror}.") from None
+    fails or is stopped (Ctrl-C, SIGTERM) leaves no temporary file either. One killed outright (SIGKILL,
+    the OOM killer, a power loss) cannot clean up: the next export to the same file removes what it left
+    (returned, by name)."""
+    removed = _remove_abandoned(path)
+    fd, tmp = _locked_temporary(path)
     try:
         with _sigterm_exits(), os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still locked: no other export's clean-up takes it for abandoned
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -108,6 +111,45 @@ def _write_whole(path: Path, chunks) -> None:
         os.fsync(directory)  # the rename itself
     finally:
         os.close(directory)
+    return removed
+
+
+# A running export holds an exclusive flock on its temporary file; the kernel releases it when the process
+# ends, however it ends. So a temporary file nobody holds was abandoned.
+
+
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    while True:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        except OSError as exc:
+            raise CommandError(f"--output {path}: cannot create a file in {path.parent}: {exc.strerror}.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink:
+                return fd, tmp
+        except BlockingIOError:
+            pass
+        os.close(fd)  # another export's clean-up took it between its creation and the lock: another name
+
+
+def _remove_abandoned(path: Path) -> list[str]:
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: an export is writing it
+            if os.fstat(fd).st_nlink:  # not renamed or removed by its export in the meantime
+                os.unlink(candidate)
+                removed.append(candidate.name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
