@@ -1,6 +1,7 @@
 """manage.py audit_export: the API's export (same bytes, formats and filters) straight to a file or stdout."""
 
 import io
+import json
 import os
 import shlex
 import signal
@@ -14,6 +15,7 @@ from django.core.management.base import CommandError
 
 from audit import chain
 from audit.management.commands.audit_export import _write_whole
+from audit.models import format_time
 from tests.test_audit_export import CHAIN_SCRIPT, URL, auditor, log  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db
@@ -223,3 +225,26 @@ def test_a_running_exports_temporary_file_is_left_alone(log, tmp_path):  # noqa:
         assert running.wait(timeout=60) == 0, running.stderr.read().decode()
     assert partials(tmp_path) == []
     assert out.read_bytes() == b'{"seq":1}\n'  # the other export finished later and replaced it
+
+
+def test_time_filters_select_one_contiguous_run_that_verifies(auditor, log, tmp_path):  # noqa: F811
+    """Event times follow the chain, so since/until cut the log once each: `--partial` when the run starts
+    later than sequence 1, and an until-only export is checked from genesis (no flag)."""
+    since, until = format_time(log[len(log) // 2].at), format_time(log[-2].at)
+    for args, flags in (
+        (["--since", since], ["--partial"]),
+        (["--until", until], []),
+        (["--since", since, "--until", until], ["--partial"]),
+    ):
+        out = tmp_path / "audit.ndjson"
+        summary = export("--output", str(out), *args)
+        body = out.read_bytes()
+        params = dict(zip([a.lstrip("-") for a in args[::2]], args[1::2], strict=True))
+        assert body == api_body(auditor, **params)
+        seqs = [json.loads(line)["seq"] for line in body.splitlines()]
+        assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1))
+        assert (seqs[0] == 1) == ("--since" not in args)
+        verify = verify_command(summary)
+        assert verify[2:-2] == flags
+        result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -16,7 +16,7 @@ from audit.api.serializers import ExportQuery
 
 # What `audit/chain.py` needs to verify an export filtered this way (see its --help).
 _GAPS = {"subject_type", "subject_id", "actor"}  # events missing in between
-_LATER_START = {"since", "until", "after_seq"}  # a contiguous run that does not start at sequence 1
+_LATER_START = {"since", "after_seq"}  # a contiguous run that does not start at sequence 1
 
 
 class Command(BaseCommand):
