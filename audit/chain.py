@@ -6,7 +6,7 @@ Standard library only, so an auditor can run it on an exported file without the 
     python3 chain.py audit-export.ndjson [--partial | --allow-gaps] [--expect-head HASH] [--jobs N]
 
 A whole export must start at sequence 1. Pass --partial for a contiguous export that starts later
-(filtered by since/until or after_seq), --allow-gaps for one filtered by subject or actor, and
+(filtered by since or after_seq), --allow-gaps for one filtered by subject or actor, and
 --expect-head with the X-Audit-Last-Hash the registry sent to detect events missing from the end.
 
 Rule: hash = sha256(prev_hash || canonical_json(event)), where prev_hash is the previous event's
@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         except ChainError as exc:
             print(f"FAIL: {exc}", file=sys.stderr)
             if exc.reason.startswith("expected sequence 1:"):
-                print("(an export filtered by since/until or after_seq needs --partial)", file=sys.stderr)
+                print("(an export filtered by since or after_seq needs --partial)", file=sys.stderr)
             return 1
     if args.expect_head and head != args.expect_head:
         print(

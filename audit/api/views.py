@@ -49,7 +49,7 @@ class AuditEventExportView(APIView):
         description=(
             "Streams in constant memory. The response headers X-Audit-Last-Seq and X-Audit-Last-Hash "
             "name the last event included; verify an NDJSON export offline with audit/chain.py "
-            "(add --partial when filtered by since/until or after_seq, --allow-gaps when filtered by subject or "
+            "(add --partial when filtered by since or after_seq, --allow-gaps when filtered by subject or "
             "actor, and --expect-head with X-Audit-Last-Hash to detect events missing from the end)."
         ),
     )
