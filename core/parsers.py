@@ -1,13 +1,50 @@
+import io
+import re
+
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from core.errors import PayloadTooLarge
+from core.unicode import lone_surrogate, lone_surrogate_message, printable
+
+# JSON can only carry a lone surrogate (core.unicode) as an escape: UTF-8 cannot encode one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def refuse_lone_surrogates(raw: bytes, data) -> None:
+    """ParseError naming where `data` (parsed from the JSON text `raw`) holds a lone surrogate. A body without
+    a surrogate escape (nearly every one) is not walked."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return
+    found = _lone_surrogate(data, "")
+    if found is not None:
+        where, char = found
+        where = f"the text at {where}" if where else "the text"
+        raise ParseError("JSON parse error - " + lone_surrogate_message(where, char, "as a pair of surrogate escapes"))
+
+
+def _lone_surrogate(value, where: str) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        char = lone_surrogate(value)
+        return (where, char) if char else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        here = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{printable(key)}" if where else printable(key)
+        found = (_lone_surrogate(key, here) if isinstance(key, str) else None) or _lone_surrogate(item, here)
+        if found:
+            return found
+    return None
 
 
 class BoundedJSONParser(JSONParser):
-    """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 before parsing, and
-    answers a body nested too deeply to parse with a 400 instead of a 500."""
+    """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 before parsing, and answers a
+    body nested too deeply to parse, or holding a lone surrogate, with a 400 instead of a 500."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
@@ -18,7 +55,10 @@ class BoundedJSONParser(JSONParser):
                 f"Request body is {declared} bytes; the limit for JSON bodies is {limit} bytes.",
                 detail={"limit_bytes": limit},
             )
+        raw = stream.read() if stream is not None else b""
         try:
-            return super().parse(stream, media_type, parser_context)
+            data = super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError:  # e.g. [[[[...]]]] a hundred thousand deep: the client's fault, not a 500
             raise ParseError("JSON parse error - nested too deeply.") from None
+        refuse_lone_surrogates(raw, data)
+        return data

@@ -22,6 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from core.errors import InvalidInput
+from core.unicode import lone_surrogate, lone_surrogate_message, printable
 
 SCHEMA_VERSION = "1"
 SCHEMA_DIR = Path(__file__).resolve().parent / "card_schema"
@@ -410,7 +411,10 @@ def _jsonable(value, path: str, budget: list[int]):
             detail={"metadata": ["Too large."]},
         )
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, f"{path}.{k}", budget) for k, v in value.items()}
+        return {
+            _text(str(k), f"{path}.{printable(str(k))}"): _jsonable(v, f"{path}.{printable(str(k))}", budget)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
         return [_jsonable(v, f"{path}[{i}]", budget) for i, v in enumerate(items)]
@@ -428,6 +432,17 @@ def _jsonable(value, path: str, budget: list[int]):
             code="invalid_card",
             detail={path: ["Not a finite number."]},
         )
+    if isinstance(value, str):
+        return _text(value, path)
+    return value
+
+
+def _text(value: str, path: str) -> str:
+    """YAML's "\\uD800" escape can make a lone surrogate (core.unicode): refused, naming where."""
+    char = lone_surrogate(value)
+    if char is not None:
+        message = lone_surrogate_message(path, char, "as one escape, \\U0001F600 (YAML does not pair \\u escapes)")
+        raise InvalidInput(f"Invalid model card. {message}", code="invalid_card", detail={path: [message]})
     return value
 
 

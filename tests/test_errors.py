@@ -172,3 +172,25 @@ def test_deeply_nested_json_is_400(writer):
     depth = 100_000
     error = error_of(post_raw(writer, "[" * depth + "]" * depth), 400, "malformed_json")
     assert "nested" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ('{"name": "x\\ud800", "scopes": ["read"]}', "the text at name"),
+        ('{"name": "x", "scopes": ["read", "\\udfff"]}', "the text at scopes[1]"),
+        ('{"name": "x", "scopes": ["read"], "\\ud800key": 1}', "the text at \\ud800key"),
+        ('"\\ud800"', "the text"),
+    ],
+)
+def test_a_lone_surrogate_is_malformed_json_naming_where(writer, body, where):
+    """A \\uD800-\\uDFFF escape that is not half of a pair decodes to no character: nothing can store or send it."""
+    error = error_of(post_raw(writer, body), 400, "malformed_json")
+    assert f"{where} holds a lone surrogate" in error["message"]
+    assert not ApiToken.objects.filter(name__startswith="x").exists()
+
+
+def test_an_escaped_surrogate_pair_is_one_character(writer):
+    response = post_raw(writer, '{"name": "emoji \\ud83d\\ude00", "scopes": ["read"]}')
+    assert response.status_code == 201, response.content
+    assert ApiToken.objects.get(name__startswith="emoji").name == "emoji \U0001f600"

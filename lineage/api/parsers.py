@@ -7,7 +7,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 
 from core.errors import InvalidInput, PayloadTooLarge
-from core.parsers import BoundedJSONParser
+from core.parsers import BoundedJSONParser, refuse_lone_surrogates
 
 
 class OpenLineageParser(BoundedJSONParser):
@@ -36,9 +36,11 @@ class OpenLineageParser(BoundedJSONParser):
         if len(body) > limit:
             raise PayloadTooLarge(f"Decompressed body is larger than {limit} bytes.", detail={"limit_bytes": limit})
         try:
-            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+        refuse_lone_surrogates(body, data)
+        return data
 
 
 def _reject_constant(name):

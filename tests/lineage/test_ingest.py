@@ -133,6 +133,11 @@ def test_not_json_and_gzip_bodies(personas):
     assert bad.status_code == 400
     odd = client.post(URL, b"{}", content_type="application/json", HTTP_CONTENT_ENCODING="br")
     assert (odd.status_code, odd.json()["error"]["code"]) == (400, "unsupported_encoding")
+    lone = json.dumps(valid()).replace('"producer": "', '"producer": "\\ud800', 1).encode()
+    assert b"\\ud800" in lone
+    for data, encoding in ((lone, ""), (gzip.compress(lone), "gzip")):  # each parser path refuses it
+        refused = client.post(URL, data, content_type="application/json", HTTP_CONTENT_ENCODING=encoding)
+        assert refused.status_code == 400 and "holds a lone surrogate" in refused.json()["error"]["message"]
 
 
 def test_a_failure_late_in_the_event_rolls_back_everything(personas, make_version):
