@@ -6,27 +6,28 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from core.errors import PayloadTooLarge
-from core.unicode import lone_surrogate, lone_surrogate_message, printable
+from core.unicode import printable, unstorable, unstorable_message
 
-# JSON can only carry a lone surrogate (core.unicode) as an escape: UTF-8 cannot encode one.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# JSON can only carry what cannot be stored (core.unicode) as an escape: UTF-8 cannot encode a surrogate,
+# and a raw control character is not valid JSON.
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
 
 
-def refuse_lone_surrogates(raw: bytes, data) -> None:
-    """ParseError naming where `data` (parsed from the JSON text `raw`) holds a lone surrogate. A body without
-    a surrogate escape (nearly every one) is not walked."""
-    if _SURROGATE_ESCAPE.search(raw) is None:
+def refuse_unstorable_text(raw: bytes, data) -> None:
+    """ParseError naming where `data` (parsed from the JSON text `raw`) holds text that cannot be stored. A
+    body without such an escape (nearly every one) is not walked."""
+    if _UNSTORABLE_ESCAPE.search(raw) is None:
         return
-    found = _lone_surrogate(data, "")
+    found = _unstorable(data, "")
     if found is not None:
         where, char = found
         where = f"the text at {where}" if where else "the text"
-        raise ParseError("JSON parse error - " + lone_surrogate_message(where, char, "as a pair of surrogate escapes"))
+        raise ParseError("JSON parse error - " + unstorable_message(where, char, "as a pair of surrogate escapes"))
 
 
-def _lone_surrogate(value, where: str) -> tuple[str, str] | None:
+def _unstorable(value, where: str) -> tuple[str, str] | None:
     if isinstance(value, str):
-        char = lone_surrogate(value)
+        char = unstorable(value)
         return (where, char) if char else None
     if isinstance(value, dict):
         items = value.items()
@@ -36,7 +37,7 @@ def _lone_surrogate(value, where: str) -> tuple[str, str] | None:
         return None
     for key, item in items:
         here = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{printable(key)}" if where else printable(key)
-        found = (_lone_surrogate(key, here) if isinstance(key, str) else None) or _lone_surrogate(item, here)
+        found = (_unstorable(key, here) if isinstance(key, str) else None) or _unstorable(item, here)
         if found:
             return found
     return None
@@ -44,7 +45,7 @@ def _lone_surrogate(value, where: str) -> tuple[str, str] | None:
 
 class BoundedJSONParser(JSONParser):
     """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 before parsing, and answers a
-    body nested too deeply to parse, or holding a lone surrogate, with a 400 instead of a 500."""
+    body nested too deeply to parse, or holding text that cannot be stored, with a 400 instead of a 500."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
@@ -60,5 +61,5 @@ class BoundedJSONParser(JSONParser):
             data = super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError:  # e.g. [[[[...]]]] a hundred thousand deep: the client's fault, not a 500
             raise ParseError("JSON parse error - nested too deeply.") from None
-        refuse_lone_surrogates(raw, data)
+        refuse_unstorable_text(raw, data)
         return data

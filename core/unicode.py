@@ -1,26 +1,29 @@
-"""Lone UTF-16 surrogates (U+D800-U+DFFF) are not characters: neither PostgreSQL nor UTF-8 can hold one, so
-text holding one fails wherever it is next stored or sent. Inputs that can smuggle one in through an escape
-(JSON's and YAML's \\uD800) refuse it where they are parsed, naming where it was."""
+"""Text the registry cannot keep: a lone UTF-16 surrogate (U+D800-U+DFFF) is not a character, and neither
+PostgreSQL nor UTF-8 can hold one; PostgreSQL's text and jsonb cannot hold NUL (U+0000) either. Such text
+fails wherever it is next stored or sent, so inputs that can smuggle it in through an escape (JSON's and
+YAML's \\u0000 and \\uD800) refuse it where they are parsed, naming where it was."""
 
 import re
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def lone_surrogate(text: str) -> str | None:
-    """The first lone surrogate in `text` (a pair escaped in JSON or YAML arrives as one character), or None."""
-    match = _SURROGATE.search(text)
+def unstorable(text: str) -> str | None:
+    """The first character of `text` that cannot be kept (a pair escaped in JSON arrives as one character)."""
+    match = _UNSTORABLE.search(text)
     return match.group() if match else None
 
 
 def printable(text: str) -> str:
-    """`text` with any lone surrogate written as its escape, e.g. for a message that names a key holding one."""
-    return text.encode("utf-8", "backslashreplace").decode()
+    """`text` with lone surrogates written as their escapes, e.g. for a message naming a key that holds one."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
 
 
-def lone_surrogate_message(where: str, char: str, escape: str) -> str:
-    """`escape`: how the input's syntax writes a character beyond U+FFFF."""
+def unstorable_message(where: str, char: str, astral_escape: str) -> str:
+    """`astral_escape`: how the input's syntax writes a character beyond U+FFFF."""
+    if char == "\x00":
+        return f"{where} holds a NUL character (\\u0000), which cannot be stored: remove it."
     return (
         f"{where} holds a lone surrogate (\\u{ord(char):04x}), which is not a character: write a character "
-        f"beyond U+FFFF {escape}, or as UTF-8."
+        f"beyond U+FFFF {astral_escape}, or as UTF-8."
     )

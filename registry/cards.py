@@ -22,7 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from core.errors import InvalidInput
-from core.unicode import lone_surrogate, lone_surrogate_message, printable
+from core.unicode import printable, unstorable, unstorable_message
 
 SCHEMA_VERSION = "1"
 SCHEMA_DIR = Path(__file__).resolve().parent / "card_schema"
@@ -438,10 +438,10 @@ def _jsonable(value, path: str, budget: list[int]):
 
 
 def _text(value: str, path: str) -> str:
-    """YAML's "\\uD800" escape can make a lone surrogate (core.unicode): refused, naming where."""
-    char = lone_surrogate(value)
+    """YAML's escapes ("\\0", "\\uD800") can make text that cannot be stored (core.unicode): refused, naming where."""
+    char = unstorable(value)
     if char is not None:
-        message = lone_surrogate_message(path, char, "as one escape, \\U0001F600 (YAML does not pair \\u escapes)")
+        message = unstorable_message(path, char, "as one escape, \\U0001F600 (YAML does not pair \\u escapes)")
         raise InvalidInput(f"Invalid model card. {message}", code="invalid_card", detail={path: [message]})
     return value
 

@@ -181,12 +181,15 @@ def test_deeply_nested_json_is_400(writer):
         ('{"name": "x", "scopes": ["read", "\\udfff"]}', "the text at scopes[1]"),
         ('{"name": "x", "scopes": ["read"], "\\ud800key": 1}', "the text at \\ud800key"),
         ('"\\ud800"', "the text"),
+        ('{"name": "x", "scopes": ["read"], "k\\u0000": 1}', "the text at k\\u0000"),
     ],
 )
-def test_a_lone_surrogate_is_malformed_json_naming_where(writer, body, where):
-    """A \\uD800-\\uDFFF escape that is not half of a pair decodes to no character: nothing can store or send it."""
+def test_text_that_cannot_be_stored_is_malformed_json_naming_where(writer, body, where):
+    """A \\uD800-\\uDFFF escape that is not half of a pair decodes to no character, and PostgreSQL stores no
+    NUL: nothing could keep or send either."""
     error = error_of(post_raw(writer, body), 400, "malformed_json")
-    assert f"{where} holds a lone surrogate" in error["message"]
+    assert f"{where} holds a " in error["message"]
+    assert ("NUL character" if "u0000" in body else "lone surrogate") in error["message"]
     assert not ApiToken.objects.filter(name__startswith="x").exists()
 
 

@@ -7,7 +7,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 
 from core.errors import InvalidInput, PayloadTooLarge
-from core.parsers import BoundedJSONParser, refuse_lone_surrogates
+from core.parsers import BoundedJSONParser, refuse_unstorable_text
 
 
 class OpenLineageParser(BoundedJSONParser):
@@ -39,7 +39,7 @@ class OpenLineageParser(BoundedJSONParser):
             data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
-        refuse_lone_surrogates(body, data)
+        refuse_unstorable_text(body, data)
         return data
 
 
