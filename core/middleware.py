@@ -4,6 +4,7 @@ import time
 import uuid
 
 from core import context, metrics
+from core.views import not_found
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -26,6 +27,22 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["X-Request-ID"] = rid
         return response
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ControlCharacterPathMiddleware:
+    """A path holding a control character (a NUL from %00, say) names nothing: the unknown-route 404, before
+    any view hands the segment to PostgreSQL, which cannot store a NUL (that was a 500)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if _CONTROL_CHARACTER.search(request.path):
+            return not_found(request)
+        return self.get_response(request)
 
 
 class ActorMiddleware:

@@ -197,3 +197,19 @@ def test_an_escaped_surrogate_pair_is_one_character(writer):
     response = post_raw(writer, '{"name": "emoji \\ud83d\\ude00", "scopes": ["read"]}')
     assert response.status_code == 201, response.content
     assert ApiToken.objects.get(name__startswith="emoji").name == "emoji \U0001f600"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/models/a%00b/x/versions/1",
+        "/api/v1/models/a/x%00/aliases/champion",
+        "/api/v1/targets/prod%00/releases",
+        "/targets/prod%00/",
+        "/api/v1/models/a/b%0a/",
+    ],
+)
+def test_a_control_character_in_the_path_is_the_unknown_route_404(writer, path):
+    """%00 reached PostgreSQL as a NUL in a name (a 500); no name holds a control character."""
+    error = error_of(writer.get(path), 404, "not_found")
+    assert error["message"].startswith("No route matches")
