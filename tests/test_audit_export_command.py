@@ -1,5 +1,7 @@
 """manage.py audit_export: the API's export (same bytes, formats and filters) straight to a file or stdout."""
 
+import errno
+import fcntl
 import io
 import json
 import os
@@ -7,9 +9,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -166,7 +168,8 @@ def test_an_export_stopped_by_sigterm_leaves_no_partial_file(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
 
 
-# An export in a process of its own, writing `out` through _write_whole: one chunk, then `then` (Python).
+# An export in a process of its own, writing `out` through _write_whole: one chunk (its temporary file is then
+# created and locked), then THEN.
 EXPORTER = """
 import os, signal, sys
 from pathlib import Path
@@ -181,21 +184,18 @@ _write_whole(Path(sys.argv[1]), chunks())
 
 
 def exporter(out, then: str) -> subprocess.Popen:
-    code = EXPORTER.replace("THEN", then)
-    return subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", EXPORTER.replace("THEN", then), str(out)],
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def partials(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
-
-
-def wait_for_partial(directory, process) -> list[str]:
-    for _ in range(600):
-        if found := partials(directory):
-            return found
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.05)
-    raise AssertionError("the exporter wrote no temporary file")
 
 
 def test_a_killed_exports_temporary_file_is_removed_by_the_next_export(log, tmp_path):  # noqa: F811
@@ -213,9 +213,11 @@ def test_a_killed_exports_temporary_file_is_removed_by_the_next_export(log, tmp_
 
 def test_a_running_exports_temporary_file_is_left_alone(log, tmp_path):  # noqa: F811
     out = tmp_path / "audit.ndjson"
-    running = exporter(out, "sys.stdin.read()")  # holds its temporary file open until told to finish
+    # says when its temporary file is locked and written to, then holds it until told to finish
+    running = exporter(out, "print('ready', flush=True); sys.stdin.read()")
     try:
-        [theirs] = wait_for_partial(tmp_path, running)
+        assert running.stdout.readline() == b"ready\n", running.stderr.read().decode()
+        [theirs] = partials(tmp_path)
         summary = export("--output", str(out))
         assert "Removed" not in summary
         assert partials(tmp_path) == [theirs]
@@ -248,3 +250,32 @@ def test_time_filters_select_one_contiguous_run_that_verifies(auditor, log, tmp_
         assert verify[2:-2] == flags
         result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_clean_up_takes_only_abandoned_temporary_files_of_this_export(log, tmp_path):  # noqa: F811
+    """Only names of mkstemp's shape for this very file, only regular files: not another file's, not a
+    file someone named like one, and a FIFO does not stall the export."""
+    out = tmp_path / "audit.ndjson"
+    others = [".audit.ndjson.bak.partial", ".audit.ndjson.x.k3j4h5g6.partial", ".audit.ndjson.k3j4h5g6.x.partial"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"someone's\n")
+    os.mkfifo(tmp_path / ".audit.ndjson.abcd1234.partial")
+    summary = export("--output", str(out))
+    assert "Removed" not in summary
+    assert partials(tmp_path) == sorted([*others, ".audit.ndjson.abcd1234.partial"])
+    assert out.read_bytes().count(b"\n") == len(log)
+
+
+def test_without_working_locks_the_export_goes_on_without_the_clean_up(log, tmp_path, monkeypatch):  # noqa: F811
+    """Some network filesystems refuse flock: nothing then tells an abandoned file from a running export's."""
+    out = tmp_path / "audit.ndjson"
+    (tmp_path / ".audit.ndjson.abcd1234.partial").write_bytes(b"maybe someone's\n")
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    summary = export("--output", str(out))
+    assert "Removed" not in summary
+    assert partials(tmp_path) == [".audit.ndjson.abcd1234.partial"]
+    assert out.read_bytes().count(b"\n") == len(log)

@@ -2,8 +2,10 @@ import contextlib
 import fcntl
 import glob
 import os
+import re
 import shlex
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -56,8 +58,7 @@ class Command(BaseCommand):
         if target is None:
             self._to_stdout(export.chunks)
         else:
-            for name in _write_whole(target, export.chunks):
-                self.stderr.write(f"Removed {name}, left by an export to the same file that did not finish.", str)
+            _write_whole(target, export.chunks, say=lambda message: self.stderr.write(message, str))
         summary = f"Exported audit events up to #{export.last_seq} (hash {export.last_hash}) to {target or 'stdout'}."
         if fmt == "ndjson":
             flag = "--allow-gaps" if _GAPS & filters.keys() else "--partial" if _LATER_START & filters.keys() else ""
@@ -87,16 +88,18 @@ def _output_path(given: str) -> Path:
     return path
 
 
-def _write_whole(path: Path, chunks) -> list[str]:
+def _write_whole(path: Path, chunks, say=lambda message: None) -> None:
     """Into a temporary file beside `path`, flushed to disk and renamed over it once the last chunk is
     written: an export that fails midway (or a crash) leaves no file that looks complete, and one that
     fails or is stopped (Ctrl-C, SIGTERM) leaves no temporary file either. One killed outright (SIGKILL,
-    the OOM killer, a power loss) cannot clean up: the next export to the same file removes what it left
-    (returned, by name)."""
-    removed = _remove_abandoned(path)
-    fd, tmp = _locked_temporary(path)
+    the OOM killer, a power loss) cannot clean up: the next export to the same file removes what it left,
+    and `say`s so."""
+    fd, tmp, locked = _locked_temporary(path)
     try:
         with _sigterm_exits(), os.fdopen(fd, "wb") as f:
+            if locked:  # where locks do not work, nothing tells an abandoned file from a running export's
+                for name in _remove_abandoned(path, keep=tmp):
+                    say(f"Removed {name}, left by an export to the same file that did not finish.")
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
@@ -111,40 +114,53 @@ def _write_whole(path: Path, chunks) -> list[str]:
         os.fsync(directory)  # the rename itself
     finally:
         os.close(directory)
-    return removed
 
 
 # A running export holds an exclusive flock on its temporary file; the kernel releases it when the process
-# ends, however it ends. So a temporary file nobody holds was abandoned.
+# ends, however it ends. So a temporary file of this shape that nobody holds was abandoned. Local
+# filesystems only: where flock fails (some network mounts), exports go on without the clean-up.
+_RANDOM = "[a-z0-9_]{8}"  # tempfile.mkstemp's part of the name
+_ATTEMPTS = 10
 
 
-def _locked_temporary(path: Path) -> tuple[int, str]:
-    while True:
+def _locked_temporary(path: Path) -> tuple[int, str, bool]:
+    """A new temporary file beside `path`, opened for writing, locked if the filesystem supports it."""
+    for _ in range(_ATTEMPTS):
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         except OSError as exc:
             raise CommandError(f"--output {path}: cannot create a file in {path.parent}: {exc.strerror}.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(fd).st_nlink:
-                return fd, tmp
-        except BlockingIOError:
-            pass
-        os.close(fd)  # another export's clean-up took it between its creation and the lock: another name
+        except BlockingIOError:  # another export's clean-up holds it, to remove it: take another name
+            os.close(fd)
+            continue
+        except OSError:  # no working locks here
+            return fd, tmp, False
+        if os.fstat(fd).st_nlink:
+            return fd, tmp, True
+        os.close(fd)  # another export's clean-up removed it before we locked it: take another name
+    raise CommandError(f"--output {path}: could not create a temporary file in {path.parent} that stayed ours.")
 
 
-def _remove_abandoned(path: Path) -> list[str]:
+def _remove_abandoned(path: Path, keep: str) -> list[str]:
+    shape = re.compile(rf"\.{re.escape(path.name)}\.{_RANDOM}\.partial")
     removed = []
     for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        if not shape.fullmatch(candidate.name) or str(candidate) == keep:
+            continue
+        try:  # O_RDWR: emulated flock wants a writable file; O_NONBLOCK: a FIFO must not stall the export
+            fd = os.open(candidate, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink == 0:
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: an export is writing it
-            if os.fstat(fd).st_nlink:  # not renamed or removed by its export in the meantime
-                os.unlink(candidate)
-                removed.append(candidate.name)
+            # Removed by name: had its export renamed it into place meanwhile, the name is gone (ENOENT).
+            os.unlink(candidate)
+            removed.append(candidate.name)
         except OSError:
             pass
         finally:
