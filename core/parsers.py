@@ -1,9 +1,11 @@
-import io
+import json
+import math
 import re
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.utils.json import strict_constant
 
 from core.errors import PayloadTooLarge
 from core.unicode import printable, unstorable, unstorable_message
@@ -11,6 +13,23 @@ from core.unicode import printable, unstorable, unstorable_message
 # JSON can only carry what cannot be stored (core.unicode) as an escape: UTF-8 cannot encode a surrogate,
 # and a raw control character is not valid JSON.
 _UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is too large for a double (nothing could store it)")
+    return value
+
+
+def loads(text: str):
+    """JSON text as data, refusing what json.loads lets through and nothing downstream can store: NaN and
+    Infinity (as DRF's strict mode does), a number too large for a double (json.loads makes it infinite),
+    and nesting too deep to parse (a RecursionError, e.g. [[[[...]]]] a hundred thousand deep)."""
+    try:
+        return json.loads(text, parse_constant=strict_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def refuse_unstorable_text(raw: bytes, data) -> None:
@@ -45,7 +64,8 @@ def _unstorable(value, where: str) -> tuple[str, str] | None:
 
 class BoundedJSONParser(JSONParser):
     """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 before parsing, and answers a
-    body nested too deeply to parse, or holding text that cannot be stored, with a 400 instead of a 500."""
+    body nested too deeply to parse, or holding a number or text that cannot be stored, with a 400 instead of
+    a 500."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
@@ -57,9 +77,10 @@ class BoundedJSONParser(JSONParser):
                 detail={"limit_bytes": limit},
             )
         raw = stream.read() if stream is not None else b""
+        encoding = get_encoding(parser_context or {})
         try:
-            data = super().parse(io.BytesIO(raw), media_type, parser_context)
-        except RecursionError:  # e.g. [[[[...]]]] a hundred thousand deep: the client's fault, not a 500
-            raise ParseError("JSON parse error - nested too deeply.") from None
+            data = loads(raw.decode(encoding))  # UnicodeDecodeError is a ValueError
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
         refuse_unstorable_text(raw, data)
         return data

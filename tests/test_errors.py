@@ -213,3 +213,10 @@ def test_a_control_character_in_the_path_is_the_unknown_route_404(writer, path):
     """%00 reached PostgreSQL as a NUL in a name (a 500); no name holds a control character."""
     error = error_of(writer.get(path), 404, "not_found")
     assert error["message"].startswith("No route matches")
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999", "1.5e309"])
+def test_a_number_too_large_for_a_double_is_malformed_json(writer, number):
+    """json.loads turns 1e400 into infinity, which no jsonb column can store (it was a 500 in free-form JSON)."""
+    error = error_of(post_raw(writer, f'{{"name": "x", "scopes": ["read"], "n": {number}}}'), 400, "malformed_json")
+    assert f"the number {number} is too large" in error["message"]

@@ -1,13 +1,12 @@
 import gzip
 import io
-import json
 import zlib
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 
 from core.errors import InvalidInput, PayloadTooLarge
-from core.parsers import BoundedJSONParser, refuse_unstorable_text
+from core.parsers import BoundedJSONParser, loads, refuse_unstorable_text
 
 
 class OpenLineageParser(BoundedJSONParser):
@@ -36,12 +35,8 @@ class OpenLineageParser(BoundedJSONParser):
         if len(body) > limit:
             raise PayloadTooLarge(f"Decompressed body is larger than {limit} bytes.", detail={"limit_bytes": limit})
         try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
+            data = loads(body.decode("utf-8"))
+        except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
         refuse_unstorable_text(body, data)
         return data
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not valid JSON")

@@ -233,13 +233,20 @@ def test_the_registration_event_is_the_one_record_writes(personas, owner):
 
 
 @pytest.mark.parametrize(
-    "field", ['"params": {"k": "\\ud800"}', '"metrics": {"\\udc00": 1.0}', '"params": {"k": "a\\u0000"}']
+    "field",
+    [
+        '"params": {"k": "\\ud800"}',
+        '"metrics": {"\\udc00": 1.0}',
+        '"params": {"k": "a\\u0000"}',
+        '"params": {"k": 1e400}',
+    ],
 )
-def test_unstorable_text_in_free_form_json_is_400_and_writes_nothing(owner, field):
-    """params and metrics are free-form JSON: a lone surrogate or a NUL there reached PostgreSQL (a 500) before."""
+def test_unstorable_values_in_free_form_json_are_400_and_write_nothing(owner, field):
+    """params and metrics are free-form JSON: a lone surrogate, a NUL or a number beyond a double (which json.loads
+    makes infinite) reached PostgreSQL (a 500) before."""
     body = json.dumps(register_body(s3_manifest(b"lone")))[:-1] + f", {field}}}"
     r = owner.generic("POST", f"{BASE}/versions/", body, content_type="application/json")
     assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_json"), r.content
-    assert " holds a " in r.json()["error"]["message"]
+    assert " holds a " in r.json()["error"]["message"] or "too large for a double" in r.json()["error"]["message"]
     assert not ModelVersion.objects.exists()
     assert not AuditEvent.objects.filter(action="version.registered").exists()
