@@ -80,7 +80,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.middleware.MetricsMiddleware",  # outermost: times the whole request, writes the access log line
     "core.middleware.RequestIdMiddleware",
-    "core.middleware.ControlCharacterPathMiddleware",
+    "core.middleware.UnstorableInputMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

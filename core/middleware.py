@@ -3,6 +3,8 @@ import re
 import time
 import uuid
 
+from django.http import HttpResponseBadRequest
+
 from core import context, metrics
 from core.views import not_found
 
@@ -30,11 +32,14 @@ class RequestIdMiddleware:
 
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_FORMS = {"application/x-www-form-urlencoded", "multipart/form-data"}
 
 
-class ControlCharacterPathMiddleware:
-    """A path holding a control character (a NUL from %00, say) names nothing: the unknown-route 404, before
-    any view hands the segment to PostgreSQL, which cannot store a NUL (that was a 500)."""
+class UnstorableInputMiddleware:
+    """Input that no name or text column can hold, refused before a view hands it to PostgreSQL (which cannot
+    store a NUL: that was a 500). A path holding a control character (a NUL from %00, say) names nothing: the
+    unknown-route 404. A web form field holding a NUL, which no browser sends from what a person typed: 400.
+    JSON bodies are core.parsers' (it names where)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -42,7 +47,13 @@ class ControlCharacterPathMiddleware:
     def __call__(self, request):
         if _CONTROL_CHARACTER.search(request.path):
             return not_found(request)
+        if request.content_type in _FORMS and not request.path.startswith("/api/") and _holds_nul(request.POST):
+            return HttpResponseBadRequest("A form field holds a NUL character, which cannot be stored.")
         return self.get_response(request)
+
+
+def _holds_nul(form) -> bool:
+    return any("\x00" in key or any("\x00" in value for value in values) for key, values in form.lists())
 
 
 class ActorMiddleware:

@@ -280,3 +280,21 @@ def test_version_page_links_the_lineage_trail(seeded):
 def test_unknown_card_revision_shows_the_latest(seeded):
     page = text(as_user(seeded["reviewer"].user).get("/models/acme/churn/versions/2/?revision=99"))
     assert 'Model card <span class="muted">(revision 1)</span>' in page
+
+
+def test_a_nul_in_a_form_field_is_400_and_changes_nothing(seeded):
+    """No browser sends a NUL from what a person typed; PostgreSQL cannot store one (a cancel reason was a 500)."""
+    pk, reviewer, owner = seeded["promotion"].pk, seeded["reviewer"].user, seeded["owner"].user
+    for client, path, data in (
+        (as_user(owner), f"/promotions/{pk}/cancel/", {"reason": "wrong\x00build"}),
+        (as_user(reviewer), f"/promotions/{pk}/review/", {"decision": "reject", "comment": "no\x00", "confirm": "yes"}),
+        (as_user(seeded["admin"].user), "/targets/prod/rollback/", {"reason": "x\x00", "confirm": "yes"}),
+        (as_user(owner), f"/promotions/{pk}/cancel/", {"reason\x00": "wrong build"}),
+    ):
+        response = client.post(path, data)
+        assert response.status_code == 400, (path, response.status_code)
+        assert b"NUL character" in response.content
+    assert PromotionRequest.objects.get(pk=pk).state == "pending"
+    assert not Approval.objects.filter(request_id=pk).exists()
+    assert as_user(owner).post(f"/promotions/{pk}/cancel/", {"reason": "wrong build"}).status_code == 302
+    assert PromotionRequest.objects.get(pk=pk).state == "cancelled"
