@@ -22,7 +22,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def loads(text: str):
+def _loads(text: str):
     """JSON text as data, refusing what json.loads lets through and nothing downstream can store: NaN and
     Infinity (as DRF's strict mode does), a number too large for a double (json.loads makes it infinite),
     and nesting too deep to parse (a RecursionError, e.g. [[[[...]]]] a hundred thousand deep)."""
@@ -32,7 +32,18 @@ def loads(text: str):
         raise ValueError("nested too deeply") from None
 
 
-def refuse_unstorable_text(raw: bytes, data) -> None:
+def parse_body(raw: bytes, encoding: str = "utf-8"):
+    """A JSON request body as data, or a ParseError (a 400) saying what is wrong with it: not text in
+    `encoding`, not JSON, or holding what nothing downstream could store (_loads, _refuse_unstorable_text)."""
+    try:
+        data = _loads(raw.decode(encoding))  # UnicodeDecodeError is a ValueError
+    except ValueError as exc:
+        raise ParseError(f"JSON parse error - {exc}") from None
+    _refuse_unstorable_text(raw, data)
+    return data
+
+
+def _refuse_unstorable_text(raw: bytes, data) -> None:
     """ParseError naming where `data` (parsed from the JSON text `raw`) holds text that cannot be stored. A
     body without such an escape (nearly every one) is not walked."""
     if _UNSTORABLE_ESCAPE.search(raw) is None:
@@ -76,11 +87,4 @@ class BoundedJSONParser(JSONParser):
                 f"Request body is {declared} bytes; the limit for JSON bodies is {limit} bytes.",
                 detail={"limit_bytes": limit},
             )
-        raw = stream.read() if stream is not None else b""
-        encoding = get_encoding(parser_context or {})
-        try:
-            data = loads(raw.decode(encoding))  # UnicodeDecodeError is a ValueError
-        except ValueError as exc:
-            raise ParseError(f"JSON parse error - {exc}") from None
-        refuse_unstorable_text(raw, data)
-        return data
+        return parse_body(stream.read() if stream is not None else b"", get_encoding(parser_context or {}))

@@ -411,10 +411,12 @@ def _jsonable(value, path: str, budget: list[int]):
             detail={"metadata": ["Too large."]},
         )
     if isinstance(value, dict):
-        return {
-            _text(str(k), f"{path}.{printable(str(k))}"): _jsonable(v, f"{path}.{printable(str(k))}", budget)
-            for k, v in value.items()
-        }
+        mapping = {}
+        for k, v in value.items():
+            key = str(k)
+            where = f"{path}.{printable(key)}"
+            mapping[_text(key, where)] = _jsonable(v, where, budget)
+        return mapping
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
         return [_jsonable(v, f"{path}[{i}]", budget) for i, v in enumerate(items)]

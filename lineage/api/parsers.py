@@ -6,7 +6,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 
 from core.errors import InvalidInput, PayloadTooLarge
-from core.parsers import BoundedJSONParser, loads, refuse_unstorable_text
+from core.parsers import BoundedJSONParser, parse_body
 
 
 class OpenLineageParser(BoundedJSONParser):
@@ -34,9 +34,4 @@ class OpenLineageParser(BoundedJSONParser):
             raise ParseError("The gzip-compressed body could not be decompressed.") from None
         if len(body) > limit:
             raise PayloadTooLarge(f"Decompressed body is larger than {limit} bytes.", detail={"limit_bytes": limit})
-        try:
-            data = loads(body.decode("utf-8"))
-        except ValueError as exc:
-            raise ParseError(f"JSON parse error - {exc}") from None
-        refuse_unstorable_text(body, data)
-        return data
+        return parse_body(body)
