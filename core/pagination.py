@@ -1,6 +1,7 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
 
@@ -25,6 +26,21 @@ class Cursor(CursorPagination):
             message = f"page_size must be an integer from 1 to {self.max_page_size}."
             raise ValidationError({self.page_size_query_param: [message]})
         return size
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self._position_field = queryset.model._meta.get_field(self.ordering.lstrip("-"))
+        return super().paginate_queryset(queryset, request, view)
+
+    def decode_cursor(self, request):
+        """DRF's, and the position must be a value of the ordering column: a forged cursor (p=abc on an integer
+        id) is the invalid-cursor 404, not a 500 from the filter."""
+        decoded = super().decode_cursor(request)
+        if decoded is not None and decoded.position is not None:
+            try:
+                self._position_field.to_python(decoded.position)
+            except DjangoValidationError:
+                raise NotFound(self.invalid_cursor_message) from None
+        return decoded
 
 
 def cursor(ordering: str) -> type[Cursor]:

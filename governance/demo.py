@@ -72,7 +72,7 @@ def _port(variable: str, default: int) -> int:
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not raw.isdecimal() or not 0 < int(raw) < 65536:
         raise DemoError(f"{variable}={raw!r} is not a TCP port")
     return int(raw)
 

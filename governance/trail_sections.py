@@ -380,7 +380,7 @@ def releases_section(ctx: lineage_trail.TrailContext) -> lineage_trail.Section:
 def _find_release(node_id: str, user, as_of) -> Release:
     prefix, _, rest = node_id.partition(":")
     name, sep, number = rest.rpartition(":")
-    if prefix != "release" or not sep or not name or not number.isdigit() or len(number) > 10:
+    if prefix != "release" or not sep or not name or not number.isdecimal() or len(number) > 10:
         raise InvalidInput(f"'{node_id}' is not release:{{target}}:{{number}}.", detail={"nodeId": ["Bad release id."]})
     release = (
         Release.objects.select_related("target", "version__model", "created_by")

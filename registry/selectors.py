@@ -1,10 +1,12 @@
 """Reads for the registry, always permission-filtered for the asking user."""
 
+import math
 import re
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
+from django.db.models.fields.json import KeyTransform
 
 from accounts import access
 from core.errors import InvalidInput
@@ -108,26 +110,38 @@ def versions(
     qs = ModelVersion.objects.filter(model=model).select_related("model", "created_by")
     if status:
         qs = qs.filter(status=status)
-    for tag in tags or []:
+    # Keys go in as KeyTransform, never spliced into a lookup string: a tag or metric named "a__gt" is that key,
+    # not key "a" with lookup "gt" (which gave wrong matches, or a 500 for a lookup jsonb lacks).
+    for i, tag in enumerate(tags or []):
         key, sep, value = tag.partition(":")
-        qs = qs.filter(tags__has_key=key) if not sep else qs.filter(Q(**{f"tags__{key}": value}))
-    for expr in metrics or []:
-        match = METRIC_FILTER.match(expr)
-        try:
-            number = float(match["value"]) if match else None
-        except ValueError:
-            number = None
-        if match is None or number is None:
-            raise InvalidInput(
-                f"metric filter '{expr}' is not of the form <name><op><number>, op one of >=, <=, >, <, =.",
-                detail={"metric": [f"Bad filter '{expr}'."]},
-            )
-        qs = qs.filter(**{f"metrics__{match['name']}__{_OPS[match['op']]}": number})
+        if sep:
+            qs = qs.alias(**{f"_tag{i}": KeyTransform(key, "tags")}).filter(**{f"_tag{i}": value})
+        else:
+            qs = qs.filter(tags__has_key=key)
+    for i, expr in enumerate(metrics or []):
+        name, op, number = _metric_threshold(expr)
+        qs = qs.alias(**{f"_metric{i}": KeyTransform(name, "metrics")}).filter(**{f"_metric{i}__{op}": number})
     if created_after:
         qs = qs.filter(created_at__gte=created_after)
     if created_before:
         qs = qs.filter(created_at__lt=created_before)
     return qs
+
+
+def _metric_threshold(expr: str) -> tuple[str, str, float]:
+    """ "auc>=0.9" -> ("auc", "gte", 0.9), or InvalidInput naming the filter."""
+    match = METRIC_FILTER.match(expr)
+    try:
+        number = float(match["value"]) if match else math.nan
+    except ValueError:
+        number = math.nan
+    if match is None or math.isnan(number):
+        problem = "is not of the form <name><op><number>, op one of >=, <=, >, <, ="
+    elif math.isinf(number):  # 1e400: beyond a double, and jsonb holds no infinity
+        problem = "has a number beyond a double's range (about 1.8e308)"
+    else:
+        return match["name"], _OPS[match["op"]], number
+    raise InvalidInput(f"metric filter '{expr}' {problem}.", detail={"metric": [f"Bad filter '{expr}'."]})
 
 
 def aliases(*, model: RegisteredModel) -> QuerySet[Alias]:

@@ -72,7 +72,7 @@ def version_detail(request, namespace: str, name: str, number: int):
     wanted = request.GET.get("revision")
     if revisions:
         known = {r.revision for r in revisions}
-        shown = int(wanted) if wanted and wanted.isdigit() and int(wanted) in known else revisions[0].revision
+        shown = int(wanted) if wanted and wanted.isdecimal() and int(wanted) in known else revisions[0].revision
         card = version.card_revisions.select_related("created_by").get(revision=shown)
     sections, report = [], None
     if card is not None:

@@ -94,7 +94,7 @@ def parse_address(address: str) -> tuple[int, object]:
         return socket.AF_UNIX, address.removeprefix("unix@")
     address = address.removeprefix("ipv4@").removeprefix("tcp@").removeprefix("tcp4@")
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdecimal() or not host:
         raise ValueError(f"runtime API address {address!r}: expected host:port, ipv4@host:port or unix@/path")
     return socket.AF_INET, (host, int(port))
 
@@ -158,7 +158,7 @@ class RuntimeAPI:
         """(current, initial), from `get weight` ("0 (initial 100)")."""
         reply = self.execute(f"get weight {backend}/{server}").strip()
         parts = reply.replace("(", " ").replace(")", " ").split()
-        if len(parts) != 3 or parts[1] != "initial" or not parts[0].isdigit():
+        if len(parts) != 3 or parts[1] != "initial" or not parts[0].isdecimal():
             raise HostError(f"HAProxy get weight {backend}/{server}: {reply}", retryable=False)
         return int(parts[0]), int(parts[2])
 

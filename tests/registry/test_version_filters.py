@@ -1,3 +1,4 @@
+import base64
 from datetime import timedelta
 
 import pytest
@@ -71,10 +72,27 @@ def test_cursor_pagination(owner):
     assert second["next"] is None
 
 
+def test_keys_with_double_underscores_are_keys_not_lookups(owner):
+    body = register_body(s3_manifest(b"v5"), metrics={"auc__gt": 0.5}, tags={"stage__contains": "prod"})
+    assert owner.post(f"{BASE}/versions/", body, format="json").status_code == 201
+    assert numbers(owner, "?tag=stage__contains:prod") == [5]  # not versions 2 and 3, whose stage contains prod
+    assert numbers(owner, "?tag=stage__contains") == [5]
+    assert numbers(owner, "?metric=auc__gt>=0.5") == [5]  # was a 500: jsonb has no lookup "gt" then "gte"
+    assert numbers(owner, "?metric=auc__gt<0.5") == []
+
+
+def test_forged_cursor_is_the_invalid_cursor_404(owner):
+    forged = base64.b64encode(b"p=abc").decode()  # the position of a -number ordering must be a number
+    r = owner.get(f"{BASE}/versions/?cursor={forged}")
+    assert r.status_code == 404
+    assert r.json()["error"]["message"] == "Invalid cursor"
+
+
 @pytest.mark.parametrize(
     "query, field",
     [
         ("?metric=auc>>1", "metric"),
+        ("?metric=auc>=1e400", "metric"),
         ("?status=retired", "status"),
         ("?created_after=yesterday", "created_after"),
         ("?colour=red", "colour"),
