@@ -127,3 +127,13 @@ class StrictSerializer(SharedFields, serializers.Serializer):
                     {name: ["Unknown field. Allowed: " + ", ".join(sorted(self.fields)) + "."] for name in unknown}
                 )
         return super().to_internal_value(data)
+
+
+class UUIDString(serializers.UUIDField):
+    """A UUID as the schema says, a string: DRF's UUIDField also takes a JSON number as the UUID's integer, so
+    `true` became 00000000-0000-0000-0000-000000000001 and `7` another run that nobody named."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)

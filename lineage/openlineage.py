@@ -133,7 +133,11 @@ def _time(value, path: str) -> datetime:
     except ValueError:
         _bad(path, f"'{value}' is not an RFC 3339 date-time.")
     # RFC 3339 requires an offset; a producer that omits it is taken to mean UTC.
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    try:  # 0001-01-01T00:00+05:00 is year 0 in UTC, 9999-12-31T23:00-05:00 year 10000: neither can be read back
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        _bad(path, f"'{value}' is outside years 1-9999 once in UTC.")
 
 
 def _schema_fields(fields, path: str, level: int = 0) -> None:

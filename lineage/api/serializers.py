@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api import StrictSerializer
+from core.api import StrictSerializer, UUIDString
 from lineage import graph, selectors
 from lineage.exports import FORMATS
 
@@ -42,14 +42,14 @@ class TrailQuery(StrictSerializer):
 
 class LinkInput(StrictSerializer):
     nodeId = serializers.CharField(max_length=300, help_text="model:{namespace}/{name}:{number}")  # noqa: N815
-    runId = serializers.UUIDField(help_text="the OpenLineage run UUID that produced the version")  # noqa: N815
+    runId = UUIDString(help_text="the OpenLineage run UUID that produced the version")  # noqa: N815
     linked = serializers.BooleanField(default=True, help_text="false retracts an earlier link (a correction)")
     reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
 class LinkOutput(serializers.Serializer):
     nodeId = serializers.CharField()  # noqa: N815
-    runId = serializers.UUIDField()  # noqa: N815
+    runId = UUIDString()  # noqa: N815
     linked = serializers.BooleanField()
     recorded = serializers.BooleanField(help_text="false when the version was already in that state")
     recordedAt = serializers.DateTimeField(allow_null=True)  # noqa: N815
@@ -71,7 +71,7 @@ class VersionRefOutput(serializers.Serializer):
 
 
 class RunRefOutput(serializers.Serializer):
-    runId = serializers.UUIDField()  # noqa: N815
+    runId = UUIDString()  # noqa: N815
     state = serializers.CharField(allow_null=True)
 
 
@@ -87,7 +87,7 @@ class NodeOutput(serializers.Serializer):
     target = serializers.CharField(required=False, help_text="release: its deployment target")
     digest = serializers.CharField(required=False, allow_null=True)
     dataset = serializers.CharField(required=False, help_text="datasetVersion: its dataset node id")
-    runId = serializers.UUIDField(required=False)  # noqa: N815
+    runId = UUIDString(required=False)  # noqa: N815
     state = serializers.CharField(
         required=False, allow_null=True, help_text="run: latest eventType; release: release state"
     )

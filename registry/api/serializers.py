@@ -4,7 +4,7 @@ import re
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.api import OutputModelSerializer, StrictSerializer
+from core.api import OutputModelSerializer, StrictSerializer, UUIDString
 from registry.choices import VersionStatus
 from registry.models import Alias, ModelVersion, RegisteredModel
 
@@ -33,7 +33,7 @@ class ModelOutput(OutputModelSerializer):
 
 class FileEntry(StrictSerializer):
     path = serializers.CharField(max_length=1024)
-    size = serializers.IntegerField(min_value=0)
+    size = serializers.IntegerField(min_value=0, max_value=2**63 - 1)  # what a file system or object store can hold
     sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", help_text="64 lowercase hex characters")
 
 
@@ -99,7 +99,7 @@ class VersionRegisterInput(StrictSerializer):
     params = serializers.DictField(required=False, default=dict)
     metrics = serializers.DictField(child=MetricValue(), required=False, default=dict)
     source = SourceInput(required=False, default=dict)
-    run_id = serializers.UUIDField(
+    run_id = UUIDString(
         required=False, allow_null=True, default=None, help_text="the OpenLineage run UUID that produced this version"
     )
     tags = serializers.DictField(

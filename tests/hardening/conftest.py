@@ -10,9 +10,13 @@ Outgoing side effects (reconcile, webhook dispatch) go to an in-memory Celery br
 suites run: nothing reaches the shared Redis, and no worker acts on this test database.
 """
 
+import json
 from dataclasses import dataclass, field
 
+import model_signing
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
@@ -107,3 +111,31 @@ def build_world(personas) -> World:
         foreign_token_id=foreign.token.pk,
         reviewer2=reviewer2,
     )
+
+
+@pytest.fixture(scope="module")
+def signature_bundle(tmp_path_factory) -> dict:
+    """A real model_signing bundle over v1's one file (signed with a key the registry does not trust)."""
+    root = tmp_path_factory.mktemp("matrix-signing")
+    model_dir = root / "model"
+    model_dir.mkdir()
+    (model_dir / "model-0.bin").write_bytes(b"v1")  # build_world's v1: s3_manifest(b"v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = root / "key.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    signature = root / "model.sig"
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=private).sign(model_dir, signature)
+    return json.loads(signature.read_text())
+
+
+@pytest.fixture
+def signed_world(personas, signature_bundle) -> World:
+    """build_world, and v1 carries that signature (world.extra["bundle"]): the signature's read has a row to show."""
+    world = build_world(personas)
+    owner = personas["owner"].client()
+    r = owner.post(f"{MODEL}/versions/1/signature/", signature_bundle, format="json")
+    assert r.status_code == 201, r.content
+    world.extra["bundle"] = signature_bundle
+    return world

@@ -16,22 +16,15 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import model_signing
-import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import transaction
 from drf_spectacular.generators import SchemaGenerator
 
-from tests.hardening.conftest import FULL_CARD, MODEL, POLICY, build_world
+from tests.hardening.conftest import FULL_CARD, MODEL, POLICY
 from tests.registry.helpers import register_body, s3_manifest
 
 PERSONAS = ["admin", "owner", "reviewer", "auditor", "ci_bot", "outsider"]
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
-V1 = b"v1"
-V1_SHA = hashlib.sha256(V1).hexdigest()
 NEW_BLOB = b"matrix bytes"
 NEW_SHA = hashlib.sha256(NEW_BLOB).hexdigest()
 RUN_ID = "0d4b5a8e-7f3c-4c4e-9a51-2f6c1b7e9d10"
@@ -238,33 +231,6 @@ def schema_operations() -> list[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def signature_bundle(tmp_path_factory) -> dict:
-    """A real model_signing bundle over v1's one file (signed with a key the registry does not trust)."""
-    root = tmp_path_factory.mktemp("matrix-signing")
-    model_dir = root / "model"
-    model_dir.mkdir()
-    (model_dir / "model-0.bin").write_bytes(V1)
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = root / "key.pem"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    signature = root / "model.sig"
-    model_signing.signing.Config().use_elliptic_key_signer(private_key=private).sign(model_dir, signature)
-    return json.loads(Path(signature).read_text())
-
-
-@pytest.fixture
-def world(personas, signature_bundle):
-    world = build_world(personas)
-    owner = personas["owner"].client()
-    r = owner.post(f"{MODEL}/versions/1/signature/", signature_bundle, format="json")
-    assert r.status_code == 201, r.content
-    world.extra["bundle"] = signature_bundle
-    return world
-
-
 def test_every_schema_operation_has_a_matrix_row(db):
     class Stub:
         promotion_id = cancelled_promotion_id = webhook_id = foreign_token_id = 1
@@ -281,10 +247,10 @@ def test_every_schema_operation_has_a_matrix_row(db):
     for key, row in rows.items():
         assert set(row.expected) == set(PERSONAS), key
         for persona, status in row.expected.items():
-            assert set(_allowed(status)) <= {200, 201, 202, 204, 403, 404} or row.state, (key, persona, status)
+            assert set(allowed(status)) <= {200, 201, 202, 204, 403, 404} or row.state, (key, persona, status)
 
 
-def _send(client, method: str, row: Row):
+def send(client, method: str, row: Row):
     kwargs = {}
     if method == "get":
         return client.get(row.path, row.query)
@@ -301,7 +267,7 @@ class Rollback(Exception):
     pass
 
 
-def _allowed(expected) -> tuple[int, ...]:
+def allowed(expected) -> tuple[int, ...]:
     return expected if isinstance(expected, tuple) else (expected,)
 
 
@@ -309,7 +275,8 @@ def _mentions_hidden_name(row: Row) -> bool:
     return "acme/churn" in json.dumps([row.query, row.body if isinstance(row.body, dict) else None])
 
 
-def test_persona_access(world):
+def test_persona_access(signed_world):
+    world = signed_world
     """Every row as every persona, each request in a savepoint rolled back: all see the same world."""
     problems = []
     for operation, row in matrix(world).items():
@@ -317,14 +284,14 @@ def test_persona_access(world):
         for persona in PERSONAS:
             try:
                 with transaction.atomic():
-                    response = _send(world.personas[persona].client(), method, row)
+                    response = send(world.personas[persona].client(), method, row)
                     status = response.status_code
                     body = b"".join(response) if response.streaming else response.content
                     raise Rollback
             except Rollback:
                 pass
             expected = row.expected[persona]
-            if status not in _allowed(expected):
+            if status not in allowed(expected):
                 problems.append(f"{operation} as {persona}: expected {expected}, got {status}: {body[:300]!r}")
             elif status >= 400:
                 assert json.loads(body)["error"]["code"], (operation, persona, body[:300])

@@ -289,6 +289,16 @@ def test_linked_afterwards_and_unlinked_as_a_correction(personas, make_version):
     assert "job:p:train-old" in ids(graph(owner, "model:acme/fixed:1", direction="upstream"))
 
 
+@pytest.mark.parametrize("run_id", [True, 1, 2**31])
+def test_a_run_id_that_is_not_a_uuid_string_is_400(personas, make_version, run_id):
+    """DRF's UUIDField took a JSON number as the UUID's integer (true as ...0001): a link to a run nobody named."""
+    make_version("fixed")
+    owner = personas["owner"].client()
+    response = owner.post("/api/v1/lineage/links", {"nodeId": "model:acme/fixed:1", "runId": run_id}, format="json")
+    assert response.status_code == 400, response.json()
+    assert "runId" in response.json()["error"]["message"]
+
+
 def test_linking_needs_register_permission_and_the_write_scope(personas, make_token, make_version):
     make_version("guarded")
     body = {"nodeId": "model:acme/guarded:1", "runId": str(uuid.uuid4())}

@@ -52,6 +52,10 @@ _DELETE = object()
         (["eventTime"], _DELETE, "eventTime", "is required"),
         (["eventTime"], "2026-01-01", "eventTime", "no time part"),
         (["eventTime"], "2026-13-01T00:00:00Z", "eventTime", "not an RFC 3339 date-time"),
+        # Valid RFC 3339 whose UTC instant is in year 0 (was a 500) or year 10000 (stored, then every export of
+        # the run failed reading it back): neither fits a Python datetime
+        (["eventTime"], "0001-01-01T00:00:00+05:00", "eventTime", "outside years 1-9999 once in UTC"),
+        (["eventTime"], "9999-12-31T23:59:59-05:00", "eventTime", "outside years 1-9999 once in UTC"),
         (["producer"], _DELETE, "producer", "is required"),
         (["producer"], "not a uri", "producer", "is not a URI"),
         (["schemaURL"], _DELETE, "schemaURL", "is required"),

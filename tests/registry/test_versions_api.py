@@ -250,3 +250,19 @@ def test_unstorable_values_in_free_form_json_are_400_and_write_nothing(owner, fi
     assert " holds a " in r.json()["error"]["message"] or "too large for a double" in r.json()["error"]["message"]
     assert not ModelVersion.objects.exists()
     assert not AuditEvent.objects.filter(action="version.registered").exists()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"run_id": True}, "run_id"),  # DRF's UUIDField took it as UUID(int=1)
+        ({"run_id": 7}, "run_id"),
+        ({"manifest": {"files": [{"path": "w.bin", "size": 2**63, "sha256": "0" * 64}]}}, "size"),
+    ],
+)
+def test_values_the_schema_does_not_allow_are_400_and_write_nothing(owner, change, field):
+    body = {**register_body(s3_manifest(b"strict")), **change}
+    r = owner.post(f"{BASE}/versions/", body, format="json")
+    assert r.status_code == 400, r.content
+    assert field in r.json()["error"]["message"]
+    assert not ModelVersion.objects.exists()
