@@ -1,5 +1,5 @@
-"""Hostile JSON values, one at a time, in every field of every write operation's valid body: a 4xx or the
-write, never a 5xx.
+"""Hostile JSON values, one at a time, in every field of every write operation's valid body: a 4xx that
+changed nothing (wrote no audit event), or the write; never a 5xx; and nothing accepted breaks a later read.
 
 Each body is the permission matrix's (a request that succeeds as a persona allowed to make it); each leaf of
 it, in turn, becomes each hostile value, and each dict gets each hostile extra key. schemathesis draws values
@@ -13,8 +13,10 @@ that is rolled back, so each starts from the same world.
 import json
 
 from django.db import transaction
+from django.db.models import Max
 from django.test import Client
 
+from audit.models import AuditEvent
 from lineage.exports import FORMATS
 from tests.hardening.test_hostile_queries import PAGE_BASELINE, PAGES
 from tests.hardening.test_permission_matrix import PERSONAS, RUN_ID, Rollback, Row, allowed, matrix, send
@@ -66,13 +68,20 @@ def allowed_persona(row) -> str:
     return next(p for p in PERSONAS if any(s < 400 for s in allowed(row.expected[p])) or row.state)
 
 
+def last_audit_seq() -> int:
+    return AuditEvent.objects.aggregate(seq=Max("seq"))["seq"] or 0
+
+
 def attempt(client, method, row, body, roll_back=True):
-    """(status, response body) of the row's request with `body`, or (the exception, b"") if it raised."""
+    """(status, response body) of the row's request with `body`, or (the exception, b"") if it raised. Every
+    change is audited, so a refused request that wrote an audit event changed something: reported as a failure."""
     row.body, original = body, row.body
     try:
         with transaction.atomic():
+            before = last_audit_seq()
             response = send(client, method, row)
             content = b"".join(response) if response.streaming else response.content
+            wrote = last_audit_seq() != before
             if roll_back:
                 raise Rollback
     except Rollback:
@@ -81,6 +90,8 @@ def attempt(client, method, row, body, roll_back=True):
         return f"{type(exc).__name__}: {exc}", b""
     finally:
         row.body = original
+    if response.status_code >= 400 and wrote:
+        return f"{response.status_code}, yet it wrote an audit event", content
     return response.status_code, content
 
 
