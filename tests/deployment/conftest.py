@@ -93,10 +93,17 @@ def make_stack(users, tmp_path: Path, *, beat: bool = True, **settings_env: str)
     return stack
 
 
-def stop_stack(stack: Stack) -> None:
-    for proc in (stack.beat, stack.worker, stack.web):
+def stop_stack(stack: Stack, host_config: dict | None = None) -> None:
+    """Beat and the worker first, then the model servers the worker started (`host_config`'s), then the rest:
+    a reconcile still running during the shutdown could otherwise start a server that outlives the test."""
+    for proc in (stack.beat, stack.worker):
         if proc is not None:
             processes.stop(proc)
+    if host_config is not None:
+        with contextlib.suppress(Exception):
+            SelfHostedHost().shutdown(host_config)
+    if stack.web is not None:
+        processes.stop(stack.web)
     stack.redis.stop()
 
 
@@ -107,6 +114,4 @@ def stack(users, tmp_path, selfhost_fleet):
     try:
         yield stack, config
     finally:
-        with contextlib.suppress(Exception):
-            SelfHostedHost().shutdown(config)  # model servers the worker started
-        stop_stack(stack)
+        stop_stack(stack, config)
