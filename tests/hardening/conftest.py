@@ -10,6 +10,7 @@ Outgoing side effects (reconcile, webhook dispatch) go to an in-memory Celery br
 suites run: nothing reaches the shared Redis, and no worker acts on this test database.
 """
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import transaction
 
 from accounts import scopes
 from accounts import services as account_services
@@ -51,6 +53,18 @@ def memory_broker():
         if celery_app._pool is not None:
             celery_app._pool.force_close_all()
         celery_app.conf.broker_url, celery_app._pool = saved_url, saved_pool
+
+
+class _Rollback(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def rolled_back():
+    """A savepoint undone at the end of the block: each request of an attack suite starts from the same world."""
+    with contextlib.suppress(_Rollback), transaction.atomic():
+        yield
+        raise _Rollback
 
 
 def _ok(response, status=(200, 201)):

@@ -18,8 +18,9 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from lineage.exports import FORMATS
+from tests.hardening.conftest import rolled_back
 from tests.hardening.test_hostile_queries import PAGE_BASELINE, PAGES
-from tests.hardening.test_permission_matrix import PERSONAS, RUN_ID, Rollback, Row, allowed, matrix, send
+from tests.hardening.test_permission_matrix import PERSONAS, RUN_ID, Row, allowed, matrix, send
 
 HOSTILE_VALUES = [
     2**31,  # one past PostgreSQL's integer
@@ -77,15 +78,11 @@ def attempt(client, method, row, body, roll_back=True):
     change is audited, so a refused request that wrote an audit event changed something: reported as a failure."""
     row.body, original = body, row.body
     try:
-        with transaction.atomic():
+        with rolled_back() if roll_back else transaction.atomic():
             before = last_audit_seq()
             response = send(client, method, row)
             content = b"".join(response) if response.streaming else response.content
             wrote = last_audit_seq() != before
-            if roll_back:
-                raise Rollback
-    except Rollback:
-        pass
     except Exception as exc:  # noqa: BLE001 - reported with the request that raised it
         return f"{type(exc).__name__}: {exc}", b""
     finally:

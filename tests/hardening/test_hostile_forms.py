@@ -10,12 +10,10 @@ reaching a form through core.middleware).
 import re
 
 import pytest
-from django.db import transaction
 from django.test import Client
 
-from tests.hardening.conftest import build_world
+from tests.hardening.conftest import build_world, rolled_back
 from tests.hardening.test_hostile_queries import HOSTILE
-from tests.hardening.test_permission_matrix import Rollback
 
 FORM_HOSTILE = [*HOSTILE, "", " ", "0", "approve", "yes"]
 
@@ -31,13 +29,9 @@ def logged_in(user) -> Client:
     return client
 
 
-def post_and_roll_back(client, path, data):
-    try:
-        with transaction.atomic():
-            status = client.post(path, data).status_code
-            raise Rollback
-    except Rollback:
-        return status
+def post_and_roll_back(client, path, data) -> int:
+    with rolled_back():
+        return client.post(path, data).status_code
 
 
 def confirmation(client, pk) -> dict:

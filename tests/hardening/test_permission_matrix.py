@@ -17,10 +17,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
-from django.db import transaction
 from drf_spectacular.generators import SchemaGenerator
 
-from tests.hardening.conftest import FULL_CARD, MODEL, POLICY
+from tests.hardening.conftest import FULL_CARD, MODEL, POLICY, rolled_back
 from tests.registry.helpers import register_body, s3_manifest
 
 PERSONAS = ["admin", "owner", "reviewer", "auditor", "ci_bot", "outsider"]
@@ -263,10 +262,6 @@ def send(client, method: str, row: Row):
     return getattr(client, method)(path, **kwargs)
 
 
-class Rollback(Exception):
-    pass
-
-
 def allowed(expected) -> tuple[int, ...]:
     return expected if isinstance(expected, tuple) else (expected,)
 
@@ -276,20 +271,16 @@ def _mentions_hidden_name(row: Row) -> bool:
 
 
 def test_persona_access(signed_world):
-    world = signed_world
     """Every row as every persona, each request in a savepoint rolled back: all see the same world."""
+    world = signed_world
     problems = []
     for operation, row in matrix(world).items():
         method = operation.split(" ", 1)[0].lower()
         for persona in PERSONAS:
-            try:
-                with transaction.atomic():
-                    response = send(world.personas[persona].client(), method, row)
-                    status = response.status_code
-                    body = b"".join(response) if response.streaming else response.content
-                    raise Rollback
-            except Rollback:
-                pass
+            with rolled_back():
+                response = send(world.personas[persona].client(), method, row)
+                status = response.status_code
+                body = b"".join(response) if response.streaming else response.content
             expected = row.expected[persona]
             if status not in allowed(expected):
                 problems.append(f"{operation} as {persona}: expected {expected}, got {status}: {body[:300]!r}")
