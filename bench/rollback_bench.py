@@ -86,9 +86,7 @@ class Clients:
 
 
 def run(rollbacks: int = 30, threads: int = 10) -> dict:
-    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
-    if not haproxy:
-        raise RuntimeError("haproxy is not installed: apt-get install -y haproxy socat")
+    haproxy = haproxy_binary()
     work = Path(tempfile.mkdtemp(prefix="registry-bench-rollback-"))
     fleet = HAProxyFleet(work / "haproxy", executable=haproxy)
     adapter = self_hosted.SelfHostedHost()
@@ -162,6 +160,13 @@ def run(rollbacks: int = 30, threads: int = 10) -> dict:
 # --- through the product: rollback request over the API -> Celery worker -> adapter -> HAProxy ----
 
 
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+    if not found:
+        raise RuntimeError("haproxy is not installed: apt-get install -y haproxy socat")
+    return found
+
+
 def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
     """Needs the Django environment of the bench database, gunicorn on `port` and a Celery worker on the
     same broker (bench/run.py starts both). Sets up target `rollback` (self-hosted, this HAProxy), model
@@ -182,9 +187,7 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
     from registry import services as reg
     from registry.storage import blob_store
 
-    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
-    if not haproxy:
-        raise RuntimeError("haproxy is not installed: apt-get install -y haproxy socat")
+    haproxy = haproxy_binary()
     work = Path(tempfile.mkdtemp(prefix="registry-bench-rollback-"))
     fleet = HAProxyFleet(work / "haproxy", executable=haproxy)
     config = fleet.host_config(state_dir=str(work / "state"), ready_timeout=60)
