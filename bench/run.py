@@ -1155,6 +1155,11 @@ def probe_queries(env: dict, token: str) -> dict:
     return json.loads(probe.stdout)
 
 
+def write_results(output: Path, results: dict) -> None:
+    output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwritten: {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}", flush=True)
+
+
 def print_table(results: dict) -> None:
     reg, reads = results.get("registration") or {}, results.get("reads") or {}
     rows = [("benchmark", "figure", "client", "server", "goal")]
@@ -1343,6 +1348,13 @@ def main() -> int:
     rng = random.Random(42)  # noqa: S311 - benchmark data, not security
     started = dt.datetime.now(dt.UTC)
     work_dir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
+    # Filled in as each benchmark ends and written even when a later one fails, marked incomplete.
+    results = {
+        "date": started.date().isoformat(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "repetitions": cfg.reps,
+    }
     try:
         env = django_env(work_dir / "data")
         print(f"database {DB_NAME}: drop, create, migrate", flush=True)
@@ -1352,7 +1364,7 @@ def main() -> int:
         token = create_user_and_token(env)
         port = free_port()
         gunicorn = start_gunicorn(env, port, args, work_dir)
-        server = {
+        results["server"] = server = {
             "command": f"gunicorn config.wsgi:application --workers {args.workers} --worker-class "
             f"{args.worker_class} --threads {args.threads} --keep-alive 60",
             "keep_alive": args.worker_class != "sync",
@@ -1366,19 +1378,19 @@ def main() -> int:
 
         script = work_dir / "insert.sql"
         pgbench_prepare(script)
-        registration, bulk, reads, queries = {}, {}, {}, {}
         if "registration" in only:
             print(f"1+2. registration vs pgbench ({cfg.reps} reps)", flush=True)
-            registration = bench_registration(api, log, cfg, script, rng)
+            results["registration"] = bench_registration(api, log, cfg, script, rng)
 
         if "reads" in only:
             print(f"bulk insert of {args.versions} versions into {NAMESPACE}/{BIG_MODEL}", flush=True)
-            bulk = bulk_insert_versions(args.versions)
+            results["bulk_insert"] = bulk = bulk_insert_versions(args.versions)
             print(f"  {bulk['seconds']:.1f} s", flush=True)
             base = f"/api/v1/models/{NAMESPACE}/{BIG_MODEL}"
             api.once("PUT", f"{base}/aliases/champion", {"version": args.versions - 1})
 
             print("3. version get and alias resolution", flush=True)
+            results["reads"] = reads = {}
             numbers = [rng.randint(1, args.versions) for _ in range(cfg.reads)]
             reads["version get"] = bench_reads(
                 api, log, cfg, "version get", [f"{base}/versions/{n}" for n in numbers], r"/versions/\d+$"
@@ -1393,38 +1405,25 @@ def main() -> int:
                 reads[f"list: {label}"] = bench_reads(api, log, cfg, f"list: {label}", [path] * n, r"/versions/$")
 
             print("query counts and plans (in-process probe)", flush=True)
-            queries = probe_queries(env, token)
+            results["queries"] = probe_queries(env, token)
 
-        extra = {}
         if "review" in only:
             print("5. review queue page (in-process, full Django stack)", flush=True)
-            extra["review"] = bench_review(cfg, env)
+            results["review"] = bench_review(cfg, env)
         if "load" in only:
             print(f"6. load test: {cfg.load_clients} clients x {cfg.load_seconds} s ({cfg.reps} reps)", flush=True)
-            extra["load"] = bench_load(cfg, env, port, work_dir, rng)
+            results["load"] = bench_load(cfg, env, port, work_dir, rng)
         if "audit" in only:
             print("7. audit: append with 8 writers; export + verify", flush=True)
-            extra["audit"] = bench_audit(cfg, env, port, gunicorn, work_dir)
+            results["audit"] = bench_audit(cfg, env, port, gunicorn, work_dir)
         if "rollback" in only:
             print("8. rollback on the self-hosted target through HAProxy", flush=True)
-            extra["rollback"] = bench_rollback(cfg, env, port, work_dir)
+            results["rollback"] = bench_rollback(cfg, env, port, work_dir)
         if "lineage" in only:
             print("9. lineage traversal (bench/lineage.py, its own database)", flush=True)
-            extra["lineage"] = bench_lineage(cfg)
+            results["lineage"] = bench_lineage(cfg)
 
-        results = {
-            "date": started.date().isoformat(),
-            "started_at": started.isoformat(timespec="seconds"),
-            "mode": "quick" if args.quick else "full",
-            "repetitions": cfg.reps,
-            "machine": machine(),
-            "server": server,
-            "bulk_insert": bulk,
-            "registration": registration,
-            "reads": reads,
-            "queries": queries,
-            **extra,
-        }
+        results["machine"] = machine()
         if profile:
             print("profile (py-spy) of an 8-client registration pass", flush=True)
             results["profile"] = bench_profile(api, gunicorn, cfg, rng)
@@ -1435,9 +1434,12 @@ def main() -> int:
         ]
         print()
         print_table(results)
-        args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nwritten: {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+        write_results(args.output, results)
         return 0
+    except BaseException as exc:
+        results["incomplete"] = f"stopped by {type(exc).__name__}: {exc}"
+        write_results(args.output, results)
+        raise
     finally:
         _stop_children()
         flush_broker()
