@@ -1437,8 +1437,9 @@ def main() -> int:
         write_results(args.output, results)
         return 0
     except BaseException as exc:
+        # Beside the output, not over it: an aborted run must not replace the last complete figures.
         results["incomplete"] = f"stopped by {type(exc).__name__}: {exc}"
-        write_results(args.output, results)
+        write_results(args.output.with_suffix(".incomplete.json"), results)
         raise
     finally:
         _stop_children()
