@@ -131,6 +131,17 @@ def test_an_output_directory_is_refused(log, tmp_path):  # noqa: F811
         export("--output", str(tmp_path))
 
 
+def test_early_write_back_keeps_every_byte(tmp_path, monkeypatch):
+    """A window of a few bytes, so most chunks start a write-back and drop the previous window from the cache."""
+    from audit.management.commands import audit_export
+
+    monkeypatch.setattr(audit_export, "WRITE_BACK_EVERY", 5)
+    chunks = [bytes([65 + i % 26]) * (i % 7 + 1) for i in range(500)]
+    out = tmp_path / "audit.ndjson"
+    _write_whole(out, iter(chunks))
+    assert out.read_bytes() == b"".join(chunks)
+
+
 def test_an_export_that_fails_midway_leaves_the_previous_file_and_no_partial_one(tmp_path):
     out = tmp_path / "audit.ndjson"
     out.write_bytes(b"the previous export\n")

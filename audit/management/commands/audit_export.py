@@ -100,9 +100,7 @@ def _write_whole(path: Path, chunks, say=lambda message: None) -> None:
             if locked:  # where locks do not work, nothing tells an abandoned file from a running export's
                 for name in _remove_abandoned(path, keep=tmp):
                     say(f"Removed {name}, left by an export to the same file that did not finish.")
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
+            _write_back_early(f, chunks)
             os.fsync(f.fileno())
             os.replace(tmp, path)  # still locked: no other export's clean-up takes it for abandoned
     except BaseException:
@@ -114,6 +112,27 @@ def _write_whole(path: Path, chunks, say=lambda message: None) -> None:
         os.fsync(directory)  # the rename itself
     finally:
         os.close(directory)
+
+
+WRITE_BACK_EVERY = 32 << 20  # bytes
+
+
+def _write_back_early(f, chunks) -> None:
+    """Write the chunks to `f`, asking the kernel every WRITE_BACK_EVERY bytes to start writing them to disk.
+    Left alone, the kernel holds a whole export (hundreds of MB) in the page cache until the final fsync,
+    which then waits for all of it: a third of the command's time for 1M events. POSIX_FADV_DONTNEED starts
+    writeback of a range's dirty pages without waiting and drops its clean ones, so each window is advised
+    twice: once to start its writeback, and once more with the next window, to drop it from the cache."""
+    advised = written = 0
+    for chunk in chunks:
+        f.write(chunk)
+        written += len(chunk)
+        if written - advised >= WRITE_BACK_EVERY:
+            f.flush()
+            start = max(0, advised - WRITE_BACK_EVERY)  # the previous window too: written back by now
+            os.posix_fadvise(f.fileno(), start, written - start, os.POSIX_FADV_DONTNEED)
+            advised = written
+    f.flush()
 
 
 # A running export holds an exclusive flock on its temporary file; the kernel releases it when the process
