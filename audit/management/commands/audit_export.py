@@ -123,15 +123,14 @@ def _write_back_early(f, chunks) -> None:
     which then waits for all of it: a third of the command's time for 1M events. POSIX_FADV_DONTNEED starts
     writeback of a range's dirty pages without waiting and drops its clean ones, so each window is advised
     twice: once to start its writeback, and once more with the next window, to drop it from the cache."""
-    advised = written = 0
+    previous = advised = written = 0  # previous: where the last advised window began
     for chunk in chunks:
         f.write(chunk)
         written += len(chunk)
         if written - advised >= WRITE_BACK_EVERY:
             f.flush()
-            start = max(0, advised - WRITE_BACK_EVERY)  # the previous window too: written back by now
-            os.posix_fadvise(f.fileno(), start, written - start, os.POSIX_FADV_DONTNEED)
-            advised = written
+            os.posix_fadvise(f.fileno(), previous, written - previous, os.POSIX_FADV_DONTNEED)
+            previous, advised = advised, written
     f.flush()
 
 
