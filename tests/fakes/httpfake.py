@@ -189,6 +189,7 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go in two sends: no 40 ms wait for a delayed ACK
 
             def log_message(self, *args):  # quiet
                 pass
