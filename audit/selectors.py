@@ -21,8 +21,10 @@ from audit import chain
 from audit.canonical_sql import canonical_sql
 from audit.models import AuditChainHead, AuditEvent, format_time
 
-EXPORT_BATCH = 2000  # events per streamed chunk (~1.4 MB of NDJSON); per statement on SQLite
-EXPORT_BATCHES_PER_COPY = 25  # PostgreSQL: chunks per COPY statement (~35 MB)
+# Events per streamed chunk (~175 KB of NDJSON; per statement on SQLite). Measured on 1M events in-process:
+# 250 exported in 1.9-2.2 s with the worker's memory flat, 2,000 (1.4 MB chunks) in 3.1-3.5 s and 7 MB more.
+EXPORT_BATCH = 250
+EXPORT_BATCHES_PER_COPY = 200  # PostgreSQL: chunks per COPY statement (~35 MB)
 CSV_COLUMNS = [*chain.EVENT_FIELDS, "prev_hash", "hash"]
 
 

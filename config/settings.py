@@ -90,6 +90,7 @@ MIDDLEWARE = [
     "core.middleware.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.ReleaseResponseMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

