@@ -38,10 +38,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Min
@@ -58,6 +56,9 @@ from governance.webhook_models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,14 @@ def may_manage(user) -> bool:
 # --- secrets --------------------------------------------------------------------------------
 
 
+# cryptography is imported where a secret is sealed or opened (creating an endpoint, delivering): loaded by
+# this module, it would cost every web worker 6.5 MB that most of them never use.
+
+
 def _fernet_key(secret_key: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
@@ -115,11 +123,13 @@ def _fernet_key(secret_key: str) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def _secret_box(secret_key: str, fallbacks: tuple[str, ...]) -> MultiFernet:
+def _secret_box(secret_key: str, fallbacks: tuple[str, ...]) -> "MultiFernet":
+    from cryptography.fernet import Fernet, MultiFernet
+
     return MultiFernet([Fernet(_fernet_key(k)) for k in (secret_key, *fallbacks)])
 
 
-def secret_box() -> MultiFernet:
+def secret_box() -> "MultiFernet":
     """Encrypts with the key from SECRET_KEY; also decrypts with keys from SECRET_KEY_FALLBACKS."""
     return _secret_box(settings.SECRET_KEY, tuple(_setting("SECRET_KEY_FALLBACKS", [])))
 
@@ -440,6 +450,8 @@ def deliver(*, delivery_id: int) -> DeliveryOutcome | None:
     if not endpoint.active:
         result = HttpResult(None, "endpoint is inactive; delivery abandoned", "", None)
     else:
+        from cryptography.fernet import InvalidToken
+
         try:
             secret = decrypt_secret(endpoint.secret_encrypted)
         except InvalidToken:

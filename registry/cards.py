@@ -19,7 +19,6 @@ from functools import cache
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
 
 from core.errors import InvalidInput
 from core.unicode import printable, unstorable, unstorable_message
@@ -144,7 +143,9 @@ def schema(version: str = SCHEMA_VERSION) -> dict:
 
 
 @cache
-def _validator(version: str = SCHEMA_VERSION) -> Draft202012Validator:
+def _validator(version: str = SCHEMA_VERSION):
+    from jsonschema import Draft202012Validator  # on first use: 2.4 MB a web worker that takes no card never needs
+
     return Draft202012Validator(schema(version))
 
 
