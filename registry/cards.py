@@ -17,11 +17,15 @@ import math
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from core.errors import InvalidInput
 from core.unicode import printable, unstorable, unstorable_message
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 SCHEMA_VERSION = "1"
 SCHEMA_DIR = Path(__file__).resolve().parent / "card_schema"
@@ -143,7 +147,7 @@ def schema(version: str = SCHEMA_VERSION) -> dict:
 
 
 @cache
-def _validator(version: str = SCHEMA_VERSION):
+def _validator(version: str = SCHEMA_VERSION) -> "Draft202012Validator":
     from jsonschema import Draft202012Validator  # on first use: 2.4 MB a web worker that takes no card never needs
 
     return Draft202012Validator(schema(version))
