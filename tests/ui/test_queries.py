@@ -132,3 +132,24 @@ def test_batch_evaluation_matches_the_selector(personas, two_of_each):
     for r in requests:
         one = selectors.promotion_evaluate(version=r.version, target=r.target).checks
         assert batch[(r.version_id, r.target_id)] == one
+
+
+def test_the_review_queue_is_planned_for_its_parameters(personas, two_of_each):
+    """The queue's statements are prepared like every other (psycopg, after 5 runs), but PostgreSQL plans them
+    for their values each time instead of settling on a generic plan after 5 more (core.planning)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("plan caching is PostgreSQL's")
+    targets, models = two_of_each
+    add_requests(personas["owner"].user, targets, models, 0, 3)
+    client = login(personas["reviewer"].user)
+    for _ in range(14):
+        assert client.get("/reviews/").content.decode().count("Review #") == 3
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+            ['SELECT COUNT(*) AS "__count" FROM "governance_promotionrequest"%'],
+        )
+        plans = cursor.fetchall()
+    assert plans, "the queue's count was never prepared, so this test checks nothing"
+    assert [generic for generic, _ in plans] == [0] * len(plans), plans
+    assert sum(custom for _, custom in plans) >= 9, plans
