@@ -2,9 +2,10 @@
 
 The service's PostgreSQL connections prepare a statement once it has run five times (config/settings.py),
 and five runs later PostgreSQL may keep one generic plan for it, made without the parameter values. That
-is what the hot look-ups by key want, and wrong for a permission-filtered queue: with 10,000 pending
-requests the review queue's count took 38 ms on its generic plan and 8-10 ms planned for its values, and
-its last page 134 ms against 80 (bench/README.md, twelfth session).
+is what the hot look-ups by key want, and wrong for a count over a permission-filtered queue: with 10,000
+pending requests the review queue's count took 38 ms on its generic plan and 8-10 ms planned for its values
+(bench/README.md, twelfth session). Planning costs too (2.5 ms for the queue's page query, with its joins),
+so only such statements go in the block.
 """
 
 from contextlib import contextmanager

@@ -33,9 +33,10 @@ def paginate(request, queryset, param: str = "page"):
 
 @login_required
 def review_queue(request):
-    with custom_plans():  # how many requests a reviewer sees varies too much for one generic plan
-        page = paginate(request, selectors.review_queue(user=request.user))
-        rows = ui_selectors.queue_rows(list(page.object_list))
+    queue = selectors.review_queue(user=request.user)
+    with custom_plans():  # the paginator's count: how many requests it scans varies too much for one plan
+        page = paginate(request, queue)
+    rows = ui_selectors.queue_rows(list(page.object_list))
     return render(request, "governance/review_queue.html", {"page": page, "rows": rows, "now": timezone.now()})
 
 
