@@ -9,6 +9,7 @@ package; `scripts/dev.py test` installs it): without it the demo prints why and 
 """
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -69,6 +70,24 @@ def get_json(url: str) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, {}
+
+
+def kept_alive_request_times(port: int, requests: int = 9) -> list[float]:
+    """Seconds per GET /healthz after the first, all on one kept-alive connection (as a browser sends them)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    times = []
+    try:
+        for _ in range(requests + 1):
+            started = time.perf_counter()
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            assert not response.will_close, "the demo's web server closed a kept-alive connection"
+            times.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    return times[1:]
 
 
 def group_members(pgid: int) -> dict[int, str]:
@@ -234,6 +253,11 @@ def test_readme_first_command_serves_readyz_and_a_self_hosted_model_from_a_clean
         assert (tmp_path / "data" / "registry.sqlite3").exists(), "the demo did not use the embedded SQLite default"
         assert "demo-admin" in output, f"the demo logins were not printed; output:\n{tail}"
         assert WORKER_READY.search(output), f"the Celery worker did not start; output:\n{tail}"
+
+        # A server that writes headers and body in two sends with Nagle's algorithm on (runserver) holds each
+        # request after a connection's first for the client's delayed ACK: 40 ms or more, every time.
+        times = sorted(kept_alive_request_times(port))
+        assert times[len(times) // 2] < 0.02, f"kept-alive requests stall (delayed ACK): {times}"
 
         # The self-hosted target: the printed curl answers from version 2 through the demo HAProxy.
         assert "demo/linear version 2 answers through HAProxy" in output, f"no self-hosted demo; output:\n{tail}"
