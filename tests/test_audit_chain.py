@@ -29,6 +29,7 @@ from tests.processes import sqlite_shell
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_SCRIPT = ROOT / "audit" / "chain.py"
 APPEND_ONLY = "audit events are append-only"
+HEAD_MOVES = "the audit chain head moves only by appending an audit event"
 
 
 def system_python() -> str:
@@ -211,6 +212,18 @@ def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
                 db.execute(sql)
             db.rollback()
         assert db.execute("SELECT count(*), min(reason), max(reason) FROM audit_auditevent").fetchone() == (2, "", "")
+        head = db.execute("SELECT seq, hash, at FROM audit_auditchainhead").fetchall()
+        for sql in (
+            "UPDATE audit_auditchainhead SET seq = 1",  # back: the next event would re-use seq 2
+            f"UPDATE audit_auditchainhead SET seq = 3, hash = '{'a' * 64}'",  # ahead, to no stored event
+            "UPDATE audit_auditchainhead SET at = '2000-01-01 00:00:00'",
+            "DELETE FROM audit_auditchainhead",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match=HEAD_MOVES):
+                db.execute(sql)
+            db.rollback()
+        assert db.execute("SELECT seq, hash, at FROM audit_auditchainhead").fetchall() == head
+        assert head[0][0] == 2
     finally:
         db.close()
 
@@ -219,15 +232,16 @@ def test_event_times_follow_the_chain_on_sqlite(tmp_path):
     """SQLite links in Python: the time is taken with the head held, never earlier than the head's."""
     script = (
         "from datetime import timedelta\n"
+        "from unittest import mock\n"
         "from django.core.management import call_command\n"
         "from django.db import transaction\n"
+        "from django.utils import timezone\n"
         "from audit.models import AuditChainHead\n"
         "from audit.services import record\n"
-        "with transaction.atomic():\n"
+        "ahead = timezone.now() + timedelta(hours=1)\n"
+        "with mock.patch('django.utils.timezone.now', return_value=ahead), transaction.atomic():\n"  # a fast clock
         "    first = record(action='test.sqlite', subject_type='test', subject_id='1', actor='system:test')\n"
-        "assert AuditChainHead.objects.get(pk=1).at == first.at\n"
-        "ahead = first.at + timedelta(hours=1)\n"
-        "AuditChainHead.objects.filter(pk=1).update(at=ahead)\n"
+        "assert AuditChainHead.objects.get(pk=1).at == first.at == ahead\n"
         "with transaction.atomic():\n"
         "    second = record(action='test.sqlite', subject_type='test', subject_id='2', actor='system:test')\n"
         "assert second.at == ahead, (second.at, ahead)\n"

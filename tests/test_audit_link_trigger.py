@@ -21,6 +21,14 @@ def python_hash(event: AuditEvent) -> str:
     return chain.event_hash(event.prev_hash, event.as_chain_dict())
 
 
+def set_head_time(at) -> None:
+    """Set the head's time the way a DBA could: with its guard (migration 0008) switched off."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditchainhead DISABLE TRIGGER audit_head_guard")
+        cursor.execute("UPDATE audit_auditchainhead SET at = %s WHERE id = 1", [at])
+        cursor.execute("ALTER TABLE audit_auditchainhead ENABLE TRIGGER audit_head_guard")
+
+
 def test_the_database_hash_is_the_python_definition_for_every_character_class():
     assert connection.vendor == "postgresql"
     recorded = []
@@ -117,7 +125,7 @@ def test_an_event_is_never_earlier_than_the_one_before_even_if_the_clock_steps_b
         first = record(action="a", subject_type="t", subject_id="1", actor="system:test")
     assert AuditChainHead.objects.get(pk=1).at == first.at
     ahead = first.at + timedelta(hours=1)  # as if the clock had been an hour fast when the last event was linked
-    AuditChainHead.objects.filter(pk=1).update(at=ahead)
+    set_head_time(ahead)
     with transaction.atomic():
         second = record(action="b", subject_type="t", subject_id="2", actor="system:test")
     with transaction.atomic():
@@ -140,10 +148,44 @@ def test_the_migration_starts_the_heads_time_at_the_latest_event():
     with transaction.atomic():
         record(action="a", subject_type="t", subject_id="1", actor="system:test")
         last = record(action="b", subject_type="t", subject_id="2", actor="system:test")
-    AuditChainHead.objects.filter(pk=1).update(at=None)  # a head as the migration finds it
+    set_head_time(None)  # a head as the migration finds it
     with connection.schema_editor() as editor:
+        editor.execute("ALTER TABLE audit_auditchainhead DISABLE TRIGGER audit_head_guard")  # 0008 comes later
         migration.forwards(apps, editor)
+        editor.execute("ALTER TABLE audit_auditchainhead ENABLE TRIGGER audit_head_guard")
     assert AuditChainHead.objects.get(pk=1).at == last.at
     with transaction.atomic():
         after = record(action="c", subject_type="t", subject_id="3", actor="system:test")
     assert after.at >= last.at and after.hash == python_hash(AuditEvent.objects.get(seq=after.seq))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_auditchainhead SET seq = seq - 1",  # back: the next event would re-use a sequence number
+        "UPDATE audit_auditchainhead SET seq = seq + 1",  # one step, but not by linking an event
+        "UPDATE audit_auditchainhead SET hash = repeat('a', 64)",  # the next event would link to no event
+        "UPDATE audit_auditchainhead SET at = at - interval '1 day'",
+        "UPDATE audit_auditchainhead SET id = 2",
+        "DELETE FROM audit_auditchainhead",
+    ],
+    ids=["back", "step", "hash", "time", "id", "delete"],
+)
+def test_only_linking_an_event_moves_the_head(sql):
+    """A stray statement on the head would fork the chain; only the chain-link trigger moves it (0008)."""
+    from django.db import IntegrityError
+
+    with transaction.atomic():
+        first = record(action="a", subject_type="t", subject_id="1", actor="system:test")
+    with pytest.raises(IntegrityError, match="moves only by appending"), transaction.atomic():
+        connection.cursor().execute(sql)
+    with pytest.raises(IntegrityError, match="moves only by appending"), transaction.atomic():
+        AuditChainHead.objects.filter(pk=1).update(seq=first.seq + 1)  # the ORM is refused as well
+    head = AuditChainHead.objects.get(pk=1)
+    assert (head.seq, head.hash, head.at) == (first.seq, first.hash, first.at)
+    with transaction.atomic():
+        second = record(action="b", subject_type="t", subject_id="2", actor="system:test")
+    assert (second.seq, second.prev_hash) == (2, first.hash)
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert out.getvalue().startswith("OK: 2 audit events verified")
