@@ -221,7 +221,15 @@ def materialize(release: Release) -> str:
             dest = staging / f["path"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             hasher = hashlib.sha256()
-            with store.open(f["sha256"]) as src, dest.open("wb") as out:
+            try:
+                src = store.open(f["sha256"])
+            except FileNotFoundError:
+                raise HostError(
+                    f"stored artifact {f['path']} (sha256 {f['sha256']}) is missing from the artifact store; "
+                    "refusing to deploy",
+                    retryable=False,
+                ) from None
+            with src, dest.open("wb") as out:
                 while chunk := src.read(CHUNK):
                     hasher.update(chunk)
                     out.write(chunk)
@@ -273,6 +281,7 @@ def _serving_number(status: HostStatus, target: DeploymentTarget) -> int | None:
 
 
 def _mark_deploying(target_id: int, release_id: int) -> bool:
+    """PENDING -> DEPLOYING. False if the release is no longer desired (a rollback or newer approval won)."""
     with transaction.atomic():
         target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
         release = Release.objects.select_for_update(no_key=True).get(pk=release_id)
@@ -286,6 +295,20 @@ def _mark_deploying(target_id: int, release_id: int) -> bool:
             actor=SYSTEM,
             after={"target": target.name, "number": release.number},
         )
+    return True
+
+
+def _mark_drifted(target_id: int, release_id: int, drift: dict) -> bool:
+    """LIVE -> DEPLOYING for a redeploy, if the release is still the desired one and still live: the host
+    status was read without locks, and a rollback may have replaced the release meanwhile."""
+    with transaction.atomic():
+        target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
+        release = Release.objects.select_for_update(no_key=True).get(pk=release_id)
+        if target.desired_release_id != release.pk or release.state != ReleaseState.LIVE:
+            return False
+        record(action="target.drift_detected", subject=target, actor=SYSTEM, after=drift)
+        release.state = ReleaseState.DEPLOYING
+        release.save(update_fields=["state"])
     return True
 
 
@@ -322,18 +345,23 @@ def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release
         )
 
 
-def release_fail(*, target_id: int, reason: str) -> None:
-    """The desired release could not be converged: record why and fall back to the last good release."""
+def release_fail(*, target_id: int, release_id: int, reason: str) -> None:
+    """A release could not be converged: record why and fall back to the last good release if that still
+    serves. Nothing changes unless it is still the target's desired release: a rollback or a newer approval
+    may have replaced it while the host call that failed was under way."""
     with transaction.atomic():
         target = _lock_target(target_id)
         release = target.desired_release
-        if release is None or release.state not in ACTIVE:
+        if release is None or release.pk != release_id or release.state not in ACTIVE:
             return
         release.state = ReleaseState.FAILED
         release.ended_at = timezone.now()
         release.reason = f"{release.reason}; failed: {reason}"[:2000]
         release.save(update_fields=["state", "ended_at", "reason"])
-        fallback = target.last_good_release if target.last_good_release_id != release.pk else None
+        # Not a release an operator rolled back from: a failed rollback stays visible instead of undoing itself.
+        last_good = target.last_good_release
+        live = last_good is not None and last_good.pk != release.pk and last_good.state == ReleaseState.LIVE
+        fallback = last_good if live else None
         target.desired_release = fallback
         target.save(update_fields=["desired_release"])
         record(
@@ -352,7 +380,8 @@ def release_fail(*, target_id: int, reason: str) -> None:
 
 
 def reconcile(target_id: int, *, owner: str) -> str:
-    """Converge one target. Returns converged | deploying | idle | busy. Raises HostError from the host."""
+    """Converge one target. Returns converged | deploying | idle | busy. Raises HostError from the host,
+    naming the release it was converging (`release_id`) for release_fail."""
     if not _claim(target_id, owner):
         return "busy"
     try:
@@ -360,45 +389,45 @@ def reconcile(target_id: int, *, owner: str) -> str:
         release = target.desired_release
         if release is None or release.state == ReleaseState.FAILED:
             return "idle"
-        host = HOSTS[target.kind].adapter()
-        credentials = resolve_credentials(target.credentials_ref)
-        status = host.status(target.config, credentials)
-        serving = _serving_number(status, target)
-        if serving == release.number:
-            _mark_live(target.pk, release.pk, status)
-            return "converged"
-        if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
-            with transaction.atomic():
-                record(
-                    action="target.drift_detected",
-                    subject=target,
-                    actor=SYSTEM,
-                    after={
-                        "desired": release.number,
-                        "host_serving": serving,
-                        "host_state": status.state,
-                    },
-                )
-                Release.objects.filter(pk=release.pk).update(state=ReleaseState.DEPLOYING)
-        elif not _mark_deploying(target.pk, release.pk):
-            return "idle"
-        else:
-            canary = _canary_plan(target, release, status)
-            if canary is not None:
-                return _canary_step(target, release, canary, host, credentials, status)
-        result = host.deploy(_spec(target, release, credentials))
-        Release.objects.filter(pk=release.pk).update(
-            host_release_id=result.host_release_id, endpoint_url=result.endpoint_url
-        )
-        if not result.ready:
-            return "deploying"
-        status = host.status(target.config, credentials)
-        if _serving_number(status, target) == release.number:
-            _mark_live(target.pk, release.pk, status, result.host_release_id)
-            return "converged"
-        return "deploying"
+        try:
+            return _converge(target, release)
+        except HostError as exc:
+            exc.release_id = release.pk
+            raise
     finally:
         _unclaim(target_id, owner)
+
+
+def _converge(target: DeploymentTarget, release: Release) -> str:
+    """Ask the host what it serves and deploy the release if that differs (outside any transaction)."""
+    host = HOSTS[target.kind].adapter()
+    credentials = resolve_credentials(target.credentials_ref)
+    status = host.status(target.config, credentials)
+    serving = _serving_number(status, target)
+    if serving == release.number:
+        _mark_live(target.pk, release.pk, status)
+        return "converged"
+    if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
+        drift = {"desired": release.number, "host_serving": serving, "host_state": status.state}
+        if not _mark_drifted(target.pk, release.pk, drift):
+            return "idle"
+    elif not _mark_deploying(target.pk, release.pk):
+        return "idle"
+    else:
+        canary = _canary_plan(target, release, status)
+        if canary is not None:
+            return _canary_step(target, release, canary, host, credentials, status)
+    result = host.deploy(_spec(target, release, credentials))
+    Release.objects.filter(pk=release.pk).update(
+        host_release_id=result.host_release_id, endpoint_url=result.endpoint_url
+    )
+    if not result.ready:
+        return "deploying"
+    status = host.status(target.config, credentials)
+    if _serving_number(status, target) == release.number:
+        _mark_live(target.pk, release.pk, status, result.host_release_id)
+        return "converged"
+    return "deploying"
 
 
 # --- canary steps -------------------------------------------------------------------------------
@@ -440,7 +469,7 @@ def _canary_step(target, release: Release, canary: Canary, host, credentials, st
         return "deploying"
     if verdict == "fail":
         host.set_traffic(target.config, credentials, {canary.beside.number: 100})
-        release_fail(target_id=target.pk, reason=why)
+        release_fail(target_id=target.pk, release_id=release.pk, reason=why)
         return "failed"
     after = canary.rollout.next_step(percent)
     if after < 100:

@@ -25,7 +25,7 @@ def reconcile_target(self, target_id: int, failures: int = 0) -> str:
     except HostError as exc:
         if exc.retryable and failures < settings.RECONCILE_MAX_RETRIES:
             raise self.retry(args=(target_id, failures + 1), countdown=backoff(failures), exc=exc) from None
-        deployment.release_fail(target_id=target_id, reason=str(exc))
+        deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=str(exc))
         return "failed"
     if outcome in ("deploying", "busy") and self.request.retries < POLLS:
         raise self.retry(args=(target_id, failures), countdown=1)

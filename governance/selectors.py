@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from django.db.models import Min, Prefetch, QuerySet
+from django.contrib.auth import get_user_model
+from django.db.models import Min, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from accounts import access
@@ -88,19 +89,35 @@ def _lineage_summary(version: ModelVersion) -> dict:
 
 
 def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revision: int | None) -> list[Approval]:
-    """Approvals that still count: bound to the current digest, card revision and policy version."""
+    """Approvals that still count: bound to the current digest, card revision and policy version, and
+    given by someone who may still review under that policy (active, in one of its approver groups): an
+    approver who leaves the group or is deactivated takes their approval with them."""
+    current = (request.version.digest, card_revision, policy.pk)
+    bound = [
+        a
+        for a in request.approvals.all()
+        if a.decision == Decision.APPROVE and (a.digest, a.card_revision, a.policy_id) == current
+    ]
+    eligible = _still_approvers({a.user_id for a in bound}, request=request, rules=rules_of(policy))
     seen, counted = set(), []
-    for approval in request.approvals.all():
-        if approval.decision != Decision.APPROVE or approval.user_id in seen:
-            continue
-        if (approval.digest, approval.card_revision, approval.policy_id) == (
-            request.version.digest,
-            card_revision,
-            policy.pk,
-        ):
+    for approval in bound:
+        if approval.user_id in eligible and approval.user_id not in seen:
             seen.add(approval.user_id)
             counted.append(approval)
     return counted
+
+
+def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: PolicyRules) -> set[int]:
+    """Of these users, those may_review() would let review now (one query for all of them)."""
+    if not rules.requester_can_approve:
+        user_ids = user_ids - {request.requester_id}
+    if not user_ids or not rules.approver_groups:
+        return set()
+    return set(
+        get_user_model()
+        .objects.filter(pk__in=user_ids, is_active=True, groups__name__in=rules.approver_groups)
+        .values_list("pk", flat=True)
+    )
 
 
 def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[bool, str]:
@@ -129,23 +146,36 @@ def promotions_visible(*, user) -> QuerySet[PromotionRequest]:
 
 
 def review_queue(*, user) -> QuerySet[PromotionRequest]:
-    """Pending requests on targets whose current policy names one of my groups, not requested by me."""
-    groups = list(user.groups.values_list("name", flat=True))
+    """Pending requests whose current policy (a model's override, else the target's) names one of my
+    groups, not requested by me."""
+    groups = set(user.groups.values_list("name", flat=True))
     pending = promotions_visible(user=user).filter(state=PromotionState.PENDING)
     if not groups:
         return pending.none()
     # Policies are small and few; filtering approver groups in Python keeps this portable (SQLite).
-    target_ids = [
-        p.target_id for p in _current_target_policies() if set(p.rules.get("approver_groups", [])) & set(groups)
-    ]
-    return pending.filter(target_id__in=target_ids).exclude(requester=user).order_by("created_at", "id")
+    targets, overrides = _current_policies()
+
+    def mine(policy: Policy) -> bool:
+        return bool(set(policy.rules.get("approver_groups", [])) & groups)
+
+    def pair(target_id: int, model_id: int) -> Q:
+        return Q(target_id=target_id, version__model_id=model_id)
+
+    reviewable = Q(target_id__in=[t for t, policy in targets.items() if mine(policy)])
+    for (t, m), policy in overrides.items():
+        reviewable = reviewable | pair(t, m) if mine(policy) else reviewable & ~pair(t, m)
+    return pending.filter(reviewable).exclude(requester=user).order_by("created_at", "id")
 
 
-def _current_target_policies() -> list[Policy]:
-    latest = {}
-    for policy in Policy.objects.filter(model__isnull=True).order_by("target_id", "version"):
-        latest[policy.target_id] = policy
-    return list(latest.values())
+def _current_policies() -> tuple[dict[int, Policy], dict[tuple[int, int], Policy]]:
+    """The newest policy of each target, and of each (target, model) override."""
+    targets, overrides = {}, {}
+    for policy in Policy.objects.order_by("target_id", "model_id", "version"):
+        if policy.model_id is None:
+            targets[policy.target_id] = policy
+        else:
+            overrides[(policy.target_id, policy.model_id)] = policy
+    return targets, overrides
 
 
 def live_release(*, target: DeploymentTarget) -> Release | None:

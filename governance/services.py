@@ -129,6 +129,9 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
         ModelVersion.objects.select_for_update(no_key=True).get(
             pk=version.pk
         )  # one open request per version and target
+        # The target too, before the audit event below takes the chain head: a policy that needs no
+        # approvals starts a release on the target at once (lock order in docs/architecture.md).
+        DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)
         open_request = PromotionRequest.objects.filter(
             version=version, target=target, state=PromotionState.PENDING
         ).first()

@@ -15,6 +15,7 @@ class HostError(Exception):
     def __init__(self, message: str, *, retryable: bool = True):
         super().__init__(message)
         self.retryable = retryable
+        self.release_id: int | None = None  # set by the reconciler: the release it was converging
 
 
 @dataclass(frozen=True)

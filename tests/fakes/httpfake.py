@@ -10,6 +10,9 @@ process: `python -m tests.fakes.replicate_server --port N`). Shared here:
   or over HTTP: `POST /_fake/faults {"fail_rate": 0.3, "timeout_rate": 0.0, "seed": 7}`.
 - `GET /_fake/state` (counters and requests seen), `POST /_fake/reset`.
 - a request log (method, path, whether an Authorization header was present) for assertions.
+- `intercept(method, path, body)`: when set (in-process only), called on the server's thread before a
+  platform request is handled; it may act meanwhile (a test doing something while the caller waits on the
+  host) and may raise `Reply` to answer in the platform's place.
 
 The `/_fake/*` routes are not part of any platform's API; they are never subject to faults or auth.
 """
@@ -54,6 +57,7 @@ class FakeServer:
         self.rng = random.Random(seed)
         self.requests: list[dict] = []
         self.faults_injected = {"fail": 0, "timeout": 0}
+        self.intercept = None
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
@@ -215,6 +219,12 @@ class FakeServer:
                             "body": body,
                         }
                     )
+                if server.intercept is not None:
+                    try:
+                        server.intercept(method, path, body)
+                    except Reply as exc:
+                        self._send(exc.status, exc.body, exc.headers)
+                        return
                 fault = server._fault() if server.faults_apply(path) else None
                 if fault == "fail":
                     status = server.fail_status

@@ -15,7 +15,7 @@ from audit.services import record
 from governance import deployment
 from governance import services as governance
 from governance.models import DeploymentTarget, PromotionRequest, Release
-from tests.governance.conftest import promote
+from tests.governance.conftest import POLICY, promote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,20 +84,34 @@ def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
     assert Release.objects.filter(target=target, promotion_id=request_id).exists()
 
 
-def test_a_new_promotion_and_a_reconcile_of_its_target_do_not_deadlock(world):
-    """A new promotion request appends its audit event, then COMMIT checks its deferred foreign key to the
-    target (FOR KEY SHARE on the target row). Row locks are FOR NO KEY UPDATE, which that check passes, so
-    a reconcile holding the target and waiting for the chain head cannot deadlock with it (it did with
-    FOR UPDATE: a 500 on POST /promotions/ in the fault-injection e2e run)."""
+@pytest.mark.parametrize("approvals_required", [2, 0], ids=["reviewed", "no-approvals"])
+def test_a_new_promotion_and_a_reconcile_of_its_target_do_not_deadlock(world, approvals_required):
+    """A new request locks the target before its audit event takes the chain head: under a policy that
+    needs no approvals it starts a release on the target at once (that order deadlocked: a 500 on
+    POST /promotions/). Row locks are FOR NO KEY UPDATE, so COMMIT's deferred foreign-key check on the
+    target (FOR KEY SHARE) never waits for a reconcile either (it did with FOR UPDATE)."""
     target = DeploymentTarget.objects.get(name="prod")
+    governance.policy_set(
+        actor=world["admin"].user, target=target, rules={**POLICY, "approvals_required": approvals_required}
+    )
     holding, released, outcome = threading.Event(), threading.Event(), {}
+    requester_pid = []
+
+    def request():
+        requester_pid.append(connection.cursor().connection.info.backend_pid)
+        return promote(world["owner"]).status_code
 
     reconciler = in_thread(outcome, "reconcile", lambda: reconcile_like(target, holding, released))
     assert holding.wait(10)
-    requester = in_thread(outcome, "request", lambda: promote(world["owner"]).status_code)
-    requester.join(10)  # with FOR UPDATE it would now wait at COMMIT, holding the chain head
+    requester = in_thread(outcome, "request", request)
+    deadline = time.monotonic() + 10
+    while not (requester_pid and waiting_on_a_lock(requester_pid[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert requester_pid and waiting_on_a_lock(requester_pid[0]), "the request should be waiting for the target"
     released.set()
     reconciler.join(20)
     requester.join(20)
     assert outcome == {"reconcile": "ok", "request": 201}
-    assert PromotionRequest.objects.filter(target=target).count() == 1
+    request = PromotionRequest.objects.get(target=target)
+    assert request.state == ("approved" if approvals_required == 0 else "pending")
+    assert Release.objects.filter(promotion=request).exists() == (approvals_required == 0)

@@ -242,6 +242,58 @@ def test_review_queue(world):
     assert world["outsider"].client().get("/api/v1/promotions/").json()["results"] == []
 
 
+def test_a_model_override_decides_who_sees_a_request_in_the_queue(world):
+    """The queue follows the policy that governs the request: a model's override, else the target's."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from guardian.shortcuts import assign_perm
+
+    from governance.models import DeploymentTarget
+    from registry.models import RegisteredModel
+
+    lead = get_user_model().objects.create_user(username="lead")
+    lead.groups.add(Group.objects.create(name="ml-leads"))
+    assign_perm("view_deploymenttarget", lead, DeploymentTarget.objects.get(name="prod"))
+    assign_perm("view_registeredmodel", lead, RegisteredModel.objects.get(namespace="acme", name="churn"))
+    override = {**POLICY, "approvals_required": 1, "approver_groups": ["ml-leads"]}
+    put = world["admin"].client().put("/api/v1/targets/prod/policies/acme/churn", override, format="json")
+    assert put.status_code == 200, put.json()
+    pk = promote(world["owner"]).json()["id"]
+
+    def queue(user):
+        client = world["admin"].client()
+        client.force_authenticate(user)
+        return [p["id"] for p in client.get("/api/v1/promotions/?waiting_for_me=true").json()["results"]]
+
+    assert queue(lead) == [pk]
+    assert queue(world["reviewer"].user) == []  # the target's approver group; the override does not name it
+    assert approve(world["reviewer"], pk).status_code == 403
+    client = world["admin"].client()
+    client.force_authenticate(lead)
+    assert client.post(f"/api/v1/promotions/{pk}/approve", {}, format="json").json()["state"] == "approved"
+
+
+def test_an_approval_counts_only_while_its_approver_may_review(world):
+    """An approver who leaves the approver group, or is deactivated, no longer makes up the quorum."""
+    from django.contrib.auth.models import Group
+
+    reviewers = Group.objects.get(name="reviewers")
+    pk = promote(world["owner"]).json()["id"]
+    assert approve(world["reviewer"], pk).json()["approvals_counted"] == 1
+    world["reviewer"].user.groups.remove(reviewers)
+    after = approve(world["reviewer2"], pk).json()
+    assert after["state"] == "pending" and after["approvals_counted"] == 1  # 2 required; 1 still counts
+    assert [(a["user"], a["counts"]) for a in after["approvals"]] == [("reviewer", False), ("reviewer2", True)]
+    world["reviewer"].user.groups.add(reviewers)  # back in the group: the approval counts again
+    shown = world["auditor"].client().get(f"/api/v1/promotions/{pk}").json()
+    assert shown["approvals_counted"] == 2 and [a["counts"] for a in shown["approvals"]] == [True, True]
+    world["reviewer2"].user.is_active = False
+    world["reviewer2"].user.save(update_fields=["is_active"])
+    shown = world["auditor"].client().get(f"/api/v1/promotions/{pk}").json()
+    assert shown["approvals_counted"] == 1 and [a["counts"] for a in shown["approvals"]] == [True, False]
+    assert PromotionRequest.objects.get(pk=pk).state == "pending"
+
+
 def test_approve_scope_required(world, make_token):
     pk = promote(world["owner"]).json()["id"]
     client = bearer(make_token(world["reviewer"].user, ["read", "promotions:write"]))

@@ -1,0 +1,222 @@
+"""The reconciler against an operator acting while a host call is under way.
+
+The reconciler calls hosts outside database transactions, so a rollback can land between what it read and
+what it writes. The host is Replicate's wire-compatible local server (tests/fakes), driven by the real
+adapter through the official client; the task runs in-process (`apply()`), and the server's `intercept`
+hook is where the operator acts: on the server's thread, while the reconciler waits for the host's answer.
+"""
+
+import hashlib
+import json
+
+import pytest
+from django.db import connection
+
+from audit.models import AuditEvent
+from governance import deployment, deployment_tasks
+from governance.models import DeploymentTarget, Release
+from registry.models import ModelVersion
+from tests.fakes.httpfake import Reply
+from tests.fakes.replicate_server import ReplicateServer
+from tests.governance.conftest import FULL_CARD, MODEL, promote
+from tests.registry.helpers import register_body, s3_manifest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TOKEN = "r8_reconcile-races-token"  # noqa: S105 - the local server's test account
+DEPLOYMENT = "/v1/deployments/acme/churn-rep"
+
+
+def replicate_version(n: int) -> str:
+    return hashlib.sha256(f"churn-{n}".encode()).hexdigest()
+
+
+@pytest.fixture
+def replicate(monkeypatch):
+    monkeypatch.setenv("REPLICATE_TOKEN_RACES", TOKEN)
+    with ReplicateServer(token=TOKEN, username="acme", seed=3) as server:
+        for n in (1, 2, 3):
+            server.add_version("acme/churn", replicate_version(n))
+        yield server
+
+
+@pytest.fixture
+def rep(world, replicate):
+    """Target `rep` (one reviewer approves) on the Replicate server; acme/churn v1 and v2, each with its
+    Replicate version as host_revision."""
+    created = (
+        world["admin"]
+        .client()
+        .post(
+            "/api/v1/targets/",
+            {
+                "name": "rep",
+                "kind": "replicate",
+                "stage": "production",
+                "config": {
+                    "owner": "acme",
+                    "deployment": "churn-rep",
+                    "model": "acme/churn",
+                    "base_url": replicate.url,
+                    "timeout_seconds": 5,
+                },
+                "credentials_ref": "env:REPLICATE_TOKEN_RACES",
+                "policy": {"approvals_required": 1, "approver_groups": ["reviewers"]},
+            },
+            format="json",
+        )
+    )
+    assert created.status_code == 201, created.json()
+    owner = world["owner"].client()
+    assert owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2")), format="json").status_code == 201
+    assert owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json").status_code == 201
+    for n in (1, 2):
+        ModelVersion.objects.filter(number=n).update(tags={"host_revision": f"acme/churn:{replicate_version(n)}"})
+    return DeploymentTarget.objects.get(name="rep")
+
+
+def release_version(world, target: DeploymentTarget, version: int) -> Release:
+    """Request and approve; the target's desired release is then this version's."""
+    pk = promote(world["owner"], version=version, target="rep").json()["id"]
+    approved = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+    assert approved.json()["state"] == "approved", approved.json()
+    target.refresh_from_db()
+    return target.desired_release
+
+
+def reconcile(target: DeploymentTarget) -> str:
+    return deployment_tasks.reconcile_target.apply(args=(target.pk,)).get()
+
+
+def roll_back(world, target: DeploymentTarget, **kwargs) -> None:
+    """What the operator does from another connection (the intercept hook runs on the server's thread)."""
+    try:
+        deployment.deployment_rollback(actor=world["admin"].user, target=target, reason="p95 doubled", **kwargs)
+    finally:
+        connection.close()
+
+
+def refused(replicate, detail: str):
+    raise Reply(422, replicate.error_body(422, detail), {"Content-Type": "application/problem+json"})
+
+
+def after(event: AuditEvent) -> dict:
+    return json.loads(event.after)
+
+
+def states(target: DeploymentTarget) -> dict[int, str]:
+    return dict(target.releases.values_list("number", "state"))
+
+
+def test_a_deploy_failing_after_a_rollback_does_not_fail_the_rollback(world, rep, replicate):
+    """Release 2's deploy fails after the operator rolled back to release 1: release 1 must stay desired
+    and untouched (the failure used to land on whatever was desired by then, release 1 included)."""
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    release_version(world, rep, 2)
+
+    def rollback_then_refuse(method, path, body):
+        if method == "PATCH" and path == DEPLOYMENT:
+            replicate.intercept = None
+            roll_back(world, rep)
+            refused(replicate, "Version could not be pulled.")
+
+    replicate.intercept = rollback_then_refuse
+    assert reconcile(rep) == "failed"  # the task's outcome for release 2's non-retryable error
+    rep.refresh_from_db()
+    assert rep.desired_release.number == 1
+    assert states(rep) == {1: "pending", 2: "rolled_back"}
+    assert not AuditEvent.objects.filter(action="release.failed").exists()
+    assert reconcile(rep) == "converged"  # the host still serves version 1: live again, nothing deployed
+    assert states(rep) == {1: "live", 2: "rolled_back"}
+    assert [r["version"] for r in replicate.history[("acme", "churn-rep")]] == [replicate_version(1)]
+
+
+def test_a_failed_rollback_does_not_fall_back_to_the_release_rolled_back_from(world, rep, replicate):
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    release_version(world, rep, 2)
+    assert reconcile(rep) == "converged"
+    roll_back(world, rep)
+    replicate.intercept = lambda method, path, body: method == "PATCH" and refused(replicate, "Quota exceeded.")
+    assert reconcile(rep) == "failed"
+    rep.refresh_from_db()
+    assert rep.desired_release is None  # the failure stays visible; release 2 is not quietly redeployed
+    assert states(rep) == {1: "failed", 2: "rolled_back"}
+    failed = AuditEvent.objects.get(action="release.failed")
+    assert after(failed) == {"target": "rep", "number": 1, "fallback": None} and "Quota exceeded" in failed.reason
+
+
+def test_a_failed_deploy_falls_back_to_the_release_that_still_serves(world, rep, replicate):
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    release_version(world, rep, 2)
+    replicate.intercept = lambda method, path, body: method == "PATCH" and refused(replicate, "Bad weights.")
+    assert reconcile(rep) == "failed"
+    rep.refresh_from_db()
+    assert rep.desired_release.number == 1
+    assert states(rep) == {1: "live", 2: "failed"}
+    assert after(AuditEvent.objects.get(action="release.failed")) == {"target": "rep", "number": 2, "fallback": 1}
+
+
+def test_a_drift_repair_does_not_redeploy_a_release_rolled_back_meanwhile(world, rep, replicate):
+    """The host drifted from live release 2; while the reconciler reads the host, the operator rolls back
+    to release 1. The repair must not send release 2 to the host, nor leave it deploying."""
+    import replicate as replicate_client
+
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    release_version(world, rep, 2)
+    assert reconcile(rep) == "converged"
+    client = replicate_client.Client(api_token=TOKEN, base_url=replicate.url)
+    client.deployments.update("acme", "churn-rep", version=replicate_version(3))  # changed outside the registry
+
+    def rollback_while_reading(method, path, body):
+        if method == "GET" and path == DEPLOYMENT:
+            replicate.intercept = None
+            roll_back(world, rep)
+
+    replicate.intercept = rollback_while_reading
+    assert reconcile(rep) == "idle"
+    assert states(rep) == {1: "pending", 2: "rolled_back"}
+    assert not AuditEvent.objects.filter(action="target.drift_detected").exists()
+    history = [r["version"] for r in replicate.history[("acme", "churn-rep")]]
+    assert history == [replicate_version(n) for n in (1, 2, 3)]  # nothing sent for release 2
+    assert reconcile(rep) == "converged"  # the rollback's own reconcile deploys release 1
+    assert states(rep) == {1: "live", 2: "rolled_back"}
+    assert replicate.history[("acme", "churn-rep")][-1]["version"] == replicate_version(1)
+
+
+def test_a_drift_repair_records_the_drift_and_redeploys(world, rep, replicate):
+    import replicate as replicate_client
+
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    client = replicate_client.Client(api_token=TOKEN, base_url=replicate.url)
+    client.deployments.update("acme", "churn-rep", version=replicate_version(3))
+    assert reconcile(rep) == "converged"
+    assert states(rep) == {1: "live"}
+    drift = after(AuditEvent.objects.get(action="target.drift_detected"))
+    assert drift == {"desired": 1, "host_serving": None, "host_state": "ready"}
+    assert replicate.history[("acme", "churn-rep")][-1]["version"] == replicate_version(1)
+
+
+def test_a_stored_artifact_gone_missing_fails_the_release_with_the_reason(world, settings, tmp_path):
+    """A self-hosted release copies registry-stored files; a blob missing from the store is a host error
+    that fails the release (it was an unhandled FileNotFoundError: the release stayed deploying)."""
+    from tests.registry.helpers import file_entry
+
+    settings.DATA_DIR = tmp_path / "data"
+    manifest = {"files": [file_entry("model.bin", b"never uploaded")]}
+    version = ModelVersion.objects.create(
+        model=ModelVersion.objects.get(number=1).model,
+        number=2,
+        digest="sha256:" + "ab" * 32,
+        artifact_uri="registry://acme/churn/2",
+        manifest=manifest,
+    )
+    release = Release.objects.create(target=DeploymentTarget.objects.get(name="prod"), version=version, number=1)
+    with pytest.raises(deployment.HostError, match="model.bin .* is missing from the artifact store") as raised:
+        deployment.materialize(release)
+    assert raised.value.retryable is False
+    assert not (tmp_path / "data" / "releases" / "prod" / "1").exists()
