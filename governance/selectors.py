@@ -1,5 +1,6 @@
 """Reads for governance, permission-filtered for the asking user."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -19,6 +20,14 @@ from registry.services import REGISTRY_URI
 
 def targets_visible(*, user) -> QuerySet[DeploymentTarget]:
     return access.visible(user, DeploymentTarget.objects.all()).order_by("name")
+
+
+def visible_model_ids(*, user, model_ids: Iterable[int]) -> set[int]:
+    """Of these models, the ones the user may view (a target's viewer may not see every model it serves)."""
+    ids = set(model_ids)
+    if not ids:
+        return set()
+    return set(access.visible(user, RegisteredModel.objects.filter(pk__in=ids)).values_list("pk", flat=True))
 
 
 def current_policy(*, target: DeploymentTarget, model: RegisteredModel | None = None) -> Policy:

@@ -12,14 +12,13 @@ from collections.abc import Iterable
 from django.db.models import Min, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from accounts import access
 from governance import selectors
 from governance.choices import PromotionState, ReleaseState
 from governance.models import DeploymentTarget, Policy, PromotionRequest, Release
 from governance.policy import Check, Facts, evaluate, parse_rules
 from registry import cards
 from registry import selectors as registry_selectors
-from registry.models import ModelCardRevision, ModelVersion, RegisteredModel, VersionSignature
+from registry.models import ModelCardRevision, ModelVersion, VersionSignature
 from registry.services import REGISTRY_URI
 
 
@@ -132,13 +131,6 @@ def queue_rows(requests: list[PromotionRequest]) -> list[dict]:
         failing = [c for c in checks[(request.version_id, request.target_id)] if not c.passed]
         rows.append({"request": request, "failing": failing})
     return rows
-
-
-def visible_model_ids(*, user, model_ids: Iterable[int]) -> set[int]:
-    ids = set(model_ids)
-    if not ids:
-        return set()
-    return set(access.visible(user, RegisteredModel.objects.filter(pk__in=ids)).values_list("pk", flat=True))
 
 
 def serving_by_version(*, user, versions: list[ModelVersion]) -> dict[int, list[Release]]:

@@ -79,9 +79,7 @@ def promotion_detail(request, pk: int):
     candidate = promotion.version
     release = selectors.live_release(target=promotion.target)
     serving = release.version if release else None
-    serving_hidden = bool(serving) and not ui_selectors.visible_model_ids(
-        user=request.user, model_ids=[serving.model_id]
-    )
+    serving_hidden = bool(serving) and not selectors.visible_model_ids(user=request.user, model_ids=[serving.model_id])
     compare_to = None if serving_hidden else serving
     candidate_card = registry_selectors.latest_card(candidate)
     serving_card = registry_selectors.latest_card(compare_to) if compare_to else None
@@ -201,7 +199,7 @@ def target_list(request):
     page = paginate(request, selectors.targets_visible(user=request.user))
     targets = list(page.object_list)
     live = ui_selectors.live_by_target(targets)
-    visible = ui_selectors.visible_model_ids(user=request.user, model_ids=[r.version.model_id for r in live.values()])
+    visible = selectors.visible_model_ids(user=request.user, model_ids=[r.version.model_id for r in live.values()])
     rows = [
         {
             "target": t,
@@ -222,7 +220,7 @@ def target_detail(request, name: str):
     page = paginate(request, ui_selectors.target_releases(target=target))
     releases = list(page.object_list)
     model_ids = [r.version.model_id for r in releases] + ([release.version.model_id] if release else [])
-    visible = ui_selectors.visible_model_ids(user=request.user, model_ids=model_ids)
+    visible = selectors.visible_model_ids(user=request.user, model_ids=model_ids)
     policy = selectors.current_policy(target=target)
     pending = ui_selectors.pending_for_target(user=request.user, target=target)
     pending_page = paginate(request, pending, "pending_page")

@@ -49,11 +49,29 @@ class PolicyOutput(serializers.Serializer):
         }
 
 
-class ReleaseSummary(serializers.Serializer):
+class HidesModel(serializers.Serializer):
+    """A release of a model the caller may not view names nothing of it (as in the web UI): `model`,
+    `version`, `digest` and `promotion` are null and `model_hidden` is true. The view puts the caller's
+    `visible_model_ids` in the serializer context; without it the serializer fails rather than show all."""
+
+    HIDDEN = ("model", "version", "digest", "promotion")
+    model_hidden = serializers.SerializerMethodField(help_text="The caller may not view this release's model.")
+
+    def get_model_hidden(self, release) -> bool:
+        return release.version.model_id not in self.context["visible_model_ids"]
+
+    def to_representation(self, release):
+        data = super().to_representation(release)
+        if data["model_hidden"]:
+            data.update({name: None for name in self.HIDDEN if name in data})
+        return data
+
+
+class ReleaseSummary(HidesModel):
     number = serializers.IntegerField()
-    model = serializers.CharField(source="version.model.__str__")
-    version = serializers.IntegerField(source="version.number")
-    digest = serializers.CharField(source="version.digest")
+    model = serializers.CharField(source="version.model.__str__", allow_null=True)
+    version = serializers.IntegerField(source="version.number", allow_null=True)
+    digest = serializers.CharField(source="version.digest", allow_null=True)
     state = serializers.CharField()
     live_at = serializers.DateTimeField(allow_null=True)
 
@@ -188,12 +206,12 @@ class RollbackInput(StrictSerializer):
     )
 
 
-class ReleaseOutput(serializers.Serializer):
+class ReleaseOutput(HidesModel):
     number = serializers.IntegerField()
     target = serializers.CharField(source="target.name")
-    model = serializers.CharField(source="version.model.__str__")
-    version = serializers.IntegerField(source="version.number")
-    digest = serializers.CharField(source="version.digest")
+    model = serializers.CharField(source="version.model.__str__", allow_null=True)
+    version = serializers.IntegerField(source="version.number", allow_null=True)
+    digest = serializers.CharField(source="version.digest", allow_null=True)
     state = serializers.CharField()
     traffic_percent = serializers.IntegerField()
     endpoint_url = serializers.CharField()

@@ -13,6 +13,17 @@ from governance.models import DeploymentTarget, PromotionRequest
 from registry.models import ModelPerm, ModelVersion, RegisteredModel
 
 
+def releases_context(user, releases) -> dict:
+    """Serializer context naming which of these releases' models the caller may view (HidesModel)."""
+    model_ids = [r.version.model_id for r in releases if r is not None]
+    return {"visible_model_ids": selectors.visible_model_ids(user=user, model_ids=model_ids)}
+
+
+def targets_output(user, targets: list[DeploymentTarget]) -> list:
+    views = [target_view(t) for t in targets]
+    return s.TargetOutput(views, many=True, context=releases_context(user, [v["live_release"] for v in views])).data
+
+
 def target_view(target: DeploymentTarget) -> dict:
     return {
         "name": target.name,
@@ -35,7 +46,7 @@ class TargetListView(GovernedAPIView):
     @extend_schema(responses=s.TargetOutput(many=True), summary="List deployment targets I may see")
     def get(self, request):
         targets = selectors.targets_visible(user=request.user)
-        return Response(s.TargetOutput([target_view(t) for t in targets], many=True).data)
+        return Response(targets_output(request.user, list(targets)))
 
     @extend_schema(
         request=s.TargetCreateInput,
@@ -51,13 +62,13 @@ class TargetListView(GovernedAPIView):
         data = s.TargetCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         target = services.target_create(actor=request.user, **data.validated_data)
-        return Response(s.TargetOutput(target_view(target)).data, status=status.HTTP_201_CREATED)
+        return Response(targets_output(request.user, [target])[0], status=status.HTTP_201_CREATED)
 
 
 class TargetDetailView(GovernedAPIView):
     @extend_schema(responses=s.TargetOutput, summary="Get a deployment target, its policy and live release")
     def get(self, request, name):
-        return Response(s.TargetOutput(target_view(self.governed(DeploymentTarget.objects, name=name))).data)
+        return Response(targets_output(request.user, [self.governed(DeploymentTarget.objects, name=name)])[0])
 
 
 class TargetPolicyView(GovernedAPIView):
@@ -257,7 +268,8 @@ class TargetRollbackView(GovernedAPIView):
             reason=data.validated_data["reason"],
             to_number=data.validated_data["release"],
         )
-        return Response(s.ReleaseOutput(release).data, status=status.HTTP_202_ACCEPTED)
+        context = releases_context(request.user, [release])
+        return Response(s.ReleaseOutput(release, context=context).data, status=status.HTTP_202_ACCEPTED)
 
 
 class TargetReleaseListView(GovernedAPIView):
@@ -274,7 +286,8 @@ class TargetReleaseListView(GovernedAPIView):
         paginator = self.pagination_class()
         qs = target.releases.select_related("target", "version__model", "created_by")
         page = paginator.paginate_queryset(qs, request, self)
-        return paginator.get_paginated_response(s.ReleaseOutput(page, many=True).data)
+        context = releases_context(request.user, page)
+        return paginator.get_paginated_response(s.ReleaseOutput(page, many=True, context=context).data)
 
 
 class TargetServedAtView(GovernedAPIView):
@@ -287,13 +300,15 @@ class TargetServedAtView(GovernedAPIView):
         query.is_valid(raise_exception=True)
         at = query.validated_data["at"]
         period = deployment.served_at(target=target, at=at)
+        release = period.release if period else None
         return Response(
             s.ServedAtOutput(
                 {
                     "at": at,
-                    "release": period.release if period else None,
+                    "release": release,
                     "serving_since": period.started_at if period else None,
                     "serving_until": period.ended_at if period else None,
-                }
+                },
+                context=releases_context(request.user, [release]),
             ).data
         )

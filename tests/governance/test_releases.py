@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from governance.models import DeploymentTarget, Release, ServingPeriod
+from tests.governance.conftest import MODEL as MODEL_PATH
 from tests.governance.conftest import promote
 
 
@@ -126,3 +127,38 @@ def test_ui_rollback_of_a_hidden_target_is_a_404(world, client):
     _two_serving_releases(world)
     client.force_login(world["outsider"].user)
     assert client.post("/targets/prod/rollback/", {"reason": "x"}).status_code == 404
+
+
+def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
+    """A target's viewer who may not view a model it serves learns that a release exists, its number,
+    state and times, but not which model, version or digest it is (as in the web UI)."""
+    from datetime import UTC
+
+    _two_serving_releases(world)
+    at = timezone.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    paths = [
+        "/api/v1/targets/",
+        "/api/v1/targets/prod",
+        "/api/v1/targets/prod/releases",
+        f"/api/v1/targets/prod/served-at?at={at}",
+    ]
+
+    def releases(persona) -> list[dict]:
+        client = world[persona].client()
+        assert client.get(f"{MODEL_PATH}").status_code == (404 if persona == "ci_bot" else 200)
+        listed = client.get(paths[0]).json()
+        found = [t["live_release"] for t in listed if t["name"] == "prod"]
+        found.append(client.get(paths[1]).json()["live_release"])
+        found += client.get(paths[2]).json()["results"]
+        found.append(client.get(paths[3]).json()["release"])
+        return found
+
+    hidden = releases("ci_bot")  # may view targets, not acme/churn
+    assert len(hidden) == 5 and all(r["model_hidden"] for r in hidden)
+    for r in hidden:
+        assert (r["model"], r["version"], r["digest"]) == (None, None, None) and r["number"] in (1, 2)
+    assert "churn" not in str(hidden) and "sha256" not in str(hidden)
+    shown = releases("reviewer")
+    assert not any(r["model_hidden"] for r in shown)
+    assert {(r["model"], r["version"]) for r in shown} == {("acme/churn", 1)}
+    assert all(r["digest"].startswith("sha256:") for r in shown)
