@@ -56,6 +56,31 @@ def test_register_is_idempotent_by_digest(owner):
     assert got["metrics"] == {"auc": 0.91} and got["digest"] == body["digest"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "other"),
+    [
+        ("metrics", {"train_flops": 1.5e23}, {"train_flops": 1.6e23}),
+        (
+            "params",
+            {"total_flos": 3.0573592891392e18, "lr": [1e-5, 2]},
+            {"total_flos": 3.0573592891393e18, "lr": [1e-5, 2]},
+        ),
+        ("params", {"flag": True}, {"flag": 1}),
+    ],
+    ids=["large-metric", "large-param", "bool-is-not-1"],
+)
+def test_a_re_run_with_numbers_postgresql_rewrites_is_the_same_version(owner, field, value, other):
+    """jsonb stores 1.5e23 as 150000000000000000000000; a CI re-run sending the same float again is the
+    same version (200), not a digest_conflict. A different number, or 1 for true, still conflicts."""
+    manifest = s3_manifest(b"weights-" + field.encode() + str(value).encode())
+    first = owner.post(f"{BASE}/versions/", register_body(manifest, **{field: value}), format="json")
+    assert first.status_code == 201, first.json()
+    again = owner.post(f"{BASE}/versions/", register_body(manifest, **{field: value}), format="json")
+    assert again.status_code == 200 and again.json()["number"] == first.json()["number"], again.json()
+    conflict = owner.post(f"{BASE}/versions/", register_body(manifest, **{field: other}), format="json")
+    assert conflict.status_code == 409 and conflict.json()["error"]["detail"]["fields"] == [field]
+
+
 def test_digest_ignores_file_order(owner):
     files = s3_manifest(b"a", b"b")["files"]
     one = owner.post(f"{BASE}/versions/", register_body({"files": files}), format="json").json()
