@@ -31,13 +31,21 @@ not be reached or did not answer (network error, timeout): safe to retry, every 
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__":
+    # Run as a script, this file's directory comes first on sys.path; in the project it holds modules named like
+    # the standard library's (registry/selectors.py) that urllib would import instead. Nothing here needs it.
+    here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
+
 import argparse
 import hashlib
+import http.client
 import json
-import os
 import re
 import stat
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -268,23 +276,32 @@ class Client:
                 req.add_header("Content-Type", content_type or "application/octet-stream")
                 req.add_header("Content-Length", str(length if length is not None else len(data)))
             try:
-                with self._opener.open(req, timeout=self.timeout) as resp:
-                    return resp.status, _parse_json(resp.read())
-            except urllib.error.HTTPError as exc:
-                raw = exc.read()
-                if exc.code in RETRY_STATUSES and attempt <= retries:
-                    self._pause(attempt, f"{method} {short}: HTTP {exc.code}")
-                    continue
-                raise _server_error(method, short, exc, raw) from None
-            except OSError as exc:  # URLError, connection errors and timeouts
-                reason = getattr(exc, "reason", exc)
+                try:
+                    with self._opener.open(req, timeout=self.timeout) as resp:
+                        return resp.status, _parse_json(resp.read())
+                except urllib.error.HTTPError as exc:
+                    refused, raw = exc, exc.read()  # reading the error body can fail like any other read
+            except http.client.InvalidURL as exc:
+                raise UsageError(f"registry URL {self.base}: {exc}.") from None
+            except (OSError, http.client.HTTPException) as exc:
+                # OSError: URLError, connection errors, timeouts (RemoteDisconnected is one too). HTTPException:
+                # an answer cut short (IncompleteRead) or garbled (BadStatusLine, LineTooLong).
+                if isinstance(exc, OSError):
+                    failed, reason = "could not reach", getattr(exc, "reason", exc)
+                else:
+                    text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+                    failed, reason = "got no complete answer from", f"cut short or malformed ({text})"
                 if attempt <= retries:
                     self._pause(attempt, f"{method} {short}: {reason}")
                     continue
                 raise NetworkError(
-                    f"could not reach the registry at {self.base} ({method} {short}): {reason}. "
+                    f"{failed} the registry at {self.base} ({method} {short}): {reason}. "
                     "Check REGISTRY_URL / --url and the network; the command is safe to re-run."
                 ) from None
+            if refused.code in RETRY_STATUSES and attempt <= retries:
+                self._pause(attempt, f"{method} {short}: HTTP {refused.code}")
+                continue
+            raise _server_error(method, short, refused, raw)
 
     def _pause(self, attempt: int, why: str) -> None:
         delay = min(2 ** (attempt - 1), 30)
@@ -353,6 +370,10 @@ def base_url(args) -> str:
         raise UsageError(f"registry URL '{url}' must start with http:// or https:// and name a host.")
     if parts.username or parts.password:
         raise UsageError("do not put credentials in the registry URL; set REGISTRY_TOKEN instead.")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise UsageError(f"registry URL '{url}' has an invalid port.") from None
     path = parts.path.rstrip("/")
     if path.endswith("/api/v1"):
         path = path[: -len("/api/v1")]
@@ -366,11 +387,14 @@ def client_from(args) -> Client:
     token = os.environ.get("REGISTRY_TOKEN", "").strip()
     if not token:
         raise UsageError("REGISTRY_TOKEN is not set: export the API token (in CI, from a secret).")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        # http.client would refuse the header with a traceback that shows the token
+        raise UsageError("REGISTRY_TOKEN holds spaces, line breaks or non-ASCII characters; no API token does.")
     return Client(url, token, timeout=args.timeout, retries=args.retries, log=Log(args.quiet))
 
 
 def parse_model(text: str) -> tuple:
-    namespace, sep, name = (text or "").partition("/")
+    namespace, sep, name = _utf8(text or "", "--model").partition("/")
     if not sep or not namespace or not name or "/" in name:
         raise UsageError(f"--model '{text}' must be namespace/name, e.g. acme/churn.")
     return namespace, name
@@ -386,6 +410,12 @@ def load_json_object(path: str, option: str) -> dict:
         raise UsageError(f"{option} {path} is not valid JSON: {exc}.") from None
     if not isinstance(value, dict):
         raise UsageError(f"{option} {path} must hold a JSON object.")
+    try:  # encode it as the request will, so what JSON cannot carry fails here, before any work
+        canonical_json(value)
+    except UnicodeEncodeError:
+        raise UsageError(f"{option} {path} holds a string that is not valid Unicode (a lone surrogate).") from None
+    except ValueError:  # allow_nan=False: a number too large for a float, e.g. 1e400, loads as inf
+        raise UsageError(f"{option} {path} holds a number out of range (e.g. 1e400).") from None
     return value
 
 
@@ -393,10 +423,23 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _utf8(text: str, what: str) -> str:
+    """text, if it can be sent: a command line or environment that is not UTF-8 gives lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = text.encode("utf-8", "surrogateescape")  # the bytes as given
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace")
+        raise UsageError(f"{what} {shown[:200]!r} is not valid UTF-8.") from None
+    return text
+
+
 def parse_tags(items: list) -> dict:
     tags = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
+        key, sep, value = _utf8(item, "--tag").partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--tag '{item}' must be key=value.")
         tags[key.strip()] = value
@@ -430,7 +473,7 @@ def source_from(args, environ=None) -> dict:
         "branch": args.source_branch if args.source_branch is not None else branch,
         "ci_run_url": args.ci_run_url if args.ci_run_url is not None else run_url,
     }
-    source = {k: v for k, v in source.items() if v}
+    source = {k: _utf8(v, f"source {k}") for k, v in source.items() if v}
     if "commit" in source and not COMMIT_RE.match(source["commit"]):
         raise UsageError(f"source commit '{source['commit']}' must be 7-64 hexadecimal characters.")
     if "ci_run_url" in source and not source["ci_run_url"].startswith(("http://", "https://")):
@@ -452,6 +495,7 @@ def cmd_digest(args) -> int:
 
 def cmd_resolve(args) -> int:
     namespace, name = parse_model(args.model)
+    _utf8(args.alias, "--alias")
     client = client_from(args)
     for _ in range(3):  # the alias may move between the two reads; resolve again if it did
         _, alias = client.request("GET", client.url("models", namespace, name, "aliases", args.alias))
@@ -470,6 +514,8 @@ def cmd_register(args) -> int:
     params = load_json_object(args.params, "--params") if args.params else None
     tags = parse_tags(args.tag)
     source = source_from(args)
+    if args.alias:
+        _utf8(args.alias, "--alias")
     card = None
     if args.card:
         try:

@@ -3,8 +3,10 @@
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -357,6 +359,124 @@ def test_network_error_exits_3_with_clear_message(dead_url, model_dir):
     assert result.returncode == 3
     assert f"could not reach the registry at {dead_url}" in result.stderr
     assert "mgr_not_used" not in result.stderr
+
+
+@pytest.fixture
+def broken_server():
+    """A local HTTP server that answers every request with the given bytes and hangs up; yields
+    (start(response) -> url, number of requests received so far)."""
+    servers, received = [], []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            received.append(data.split(b"\r\n", 1)[0])
+            self.request.sendall(self.server.response)
+
+    def start(response: bytes) -> str:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.response = response
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start, received
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("response", "shown"),
+    [
+        # a 200 whose body stops short of its Content-Length: http.client.IncompleteRead
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"number":',
+            "IncompleteRead",
+        ),
+        # the same for an error answer, read in the HTTPError handler
+        (b'HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\n{"error":', "IncompleteRead"),
+        # not HTTP at all: http.client.BadStatusLine
+        (b"garbage\r\n\r\n", "BadStatusLine"),
+        # hangs up without answering: RemoteDisconnected (an OSError too)
+        (b"", "Remote end closed connection"),
+    ],
+    ids=["truncated-200", "truncated-400", "bad-status-line", "hang-up"],
+)
+def test_broken_answer_is_a_network_error_retried_then_exit_3(broken_server, response, shown):
+    start, received = broken_server
+    url = start(response)
+    result = run("resolve", "--model", "acme/churn", "--alias", "candidate", "--retries", "1", url=url, token="mgr_x")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert shown in result.stderr
+    assert "retrying in 1s" in result.stderr
+    assert received == [b"GET /api/v1/models/acme/churn/aliases/candidate HTTP/1.1"] * 2  # one retry
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "message"),
+    [
+        ("--metrics", '{"auc": 1e400}', "holds a number out of range"),  # loads as inf, which JSON cannot carry
+        ("--params", '{"lr": "\\ud800"}', "holds a string that is not valid Unicode"),  # a lone surrogate
+    ],
+    ids=["metrics-1e400", "params-lone-surrogate"],
+)
+def test_json_that_cannot_be_sent_is_a_usage_error_before_hashing(dead_url, model_dir, tmp_path, option, text, message):
+    path = tmp_path / "values.json"
+    path.write_text(text)
+    result = run(
+        "register", "--model", "acme/churn", "--path", str(model_dir), option, str(path), url=dead_url, token="mgr_x"
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{option} {path} {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hashed" not in result.stderr  # checked before any work
+
+
+def test_text_that_cannot_be_sent_is_a_usage_error(dead_url, model_dir):
+    """Arguments that are not UTF-8 reach Python as lone surrogates; a token with a line break would be
+    refused by http.client in a traceback that shows it."""
+    bad = os.fsdecode(b"\xff")
+    base = ("register", "--model", "acme/churn", "--path", str(model_dir))
+    for args, message in [
+        (("register", "--model", "acme/" + bad, "--path", str(model_dir)), "--model b'acme/\\xff' is not valid UTF-8"),
+        ((*base, "--tag", "k=" + bad), "--tag b'k=\\xff' is not valid UTF-8"),
+        ((*base, "--alias", bad), "--alias b'\\xff' is not valid UTF-8"),
+        ((*base, "--source-branch", bad), "source branch b'\\xff' is not valid UTF-8"),
+        (("resolve", "--model", "acme/churn", "--alias", bad), "--alias b'\\xff' is not valid UTF-8"),
+    ]:
+        result = run(*args, url=dead_url, token="mgr_x")
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+    token = "mgr_abc\nsecret"
+    result = run(*base, url=dead_url, token=token)
+    assert result.returncode == 2 and "REGISTRY_TOKEN holds spaces, line breaks" in result.stderr
+    assert "secret" not in result.stderr
+    result = run(*base, url="http://127.0.0.1:port", token="mgr_x")
+    assert result.returncode == 2 and "has an invalid port" in result.stderr
+
+
+def test_runs_as_a_script_from_inside_the_checkout(model_dir):
+    """registry/selectors.py must not shadow the standard library's selectors when run as registry/cli.py."""
+    result = subprocess.run(
+        [sys.executable, "registry/cli.py", "digest", "--path", str(model_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == run("digest", "--path", str(model_dir)).stdout.strip()
+    assert result.stdout.startswith("sha256:")
 
 
 def test_source_defaults_from_ci_env():
