@@ -8,6 +8,9 @@ Standard library only, so an auditor can run it on an exported file without the 
 A whole export must start at sequence 1. Pass --partial for a contiguous export that starts later
 (filtered by since or after_seq), --allow-gaps for one filtered by subject or actor, and
 --expect-head with the X-Audit-Last-Hash the registry sent to detect events missing from the end.
+--allow-gaps proves less: an event whose successor was filtered out links to nothing in the file, so
+whoever rewrote it could have recomputed its hash. For evidence, verify a contiguous export (a time or
+sequence range) and filter it afterwards.
 
 Rule: hash = sha256(prev_hash || canonical_json(event)), where prev_hash is the previous event's
 hash as 64 lowercase hex ASCII characters (64 zeros before the first event), and canonical JSON is
@@ -88,6 +91,8 @@ class _Chain:
         elif self.allow_gaps:
             if seq <= self.prev_seq:
                 raise ChainError(seq, line, f"out of order: follows sequence {self.prev_seq}")
+            if seq == self.prev_seq + 1 and prev_hash != self.prev_hash:  # neighbours still link
+                raise ChainError(seq, line, "prev_hash does not match the previous event's hash")
         else:
             if seq != self.prev_seq + 1:
                 raise ChainError(
@@ -129,7 +134,9 @@ def verify_events(
 
     Contiguous exports must have consecutive sequence numbers, each linking to the one before.
     With allow_gaps (an export filtered by subject or actor), each event's own hash is still
-    checked and sequence numbers must strictly increase. With from_genesis the events must start
+    checked, sequence numbers must strictly increase and neighbours (n, n+1) must link; an event whose
+    successor is not in the export could have been rewritten with its hash recomputed, which only a
+    contiguous export can show. With from_genesis the events must start
     at sequence 1 (the whole log, as the registry checks it).
     """
     chain = _Chain(allow_gaps, from_genesis)
@@ -341,6 +348,9 @@ def _scan_block(data: bytes, allow_gaps: bool, encoding: str, errors: str) -> tu
     if allow_gaps:
         if not all(map(lt, seqs, islice(seqs, 1, None))):
             return None
+        pairs = zip(seqs, islice(seqs, 1, None), hashes, islice(prev_hashes, 1, None), strict=False)
+        if any(after == seq + 1 and prev != hash_ for seq, after, hash_, prev in pairs):
+            return None  # neighbours must link; _Chain names the line
     elif seqs != tuple(range(seqs[0], seqs[0] + len(seqs))) or prev_hashes[1:] != hashes[:-1]:
         return None
     return len(seqs), seqs[0], prev_hashes[0], seqs[-1], hashes[-1]
@@ -570,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(f"OK: {count} events verified; last hash {head}")
+    if args.allow_gaps:
+        print(
+            "note: with --allow-gaps an event whose successor is not in the file is checked against itself "
+            "only; verify a contiguous export to show none was rewritten",
+            file=sys.stderr,
+        )
     return 0
 
 

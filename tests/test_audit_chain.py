@@ -893,6 +893,26 @@ def test_partial_and_filtered_exports(tmp_path, mode):
         assert_same_verdict(result, gappy, from_genesis=not mode)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_filtered_export_checks_what_it_can_and_says_what_it_cannot(tmp_path, jobs):
+    """--allow-gaps: an event rewritten with its hash recomputed is caught when its successor is in the file
+    (they must link); when it is not, nothing in the file can show it, and the verifier says so."""
+    lines = synthetic_lines(12)
+    gappy = lines[1:3] + lines[5:9] + lines[10:]  # sequences 2-3, 6-9, 11-12
+    forged = list(gappy)
+    forged[3] = raw_rehash(TAMPERINGS["value-in-a-string"](forged[3]))  # sequence 7; 8 follows it in the file
+    result = run_verifier(tmp_path, forged, "--allow-gaps", "--jobs", jobs)
+    assert result.returncode == 1 and "OK" not in result.stdout
+    assert result.stderr.startswith("FAIL: sequence 8 (line 5): prev_hash does not match"), result.stderr
+    assert_same_verdict(result, forged, allow_gaps=True, from_genesis=False)
+    forged = list(gappy)
+    forged[5] = raw_rehash(TAMPERINGS["value-in-a-string"](forged[5]))  # sequence 9; 10 was filtered out
+    result = run_verifier(tmp_path, forged, "--allow-gaps", "--jobs", jobs)
+    assert result.returncode == 0 and result.stdout.startswith(f"OK: {len(gappy)} events verified")
+    assert "verify a contiguous export" in result.stderr
+    assert run_verifier(tmp_path, lines[4:], "--partial", "--jobs", jobs).stderr == ""
+
+
 @pytest.mark.parametrize("jobs", ["1", "2", "3"])
 def test_a_large_export_in_parallel(tmp_path, jobs):
     """More than one worker's share (about a MB) of lines: checked in blocks, by worker processes with --jobs."""
