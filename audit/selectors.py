@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce
 from audit import chain
 from audit.canonical_sql import canonical_sql
 from audit.models import AuditChainHead, AuditEvent, format_time
+from core import csv_safe
 
 # Events per streamed chunk (~175 KB of NDJSON; per statement on SQLite). Measured on 1M events in-process:
 # 250 exported in 1.9-2.2 s with the worker's memory flat, 2,000 (1.4 MB chunks) in 3.1-3.5 s and 7 MB more.
@@ -141,12 +142,18 @@ def csv_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     as ""), in chunks of EXPORT_BATCH rows."""
     writer = csv.writer(_Echo())  # writerow() returns the formatted row
     at = CSV_COLUMNS.index("at")
+    # Client text (subject_repr, reason, usernames, ids) must not run as a formula in a spreadsheet, so such
+    # cells get a leading "'". before/after stay exact: canonical JSON starts like a formula only as a
+    # negative number literal, which a spreadsheet reads as that number.
+    escaped = [i for i, name in enumerate(CSV_COLUMNS) if name not in ("before", "after")]
 
     def rows() -> Iterator[str]:
         yield writer.writerow(CSV_COLUMNS)
         for row in qs.values_list(*CSV_COLUMNS).iterator(chunk_size=CSV_FETCH):
             row = ["" if value is None else value for value in row]
             row[at] = format_time(row[at])
+            for i in escaped:
+                row[i] = csv_safe.cell(row[i])
             yield writer.writerow(row)
 
     with transaction.atomic():

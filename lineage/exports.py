@@ -16,6 +16,7 @@ from urllib.parse import quote
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
+from core import csv_safe
 from lineage import graph as graphs
 from lineage import nodes as node_ids
 from lineage import selectors
@@ -344,25 +345,30 @@ def csv_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
     yield flush()
     for node in body["nodes"]:
         version = node.get("version") if node["type"] != "model" else node.get("number")
+        # Names, versions and ids come from clients (OpenLineage events): no cell may run as a formula.
         writer.writerow(
-            [
-                "node",
-                node["id"],
-                node["type"],
-                node.get("namespace", ""),
-                node.get("name", ""),
-                "" if version is None else version,
-                node.get("digest") or "",
-                node.get("state") or node.get("status") or "",
-                node["depth"],
-                "",
-                "",
-                "",
-            ]
+            csv_safe.row(
+                [
+                    "node",
+                    node["id"],
+                    node["type"],
+                    node.get("namespace", ""),
+                    node.get("name", ""),
+                    "" if version is None else version,
+                    node.get("digest") or "",
+                    node.get("state") or node.get("status") or "",
+                    node["depth"],
+                    "",
+                    "",
+                    "",
+                ]
+            )
         )
         yield flush()
     for edge in body["edges"]:
-        writer.writerow(["edge", "", "", "", "", "", "", "", "", edge["source"], edge["target"], edge["kind"]])
+        writer.writerow(
+            csv_safe.row(["edge", "", "", "", "", "", "", "", "", edge["source"], edge["target"], edge["kind"]])
+        )
         yield flush()
     if body["truncated"]:
         writer.writerow(["truncated", "", "", "", "", "", "", "", "", "", "", ""])

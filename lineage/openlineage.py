@@ -32,6 +32,7 @@ SCHEMA_URL = f"https://openlineage.io/spec/{SPEC_VERSION}/OpenLineage.json#/$def
 MAX_DATASETS = 1000  # per inputs / outputs list
 MAX_FACET_NAME = 200
 MAX_VERSION = 500
+ENVIRONMENT_FACET = "environmentVariables"  # redacted by lineage.services wherever it is attached
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MODEL_REF = re.compile(
     r"^(?P<namespace>[a-z0-9][a-z0-9._-]{0,63})/(?P<name>[a-z0-9][a-z0-9._-]{0,63})"
@@ -200,14 +201,6 @@ def _check_run_facet(name: str, facet: dict, path: str) -> None:
         job = _obj(facet.get("job"), f"{path}.job")
         _str(job, "namespace", f"{path}.job")
         _str(job, "name", f"{path}.job")
-    elif name == "environmentVariables":
-        items = facet.get("environmentVariables")
-        if not isinstance(items, list):
-            _bad(f"{path}.environmentVariables", "must be an array.")
-        for i, item in enumerate(items):
-            _obj(item, f"{path}.environmentVariables[{i}]")
-            _str(item, "name", f"{path}.environmentVariables[{i}]")
-            _str(item, "value", f"{path}.environmentVariables[{i}]", required=False, max_length=10_000)
     elif name == "processing_engine":
         _str(facet, "version", path)
     elif _is_facet(name, facet, "executionParameters", "ExecutionParametersRunFacet"):
@@ -218,6 +211,21 @@ def _check_run_facet(name: str, facet: dict, path: str) -> None:
             for i, item in enumerate(params):
                 _obj(item, f"{path}.parameters[{i}]")
                 _str(item, "key", f"{path}.parameters[{i}]")
+
+
+def _check_environment(facet: dict, path: str) -> None:
+    """lineage.services redacts a facet by this name wherever it is attached (run, job, dataset, input or
+    output facets), so its shape is checked everywhere too: every accepted event can be redacted."""
+    items = facet.get(ENVIRONMENT_FACET)
+    if items is None and facet.get("_deleted") is True:
+        return  # a deletion marker: no variables to redact
+    if not isinstance(items, list):
+        _bad(f"{path}.{ENVIRONMENT_FACET}", "must be an array of {name, value} objects.")
+    for i, item in enumerate(items):
+        where = f"{path}.{ENVIRONMENT_FACET}[{i}]"
+        _obj(item, where)
+        _str(item, "name", where)
+        _str(item, "value", where, required=False, max_length=10_000)
 
 
 def _is_facet(name: str, facet: dict, key: str, schema: str) -> bool:
@@ -234,6 +242,8 @@ def _facets(value, path: str, check) -> dict:
         for key in ("_producer", "_schemaURL"):
             if key in facet and not isinstance(facet[key], str):
                 _bad(f"{where}.{key}", "must be a string.")
+        if name == ENVIRONMENT_FACET:
+            _check_environment(facet, where)
         check(name, facet, where)
     return facets
 

@@ -18,7 +18,7 @@ from core.errors import Conflict, Forbidden, InvalidInput
 from lineage import nodes
 from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
-from lineage.openlineage import DatasetRef, ModelRef, ParsedEvent, dataset_digest
+from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, dataset_digest
 from registry.models import ModelPerm, ModelVersion
 
 
@@ -129,7 +129,7 @@ class _Writer:
             latest[name] = value
         rows = []
         for name, value in facets.items():
-            if name == "environmentVariables":
+            if name == ENVIRONMENT_FACET:  # its shape was checked by lineage.openlineage for any subject
                 value = _redacted_environment(value)
             if latest.get(name) != value:
                 rows.append(
@@ -173,9 +173,16 @@ def _user(actor):
 
 def _redacted_environment(facet: dict) -> dict:
     """Environment variables whose names look like secrets are stored as [redacted]."""
-    items = facet.get("environmentVariables") or []
-    redacted = redact({item["name"]: item.get("value") for item in items})
-    return {**facet, "environmentVariables": [{**item, "value": redacted[item["name"]]} for item in items]}
+    items = facet.get(ENVIRONMENT_FACET)
+    if items is None:  # a `_deleted` marker, stored as sent
+        return facet
+    # Item by item: a name sent twice keeps each of its values.
+    return {
+        **facet,
+        ENVIRONMENT_FACET: [
+            {**item, "value": redact({item["name"]: item.get("value")})[item["name"]]} for item in items
+        ],
+    }
 
 
 def _linked_now(version: ModelVersion, run_uuid: uuid.UUID) -> bool:

@@ -133,6 +133,43 @@ def test_export_ignores_the_accept_header(auditor, log):
     assert error.json()["error"]["code"] == "invalid"
 
 
+def test_csv_cells_that_look_like_formulas_are_escaped(personas, auditor, tmp_path):
+    """Client text in the CSV export starting with = + - @ tab or CR gets a leading ' so a spreadsheet shows it
+    instead of running it; before/after stay exact JSON; the NDJSON export keeps every value as stored."""
+    from tests.registry.helpers import register_body, s3_manifest
+
+    owner = personas["owner"].client()
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    assert (
+        owner.post("/api/v1/models/acme/churn/versions/", register_body(s3_manifest(b"v1")), format="json").status_code
+        == 201
+    )
+    link = '=HYPERLINK("http://evil.example","open")'
+    response = owner.patch(
+        "/api/v1/models/acme/churn/versions/1", {"tags": {"stage": "=1+1"}, "reason": link}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    texts = ["+SUM(1,2)", "-2+3", "@cmd", "\tx", "\rx", "plain", "a=b"]
+    with transaction.atomic():
+        for text in texts:
+            record(action="test.csv", subject_type="t", subject_id=text, subject_repr=text, reason=text, after=-0.5)
+    rows = csv_rows(auditor.get(URL, {"format": "csv"}))
+    (patched,) = [r for r in rows if r["reason"] == "'" + link]
+    assert json.loads(patched["after"])["tags"] == {"stage": "=1+1"}  # JSON text starts with "{": kept exact
+    written = [r for r in rows if r["action"] == "test.csv"]
+    escaped = ["'+SUM(1,2)", "'-2+3", "'@cmd", "'\tx", "'\rx", "plain", "a=b"]
+    assert [(r["subject_id"], r["subject_repr"], r["reason"]) for r in written] == [(e, e, e) for e in escaped]
+    assert {r["after"] for r in written} == {"-0.5"}  # a JSON number, not a formula: left as is
+    assert all(r["seq"].isdigit() for r in rows)
+    # The NDJSON export is the hash-verified one: values exactly as stored, and the chain verifies.
+    response = auditor.get(URL)
+    events = ndjson(response)
+    assert [e["reason"] for e in events if e["action"] == "test.csv"] == texts
+    assert link in [e["reason"] for e in events]
+    result = verify_offline(tmp_path, events, "--expect-head", response["X-Audit-Last-Hash"])
+    assert result.returncode == 0, result.stderr
+
+
 # --- filters --------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import uuid
 from urllib.parse import unquote
 
 import pytest
@@ -19,7 +20,7 @@ from prov.model import (
 
 from lineage import openlineage
 from lineage.models import Dataset, DatasetVersion, Edge, Job, Run
-from tests.lineage.conftest import PRODUCER, RAW, post_event
+from tests.lineage.conftest import PRODUCER, RAW, ol_dataset, post_event, run_event
 
 pytestmark = pytest.mark.django_db
 
@@ -173,6 +174,35 @@ def test_csv_lists_nodes_then_edges(personas, scenario):
         (f"run:{runs['B']}", f"dataset:s3://lake:features#run:{runs['B']}", "output"),
     ]
     assert rows[-1]["record"] == "truncated"  # depth 2 stops before the training run
+
+
+def test_csv_cells_that_look_like_formulas_are_escaped(personas, make_version):
+    """Names and versions sent in OpenLineage events that start with = + - @ tab or CR get a leading ' in the CSV
+    (a spreadsheet shows them instead of running them); numbers the export writes (depth, model number) do not.
+    The OpenLineage export keeps the names as sent."""
+    owner = personas["owner"].client()
+    make_version("churn")
+    run = uuid.uuid4()
+    link = '=HYPERLINK("http://evil.example/?x","click")'
+    event = run_event(
+        "COMPLETE",
+        run,
+        ("pipelines", "@cmd"),
+        inputs=[ol_dataset("+ns", link, version="-2+3"), ol_dataset("registry", "acme/churn:1")],
+        outputs=[ol_dataset("s3://lake", "\tout"), ol_dataset("s3://lake", "a=b")],
+    )
+    post_event(owner, event)
+    _, text = export(owner, f"run:{run}", "csv", depth=1)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    nodes = {r["id"]: r for r in rows if r["record"] == "node"}
+    linked = nodes[f"dataset:+ns:{link}#-2+3"]  # ids start with the node type: never a formula
+    assert (linked["namespace"], linked["name"], linked["version"]) == ("'+ns", "'" + link, "'-2+3")
+    assert nodes["dataset:s3://lake:\tout#run:" + str(run)]["name"] == "'\tout"
+    assert nodes[f"dataset:s3://lake:a=b#run:{run}"]["name"] == "a=b"
+    assert (nodes["model:acme/churn:1"]["version"], nodes["model:acme/churn:1"]["depth"]) == ("1", "1")
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row.values())
+    _, lines = export(owner, f"run:{run}", "openlineage", depth=1)
+    assert link in {d["name"] for line in lines.splitlines() for d in json.loads(line).get("inputs", [])}
 
 
 def test_exports_respect_visibility_and_validate_their_query(personas, scenario):

@@ -103,6 +103,44 @@ _DELETE = object()
         (["outputs", 0, "facets"], {"dataSource": {"uri": "nope"}}, "outputs[0].facets.dataSource.uri", "is not a URI"),
         (["outputs", 0, "name"], "x" * 1001, "outputs[0].name", "longer than 1000 bytes"),
         (["outputs", 0, "namespace"], "registry", "outputs[0].name", "name model versions"),
+        # environmentVariables is redacted wherever it is attached, so its shape is checked there too (was a 500
+        # on job and dataset facets).
+        (
+            ["job", "facets", "environmentVariables"],
+            {"environmentVariables": [1]},
+            "job.facets.environmentVariables.environmentVariables[0]",
+            "must be an object",
+        ),
+        (
+            ["job", "facets", "environmentVariables"],
+            {"environmentVariables": "A=1"},
+            "job.facets.environmentVariables.environmentVariables",
+            "must be an array",
+        ),
+        (  # a deletion marker that still carries variables must carry well-formed ones
+            ["job", "facets", "environmentVariables"],
+            {"_deleted": True, "environmentVariables": [{"value": "x"}]},
+            "job.facets.environmentVariables.environmentVariables[0].name",
+            "is required",
+        ),
+        (
+            ["inputs", 0, "facets", "environmentVariables"],
+            {"environmentVariables": [{"value": "x"}]},
+            "inputs[0].facets.environmentVariables.environmentVariables[0].name",
+            "is required",
+        ),
+        (
+            ["outputs", 0, "outputFacets"],
+            {"environmentVariables": {"environmentVariables": [{"name": 1}]}},
+            "outputs[0].outputFacets.environmentVariables.environmentVariables[0].name",
+            "must be a string",
+        ),
+        (
+            ["run", "facets", "environmentVariables"],
+            {"environmentVariables": [{"name": "A", "value": 5}]},
+            "run.facets.environmentVariables.environmentVariables[0].value",
+            "must be a string",
+        ),
     ],
 )
 def test_malformed_events_are_a_400_naming_the_field_and_store_nothing(personas, path, value, field, message):
@@ -204,6 +242,34 @@ def test_a_run_event_maps_to_rows_and_one_audit_event(personas):
     assert after["inputs"] == result["inputs"]
     assert after["outputs"] == result["outputs"]
     assert len(after["payload_sha256"]) == 64
+
+
+def test_environment_variables_are_redacted_on_every_subject(personas):
+    """Job, dataset and input facets named environmentVariables are redacted like run facets; a name sent
+    twice keeps each value; a deletion marker is stored as sent."""
+    client = personas["ci_bot"].client()
+    body = valid()
+    env = {"environmentVariables": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}, {"name": "RANK", "value": "0"}]}
+    body["job"]["facets"]["environmentVariables"] = env
+    body["inputs"][0]["facets"]["environmentVariables"] = env
+    body["inputs"][0]["inputFacets"] = {"environmentVariables": env}
+    body["outputs"][0]["facets"]["environmentVariables"] = {"_deleted": True}
+    body["run"]["facets"]["environmentVariables"] = {
+        "environmentVariables": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}, {"name": "B"}]
+    }
+    post_event(client, body)
+    stored = [f.value for f in Facet.objects.filter(name="environmentVariables")]
+    redacted = {
+        "environmentVariables": [
+            {"name": "AWS_SECRET_ACCESS_KEY", "value": "[redacted]"},
+            {"name": "RANK", "value": "0"},
+        ]
+    }
+    twice = {
+        "environmentVariables": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}, {"name": "B", "value": None}]
+    }
+    assert sorted(stored, key=json.dumps) == sorted([redacted] * 3 + [{"_deleted": True}, twice], key=json.dumps)
+    assert "abc" not in json.dumps(stored)
 
 
 def test_repeated_events_add_no_duplicate_facts(personas):
