@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts import access
@@ -82,6 +83,7 @@ class _Writer:
                 detail={"job": ["The run belongs to another job."]},
             )
         self.counts["runs"] += created
+        _check_may_speak_for(self.actor, run_uuid)
         return obj
 
     def model_version(self, ref: ModelRef, path: str, codename: str | None) -> ModelVersion:
@@ -183,6 +185,23 @@ def _redacted_environment(facet: dict) -> dict:
             {**item, "value": redact({item["name"]: item.get("value")})[item["name"]]} for item in items
         ],
     }
+
+
+def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
+    """A run that produced model versions speaks for their models: its inputs and commit feed the policy's
+    require_lineage gate and the trail. Adding to it needs register_version on each of those models, as
+    naming a model version as an output does; a run known to produce nothing takes any writer's events."""
+    candidates = ModelVersion.objects.filter(
+        Q(run_id=run_uuid) | Q(pk__in=VersionRunLink.objects.filter(run_uuid=run_uuid).values("version_id"))
+    ).select_related("model")
+    for version in candidates:
+        if _linked_now(version, run_uuid) and not access.has_perm(actor, ModelPerm.REGISTER, version.model):
+            visible = access.has_perm(actor, access.view_codename(version.model), version.model)
+            produced = f"model version {version}" if visible else "a model version"
+            raise Forbidden(
+                f"Run {run_uuid} produced {produced}; adding to its lineage needs the 'register_version' "
+                "permission on that model."
+            )
 
 
 def _linked_now(version: ModelVersion, run_uuid: uuid.UUID) -> bool:

@@ -238,9 +238,7 @@ def test_model_registered_before_its_run_is_known_links_when_events_arrive(perso
     make_version("early", run_id=run)
     owner = personas["owner"].client()
     assert ids(graph(owner, "model:acme/early:1")) == ["model:acme/early:1"]
-    post_event(
-        personas["ci_bot"].client(), run_event("COMPLETE", run, ("p", "trainer"), inputs=[ol_dataset("s3://b", "x")])
-    )
+    post_event(owner, run_event("COMPLETE", run, ("p", "trainer"), inputs=[ol_dataset("s3://b", "x")]))
     assert ids(graph(owner, "model:acme/early:1", direction="upstream")) == [
         "model:acme/early:1",
         "job:p:trainer",
