@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from core.errors import InvalidInput
+from core.errors import Conflict, InvalidInput
 from core.unicode import printable, unstorable, unstorable_message
 
 if TYPE_CHECKING:
@@ -132,9 +132,17 @@ METADATA_KEYS = {
 }
 PLACEHOLDERS = {"", "tbd", "tba", "todo", "...", "-", "more information needed"}
 MAX_YAML_NODES = 100_000
+# Objects and arrays nest at most this deep in card content (the card itself is level 1). Deeper content
+# overflows Python's recursion limit somewhere downstream (copy.deepcopy, jsonschema, yaml.dump on export).
+MAX_DEPTH = 32
+# How each input writes a character beyond U+FFFF (for core.unicode.unstorable_message).
+YAML_ASTRAL = "as one escape, \\U0001F600 (YAML does not pair \\u escapes)"
+JSON_ASTRAL = "as a pair of surrogate escapes"
+MARKDOWN_ASTRAL = "as an HTML entity, &#x1F600;"
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 # --- schema validation -------------------------------------------------------------------------
@@ -179,12 +187,22 @@ def _error_entries(error) -> list[tuple[str, str]]:
     return [(_path(path), error.message)]
 
 
+def _too_deep(where: str, hint: str = "") -> InvalidInput:
+    message = f"{where}: objects and arrays nest more than {MAX_DEPTH} levels deep, the limit for a model card{hint}."
+    return InvalidInput(f"Invalid model card. {message}", code="invalid_card", detail={where: [message]})
+
+
 def _check_json_values(value, path=(), budget=None) -> None:
-    """Reject what JSON (and PostgreSQL's jsonb) cannot hold: NaN/Infinity, non-string keys."""
+    """Reject what JSON (and PostgreSQL's jsonb) cannot hold: NaN/Infinity, non-string keys, NUL and lone
+    surrogates (core.unicode); and content nested deeper than MAX_DEPTH. Recurses at most MAX_DEPTH deep."""
     budget = budget if budget is not None else [MAX_YAML_NODES]
     budget[0] -= 1
     if budget[0] < 0:
         raise InvalidInput(f"The card has more than {MAX_YAML_NODES} values.", code="invalid_card")
+    if isinstance(value, dict | list) and len(path) >= MAX_DEPTH:
+        raise _too_deep(_path(path))
+    if isinstance(value, str):
+        _text(value, _path(path), JSON_ASTRAL)
     if isinstance(value, float) and not math.isfinite(value):
         where = _path(path)
         raise InvalidInput(
@@ -201,6 +219,7 @@ def _check_json_values(value, path=(), budget=None) -> None:
                     code="invalid_card",
                     detail={where: ["Keys must be strings."]},
                 )
+            _text(key, _path((*path, printable(key))), JSON_ASTRAL)
             _check_json_values(item, (*path, key), budget)
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -406,8 +425,45 @@ def _collect(node: _Node, inherited: str | None, parts: dict, is_root: bool) -> 
     return f"{heading}\n\n{text}" if text else heading
 
 
-def _jsonable(value, path: str, budget: list[int]):
-    """YAML values -> JSON values (dates as ISO strings), with a bound on expanded size."""
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader whose every refusal is a YAMLError saying where: its constructors raise ValueError and
+    others for values such as `2024-13-45` or `!!float x`, and its composer recurses once per level."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.name = "README.md"  # for the marks in error messages (PyYAML: "<unicode string>")
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent) and self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nests more than {MAX_DEPTH} levels deep, the limit for a model card",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            value = repr(node.value[:80]) if isinstance(node, yaml.ScalarNode) else "this value"
+            reason = f" ({exc})" if isinstance(exc, ValueError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{value} is not a valid {tag}{reason}", node.start_mark
+            ) from None
+
+
+def _jsonable(value, path: str, budget: list[int], level: int = 1):
+    """YAML values -> JSON values (dates as ISO strings), with bounds on expanded size and depth (YAML
+    aliases can nest a value in itself). The YAML root becomes at least level 1 of the card, so refusing
+    deeper than MAX_DEPTH here never refuses a card validate() would accept."""
     budget[0] -= 1
     if budget[0] < 0:
         raise InvalidInput(
@@ -415,16 +471,18 @@ def _jsonable(value, path: str, budget: list[int]):
             code="invalid_card",
             detail={"metadata": ["Too large."]},
         )
+    if isinstance(value, dict | list | tuple | set | frozenset) and level > MAX_DEPTH:
+        raise _too_deep(path, " (a YAML alias inside its own anchor, as in `&a [*a]`, nests without end)")
     if isinstance(value, dict):
         mapping = {}
         for k, v in value.items():
             key = str(k)
             where = f"{path}.{printable(key)}"
-            mapping[_text(key, where)] = _jsonable(v, where, budget)
+            mapping[_text(key, where)] = _jsonable(v, where, budget, level + 1)
         return mapping
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [_jsonable(v, f"{path}[{i}]", budget) for i, v in enumerate(items)]
+        return [_jsonable(v, f"{path}[{i}]", budget, level + 1) for i, v in enumerate(items)]
     if isinstance(value, datetime.date | datetime.datetime):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -444,11 +502,11 @@ def _jsonable(value, path: str, budget: list[int]):
     return value
 
 
-def _text(value: str, path: str) -> str:
+def _text(value: str, path: str, astral_escape: str = YAML_ASTRAL) -> str:
     """YAML's escapes ("\\0", "\\uD800") can make text that cannot be stored (core.unicode): refused, naming where."""
     char = unstorable(value)
     if char is not None:
-        message = unstorable_message(path, char, "as one escape, \\U0001F600 (YAML does not pair \\u escapes)")
+        message = unstorable_message(path, char, astral_escape)
         raise InvalidInput(f"Invalid model card. {message}", code="invalid_card", detail={path: [message]})
     return value
 
@@ -462,8 +520,10 @@ def _metadata_block(readme: str) -> tuple[dict, str]:
     if not match:
         return {}, readme
     body = readme[match.end() :]
+    # Blank lines for the opening `---`: the line numbers in YAML errors are the README's.
+    text = "\n" * len(_LINE_BREAK.findall(match.group(1))) + match.group(2)
     try:
-        data = yaml.safe_load(match.group(2))
+        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise InvalidInput(
             f"The README's YAML metadata block does not parse: {exc}",
@@ -485,6 +545,11 @@ def from_huggingface(readme_text: str) -> dict:
     """A Hugging Face README.md (YAML metadata + Markdown) -> canonical card content (validated)."""
     if not isinstance(readme_text, str):
         raise InvalidInput("A README must be text.", code="invalid_card")
+    # PostgreSQL cannot store NUL (or a lone surrogate) anywhere in the card: one check for YAML and Markdown.
+    if (char := unstorable(readme_text)) is not None:
+        line = len(_LINE_BREAK.findall(readme_text, 0, readme_text.index(char))) + 1
+        message = unstorable_message(f"line {line} of the README", char, MARKDOWN_ASTRAL)
+        raise InvalidInput(f"Invalid model card: {message}", code="invalid_card", detail={"body": [message]})
     raw, body = _metadata_block(readme_text)
     for key in ("eval_results", "model_name", "ignore_metadata_errors"):
         if key in raw:
@@ -547,6 +612,16 @@ def from_huggingface(readme_text: str) -> dict:
 
 def to_huggingface(content: dict) -> str:
     """Canonical card content -> a Hugging Face README.md (YAML metadata + Markdown sections)."""
+    try:
+        _check_json_values(content)
+    except InvalidInput as exc:
+        # A revision stored before a limit (e.g. MAX_DEPTH) existed stays, append-only: say so, not a 500.
+        raise Conflict(
+            f"This card revision cannot be written as a README.md: {exc.message.removeprefix('Invalid model card. ')} "
+            "Read it as JSON (format=json), or add a revision within the limits.",
+            code="card_not_exportable",
+            detail=exc.detail,
+        ) from None
     metadata = dict(content.get("metadata") or {})
     extra = metadata.pop("extra", {}) or {}
     model_index = metadata.pop("model_index", None)

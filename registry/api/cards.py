@@ -105,6 +105,10 @@ class CardView(ModelScopedView):
             (200, "application/json"): CardRevisionOutput,
             (200, MARKDOWN): OpenApiResponse(OpenApiTypes.STR, description="Hugging Face README.md"),
             (404, "application/json"): OpenApiResponse(description="No such model or version, or no card yet"),
+            (409, "application/json"): OpenApiResponse(
+                description="format=huggingface: this revision, stored before today's limits, cannot be written "
+                "as a README.md (read it as JSON)"
+            ),
         },
     )
     def get(self, request, namespace, name, number):

@@ -591,3 +591,104 @@ def test_unstorable_text_in_the_metadata_is_400_naming_where(owner, metadata, wh
         assert "\\U0001F600" in error["message"]  # how YAML writes it: it does not pair \\u escapes
     astral = post_markdown(owner, '---\nlicense: mit\nlanguage: "\\U0001F600"\n---\n# Model\n\nText.\n')
     assert astral.status_code == 201, astral.json()
+
+
+def nested(levels, leaf=1):
+    """`levels` objects, one inside the other."""
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def assert_refused(r, *phrases):
+    error = r.json()["error"]
+    assert (r.status_code, error["code"]) == (400, "invalid_card"), r.content
+    for phrase in phrases:
+        assert phrase in error["message"], error["message"]
+    assert ModelCardRevision.objects.count() == 0
+    assert not AuditEvent.objects.filter(action="card.revised").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_line", "phrases"),
+    [
+        ("d: 2024-13-45", ["'2024-13-45' is not a valid !!timestamp (month must be in 1..12)", "line 3"]),
+        ("d: 2024-01-01T10:00:00+99:00", ["is not a valid !!timestamp (offset must be", "line 3"]),
+        ("a: !!float x", ["'x' is not a valid !!float", "line 3"]),
+        ("a: !!bool x", ["'x' is not a valid !!bool", "line 3"]),
+        ("a: !!timestamp x", ["'x' is not a valid !!timestamp", "line 3"]),
+        ("x: " + "[" * 1000 + "]" * 1000, ["nests more than 32 levels deep", "line 3"]),
+        ("a: &a [*a]", ["metadata.a[0]", "more than 32 levels deep", "&a [*a]"]),
+        # aliases stacked: each 20 deep as written, 40 once expanded
+        ("a: &a " + "[" * 20 + "]" * 20 + "\nb: " + "[" * 20 + "*a" + "]" * 20, ["metadata.b[0]", "32 levels"]),
+    ],
+    ids=["bad-date", "bad-offset", "bad-float", "bad-bool", "bad-timestamp", "deep", "self-alias", "stacked-aliases"],
+)
+def test_unreadable_yaml_metadata_is_400_naming_the_problem(owner, yaml_line, phrases):
+    """PyYAML's constructors raise ValueError and others, and its composer and our converter recursed
+    once per level or forever (an alias in its own anchor): all were 500s."""
+    r = post_markdown(owner, f"---\nlicense: mit\n{yaml_line}\n---\n\n# T\n\n## Model Details\n\nx\n")
+    assert_refused(r, *phrases)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("# Model\n\n## Model Details\n\nA\x00B\n", 5),
+        ("# Mo\x00del\n\nText.\n", 1),
+        ("---\nlicense: mit\n---\n# Model\n\n## Training\x00 Data\n\nx\n", 6),
+        ("---\r\nlicense: mi\x00t\r\n---\r\n# Model\r\n", 2),  # raw NUL in the YAML block, CRLF lines
+    ],
+    ids=["section", "title", "heading", "yaml"],
+)
+def test_nul_in_a_readme_is_400_naming_the_line(owner, text, line):
+    """PostgreSQL's text and jsonb cannot hold NUL: a NUL in the Markdown reached the database (a 500)."""
+    r = post_markdown(owner, text)
+    assert_refused(r, f"line {line} of the README holds a NUL character")
+    # the JSON body refuses it too (at parse time), and so does validate() for any other caller
+    r = owner.post(CARD, {"content": {"model_details": "A\x00B"}}, format="json")
+    assert r.status_code == 400 and "NUL" in r.json()["error"]["message"]
+    with pytest.raises(InvalidInput, match="model_details holds a NUL"):
+        cards.validate({"model_details": "A\x00B"})
+    assert ModelCardRevision.objects.count() == 0
+
+
+def test_card_nesting_is_limited_to_32_levels_on_every_entry_point(owner):
+    """Deep content was a 500 (copy.deepcopy) from ~600 levels, and from ~400 it was stored but its README
+    export failed forever. The card, metadata and extra are levels 1-3."""
+    at_limit = {"metadata": {"extra": nested(30)}}
+    for too_deep in ({"metadata": {"extra": nested(31)}}, {"metadata": {"extra": nested(600)}}):
+        r = owner.post(CARD, {"content": too_deep}, format="json")
+        assert_refused(r, "metadata.extra.a.a", "nest more than 32 levels deep")
+    # an HF import lands its YAML keys in metadata.extra: the same limit, named the same way
+    r = post_markdown(owner, "---\nx: " + "[" * 30 + "]" * 30 + "\n---\n# T\n")
+    assert_refused(r, "metadata.extra.x[0][0]", "nest more than 32 levels deep")
+
+    first = owner.post(CARD, {"content": at_limit}, format="json")
+    assert first.status_code == 201, first.json()
+    exported = owner.get(CARD, {"format": "huggingface"})
+    assert exported.status_code == 200
+    # ... and the export imports back to the same card (no new revision)
+    again = post_markdown(owner, exported.content.decode())
+    assert (again.status_code, again.json()["revision"]) == (200, 1), again.json()
+    assert again.json()["content"] == at_limit
+
+
+def test_a_stored_revision_too_deep_to_export_is_409_not_500(owner, personas):
+    """A revision stored before the limit stays (append-only): its JSON reads, its README export says why not."""
+    from registry.models import ModelVersion
+
+    version = ModelVersion.objects.get(model__namespace="acme", model__name="churn", number=1)
+    ModelCardRevision.objects.create(
+        version=version,
+        revision=1,
+        schema_version="1",
+        content={"metadata": {"extra": nested(400)}},
+        created_by=personas["owner"].user,
+    )
+    assert owner.get(CARD).status_code == 200
+    for r in (owner.get(CARD, {"format": "huggingface"}), owner.get(CARD, HTTP_ACCEPT="text/markdown")):
+        error = r.json()["error"]
+        assert (r.status_code, error["code"]) == (409, "card_not_exportable"), r.content
+        assert "nest more than 32 levels deep" in error["message"] and "format=json" in error["message"]
