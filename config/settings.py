@@ -14,24 +14,34 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def env(name: str, default: str | None = None) -> str | None:
+# Every variable the settings read: the registry's own configuration, which a deployment target's
+# credentials_ref may not name (governance.deployment.credentials_ref_problem).
+OWN_ENVIRONMENT: set[str] = set()
+
+
+def _read(name: str, default: str | None = None) -> str | None:
+    OWN_ENVIRONMENT.add(name)
     return os.environ.get(name, default)
 
 
+def env(name: str, default: str | None = None) -> str | None:
+    return _read(name, default)
+
+
 def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
+    value = _read(name)
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
+    value = _read(name)
     return int(value) if value not in (None, "") else default
 
 
 def env_list(name: str, default: str) -> list[str]:
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+    return [item.strip() for item in _read(name, default).split(",") if item.strip()]
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)

@@ -189,10 +189,30 @@ def _unclaim(target_id: int, owner: str) -> None:
     DeploymentTarget.objects.filter(pk=target_id, lease_owner=owner).update(lease_owner="", lease_until=None)
 
 
+# Where the platform's own cloud and database credentials live (boto3 reads AWS_*, libpq PG*).
+PLATFORM_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "PG", "DJANGO_", "CELERY_")
+
+
+def credentials_ref_problem(ref: str) -> str | None:
+    """Why a target may not name this credential, or None. A target's credential is sent to the host its
+    config names, so it must not be the registry's own (a target's creator could otherwise send
+    SECRET_KEY or DATABASE_URL to a server of their choosing): no variable the settings read, no cloud or
+    database credential variable."""
+    kind, _, name = ref.partition(":")
+    if kind == "env" and (name in settings.OWN_ENVIRONMENT or name.startswith(PLATFORM_ENV_PREFIXES)):
+        return (
+            f"credentials_ref env:{name} names the registry's own configuration, not a host credential: "
+            "keep the host's credential in a variable (or secret file) of its own."
+        )
+    return None
+
+
 def resolve_credentials(ref: str) -> str | None:
     """env:VAR -> the variable's value; secret:name -> the file SECRETS_DIR/name. Never logged."""
     if not ref:
         return None
+    if problem := credentials_ref_problem(ref):  # a target created before the rule
+        raise HostError(problem, retryable=False)
     kind, _, name = ref.partition(":")
     if kind == "env":
         value = os.environ.get(name)

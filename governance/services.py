@@ -68,6 +68,8 @@ def target_create(
             "never the credential itself.",
             detail={"credentials_ref": ["Use env:VAR_NAME or secret:name."]},
         )
+    if credentials_ref and (problem := deployment.credentials_ref_problem(credentials_ref)):
+        raise InvalidInput(problem, detail={"credentials_ref": [problem]})
     rules = _validate_rules(policy)
     try:
         with transaction.atomic():

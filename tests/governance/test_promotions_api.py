@@ -59,6 +59,34 @@ def test_credentials_must_be_a_reference(world):
     assert r.status_code == 400 and "credentials_ref" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "name", ["SECRET_KEY", "DATABASE_URL", "METRICS_TOKEN", "CELERY_BROKER_URL", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD"]
+)
+def test_a_target_cannot_name_the_registrys_own_secrets_as_its_credential(world, name):
+    """The worker sends a target's credential to the host the target's config names: naming SECRET_KEY
+    there would hand the registry's own secret to whoever created the target."""
+    from governance.models import DeploymentTarget
+
+    body = {
+        "name": "rep",
+        "kind": "replicate",
+        "stage": "production",
+        "config": {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
+    }
+    refused = (
+        world["admin"].client().post("/api/v1/targets/", {**body, "credentials_ref": f"env:{name}"}, format="json")
+    )
+    assert refused.status_code == 400, refused.json()
+    assert "registry's own configuration" in refused.json()["error"]["message"]
+    assert not DeploymentTarget.objects.filter(name="rep").exists()
+    ok = (
+        world["admin"]
+        .client()
+        .post("/api/v1/targets/", {**body, "credentials_ref": "env:REPLICATE_API_TOKEN"}, format="json")
+    )
+    assert ok.status_code == 201, ok.json()
+
+
 def test_only_admins_create_targets(world):
     r = (
         world["owner"]

@@ -1,4 +1,5 @@
-"""The reconciler against an operator acting while a host call is under way.
+"""The reconciler against an operator acting while a host call is under way (and against a target that
+names the registry's own secret as its credential).
 
 The reconciler calls hosts outside database transactions, so a rollback can land between what it read and
 what it writes. The host is Replicate's wire-compatible local server (tests/fakes), driven by the real
@@ -220,3 +221,15 @@ def test_a_stored_artifact_gone_missing_fails_the_release_with_the_reason(world,
         deployment.materialize(release)
     assert raised.value.retryable is False
     assert not (tmp_path / "data" / "releases" / "prod" / "1").exists()
+
+
+def test_a_target_naming_the_registrys_own_secret_gets_nothing_sent(world, rep, replicate, settings):
+    """A target stored before credentials_ref refused the registry's own variables: the worker refuses to
+    resolve it, the release fails with the reason, and the host never sees the secret."""
+    DeploymentTarget.objects.filter(pk=rep.pk).update(credentials_ref="env:SECRET_KEY")
+    release_version(world, rep, 1)
+    assert reconcile(rep) == "failed"
+    rep.refresh_from_db()
+    assert states(rep) == {1: "failed"} and rep.desired_release is None
+    assert "registry's own configuration" in AuditEvent.objects.get(action="release.failed").reason
+    assert replicate.requests == []
