@@ -13,12 +13,13 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -187,6 +188,30 @@ def _claim(target_id: int, owner: str) -> bool:
 
 def _unclaim(target_id: int, owner: str) -> None:
     DeploymentTarget.objects.filter(pk=target_id, lease_owner=owner).update(lease_owner="", lease_until=None)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews a held claim every third of the lease while the reconcile runs: a host call (a large
+    self-hosted copy, a slow platform) may outlast the lease, and a second worker would then claim the
+    target and deploy beside the first. A killed worker takes this thread with it, so its claim still runs out."""
+
+    def __init__(self, target_id: int, owner: str):
+        super().__init__(name=f"lease-{target_id}", daemon=True)
+        self.target_id, self.owner, self.done = target_id, owner, threading.Event()
+
+    def run(self) -> None:
+        lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+        try:
+            while not self.done.wait(lease.total_seconds() / 3):
+                DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
+                    lease_until=timezone.now() + lease
+                )
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
 
 
 # Where the platform's own cloud and database credentials live (boto3 reads AWS_*, libpq PG*).
@@ -404,6 +429,8 @@ def reconcile(target_id: int, *, owner: str) -> str:
     naming the release it was converging (`release_id`) for release_fail."""
     if not _claim(target_id, owner):
         return "busy"
+    keeper = _LeaseKeeper(target_id, owner)
+    keeper.start()
     try:
         target = DeploymentTarget.objects.select_related("desired_release__version__model").get(pk=target_id)
         release = target.desired_release
@@ -415,6 +442,7 @@ def reconcile(target_id: int, *, owner: str) -> str:
             exc.release_id = release.pk
             raise
     finally:
+        keeper.stop()
         _unclaim(target_id, owner)
 
 

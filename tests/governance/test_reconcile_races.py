@@ -9,6 +9,7 @@ hook is where the operator acts: on the server's thread, while the reconciler wa
 
 import hashlib
 import json
+import time
 
 import pytest
 from django.db import connection
@@ -233,3 +234,26 @@ def test_a_target_naming_the_registrys_own_secret_gets_nothing_sent(world, rep, 
     assert states(rep) == {1: "failed"} and rep.desired_release is None
     assert "registry's own configuration" in AuditEvent.objects.get(action="release.failed").reason
     assert replicate.requests == []
+
+
+def test_a_host_call_longer_than_the_lease_keeps_the_target_claimed(world, rep, replicate, settings):
+    """The claim is renewed while a reconcile runs, so a second worker does not deploy beside a slow first."""
+    settings.RECONCILE_LEASE_SECONDS = 1
+    release_version(world, rep, 1)
+    outcome = {}
+
+    def slow_create(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            time.sleep(2.5)  # two and a half leases
+            try:
+                outcome["second worker"] = deployment.reconcile(rep.pk, owner="second-worker")
+            finally:
+                connection.close()
+
+    replicate.intercept = slow_create
+    assert reconcile(rep) == "converged"
+    assert outcome == {"second worker": "busy"}
+    assert replicate.releases_created == 1
+    rep.refresh_from_db()
+    assert (rep.lease_owner, rep.lease_until) == ("", None)  # released when done
