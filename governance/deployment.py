@@ -115,13 +115,18 @@ def record_deployed_edge(release: Release) -> None:
 
 
 def previous_good(target: DeploymentTarget) -> Release | None:
-    """The release that served before the current desired one: the default rollback destination."""
-    periods = ServingPeriod.objects.filter(target=target).select_related("release").order_by("-started_at", "-id")
-    current = target.desired_release_id
-    for period in periods:
-        if period.release_id != current:
-            return period.release
-    return None
+    """The release that served before the current desired one, and that nobody rolled back from: the
+    default rollback destination. (Without that exception a second "roll back", a double click or a
+    retried request, would send traffic back to the release the first one rolled back from.)"""
+    periods = (
+        ServingPeriod.objects.filter(target=target)
+        .exclude(release_id=target.desired_release_id)
+        .exclude(release__state=ReleaseState.ROLLED_BACK)
+        .select_related("release")
+        .order_by("-started_at", "-id")
+    )
+    period = periods.first()
+    return period.release if period else None
 
 
 def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_number: int | None = None) -> Release:

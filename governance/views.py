@@ -243,6 +243,12 @@ def target_detail(request, name: str):
     )
 
 
+def _release_number(request) -> int | None:
+    """The release the button named: a second click then finds it already desired instead of picking anew."""
+    value = request.POST.get("release", "")
+    return int(value) if value.isdigit() and len(value) <= 9 else None
+
+
 @login_required
 @require_POST
 def target_rollback(request, name: str):
@@ -255,7 +261,7 @@ def target_rollback(request, name: str):
         return redirect("ui-target", name=name)
     try:
         release = deployment.deployment_rollback(
-            actor=request.user, target=target, reason=request.POST.get("reason", "")
+            actor=request.user, target=target, reason=request.POST.get("reason", ""), to_number=_release_number(request)
         )
     except DomainError as exc:
         messages.error(request, exc.message)

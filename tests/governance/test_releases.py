@@ -162,3 +162,22 @@ def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
     assert not any(r["model_hidden"] for r in shown)
     assert {(r["model"], r["version"]) for r in shown} == {("acme/churn", 1)}
     assert all(r["digest"].startswith("sha256:") for r in shown)
+
+
+def test_a_second_rollback_does_not_undo_the_first(world, client):
+    """A double click, two operators, or an API client retrying: the release just rolled back from is not a
+    rollback destination, and the button names the release it shows."""
+    target, r1 = _two_serving_releases(world)  # release 2 live (bad), release 1 served before
+    client.force_login(world["admin"].user)
+    page = client.get("/targets/prod/")
+    assert b'name="release" value="1"' in page.content
+    for _ in range(2):
+        client.post("/targets/prod/rollback/", {"reason": "p95 doubled", "release": "1"})
+    target.refresh_from_db()
+    assert target.desired_release.number == 1
+    assert b"already the desired release" in client.get("/targets/prod/").content
+    retried = world["admin"].client().post("/api/v1/targets/prod/rollback", {"reason": "p95 doubled"}, format="json")
+    assert retried.status_code == 409 and retried.json()["error"]["code"] == "nothing_to_roll_back_to"
+    target.refresh_from_db()
+    assert target.desired_release.number == 1 and Release.objects.get(number=2).state == "rolled_back"
+    assert b"Roll back to release" not in client.get("/targets/prod/").content  # nothing left to offer
