@@ -4,6 +4,7 @@ No database access: the views hand in versions, card contents and policy rules.
 """
 
 import difflib
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -84,24 +85,39 @@ class SectionDiff:
     lines: list[tuple[str, str]] = field(default_factory=list)  # (kind: hunk|add|del|ctx, text)
 
 
+def _numbered_sections(content: dict | None) -> dict[tuple[str, int], tuple[str, str, str]]:
+    """A card's sections keyed by (key, occurrence), in reading order, as (key, heading, text).
+
+    The card schema lets `other_sections` repeat a title (a README with two "## Notes"), which
+    `card_sections` keys alike; the second and later ones become "Notes (2)", "Notes (3)", ... so
+    each is compared with the same occurrence in the other card and none hides another.
+    """
+    seen: dict[str, int] = {}
+    out = {}
+    for key, heading, text in card_sections(content):
+        n = seen[key] = seen.get(key, 0) + 1
+        out[(key, n)] = (key, heading, text) if n == 1 else (f"{key} ({n})", f"{heading} ({n})", text)
+    return out
+
+
 def card_diff(candidate: dict | None, serving: dict | None) -> list[SectionDiff]:
     """Section by section unified diff of the serving card (from) against the candidate's (to)."""
-    new = {k: (h, t) for k, h, t in card_sections(candidate)}
-    old = {k: (h, t) for k, h, t in card_sections(serving)}
-    order = [k for k, _, _ in card_sections(candidate)] + [k for k, _, _ in card_sections(serving) if k not in new]
+    new = _numbered_sections(candidate)
+    old = _numbered_sections(serving)
+    order = list(new) + [k for k in old if k not in new]
     result = []
-    for key in order:
-        heading = (new.get(key) or old.get(key))[0]
-        a = old[key][1].splitlines() if key in old else []
-        b = new[key][1].splitlines() if key in new else []
-        if key in new and key in old and a == b:
+    for ident in order:
+        key, heading, _ = new.get(ident) or old[ident]
+        a = old[ident][2].splitlines() if ident in old else []
+        b = new[ident][2].splitlines() if ident in new else []
+        if ident in new and ident in old and a == b:
             result.append(SectionDiff(key, heading, "unchanged"))
             continue
-        status = "changed" if key in new and key in old else ("added" if key in new else "removed")
+        status = "changed" if ident in new and ident in old else ("added" if ident in new else "removed")
         lines = []
-        for line in difflib.unified_diff(a, b, lineterm="", n=3):
-            if line.startswith(("---", "+++")):
-                continue
+        # unified_diff opens with exactly two header lines ("--- ", "+++ "); skip those, not every
+        # line starting with "--"/"++" (a removed "-- do not use" reads "--- do not use").
+        for line in itertools.islice(difflib.unified_diff(a, b, lineterm="", n=3), 2, None):
             kind = {"@": "hunk", "+": "add", "-": "del"}.get(line[:1], "ctx")
             lines.append((kind, line))
         result.append(SectionDiff(key, heading, status, lines))
