@@ -64,7 +64,7 @@ def main(sizes: list[int], requests: int, reps: int = 1) -> dict:
             name="review",
             kind="self_hosted",
             stage="production",
-            config={},
+            config={"backend": "review"},
             policy={"approvals_required": 2, "approver_groups": [roles.REVIEWERS], "requester_can_approve": False},
         )
     policy = Policy.objects.filter(target=target, model__isnull=True).order_by("-version").first()

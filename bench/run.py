@@ -985,6 +985,7 @@ def load_setup(env: dict, port: int, pool: int, rng) -> dict:
             "name": "load",
             "kind": "self_hosted",
             "stage": "production",
+            "config": {"backend": "load"},
             "policy": {"approvals_required": 1, "approver_groups": ["reviewers"], "requester_can_approve": False},
         },
         expect=(201,),

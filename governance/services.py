@@ -9,7 +9,7 @@ import re
 from datetime import timedelta
 
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
@@ -73,6 +73,7 @@ def target_create(
     rules = _validate_rules(policy)
     try:
         with transaction.atomic():
+            _check_resources_free(kind, config, credentials_ref)
             target = DeploymentTarget.objects.create(
                 name=name,
                 kind=kind,
@@ -103,6 +104,24 @@ def target_create(
     except IntegrityError:
         raise Conflict(f"A target named {name} already exists.", code="already_exists") from None
     return target
+
+
+def _check_resources_free(kind: str, config: dict, credentials_ref: str) -> None:
+    """Two targets on one host resource (an HAProxy backend, a Replicate deployment...) would deploy over
+    each other: a staging approval would move production traffic. Creations are serialized for the check."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('governance.target_create'))")
+    wanted = HOSTS[kind].resources(config, credentials_ref)
+    for other in DeploymentTarget.objects.filter(kind=kind).only("name", "config", "credentials_ref"):
+        shared = wanted & HOSTS[kind].resources(other.config, other.credentials_ref)
+        if shared:
+            raise Conflict(
+                f"Target {other.name} already controls the {min(shared)}; two targets on it would deploy over "
+                "each other. Give this target its own (config), or use that target.",
+                code="host_resource_in_use",
+                detail={"target": other.name, "resources": sorted(shared)},
+            )
 
 
 def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: RegisteredModel | None = None) -> Policy:

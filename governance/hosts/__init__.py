@@ -23,6 +23,10 @@ class HostSpec:
     def validate_config(self, config: dict) -> dict:
         return self.module.validate_config(config)
 
+    def resources(self, config: dict, credentials_ref: str = "") -> frozenset[str]:
+        """What a target with this (validated) config controls on its host; no two targets may share any."""
+        return self.module.resources(config, credentials_ref)
+
     @property
     def capabilities(self) -> frozenset[str]:
         return self.module.CAPABILITIES

@@ -113,6 +113,12 @@ def validate_config(config: dict) -> dict:
     return checked
 
 
+def resources(config: dict, credentials_ref: str) -> frozenset[str]:
+    """What on the platform a target with this config controls: two targets must not share it."""
+    base = config.get("base_url", DEFAULT_BASE_URL).rstrip("/")
+    return frozenset({f"Inference Endpoint {config['namespace']}/{config['endpoint']} at {base}"})
+
+
 def _timeout_hook(request) -> None:
     """Give requests made inside `_session` the target's timeout (the shared session has none)."""
     seconds = _TIMEOUT.get()

@@ -93,6 +93,13 @@ def validate_config(config: dict) -> dict:
     return checked
 
 
+def resources(config: dict, credentials_ref: str) -> frozenset[str]:
+    """What on the platform a target with this config controls: two targets must not share it. The Modal
+    workspace is the credential's, so the same app name under another credential is another app."""
+    environment = config.get("environment") or "(default environment)"
+    return frozenset({f"Modal app {config['app_name']} in {environment} with {credentials_ref or 'no credential'}"})
+
+
 def release_tag(spec: ReleaseSpec) -> str:
     """The Modal deployment tag that identifies a release's artifact on the host."""
     if spec.host_revision:

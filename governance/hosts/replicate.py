@@ -68,6 +68,12 @@ def validate_config(config: dict) -> dict:
     return checked
 
 
+def resources(config: dict, credentials_ref: str) -> frozenset[str]:
+    """What on the platform a target with this config controls: two targets must not share it."""
+    base = config.get("base_url", DEFAULT_BASE_URL).rstrip("/")
+    return frozenset({f"Replicate deployment {config['owner']}/{config['deployment']} at {base}"})
+
+
 def scaling(cfg: dict) -> dict:
     """Hardware and instance bounds the deployment should run with (defaults fill what config omits)."""
     wanted = {key: cfg.get(key, default) for key, default in DEFAULTS.items()}

@@ -122,6 +122,16 @@ def validate_config(config: dict) -> dict:
     return checked
 
 
+def resources(config: dict, credentials_ref: str) -> frozenset[str]:
+    """What on this machine a target with this config controls: its HAProxy backend and its state
+    directory (which records the release numbers it runs). Two targets must share neither: one would
+    deploy into the other's traffic."""
+    settings = Settings.of(config)
+    return frozenset(
+        {f"HAProxy backend {settings.backend} at {settings.admin}", f"state directory {settings.state_dir}"}
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     admin: str

@@ -87,6 +87,51 @@ def test_a_target_cannot_name_the_registrys_own_secrets_as_its_credential(world,
     assert ok.status_code == 201, ok.json()
 
 
+@pytest.mark.parametrize(
+    ("kind", "first", "clash", "distinct"),
+    [
+        ("self_hosted", None, {}, {"backend": "staging"}),  # prod (world) has the default backend
+        (
+            "self_hosted",
+            {"backend": "first", "state_dir": "/srv/registry-state"},
+            {"backend": "staging", "state_dir": "/srv/registry-state"},
+            {"backend": "staging"},
+        ),
+        (
+            "replicate",
+            {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
+            {"owner": "acme", "deployment": "churn", "model": "acme/churn", "hardware": "gpu-t4"},
+            {"owner": "acme", "deployment": "churn-staging", "model": "acme/churn"},
+        ),
+        (
+            "hf_endpoint",
+            {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn"},
+            {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn-v2"},
+            {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn", "base_url": "https://e.example/v2"},
+        ),
+    ],
+    ids=["self-hosted-backend", "self-hosted-state-dir", "replicate", "hf"],
+)
+def test_two_targets_cannot_control_one_host_resource(world, kind, first, clash, distinct):
+    """A staging target on production's HAProxy backend (or Replicate deployment...) would let a staging
+    approval move production traffic: refused, naming the target that holds it."""
+    admin = world["admin"].client()
+
+    def create(name: str, config: dict):
+        body = {"name": name, "kind": kind, "stage": "staging", "config": config, "policy": POLICY}
+        return admin.post("/api/v1/targets/", body, format="json")
+
+    holder = "prod" if first is None else "first"
+    if first is not None:
+        assert create("first", first).status_code == 201
+    refused = create("staging", clash)
+    assert refused.status_code == 409, refused.json()
+    error = refused.json()["error"]
+    assert error["code"] == "host_resource_in_use" and error["detail"]["target"] == holder
+    assert f"Target {holder} already controls" in error["message"]
+    assert create("staging", distinct).status_code == 201
+
+
 def test_only_admins_create_targets(world):
     r = (
         world["owner"]

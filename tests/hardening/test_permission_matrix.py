@@ -156,7 +156,13 @@ def matrix(world) -> dict[str, Row]:
         "POST /api/v1/targets/": Row(
             "/api/v1/targets/",
             admin_only(201),
-            {"name": "staging", "kind": "self_hosted", "stage": "staging", "policy": POLICY},
+            {
+                "name": "staging",
+                "kind": "self_hosted",
+                "stage": "staging",
+                "config": {"backend": "staging"},
+                "policy": POLICY,
+            },
         ),
         "GET /api/v1/targets/{name}/": Row(f"{t}/", target_read()),
         "GET /api/v1/targets/{name}/policy/": Row(f"{t}/policy/", target_read()),

@@ -58,7 +58,13 @@ def test_a_token_in_an_api_response_is_found_but_not_in_its_creation_response(sc
 def test_a_host_credential_named_by_a_target_is_found_in_a_log_file(scanner, personas, monkeypatch):
     monkeypatch.setenv("PLANTED_HOST_TOKEN", "r8_plantedCredentialValue0123")
     admin = personas["admin"].client()
-    body = {"name": "rep", "kind": "self_hosted", "stage": "prod", "credentials_ref": "env:PLANTED_HOST_TOKEN"}
+    body = {
+        "name": "rep",
+        "kind": "self_hosted",
+        "stage": "prod",
+        "config": {"backend": "rep"},
+        "credentials_ref": "env:PLANTED_HOST_TOKEN",
+    }
     assert admin.post("/api/v1/targets/", body, format="json").status_code == 201
     with tempfile.TemporaryDirectory() as planted:  # outside pytest's basetemp, which the session scan reads
         logs = Path(planted)

@@ -30,7 +30,12 @@ CARD_WITH_TRAINING_DATA = {**CARD_WITHOUT_TRAINING_DATA, "training_data": "CRM s
 
 def target(admin, name="prod", stage="production", policy=None):
     return governance.target_create(
-        actor=admin, name=name, kind="self_hosted", stage=stage, config={}, policy=policy or POLICY
+        actor=admin,
+        name=name,
+        kind="self_hosted",
+        stage=stage,
+        config={"backend": name},
+        policy=policy or POLICY,
     )
 
 
