@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts import access
@@ -20,7 +19,7 @@ from lineage import nodes
 from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
 from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, dataset_digest
-from registry.models import ModelPerm, ModelVersion
+from registry.models import ModelPerm, ModelVersion, RegisteredModel
 
 
 @dataclass
@@ -190,16 +189,23 @@ def _redacted_environment(facet: dict) -> dict:
 def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
     """A run that produced model versions speaks for their models: its inputs and commit feed the policy's
     require_lineage gate and the trail. Adding to it needs register_version on each of those models, as
-    naming a model version as an output does; a run known to produce nothing takes any writer's events."""
-    candidates = ModelVersion.objects.filter(
-        Q(run_id=run_uuid) | Q(pk__in=VersionRunLink.objects.filter(run_uuid=run_uuid).values("version_id"))
-    ).select_related("model")
-    for version in candidates:
-        if _linked_now(version, run_uuid) and not access.has_perm(actor, ModelPerm.REGISTER, version.model):
-            visible = access.has_perm(actor, access.view_codename(version.model), version.model)
-            produced = f"model version {version}" if visible else "a model version"
+    naming a model version as an output does; a run known to produce nothing takes any writer's events.
+    Two indexed look-ups (registration's run_id, link facts by run), whatever the registry's size."""
+    latest_links: dict[int, bool] = {}
+    for version_id, linked in VersionRunLink.objects.filter(run_uuid=run_uuid).order_by("id").values_list(
+        "version_id", "linked"
+    ):
+        latest_links[version_id] = linked  # the latest fact per version wins
+    registered = set(ModelVersion.objects.filter(run_id=run_uuid).values_list("pk", flat=True))
+    produced = {v for v in registered if latest_links.get(v, True)} | {v for v, on in latest_links.items() if on}
+    if not produced:
+        return
+    for model in RegisteredModel.objects.filter(versions__pk__in=produced).distinct():
+        if not access.has_perm(actor, ModelPerm.REGISTER, model):
+            visible = access.has_perm(actor, access.view_codename(model), model)
+            produced_what = f"a version of model {model}" if visible else "a model version"
             raise Forbidden(
-                f"Run {run_uuid} produced {produced}; adding to its lineage needs the 'register_version' "
+                f"Run {run_uuid} produced {produced_what}; adding to its lineage needs the 'register_version' "
                 "permission on that model."
             )
 

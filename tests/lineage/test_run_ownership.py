@@ -56,3 +56,18 @@ def test_a_run_that_produced_no_model_version_takes_events_from_any_writer(perso
     post_event(personas["owner"].client(), run_event("START", run, ("etl", "ingest")))
     post_event(personas["outsider"].client(), run_event("COMPLETE", run, ("etl", "ingest")))
     assert LineageEvent.objects.filter(run__run_uuid=run).count() == 2
+
+
+def test_links_decide_which_runs_speak_for_a_model(personas, make_version):
+    """The latest link fact wins: a run linked afterwards is protected, one unlinked as a correction is not."""
+    wrong, right = uuid.uuid4(), uuid.uuid4()
+    owner, outsider = personas["owner"].client(), personas["outsider"].client()
+    make_version("churn", run_id=wrong)
+    post_event(owner, run_event("START", right, ("ml", "train-churn")))
+    post_event(outsider, run_event("START", uuid.uuid4(), ("ml", "train-churn")))  # an unrelated run
+    for run, linked in ((right, True), (wrong, False)):
+        body = {"nodeId": "model:acme/churn:1", "runId": str(run), "linked": linked, "reason": "fix"}
+        assert owner.post("/api/v1/lineage/links", body, format="json").status_code == 201
+    assert outsider.post("/api/v1/lineage", forged(right), format="json").status_code == 403
+    wrong_job = run_event("COMPLETE", wrong, ("ml", "train-churn"))
+    assert outsider.post("/api/v1/lineage", wrong_job, format="json").status_code == 201
