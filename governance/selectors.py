@@ -117,7 +117,9 @@ def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revisio
 
 
 def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: PolicyRules) -> set[int]:
-    """Of these users, those may_review() would let review now (one query for all of them)."""
+    """Of these users, those who may review the request under the rules (one query for all of them): active,
+    in one of the policy's approver groups, and not its requester unless the policy allows that. The one
+    place the rule lives: may_review() asks it too, and only explains a refusal."""
     if not rules.requester_can_approve:
         user_ids = user_ids - {request.requester_id}
     if not user_ids or not rules.approver_groups:
@@ -131,16 +133,15 @@ def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: Po
 
 def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[bool, str]:
     """Whether the user may approve or reject, and why not. Superusers get no exemption."""
+    if user and user.is_active and user.pk in _still_approvers({user.pk}, request=request, rules=rules):
+        return True, ""
     if not (user and user.is_active):
         return False, "Log in to review."
     if request.requester_id == user.pk and not rules.requester_can_approve:
         return False, "You requested this promotion; the policy does not let requesters review their own."
     if not rules.approver_groups:
         return False, "The policy names no approver groups, so nobody may approve on this target."
-    groups = set(user.groups.values_list("name", flat=True))
-    if not groups & set(rules.approver_groups):
-        return False, f"Only members of {', '.join(rules.approver_groups)} may review promotions to this target."
-    return True, ""
+    return False, f"Only members of {', '.join(rules.approver_groups)} may review promotions to this target."
 
 
 def promotions_visible(*, user) -> QuerySet[PromotionRequest]:
@@ -167,13 +168,12 @@ def review_queue(*, user) -> QuerySet[PromotionRequest]:
     def mine(policy: Policy) -> bool:
         return bool(set(policy.rules.get("approver_groups", [])) & groups)
 
-    def pair(target_id: int, model_id: int) -> Q:
-        return Q(target_id=target_id, version__model_id=model_id)
+    def pairs(wanted: bool) -> Q:  # flat ORs: nesting one level per override overflowed the recursion limit
+        chosen = [Q(target_id=t, version__model_id=m) for (t, m), policy in overrides.items() if mine(policy) == wanted]
+        return Q(*chosen, _connector=Q.OR) if chosen else Q(pk__in=[])
 
-    reviewable = Q(target_id__in=[t for t, policy in targets.items() if mine(policy)])
-    for (t, m), policy in overrides.items():
-        reviewable = reviewable | pair(t, m) if mine(policy) else reviewable & ~pair(t, m)
-    return pending.filter(reviewable).exclude(requester=user).order_by("created_at", "id")
+    by_target = Q(target_id__in=[t for t, policy in targets.items() if mine(policy)]) & ~pairs(False)
+    return pending.filter(by_target | pairs(True)).exclude(requester=user).order_by("created_at", "id")
 
 
 def _current_policies() -> tuple[dict[int, Policy], dict[tuple[int, int], Policy]]:

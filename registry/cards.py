@@ -451,7 +451,9 @@ class _YamlLoader(yaml.SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise anything (`!!int ''`: IndexError)
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             value = repr(node.value[:80]) if isinstance(node, yaml.ScalarNode) else "this value"
             reason = f" ({exc})" if isinstance(exc, ValueError) else ""

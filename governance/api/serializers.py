@@ -51,10 +51,12 @@ class PolicyOutput(serializers.Serializer):
 
 class HidesModel(serializers.Serializer):
     """A release of a model the caller may not view names nothing of it (as in the web UI): `model`,
-    `version`, `digest` and `promotion` are null and `model_hidden` is true. The view puts the caller's
-    `visible_model_ids` in the serializer context; without it the serializer fails rather than show all."""
+    `version`, `digest`, `promotion` and what would name them (the endpoint URL and host release id carry
+    the model's name and digest, the reason the promotion) are null and `model_hidden` is true. The view
+    puts the caller's `visible_model_ids` in the serializer context; without it the serializer fails
+    rather than show all."""
 
-    HIDDEN = ("model", "version", "digest", "promotion")
+    HIDDEN = ("model", "version", "digest", "promotion", "endpoint_url", "host_release_id", "reason")
     model_hidden = serializers.SerializerMethodField(help_text="The caller may not view this release's model.")
 
     def get_model_hidden(self, release) -> bool:
@@ -214,10 +216,10 @@ class ReleaseOutput(HidesModel):
     digest = serializers.CharField(source="version.digest", allow_null=True)
     state = serializers.CharField()
     traffic_percent = serializers.IntegerField()
-    endpoint_url = serializers.CharField()
-    host_release_id = serializers.CharField()
+    endpoint_url = serializers.CharField(allow_null=True)
+    host_release_id = serializers.CharField(allow_null=True)
     promotion = serializers.IntegerField(source="promotion_id", allow_null=True)
-    reason = serializers.CharField()
+    reason = serializers.CharField(allow_null=True)
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
     created_at = serializers.DateTimeField()
     live_at = serializers.DateTimeField(allow_null=True)

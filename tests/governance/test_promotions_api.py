@@ -346,6 +346,23 @@ def test_a_model_override_decides_who_sees_a_request_in_the_queue(world):
     assert client.post(f"/api/v1/promotions/{pk}/approve", {}, format="json").json()["state"] == "approved"
 
 
+def test_the_review_queue_with_hundreds_of_model_overrides(world):
+    """Overrides that alternate between naming my group and not: the queue's filter stays flat (it nested one
+    level per override and overflowed Python's recursion limit at a few hundred)."""
+    from governance.models import DeploymentTarget, Policy
+    from registry.models import RegisteredModel
+
+    target = DeploymentTarget.objects.get(name="prod")
+    models = RegisteredModel.objects.bulk_create(RegisteredModel(namespace="many", name=f"m{i}") for i in range(600))
+    Policy.objects.bulk_create(
+        Policy(target=target, model=m, version=1, rules={**POLICY, "approver_groups": ["reviewers" if i % 2 else "x"]})
+        for i, m in enumerate(models)
+    )
+    pk = promote(world["owner"]).json()["id"]
+    mine = world["reviewer"].client().get("/api/v1/promotions/?waiting_for_me=true")
+    assert mine.status_code == 200 and [p["id"] for p in mine.json()["results"]] == [pk]
+
+
 def test_an_approval_counts_only_while_its_approver_may_review(world):
     """An approver who leaves the approver group, or is deactivated, no longer makes up the quorum."""
     from django.contrib.auth.models import Group

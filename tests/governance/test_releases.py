@@ -135,6 +135,9 @@ def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
     from datetime import UTC
 
     _two_serving_releases(world)
+    Release.objects.update(  # as a self-hosted deploy fills them: they name the model and its digest
+        endpoint_url="http://127.0.0.1:8080/v2/models/churn", host_release_id="prod/r2@1234abcd", reason="promotion #7"
+    )
     at = timezone.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     paths = [
         "/api/v1/targets/",
@@ -157,7 +160,7 @@ def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
     assert len(hidden) == 5 and all(r["model_hidden"] for r in hidden)
     for r in hidden:
         assert (r["model"], r["version"], r["digest"]) == (None, None, None) and r["number"] in (1, 2)
-    assert "churn" not in str(hidden) and "sha256" not in str(hidden)
+    assert "churn" not in str(hidden) and "1234abcd" not in str(hidden) and "#7" not in str(hidden)
     shown = releases("reviewer")
     assert not any(r["model_hidden"] for r in shown)
     assert {(r["model"], r["version"]) for r in shown} == {("acme/churn", 1)}

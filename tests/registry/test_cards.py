@@ -618,12 +618,25 @@ def assert_refused(r, *phrases):
         ("a: !!float x", ["'x' is not a valid !!float", "line 3"]),
         ("a: !!bool x", ["'x' is not a valid !!bool", "line 3"]),
         ("a: !!timestamp x", ["'x' is not a valid !!timestamp", "line 3"]),
+        ("a: !!int ''", ["'' is not a valid !!int", "line 3"]),  # PyYAML: IndexError
+        ("a: !!float ''", ["'' is not a valid !!float", "line 3"]),
         ("x: " + "[" * 1000 + "]" * 1000, ["nests more than 32 levels deep", "line 3"]),
         ("a: &a [*a]", ["metadata.a[0]", "more than 32 levels deep", "&a [*a]"]),
         # aliases stacked: each 20 deep as written, 40 once expanded
         ("a: &a " + "[" * 20 + "]" * 20 + "\nb: " + "[" * 20 + "*a" + "]" * 20, ["metadata.b[0]", "32 levels"]),
     ],
-    ids=["bad-date", "bad-offset", "bad-float", "bad-bool", "bad-timestamp", "deep", "self-alias", "stacked-aliases"],
+    ids=[
+        "bad-date",
+        "bad-offset",
+        "bad-float",
+        "bad-bool",
+        "bad-timestamp",
+        "empty-int",
+        "empty-float",
+        "deep",
+        "self-alias",
+        "stacked-aliases",
+    ],
 )
 def test_unreadable_yaml_metadata_is_400_naming_the_problem(owner, yaml_line, phrases):
     """PyYAML's constructors raise ValueError and others, and its composer and our converter recursed
