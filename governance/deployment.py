@@ -9,6 +9,7 @@ that the desired release is still the one it worked on.
 """
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -254,47 +255,65 @@ def resolve_credentials(ref: str) -> str | None:
     return value
 
 
+# A full or failing disk may clear up; anything else (a name too long, a file where a folder must go) won't.
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY}
+
+
 def materialize(release: Release) -> str:
-    """Copy a registry-stored version's files into a release directory, checking every sha256 on the way."""
+    """Copy a registry-stored version's files into a release directory, checking every sha256 on the way.
+
+    The directory is reused only if the marker beside it names this version's digest: after a database
+    restore (or a registry re-created on the same DATA_DIR) release number N may be another version. The
+    marker lives beside the folder, not in it, since a manifest may hold a file of any name."""
     version = release.version
     if not version.artifact_uri.startswith("registry://"):
         raise HostError(
             f"self-hosted targets serve registry-stored artifacts, not {version.artifact_uri}", retryable=False
         )
     root = Path(settings.DATA_DIR) / "releases" / release.target.name / str(release.number)
-    if (root / ".complete").exists():
+    marker = root.with_name(f"{root.name}.complete")
+    if root.is_dir() and marker.is_file() and marker.read_text() == version.digest:
         return str(root)
     staging = root.with_name(f"{root.name}.{uuid.uuid4().hex}.tmp")
-    store = blob_store()
     try:
-        for f in version.manifest["files"]:
-            dest = staging / f["path"]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            hasher = hashlib.sha256()
-            try:
-                src = store.open(f["sha256"])
-            except FileNotFoundError:
-                raise HostError(
-                    f"stored artifact {f['path']} (sha256 {f['sha256']}) is missing from the artifact store; "
-                    "refusing to deploy",
-                    retryable=False,
-                ) from None
-            with src, dest.open("wb") as out:
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-            if hasher.hexdigest() != f["sha256"]:
-                raise HostError(
-                    f"stored artifact {f['path']} no longer matches its sha256; refusing to deploy", retryable=False
-                )
-        (staging / ".complete").write_text(version.digest)
+        _copy_files(version, staging)
+        marker.unlink(missing_ok=True)
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)
+        marker.write_text(version.digest)
+    except OSError as exc:
+        raise HostError(
+            f"could not copy release {release.number}'s files to {root}: {exc}", retryable=exc.errno in TRANSIENT_ERRNOS
+        ) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return str(root)
+
+
+def _copy_files(version, staging: Path) -> None:
+    store = blob_store()
+    for f in version.manifest["files"]:
+        dest = staging / f["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256()
+        try:
+            src = store.open(f["sha256"])
+        except FileNotFoundError:
+            raise HostError(
+                f"stored artifact {f['path']} (sha256 {f['sha256']}) is missing from the artifact store; "
+                "refusing to deploy",
+                retryable=False,
+            ) from None
+        with src, dest.open("wb") as out:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+                out.write(chunk)
+        if hasher.hexdigest() != f["sha256"]:
+            raise HostError(
+                f"stored artifact {f['path']} no longer matches its sha256; refusing to deploy", retryable=False
+            )
 
 
 def _spec(

@@ -192,8 +192,8 @@ def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
     naming a model version as an output does; a run known to produce nothing takes any writer's events.
     Two indexed look-ups (registration's run_id, link facts by run), whatever the registry's size."""
     latest_links: dict[int, bool] = {}
-    for version_id, linked in VersionRunLink.objects.filter(run_uuid=run_uuid).order_by("id").values_list(
-        "version_id", "linked"
+    for version_id, linked in (
+        VersionRunLink.objects.filter(run_uuid=run_uuid).order_by("id").values_list("version_id", "linked")
     ):
         latest_links[version_id] = linked  # the latest fact per version wins
     registered = set(ModelVersion.objects.filter(run_id=run_uuid).values_list("pk", flat=True))

@@ -15,6 +15,7 @@ from core.errors import InvalidInput
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_FILES = 10_000
 MAX_PATH = 1024
+MAX_NAME = 255  # bytes in one path segment: the file-name limit of ext4, XFS, APFS, NTFS
 
 
 def _fail(message: str, field: str):
@@ -29,6 +30,8 @@ def _check_path(path, where: str) -> str:
     parts = path.split("/")
     if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         _fail(f"path '{path}' must be relative, use '/' separators and contain no '', '.' or '..' segments.", where)
+    if any(len(p.encode()) > MAX_NAME for p in parts):
+        _fail(f"path '{path[:80]}…' has a name longer than {MAX_NAME} bytes, which no common file system holds.", where)
     return str(PurePosixPath(path))
 
 
@@ -56,6 +59,12 @@ def normalize(manifest) -> dict:
             _fail(f"path '{path}' appears more than once.", f"{where}.path")
         seen.add(path)
         result.append({"path": path, "size": size, "sha256": sha})
+    folders = {str(parent) for path in seen for parent in PurePosixPath(path).parents} - {"."}
+    if clash := sorted(seen & folders):
+        _fail(
+            f"path '{clash[0]}' is a file and also the folder of other files; a file system holds only one.",
+            "manifest.files",
+        )
     result.sort(key=lambda f: f["path"])
     return {"files": result}
 

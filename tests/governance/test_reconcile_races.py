@@ -203,6 +203,53 @@ def test_a_drift_repair_records_the_drift_and_redeploys(world, rep, replicate):
     assert replicate.history[("acme", "churn-rep")][-1]["version"] == replicate_version(1)
 
 
+def stored_version(number: int, files: dict[str, bytes], *, store: bool = True) -> ModelVersion:
+    """A registry-stored version of acme/churn with these files (put in the blob store unless store=False);
+    made with the ORM, so a manifest registration would now refuse can be made too."""
+    from registry.storage import blob_store
+    from tests.registry.helpers import file_entry
+
+    for content in files.values() if store else ():
+        blob_store().put([content], expected_sha256=hashlib.sha256(content).hexdigest(), expected_size=len(content))
+    return ModelVersion.objects.create(
+        model=ModelVersion.objects.get(number=1).model,
+        number=number,
+        digest="sha256:" + hashlib.sha256(repr(sorted(files)).encode() + bytes(number)).hexdigest(),
+        artifact_uri=f"registry://acme/churn/{number}",
+        manifest={"files": [file_entry(path, content) for path, content in files.items()]},
+    )
+
+
+def test_a_release_folder_is_reused_only_for_the_same_version(world, settings, tmp_path):
+    """After a database restore, release 1 may be another version than the folder on disk holds: the marker
+    beside the folder names the digest, and a folder for another digest is copied afresh. A manifest file
+    named like the marker is the model's own."""
+    settings.DATA_DIR = tmp_path / "data"
+    target = DeploymentTarget.objects.get(name="prod")
+    old = stored_version(2, {"model.bin": b"OLD MODEL"})
+    path = deployment.materialize(Release.objects.create(target=target, version=old, number=1))
+    assert (tmp_path / "data/releases/prod/1/model.bin").read_bytes() == b"OLD MODEL"
+    Release.objects.filter(target=target).delete()  # the restored database has another release 1
+    new = stored_version(3, {"model.bin": b"NEW MODEL", ".complete": b"the model's own file"})
+    assert deployment.materialize(Release.objects.create(target=target, version=new, number=1)) == path
+    assert (tmp_path / "data/releases/prod/1/model.bin").read_bytes() == b"NEW MODEL"
+    assert (tmp_path / "data/releases/prod/1/.complete").read_bytes() == b"the model's own file"
+    assert (tmp_path / "data/releases/prod/1.complete").read_text() == new.digest
+
+
+def test_files_a_file_system_cannot_hold_fail_the_release_not_the_task(world, settings, tmp_path):
+    """A stored manifest holding 'weights' and 'weights/part1' (registration refuses it now): the copy fails
+    with a permanent host error naming the release, not an OSError that left it deploying."""
+    settings.DATA_DIR = tmp_path / "data"
+    clash = stored_version(2, {"weights": b"a", "weights/part1": b"b"})
+    release = Release.objects.create(target=DeploymentTarget.objects.get(name="prod"), version=clash, number=1)
+    with pytest.raises(deployment.HostError, match="could not copy release 1's files") as raised:
+        deployment.materialize(release)
+    assert raised.value.retryable is False
+    assert not (tmp_path / "data/releases/prod/1").exists()
+    assert list((tmp_path / "data/releases/prod").iterdir()) == []  # no staging folder left
+
+
 def test_a_stored_artifact_gone_missing_fails_the_release_with_the_reason(world, settings, tmp_path):
     """A self-hosted release copies registry-stored files; a blob missing from the store is a host error
     that fails the release (it was an unhandled FileNotFoundError: the release stayed deploying)."""

@@ -291,3 +291,20 @@ def test_values_the_schema_does_not_allow_are_400_and_write_nothing(owner, chang
     assert r.status_code == 400, r.content
     assert field in r.json()["error"]["message"]
     assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("paths", "phrase"),
+    [
+        (["weights", "weights/part1"], "path 'weights' is a file and also the folder of other files"),
+        (["a/b", "a/b/c/d"], "path 'a/b' is a file and also the folder"),
+        (["x" * 256], "a name longer than 255 bytes"),
+        (["dir/" + "é" * 128], "a name longer than 255 bytes"),  # 256 bytes in UTF-8
+    ],
+    ids=["file-and-folder", "nested", "long-name", "long-utf8-name"],
+)
+def test_a_manifest_no_file_system_could_hold_is_refused(owner, paths, phrase):
+    """Such a version could never be copied to a self-hosted release folder."""
+    manifest = {"files": [{"path": p, "size": 1, "sha256": f"{i:064x}"} for i, p in enumerate(paths, 1)]}
+    r = owner.post(f"{BASE}/versions/", register_body(manifest), format="json")
+    assert r.status_code == 400 and phrase in r.json()["error"]["message"], r.json()
