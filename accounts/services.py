@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group
 from django.db import models, transaction
 from django.utils import timezone
@@ -13,6 +14,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from accounts import scopes as scope_names
 from accounts.models import ApiToken
 from audit.services import record
+from core import context
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 MAX_EXPIRY_DAYS = 3650
@@ -80,10 +82,15 @@ def token_create(
     return IssuedToken(token=token, plaintext=plaintext)
 
 
+def token_revocable_by(actor, token: ApiToken) -> bool:
+    """Who may revoke a token: its owner, or a superuser (anyone's). Others are told it does not exist."""
+    return actor.is_superuser or token.user_id == actor.pk
+
+
 def token_revoke(*, actor, token_id: int, reason: str = "") -> ApiToken:
     with transaction.atomic():
         token = ApiToken.objects.select_for_update(no_key=True).select_related("user").filter(pk=token_id).first()
-        if token is None or not (actor.is_superuser or token.user_id == actor.pk):
+        if token is None or not token_revocable_by(actor, token):
             raise NotFound(f"No API token with id {token_id}.")
         if token.revoked_at is not None:
             raise Conflict(f"Token {token.prefix} was already revoked at {token.revoked_at.isoformat()}.")
@@ -102,14 +109,14 @@ def token_revoke(*, actor, token_id: int, reason: str = "") -> ApiToken:
 
 
 def user_get_or_create(*, actor, username: str) -> tuple[models.Model, bool]:
+    """A user without a usable password; its creation is audited (user.created) by accounts.signals, as `actor`."""
     User = get_user_model()
-    with transaction.atomic():
-        user, created = User.objects.get_or_create(username=username)
-        if created:
-            user.set_unusable_password()
-            user.save(update_fields=["password"])
-            record(action="user.created", subject=user, actor=actor, after={"username": username})
-    return user, created
+    acting = context.actor.set(actor)
+    try:
+        with transaction.atomic():
+            return User.objects.get_or_create(username=username, defaults={"password": make_password(None)})
+    finally:
+        context.actor.reset(acting)
 
 
 def _principal(principal) -> tuple[str, str]:

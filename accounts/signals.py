@@ -1,12 +1,18 @@
-"""Audit changes of group membership and model-wide permissions, however they are made (admin, shell)."""
+"""Audit changes of accounts, group membership and model-wide permissions, however they are made (admin, shell,
+management commands)."""
+
+import os
+import sys
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import get_hasher, identify_hasher, is_password_usable
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
-from django.db.models.signals import m2m_changed
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from audit.services import record
+from core import context
 
 _ACTIONS = {"post_add": "granted", "post_remove": "revoked", "pre_clear": "revoked"}
 
@@ -71,3 +77,117 @@ def group_permissions_changed(sender, instance, action, reverse, model, pk_set, 
         _audit_m2m_from_permission("permission", instance, action, model, pk_set, "group_set", "permissions")
     else:
         _audit_m2m("permission", instance, action, model, pk_set, "permissions")
+
+
+# --- accounts: created, deleted, flags changed, password changed ------------------------------------------
+# One mechanism for every way in (admin forms, createsuperuser, changepassword, create_user, a shell): pre_save
+# reads the stored flags and password hash, post_save and post_delete record what changed, inside the
+# transaction of the change when there is one (the admin's add, change, password and delete views; services).
+# A save in autocommit (create_user or createsuperuser outside any transaction) has committed its row by itself
+# when post_save runs: its event follows at once in a transaction of its own. QuerySet.update(), bulk_create()
+# and raw saves (loaddata) are not audited. The password hash never reaches a payload, only the fact of the change.
+
+User = get_user_model()
+ACCOUNT_FLAGS = ("is_superuser", "is_staff", "is_active")
+_WATCHED = frozenset({*ACCOUNT_FLAGS, "password"})
+_BEFORE = "_account_audit_before"  # the stored flags and hash, set on the instance by pre_save for post_save
+
+
+def _account(user) -> dict:
+    return {"username": user.get_username(), **{flag: getattr(user, flag) for flag in ACCOUNT_FLAGS}}
+
+
+def _system_actor() -> str:
+    """Who changed an account when no signed-in user did: `cli:<command>` under manage.py (createsuperuser,
+    changepassword, shell), else `system`."""
+    if os.path.basename(sys.argv[0]) in {"manage.py", "django-admin"}:
+        command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+        if command:
+            return f"cli:{command}"
+    return "system"
+
+
+def _actor():
+    """The request's user (the admin), an actor named by the caller (a service, a command), or a system actor;
+    never anonymous."""
+    actor = context.actor.get()
+    if isinstance(actor, str) or getattr(actor, "is_authenticated", False):
+        return actor
+    return _system_actor()
+
+
+def _written(update_fields) -> frozenset:
+    return _WATCHED if update_fields is None else _WATCHED & frozenset(update_fields)
+
+
+@receiver(pre_save, sender=User)
+def user_before_save(sender, instance, raw, using, update_fields, **kwargs):
+    instance.__dict__.pop(_BEFORE, None)
+    if raw or instance._state.adding or not _written(update_fields):
+        return  # a new user has no before; a last_login update (every login) writes nothing watched
+    before = sender._base_manager.using(using).filter(pk=instance.pk).values(*ACCOUNT_FLAGS, "password").first()
+    if before is not None:
+        instance.__dict__[_BEFORE] = before
+
+
+def _is_hash_upgrade(user, update_fields, old_hash: str, new_hash: str) -> bool:
+    """check_password()'s re-hash of the same password with the preferred hasher (Django clears `_password` and
+    saves only the password): not a password change."""
+    if getattr(user, "_password", None) is not None or update_fields is None or set(update_fields) != {"password"}:
+        return False
+    if not (is_password_usable(old_hash) and is_password_usable(new_hash)):
+        return False
+    try:
+        old, new, preferred = identify_hasher(old_hash), identify_hasher(new_hash), get_hasher("default")
+    except ValueError:
+        return False
+    return new.algorithm == preferred.algorithm and (
+        old.algorithm != preferred.algorithm or preferred.must_update(old_hash)
+    )
+
+
+@receiver(post_save, sender=User)
+def user_saved(sender, instance, created, raw, using, update_fields, **kwargs):
+    if raw:
+        return
+    if created:
+        with transaction.atomic(using=using):
+            record(action="user.created", subject=instance, actor=_actor(), after=_account(instance))
+        return
+    before = instance.__dict__.pop(_BEFORE, None)
+    if before is None:
+        return
+    written = _written(update_fields)
+    changed = [flag for flag in ACCOUNT_FLAGS if flag in written and before[flag] != getattr(instance, flag)]
+    old_hash, new_hash = before["password"], instance.password
+    new_password = (
+        "password" in written
+        and old_hash != new_hash
+        and (is_password_usable(old_hash) or is_password_usable(new_hash))  # not one unusable marker for another
+        and not _is_hash_upgrade(instance, update_fields, old_hash, new_hash)
+    )
+    if not (changed or new_password):
+        return
+    with transaction.atomic(using=using):
+        actor = _actor()
+        if changed:
+            record(
+                action="user.changed",
+                subject=instance,
+                actor=actor,
+                before={flag: before[flag] for flag in changed},
+                after={flag: getattr(instance, flag) for flag in changed},
+            )
+        if new_password:  # the fact only: whether a password one can sign in with is now set, never the hash
+            record(
+                action="user.password_changed",
+                subject=instance,
+                actor=actor,
+                after={"usable": is_password_usable(instance.password)},
+            )
+
+
+@receiver(post_delete, sender=User)
+def user_deleted(sender, instance, using, **kwargs):
+    with transaction.atomic(using=using):  # the delete's own transaction (Django's Collector runs in one)
+        record(action="user.deleted", subject=instance, actor=_actor(), before=_account(instance))

@@ -6,7 +6,6 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts import roles, services
-from audit.services import record
 from core import context
 
 ACTOR = "cli:seed_demo"
@@ -49,12 +48,10 @@ class Command(BaseCommand):
         after = {"is_staff": is_admin, "is_superuser": is_admin}
         if before != after:
             user.is_staff = user.is_superuser = is_admin
-            user.save(update_fields=["is_staff", "is_superuser"])
-            record(action="user.changed", subject=user, actor=ACTOR, before=before, after=after)
+            user.save(update_fields=["is_staff", "is_superuser"])  # audited by accounts.signals, as ACTOR
         if not user.check_password(demo_password(username)):
             user.set_password(demo_password(username))
             user.save(update_fields=["password"])
-            record(action="user.password_set", subject=user, actor=ACTOR, reason="demo password")
         missing = [group for group in groups if not user.groups.filter(pk=group.pk).exists()]
         if missing:
             user.groups.add(*missing)
