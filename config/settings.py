@@ -65,6 +65,8 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Previous keys, comma-separated, while rotating SECRET_KEY: old sessions and webhook secrets still open.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", "")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 

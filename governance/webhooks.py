@@ -21,15 +21,19 @@ So when the broker is down nothing is lost: the events wait in the audit table a
 deliveries in theirs until a worker can be reached again.
 
 Secrets: `whsec_<base64 of 32 random bytes>`, shown once on creation, stored encrypted with a
-Fernet key derived (HKDF-SHA256) from SECRET_KEY (SECRET_KEY_FALLBACKS still decrypt), and never
-logged, audited or returned again.
+Fernet key derived (HKDF-SHA256) from SECRET_KEY (keys in SECRET_KEY_FALLBACKS, read from the environment
+by config/settings.py, still decrypt), and never logged, audited or returned again.
 """
 
 import base64
+import contextlib
+import http.client
 import json
 import logging
 import random
 import secrets as pysecrets
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,7 +45,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -49,6 +53,7 @@ from standardwebhooks import Webhook
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from core.errors import Conflict, InvalidInput
+from core.unicode import printable
 from governance.webhook_models import (
     DeliveryState,
     WebhookAttempt,
@@ -384,7 +389,121 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+class _Deadline:
+    """One attempt's overall deadline (WEBHOOK_TIMEOUT_SECONDS), not a per-read timeout.
+
+    A socket timeout bounds each read, so a receiver trickling a byte at a time (in the status line, the
+    headers or the body) could hold an attempt indefinitely, past its lease. At the deadline a watchdog
+    shuts down the sockets it watches: whatever the attempt is blocked in (connecting through a proxy, the
+    TLS handshake, sending, reading the answer) returns at once."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {self.seconds:g}s")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        # The socket itself, not the connection's: urllib detaches it from the connection once the headers
+        # are in, and the response reads its body from it.
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            self._shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        # socket.socket's own shutdown: an SSLSocket's would also drop its SSL object under the reader. OSError:
+        # already closed, detached (then wrapped in TLS, which is watched too) or not connected yet (connecting
+        # has its own timeout: the time left).
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _deadline_connection(base: type[http.client.HTTPConnection], deadline: _Deadline):
+    """`base` whose connect honours the deadline and whose sockets the deadline's watchdog can shut down."""
+
+    class Connection(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = self._connect_before_deadline
+
+        def _connect_before_deadline(self, address, timeout, source_address=None):
+            # socket.create_connection, except that all the addresses a name resolves to share the deadline.
+            host, port = address
+            error: OSError | None = None
+            for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+                sock = socket.socket(family, kind, proto)
+                deadline.watch(sock)
+                try:
+                    sock.settimeout(min(timeout, deadline.remaining()))
+                    if source_address:
+                        sock.bind(source_address)
+                    sock.connect(sockaddr)
+                    return sock
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    if isinstance(exc, TimeoutError):
+                        break
+            raise error or OSError(f"cannot resolve {host}")
+
+        if issubclass(base, http.client.HTTPSConnection):
+
+            def connect(self):
+                # HTTPSConnection.connect, with the handshake done once self.sock is the TLS socket, so the
+                # watchdog can cut a handshake that trickles too.
+                http.client.HTTPConnection.connect(self)
+                server_hostname = self._tunnel_host or self.host
+                self.sock = self._context.wrap_socket(
+                    self.sock, server_hostname=server_hostname, do_handshake_on_connect=False
+                )
+                deadline.watch(self.sock)
+                self.sock.do_handshake()
+
+    return Connection
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._connection_class = _deadline_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req):
+        return self.do_open(self._connection_class, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._connection_class = _deadline_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req):
+        return self.do_open(self._connection_class, req, context=self._context)
 
 
 @dataclass
@@ -403,18 +522,46 @@ def _retry_after(headers) -> float | None:
         return None
 
 
-def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpResult:
-    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")  # noqa: S310
+def _excerpt(response, deadline: _Deadline) -> str:
+    """The start of the response body (at most EXCERPT_CHARS bytes), as much of it as came before the deadline.
+    Only informative: a body that breaks off or arrives too slowly does not change the outcome."""
+    data = b""
+    read = getattr(response, "read1", None) or response.read
     try:
-        with _opener.open(request, timeout=timeout) as response:
-            excerpt = response.read(EXCERPT_CHARS).decode("utf-8", "replace")
-            return HttpResult(response.status, "", excerpt, None)
-    except urllib.error.HTTPError as exc:
-        excerpt = (exc.read(EXCERPT_CHARS) or b"").decode("utf-8", "replace")
-        return HttpResult(exc.code, f"HTTP {exc.code} {exc.reason}", excerpt, _retry_after(exc.headers))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return HttpResult(None, f"{type(exc).__name__}: {reason}"[:1000], "", None)
+        while len(data) < EXCERPT_CHARS and not deadline.expired:
+            chunk = read(EXCERPT_CHARS - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    return data.decode("utf-8", "replace")
+
+
+def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpResult:
+    """POST and read the answer within `timeout` seconds in all (not per read). Never raises for anything the
+    receiver (or the network) does: every such outcome is a failed attempt with its reason."""
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")  # noqa: S310
+    with _Deadline(timeout) as deadline:
+        opener = urllib.request.build_opener(
+            _NoRedirect, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+        )
+        timed_out = HttpResult(None, f"TimeoutError: no complete answer within {timeout:g}s", "", None)
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                if deadline.expired:  # cut off in the headers (http.client takes the end of input for their end)
+                    return timed_out
+                return HttpResult(response.status, "", _excerpt(response, deadline), None)
+        except urllib.error.HTTPError as exc:
+            excerpt = _excerpt(exc, deadline)
+            return HttpResult(exc.code, f"HTTP {exc.code} {exc.reason}", excerpt, _retry_after(exc.headers))
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # HTTPException: what urllib lets through from http.client when the answer is not HTTP (an SSH
+            # banner or TLS bytes on an http:// URL), or has an overlong line or too many headers.
+            if deadline.expired:
+                return timed_out
+            reason = getattr(exc, "reason", None) or exc
+            return HttpResult(None, f"{type(exc).__name__}: {reason}"[:1000], "", None)
 
 
 @dataclass
@@ -427,9 +574,20 @@ class DeliveryOutcome:
     retry_in: float | None  # seconds until the next attempt, when one is scheduled
 
 
+# What a claim adds to an attempt's deadline (WEBHOOK_TIMEOUT_SECONDS): name resolution, which no socket
+# timeout bounds, and recording the attempt. While the lease runs, neither a duplicate task nor the sweeper
+# can start a second attempt at the same delivery.
+LEASE_MARGIN_SECONDS = 60
+
+
+def lease_seconds() -> float:
+    """How long claiming a delivery holds it: always longer than an attempt's deadline."""
+    return timeout_seconds() + LEASE_MARGIN_SECONDS
+
+
 def _claim(delivery_id: int) -> WebhookDelivery | None:
     now = timezone.now()
-    lease = timedelta(seconds=timeout_seconds() + 60)
+    lease = timedelta(seconds=lease_seconds())
     claimed = WebhookDelivery.objects.filter(
         pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=now
     ).update(next_attempt_at=now + lease)
@@ -438,42 +596,62 @@ def _claim(delivery_id: int) -> WebhookDelivery | None:
     return WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
 
 
+def _attempt(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> HttpResult:
+    if not endpoint.active:
+        return HttpResult(None, "endpoint is inactive; delivery abandoned", "", None)
+    from cryptography.fernet import InvalidToken
+
+    try:
+        secret = decrypt_secret(endpoint.secret_encrypted)
+    except InvalidToken:
+        return HttpResult(
+            None,
+            "cannot decrypt the endpoint secret (SECRET_KEY changed without SECRET_KEY_FALLBACKS?); "
+            "recreate the webhook",
+            "",
+            None,
+        )
+    headers = signed_headers(secret=secret, webhook_id=delivery.webhook_id, body=delivery.body)
+    return _post(endpoint.url, delivery.body, headers, timeout_seconds())
+
+
 def deliver(*, delivery_id: int) -> DeliveryOutcome | None:
     """Make one attempt at a due delivery. None when there is nothing to do (delivered, failed, not due
-    yet, or another worker is attempting it right now)."""
+    yet, or another worker is attempting it right now).
+
+    Every claimed attempt is counted, whatever happens: an error of ours while attempting is logged with
+    its traceback and recorded as a failed attempt, so WEBHOOK_MAX_ATTEMPTS always applies and a delivery
+    cannot stay pending for ever."""
     delivery = _claim(delivery_id)
     if delivery is None:
         return None
     endpoint = delivery.endpoint
     started_at = timezone.now()
     started = time.monotonic()
-    if not endpoint.active:
-        result = HttpResult(None, "endpoint is inactive; delivery abandoned", "", None)
-    else:
-        from cryptography.fernet import InvalidToken
-
-        try:
-            secret = decrypt_secret(endpoint.secret_encrypted)
-        except InvalidToken:
-            secret = None
-            result = HttpResult(
-                None,
-                "cannot decrypt the endpoint secret (SECRET_KEY changed without SECRET_KEY_FALLBACKS?); "
-                "recreate the webhook",
-                "",
-                None,
-            )
-        if secret is not None:
-            headers = signed_headers(secret=secret, webhook_id=delivery.webhook_id, body=delivery.body)
-            result = _post(endpoint.url, delivery.body, headers, timeout_seconds())
+    try:
+        result = _attempt(delivery, endpoint)
+    except Exception as exc:
+        # The message is not stored (it could quote anything, the secret included): it is in the log.
+        log.exception("webhook delivery %s: unexpected error while attempting it", delivery.pk)
+        result = HttpResult(None, f"internal error ({type(exc).__name__}); see the worker log", "", None)
     duration_ms = int((time.monotonic() - started) * 1000)
-    return _finish(delivery, endpoint, result, started_at, duration_ms)
+    try:
+        return _finish(delivery, endpoint, result, started_at, duration_ms)
+    except DatabaseError as exc:
+        log.exception("webhook delivery %s: could not record attempt; recording it without details", delivery.pk)
+        bare = HttpResult(
+            result.status, f"the attempt's details could not be stored ({type(exc).__name__})", "", result.retry_after
+        )
+        return _finish(delivery, endpoint, bare, started_at, duration_ms)
 
 
 def _finish(
     delivery: WebhookDelivery, endpoint: WebhookEndpoint, result: HttpResult, started_at, duration_ms: int
 ) -> DeliveryOutcome | None:
     ok = result.status is not None and 200 <= result.status < 300
+    # Receivers answer anything: PostgreSQL text cannot hold NUL, and UTF-8 no lone surrogate.
+    error = printable(result.error)
+    excerpt = printable(result.excerpt)[:EXCERPT_CHARS]
     with transaction.atomic():
         locked = WebhookDelivery.objects.select_for_update(no_key=True).filter(pk=delivery.pk).first()
         if locked is None:  # the endpoint was deleted meanwhile
@@ -485,12 +663,12 @@ def _finish(
             at=started_at,
             duration_ms=duration_ms,
             status_code=result.status,
-            error=result.error,
-            response_excerpt=result.excerpt[:EXCERPT_CHARS],
+            error=error,
+            response_excerpt=excerpt,
         )
         locked.attempts = number
         locked.last_status = result.status
-        locked.last_error = result.error
+        locked.last_error = error
         retry_in = None
         if ok:
             locked.state = DeliveryState.DELIVERED
@@ -510,10 +688,10 @@ def _finish(
         locked.event_seq,
         endpoint.name,
         number,
-        result.status if result.status is not None else result.error,
+        result.status if result.status is not None else error,
         f"; next attempt in {retry_in:.1f}s" if retry_in is not None else f"; {locked.state}",
     )
-    return DeliveryOutcome(locked.pk, locked.state, number, result.status, result.error, retry_in)
+    return DeliveryOutcome(locked.pk, locked.state, number, result.status, error, retry_in)
 
 
 def due_deliveries(*, grace_seconds: float | None = None, limit: int = 500) -> list[int]:
