@@ -270,6 +270,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Deployment engine ----------------------------------------------------------------------
 RECONCILE_INTERVAL_SECONDS = env_int("RECONCILE_INTERVAL_SECONDS", 30)  # periodic drift check
 RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120)  # a crashed worker's claim runs out
+RECONCILE_MAX_HOLD_SECONDS = env_int("RECONCILE_MAX_HOLD_SECONDS", 3600)  # a hung worker's claim runs out too
 RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6)  # host errors, with exponential backoff
 SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name" reads SECRETS_DIR/name
 

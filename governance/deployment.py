@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -199,7 +200,8 @@ def _unclaim(target_id: int, owner: str) -> None:
 class _LeaseKeeper(threading.Thread):
     """Renews a held claim every third of the lease while the reconcile runs: a host call (a large
     self-hosted copy, a slow platform) may outlast the lease, and a second worker would then claim the
-    target and deploy beside the first. A killed worker takes this thread with it, so its claim still runs out."""
+    target and deploy beside the first. A killed worker takes this thread with it, so its claim still runs
+    out; a hung one stops being renewed after RECONCILE_MAX_HOLD_SECONDS, so a rollback is not locked out."""
 
     def __init__(self, target_id: int, owner: str):
         super().__init__(name=f"lease-{target_id}", daemon=True)
@@ -207,11 +209,20 @@ class _LeaseKeeper(threading.Thread):
 
     def run(self) -> None:
         lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+        give_up = time.monotonic() + settings.RECONCILE_MAX_HOLD_SECONDS
         try:
             while not self.done.wait(lease.total_seconds() / 3):
-                DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
+                if time.monotonic() > give_up:
+                    log.warning("reconcile of target %s still running; its claim is no longer renewed", self.target_id)
+                    return
+                renewed = DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
                     lease_until=timezone.now() + lease
                 )
+                if not renewed:
+                    log.warning("reconcile of target %s lost its claim to another worker", self.target_id)
+                    return
+        except Exception:  # noqa: BLE001 - a failed renewal must not go unnoticed; the claim then runs out
+            log.exception("could not renew the claim on target %s", self.target_id)
         finally:
             connection.close()  # this thread's own connection
 

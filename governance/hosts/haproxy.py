@@ -312,7 +312,9 @@ backend {self.backend}
             raise RuntimeError("haproxy is not installed: apt-get install -y haproxy socat")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
-        subprocess.run([binary, "-c", "-q", "-f", str(self.config_path)], check=True, capture_output=True)
+        subprocess.run(
+            [binary, "-c", "-q", "-f", str(self.config_path)], check=True, capture_output=True, timeout=timeout
+        )
         subprocess.run(
             [binary, "-f", str(self.config_path), "-D", "-p", str(self.pid_path)],
             check=True,

@@ -304,3 +304,25 @@ def test_a_host_call_longer_than_the_lease_keeps_the_target_claimed(world, rep, 
     assert replicate.releases_created == 1
     rep.refresh_from_db()
     assert (rep.lease_owner, rep.lease_until) == ("", None)  # released when done
+
+
+def test_a_hung_reconcile_stops_holding_the_target(world, rep, replicate, settings, caplog):
+    """Past RECONCILE_MAX_HOLD_SECONDS the claim is no longer renewed: a worker stuck in a host call does not
+    lock the target (and its rollbacks) out for good."""
+    settings.RECONCILE_LEASE_SECONDS, settings.RECONCILE_MAX_HOLD_SECONDS = 1, 1
+    release_version(world, rep, 1)
+    outcome = {}
+
+    def stuck_create(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            time.sleep(3)  # past the hold (1 s) and the lease after it (1 s)
+            try:
+                outcome["second worker"] = deployment.reconcile(rep.pk, owner="second-worker")
+            finally:
+                connection.close()
+
+    replicate.intercept = stuck_create
+    reconcile(rep)
+    assert outcome == {"second worker": "converged"}
+    assert "is no longer renewed" in caplog.text
