@@ -523,9 +523,15 @@ class Canary:
 
 
 def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus) -> Canary | None:
-    """Canary steps apply when the target declares them and its last good release still takes traffic."""
+    """Canary steps apply when the target declares them and its last good release still takes traffic, to a
+    release that never served: a rollback's destination (it served before) gets all traffic at once, not a
+    step beside the release rolled back from, which a failing step would have handed everything back to."""
     rollout = plan(target.rollout)
-    if rollout is None or not {"traffic_split", "health"} <= HOSTS[target.kind].capabilities:
+    if (
+        rollout is None
+        or release.live_at is not None
+        or not {"traffic_split", "health"} <= HOSTS[target.kind].capabilities
+    ):
         return None
     beside = target.last_good_release
     serving = {s.release_number for s in status.serving if s.traffic_percent > 0}

@@ -130,7 +130,9 @@ def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: Registere
     with transaction.atomic():
         DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)  # serializes version numbers
         previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
-        last = Policy.objects.filter(target=target, model=model).aggregate(v=Max("version"))["v"] or 0
+        # Numbered per target, overrides included: a reviewer's `seen.policy_version` then names one policy,
+        # and an override created while they read the target's counts as a change (both were "version 1").
+        last = Policy.objects.filter(target=target).aggregate(v=Max("version"))["v"] or 0
         policy = Policy.objects.create(target=target, model=model, version=last + 1, rules=rules, created_by=actor)
         record(
             action="policy.changed",

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from audit.models import AuditEvent
 from tests import processes
 from tests.deployment.test_self_hosted_e2e import (
+    TARGET,
     create_target,
     promote,
     register_with_cli,
@@ -72,6 +73,14 @@ def test_canary_advances_a_healthy_release_and_stops_a_failing_one(stack, selfho
     assert versions(selfhost_fleet, 10) == {"2": 10}
     states = {r["number"]: r["state"] for r in releases(stack)}
     assert states == {1: "superseded", 2: "live", 3: "failed"}
+
+    # A rollback is not a canary: release 1 served before, so it takes all traffic at once, not a 20% step
+    # beside release 2 (which a failing step would have handed all traffic back to).
+    with stack.api("admin") as admin:
+        rolled = admin.post(f"/targets/{TARGET}/rollback", json={"reason": "back to 1", "release": 1})
+        assert rolled.status_code == 202, rolled.text
+    wait_live(stack, 1)
+    assert versions(selfhost_fleet, 10) == {"1": 10}
     steps = [
         json.loads(e.after) if isinstance(e.after, str) else e.after
         for e in AuditEvent.objects.filter(action="release.canary_step")

@@ -240,6 +240,19 @@ def test_policy_change_invalidates_earlier_approvals(world):
     assert after["approvals_counted"] == 1 and after["state"] == "pending"
 
 
+def test_a_model_override_created_while_reviewing_is_a_change(world):
+    """Policy versions are numbered per target, overrides included: the override a reviewer did not see is
+    not also "version 1" (it was, and a lax override approved on one reviewer's stale word)."""
+    pk = promote(world["owner"]).json()["id"]
+    seen = {"policy_version": world["reviewer"].client().get(f"/api/v1/promotions/{pk}").json()["policy_version"]}
+    lax = {"approvals_required": 1, "approver_groups": ["reviewers"]}
+    override = world["admin"].client().put("/api/v1/targets/prod/policies/acme/churn", lax, format="json")
+    assert override.status_code == 200 and override.json()["version"] != seen["policy_version"], override.json()
+    stale = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", seen, format="json")
+    assert stale.status_code == 409 and stale.json()["error"]["code"] == "changed_since_review", stale.json()
+    assert PromotionRequest.objects.get(pk=pk).state == "pending" and not Approval.objects.exists()
+
+
 def test_an_approval_naming_what_was_reviewed_is_refused_when_it_changed(world):
     """digest / card_revision / policy_version in the body pin the decision to what the reviewer saw."""
     from registry.models import ModelVersion
