@@ -89,8 +89,11 @@ def judge(rollout: Rollout, percent: int, baseline: Health, now: Health, held_se
     label = f"canary step {percent}%"
     if not now.up:
         return "fail", f"{label}: the host's health check reports the release down"
-    requests = max(0, now.requests - baseline.requests)
-    errors = max(0, now.errors - baseline.errors)
+    # Counters below the baseline were reset (HAProxy restarted, its server state kept): count from zero,
+    # or the errors since the reset would vanish into a negative difference.
+    reset = now.requests < baseline.requests or now.errors < baseline.errors
+    requests = now.requests if reset else now.requests - baseline.requests
+    errors = now.errors if reset else now.errors - baseline.errors
     if requests and errors / requests > rollout.max_error_rate:
         return "fail", (
             f"{label}: error rate {errors / requests:.1%} ({errors} of {requests} requests) "
