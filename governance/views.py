@@ -106,9 +106,26 @@ def promotion_detail(request, pk: int):
             "lineage": ui_compare.lineage_rows(candidate, compare_to),
             "failing": failing(evaluation.checks),
             "blockers": _blockers(request.user, promotion, view),
+            "seen": _shown(promotion, evaluation),
             "may_cancel": promotion.state == PromotionState.PENDING and promotion.requester_id == request.user.pk,
         },
     )
+
+
+def _shown(promotion, evaluation) -> dict:
+    """What a review page shows, as its hidden fields carry it (governance/includes/seen_fields.html)."""
+    return {
+        "digest": promotion.version.digest,
+        "card_revision": evaluation.card_revision or "",
+        "policy_version": evaluation.policy.version,
+    }
+
+
+def _seen_or_none(form) -> dict | None:
+    try:
+        return _seen(form)
+    except ValueError:
+        return None
 
 
 def _seen(form) -> dict:
@@ -146,11 +163,12 @@ def promotion_review(request, pk: int):
         messages.error(request, blocked)
         return redirect(detail_url)
     if request.POST.get("confirm") != "yes":
-        seen = {
-            "digest": promotion.version.digest,
-            "card_revision": evaluation.card_revision or "",
-            "policy_version": evaluation.policy.version,
-        }
+        # The request page says what it showed: if that changed before the confirmation page, the reviewer
+        # reads the request again instead of confirming a card or policy they never saw.
+        seen = _shown(promotion, evaluation)
+        if "digest" in request.POST and _seen_or_none(request.POST) != _seen_or_none(seen):
+            messages.error(request, services.CHANGED_SINCE_REVIEW)
+            return redirect(detail_url)
         return render(
             request,
             "governance/promotion_confirm.html",

@@ -298,3 +298,25 @@ def test_a_nul_in_a_form_field_is_400_and_changes_nothing(seeded):
     assert not Approval.objects.filter(request_id=pk).exists()
     assert as_user(owner).post(f"/promotions/{pk}/cancel/", {"reason": "wrong build"}).status_code == 302
     assert PromotionRequest.objects.get(pk=pk).state == "cancelled"
+
+
+def test_a_card_changed_after_the_request_page_was_read_sends_the_reviewer_back(seeded):
+    """The request page's forms carry what it showed; the confirmation page is not offered for a card revision
+    the reviewer never read (it would have bound the approval to it, showing only its number)."""
+    owner, v2, pk = seeded["owner"].user, seeded["v2"], seeded["promotion"].pk
+    registry.card_revision_add(actor=owner, version=v2, content=builders.CARD_WITH_TRAINING_DATA)
+    reviewer = as_user(seeded["reviewer"].user)
+    page = reviewer.get(f"/promotions/{pk}/").content.decode()
+    shown = {
+        n: re.search(rf'name="{n}" value="([^"]*)"', page)[1] for n in ("digest", "card_revision", "policy_version")
+    }
+    registry.card_revision_add(actor=owner, version=v2, content={**builders.CARD_WITH_TRAINING_DATA, "factors": "x"})
+    back = reviewer.post(f"/promotions/{pk}/review/", {"decision": "approve", **shown}, follow=True)
+    assert "Confirm your approval" not in text(back) and "changed while you were reviewing" in text(back)
+    assert not Approval.objects.exists()
+    page = reviewer.get(f"/promotions/{pk}/").content.decode()  # read again: now it confirms
+    shown = {
+        n: re.search(rf'name="{n}" value="([^"]*)"', page)[1] for n in ("digest", "card_revision", "policy_version")
+    }
+    confirm = reviewer.post(f"/promotions/{pk}/review/", {"decision": "approve", **shown})
+    assert confirm.status_code == 200 and b"Confirm your approval" in confirm.content
