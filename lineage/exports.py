@@ -90,13 +90,16 @@ class _Subgraph:
         }
 
     def facet_set(self, subject, role=FacetRole.FACETS, run_id=None) -> dict:
-        """Latest facets of a subject in a role; those sent with run_id win over others."""
+        """Latest facets of a subject in a role. For a run's event (run_id): those the run sent, over those
+        sent without a run, never another run's (a run's event then says what it said, and a later run's
+        code location does not rewrite it). Without run_id: the latest any run sent."""
         found = {}
         exact = {}
         for (r, name, rid), value in self.facets.get(subject, {}).items():
             if r != role:
                 continue
-            found[name] = value
+            if run_id is None or rid is None:
+                found[name] = value
             if run_id is not None and rid == run_id:
                 exact[name] = value
         merged = {**found, **exact}

@@ -208,8 +208,12 @@ def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None) -> dic
 
 
 def _latest(facets: dict, name: str, role: int = FacetRole.FACETS, run_id=None, any_run: bool = True):
-    """The facet value sent with run_id if any, else (any_run) the latest sent at all. _deleted counts as absent."""
+    """The facet value sent with run_id, else one sent without a run (a JobEvent or DatasetEvent), else (any_run,
+    for shared subjects such as datasets) the latest any run sent. _deleted counts as absent. A run's own
+    attributes pass any_run=False: it is never credited with another run's code location."""
     exact = facets.get((role, name, run_id))
+    if exact is None and run_id is not None:
+        exact = facets.get((role, name, None))
     if exact is None and any_run:
         candidates = [v for (r, n, _), v in facets.items() if r == role and n == name]
         exact = candidates[-1] if candidates else None
@@ -256,11 +260,11 @@ def run_details(runs: list[Run], as_of: datetime | None, facets: dict | None = N
         )
         run_facets = facets.get((T_RUN, run.pk), {})
         job_facets = facets.get((T_JOB, run.job_id), {})
-        code = _latest(job_facets, "sourceCodeLocation", run_id=run.pk) or {}
-        job_type = _latest(job_facets, "jobType", run_id=run.pk) or {}
+        code = _latest(job_facets, "sourceCodeLocation", run_id=run.pk, any_run=False) or {}
+        job_type = _latest(job_facets, "jobType", run_id=run.pk, any_run=False) or {}
         params_facet = _find(run_facets, "executionParameters", "ExecutionParametersRunFacet") or {}
-        env = _latest(run_facets, "environmentVariables", run_id=run.pk) or {}
-        engine = _latest(run_facets, "processing_engine", run_id=run.pk) or {}
+        env = _latest(run_facets, "environmentVariables", run_id=run.pk, any_run=False) or {}
+        engine = _latest(run_facets, "processing_engine", run_id=run.pk, any_run=False) or {}
         result[run.pk] = {
             "runId": str(run.run_uuid),
             "job": node_ids.job_id(run.job.namespace, run.job.name),

@@ -230,3 +230,22 @@ def test_export_as_of(personas, scenario):
     assert f"run:{runs['D']}" in now_text
     assert f"run:{runs['D']}" not in then_text
     assert timezone.now() > before_eval
+
+
+def test_a_run_is_credited_only_with_the_code_location_it_sent(personas, make_version):
+    """Run Y sent no sourceCodeLocation: its commit is the version's registered source.commit, not the one
+    another run of the same job sent (before or after), in the summary the policy reads and in the export."""
+    from lineage import selectors as lineage_selectors
+
+    owner = personas["owner"].client()
+    x, y, z = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    post_event(owner, run_event("COMPLETE", x, ("pipelines", "train"), commit="aaa111"))
+    post_event(owner, run_event("COMPLETE", y, ("pipelines", "train")))
+    version = make_version("churn", run_id=y)  # source.commit c0ffee
+    summary = lineage_selectors.version_summary(version=version)
+    assert (summary["code_commit"], summary["commit_from"]) == ("c0ffee", "source")
+    post_event(owner, run_event("COMPLETE", z, ("pipelines", "train"), commit="zzz999", time="2026-01-03T00:00:00Z"))
+    assert lineage_selectors.version_summary(version=version)["code_commit"] == "c0ffee"
+    _, text = export(owner, "model:acme/churn:1", "openlineage", direction="upstream")
+    y_events = [json.loads(line) for line in text.splitlines() if json.loads(line)["run"]["runId"] == str(y)]
+    assert y_events and all("sourceCodeLocation" not in e["job"]["facets"] for e in y_events)
