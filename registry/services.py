@@ -331,34 +331,36 @@ def alias_set(
     """Point alias `name` at version `number`. Protected aliases move only for model managers."""
     _validate_slug(name, "alias")
     with transaction.atomic():
-        version = ModelVersion.objects.filter(model=model, number=number).first()
+        # The model row serializes alias writes of the model: two first PUTs of one name would both find no
+        # alias and one would fail on the unique constraint (a 500). The version row is held against an archive.
+        RegisteredModel.objects.select_for_update(no_key=True).filter(pk=model.pk).first()
+        version = ModelVersion.objects.select_for_update(no_key=True).filter(model=model, number=number).first()
         if version is None:
             raise InvalidInput(f"{model} has no version {number}.", detail={"version": ["No such version."]})
         alias = Alias.objects.select_for_update(no_key=True).filter(model=model, name=name).first()
-        is_protected = (alias is not None and alias.protected) or bool(protected)
-        changes_protection = protected is not None and (alias is None or protected != alias.protected)
-        if (is_protected or changes_protection) and not access.has_perm(actor, ModelPerm.MANAGE, model):
+        was_protected = alias is not None and alias.protected
+        wanted = was_protected if protected is None else protected
+        if (was_protected or wanted) and not access.has_perm(actor, ModelPerm.MANAGE, model):
             raise Forbidden(f"Alias '{name}' is protected: only managers of {model} may move it or change that.")
-        if version.status == VersionStatus.ARCHIVED:
-            raise Conflict(f"Version {version} is archived; an alias cannot point at it.", code="version_archived")
         created = alias is None
         before = None if created else {"version": alias.version.number, "protected": alias.protected}
+        if before == {"version": number, "protected": wanted}:
+            return alias, False  # already so: nothing written, nothing to audit (not even updated_by)
+        if version.status == VersionStatus.ARCHIVED:
+            raise Conflict(f"Version {version} is archived; an alias cannot point at it.", code="version_archived")
         if created:
-            alias = Alias(model=model, name=name, protected=bool(protected))
-        elif protected is not None:
-            alias.protected = protected
+            alias = Alias(model=model, name=name)
+        alias.protected = wanted
         alias.version = version
         alias.updated_by = actor
         alias.save()
-        after = {"version": number, "digest": version.digest, "protected": alias.protected}
-        if before != {"version": number, "protected": alias.protected}:
-            record(
-                action="alias.moved" if not created else "alias.created",
-                subject=alias,
-                actor=actor,
-                before=before,
-                after=after,
-            )
+        record(
+            action="alias.moved" if not created else "alias.created",
+            subject=alias,
+            actor=actor,
+            before=before,
+            after={"version": number, "digest": version.digest, "protected": alias.protected},
+        )
     return alias, created
 
 

@@ -163,6 +163,54 @@ def test_protected_alias_needs_manager(owner, personas):
     r = bot.client().put(f"{BASE}/aliases/champion", {"version": 1}, format="json")
     assert r.status_code == 403
     assert bot.client().put(f"{BASE}/aliases/candidate", {"version": 1}, format="json").status_code == 201
+    # saying an alias is not protected is no change of protection, on creation too
+    unprotected = bot.client().put(f"{BASE}/aliases/nightly", {"version": 1, "protected": False}, format="json")
+    assert unprotected.status_code == 201, unprotected.json()
+    assert (
+        bot.client().put(f"{BASE}/aliases/nightly", {"version": 1, "protected": True}, format="json").status_code == 403
+    )
+
+
+def test_an_alias_put_that_changes_nothing_writes_nothing(owner, personas):
+    """Not even updated_by: the API would otherwise show an actor the audit log never names."""
+    from audit.models import AuditEvent
+
+    owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"1")), format="json")
+    assert owner.put(f"{BASE}/aliases/champion", {"version": 1}, format="json").status_code == 201
+    events = AuditEvent.objects.count()
+    again = personas["admin"].client().put(f"{BASE}/aliases/champion", {"version": 1}, format="json")
+    assert again.status_code == 200 and AuditEvent.objects.count() == events
+    assert owner.get(f"{BASE}/aliases/champion").json()["updated_by"] == "owner"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_ci_jobs_creating_one_alias_at_once(personas):
+    """Both find no alias; the second waits for the first instead of failing on the unique constraint (a 500)."""
+    owner = personas["owner"].client()
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    for content in (b"1", b"2"):
+        owner.post(f"{BASE}/versions/", register_body(s3_manifest(content)), format="json")
+    for round_ in range(5):
+        barrier, codes = threading.Barrier(2), []
+
+        def put(version, name=f"candidate-{round_}", barrier=barrier, codes=codes):
+            try:
+                barrier.wait()
+                codes.append(
+                    personas["owner"]
+                    .client()
+                    .put(f"{BASE}/aliases/{name}", {"version": version}, format="json")
+                    .status_code
+                )
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=put, args=(v,)) for v in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [200, 201], codes
 
 
 @pytest.mark.django_db(transaction=True)
