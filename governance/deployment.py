@@ -34,6 +34,7 @@ from governance.models import DeploymentTarget, PromotionRequest, Release, Servi
 from governance.rollout import Rollout, judge, plan
 from lineage import services as lineage
 from lineage.choices import EdgeKind, NodeType
+from registry.choices import VersionStatus
 from registry.storage import CHUNK, blob_store
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,14 @@ def record_deployed_edge(release: Release) -> None:
 
 
 def previous_good(target: DeploymentTarget) -> Release | None:
-    """The release that served before the current desired one, and that nobody rolled back from: the
-    default rollback destination. (Without that exception a second "roll back", a double click or a
+    """The release that served before the current desired one, that nobody rolled back from and whose version
+    is not archived: the default rollback destination. (Without that exception a second "roll back", a double click or a
     retried request, would send traffic back to the release the first one rolled back from.)"""
     periods = (
         ServingPeriod.objects.filter(target=target)
         .exclude(release_id=target.desired_release_id)
         .exclude(release__state=ReleaseState.ROLLED_BACK)
+        .exclude(release__version__status=VersionStatus.ARCHIVED)  # archived is final: not served again
         .select_related("release")
         .order_by("-started_at", "-id")
     )
@@ -147,6 +149,12 @@ def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_numb
                     f"Release {to_number} of {target} never served; only a release that was live can be "
                     "rolled back to.",
                     code="never_live",
+                )
+            if to.version.status == VersionStatus.ARCHIVED:
+                raise Conflict(
+                    f"Release {to_number} of {target} serves {to.version}, which is archived; archived "
+                    "versions are not served again.",
+                    code="version_archived",
                 )
         else:
             to = previous_good(target)

@@ -17,7 +17,7 @@ from guardian.shortcuts import assign_perm
 from accounts import access
 from audit.chain import canonical_json
 from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record
-from core.errors import Conflict, Forbidden, InvalidInput
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from registry import cards
 from registry import manifest as manifests
 from registry.choices import STATUS_TRANSITIONS, VersionStatus
@@ -299,6 +299,19 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     return version, True
 
 
+def _check_no_alias_points_at(version: ModelVersion) -> None:
+    """Archived is final and no alias may point at an archived version, so one pointing at it must move first
+    (CI resolving `champion` would otherwise keep shipping the archived version)."""
+    names = sorted(Alias.objects.filter(version=version).values_list("name", flat=True))
+    if names:
+        raise Conflict(
+            f"Version {version} cannot be archived while aliases point at it: {', '.join(names)}. "
+            "Move them to another version first.",
+            code="version_in_use",
+            detail={"aliases": names},
+        )
+
+
 def version_update(
     *, actor, version: ModelVersion, tags: dict | None = None, status: str | None = None, reason: str = ""
 ) -> ModelVersion:
@@ -317,6 +330,8 @@ def version_update(
                     f"{', '.join(sorted(allowed)) or 'no other status'}, not {status}.",
                     code="invalid_transition",
                 )
+            if status == VersionStatus.ARCHIVED:
+                _check_no_alias_points_at(version)
             before["status"], after["status"] = version.status, status
             version.status = status
         if after:
@@ -362,6 +377,24 @@ def alias_set(
             after={"version": number, "digest": version.digest, "protected": alias.protected},
         )
     return alias, created
+
+
+def alias_delete(*, actor, model: RegisteredModel, name: str) -> None:
+    """Remove an alias (before archiving the only version it could point at, say). Protected: managers only."""
+    with transaction.atomic():
+        alias = Alias.objects.select_for_update(no_key=True).select_related("version").filter(model=model, name=name)
+        alias = alias.first()
+        if alias is None:
+            raise NotFound(f"{model} has no alias '{name}'.", code="no_alias")
+        if alias.protected and not access.has_perm(actor, ModelPerm.MANAGE, model):
+            raise Forbidden(f"Alias '{name}' is protected: only managers of {model} may remove it.")
+        record(
+            action="alias.deleted",
+            subject=alias,
+            actor=actor,
+            before={"version": alias.version.number, "digest": alias.version.digest, "protected": alias.protected},
+        )
+        alias.delete()
 
 
 # --- Model cards -------------------------------------------------------------------------------

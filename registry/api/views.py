@@ -189,7 +189,7 @@ class AliasListView(ModelScopedView):
 
 
 class AliasDetailView(ModelScopedView):
-    required_scopes = {"GET": scopes.READ, "PUT": scopes.MODELS_WRITE}
+    required_scopes = {"GET": scopes.READ, "PUT": scopes.MODELS_WRITE, "DELETE": scopes.MODELS_WRITE}
 
     @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
     def get(self, request, namespace, name, alias):
@@ -215,3 +215,8 @@ class AliasDetailView(ModelScopedView):
             protected=data.validated_data["protected"],
         )
         return Response(s.AliasOutput(found).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(responses={204: None}, summary="Remove an alias (protected aliases: managers only)")
+    def delete(self, request, namespace, name, alias):
+        services.alias_delete(actor=request.user, model=self.model(ModelPerm.REGISTER), name=alias)
+        return Response(status=status.HTTP_204_NO_CONTENT)

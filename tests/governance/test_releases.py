@@ -184,3 +184,16 @@ def test_a_second_rollback_does_not_undo_the_first(world, client):
     target.refresh_from_db()
     assert target.desired_release.number == 1 and Release.objects.get(number=2).state == "rolled_back"
     assert b"Roll back to release" not in client.get("/targets/prod/").content  # nothing left to offer
+
+
+def test_a_rollback_never_serves_an_archived_version_again(world):
+    from registry.models import ModelVersion
+
+    _two_serving_releases(world)  # release 2 live, release 1 served before; both of version 1
+    ModelVersion.objects.filter(number=1).update(status="archived")
+    admin = world["admin"].client()
+    default = admin.post("/api/v1/targets/prod/rollback", {"reason": "errors"}, format="json")
+    assert default.status_code == 409 and default.json()["error"]["code"] == "nothing_to_roll_back_to"
+    named = admin.post("/api/v1/targets/prod/rollback", {"reason": "errors", "release": 1}, format="json")
+    assert named.status_code == 409 and named.json()["error"]["code"] == "version_archived", named.json()
+    assert DeploymentTarget.objects.get(name="prod").desired_release.number == 2

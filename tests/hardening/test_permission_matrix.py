@@ -111,6 +111,7 @@ def matrix(world) -> dict[str, Row]:
         "PATCH /api/v1/models/{namespace}/{name}/": Row(f"{MODEL}/", model_write(200), {"description": "churn"}),
         "GET /api/v1/models/{namespace}/{name}/aliases/": Row(f"{MODEL}/aliases/", model_read()),
         "GET /api/v1/models/{namespace}/{name}/aliases/{alias}": Row(f"{MODEL}/aliases/champion", model_read()),
+        "DELETE /api/v1/models/{namespace}/{name}/aliases/{alias}": Row(f"{MODEL}/aliases/champion", model_write(204)),
         "PUT /api/v1/models/{namespace}/{name}/aliases/{alias}": Row(
             f"{MODEL}/aliases/champion", model_write(200), {"version": 2}
         ),

@@ -117,6 +117,8 @@ def test_status_change_needs_manage(world):
     assert bot.client().patch(f"{BASE}/versions/1", {"tags": {"a": "b"}}, format="json").status_code == 200
     assert bot.client().patch(f"{BASE}/versions/1", {"status": "deprecated"}, format="json").status_code == 403
     owner = world["owner"].client()
+    assert owner.patch(f"{BASE}/versions/1", {"status": "archived"}, format="json").status_code == 409  # champion
+    assert owner.delete(f"{BASE}/aliases/champion").status_code == 204
     assert owner.patch(f"{BASE}/versions/1", {"status": "archived"}, format="json").status_code == 200
     again = owner.patch(f"{BASE}/versions/1", {"status": "registered"}, format="json")
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"

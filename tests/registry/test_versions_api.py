@@ -163,6 +163,10 @@ def test_protected_alias_needs_manager(owner, personas):
     r = bot.client().put(f"{BASE}/aliases/champion", {"version": 1}, format="json")
     assert r.status_code == 403
     assert bot.client().put(f"{BASE}/aliases/candidate", {"version": 1}, format="json").status_code == 201
+    assert bot.client().delete(f"{BASE}/aliases/champion").status_code == 403  # protected: managers only
+    assert bot.client().delete(f"{BASE}/aliases/candidate").status_code == 204
+    assert bot.client().delete(f"{BASE}/aliases/candidate").json()["error"]["code"] == "no_alias"
+    assert owner.delete(f"{BASE}/aliases/champion").status_code == 204
     # saying an alias is not protected is no change of protection, on creation too
     unprotected = bot.client().put(f"{BASE}/aliases/nightly", {"version": 1, "protected": False}, format="json")
     assert unprotected.status_code == 201, unprotected.json()
@@ -356,3 +360,19 @@ def test_a_manifest_no_file_system_could_hold_is_refused(owner, paths, phrase):
     manifest = {"files": [{"path": p, "size": 1, "sha256": f"{i:064x}"} for i, p in enumerate(paths, 1)]}
     r = owner.post(f"{BASE}/versions/", register_body(manifest), format="json")
     assert r.status_code == 400 and phrase in r.json()["error"]["message"], r.json()
+
+
+def test_a_version_an_alias_points_at_cannot_be_archived(owner):
+    """Archived is final and aliases may not point at archived versions: CI resolving the alias would
+    otherwise keep shipping it. Move the alias first."""
+    for content in (b"1", b"2"):
+        owner.post(f"{BASE}/versions/", register_body(s3_manifest(content)), format="json")
+    owner.put(f"{BASE}/aliases/champion", {"version": 1}, format="json")
+    refused = owner.patch(f"{BASE}/versions/1", {"status": "archived"}, format="json")
+    assert refused.status_code == 409, refused.json()
+    assert refused.json()["error"]["code"] == "version_in_use" and refused.json()["error"]["detail"] == {
+        "aliases": ["champion"]
+    }
+    assert owner.get(f"{BASE}/versions/1").json()["status"] == "registered"
+    owner.put(f"{BASE}/aliases/champion", {"version": 2}, format="json")
+    assert owner.patch(f"{BASE}/versions/1", {"status": "archived"}, format="json").status_code == 200
