@@ -53,16 +53,7 @@ def promotion_facts(*, version: ModelVersion) -> Facts:
         license_ = (card.content.get("governance") or {}).get("license") or (card.content.get("metadata") or {}).get(
             "license"
         )
-    if version.artifact_uri.startswith(REGISTRY_URI):
-        missing, wrong = registry_selectors.stored_file_problems(version.manifest)
-        verified = not missing and not wrong
-        detail = (
-            f"all {len(version.manifest['files'])} files are stored under their sha256."
-            if verified
-            else "missing: " + ", ".join(missing + wrong)
-        )
-    else:
-        verified, detail = None, f"artifacts live outside the registry ({version.artifact_uri}) and cannot be verified."
+    verified, detail = stored_digest_check(version)
     live_since = dict(
         Release.objects.filter(version=version, state=ReleaseState.LIVE, live_at__isnull=False)
         .values("target__stage")
@@ -88,6 +79,19 @@ def promotion_facts(*, version: ModelVersion) -> Facts:
         live_since=live_since,
         now=timezone.now(),
     )
+
+
+def stored_digest_check(version: ModelVersion) -> tuple[bool | None, str]:
+    """The verified-digest rule's facts: (every manifest file is stored, why); None for artifacts outside the
+    registry. Stored means present under its sha256 with the declared size: the bytes were hashed on upload
+    and are hashed again when a self-hosted release copies them, not on every evaluation."""
+    if not version.artifact_uri.startswith(REGISTRY_URI):
+        return None, f"artifacts live outside the registry ({version.artifact_uri}) and cannot be verified."
+    missing, wrong = registry_selectors.stored_file_problems(version.manifest)
+    if missing or wrong:
+        return False, "missing: " + ", ".join(missing + wrong)
+    count = len(version.manifest["files"])
+    return True, f"all {count} files are stored under their sha256 (hashed on upload), with their declared sizes."
 
 
 def _lineage_summary(version: ModelVersion) -> dict:

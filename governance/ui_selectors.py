@@ -17,9 +17,7 @@ from governance.choices import PromotionState, ReleaseState
 from governance.models import DeploymentTarget, Policy, PromotionRequest, Release
 from governance.policy import Check, Facts, evaluate, parse_rules
 from registry import cards
-from registry import selectors as registry_selectors
 from registry.models import ModelCardRevision, ModelVersion, VersionSignature
-from registry.services import REGISTRY_URI
 
 
 def _latest_cards(version_ids: list[int]) -> dict[int, ModelCardRevision]:
@@ -71,16 +69,7 @@ def _facts(version: ModelVersion, card, signature, live_since: dict, rules, now)
         )
     verified, detail = None, ""
     if rules.require_verified_digest:  # storage is only asked when a rule looks at the answer
-        if version.artifact_uri.startswith(REGISTRY_URI):
-            missing, wrong = registry_selectors.stored_file_problems(version.manifest)
-            verified = not missing and not wrong
-            detail = (
-                f"all {len(version.manifest['files'])} files are stored under their sha256."
-                if verified
-                else "missing: " + ", ".join(missing + wrong)
-            )
-        else:
-            detail = f"artifacts live outside the registry ({version.artifact_uri}) and cannot be verified."
+        verified, detail = selectors.stored_digest_check(version)
     lineage = {"datasets_with_digest": 0, "code_commit": None}
     if rules.require_lineage:  # a graph walk per version: only when a rule looks at the answer
         lineage = selectors._lineage_summary(version)
