@@ -374,6 +374,22 @@ def version_link(
     return fact, True
 
 
+def trail_issued(*, actor, node_id: str, sha256: str, as_of, chain_head: dict) -> int:
+    """Record that the registry issued a trail with this sha256: a trail carries facts the audit events it
+    lists do not spell out, and this event in the hash-chained log is what shows a copy was not altered
+    (recomputing the sha256 alone proves nothing: whoever altered it recomputes that too). Returns its seq."""
+    with transaction.atomic():
+        event = audit_record(
+            action="lineage.trail_issued",
+            subject_type="lineage.node",
+            subject_id=node_id,
+            subject_repr=node_id,
+            actor=actor,
+            after={"sha256": sha256, "as_of": as_of, "chain_head_seq": chain_head["seq"]},
+        )
+    return event.seq
+
+
 def edges_append(*, edges: list[tuple[tuple[int, int], tuple[int, int], int]], recorded_at=None) -> int:
     """For other apps' services (governance: model version -> release), inside *their* transaction.
 

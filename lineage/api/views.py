@@ -129,12 +129,20 @@ class LineageTrailView(APIView):
     def get(self, request):
         q = _query(s.TrailQuery, request)
         sealed = trail.seal(trail.for_node(node_id=q["nodeId"], user=request.user, as_of=q.get("as_of")))
+        seq = services.trail_issued(
+            actor=request.user,
+            node_id=q["nodeId"],
+            sha256=sealed["sha256"],
+            as_of=q.get("as_of"),
+            chain_head=sealed["trail"]["audit"]["chain_head"],
+        )
         if q["format"] == "html":
             html = render_to_string("lineage/trail.html", {"trail": sealed["trail"], "sha256": sealed["sha256"]})
             response = HttpResponse(html, content_type="text/html; charset=utf-8")
         else:
             response = Response(sealed)
         response["X-Trail-SHA256"] = sealed["sha256"]
+        response["X-Trail-Audit-Seq"] = str(seq)  # the lineage.trail_issued event naming this sha256
         return response
 
 

@@ -172,11 +172,15 @@ def test_trail_of_a_model_version_field_by_field(personas, scenario):
     assert [e["action"] for e in events].count("lineage.event_ingested") == 5
     assert {e["action"] for e in events} == {"lineage.event_ingested", "version.registered", "card.revised"}
     assert (t["audit"]["first_seq"], t["audit"]["last_seq"]) == (events[0]["seq"], events[-1]["seq"])
-    head = AuditEvent.objects.order_by("-seq").first()
+    head = AuditEvent.objects.exclude(action="lineage.trail_issued").order_by("-seq").first()
     assert t["audit"]["chain_head"] == {"seq": head.seq, "hash": head.hash}
 
     # The trail states its own sha256: that of its canonical JSON.
     assert body["sha256"] == hashlib.sha256(chain.canonical_json(t)).hexdigest()
+    # and the audit chain records that the registry issued it: an altered copy's sha256 is found nowhere there
+    issued = AuditEvent.objects.get(action="lineage.trail_issued")
+    assert json.loads(issued.after)["sha256"] == body["sha256"] and issued.seq == head.seq + 1
+    assert issued.subject_id == "model:acme/churn:1" and issued.actor_username == "owner"
 
 
 def test_trail_events_check_against_the_verified_audit_chain(personas, scenario):
