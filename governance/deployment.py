@@ -311,6 +311,31 @@ def materialize(release: Release) -> str:
     return str(root)
 
 
+def prune_release_copies(target: DeploymentTarget) -> list[int]:
+    """Delete the file copies (materialize) of releases the target no longer runs, so the disk does not grow
+    by a model per release. Kept: the desired and last good releases and the `keep_previous` most recently
+    served others, as the self-hosted host keeps their servers running; a rollback to an older release copies
+    its files again. Returns the release numbers whose copies were removed."""
+    root = Path(settings.DATA_DIR) / "releases" / target.name
+    if target.kind != "self_hosted" or not root.is_dir():
+        return []
+    kept = {r.number for r in (target.desired_release, target.last_good_release) if r is not None}
+    recent = (
+        ServingPeriod.objects.filter(target=target)
+        .order_by("-started_at", "-id")
+        .values_list("release__number", flat=True)
+    )
+    others = [n for n in dict.fromkeys(recent) if n not in kept]
+    kept |= set(others[: HOSTS[target.kind].module.releases_kept(target.config)])
+    removed = []
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in kept:
+            folder.with_name(f"{folder.name}.complete").unlink(missing_ok=True)  # first: never a marker alone
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(int(folder.name))
+    return sorted(removed)
+
+
 def _copy_files(version, staging: Path) -> None:
     store = blob_store()
     for f in version.manifest["files"]:
@@ -401,6 +426,15 @@ def _mark_drifted(target_id: int, release_id: int, drift: dict) -> bool:
 
 
 def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
+    _record_live(target_id, release_id, status, host_release_id)
+    target = DeploymentTarget.objects.select_related("desired_release", "last_good_release").get(pk=target_id)
+    try:
+        prune_release_copies(target)
+    except OSError:  # disk housekeeping never fails a deploy
+        log.warning("could not prune release copies of target %s", target.name, exc_info=True)
+
+
+def _record_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
     with transaction.atomic():
         target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
         release = Release.objects.select_for_update(no_key=True).get(pk=release_id)

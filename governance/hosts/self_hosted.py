@@ -122,6 +122,11 @@ def validate_config(config: dict) -> dict:
     return checked
 
 
+def releases_kept(config: dict) -> int:
+    """How many earlier releases a target keeps running beside the current ones (for instant rollback)."""
+    return Settings.of(config).keep_previous
+
+
 def resources(config: dict, credentials_ref: str) -> frozenset[str]:
     """What on this machine a target with this config controls: its HAProxy backend and its state
     directory (which records the release numbers it runs). Two targets must share neither: one would

@@ -237,6 +237,44 @@ def test_a_release_folder_is_reused_only_for_the_same_version(world, settings, t
     assert (tmp_path / "data/releases/prod/1.complete").read_text() == new.digest
 
 
+def test_copies_of_releases_no_longer_run_are_pruned(world, settings, tmp_path):
+    """The desired and last good releases and the keep_previous (default 2) most recently served others keep
+    their copies; older ones are deleted, marker first, so a rollback to them copies again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from governance.models import ServingPeriod
+
+    settings.DATA_DIR = tmp_path / "data"
+    target = DeploymentTarget.objects.get(name="prod")
+    version = stored_version(2, {"model.bin": b"weights"})
+    releases = {n: Release.objects.create(target=target, version=version, number=n) for n in range(1, 6)}
+    for release in releases.values():
+        deployment.materialize(release)
+    start = timezone.now() - timedelta(hours=5)
+    for n in (1, 2, 3, 4):  # served in turn; release 5 is being deployed
+        ServingPeriod.objects.create(target=target, release=releases[n], started_at=start + timedelta(hours=n))
+    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=releases[5], last_good_release=releases[4])
+    target.refresh_from_db()
+    folders = tmp_path / "data/releases/prod"
+    assert deployment.prune_release_copies(target) == [1]
+    assert sorted(p.name for p in folders.iterdir()) == [
+        "2",
+        "2.complete",
+        "3",
+        "3.complete",
+        "4",
+        "4.complete",
+        "5",
+        "5.complete",
+    ]
+    DeploymentTarget.objects.filter(pk=target.pk).update(config={"keep_previous": 0})
+    target.refresh_from_db()
+    assert deployment.prune_release_copies(target) == [2, 3]
+    assert deployment.materialize(releases[1]) and (folders / "1/model.bin").read_bytes() == b"weights"
+
+
 def test_files_a_file_system_cannot_hold_fail_the_release_not_the_task(world, settings, tmp_path):
     """A stored manifest holding 'weights' and 'weights/part1' (registration refuses it now): the copy fails
     with a permanent host error naming the release, not an OSError that left it deploying."""
