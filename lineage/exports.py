@@ -109,6 +109,13 @@ class _Subgraph:
 # --- OpenLineage -------------------------------------------------------------------------------
 
 
+def _based(facets: dict, kind: str) -> dict:
+    """Facets as the 2-0-2 schema requires them: ingest takes a facet without `_producer`/`_schemaURL` as sent,
+    so the export names this exporter and the base facet type (`RunFacet`, `JobFacet`, ...) it extends."""
+    defaults = {"_producer": PRODUCER, "_schemaURL": SCHEMA_URL + kind}
+    return {name: {**defaults, **facet} if isinstance(facet, dict) else facet for name, facet in facets.items()}
+
+
 def _ol_dataset(g: _Subgraph, key, role: FacetRole | None, run_id=None) -> dict:
     t, pk = key
     if t == T_MODEL:
@@ -136,9 +143,12 @@ def _ol_dataset(g: _Subgraph, key, role: FacetRole | None, run_id=None) -> dict:
                 "#/$defs/DatasetVersionDatasetFacet",
                 "datasetVersion": row["version"],
             }
-    body = {"namespace": row["ns"], "name": row["name"], "facets": facets}
+    body = {"namespace": row["ns"], "name": row["name"], "facets": _based(facets, "DatasetFacet")}
     if role is not None and t == T_DSV:
-        body["inputFacets" if role == FacetRole.INPUT_FACETS else "outputFacets"] = g.facet_set(key, role, run_id)
+        inputs = role == FacetRole.INPUT_FACETS
+        body["inputFacets" if inputs else "outputFacets"] = _based(
+            g.facet_set(key, role, run_id), "InputDatasetFacet" if inputs else "OutputDatasetFacet"
+        )
     return body
 
 
@@ -159,11 +169,14 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
                 "eventTime": _time(events[-1]["eventTime"]) if events else _time(run.recorded_at),
                 "producer": PRODUCER,
                 "schemaURL": SCHEMA_URL + "RunEvent",
-                "run": {"runId": str(run.run_uuid), "facets": g.facet_set(key, FacetRole.FACETS, run.pk)},
+                "run": {
+                    "runId": str(run.run_uuid),
+                    "facets": _based(g.facet_set(key, FacetRole.FACETS, run.pk), "RunFacet"),
+                },
                 "job": {
                     "namespace": run.job.namespace,
                     "name": run.job.name,
-                    "facets": g.facet_set((T_JOB, run.job_id), FacetRole.FACETS, run.pk),
+                    "facets": _based(g.facet_set((T_JOB, run.job_id), FacetRole.FACETS, run.pk), "JobFacet"),
                 },
                 "inputs": [_ol_dataset(g, k, FacetRole.INPUT_FACETS, run.pk) for k in g.inputs[key]],
                 "outputs": [_ol_dataset(g, k, FacetRole.OUTPUT_FACETS, run.pk) for k in g.outputs[key]],
@@ -178,7 +191,7 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
                 "eventTime": _time(timezone.now() if as_of is None else as_of),
                 "producer": PRODUCER,
                 "schemaURL": SCHEMA_URL + "JobEvent",
-                "job": {"namespace": row["ns"], "name": row["name"], "facets": g.facet_set(key)},
+                "job": {"namespace": row["ns"], "name": row["name"], "facets": _based(g.facet_set(key), "JobFacet")},
                 "inputs": [_ol_dataset(g, k, None) for k in g.job_inputs[key]],
                 "outputs": [_ol_dataset(g, k, None) for k in g.outputs[key]],
             }

@@ -249,3 +249,30 @@ def test_a_run_is_credited_only_with_the_code_location_it_sent(personas, make_ve
     _, text = export(owner, "model:acme/churn:1", "openlineage", direction="upstream")
     y_events = [json.loads(line) for line in text.splitlines() if json.loads(line)["run"]["runId"] == str(y)]
     assert y_events and all("sourceCodeLocation" not in e["job"]["facets"] for e in y_events)
+
+
+def test_facets_sent_bare_are_exported_as_the_schema_requires(personas):
+    """Ingest keeps a facet without _producer/_schemaURL as sent; the 2-0-2 schema requires both on every
+    facet, so the export names itself and the base facet type."""
+    owner = personas["owner"].client()
+    run = uuid.uuid4()
+    event = run_event("COMPLETE", run, ("etl", "bare"), outputs=[ol_dataset("s3://b", "out")])
+    event["run"]["facets"]["custom"] = {"a": 1}
+    event["job"]["facets"]["ownership_note"] = {"team": "data"}
+    event["outputs"][0]["facets"]["custom"] = {"b": 2}
+    event["outputs"][0]["outputFacets"] = {"custom": {"c": 3}}
+    post_event(owner, event)
+    _, text = export(owner, f"run:{run}", "openlineage", direction="both")
+    exported = next(
+        json.loads(line) for line in text.splitlines() if json.loads(line).get("run", {}).get("runId") == str(run)
+    )
+    found = {
+        "RunFacet": exported["run"]["facets"]["custom"],
+        "JobFacet": exported["job"]["facets"]["ownership_note"],
+        "DatasetFacet": exported["outputs"][0]["facets"]["custom"],
+        "OutputDatasetFacet": exported["outputs"][0]["outputFacets"]["custom"],
+    }
+    for kind, facet in found.items():
+        assert facet["_producer"] == "urn:model-governance-registry:lineage-export", facet
+        assert facet["_schemaURL"].endswith(f"OpenLineage.json#/$defs/{kind}"), facet
+    assert (found["RunFacet"]["a"], found["JobFacet"]["team"], found["OutputDatasetFacet"]["c"]) == (1, "data", 3)
