@@ -203,7 +203,10 @@ def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None) -> dic
         qs = qs.filter(recorded_at__lte=as_of)
     result: dict[tuple[int, int], dict] = defaultdict(dict)
     for row in qs.order_by("recorded_at", "id").values("subject_type", "subject_id", "role", "name", "run_id", "value"):
-        result[(row["subject_type"], row["subject_id"])][(row["role"], row["name"], row["run_id"])] = row["value"]
+        facets = result[(row["subject_type"], row["subject_id"])]
+        key = (row["role"], row["name"], row["run_id"])
+        facets.pop(key, None)  # to the end: readers take the last entry of a name as the latest sent
+        facets[key] = row["value"]
     return result
 
 

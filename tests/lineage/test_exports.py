@@ -276,3 +276,20 @@ def test_facets_sent_bare_are_exported_as_the_schema_requires(personas):
         assert facet["_producer"] == "urn:model-governance-registry:lineage-export", facet
         assert facet["_schemaURL"].endswith(f"OpenLineage.json#/$defs/{kind}"), facet
     assert (found["RunFacet"]["a"], found["JobFacet"]["team"], found["OutputDatasetFacet"]["c"]) == (1, "data", 3)
+
+
+def test_a_dataset_shows_the_schema_sent_last_whichever_run_sent_it_before(personas):
+    """Run A sends a schema, run B another, then run A a third: the third is the dataset's (a repeated
+    (run, facet) used to keep its first place in the order readers take the latest from)."""
+    from lineage import selectors as lineage_selectors
+
+    owner = personas["owner"].client()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for run, schema, time in ((a, "s1", "01"), (b, "s2", "02"), (a, "s3", "03")):
+        dataset = ol_dataset("s3://b", "table", version="v1", schema=[(schema, "INT")])
+        post_event(
+            owner, run_event("RUNNING", run, ("etl", "load"), outputs=[dataset], time=f"2026-01-{time}T00:00:00Z")
+        )
+    version = DatasetVersion.objects.get(dataset__name="table", version="v1")
+    details = lineage_selectors.dataset_version_details([version], None)[version.pk]
+    assert details["schema"] == [{"name": "s3", "type": "INT"}]
