@@ -189,15 +189,8 @@ def _redacted_environment(facet: dict) -> dict:
 def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
     """A run that produced model versions speaks for their models: its inputs and commit feed the policy's
     require_lineage gate and the trail. Adding to it needs register_version on each of those models, as
-    naming a model version as an output does; a run known to produce nothing takes any writer's events.
-    Two indexed look-ups (registration's run_id, link facts by run), whatever the registry's size."""
-    latest_links: dict[int, bool] = {}
-    for version_id, linked in (
-        VersionRunLink.objects.filter(run_uuid=run_uuid).order_by("id").values_list("version_id", "linked")
-    ):
-        latest_links[version_id] = linked  # the latest fact per version wins
-    registered = set(ModelVersion.objects.filter(run_id=run_uuid).values_list("pk", flat=True))
-    produced = {v for v in registered if latest_links.get(v, True)} | {v for v, on in latest_links.items() if on}
+    naming a model version as an output does; a run known to produce nothing takes any writer's events."""
+    produced = _versions_linked_to(run_uuid)
     if not produced:
         return
     for model in RegisteredModel.objects.filter(versions__pk__in=produced).distinct():
@@ -210,12 +203,17 @@ def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
             )
 
 
+def _versions_linked_to(run_uuid: uuid.UUID) -> set[int]:
+    """Ids of the model versions linked to the run now: for each, the latest link fact, else registration
+    with the run's id. Two indexed look-ups (link facts by run, versions by run_id), whatever the registry's
+    size; the one statement of the rule."""
+    latest = dict(VersionRunLink.objects.filter(run_uuid=run_uuid).order_by("id").values_list("version_id", "linked"))
+    registered = ModelVersion.objects.filter(run_id=run_uuid).values_list("pk", flat=True)
+    return {v for v in registered if latest.get(v, True)} | {v for v, linked in latest.items() if linked}
+
+
 def _linked_now(version: ModelVersion, run_uuid: uuid.UUID) -> bool:
-    """Whether the version is linked to the run now: by registration or the latest link fact."""
-    last = VersionRunLink.objects.filter(version=version, run_uuid=run_uuid).order_by("-id").first()
-    if last is not None:
-        return last.linked
-    return version.run_id == run_uuid
+    return version.pk in _versions_linked_to(run_uuid)
 
 
 def _dataset_side(w: _Writer, ref: DatasetRef, *, output: bool, run: Run) -> str:
