@@ -289,8 +289,8 @@ def materialize(release: Release) -> str:
         raise HostError(
             f"self-hosted targets serve registry-stored artifacts, not {version.artifact_uri}", retryable=False
         )
-    root = Path(settings.DATA_DIR) / "releases" / release.target.name / str(release.number)
-    marker = root.with_name(f"{root.name}.complete")
+    root = _copies(release.target.name) / str(release.number)
+    marker = _marker(root)
     if root.is_dir() and marker.is_file() and marker.read_text() == version.digest:
         return str(root)
     staging = root.with_name(f"{root.name}.{uuid.uuid4().hex}.tmp")
@@ -316,7 +316,7 @@ def prune_release_copies(target: DeploymentTarget) -> list[int]:
     by a model per release. Kept: the desired and last good releases and the `keep_previous` most recently
     served others, as the self-hosted host keeps their servers running; a rollback to an older release copies
     its files again. Returns the release numbers whose copies were removed."""
-    root = Path(settings.DATA_DIR) / "releases" / target.name
+    root = _copies(target.name)
     if target.kind != "self_hosted" or not root.is_dir():
         return []
     kept = {r.number for r in (target.desired_release, target.last_good_release) if r is not None}
@@ -330,10 +330,20 @@ def prune_release_copies(target: DeploymentTarget) -> list[int]:
     removed = []
     for folder in root.iterdir():
         if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in kept:
-            folder.with_name(f"{folder.name}.complete").unlink(missing_ok=True)  # first: never a marker alone
+            _marker(folder).unlink(missing_ok=True)  # first: never a marker alone
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(int(folder.name))
     return sorted(removed)
+
+
+def _copies(target_name: str) -> Path:
+    """The folder of a target's release copies, one subfolder per release number."""
+    return Path(settings.DATA_DIR) / "releases" / target_name
+
+
+def _marker(copy: Path) -> Path:
+    """Beside a release copy, naming the digest it holds (a manifest may hold a file of any name)."""
+    return copy.with_name(f"{copy.name}.complete")
 
 
 def _copy_files(version, staging: Path) -> None:
@@ -426,20 +436,24 @@ def _mark_drifted(target_id: int, release_id: int, drift: dict) -> bool:
 
 
 def _mark_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
-    _record_live(target_id, release_id, status, host_release_id)
-    target = DeploymentTarget.objects.select_related("desired_release", "last_good_release").get(pk=target_id)
+    target = _record_live(target_id, release_id, status, host_release_id)
+    if target is None:  # already live (the periodic check) or no longer desired: nothing new to prune
+        return
     try:
         prune_release_copies(target)
     except OSError:  # disk housekeeping never fails a deploy
         log.warning("could not prune release copies of target %s", target.name, exc_info=True)
 
 
-def _record_live(target_id: int, release_id: int, status: HostStatus, host_release_id: str = "") -> None:
+def _record_live(
+    target_id: int, release_id: int, status: HostStatus, host_release_id: str = ""
+) -> DeploymentTarget | None:
+    """Mark the release live if it is still desired and not yet live; returns the target then, else None."""
     with transaction.atomic():
         target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
         release = Release.objects.select_for_update(no_key=True).get(pk=release_id)
         if target.desired_release_id != release.pk or release.state == ReleaseState.LIVE:
-            return
+            return None
         now = timezone.now()
         for other in target.releases.filter(state=ReleaseState.LIVE).exclude(pk=release.pk):
             _retire(other, ReleaseState.SUPERSEDED, now)
@@ -465,6 +479,7 @@ def _record_live(target_id: int, release_id: int, status: HostStatus, host_relea
                 "host_release_id": release.host_release_id,
             },
         )
+    return target
 
 
 def release_fail(*, target_id: int, release_id: int, reason: str) -> None:
