@@ -48,6 +48,11 @@ def world(personas, reviewer2):
     return {**personas, "reviewer2": reviewer2}
 
 
+def create_target(persona, **body):
+    """POST /api/v1/targets/ as the persona (the response, whatever its status)."""
+    return persona.client().post("/api/v1/targets/", body, format="json")
+
+
 def promote(persona, version=1, target="prod"):
     return persona.client().post(
         "/api/v1/promotions/", {"model": "acme/churn", "version": version, "target": target}, format="json"

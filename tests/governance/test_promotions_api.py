@@ -7,7 +7,7 @@ from django.db import connection
 from audit.models import AuditEvent
 from governance.models import Approval, PromotionRequest
 from tests.conftest import bearer
-from tests.governance.conftest import FULL_CARD, MODEL, POLICY, promote
+from tests.governance.conftest import FULL_CARD, MODEL, POLICY, create_target, promote
 from tests.registry.helpers import register_body, s3_manifest
 
 
@@ -32,29 +32,18 @@ def test_target_contract_hides_nothing_secret(world):
     ],
 )
 def test_target_config_validated_per_kind(world, config, field):
-    r = (
-        world["admin"]
-        .client()
-        .post("/api/v1/targets/", {"name": "m", "kind": "modal", "stage": "staging", "config": config}, format="json")
-    )
+    r = create_target(world["admin"], name="m", kind="modal", stage="staging", config=config)
     assert r.status_code == 400 and field in r.json()["error"]["message"]
 
 
 def test_credentials_must_be_a_reference(world):
-    r = (
-        world["admin"]
-        .client()
-        .post(
-            "/api/v1/targets/",
-            {
-                "name": "rep",
-                "kind": "replicate",
-                "stage": "production",
-                "credentials_ref": "r8_abcdefSECRET",
-                "config": {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
-            },
-            format="json",
-        )
+    r = create_target(
+        world["admin"],
+        name="rep",
+        kind="replicate",
+        stage="production",
+        credentials_ref="r8_abcdefSECRET",
+        config={"owner": "acme", "deployment": "churn", "model": "acme/churn"},
     )
     assert r.status_code == 400 and "credentials_ref" in r.json()["error"]["message"]
 
@@ -73,17 +62,11 @@ def test_a_target_cannot_name_the_registrys_own_secrets_as_its_credential(world,
         "stage": "production",
         "config": {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
     }
-    refused = (
-        world["admin"].client().post("/api/v1/targets/", {**body, "credentials_ref": f"env:{name}"}, format="json")
-    )
+    refused = create_target(world["admin"], **body, credentials_ref=f"env:{name}")
     assert refused.status_code == 400, refused.json()
     assert "registry's own configuration" in refused.json()["error"]["message"]
     assert not DeploymentTarget.objects.filter(name="rep").exists()
-    ok = (
-        world["admin"]
-        .client()
-        .post("/api/v1/targets/", {**body, "credentials_ref": "env:REPLICATE_API_TOKEN"}, format="json")
-    )
+    ok = create_target(world["admin"], **body, credentials_ref="env:REPLICATE_API_TOKEN")
     assert ok.status_code == 201, ok.json()
 
 
@@ -115,11 +98,9 @@ def test_a_target_cannot_name_the_registrys_own_secrets_as_its_credential(world,
 def test_two_targets_cannot_control_one_host_resource(world, kind, first, clash, distinct):
     """A staging target on production's HAProxy backend (or Replicate deployment...) would let a staging
     approval move production traffic: refused, naming the target that holds it."""
-    admin = world["admin"].client()
 
     def create(name: str, config: dict):
-        body = {"name": name, "kind": kind, "stage": "staging", "config": config, "policy": POLICY}
-        return admin.post("/api/v1/targets/", body, format="json")
+        return create_target(world["admin"], name=name, kind=kind, stage="staging", config=config, policy=POLICY)
 
     holder = "prod" if first is None else "first"
     if first is not None:
@@ -133,13 +114,7 @@ def test_two_targets_cannot_control_one_host_resource(world, kind, first, clash,
 
 
 def test_only_admins_create_targets(world):
-    r = (
-        world["owner"]
-        .client()
-        .post(
-            "/api/v1/targets/", {"name": "x", "kind": "modal", "stage": "s", "config": {"app_name": "a"}}, format="json"
-        )
-    )
+    r = create_target(world["owner"], name="x", kind="modal", stage="s", config={"app_name": "a"})
     assert r.status_code == 403
 
 

@@ -20,7 +20,7 @@ from governance.models import DeploymentTarget, Release
 from registry.models import ModelVersion
 from tests.fakes.httpfake import Reply
 from tests.fakes.replicate_server import ReplicateServer
-from tests.governance.conftest import FULL_CARD, MODEL, promote
+from tests.governance.conftest import FULL_CARD, MODEL, create_target, promote
 from tests.registry.helpers import register_body, s3_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,27 +46,20 @@ def replicate(monkeypatch):
 def rep(world, replicate):
     """Target `rep` (one reviewer approves) on the Replicate server; acme/churn v1 and v2, each with its
     Replicate version as host_revision."""
-    created = (
-        world["admin"]
-        .client()
-        .post(
-            "/api/v1/targets/",
-            {
-                "name": "rep",
-                "kind": "replicate",
-                "stage": "production",
-                "config": {
-                    "owner": "acme",
-                    "deployment": "churn-rep",
-                    "model": "acme/churn",
-                    "base_url": replicate.url,
-                    "timeout_seconds": 5,
-                },
-                "credentials_ref": "env:REPLICATE_TOKEN_RACES",
-                "policy": {"approvals_required": 1, "approver_groups": ["reviewers"]},
-            },
-            format="json",
-        )
+    created = create_target(
+        world["admin"],
+        name="rep",
+        kind="replicate",
+        stage="production",
+        config={
+            "owner": "acme",
+            "deployment": "churn-rep",
+            "model": "acme/churn",
+            "base_url": replicate.url,
+            "timeout_seconds": 5,
+        },
+        credentials_ref="env:REPLICATE_TOKEN_RACES",
+        policy={"approvals_required": 1, "approver_groups": ["reviewers"]},
     )
     assert created.status_code == 201, created.json()
     owner = world["owner"].client()
