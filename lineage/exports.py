@@ -80,7 +80,7 @@ class _Subgraph:
             + [(T_JOB, r.job_id) for r in self.runs.values()]
             + [(T_JOB, pk) for pk in ids[T_JOB]]
         )
-        self.facets = selectors.facets_as_of(subjects, as_of)  # one query for every node's facets
+        self.facets = selectors.facets_as_of(subjects, as_of, runs=self.runs)  # one query for every node's facets
         self.run_details = selectors.run_details(list(self.runs.values()), as_of, self.facets)
         self.version_details = selectors.dataset_version_details(versions, as_of, self.facets)
         from registry.models import ModelVersion

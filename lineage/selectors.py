@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 
 from lineage import graph as graphs
 from lineage import nodes as node_ids
@@ -188,8 +189,13 @@ def graph(*, user, query: GraphQuery) -> dict:
 # --- attributes as of a time (facets and run events) ---------------------------------------------
 
 
-def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None) -> dict[tuple[int, int], dict]:
-    """{subject: {(role, name, run_id): value}}: the latest value of each facet recorded by as_of."""
+def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None, *, runs) -> dict[tuple[int, int], dict]:
+    """{subject: {(role, name, run_id): value}}: the latest value of each facet recorded by as_of, in the order
+    last sent (readers take the last entry of a name as the latest).
+
+    `runs`: the runs whose own facets the reader asks for (_latest, facet_set with their run_id). What other runs
+    sent is read only as the latest of a name (_latest's any_run), so only that row of theirs is fetched: a
+    dataset read by thousands of runs costs a row per facet name, not one per run and name."""
     if not subjects:
         return {}
     query = Q()
@@ -201,12 +207,15 @@ def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None) -> dic
     qs = Facet.objects.filter(query)
     if as_of is not None:
         qs = qs.filter(recorded_at__lte=as_of)
+    name_key = [F("subject_type"), F("subject_id"), F("role"), F("name")]
+    latest_first = [F("recorded_at").desc(), F("id").desc()]
+    qs = qs.annotate(
+        key_rank=Window(RowNumber(), partition_by=[*name_key, F("run_id")], order_by=latest_first),
+        name_rank=Window(RowNumber(), partition_by=name_key, order_by=latest_first),
+    ).filter(Q(key_rank=1) & (Q(name_rank=1) | Q(run__isnull=True) | Q(run__in=list(runs))))
     result: dict[tuple[int, int], dict] = defaultdict(dict)
     for row in qs.order_by("recorded_at", "id").values("subject_type", "subject_id", "role", "name", "run_id", "value"):
-        facets = result[(row["subject_type"], row["subject_id"])]
-        key = (row["role"], row["name"], row["run_id"])
-        facets.pop(key, None)  # to the end: readers take the last entry of a name as the latest sent
-        facets[key] = row["value"]
+        result[(row["subject_type"], row["subject_id"])][(row["role"], row["name"], row["run_id"])] = row["value"]
     return result
 
 
@@ -247,7 +256,9 @@ def run_details(runs: list[Run], as_of: datetime | None, facets: dict | None = N
     ):
         by_run[ev["run_id"]].append(ev)
     if facets is None:
-        facets = facets_as_of([(T_RUN, r.pk) for r in runs] + [(T_JOB, r.job_id) for r in runs], as_of)
+        facets = facets_as_of(
+            [(T_RUN, r.pk) for r in runs] + [(T_JOB, r.job_id) for r in runs], as_of, runs=[r.pk for r in runs]
+        )
     result = {}
     for run in runs:
         evs = by_run.get(run.pk, [])
@@ -323,7 +334,7 @@ def dataset_version_details(
     """URI, schema fields and row count of each dataset version, as of a time."""
     if facets is None:
         subjects = [(T_DSV, v.pk) for v in versions] + [(T_DS, v.dataset_id) for v in versions]
-        facets = facets_as_of(subjects, as_of)
+        facets = facets_as_of(subjects, as_of, runs=())  # only the latest any run sent is read
     result = {}
     for v in versions:
         own = facets.get((T_DSV, v.pk), {})

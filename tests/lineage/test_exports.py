@@ -293,3 +293,37 @@ def test_a_dataset_shows_the_schema_sent_last_whichever_run_sent_it_before(perso
     version = DatasetVersion.objects.get(dataset__name="table", version="v1")
     details = lineage_selectors.dataset_version_details([version], None)[version.pk]
     assert details["schema"] == [{"name": "s3", "type": "INT"}]
+
+
+def test_a_subject_read_by_many_runs_costs_a_row_per_facet_name_not_per_run(personas):
+    """Five runs each send a schema for one dataset version. Reading the facets for run 2 fetches run 2's own
+    row and the latest any run sent (run 5's), not the other three; run 2's event still exports run 2's schema
+    and the dataset shows run 5's."""
+    from lineage import selectors as lineage_selectors
+    from lineage.choices import NodeType
+
+    owner = personas["owner"].client()
+    runs = [uuid.uuid4() for _ in range(5)]
+    for i, run in enumerate(runs, start=1):
+        dataset = ol_dataset("s3://b", "wide", version="v1", schema=[(f"s{i}", "INT")])
+        post_event(owner, run_event("COMPLETE", run, ("etl", "read"), inputs=[dataset], time=f"2026-01-0{i}T00:00:00Z"))
+    version = DatasetVersion.objects.get(dataset__name="wide", version="v1")
+    subject = (int(NodeType.DATASET_VERSION), version.pk)
+
+    pk = {i: Run.objects.get(run_uuid=run).pk for i, run in enumerate(runs, start=1)}
+
+    def fetched(reading_runs):
+        return [
+            (name, run_id)
+            for (_, name, run_id) in lineage_selectors.facets_as_of([subject], None, runs=reading_runs)[subject]
+        ]
+
+    assert fetched([pk[2]]) == [("version", pk[2]), ("schema", pk[2]), ("version", pk[5]), ("schema", pk[5])]
+    assert fetched([]) == [("version", pk[5]), ("schema", pk[5])]
+
+    _, text = export(owner, f"run:{runs[1]}", "openlineage", direction="both")
+    events = [json.loads(line) for line in text.splitlines()]
+    own = [e for e in events if e["run"]["runId"] == str(runs[1])]
+    assert own and all(e["inputs"][0]["facets"]["schema"]["fields"] == [{"name": "s2", "type": "INT"}] for e in own)
+    details = lineage_selectors.dataset_version_details([version], None)[version.pk]
+    assert details["schema"] == [{"name": "s5", "type": "INT"}]
