@@ -28,4 +28,5 @@ USER app
 RUN DJANGO_DEBUG=0 SECRET_KEY=build-time-dummy-key-not-used-at-runtime python manage.py collectstatic --noinput
 
 EXPOSE 8000
+# Worker class and threads: gunicorn.conf.py (read from /app).
 CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000"]

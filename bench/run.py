@@ -4,8 +4,8 @@
     .venv/bin/python bench/run.py [--quick] [--no-profile] [--only registration|reads]
                                   [--worker-class sync|gthread --workers N --threads N]
 
-Creates a fresh PostgreSQL database `registry_bench`, migrates it, starts the service under
-gunicorn with production-like settings (default: cores + 1 sync workers), and measures over real HTTP (one
+Creates a fresh PostgreSQL database `registry_bench`, migrates it, starts the service under gunicorn
+with production-like settings (default: cores + 1 gthread workers of 4 threads), and measures over real HTTP (one
 http.client connection per client thread, kept alive where the worker class allows it; gunicorn's
 sync workers close after each response, so the client reconnects; latency taken on the client):
 
@@ -1291,8 +1291,9 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"gunicorn workers (default cores + 1 = {DEFAULT_WORKERS})"
     )
-    parser.add_argument("--threads", type=int, default=1, help="threads per worker (gthread only)")
-    parser.add_argument("--worker-class", default="sync", help="sync (default) or gthread")
+    # The defaults are gunicorn.conf.py's, the production set-up.
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (gthread only; default 4)")
+    parser.add_argument("--worker-class", default="gthread", help="gthread (default) or sync")
     parser.add_argument("--profile", dest="profile", action="store_true", default=None)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument(

@@ -135,10 +135,10 @@ def start_beat(env: dict, workdir: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def start_web(env: dict, log: Path, port: int) -> subprocess.Popen:
-    """gunicorn, the production server, with two workers."""
+def start_web(env: dict, log: Path, port: int, *flags: str) -> subprocess.Popen:
+    """gunicorn, the production server (its settings from gunicorn.conf.py), with two workers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--timeout", "60"],
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", *flags],
         cwd=BASE_DIR,
         env=env,
         stdout=log.open("a"),
