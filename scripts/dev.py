@@ -134,7 +134,7 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen:
 
 
 def start_web(env: dict[str, str], port: int) -> subprocess.Popen:
-    """gunicorn, as in production, with threads so a browser's connections stay open.
+    """gunicorn, as in production (threaded workers: gunicorn.conf.py), so a browser's connections stay open.
 
     Not `runserver`: it sends a response's headers and body in two writes with Nagle's algorithm on, so
     every request after the first on a kept-alive connection waits 40 ms for the browser's delayed ACK.
@@ -142,8 +142,7 @@ def start_web(env: dict[str, str], port: int) -> subprocess.Popen:
     """
     say(f"Starting the web server (gunicorn) on 127.0.0.1:{port}")
     return subprocess.Popen(
-        [BIN / "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5"],
+        [BIN / "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "5"],
         cwd=ROOT,
         env=env,
     )  # fmt: skip
