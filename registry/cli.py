@@ -346,14 +346,24 @@ def _server_error(method: str, path: str, exc: urllib.error.HTTPError, raw: byte
     return ServerError(method, path, exc.code, "http_error", message)
 
 
-def _file_chunks(path: str):
+def _file_chunks(path: str, size: int):
+    """The file's bytes, as declared when it was hashed: a file that has since grown or shrunk is a usage error
+    (the request declared `size` bytes; sending fewer left the server waiting until the timeout)."""
+
     def chunks():
+        sent = 0
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(CHUNK)
+            while sent < size:
+                chunk = f.read(min(CHUNK, size - sent))
                 if not chunk:
-                    return
+                    break
+                sent += len(chunk)
                 yield chunk
+            if sent < size or f.read(1):
+                now = os.fstat(f.fileno()).st_size
+                raise UsageError(
+                    f"{path} changed while it was being registered ({size} bytes when hashed, {now} now); run again."
+                )
 
     return chunks
 
@@ -604,7 +614,7 @@ def upload(client: Client, namespace: str, name: str, manifest: dict, where: dic
 
     def put(entry):
         url = client.url("models", namespace, name, "artifacts", "sha256:" + entry["sha256"])
-        client.request("PUT", url, body=_file_chunks(where[entry["path"]]), length=entry["size"])
+        client.request("PUT", url, body=_file_chunks(where[entry["path"]], entry["size"]), length=entry["size"])
         log(f"uploaded {entry['path']} ({_human(entry['size'])})")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

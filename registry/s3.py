@@ -17,6 +17,7 @@ Keys under tmp/ and staging/ are scratch space: give the bucket a lifecycle rule
 after a day or two to clean up uploads that were abandoned half-way.
 """
 
+import copy
 import hashlib
 import logging
 import re
@@ -41,6 +42,8 @@ TMP_PREFIX = "tmp/"
 STAGING_PREFIX = "staging/"
 PRESIGN_EXPIRES_SECONDS = 3600
 PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit for one multipart upload
+MAX_OBJECT = 5 * 1024**4  # S3's limit for one object
 UPLOAD_ID = re.compile(r"^([0-9a-f]{64})\.([0-9]{1,20})\.([0-9a-f]{32})$")
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 PRECONDITION_CODES = {"412", "PreconditionFailed"}
@@ -78,6 +81,14 @@ class _HashingReader:
             data = bytes(self._buffer[:n])
             del self._buffer[:n]
         return data
+
+
+def part_size(size: int | None) -> int:
+    """PART_SIZE, or the smallest whole MiB that fits `size` bytes into MAX_PARTS parts."""
+    if not size:
+        return PART_SIZE
+    mib = 1024 * 1024
+    return max(PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,13 @@ class S3BlobStore:
         return self._head_size(blob_key(sha256))
 
     def put(self, chunks: Iterable[bytes], *, expected_sha256: str, expected_size: int | None = None) -> StoredBlob:
+        if expected_size is not None and expected_size > MAX_OBJECT:
+            raise InvalidInput(
+                f"S3 stores objects of at most {MAX_OBJECT} bytes; this file is {expected_size} bytes. "
+                "Split the artifact into smaller files.",
+                code="too_large",
+                detail={"size": [f"At most {MAX_OBJECT} bytes."]},
+            )
         reader = _HashingReader(chunks)
         if self.size(expected_sha256) is not None:
             # Already stored: the bytes still have to match what was declared, but need not be kept.
@@ -142,7 +160,7 @@ class S3BlobStore:
             return StoredBlob(expected_sha256, reader.size, created=False)
         tmp = f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            self.client.upload_fileobj(reader, self.bucket, tmp, Config=self.transfer)
+            self.client.upload_fileobj(reader, self.bucket, tmp, Config=self._transfer_for(expected_size))
             check_received(reader.hasher.hexdigest(), reader.size, expected_sha256, expected_size)
             created = self._promote(tmp, expected_sha256)
             return StoredBlob(expected_sha256, reader.size, created=created)
@@ -251,6 +269,16 @@ class S3BlobStore:
             if _error_code(exc) in NOT_FOUND_CODES:
                 return None
             raise
+
+    def _transfer_for(self, size: int | None) -> TransferConfig:
+        """The transfer settings for a stream of `size` bytes: boto3 cannot size the parts of a stream it cannot
+        measure, and S3 takes at most MAX_PARTS parts (8 MiB parts stopped at 78 GiB, after the whole file)."""
+        part = part_size(size)
+        if part == self.transfer.multipart_chunksize:
+            return self.transfer
+        config = copy.copy(self.transfer)
+        config.multipart_chunksize = part
+        return config
 
     def _promote(self, key: str, sha256: str, *, if_match: str | None = None) -> bool:
         """Copy a verified object to its blob key. False when the blob was already there."""

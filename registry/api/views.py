@@ -176,7 +176,11 @@ class ArtifactUploadView(ModelScopedView):
             while chunk := raw.read(CHUNK):
                 yield chunk
 
-        declared = int(raw.META.get("CONTENT_LENGTH") or 0) or None
+        length = raw.META.get("CONTENT_LENGTH") or "0"
+        if not length.isascii() or not length.isdigit():
+            problem = f"Content-Length '{length[:40]}' is not a number of bytes."
+            raise InvalidInput(problem, detail={"Content-Length": [problem]})
+        declared = int(length) or None
         blob = blob_store().put(chunks(), expected_sha256=match[1], expected_size=declared)
         body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
         return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)

@@ -7,6 +7,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -564,3 +565,27 @@ def test_large_file_is_hashed_and_uploaded_in_chunks_not_read_into_memory(live_s
     assert peak_kib(result) - baseline < 24 * 1024, (baseline, peak_kib(result))
     version = ModelVersion.objects.get(model__name="big")
     assert blob_store().size(version.manifest["files"][0]["sha256"]) == size
+
+
+@live
+@pytest.mark.parametrize("change", [b"short", b"longer than it was when hashed"], ids=["shrank", "grew"])
+def test_a_file_changed_after_hashing_is_a_usage_error_not_a_timeout(live_server, ci, tmp_path, change):
+    """The upload declares the size hashed; a file that shrank since left the server waiting for the rest until
+    the client's timeout, and the CLI blamed the network and retried (15 minutes with the defaults)."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"the weights as hashed")
+    manifest, where = cli.build_manifest(str(tmp_path))
+    path.write_bytes(change)
+    client = cli.Client(live_server.url, ci, timeout=30, retries=2)
+    assert (
+        client.request(
+            "POST", client.url("models", trailing_slash=True), json_body={"namespace": "acme", "name": "changed"}
+        )[0]
+        == 201
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        cli.UsageError, match=r"weights.bin changed while it was being registered \(21 bytes when hashed"
+    ):
+        cli.upload(client, "acme", "changed", manifest, where, None, 1, lambda message: None)
+    assert time.monotonic() - started < 10

@@ -214,6 +214,30 @@ def test_interrupted_upload_leaves_nothing_in_the_bucket(s3):
     assert bucket_state(s3) == ([], [])
 
 
+@pytest.mark.parametrize("size", [1, PART, 78 * 1024**3, 100 * 1024**3, 5 * 1024**4])
+def test_parts_of_an_upload_stay_within_s3s_limits(size):
+    """S3 takes at most 10,000 parts of 5 MiB to 5 GiB (the last may be smaller): the part size grows with the
+    declared size (fixed 8 MiB parts failed at 78 GiB, after the whole file was sent)."""
+    from registry.s3 import part_size
+
+    part = part_size(size)
+    assert 5 * 1024**2 <= part <= 5 * 1024**3
+    assert -(-size // part) <= 10_000
+    assert part == PART or -(-size // (part - 1024**2)) > 10_000  # the smallest whole MiB that fits
+
+
+def test_upload_larger_than_s3_takes_is_refused_before_a_byte_is_read(s3, owner):
+    r = owner.put(
+        f"{BASE}/artifacts/sha256:{'a' * 64}",
+        data=b"",
+        content_type="application/octet-stream",
+        CONTENT_LENGTH=str(5 * 1024**4 + 1),
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_large", r.json()
+    assert "5497558138880 bytes" in r.json()["error"]["message"]
+    assert bucket_state(s3) == ([], [])
+
+
 # --- presigned uploads ---------------------------------------------------------------------------
 
 

@@ -127,6 +127,32 @@ def test_register_refuses_files_not_uploaded(owner):
     assert ModelVersion.objects.count() == 0
 
 
+def test_upload_with_a_malformed_content_length_is_a_400(owner):
+    sha = hashlib.sha256(b"abc").hexdigest()
+    r = owner.put(
+        f"{BASE}/artifacts/sha256:{sha}", data=b"abc", content_type="application/octet-stream", CONTENT_LENGTH="3x"
+    )
+    assert r.status_code == 400, r.content
+    assert r.json()["error"]["message"] == "Content-Length '3x' is not a number of bytes."
+    assert blob_store().size(sha) is None
+
+
+def test_files_sharing_content_are_checked_once_each_and_reported_by_path(owner):
+    shared, lost = b"same bytes", b"never uploaded"
+    entry = file_entry("a/weights.bin", shared)
+    assert (
+        owner.put(
+            f"{BASE}/artifacts/sha256:{entry['sha256']}", data=shared, content_type="application/octet-stream"
+        ).status_code
+        == 201
+    )
+    files = [entry, file_entry("b/weights.bin", shared), file_entry("c.bin", lost), file_entry("d.bin", lost)]
+    r = owner.post(f"{BASE}/versions/", {"manifest": {"files": files}}, format="json")
+    assert r.status_code == 400 and r.json()["error"]["detail"]["missing"] == ["c.bin", "d.bin"], r.json()
+    r = owner.post(f"{BASE}/versions/", {"manifest": {"files": files[:2]}}, format="json")
+    assert r.status_code == 201, r.json()
+
+
 def test_tampered_upload_is_rejected_and_nothing_kept(owner, settings):
     declared = hashlib.sha256(b"the real weights").hexdigest()
     events_before = AuditEvent.objects.count()
