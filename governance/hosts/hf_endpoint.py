@@ -157,14 +157,13 @@ class HFEndpointHost:
         ns, name, repo = cfg["namespace"], cfg["endpoint"], cfg["repository"]
         with _session(cfg):
             endpoint = self._get(cfg, token)
+            if endpoint is not None and endpoint.status == "paused":  # whatever it serves: nobody can reach it
+                raise HostError(
+                    f"Inference Endpoint {ns}/{name} is paused; resume it before deploying to it", retryable=False
+                )
             if endpoint is None:
                 endpoint = self._guard(token, lambda: self._create(cfg, token, commit))
             elif endpoint.repository != repo or endpoint.revision != commit:
-                if endpoint.status == "paused":
-                    raise HostError(
-                        f"Inference Endpoint {ns}/{name} is paused; resume it before deploying to it",
-                        retryable=False,
-                    )
                 changes = {"revision": commit}
                 if endpoint.repository != repo:
                     changes["repository"] = repo
@@ -260,8 +259,8 @@ class HFEndpointHost:
             if endpoint.status == "running":
                 return False, f"running but {endpoint.health_route} does not answer 200 yet"
             return False, self._describe(endpoint)
-        except InferenceEndpointError as exc:
-            raise HostError(f"{exc} {self._describe(endpoint)}", retryable=False) from exc
+        except InferenceEndpointError as exc:  # the status message is the server's: scrub it like the rest
+            raise host_error(f"{exc} {self._describe(endpoint)}", retryable=False, secret=token) from exc
         except _Unreachable as exc:
             return False, f"health route unreachable: {exc}"
         return True, self._describe(endpoint)

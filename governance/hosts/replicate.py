@@ -204,8 +204,17 @@ class ReplicateHost:
             return None
 
     def _create(self, client, cfg: dict, token: str | None, model: str, version: str, wanted: dict):
+        # POST /v1/deployments creates under the token's account, whatever `owner` says: ask first, or a
+        # personal token for an organization's target leaves a running (billed) deployment on the wrong account.
+        account = self._guard(token, lambda: client.accounts.current())
+        if account.username != cfg["owner"]:
+            raise HostError(
+                f"the Replicate token belongs to {account.username!r}, not {cfg['owner']!r}, and a deployment is "
+                "created under the token's account: fix the target's owner or credentials",
+                retryable=False,
+            )
         try:
-            deployment = self._guard(
+            return self._guard(
                 token,
                 lambda: client.deployments.create(name=cfg["deployment"], model=model, version=version, **wanted),
                 expect=409,
@@ -217,13 +226,7 @@ class ReplicateHost:
                 deployment = self._guard(
                     token, lambda: client.deployments.update(cfg["owner"], cfg["deployment"], **changes)
                 )
-        if deployment.owner != cfg["owner"]:
-            raise HostError(
-                f"Replicate created the deployment under {deployment.owner!r}, not {cfg['owner']!r}: "
-                "the token belongs to another account; fix the target's owner or credentials",
-                retryable=False,
-            )
-        return deployment
+            return deployment
 
     @staticmethod
     def _guard(token: str | None, call, *, expect: int | None = None):

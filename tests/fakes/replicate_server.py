@@ -1,6 +1,7 @@
 """A local server speaking Replicate's deployments API (the part replicate-python 1.0.x uses).
 
-Routes: `GET /v1/deployments` (`{next, previous, results}`), `POST /v1/deployments`,
+Routes: `GET /v1/account` (the token's account: `{type, username, name, github_url}`),
+`GET /v1/deployments` (`{next, previous, results}`), `POST /v1/deployments`,
 `GET|PATCH|DELETE /v1/deployments/{owner}/{name}`. Deployment objects are
 `{owner, name, current_release: {number, model, version, created_at, created_by: {type, username, name},
 configuration: {hardware, min_instances, max_instances}}}`; every create or update is a new release
@@ -75,6 +76,8 @@ class ReplicateServer(FakeServer):
         if user is None:
             self.fail(401, "You did not pass a valid authentication token")
         with self.lock:
+            if path.rstrip("/") == "/v1/account" and method == "GET":
+                return 200, {"type": "user", "username": user, "name": user.title(), "github_url": None}
             if path.rstrip("/") == "/v1/deployments":
                 if method == "GET":
                     mine = [d for (owner, _), d in sorted(self.deployments.items()) if owner == user]

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 
+import httpx
 import pytest
 from huggingface_hub import constants as hf_constants
 
@@ -181,6 +182,21 @@ def test_replicate_client_errors_are_permanent_with_the_platform_message(
     assert replicate_server.releases_created == 0
 
 
+def test_replicate_token_of_another_account_creates_nothing(replicate_server, replicate_config):
+    """Replicate creates a deployment under the token's account whatever `owner` says: a personal token for the
+    organization's target is refused before the create (it used to leave a billed deployment on the wrong
+    account, and the next attempt met a 409, then a 404)."""
+    replicate_server.add_account("r8_personal-token-000000000", "jane")
+    replicate_server.add_version("jane/clf", V1)
+    for _ in range(2):
+        with pytest.raises(HostError) as wrong:
+            ReplicateHost().deploy(spec(replicate_config, "r8_personal-token-000000000", 1, host_revision=V1))
+        assert wrong.value.retryable is False
+        assert "token belongs to 'jane', not 'acme'" in str(wrong.value)
+    assert (replicate_server.releases_created, replicate_server.deployments) == (0, {})
+    assert ("POST", "/v1/deployments") not in writes(replicate_server)
+
+
 def test_replicate_server_errors_and_timeouts_are_retryable_and_fast(replicate_server, replicate_config):
     host = ReplicateHost()
     host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=V1))
@@ -331,6 +347,22 @@ def test_hf_failed_update_is_reported_and_permanent(hf_server, hf_config):
     # the fallback (previous revision) converges again
     host.deploy(hf_spec(hf_config, 1, C1))
     assert poll(lambda: host.status(hf_config, HF_TOKEN), ready).serving[0].host_release_id == C1
+
+
+def test_hf_paused_endpoint_is_a_permanent_error_even_at_the_wanted_revision(hf_server, hf_config):
+    """A paused endpoint is not resumed (docs/hosts-managed.md): deploying to it fails with the reason, also when
+    it is paused at the revision wanted (it used to wait forever, `ready=False`, with no reason)."""
+    host = HFEndpointHost()
+    host.deploy(hf_spec({**hf_config, "wait_seconds": 5}, 1, C1))
+    paused = httpx.post(
+        f"{hf_server.api_url}/endpoint/acme/clf-prod/pause", headers={"Authorization": f"Bearer {HF_TOKEN}"}
+    )
+    assert paused.status_code == 200, paused.text
+    for commit in (C1, C2):
+        with pytest.raises(HostError) as failed:
+            host.deploy(hf_spec(hf_config, 1, commit))
+        assert failed.value.retryable is False and "is paused" in str(failed.value)
+    assert host.status(hf_config, HF_TOKEN).state == "failed"
 
 
 def test_hf_client_errors_are_permanent_with_the_platform_message(hf_server, hf_config, no_secrets_logged):
