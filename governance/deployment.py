@@ -22,7 +22,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from audit.services import record
@@ -268,7 +268,11 @@ def resolve_credentials(ref: str) -> str | None:
         value = os.environ.get(name)
     else:
         path = Path(settings.SECRETS_DIR) / name
-        value = path.read_text().strip() if path.is_file() else None
+        try:
+            value = path.read_text().strip() if path.is_file() else None
+        except (OSError, UnicodeDecodeError) as exc:  # unreadable: say so (never what it holds) instead of crashing
+            problem = f"credential {ref} cannot be read by the worker: {type(exc).__name__}"
+            raise HostError(problem, retryable=False) from None
     if value is None:
         raise HostError(f"credential {ref} is not available to the worker", retryable=False)
     return value
@@ -391,15 +395,21 @@ def _spec(
     )
 
 
-def _serving_number(status: HostStatus, target: DeploymentTarget) -> int | None:
-    """The release number serving all traffic, mapping host release ids where the host can't number them."""
+def _serving_number(status: HostStatus, target: DeploymentTarget, release: Release) -> int | None:
+    """The release number serving all traffic, mapping host release ids where the host can't number them.
+
+    Releases of one model revision share a host id (HF's commit): the host serving it serves `release`, the one
+    converged, when that is its id, and otherwise the newest release with the id."""
     full = [s for s in status.serving if s.traffic_percent >= 100]
     if status.state != "ready" or len(full) != 1:
         return None
     serving = full[0]
     if serving.release_number:
         return serving.release_number
-    match = target.releases.filter(host_release_id=serving.host_release_id).order_by("-number").first()
+    candidates = target.releases.filter(host_release_id=serving.host_release_id)
+    if candidates.filter(pk=release.pk).exists():
+        return release.number
+    match = candidates.order_by("-number").first()
     return match.number if match else None
 
 
@@ -517,8 +527,9 @@ def release_fail(*, target_id: int, release_id: int, reason: str) -> None:
 
 
 def reconcile(target_id: int, *, owner: str) -> str:
-    """Converge one target. Returns converged | deploying | idle | busy. Raises HostError from the host,
-    naming the release it was converging (`release_id`) for release_fail."""
+    """Converge one target. Returns converged | deploying | settling (the host is busy with the live release) |
+    idle | busy. Raises HostError from the host, naming the release it was converging (`release_id`) for
+    release_fail."""
     if not _claim(target_id, owner):
         return "busy"
     keeper = _LeaseKeeper(target_id, owner)
@@ -543,10 +554,14 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     host = HOSTS[target.kind].adapter()
     credentials = resolve_credentials(target.credentials_ref)
     status = host.status(target.config, credentials)
-    serving = _serving_number(status, target)
+    serving = _serving_number(status, target, release)
     if serving == release.number:
         _mark_live(target.pk, release.pk, status)
         return "converged"
+    if release.state == ReleaseState.LIVE and status.state == "deploying":
+        # Restarting, waking from zero, a change made in the host's console: not drift until it settles on
+        # something else (or fails); the periodic reconcile looks again.
+        return "settling"
     if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
         drift = {"desired": release.number, "host_serving": serving, "host_state": status.state}
         if not _mark_drifted(target.pk, release.pk, drift):
@@ -559,12 +574,14 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
             return _canary_step(target, release, canary, host, credentials, status)
     result = host.deploy(_spec(target, release, credentials))
     Release.objects.filter(pk=release.pk).update(
-        host_release_id=result.host_release_id, endpoint_url=result.endpoint_url
+        # A host that did not name the URL this time (Modal's rollback) keeps the one it named before.
+        host_release_id=result.host_release_id,
+        endpoint_url=result.endpoint_url or F("endpoint_url"),
     )
     if not result.ready:
         return "deploying"
     status = host.status(target.config, credentials)
-    if _serving_number(status, target) == release.number:
+    if _serving_number(status, target, release) == release.number:
         _mark_live(target.pk, release.pk, status, result.host_release_id)
         return "converged"
     return "deploying"
@@ -624,7 +641,7 @@ def _canary_step(target, release: Release, canary: Canary, host, credentials, st
         return "deploying"
     host.set_traffic(target.config, credentials, {release.number: 100})
     status = host.status(target.config, credentials)
-    if _serving_number(status, target) == release.number:
+    if _serving_number(status, target, release) == release.number:
         _mark_live(target.pk, release.pk, status)
         return "converged"
     return "deploying"

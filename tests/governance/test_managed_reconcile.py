@@ -1,0 +1,199 @@
+"""The reconciler with the managed hosts' particulars: Hugging Face names releases by repo commit (so releases
+of one version share a host id), endpoints restart and pause on their own, Modal's rollback names no URL, and
+credentials are files the worker may not be able to read. Hosts are the wire-compatible local servers and CLI
+(tests/fakes) driven by the real adapters; tasks run in-process."""
+
+import json
+import os
+import time
+
+import pytest
+
+from audit.models import AuditEvent
+from governance import deployment, deployment_tasks
+from governance.choices import ReleaseState
+from governance.models import DeploymentTarget, Release, ServingPeriod
+from registry.models import ModelVersion
+from tests.fakes import modal_cli
+from tests.fakes.hf_endpoints_server import HFEndpointsServer
+from tests.governance.conftest import FULL_CARD, MODEL, create_target, promote
+from tests.registry.helpers import register_body, s3_manifest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HF_TOKEN = "hf_ManagedReconcileToken0123456789"  # noqa: S105 - the local server's test account
+COMMIT = {1: "a" * 40, 2: "b" * 40}
+POLICY = {"approvals_required": 1, "approver_groups": ["reviewers"]}
+
+
+@pytest.fixture
+def two_versions(world):
+    owner = world["owner"].client()
+    assert owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2")), format="json").status_code == 201
+    assert owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json").status_code == 201
+
+
+def release(world, target: DeploymentTarget, version: int) -> Release:
+    pk = promote(world["owner"], version=version, target=target.name).json()["id"]
+    approved = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+    assert approved.json()["state"] == "approved", approved.json()
+    target.refresh_from_db()
+    return target.desired_release
+
+
+def converge(target: DeploymentTarget, tries: int = 40) -> str:
+    outcome = None
+    for _ in range(tries):
+        outcome = deployment.reconcile(target.pk, owner="test")
+        if outcome == "converged":
+            break
+        time.sleep(0.05)
+    return outcome
+
+
+def actions(since: int) -> list[str]:
+    return list(AuditEvent.objects.filter(seq__gt=since).order_by("seq").values_list("action", flat=True))
+
+
+# --- Hugging Face ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hf(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN_MANAGED", HF_TOKEN)
+    with HFEndpointsServer(token=HF_TOKEN, namespaces=("acme",)) as server:
+        server.pending_delay = server.init_delay = server.update_delay = 0.0
+        for commit in COMMIT.values():
+            server.add_revision("acme/churn", commit)
+        yield server
+
+
+@pytest.fixture
+def hfp(world, hf, two_versions):
+    created = create_target(
+        world["admin"],
+        name="hfp",
+        kind="hf_endpoint",
+        stage="production",
+        config={
+            "namespace": "acme",
+            "endpoint": "churn",
+            "repository": "acme/churn",
+            "base_url": hf.api_url,
+            "timeout_seconds": 2,
+        },
+        credentials_ref="env:HF_TOKEN_MANAGED",
+        policy=POLICY,
+    )
+    assert created.status_code == 201, created.json()
+    for number, commit in COMMIT.items():
+        ModelVersion.objects.filter(number=number).update(tags={"host_revision": commit})
+    return DeploymentTarget.objects.get(name="hfp")
+
+
+def test_rollback_to_a_release_whose_commit_a_newer_release_shares_goes_live(world, hf, hfp):
+    """Releases 1 and 3 are version 1 (one commit). Rolled back to release 1, the endpoint serves that commit:
+    release 1 is live (it stayed `deploying` forever: the commit was taken for release 3, the newest with it)."""
+    first = release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    second = release(world, hfp, 2)
+    assert converge(hfp) == "converged"
+    release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    deployment.deployment_rollback(actor=world["admin"].user, target=hfp, reason="v1 again", to_number=second.number)
+    assert converge(hfp) == "converged"
+    deployment.deployment_rollback(actor=world["admin"].user, target=hfp, reason="back", to_number=first.number)
+    assert converge(hfp) == "converged"
+    first.refresh_from_db()
+    assert first.state == ReleaseState.LIVE
+    assert hf.endpoint("acme", "churn")["model"]["revision"] == COMMIT[1]
+
+
+def test_a_live_endpoint_restarting_is_not_drift(world, hf, hfp):
+    """An endpoint waking from zero or restarting (`initializing`) at the live commit is the same release: no
+    drift event, no second serving period, no second `release.live`."""
+    live = release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    before = AuditEvent.objects.latest("seq").seq
+    hf.init_delay = 0.5
+    hf.act(hf.endpoints[("acme", "churn")], "resume")
+    assert deployment.reconcile(hfp.pk, owner="test") == "settling"
+    live.refresh_from_db()
+    assert live.state == ReleaseState.LIVE
+    time.sleep(0.6)
+    assert deployment.reconcile(hfp.pk, owner="test") == "converged"
+    assert actions(before) == []
+    assert ServingPeriod.objects.filter(release=live).count() == 1
+
+
+def test_a_paused_live_endpoint_fails_the_release_with_the_reason(world, hf, hfp):
+    live = release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    hf.act(hf.endpoints[("acme", "churn")], "pause")
+    assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
+    live.refresh_from_db()
+    assert live.state == ReleaseState.FAILED
+    assert "is paused; resume it before deploying to it" in live.reason
+
+
+# --- Modal ----------------------------------------------------------------------------------------
+
+MODAL_ID, MODAL_SECRET = "ak-ManagedReconcile01234", "as-ManagedReconcileSecret0123456"
+
+
+@pytest.fixture
+def modal(world, two_versions, tmp_path, monkeypatch):
+    bin_dir, state = tmp_path / "bin", tmp_path / "modal-state.json"
+    modal_cli.install(bin_dir, state, token_id=MODAL_ID, token_secret=MODAL_SECRET, workspace="acme")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(modal_cli.STATE_ENV, str(state))
+    monkeypatch.setenv("MODAL_CREDENTIAL_MANAGED", f"{MODAL_ID}:{MODAL_SECRET}")
+    created = create_target(
+        world["admin"],
+        name="mod",
+        kind="modal",
+        stage="production",
+        config={"app_name": "churn", "timeout_seconds": 60},
+        credentials_ref="env:MODAL_CREDENTIAL_MANAGED",
+        policy=POLICY,
+    )
+    assert created.status_code == 201, created.json()
+    return DeploymentTarget.objects.get(name="mod")
+
+
+def test_a_modal_rollback_keeps_the_release_url(world, modal):
+    """`modal app rollback` prints no URL: the release keeps the one its deploy named (it was blanked, and the
+    `release.live` event recorded an empty endpoint_url)."""
+    first = release(world, modal, 1)
+    assert converge(modal) == "converged"
+    first.refresh_from_db()
+    url = first.endpoint_url
+    assert url.startswith("https://")
+    release(world, modal, 2)
+    assert converge(modal) == "converged"
+    before = AuditEvent.objects.latest("seq").seq
+    deployment.deployment_rollback(actor=world["admin"].user, target=modal, reason="back", to_number=first.number)
+    assert converge(modal) == "converged"
+    first.refresh_from_db()
+    assert (first.state, first.endpoint_url) == (ReleaseState.LIVE, url)
+    live = AuditEvent.objects.get(seq__gt=before, action="release.live")
+    assert json.loads(live.after)["endpoint_url"] == url
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+def test_an_unreadable_secret_file_fails_the_release_with_the_reason(world, hf, hfp, settings, tmp_path):
+    """A secret file the worker cannot decode fails the release, naming the credential and never its bytes
+    (UnicodeDecodeError escaped the task: the release stayed pending with no reason, retried every 30 s)."""
+    settings.SECRETS_DIR = str(tmp_path)
+    (tmp_path / "hf-token").write_bytes(b"hf_\xff\xfe-not-utf8")
+    DeploymentTarget.objects.filter(pk=hfp.pk).update(credentials_ref="secret:hf-token")
+    pending = release(world, hfp, 1)
+    assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
+    pending.refresh_from_db()
+    assert pending.state == ReleaseState.FAILED
+    assert pending.reason.endswith(
+        "failed: credential secret:hf-token cannot be read by the worker: UnicodeDecodeError"
+    )
+    assert "not-utf8" not in pending.reason
