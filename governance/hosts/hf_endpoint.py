@@ -287,7 +287,7 @@ class HFEndpointHost:
             if health:
                 raise _Unreachable(scrub(f"timed out ({exc!r})", token)) from exc
             raise host_error(f"Inference Endpoints API timed out ({what})", retryable=True, secret=token) from exc
-        except httpx2.TransportError as exc:
+        except httpx2.RequestError as exc:  # the network, and answers it cannot read (encoding, redirects)
             if health:
                 raise _Unreachable(scrub(repr(exc), token)) from exc
             raise host_error(f"Inference Endpoints API unreachable: {exc!r}", retryable=True, secret=token) from exc

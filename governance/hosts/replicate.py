@@ -245,7 +245,7 @@ class ReplicateHost:
             ) from exc
         except httpx.TimeoutException as exc:
             raise host_error(f"Replicate API timed out: {exc!r}", retryable=True, secret=token) from exc
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # the network, and answers it cannot read (encoding, redirects)
             raise host_error(f"Replicate API unreachable: {exc!r}", retryable=True, secret=token) from exc
         except (ValueError, TypeError, KeyError) as exc:  # a body the client could not parse
             raise host_error(

@@ -29,6 +29,7 @@ from governance.hosts.modal import ModalHost
 from governance.hosts.replicate import ReplicateHost
 from tests.fakes import modal_cli
 from tests.fakes.hf_endpoints_server import HFEndpointsServer
+from tests.fakes.httpfake import Reply
 from tests.fakes.replicate_server import ReplicateServer
 
 R_TOKEN = "r8_Zq3vTestTokenNeverLogged0123456789"
@@ -222,6 +223,26 @@ def test_replicate_server_errors_and_timeouts_are_retryable_and_fast(replicate_s
     assert slow.value.retryable is True and "timed out" in str(slow.value)
     assert time.monotonic() - started < 0.9
     assert replicate_server.releases_created == 1
+
+
+def undecodable(method, path, body):
+    """An answer claiming gzip that is not: the HTTP client cannot decode it (httpx.DecodingError)."""
+    raise Reply(200, {"detail": "not gzip"}, {"Content-Encoding": "gzip"})
+
+
+def test_answers_the_client_cannot_decode_are_retryable_host_errors(
+    replicate_server, replicate_config, hf_server, hf_config
+):
+    """They escaped the adapters (httpx.DecodingError is no TransportError): the task crashed and the release
+    stayed pending with no reason."""
+    for server, call in (
+        (replicate_server, lambda: ReplicateHost().status(replicate_config, R_TOKEN)),
+        (hf_server, lambda: HFEndpointHost().status(hf_config, HF_TOKEN)),
+    ):
+        server.intercept = undecodable
+        with pytest.raises(HostError) as garbled:
+            call()
+        assert garbled.value.retryable is True and "DecodingError" in str(garbled.value)
 
 
 def test_replicate_converges_without_duplicate_releases_under_30_percent_faults(replicate_server, replicate_config):
