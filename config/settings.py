@@ -28,16 +28,39 @@ def env(name: str, default: str | None = None) -> str | None:
     return _read(name, default)
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def env_bool(name: str, default: bool) -> bool:
+    """Unset or empty: the default. Anything outside the vocabulary is refused: a typo (`ture`, `y`,
+    `enabled`) silently turned SESSION_COOKIE_SECURE and the like off."""
     value = _read(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off, got {value!r}.")
+    return word in _TRUE
 
 
 def env_int(name: str, default: int) -> int:
     value = _read(name)
-    return int(value) if value not in (None, "") else default
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+
+
+def env_float(name: str, default: float) -> float:
+    value = _read(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from None
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -90,6 +113,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.middleware.StartupCheckMiddleware",  # refuses to start on what core.checks refuses; then not used
     "core.middleware.MetricsMiddleware",  # outermost: times the whole request, writes the access log line
     "core.middleware.RequestIdMiddleware",
     "core.middleware.UnstorableInputMiddleware",
@@ -125,6 +149,10 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# The defaults below (SQLite under DATA_DIR, the file broker) are the demo's. With DJANGO_DEBUG off they
+# are refused by a system check (core.checks: `check`, `migrate` and the web's start stop on it) unless
+# ALLOW_EMBEDDED_BACKENDS=1 says a single-machine deployment means them.
+ALLOW_EMBEDDED_BACKENDS = env_bool("ALLOW_EMBEDDED_BACKENDS", False)
 DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'registry.sqlite3'}"),
@@ -193,7 +221,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_JSON_BODY_BYTES
 # --- Static and media storage ---------------------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
-ARTIFACT_STORAGE = env("ARTIFACT_STORAGE", "local")  # local | s3
+# Case-insensitive; anything else is refused (`S3` or a typo used to fall back to local disk silently).
+ARTIFACT_STORAGE = (env("ARTIFACT_STORAGE") or "local").strip().lower()
+if ARTIFACT_STORAGE not in {"local", "s3"}:
+    raise ImproperlyConfigured(f"ARTIFACT_STORAGE must be local or s3, got {env('ARTIFACT_STORAGE')!r}.")
 ARTIFACT_ROOT = Path(env("ARTIFACT_ROOT", str(DATA_DIR / "artifacts")))
 S3_BUCKET = env("S3_BUCKET", "")
 S3_ENDPOINT_URL = env("S3_ENDPOINT_URL", "") or None
@@ -277,8 +308,8 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 # Periodic tasks (run `celery -A config beat` once per deployment). Outgoing webhooks: the dispatcher
 # turns new audit events into deliveries; the sweeper re-enqueues deliveries whose task was lost.
 # `expires` drops runs that waited in the queue longer than their interval (the next run covers them).
-_WEBHOOK_DISPATCH_EVERY = float(env("WEBHOOK_DISPATCH_INTERVAL_SECONDS", "5"))
-_WEBHOOK_SWEEP_EVERY = float(env("WEBHOOK_SWEEP_INTERVAL_SECONDS", "30"))
+_WEBHOOK_DISPATCH_EVERY = env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0)
+_WEBHOOK_SWEEP_EVERY = env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0)
 CELERY_BEAT_SCHEDULE = {
     "webhooks-dispatch": {
         "task": "governance.tasks.webhooks_dispatch",
@@ -317,6 +348,13 @@ USE_TZ = True
 LOG_FORMAT = env("LOG_FORMAT") or ("text" if DEBUG else "json")
 if LOG_FORMAT not in {"json", "text"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}.")
+LOG_LEVEL = (env("LOG_LEVEL") or "INFO").strip().upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {env('LOG_LEVEL')!r}.")
+# At DEBUG these libraries log each request they send with its headers: AWS signatures and session tokens
+# (botocore), bearer tokens of host APIs. They stay at INFO (or LOG_LEVEL, if stricter) whatever LOG_LEVEL says.
+_CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "httpx", "httpcore")
+_CLIENT_LOG_LEVEL = "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -328,12 +366,13 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
     },
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own handlers are replaced: everything goes through the one console handler above.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
+        **{name: {"level": _CLIENT_LOG_LEVEL} for name in _CLIENT_LOGGERS},
     },
 }
 # Celery would otherwise replace the root handler with its own plain format in worker processes.
@@ -343,3 +382,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 METRICS_TOKEN = env("METRICS_TOKEN", "")
 # A Celery worker serves its tasks' metrics on this port (0: off). Needs PROMETHEUS_MULTIPROC_DIR for prefork.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
+# prometheus_client reads PROMETHEUS_MULTIPROC_DIR from the environment itself (core.metrics). Checked here
+# so that a wrong one stops the process at start: a missing directory used to fail every request instead.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR and not (
+    os.path.isdir(PROMETHEUS_MULTIPROC_DIR) and os.access(PROMETHEUS_MULTIPROC_DIR, os.W_OK | os.X_OK)
+):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR must be an existing, writable directory, got {PROMETHEUS_MULTIPROC_DIR!r}."
+    )

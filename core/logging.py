@@ -30,6 +30,27 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
 
 
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, which line-based readers
+# (Python's splitlines, some log viewers) also break on. Unescaped in a text line, a request path holding
+# %0a wrote a forged record of its own, and an ESC sequence rewrites the terminal showing the log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """A newline as `\\n`, ESC as `\\x1b`, ...: one log record stays one line, whatever it quotes."""
+    return _CONTROL.sub(_escaped, text)
+
+
+# json.dumps escapes C0 characters but writes DEL, C1 and U+2028/U+2029 as they are (ensure_ascii=False).
+_JSON_UNESCAPED = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+
+
 def _actor_name() -> str:
     """The current actor's username, without ever causing a query: a lazy request.user that nobody
     has looked at yet (e.g. an anonymous health check) is reported as "-"."""
@@ -114,11 +135,14 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = record.exc_text
         if record.stack_info:
             entry["stack_info"] = record.stack_info
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        return redact(_JSON_UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", line))
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines for local development, with the same redaction as JSON."""
+    """Human-readable lines for local development, with the same redaction as JSON. Control characters in
+    the message and fields are escaped, and a traceback's lines are indented under their record: only a
+    record starts a line at column 0, so nothing a client sends can pass for one."""
 
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(actor)s%(task)s] %(message)s")
@@ -128,4 +152,11 @@ class TextFormatter(logging.Formatter):
         for key in ("request_id", "actor"):
             if not hasattr(record, key):
                 setattr(record, key, "-")
-        return redact(super().format(record))
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_controls(self.formatMessage(record))
+        details = [self.formatException(record.exc_info) if record.exc_info else record.exc_text]
+        details.append(self.formatStack(record.stack_info) if record.stack_info else None)
+        for detail in filter(None, details):
+            text += "".join(f"\n    {escape_controls(line)}" for line in detail.splitlines())
+        return redact(text)

@@ -35,7 +35,8 @@ TASK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300
 
 HTTP_LATENCY = Histogram(
     "registry_http_request_duration_seconds",
-    "Time from the first middleware to the response, by URL name (view), method and status class.",
+    "Time from the first middleware until the response (a streamed one: its whole body) was sent, by URL name (view), "
+    "method and status class.",
     ["view", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
@@ -65,9 +66,21 @@ def view_label(request: HttpRequest) -> str:
     return match.view_name or match.route or "<unnamed>"
 
 
+_observe_failed = False
+
+
 def observe_request(request: HttpRequest, status: int, seconds: float) -> None:
+    """Never raises: a metric that cannot be written (PROMETHEUS_MULTIPROC_DIR removed or full, say) must not
+    turn a response into a 500, least of all after its write has committed. Logged once per process, not
+    on every request."""
+    global _observe_failed
     method = request.method if request.method in _METHODS else "other"
-    HTTP_LATENCY.labels(view_label(request), method, f"{status // 100}xx").observe(seconds)
+    try:
+        HTTP_LATENCY.labels(view_label(request), method, f"{status // 100}xx").observe(seconds)
+    except Exception:
+        if not _observe_failed:
+            _observe_failed = True
+            log.exception("metrics: could not record a request's latency; further failures are not logged")
 
 
 # --- Celery (connected in config/celery.py) ------------------------------------------------------

@@ -8,10 +8,12 @@ import json
 import logging
 import logging.config
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
@@ -157,3 +159,99 @@ def test_log_format_env_selects_json_or_text():
 
     wrong = _manage("check", LOG_FORMAT="xml")
     assert wrong.returncode != 0 and "LOG_FORMAT must be json or text" in wrong.stderr
+
+
+# --- Log forging: nothing a client sends may start a line that reads as a record of its own ----------------
+
+FORGED = "2026-12-06 10:00:00,000 INFO core.access [forged admin] POST /api/v1/targets/prod/rollback 200"
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ \[")
+# A newline, ESC (clears the screen), NEL and U+2028 (line breaks to str.splitlines and some viewers).
+HOSTILE_PATH = "/x\n" + FORGED + "\x1b[2J\x85\u2028end"
+
+
+@pytest.fixture
+def text_log():
+    """The project's LOGGING dict, as configured for LOG_FORMAT=text, writing into a buffer for the test."""
+    buffer = io.StringIO()
+    config = copy.deepcopy(django_settings.LOGGING)
+    config["handlers"]["console"]["formatter"] = "text"
+    config["handlers"]["console"]["stream"] = buffer
+    logging.config.dictConfig(config)
+    yield buffer
+    logging.config.dictConfig(django_settings.LOGGING)
+
+
+def test_text_lines_escape_control_characters_in_paths_messages_and_tracebacks(text_log):
+    assert Client(HTTP_HOST="localhost").get(quote(HOSTILE_PATH)).status_code == 404
+    try:
+        raise ValueError("bad input\n" + FORGED)
+    except ValueError:
+        logging.getLogger("tests.exc").exception("it failed\r\n%s", FORGED)
+
+    lines = text_log.getvalue().splitlines()  # splits on NEL and U+2028 too, as line-based readers may
+    assert not any(line.startswith(FORGED) for line in lines), lines
+    assert all(RECORD_START.match(line) or line.startswith("    ") for line in lines), lines
+    [access] = [line for line in lines if line.split(" ")[3] == "core.access"]
+    assert access.endswith(" GET /x\\n" + FORGED + "\\x1b[2J\\x85\\u2028end 404 " + access.rsplit(" ", 1)[1])
+    [failed] = [line for line in lines if line.split(" ")[3] == "tests.exc"]
+    assert failed.endswith("] it failed\\r\\n" + FORGED)
+    # The traceback follows its record, every line indented, its message escaped on one of them.
+    traceback = lines[lines.index(failed) + 1 :]
+    assert traceback[0] == "    Traceback (most recent call last):"
+    assert "    ValueError: bad input" in traceback and "    " + FORGED in traceback
+
+
+def test_json_lines_stay_one_record_per_line_and_keep_the_path(log_lines):
+    assert Client(HTTP_HOST="localhost").get(quote(HOSTILE_PATH)).status_code == 404
+    logging.getLogger("tests.separators").warning("a\x85b\u2028c\x7fd")
+    records = log_lines()  # every line (split as str.splitlines does) must be one whole JSON object
+    [access] = [line for line in records if line["logger"] == "core.access"]
+    assert access["path"] == HOSTILE_PATH and access["message"].startswith("GET " + HOSTILE_PATH + " 404 ")
+    [separators] = [line for line in records if line["logger"] == "tests.separators"]
+    assert separators["message"] == "a\x85b\u2028c\x7fd"
+    assert "\\u0085" in log_lines.raw.getvalue() and "\\u2028" in log_lines.raw.getvalue()
+
+
+def test_a_request_id_with_a_trailing_newline_is_replaced(log_lines):
+    client = Client(HTTP_HOST="localhost")
+    r = client.get("/healthz", HTTP_X_REQUEST_ID="obs-req-newline\n")
+    assert r.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", r["X-Request-ID"])
+    assert client.get("/healthz", HTTP_X_REQUEST_ID="obs-req-0002")["X-Request-ID"] == "obs-req-0002"
+
+
+# --- HTTP client libraries at LOG_LEVEL=DEBUG: their request dumps carry signatures and tokens ------------
+
+CLIENTS = """
+import logging, socket
+import boto3, httpx
+from botocore.config import Config
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+logging.getLogger("registry.probe").debug("our own debug line")
+s3 = boto3.client(
+    "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1", aws_access_key_id="AKIAPINNEDLOGGERS",
+    aws_secret_access_key="pinned-loggers-secret-key", aws_session_token="PinnedLoggersSessionToken",
+    config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+)
+try:
+    s3.list_buckets()
+except Exception:
+    pass
+try:
+    httpx.get(f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer pinned-loggers-httpx-token"})
+except httpx.HTTPError:
+    pass
+"""
+CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "httpx", "httpcore")
+
+
+def test_http_client_loggers_stay_at_info_when_log_level_is_debug():
+    result = _manage("shell", "-c", CLIENTS, LOG_LEVEL="DEBUG", LOG_FORMAT="json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(r["message"] == "our own debug line" and r["level"] == "DEBUG" for r in records)  # DEBUG is on
+    chatty = [r for r in records if r["logger"].startswith(CLIENT_LOGGERS) and r["level"] == "DEBUG"]
+    assert not chatty, chatty[:3]
+    for secret in ("PinnedLoggersSessionToken", "Signature=", "pinned-loggers-httpx-token"):
+        assert secret not in result.stderr

@@ -3,8 +3,12 @@ the real action it counts — requests, releases made by the governance services
 drift on a Replicate deployment (official client against the local wire-compatible fake), Celery tasks
 run through Celery's own tracer, and a webhook attempt against a closed port."""
 
+import copy
 import hashlib
+import io
 import json
+import logging
+import logging.config
 import os
 import shutil
 import socket
@@ -18,11 +22,13 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.http import StreamingHttpResponse
 from django.test import Client
-from django.urls import resolve
+from django.urls import path, resolve
 from prometheus_client.parser import text_string_to_metric_families
 
 from audit.models import AuditEvent
+from config.urls import urlpatterns as project_urlpatterns
 from core import metrics
 from governance import deployment_tasks, webhooks
 from governance import services as governance_services
@@ -30,6 +36,7 @@ from governance.hosts import HOSTS
 from governance.hosts.base import ReleaseSpec
 from governance.models import Release
 from registry import services as registry_services
+from registry.models import RegisteredModel
 from tests.fakes.replicate_server import ReplicateServer
 
 pytestmark = pytest.mark.django_db
@@ -116,6 +123,150 @@ def test_request_latency_is_labelled_by_view_never_by_path(personas, scrape):
     assert buckets and max(buckets) >= 3  # the +Inf bucket holds every observation
     label_values = {v for (n, labels) in after for _, v in labels if n.startswith("registry_http")}
     assert not any("acme" in v or "4711" in v or "/" in v for v in label_values), label_values
+
+
+# --- Streamed responses: measured and logged when the body has been sent --------------------------------
+
+
+def _slow_stream(request):
+    def body():
+        for _ in range(3):
+            time.sleep(0.1)
+            yield b"chunk\n"
+
+    return StreamingHttpResponse(body(), content_type="text/plain")
+
+
+def _broken_stream(request):
+    def body():
+        yield b"first line\n"
+        raise RuntimeError("the export failed half way")
+
+    return StreamingHttpResponse(body(), content_type="text/plain")
+
+
+# The project's URLs plus two streamed test views (settings.ROOT_URLCONF = __name__ in the tests using them).
+urlpatterns = [
+    path("tests/slow-stream", _slow_stream, name="tests-slow-stream"),
+    path("tests/broken-stream", _broken_stream, name="tests-broken-stream"),
+    *project_urlpatterns,
+]
+
+
+@pytest.fixture
+def access_lines():
+    """The access log (the project's LOGGING, LOG_FORMAT=json) of the requests the test makes."""
+    buffer = io.StringIO()
+    config = copy.deepcopy(django_settings.LOGGING)
+    config["handlers"]["console"].update(formatter="json", stream=buffer)
+    logging.config.dictConfig(config)
+    yield lambda: [r for r in map(json.loads, buffer.getvalue().splitlines()) if r["logger"] == "core.access"]
+    logging.config.dictConfig(django_settings.LOGGING)
+
+
+def test_a_streamed_response_is_measured_when_its_body_has_been_sent(settings, scrape, access_lines):
+    settings.ROOT_URLCONF = __name__
+    client = Client(HTTP_HOST="localhost")
+    count, total = "registry_http_request_duration_seconds_count", "registry_http_request_duration_seconds_sum"
+    ok = {"view": "tests-slow-stream", "method": "GET", "status": "2xx"}
+    before = scrape()
+
+    r = client.get("/tests/slow-stream", HTTP_X_REQUEST_ID="obs-stream-0001")
+    assert r.status_code == 200 and r.streaming
+    assert value(scrape(), count, **ok) == value(before, count, **ok)  # nothing sent yet, nothing measured
+    assert not [line for line in access_lines() if line["request_id"] == "obs-stream-0001"]
+    time.sleep(0.2)  # a slow client
+    assert b"".join(r.streaming_content) == b"chunk\n" * 3
+
+    after = scrape()
+    assert value(after, count, **ok) - value(before, count, **ok) == 1
+    assert value(after, total, **ok) - value(before, total, **ok) >= 0.5
+    [line] = [line for line in access_lines() if line["request_id"] == "obs-stream-0001"]
+    assert line["status"] == 200 and line["duration_ms"] >= 500 and line["view"] == "tests-slow-stream"
+
+
+def test_an_error_while_streaming_is_a_5xx(settings, scrape, access_lines):
+    settings.ROOT_URLCONF = __name__
+    failed = {"view": "tests-broken-stream", "method": "GET", "status": "5xx"}
+    sent = {**failed, "status": "2xx"}
+    name = "registry_http_request_duration_seconds_count"
+    before = scrape()
+    r = Client(HTTP_HOST="localhost").get("/tests/broken-stream", HTTP_X_REQUEST_ID="obs-stream-0002")
+    assert r.status_code == 200  # the status line has gone out; the body breaks off
+    with pytest.raises(RuntimeError, match="half way"):
+        b"".join(r.streaming_content)
+    after = scrape()
+    assert value(after, name, **failed) - value(before, name, **failed) == 1
+    assert value(after, name, **sent) == value(before, name, **sent)
+    [line] = [line for line in access_lines() if line["request_id"] == "obs-stream-0002"]
+    assert line["status"] == 500
+
+
+def test_an_audit_export_is_logged_with_its_own_request_id_and_actor(personas, access_lines):
+    auditor = personas["auditor"]
+    registry_services.model_create(actor=personas["owner"].user, namespace="acme", name="exported")
+    export = auditor.client().get("/api/v1/audit/events?format=ndjson", HTTP_X_REQUEST_ID="obs-export-0001")
+    assert export.status_code == 200 and export.streaming
+    # Another request runs before the export's body is sent (as a thread of a gunicorn worker would).
+    assert Client(HTTP_HOST="localhost").get("/healthz", HTTP_X_REQUEST_ID="obs-probe-0001").status_code == 200
+    assert not [line for line in access_lines() if line["request_id"] == "obs-export-0001"]
+    body = b"".join(export.streaming_content)
+    assert b"model.created" in body
+    [line] = [line for line in access_lines() if line["path"] == "/api/v1/audit/events"]
+    assert (line["request_id"], line["actor"], line["status"]) == ("obs-export-0001", "auditor", 200)
+
+
+# --- A metric that cannot be written never changes a response ---------------------------------------------
+
+BROKEN_METRICS = """
+import json, os, shutil, sys
+import django
+django.setup()
+from django.test import Client
+shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])  # the directory goes away under the running process
+client = Client(HTTP_HOST="localhost", raise_request_exception=False)  # a 500, as a server would answer
+statuses = [client.get("/healthz").status_code for _ in range(3)]
+created = client.post(
+    "/api/v1/models/", {"namespace": "acme", "name": "unmeasured"}, content_type="application/json",
+    HTTP_AUTHORIZATION="Bearer " + sys.stdin.read().strip(),
+)
+print(json.dumps(statuses + [created.status_code]))
+"""
+
+
+def test_a_failing_metric_never_changes_the_response(transactional_db, personas, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.fail("the process shares the test database: run on PostgreSQL")
+    db = connection.settings_dict
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_DEBUG": "1",
+        "SECRET_KEY": django_settings.SECRET_KEY,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "LOG_FORMAT": "json",
+    }
+    env.pop("TEST_DATABASE_NAME", None)
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", BROKEN_METRICS],
+        cwd=ROOT,
+        env=env,
+        input=personas["owner"].token,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [200, 200, 200, 201]
+    assert RegisteredModel.objects.filter(namespace="acme", name="unmeasured").exists()
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    failures = [r for r in records if r["logger"] == "core.metrics"]
+    assert len(failures) == 1 and failures[0]["level"] == "ERROR", failures  # once, not per request
+    assert "FileNotFoundError" in failures[0]["exc_info"]
 
 
 def _register(actor, model, seed: str, host_revision: str):

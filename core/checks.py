@@ -1,0 +1,41 @@
+"""System checks on the configuration that settings import cannot refuse outright.
+
+With DJANGO_DEBUG off, the embedded SQLite database and file broker are the demo's defaults that a
+production deployment got silently when DATABASE_URL or CELERY_BROKER_URL was missing (and /readyz said
+ok). Refused here rather than at settings import, because the image's build step (`collectstatic` with
+DJANGO_DEBUG=0 and no database) must still run: `collectstatic` runs only the staticfiles checks, while
+`check`, `migrate` and the other commands run this one, and the web refuses to start on it
+(core.middleware.StartupCheckMiddleware), gunicorn running no system checks.
+"""
+
+from django.conf import settings
+from django.core import checks
+
+OPT_OUT = "ALLOW_EMBEDDED_BACKENDS"
+
+
+def embedded_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    if settings.DEBUG or settings.ALLOW_EMBEDDED_BACKENDS:
+        return []
+    errors = []
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        errors.append(
+            checks.Error(
+                "DATABASE_URL is not set (or names SQLite) while DJANGO_DEBUG is off: the registry would keep "
+                "its data in the demo's SQLite file under DATA_DIR.",
+                hint=f"Set DATABASE_URL=postgres://user:password@host:5432/registry, or {OPT_OUT}=1 "
+                "if a single-machine deployment on SQLite is meant.",
+                id="core.E001",
+            )
+        )
+    if not settings.CELERY_BROKER_URL or settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        errors.append(
+            checks.Error(
+                "CELERY_BROKER_URL is not set (or names the file broker) while DJANGO_DEBUG is off: tasks would "
+                "go through the demo's broker files under DATA_DIR, which only a worker on this machine sees.",
+                hint=f"Set CELERY_BROKER_URL=redis://host:6379/0 (or amqp://...), or {OPT_OUT}=1 "
+                "if a single-machine deployment with the file broker is meant.",
+                id="core.E002",
+            )
+        )
+    return errors
