@@ -303,6 +303,7 @@ RECONCILE_INTERVAL_SECONDS = env_int("RECONCILE_INTERVAL_SECONDS", 30)  # period
 RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120)  # a crashed worker's claim runs out
 RECONCILE_MAX_HOLD_SECONDS = env_int("RECONCILE_MAX_HOLD_SECONDS", 3600)  # a hung worker's claim runs out too
 RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6)  # host errors, with exponential backoff
+DEPLOY_TIMEOUT_SECONDS = env_int("DEPLOY_TIMEOUT_SECONDS", 3600)  # a release not live by then fails, with why
 SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name" reads SECRETS_DIR/name
 
 # Periodic tasks (run `celery -A config beat` once per deployment). Outgoing webhooks: the dispatcher

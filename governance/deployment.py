@@ -421,7 +421,8 @@ def _mark_deploying(target_id: int, release_id: int) -> bool:
         if target.desired_release_id != release.pk or release.state != ReleaseState.PENDING:
             return target.desired_release_id == release.pk
         release.state = ReleaseState.DEPLOYING
-        release.save(update_fields=["state"])
+        release.deploying_since = timezone.now()
+        release.save(update_fields=["state", "deploying_since"])
         record(
             action="release.started",
             subject=release,
@@ -441,7 +442,8 @@ def _mark_drifted(target_id: int, release_id: int, drift: dict) -> bool:
             return False
         record(action="target.drift_detected", subject=target, actor=SYSTEM, after=drift)
         release.state = ReleaseState.DEPLOYING
-        release.save(update_fields=["state"])
+        release.deploying_since = timezone.now()
+        release.save(update_fields=["state", "deploying_since"])
     return True
 
 
@@ -578,13 +580,29 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
         host_release_id=result.host_release_id,
         endpoint_url=result.endpoint_url or F("endpoint_url"),
     )
-    if not result.ready:
-        return "deploying"
-    status = host.status(target.config, credentials)
-    if _serving_number(status, target, release) == release.number:
-        _mark_live(target.pk, release.pk, status, result.host_release_id)
-        return "converged"
+    if result.ready:
+        status = host.status(target.config, credentials)
+        if _serving_number(status, target, release) == release.number:
+            _mark_live(target.pk, release.pk, status, result.host_release_id)
+            return "converged"
+    _give_up_if_overdue(release, host, target.config, credentials)
     return "deploying"
+
+
+def _give_up_if_overdue(release: Release, host, config: dict, credentials: str | None) -> None:
+    """A release not live DEPLOY_TIMEOUT_SECONDS after its deploy began fails with what the host says: an
+    endpoint waiting for capacity, or one whose health route the worker cannot reach, stayed `deploying`
+    for good, with no reason anywhere."""
+    since = Release.objects.filter(pk=release.pk).values_list("deploying_since", flat=True).first()
+    limit = settings.DEPLOY_TIMEOUT_SECONDS
+    if since is None or (timezone.now() - since).total_seconds() <= limit:
+        return
+    status = host.status(config, credentials)
+    raise HostError(
+        f"not live {limit} s after its deploy began (DEPLOY_TIMEOUT_SECONDS); the host says: "
+        f"{status.state}{': ' + status.detail if status.detail else ''}",
+        retryable=False,
+    )
 
 
 # --- canary steps -------------------------------------------------------------------------------

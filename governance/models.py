@@ -133,6 +133,7 @@ class Release(models.Model):
     # A canary step in progress: when the release took `traffic_percent`, and the host's counters then.
     step_started_at = models.DateTimeField(null=True, blank=True)
     step_baseline = models.JSONField(null=True, blank=True)
+    deploying_since = models.DateTimeField(null=True, blank=True)  # DEPLOY_TIMEOUT_SECONDS counts from it
     endpoint_url = models.CharField(max_length=500, blank=True)
     host_release_id = models.CharField(max_length=200, blank=True)
     reason = models.TextField(blank=True)

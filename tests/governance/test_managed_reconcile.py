@@ -197,3 +197,20 @@ def test_an_unreadable_secret_file_fails_the_release_with_the_reason(world, hf, 
         "failed: credential secret:hf-token cannot be read by the worker: UnicodeDecodeError"
     )
     assert "not-utf8" not in pending.reason
+
+
+def test_a_release_not_live_by_the_deadline_fails_with_what_the_host_says(world, hf, hfp, settings):
+    """An endpoint waiting for capacity never becomes ready: past DEPLOY_TIMEOUT_SECONDS the release fails with
+    the host's state (it stayed `deploying`, re-polled every 30 s for good, with no reason)."""
+    settings.DEPLOY_TIMEOUT_SECONDS = 1
+    hf.pending_delay = 600
+    pending = release(world, hfp, 1)
+    assert deployment.reconcile(hfp.pk, owner="test") == "deploying"
+    pending.refresh_from_db()
+    assert pending.state == ReleaseState.DEPLOYING and pending.deploying_since is not None
+    time.sleep(1.2)
+    assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
+    pending.refresh_from_db()
+    assert pending.state == ReleaseState.FAILED
+    assert "not live 1 s after its deploy began (DEPLOY_TIMEOUT_SECONDS); the host says: deploying" in pending.reason
+    assert "pending" in pending.reason
