@@ -109,14 +109,25 @@ def _copied_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
             after = json.loads(chunk[chunk.rfind(b"\n", 0, -1) + 1 :])["seq"]  # the range's last line
 
 
-def _stored_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
-    """Elsewhere: one statement per chunk, after the last seq seen; lines that were never stored are built."""
+def _batches(qs: QuerySet[AuditEvent], *fields: str) -> Iterator[list[tuple]]:
+    """Elsewhere (SQLite): `fields` ("seq" first) of EXPORT_BATCH events per statement, the next after the last
+    seq seen, with no transaction of their own, so nothing is held while a client reads a chunk: a transaction
+    held across the stream would hold SQLite's write lock (transaction_mode IMMEDIATE), and every writer would
+    wait for the download, then fail with "database is locked". The batches still read what one snapshot
+    would: events are never updated or deleted (triggers), export() caps `qs` at the last seq when it starts,
+    and SQLite commits one writer at a time, so no event at or below that seq can commit later."""
     after = 0
     while True:
-        rows = list(qs.filter(seq__gt=after).values_list("seq", "line")[:EXPORT_BATCH])
+        rows = list(qs.filter(seq__gt=after).values_list(*fields)[:EXPORT_BATCH])
         if not rows:
             return
         after = rows[-1][0]
+        yield rows
+
+
+def _stored_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
+    """Elsewhere: one statement per chunk (see _batches); lines that were never stored are built."""
+    for rows in _batches(qs, "seq", "line"):
         lines = [line for _, line in rows]
         if None in lines:
             missing = AuditEvent.objects.filter(seq__in=[seq for seq, line in rows if line is None])
@@ -139,7 +150,8 @@ class _Echo:
 
 def csv_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     """A header row, then CSV_COLUMNS per event (before/after as the stored canonical JSON text, None
-    as ""), in chunks of EXPORT_BATCH rows."""
+    as ""), in chunks of EXPORT_BATCH rows. PostgreSQL reads them with one statement (a server-side cursor,
+    CSV_FETCH rows per round trip, in a transaction of its own); elsewhere one statement per chunk (_batches)."""
     writer = csv.writer(_Echo())  # writerow() returns the formatted row
     at = CSV_COLUMNS.index("at")
     # Client text (subject_repr, reason, usernames, ids) must not run as a formula in a spreadsheet, so such
@@ -147,14 +159,17 @@ def csv_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     # negative number literal, which a spreadsheet reads as that number.
     escaped = [i for i, name in enumerate(CSV_COLUMNS) if name not in ("before", "after")]
 
-    def rows() -> Iterator[str]:
+    def rows(events: Iterable[tuple]) -> Iterator[str]:
         yield writer.writerow(CSV_COLUMNS)
-        for row in qs.values_list(*CSV_COLUMNS).iterator(chunk_size=CSV_FETCH):
+        for row in events:
             row = ["" if value is None else value for value in row]
             row[at] = format_time(row[at])
             for i in escaped:
                 row[i] = csv_safe.cell(row[i])
             yield writer.writerow(row)
 
-    with transaction.atomic():
-        yield from _chunked(rows())
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            yield from _chunked(rows(qs.values_list(*CSV_COLUMNS).iterator(chunk_size=CSV_FETCH)))
+    else:
+        yield from _chunked(rows(row for batch in _batches(qs, *CSV_COLUMNS) for row in batch))  # seq first

@@ -9,6 +9,8 @@ Standard library only: it creates .venv and installs the project (pinned by cons
 """
 
 import argparse
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -39,7 +41,8 @@ START_REDIS = (
 
 
 def say(message: str) -> None:
-    print(f"==> {message}", flush=True)
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the demo still stops what it started
+        print(f"==> {message}", flush=True)
 
 
 def fail(message: str) -> None:
@@ -69,7 +72,8 @@ def install_project(extras: str = "") -> None:
     inputs = b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt"))
     stamp = VENV / f".installed{extras and '-' + extras}"
     digest = hashlib.sha256(inputs).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
+    stamps = [stamp] if extras else [stamp, VENV / ".installed-test"]  # `test` installs the project too
+    if any(done.exists() and done.read_text() == digest for done in stamps):
         return
     say(f"Installing the project{f' with [{extras}]' if extras else ''} (pinned by constraints.txt)")
     run(PYTHON, "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", f".[{extras}]" if extras else ".")
@@ -104,7 +108,8 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> b
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
-    """Ask each process to stop (SIGTERM: warm shutdown for Celery), kill what lingers."""
+    """Ask each process to stop (SIGTERM: warm shutdown for Celery), kill what lingers, then whatever is left
+    of its process group (each leads one: see spawn()), such as a worker whose parent had to be killed."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
@@ -115,21 +120,56 @@ def stop(processes: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # no such group: all of it has exited
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+# Ctrl-C; SIGTERM from a process manager or a test; SIGHUP when the terminal closes or SSH drops.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def stop_like_ctrl_c(signum, frame) -> None:
-    """Ctrl-C, or SIGTERM from a process manager or a test: stop the web server and the worker."""
+    """Any of STOP_SIGNALS: stop the web server, the worker and HAProxy (see up())."""
     raise KeyboardInterrupt
+
+
+def _terminated_with_this_process():
+    """Linux: a function for a child to run before exec so that it gets SIGTERM when dev.py dies, even of
+    SIGKILL (prctl PR_SET_PDEATHSIG); None elsewhere."""
+    prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # dev.py died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
+def spawn(command: list, env: dict[str, str], **options) -> subprocess.Popen:
+    """Start a demo process in a session of its own, so that a closing terminal (SIGHUP) or Ctrl-C (SIGINT)
+    reaches dev.py alone, which stops each process cleanly (on SIGHUP gunicorn would reload and Celery
+    restart, and outlive dev.py), and stop() can end the process's whole group."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_terminated_with_this_process(),  # noqa: PLW1509 - dev.py starts no threads
+        **options,
+    )
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen:
     data_dir = Path(env.get("DATA_DIR", ROOT / "var"))
     say("Starting the Celery worker (with beat for periodic tasks)")
-    return subprocess.Popen(
+    return spawn(
         [BIN / "celery", "-A", "config", "worker", "--beat", "--schedule", data_dir / "celerybeat-schedule",
          "--loglevel", "INFO", "--concurrency", "2"],
-        cwd=ROOT,
-        env=env,
+        env,
     )  # fmt: skip
 
 
@@ -141,10 +181,9 @@ def start_web(env: dict[str, str], port: int) -> subprocess.Popen:
     gunicorn sets TCP_NODELAY. Static files come from WhiteNoise (its finders, under DEBUG).
     """
     say(f"Starting the web server (gunicorn) on 127.0.0.1:{port}")
-    return subprocess.Popen(
+    return spawn(
         [BIN / "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "5"],
-        cwd=ROOT,
-        env=env,
+        env,
     )  # fmt: skip
 
 
@@ -171,9 +210,7 @@ def start_haproxy(env: dict[str, str], haproxy: list[subprocess.Popen]) -> bool:
     """`manage.py demo_haproxy`: HAProxy in the foreground; stopping it stops the model servers behind it."""
     say(f"Starting HAProxy for the self-hosted target (traffic on 127.0.0.1:{env['DEMO_HAPROXY_PORT']}, "
         f"runtime API on 127.0.0.1:{env['DEMO_HAPROXY_ADMIN_PORT']})")  # fmt: skip
-    process = subprocess.Popen(
-        [PYTHON, "manage.py", "demo_haproxy"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )  # fmt: skip
+    process = spawn([PYTHON, "manage.py", "demo_haproxy"], env, stdout=subprocess.PIPE, text=True)
     haproxy.append(process)
     for line in process.stdout:  # it prints one line when HAProxy answers, or exits with the reason on stderr
         print(f"    {line.rstrip()}", flush=True)
@@ -195,9 +232,7 @@ def post_json(url: str, body: dict, timeout: float = 5) -> dict:
 def deploy_demo(env: dict[str, str], helpers: list[subprocess.Popen]) -> dict | None:
     """`manage.py demo_deploy` (register, request, approve v1 then v2; the worker deploys): its JSON summary."""
     say("Self-hosted demo: owner registers demo/linear v1 and v2, reviewer approves each promotion to 'local'")
-    process = subprocess.Popen(
-        [PYTHON, "manage.py", "demo_deploy"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )  # fmt: skip
+    process = spawn([PYTHON, "manage.py", "demo_deploy"], env, stdout=subprocess.PIPE, text=True)
     helpers.append(process)
     summary = None
     for line in process.stdout:
@@ -281,8 +316,8 @@ def up(port: int, with_worker: bool, self_hosted: bool, haproxy_port: int, hapro
     processes: list[subprocess.Popen] = []  # web, worker: stopped first
     helpers: list[subprocess.Popen] = []  # demo_deploy while it runs
     haproxy: list[subprocess.Popen] = []  # stopped last: it stops the model servers the worker started
-    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-    signal.signal(signal.SIGINT, stop_like_ctrl_c)  # even where a parent shell ignores SIGINT
+    for signum in STOP_SIGNALS:  # SIGINT even where a parent shell ignores it
+        signal.signal(signum, stop_like_ctrl_c)
     try:
         if self_hosted:
             start_haproxy(env, haproxy)
@@ -307,8 +342,8 @@ def up(port: int, with_worker: bool, self_hosted: bool, haproxy_port: int, hapro
     except KeyboardInterrupt:
         say("Stopping")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in STOP_SIGNALS:  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(signum, signal.SIG_IGN)
         stop(helpers + processes)
         stop(haproxy)
 

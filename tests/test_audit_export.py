@@ -515,3 +515,54 @@ def test_filtered_export_pages_through_every_match(auditor, log, monkeypatch):
     assert len(expected) >= 3
     assert len(chunks) == -(-len(expected) // 2)
     assert seqs(json.loads(line) for line in b"".join(chunks).splitlines()) == seqs(expected)
+
+
+def test_sqlite_export_stream_lets_writers_in(tmp_path):
+    """On SQLite a transaction is the write lock (transaction_mode IMMEDIATE): an export held open by a slow
+    client must not hold one, or every write waits for the download and fails with "database is locked". With
+    a CSV and an NDJSON stream partly read, another connection records an event; each export is then complete,
+    byte for byte what it was before the write, and ends at its own last seq (the late event left out)."""
+    script = (
+        "import threading\n"
+        "from django.conf import settings\n"
+        "from django.db import connection, transaction\n"
+        "from audit import selectors\n"
+        "from audit.services import record\n"
+        "with transaction.atomic():\n"
+        "    for n in range(60):\n"
+        "        record(action='t', subject_type='t', subject_id=str(n), actor='system:test', reason='=1+1',\n"
+        "               after={'n': n})\n"
+        "selectors.EXPORT_BATCH = 7\n"
+        "settings.DATABASES['default']['OPTIONS']['timeout'] = 3  # connections opened from now on\n"
+        "def write(outcome, fmt):\n"
+        "    try:\n"
+        "        with transaction.atomic():\n"
+        "            record(action=f'written.mid.{fmt}', subject_type='t', subject_id=fmt, actor='system:test')\n"
+        "        outcome.append('written')\n"
+        "    except Exception as error:\n"
+        "        outcome.append(repr(error))\n"
+        "    finally:\n"
+        "        connection.close()\n"
+        "for fmt in ('csv', 'ndjson'):\n"
+        "    before = selectors.export(fmt)\n"
+        "    expected = b''.join(before.chunks)\n"
+        "    export = selectors.export(fmt)\n"
+        "    assert (export.last_seq, export.last_hash) == (before.last_seq, before.last_hash)\n"
+        "    read = [next(export.chunks), next(export.chunks)]  # the stream is open, partly sent\n"
+        "    outcome = []\n"
+        "    writer = threading.Thread(target=write, args=(outcome, fmt))\n"
+        "    writer.start()\n"
+        "    writer.join(20)\n"
+        "    assert outcome == ['written'], (fmt, outcome)  # not OperationalError('database is locked')\n"
+        "    body = b''.join([*read, *export.chunks])\n"
+        "    assert body == expected, fmt\n"
+        "    assert f'written.mid.{fmt}'.encode() not in body\n"
+        "    after = b''.join(selectors.export(fmt).chunks)\n"
+        "    assert after.startswith(expected) and f'written.mid.{fmt}'.encode() in after[len(expected):], fmt\n"
+        "    print(fmt, 'written mid-export', len(body))\n"
+    )
+    printed, _ = sqlite_shell(tmp_path, script)
+    assert [line.split()[:3] for line in printed.splitlines()[-2:]] == [
+        ["csv", "written", "mid-export"],
+        ["ndjson", "written", "mid-export"],
+    ]

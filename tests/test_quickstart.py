@@ -90,37 +90,42 @@ def kept_alive_request_times(port: int, requests: int = 9) -> list[float]:
     return times[1:]
 
 
-def group_members(pgid: int) -> dict[int, str]:
-    """pid -> command line of the live (not zombie) processes in the process group."""
+def run_processes(data_dir: Path) -> dict[int, str]:
+    """pid -> command line of the live (not zombie) processes of a demo run: those started with its DATA_DIR
+    (`up` and all it starts, each in a session of its own, inherit it), or naming it on their command line."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if state not in ("Z", "X") and (f"DATA_DIR={data_dir}".encode() in environ or str(data_dir) in cmdline):
             found[int(entry.name)] = cmdline.strip()
     return found
 
 
-def stop(process: subprocess.Popen) -> dict[int, str]:
+def stop(process: subprocess.Popen, data_dir: Path) -> dict[int, str]:
     """SIGTERM the command alone, as a process manager would: it must stop everything it started.
 
-    Returns what was left of its process group a few seconds after it exited (children of a stopped
-    process may take a moment to exit), and SIGKILLs it.
+    Returns what was left of the run a few seconds after it exited (children of a stopped process may take a
+    moment to exit), and SIGKILLs it.
     """
     with contextlib.suppress(ProcessLookupError):
         os.kill(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=60)
     deadline = time.monotonic() + 5
-    while (left := group_members(process.pid)) and time.monotonic() < deadline:
+    while (left := run_processes(data_dir)) and time.monotonic() < deadline:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
     return left
 
@@ -222,7 +227,7 @@ def infer_until(command: str, version: str, timeout: float) -> dict:
 
 
 def stop_and_check(process: subprocess.Popen, data_dir: Path, command: str, log_path: Path) -> None:
-    group_left = stop(process)
+    group_left = stop(process, data_dir)
     leftovers = demo_processes(data_dir)  # `up` has exited: whatever still runs was left behind
     for pid in leftovers:  # never leak them into the rest of the run, but fail below
         with contextlib.suppress(ProcessLookupError):

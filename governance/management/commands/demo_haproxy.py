@@ -57,6 +57,11 @@ class _Stop(Exception):
     pass
 
 
+# Ctrl-C; SIGTERM from dev.py, a process manager or a test; SIGHUP when the terminal closes or SSH drops. HAProxy,
+# in this process group, may get that SIGHUP too: it only makes it log its servers' state, so this stops it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_stop(signum, frame):
     raise _Stop
 
@@ -65,7 +70,7 @@ class Command(BaseCommand):
     help = (
         "Run HAProxy for the self-hosted demo in the foreground: traffic on 127.0.0.1:$DEMO_HAPROXY_PORT (8080), "
         "runtime API on 127.0.0.1:$DEMO_HAPROXY_ADMIN_PORT (9999), config and pid under DATA_DIR/haproxy. "
-        "On SIGTERM or Ctrl-C it stops the model servers of the self-hosted targets behind it, then HAProxy. "
+        "On SIGTERM, SIGHUP or Ctrl-C it stops the model servers of the self-hosted targets behind it, then HAProxy. "
         "Only with DJANGO_DEBUG=1."
     )
 
@@ -99,7 +104,7 @@ class Command(BaseCommand):
         if check.returncode != 0:
             raise CommandError(f"haproxy refused {fleet.config_path}: {check.stderr.strip() or check.stdout.strip()}")
 
-        previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}
         process = None
         stopped = False
         try:
@@ -165,10 +170,15 @@ class Command(BaseCommand):
             for target in demo.demo_targets(fleet):
                 configs.setdefault(target.config.get("state_dir", ""), target.config)
         except Exception as exc:  # noqa: BLE001 - the database may be gone; still stop the demo's own servers
-            self.stderr.write(f"could not list self-hosted targets: {exc}")
+            self.warn(f"could not list self-hosted targets: {exc}")
         host = SelfHostedHost()
         for config in configs.values():
             try:
                 host.shutdown(config)
             except Exception as exc:  # noqa: BLE001 - stop what can be stopped
-                self.stderr.write(f"could not stop the model servers of {config.get('state_dir')}: {exc}")
+                self.warn(f"could not stop the model servers of {config.get('state_dir')}: {exc}")
+
+    def warn(self, message: str) -> None:
+        """To stderr, if it is still there: after SIGHUP the terminal is gone, and the cleanup must go on."""
+        with contextlib.suppress(OSError):
+            self.stderr.write(message)
