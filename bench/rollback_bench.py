@@ -185,7 +185,6 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
     from governance import services as gov
     from governance.models import DeploymentTarget, PromotionRequest
     from registry import services as reg
-    from registry.storage import blob_store
 
     haproxy = haproxy_binary()
     work = Path(tempfile.mkdtemp(prefix="registry-bench-rollback-"))
@@ -236,12 +235,11 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
             policy={"approvals_required": 1, "approver_groups": [roles.REVIEWERS], "requester_can_approve": False},
         )
         model = reg.model_create(actor=owner, namespace="bench", name=name)
-        store = blob_store()
         for v in (1, 2):
             path = write_linear_model(work / f"v{v}", WEIGHTS, BIAS[v])
             data = path.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            store.put([data], expected_sha256=sha, expected_size=len(data))
+            reg.blob_upload(model=model, chunks=[data], sha256=sha, size=len(data))
             content = reg.VersionContent(manifest={"files": [{"path": path.name, "size": len(data), "sha256": sha}]})
             version, _ = reg.version_register(actor=owner, model=model, content=content)
             request = gov.promotion_request(actor=owner, version=version, target=target)

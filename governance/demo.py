@@ -37,7 +37,6 @@ from governance.hosts.haproxy import HAProxyFleet
 from governance.models import DeploymentTarget, PromotionRequest, Release
 from registry import services as registry_services
 from registry.models import ModelVersion, RegisteredModel
-from registry.storage import blob_store
 
 NAMESPACE, NAME = "demo", "linear"
 MODEL = f"{NAMESPACE}/{NAME}"
@@ -152,7 +151,7 @@ def ensure_version(owner, model: RegisteredModel, number: int) -> ModelVersion:
     if version is None:
         data = linear_model_bytes(WEIGHTS, BIAS[number], name=NAME)
         sha256 = hashlib.sha256(data).hexdigest()
-        blob_store().put([data], expected_sha256=sha256, expected_size=len(data))
+        registry_services.blob_upload(model=model, chunks=[data], sha256=sha256, size=len(data))
         version, _ = registry_services.version_register(
             actor=owner,
             model=model,

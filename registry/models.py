@@ -116,6 +116,23 @@ class Alias(models.Model):
         return f"{self.model}@{self.name}"
 
 
+class BlobHolding(models.Model):
+    """A model that has shown it holds a stored blob: the bytes were sent for it and verified against their
+    sha256. The blob store is shared by every model, and a sha256 alone is no proof of having the file: a
+    manifest may name a registry-stored blob only when a model its registrant may view holds it."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "sha256"], name="registry_blobholding_unique")]
+        indexes = [models.Index(fields=["sha256"], name="registry_blobholding_sha_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.model} holds {self.sha256}"
+
+
 class ModelPerm:
     """Object permission codenames on a RegisteredModel (versions, cards and aliases follow it)."""
 

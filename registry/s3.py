@@ -218,12 +218,11 @@ class S3BlobStore:
         sha256, size = match[1], int(match[2])
         staged = STAGING_PREFIX + upload_id
         stored = self.size(sha256)
-        if stored is not None:
-            self._discard(staged)  # the registry already holds these bytes, verified when they were stored
-            return StoredBlob(sha256, stored, created=False)
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=staged)
         except ClientError as exc:
+            if _error_code(exc) in NOT_FOUND_CODES and stored is not None:
+                return StoredBlob(sha256, stored, created=False, received=False)  # nothing sent, nothing shown
             if _error_code(exc) in NOT_FOUND_CODES:
                 raise NotFound(
                     f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first "
@@ -244,6 +243,9 @@ class S3BlobStore:
         except InvalidInput:
             self._discard(staged)
             raise
+        if stored is not None:  # the registry already holds these bytes; the caller has shown it holds them too
+            self._discard(staged)
+            return StoredBlob(sha256, received, created=False)
         try:
             created = self._promote(staged, sha256, if_match=obj["ETag"])
         except ClientError as exc:

@@ -11,7 +11,14 @@ from django.db.models.fields.json import KeyTransform
 from accounts import access
 from core.errors import InvalidInput
 from core.rows import SelectedColumns, fetch_one
-from registry.models import Alias, ModelCardRevision, ModelVersion, RegisteredModel, VersionSignature
+from registry.models import (
+    Alias,
+    BlobHolding,
+    ModelCardRevision,
+    ModelVersion,
+    RegisteredModel,
+    VersionSignature,
+)
 from registry.storage import blob_store
 
 METRIC_FILTER = re.compile(r"^(?P<name>[A-Za-z0-9_.\-/]{1,100})(?P<op>>=|<=|=|>|<)(?P<value>-?[0-9.eE+-]+)$")
@@ -20,6 +27,12 @@ _OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt", "=": "exact"}
 
 def models_visible(*, user) -> QuerySet[RegisteredModel]:
     return access.visible(user, RegisteredModel.objects.all()).order_by("id")
+
+
+def blobs_held(*, user, shas) -> set[str]:
+    """Of these sha256s, the ones a model the user may view holds (registry.models.BlobHolding)."""
+    models = access.visible(user, RegisteredModel.objects.all())
+    return set(BlobHolding.objects.filter(sha256__in=list(shas), model__in=models).values_list("sha256", flat=True))
 
 
 # --- by path: /models/{namespace}/{name}/... ------------------------------------------------------

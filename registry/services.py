@@ -19,11 +19,12 @@ from accounts import access
 from audit.chain import canonical_json
 from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from registry import cards
+from registry import cards, selectors
 from registry import manifest as manifests
 from registry.choices import STATUS_TRANSITIONS, VersionStatus
 from registry.models import (
     Alias,
+    BlobHolding,
     ModelCardRevision,
     ModelPerm,
     ModelVersion,
@@ -31,7 +32,7 @@ from registry.models import (
     VersionSignature,
     slug_validator,
 )
-from registry.storage import blob_store
+from registry.storage import StoredBlob, blob_store
 
 REGISTRY_URI = "registry://"
 _VERSION_LABEL = ModelVersion._meta.label_lower
@@ -116,15 +117,19 @@ def _split_metrics(metrics: dict) -> tuple[dict, dict]:
     return values, sources
 
 
-def _check_registry_files(manifest: dict) -> None:
-    """For the registry's own storage: every file must be stored, with the declared size."""
+def _check_registry_files(manifest: dict, *, actor) -> None:
+    """For the registry's own storage: every file must be stored, with the declared size, and held by a model
+    the registrant may view (BlobHolding): a stored blob another model holds counts as not uploaded until its
+    bytes are sent for this one, so a sha256 learnt elsewhere opens no file."""
     store = blob_store()
     shas = sorted({f["sha256"] for f in manifest["files"]})
-    with ThreadPoolExecutor(max_workers=min(16, len(shas) or 1)) as pool:  # a HEAD each on S3: not one by one
-        stored = dict(zip(shas, pool.map(store.size, shas), strict=True))
+    held = selectors.blobs_held(user=actor, shas=shas)
+    shown = [sha for sha in shas if sha in held]
+    with ThreadPoolExecutor(max_workers=min(16, len(shown) or 1)) as pool:  # a HEAD each on S3: not one by one
+        stored = dict(zip(shown, pool.map(store.size, shown), strict=True))
     missing, wrong = [], []
     for f in manifest["files"]:
-        size = stored[f["sha256"]]
+        size = stored.get(f["sha256"])
         if size is None:
             missing.append(f["path"])
         elif size != f["size"]:
@@ -136,11 +141,24 @@ def _check_registry_files(manifest: dict) -> None:
         if wrong:
             parts.append("size differs: " + ", ".join(wrong[:20]))
         raise InvalidInput(
-            "Manifest names files the registry does not hold; upload them first "
+            "Manifest names files the registry does not hold for this model; upload them first "
             "(PUT …/artifacts/sha256:<hex>). " + "; ".join(parts) + ".",
             code="artifacts_missing",
             detail={"missing": missing, "size_mismatch": wrong},
         )
+
+
+def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None = None) -> StoredBlob:
+    """Store bytes sent for `model`, verified against their sha256 (and size), and record that it holds them."""
+    blob = blob_store().put(chunks, expected_sha256=sha256, expected_size=size)
+    blob_received(model=model, blob=blob)
+    return blob
+
+
+def blob_received(*, model: RegisteredModel, blob: StoredBlob) -> None:
+    """Record that `model` holds a blob whose bytes were just sent for it (and verified)."""
+    if blob.received:
+        BlobHolding.objects.bulk_create([BlobHolding(model=model, sha256=blob.sha256)], ignore_conflicts=True)
 
 
 def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:
@@ -250,7 +268,7 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     metrics, metric_sources = _split_metrics(content.metrics or {})
     artifact_uri = _normalize_uri(content.artifact_uri, model, digest)
     if artifact_uri.startswith(REGISTRY_URI):
-        _check_registry_files(manifest)
+        _check_registry_files(manifest, actor=actor)
     fields = {
         "manifest": manifest,
         "artifact_uri": artifact_uri,

@@ -26,6 +26,7 @@ class StoredBlob:
     sha256: str
     size: int
     created: bool  # False when the blob was already stored
+    received: bool = True  # False when no bytes came with the request (a presigned upload of stored bytes)
 
 
 def blob_key(sha256: str) -> str:

@@ -5,13 +5,16 @@ POST …/uploads/{upload_id}/complete hashes the staged object and moves it into
 Only with ARTIFACT_STORAGE=s3; the local store answers 409.
 """
 
+import dataclasses
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts import scopes
 from core.api import StrictSerializer
-from core.errors import Conflict
+from core.errors import Conflict, NotFound
+from registry import selectors, services
 from registry.api import serializers as s
 from registry.api.views import ModelScopedView
 from registry.models import ModelPerm
@@ -73,6 +76,9 @@ class UploadCreateView(ModelScopedView):
         data = UploadCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         upload = s3_store().presign_put(**data.validated_data)
+        if upload.already_stored:  # skipping the PUT is for bytes a model the caller may view holds
+            held = selectors.blobs_held(user=request.user, shas=[data.validated_data["sha256"]])
+            upload = dataclasses.replace(upload, already_stored=bool(held))
         return Response(UploadOutput(upload).data, status=status.HTTP_201_CREATED)
 
 
@@ -97,7 +103,13 @@ class UploadCompleteView(ModelScopedView):
         ),
     )
     def post(self, request, namespace, name, upload_id):
-        self.model(ModelPerm.REGISTER)
+        model = self.model(ModelPerm.REGISTER)
         blob = s3_store().complete(upload_id)
+        if not blob.received and not selectors.blobs_held(user=request.user, shas=[blob.sha256]):
+            raise NotFound(
+                f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first.",
+                code="upload_not_found",
+            )
+        services.blob_received(model=model, blob=blob)
         body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
         return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)

@@ -12,7 +12,7 @@ from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
 from registry.models import ModelPerm, ModelVersion, RegisteredModel
-from registry.storage import CHUNK, blob_store
+from registry.storage import CHUNK
 
 MAX_VERSION_NUMBER = 2**31 - 1
 SHA256_PATH = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -166,7 +166,7 @@ class ArtifactUploadView(ModelScopedView):
         summary="Upload one file's bytes, addressed by its sha256 (streamed and verified while stored)",
     )
     def put(self, request, namespace, name, digest):
-        self.model(ModelPerm.REGISTER)
+        model = self.model(ModelPerm.REGISTER)
         match = SHA256_PATH.match(digest)
         if match is None:
             raise InvalidInput(f"'{digest}' is not sha256:<64 lowercase hex>.", detail={"digest": ["Bad digest."]})
@@ -181,7 +181,7 @@ class ArtifactUploadView(ModelScopedView):
             problem = f"Content-Length '{length[:40]}' is not a number of bytes."
             raise InvalidInput(problem, detail={"Content-Length": [problem]})
         declared = int(length) or None
-        blob = blob_store().put(chunks(), expected_sha256=match[1], expected_size=declared)
+        blob = services.blob_upload(model=model, chunks=chunks(), sha256=match[1], size=declared)
         body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
         return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)
 

@@ -286,6 +286,38 @@ def test_presigned_upload_then_register(s3, owner):
     assert bucket_state(s3) == ([blob_key(entry["sha256"])], [])
 
 
+def test_presigned_uploads_of_another_models_blob_need_the_bytes(s3, owner, personas):
+    """The CI bot may not view acme/churn: for its own model the registry does not say it holds acme's file
+    (already_stored was true for any stored sha256), and completing without a PUT is not a way in."""
+    content = os.urandom(1000)
+    entry = file_entry("w.bin", content)
+    first = start_upload(owner, content).json()
+    assert send_to_presigned(first, content).status_code == 200
+    assert owner.post(f"{BASE}/uploads/{first['upload_id']}/complete").status_code == 201
+
+    bot = personas["ci_bot"].client()
+    assert bot.post("/api/v1/models/", {"namespace": "ci", "name": "other"}, format="json").status_code == 201
+    theirs = "/api/v1/models/ci/other"
+    upload = bot.post(f"{theirs}/uploads", {"sha256": entry["sha256"], "size": len(content)}, format="json").json()
+    assert upload["already_stored"] is False
+    unsent = bot.post(f"{theirs}/uploads/{upload['upload_id']}/complete")
+    assert unsent.status_code == 404 and unsent.json()["error"]["code"] == "upload_not_found"
+    refused = bot.post(f"{theirs}/versions/", {"manifest": {"files": [entry]}}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "artifacts_missing"
+
+    wrong = os.urandom(1000)
+    assert send_to_presigned(upload, wrong).status_code == 200
+    forged = bot.post(f"{theirs}/uploads/{upload['upload_id']}/complete")
+    assert forged.status_code == 400 and forged.json()["error"]["code"] == "digest_mismatch"
+
+    upload = bot.post(f"{theirs}/uploads", {"sha256": entry["sha256"], "size": len(content)}, format="json").json()
+    assert send_to_presigned(upload, content).status_code == 200
+    sent = bot.post(f"{theirs}/uploads/{upload['upload_id']}/complete")
+    assert (sent.status_code, sent.json()["created"]) == (200, False)
+    assert bot.post(f"{theirs}/versions/", {"manifest": {"files": [entry]}}, format="json").status_code == 201
+    assert bucket_state(s3) == ([blob_key(entry["sha256"])], [])
+
+
 @pytest.mark.parametrize("sent", [b"evil-bytes-of-same-length!", b"short"], ids=["same-size", "other-size"])
 def test_presigned_upload_of_wrong_bytes_is_rejected_and_staging_deleted(s3, owner, sent):
     declared = b"genuine-bytes-of-this-size"

@@ -1,0 +1,87 @@
+"""The blob store is shared by every model, so a sha256 is not a key to a file: a manifest may name a
+registry-stored blob only when a model its registrant may view holds it (its bytes were sent for that model).
+Before, anyone who could register a version of any model could name another model's file by its sha256
+(public for mirrored weights) and deploy a copy of it."""
+
+import hashlib
+
+import pytest
+
+from registry.models import BlobHolding, ModelVersion
+from tests.registry.helpers import file_entry
+
+pytestmark = pytest.mark.django_db
+
+WEIGHTS = b"acme's private weights"
+
+
+def put(client, model: str, content: bytes):
+    sha = hashlib.sha256(content).hexdigest()
+    return client.put(
+        f"/api/v1/models/{model}/artifacts/sha256:{sha}", data=content, content_type="application/octet-stream"
+    )
+
+
+def register(client, model: str, content: bytes):
+    manifest = {"files": [file_entry("weights.bin", content)]}
+    return client.post(f"/api/v1/models/{model}/versions/", {"manifest": manifest}, format="json")
+
+
+@pytest.fixture
+def stored(personas):
+    """acme/churn (the owner's) holds WEIGHTS; ci/other is the CI bot's, which may not view acme/churn."""
+    owner, bot = personas["owner"].client(), personas["ci_bot"].client()
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    assert bot.post("/api/v1/models/", {"namespace": "ci", "name": "other"}, format="json").status_code == 201
+    assert put(owner, "acme/churn", WEIGHTS).status_code == 201
+    assert register(owner, "acme/churn", WEIGHTS).status_code == 201
+    assert bot.get("/api/v1/models/acme/churn").status_code == 404
+    return owner, bot
+
+
+def test_a_stored_blob_of_a_model_one_may_not_view_counts_as_not_uploaded(stored):
+    _, bot = stored
+    refused = register(bot, "ci/other", WEIGHTS)
+    assert refused.status_code == 400, refused.json()
+    assert refused.json()["error"]["code"] == "artifacts_missing"
+    assert refused.json()["error"]["detail"]["missing"] == ["weights.bin"]
+    assert not ModelVersion.objects.filter(model__name="other").exists()
+
+    # Sending the bytes shows the model holds them (stored once: 200), and then it may name them.
+    again = put(bot, "ci/other", WEIGHTS)
+    assert (again.status_code, again.json()["created"]) == (200, False)
+    assert register(bot, "ci/other", WEIGHTS).status_code == 201
+    assert BlobHolding.objects.filter(sha256=hashlib.sha256(WEIGHTS).hexdigest()).count() == 2
+
+
+def test_a_blob_a_visible_model_holds_needs_no_upload(stored, personas):
+    """The owner may view acme/churn: a new model of theirs may name its files without sending them again."""
+    owner, _ = stored
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "fork"}, format="json").status_code == 201
+    assert register(owner, "acme/fork", WEIGHTS).status_code == 201
+
+
+def test_wrong_bytes_hold_nothing(stored):
+    _, bot = stored
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    forged = bot.put(
+        f"/api/v1/models/ci/other/artifacts/sha256:{sha}", data=b"guess", content_type="application/octet-stream"
+    )
+    assert forged.status_code == 400 and forged.json()["error"]["code"] == "digest_mismatch"
+    assert register(bot, "ci/other", WEIGHTS).status_code == 400
+
+
+def test_the_migration_credits_every_model_with_the_files_its_versions_name(stored):
+    """Versions registered before holdings existed keep working: 0007 records what their manifests name."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("registry.migrations.0007_blob_holding")
+    BlobHolding.objects.all().delete()
+    migration.versions_hold_their_files(apps, None)
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    assert list(BlobHolding.objects.values_list("model__name", "sha256")) == [("churn", sha)]
+    owner, _ = stored
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "fork"}, format="json").status_code == 201
+    assert register(owner, "acme/fork", WEIGHTS).status_code == 201
