@@ -560,10 +560,13 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     if serving == release.number:
         _mark_live(target.pk, release.pk, status)
         return "converged"
-    if release.state == ReleaseState.LIVE and status.state == "deploying":
-        # Restarting, waking from zero, a change made in the host's console: not drift until it settles on
-        # something else (or fails); the periodic reconcile looks again.
-        return "settling"
+    if release.state == ReleaseState.LIVE and status.state == "deploying" and status.busy_with:
+        live_id = Release.objects.filter(pk=release.pk).values_list("host_release_id", flat=True).first()
+        if status.busy_with == live_id:
+            # Restarting or waking from zero with the live release: not drift; the periodic reconcile looks
+            # again. Busy with anything else (a change made in the host's console, a failed release's
+            # update still under way after its fallback) is drift.
+            return "settling"
     if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
         drift = {"desired": release.number, "host_serving": serving, "host_state": status.state}
         if not _mark_drifted(target.pk, release.pk, drift):
@@ -593,7 +596,8 @@ def _give_up_if_overdue(release: Release, host, config: dict, credentials: str |
     """A release not live DEPLOY_TIMEOUT_SECONDS after its deploy began fails with what the host says: an
     endpoint waiting for capacity, or one whose health route the worker cannot reach, stayed `deploying`
     for good, with no reason anywhere."""
-    since = Release.objects.filter(pk=release.pk).values_list("deploying_since", flat=True).first()
+    times = Release.objects.filter(pk=release.pk).values_list("deploying_since", "step_started_at").first() or ()
+    since = max((t for t in times if t is not None), default=None)  # a canary that fell back counts from its step
     limit = settings.DEPLOY_TIMEOUT_SECONDS
     if since is None or (timezone.now() - since).total_seconds() <= limit:
         return

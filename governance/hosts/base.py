@@ -53,6 +53,7 @@ class HostStatus:
     serving: tuple[Serving, ...] = ()
     endpoint_url: str = ""
     detail: str = ""
+    busy_with: str = ""  # "deploying": the host release id it is starting, where the host says (HF: the revision)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,9 @@ class HFEndpointHost:
             else:
                 ready, detail = self._ready(endpoint, token, 0)
         if not ready:
-            return HostStatus(state="deploying", endpoint_url=endpoint.url or "", detail=detail)
+            return HostStatus(
+                state="deploying", endpoint_url=endpoint.url or "", detail=detail, busy_with=endpoint.revision or ""
+            )
         return HostStatus(
             state="ready",
             serving=(Serving(release_number=0, host_release_id=endpoint.revision, traffic_percent=100),),

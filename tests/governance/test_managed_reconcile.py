@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import httpx
 import pytest
 
 from audit.models import AuditEvent
@@ -214,3 +215,48 @@ def test_a_release_not_live_by_the_deadline_fails_with_what_the_host_says(world,
     assert pending.state == ReleaseState.FAILED
     assert "not live 1 s after its deploy began (DEPLOY_TIMEOUT_SECONDS); the host says: deploying" in pending.reason
     assert "pending" in pending.reason
+
+
+def console_update(hf, commit: str) -> None:
+    """Someone changes the endpoint's revision in Hugging Face's console (the same API call)."""
+    changed = httpx.put(
+        f"{hf.api_url}/endpoint/acme/churn",
+        json={"model": {"revision": commit}},
+        headers={"Authorization": f"Bearer {HF_TOKEN}"},
+    )
+    assert changed.status_code == 200, changed.text
+
+
+def test_an_endpoint_moving_to_another_revision_is_drift_while_it_moves(world, hf, hfp):
+    """A revision changed in the console is drift at once, not once the endpoint is up on it (settling covers
+    only a restart with the live revision)."""
+    live = release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    hf.update_delay = 600
+    console_update(hf, COMMIT[2])
+    before = AuditEvent.objects.latest("seq").seq
+    assert deployment.reconcile(hfp.pk, owner="test") == "deploying"
+    assert actions(before)[0] == "target.drift_detected"
+    assert hf.endpoint("acme", "churn")["model"]["revision"] == COMMIT[1]  # redeployed
+    live.refresh_from_db()
+    assert live.state == ReleaseState.DEPLOYING
+
+
+def test_after_a_release_fails_its_deadline_the_fallback_is_redeployed(world, hf, hfp, settings):
+    """Release 2 never finishes updating and fails at the deadline; the endpoint is still moving to its
+    revision, so the fallback (release 1, live) is redeployed instead of taken for settled."""
+    release(world, hfp, 1)
+    assert converge(hfp) == "converged"
+    settings.DEPLOY_TIMEOUT_SECONDS = 1
+    hf.update_delay = 600
+    failing = release(world, hfp, 2)
+    assert deployment.reconcile(hfp.pk, owner="test") == "deploying"
+    time.sleep(1.2)
+    assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
+    failing.refresh_from_db()
+    assert failing.state == ReleaseState.FAILED
+    assert hf.endpoint("acme", "churn")["model"]["revision"] == COMMIT[2]
+    hf.update_delay = 0
+    assert deployment.reconcile(hfp.pk, owner="test") in ("deploying", "converged")
+    assert hf.endpoint("acme", "churn")["model"]["revision"] == COMMIT[1]
+    assert converge(hfp) == "converged"
