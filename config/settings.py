@@ -4,6 +4,7 @@ Defaults are safe for production (DEBUG off, secure cookies, HSTS); the local qu
 turns on DJANGO_DEBUG=1, which also lets a SECRET_KEY be generated and kept under DATA_DIR.
 """
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -43,24 +44,22 @@ def env_bool(name: str, default: bool) -> bool:
     return word in _TRUE
 
 
-def env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, cast, what: str):
     value = _read(name)
     if value is None or value.strip() == "":
         return default
     try:
-        return int(value)
+        return cast(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+        raise ImproperlyConfigured(f"{name} must be {what}, got {value!r}.") from None
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "a whole number")
 
 
 def env_float(name: str, default: float) -> float:
-    value = _read(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from None
+    return _env_number(name, default, float, "a number")
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -309,6 +308,12 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 # Periodic tasks (run `celery -A config beat` once per deployment). Outgoing webhooks: the dispatcher
 # turns new audit events into deliveries; the sweeper re-enqueues deliveries whose task was lost.
 # `expires` drops runs that waited in the queue longer than their interval (the next run covers them).
+# Webhook delivery (docs/webhooks.md): with these defaults a dead receiver is tried for about three hours.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10)
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)  # one attempt, whole
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
+WEBHOOK_SWEEP_GRACE_SECONDS = env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0)
 _WEBHOOK_DISPATCH_EVERY = env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0)
 _WEBHOOK_SWEEP_EVERY = env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0)
 CELERY_BEAT_SCHEDULE = {
@@ -350,12 +355,12 @@ LOG_FORMAT = env("LOG_FORMAT") or ("text" if DEBUG else "json")
 if LOG_FORMAT not in {"json", "text"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}.")
 LOG_LEVEL = (env("LOG_LEVEL") or "INFO").strip().upper()
-if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+if LOG_LEVEL not in logging.getLevelNamesMapping():  # WARN and FATAL too, as logging itself takes them
     raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {env('LOG_LEVEL')!r}.")
 # At DEBUG these libraries log each request they send with its headers: AWS signatures and session tokens
 # (botocore), bearer tokens of host APIs. They stay at INFO (or LOG_LEVEL, if stricter) whatever LOG_LEVEL says.
-_CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "httpx", "httpcore")
-_CLIENT_LOG_LEVEL = "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL
+_CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3", "httpx", "httpcore", "httpx2", "httpcore2")
+_CLIENT_LOG_LEVEL = logging.getLevelName(max(logging.INFO, logging.getLevelNamesMapping()[LOG_LEVEL]))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -28,7 +28,8 @@ def embedded_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="core.E001",
             )
         )
-    if not settings.CELERY_BROKER_URL or settings.CELERY_BROKER_URL.startswith("filesystem://"):
+    eager = settings.CELERY_TASK_ALWAYS_EAGER  # tasks run in the web process: no broker is used
+    if not eager and (not settings.CELERY_BROKER_URL or settings.CELERY_BROKER_URL.startswith("filesystem://")):
         errors.append(
             checks.Error(
                 "CELERY_BROKER_URL is not set (or names the file broker) while DJANGO_DEBUG is off: tasks would "

@@ -163,14 +163,20 @@ def _observe_stream(response, request, started: float) -> None:
     response.streaming_content = wrapper(response.streaming_content, response.status_code, finish)
 
 
-class _ObservedStream:
+class _Observed:
     """A streamed body that reports once, when it ends, fails or is closed (the server closes the response
     when it stops sending: done, or the client went away; an unsent body, e.g. for HEAD, is only closed).
-    Having close(), it is one of the closers that HttpResponse.close() calls."""
+    Having close(), it is one of the closers that HttpResponse.close() calls. A subclass is iterable one way
+    only: Django takes anything with __iter__ for a sync body."""
 
     def __init__(self, content, status: int, finish):
         self._content, self._status, self._finish = content, status, finish
 
+    def close(self) -> None:
+        self._finish(self._status)
+
+
+class _ObservedStream(_Observed):
     def __iter__(self):
         return self
 
@@ -184,11 +190,8 @@ class _ObservedStream:
             self._finish(500)
             raise
 
-    def close(self) -> None:
-        self._finish(self._status)
 
-
-class _ObservedAsyncStream(_ObservedStream):
+class _ObservedAsyncStream(_Observed):
     def __aiter__(self):
         return self
 

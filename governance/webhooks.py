@@ -87,16 +87,12 @@ USER_AGENT = "model-governance-registry-webhooks/1"
 EXCERPT_CHARS = 500
 
 
-def _setting(name: str, default):
-    return getattr(settings, name, default)
-
-
 def max_attempts() -> int:
-    return int(_setting("WEBHOOK_MAX_ATTEMPTS", 10))
+    return settings.WEBHOOK_MAX_ATTEMPTS
 
 
 def timeout_seconds() -> float:
-    return float(_setting("WEBHOOK_TIMEOUT_SECONDS", 10))
+    return settings.WEBHOOK_TIMEOUT_SECONDS
 
 
 # --- access ---------------------------------------------------------------------------------
@@ -136,7 +132,7 @@ def _secret_box(secret_key: str, fallbacks: tuple[str, ...]) -> "MultiFernet":
 
 def secret_box() -> "MultiFernet":
     """Encrypts with the key from SECRET_KEY; also decrypts with keys from SECRET_KEY_FALLBACKS."""
-    return _secret_box(settings.SECRET_KEY, tuple(_setting("SECRET_KEY_FALLBACKS", [])))
+    return _secret_box(settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS))
 
 
 def generate_secret() -> str:
@@ -373,8 +369,7 @@ def retry_delay(attempt: int, retry_after: float | None = None) -> float:
     """Seconds before attempt `attempt + 1`: exponential from WEBHOOK_RETRY_BASE_SECONDS, capped at
     WEBHOOK_RETRY_MAX_SECONDS, with jitter (uniform in [half, full] of the step) so receivers coming back
     from an outage are not hit by every sender at once. A receiver's Retry-After is honoured (capped)."""
-    base = float(_setting("WEBHOOK_RETRY_BASE_SECONDS", 30))
-    cap = float(_setting("WEBHOOK_RETRY_MAX_SECONDS", 3600))
+    base, cap = settings.WEBHOOK_RETRY_BASE_SECONDS, settings.WEBHOOK_RETRY_MAX_SECONDS
     step = min(cap, base * 2 ** max(0, attempt - 1))
     delay = random.uniform(step / 2, step)  # noqa: S311 - jitter, not cryptography
     if retry_after:
@@ -696,7 +691,7 @@ def _finish(
 
 def due_deliveries(*, grace_seconds: float | None = None, limit: int = 500) -> list[int]:
     """Pending deliveries overdue by more than the grace period: their task was lost or never sent."""
-    grace = float(_setting("WEBHOOK_SWEEP_GRACE_SECONDS", 30) if grace_seconds is None else grace_seconds)
+    grace = settings.WEBHOOK_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds
     overdue = timezone.now() - timedelta(seconds=grace)
     return list(
         WebhookDelivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=overdue)

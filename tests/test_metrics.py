@@ -3,6 +3,7 @@ the real action it counts — requests, releases made by the governance services
 drift on a Replicate deployment (official client against the local wire-compatible fake), Celery tasks
 run through Celery's own tracer, and a webhook attempt against a closed port."""
 
+import asyncio
 import copy
 import hashlib
 import io
@@ -23,7 +24,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 from django.http import StreamingHttpResponse
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import path, resolve
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -145,10 +146,19 @@ def _broken_stream(request):
     return StreamingHttpResponse(body(), content_type="text/plain")
 
 
-# The project's URLs plus two streamed test views (settings.ROOT_URLCONF = __name__ in the tests using them).
+def _async_stream(request):
+    async def body():
+        for _ in range(2):
+            yield b"async\n"
+
+    return StreamingHttpResponse(body(), content_type="text/plain")
+
+
+# The project's URLs plus streamed test views (settings.ROOT_URLCONF = __name__ in the tests using them).
 urlpatterns = [
     path("tests/slow-stream", _slow_stream, name="tests-slow-stream"),
     path("tests/broken-stream", _broken_stream, name="tests-broken-stream"),
+    path("tests/async-stream", _async_stream, name="tests-async-stream"),
     *project_urlpatterns,
 ]
 
@@ -200,6 +210,23 @@ def test_an_error_while_streaming_is_a_5xx(settings, scrape, access_lines):
     assert value(after, name, **sent) == value(before, name, **sent)
     [line] = [line for line in access_lines() if line["request_id"] == "obs-stream-0002"]
     assert line["status"] == 500
+
+
+def test_an_async_streamed_body_stays_async_and_is_measured(settings, access_lines):
+    """The wrapper of an async body was iterable both ways; Django took it for a sync body, and sending it
+    raised TypeError ('async_generator' object is not an iterator), logged as a 500."""
+    settings.ROOT_URLCONF = __name__
+
+    async def fetch():
+        r = await AsyncClient(headers={"Host": "localhost", "X-Request-ID": "obs-stream-0003"}).get(
+            "/tests/async-stream"
+        )
+        assert r.status_code == 200 and r.is_async
+        return b"".join([chunk async for chunk in r.streaming_content])
+
+    assert asyncio.run(fetch()) == b"async\n" * 2
+    [line] = [line for line in access_lines() if line["path"] == "/tests/async-stream"]
+    assert (line["status"], line["view"]) == (200, "tests-async-stream")
 
 
 def test_an_audit_export_is_logged_with_its_own_request_id_and_actor(personas, access_lines):

@@ -2,6 +2,7 @@
 else: each case starts a real Python process on config.settings with the environment under test."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -82,6 +83,30 @@ def test_malformed_values_are_refused_by_name(run, name, value, expected):
     assert expected in refusal(run("-c", "import django; django.setup()", **{name: value}))
 
 
+def test_log_level_takes_the_names_logging_takes(run):
+    """`WARN` and `FATAL` are logging's own aliases; an operator's LOG_LEVEL=WARN worked before validation."""
+    probe = (
+        "import django, json, logging; django.setup(); "
+        "print(json.dumps([logging.getLogger().level, logging.getLogger('botocore').level]))"
+    )
+    for given, root in (("WARN", logging.WARNING), ("fatal", logging.CRITICAL), ("debug", logging.DEBUG)):
+        result = run("-c", probe, LOG_LEVEL=given)
+        assert result.returncode == 0, result.stderr[-2000:]
+        levels = json.loads(result.stdout.splitlines()[-1])
+        assert levels == [root, max(root, logging.INFO)], given
+
+
+def test_webhook_delivery_settings_come_from_the_environment(run):
+    """docs/webhooks.md lists them as environment variables; they were read only as Django settings."""
+    names = ("WEBHOOK_MAX_ATTEMPTS", "WEBHOOK_TIMEOUT_SECONDS", "WEBHOOK_RETRY_BASE_SECONDS")
+    given = {"WEBHOOK_MAX_ATTEMPTS": "3", "WEBHOOK_TIMEOUT_SECONDS": "2.5", "WEBHOOK_RETRY_BASE_SECONDS": "1"}
+    assert settings_of(run, *names, **given) == {
+        "WEBHOOK_MAX_ATTEMPTS": 3,
+        "WEBHOOK_TIMEOUT_SECONDS": 2.5,
+        "WEBHOOK_RETRY_BASE_SECONDS": 1.0,
+    }
+
+
 def test_artifact_storage_is_case_insensitive(run):
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE="S3") == {"ARTIFACT_STORAGE": "s3"}
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE=" Local ") == {"ARTIFACT_STORAGE": "local"}
@@ -132,6 +157,19 @@ def test_production_with_servers_or_the_opt_out_starts(run):
     assert opted.returncode == 0, opted.stderr[-2000:]
     # Debug (the demo, the tests) keeps the embedded defaults without being asked.
     assert run("manage.py", "check", unset=DEMO_BACKENDS, DJANGO_DEBUG="1").returncode == 0
+
+
+def test_eager_tasks_need_no_broker(run):
+    """CELERY_TASK_ALWAYS_EAGER runs tasks in the web process: no broker is used, so none is asked for."""
+    eager = run(
+        "manage.py",
+        "check",
+        unset=("CELERY_BROKER_URL",),
+        CELERY_TASK_ALWAYS_EAGER="1",
+        **PRODUCTION,
+        **{"DATABASE_URL": SERVERS["DATABASE_URL"]},
+    )
+    assert eager.returncode == 0, eager.stderr[-2000:]
 
 
 def test_the_image_build_step_runs_without_a_database(run, tmp_path):
