@@ -151,9 +151,10 @@ def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_numb
                     code="never_live",
                 )
             if to.version.status == VersionStatus.ARCHIVED:
+                # Names no model: a deployer may not view the models the target served, and could walk release numbers.
                 raise Conflict(
-                    f"Release {to_number} of {target} serves {to.version}, which is archived; archived "
-                    "versions are not served again.",
+                    f"Release {to_number} of {target} serves an archived version; archived versions are not "
+                    "served again.",
                     code="version_archived",
                 )
         else:

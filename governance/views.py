@@ -237,12 +237,14 @@ def target_detail(request, name: str):
     release = selectors.live_release(target=target)
     page = paginate(request, ui_selectors.target_releases(target=target))
     releases = list(page.object_list)
-    model_ids = [r.version.model_id for r in releases] + ([release.version.model_id] if release else [])
-    visible = selectors.visible_model_ids(user=request.user, model_ids=model_ids)
+    may_roll_back = access.has_perm(request.user, "deploy_deploymenttarget", target)
+    roll_back_to = deployment.previous_good(target) if may_roll_back else None
+    # Deploying on a target grants no view of the models it served: the rollback form hides them too.
+    shown = [*releases, *(r for r in (release, roll_back_to) if r is not None)]
+    visible = selectors.visible_model_ids(user=request.user, model_ids=[r.version.model_id for r in shown])
     policy = selectors.current_policy(target=target)
     pending = ui_selectors.pending_for_target(user=request.user, target=target)
     pending_page = paginate(request, pending, "pending_page")
-    may_roll_back = access.has_perm(request.user, "deploy_deploymenttarget", target)
     return render(
         request,
         "governance/target_detail.html",
@@ -256,7 +258,7 @@ def target_detail(request, name: str):
             "rules": selectors.rules_of(policy),
             "pending_page": pending_page,
             "may_roll_back": may_roll_back,
-            "roll_back_to": deployment.previous_good(target) if may_roll_back else None,
+            "roll_back_to": roll_back_to,
         },
     )
 
@@ -264,7 +266,8 @@ def target_detail(request, name: str):
 def _release_number(request) -> int | None:
     """The release the button named: a second click then finds it already desired instead of picking anew."""
     value = request.POST.get("release", "")
-    return int(value) if value.isdigit() and len(value) <= 9 else None
+    # ASCII only: isdigit() also takes "²", which int() refuses (a 500).
+    return int(value) if value.isascii() and value.isdecimal() and len(value) <= 9 else None
 
 
 @login_required
@@ -284,8 +287,9 @@ def target_rollback(request, name: str):
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
+        hidden = not selectors.visible_model_ids(user=request.user, model_ids=[release.version.model_id])
+        what = "a version of a model you may not view" if hidden else release.version
         messages.success(
-            request,
-            f"Rolling back: release {release.number} ({release.version}) is desired again; the worker moves traffic.",
+            request, f"Rolling back: release {release.number} ({what}) is desired again; the worker moves traffic."
         )
     return redirect("ui-target", name=name)

@@ -42,7 +42,8 @@ def _options(request) -> tuple[dict, list[str]]:
     if granularity not in selectors.GRANULARITIES:
         problems.append(f"granularity must be one of {', '.join(selectors.GRANULARITIES)}.")
     raw_depth = request.GET.get("depth", str(DEFAULT_PAGE_DEPTH))
-    depth = int(raw_depth) if raw_depth.isdecimal() else -1
+    # Bounded ASCII digits: int() refuses strings over 4,300 digits (a 500); those are a bad depth like any other.
+    depth = int(raw_depth) if raw_depth.isascii() and raw_depth.isdecimal() and len(raw_depth) <= 9 else -1
     if not 0 <= depth <= graphs.MAX_DEPTH:
         problems.append(f"depth must be a whole number from 0 to {graphs.MAX_DEPTH}.")
     raw_as_of = request.GET.get("as_of", "").strip()

@@ -72,7 +72,9 @@ def version_detail(request, namespace: str, name: str, number: int):
     wanted = request.GET.get("revision")
     if revisions:
         known = {r.revision for r in revisions}
-        shown = int(wanted) if wanted and wanted.isdecimal() and int(wanted) in known else revisions[0].revision
+        # Bounded: int() refuses strings over 4,300 digits (a 500); any value not a known revision shows the latest.
+        number = int(wanted) if wanted and wanted.isascii() and wanted.isdecimal() and len(wanted) <= 9 else None
+        shown = number if number in known else revisions[0].revision
         card = version.card_revisions.select_related("created_by").get(revision=shown)
     sections, report = [], None
     if card is not None:
