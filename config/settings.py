@@ -103,6 +103,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served locally, so /api/docs/ works offline
     "guardian",
+    "axes",  # failed sign-ins: a username is locked for a while after too many from one address
+    "csp",
     "core",
     "audit",
     "accounts",
@@ -125,7 +127,9 @@ MIDDLEWARE = [
     "core.middleware.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "core.middleware.ReleaseResponseMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: it turns a lockout into its 429 answer
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -183,9 +187,31 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth and permissions -------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in before a password is checked
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
+# django-axes: AXES_FAILURE_LIMIT failed sign-ins (UI and admin) for one username from one address lock that pair
+# for AXES_COOLOFF_MINUTES; a success resets the count. Per pair, so an attacker cannot lock a user out everywhere.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ADMIN = False  # attempts and lockouts are listed with `manage.py axes_list_attempts`, reset with axes_reset
+# Content-Security-Policy (django-csp) on every response: the UI runs no script of its own, Swagger UI
+# (/api/docs/) only files from the sidecar package; inline style stays (a few style attributes).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user object; anonymous requests get 401
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"

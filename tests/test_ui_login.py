@@ -28,3 +28,33 @@ def test_session_api_write_needs_csrf(personas):
     csrf_client.force_login(personas["owner"].user)
     r = csrf_client.post("/api/v1/models/", {"namespace": "a", "name": "b"}, content_type="application/json")
     assert r.status_code == 403 and "CSRF" in r.json()["error"]["message"]
+
+
+def test_repeated_wrong_passwords_lock_that_username_from_that_address(client, personas, settings):
+    """django-axes: the fifth wrong password for one username from one address locks the pair (429), even
+    the right password then; another address, or another user, is not locked; admin sign-in counts too."""
+    wrong = {"username": "reviewer", "password": "wrong"}
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert b"didn't match" in client.post("/accounts/login/", wrong).content
+    assert client.post("/admin/login/", wrong).status_code == 429
+    right = client.post("/accounts/login/", {"username": "reviewer", "password": "pw-reviewer"})
+    assert right.status_code == 429 and client.get("/").status_code == 302  # still signed out
+
+    elsewhere = client.post(
+        "/accounts/login/", {"username": "reviewer", "password": "pw-reviewer"}, REMOTE_ADDR="10.9.8.7"
+    )
+    assert elsewhere.status_code == 302
+    other = client.post("/accounts/login/", {"username": "auditor", "password": "pw-auditor"})
+    assert other.status_code == 302
+
+
+def test_pages_forbid_scripts_other_than_the_sites_own(client, personas):
+    """Content-Security-Policy on UI pages and on Swagger UI (its script is a file now, not inline)."""
+    client.force_login(personas["owner"].user)
+    for path in ("/", "/accounts/login/", "/api/docs/"):
+        policy = client.get(path).headers["Content-Security-Policy"]
+        directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+        assert directives["script-src"] == "'self'" and directives["frame-ancestors"] == "'none'", (path, policy)
+        assert directives["object-src"] == "'none'" and directives["base-uri"] == "'none'"
+    docs = client.get("/api/docs/").content.decode()
+    assert "<script>" not in docs and "<script src=" in docs
