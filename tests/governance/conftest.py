@@ -57,3 +57,28 @@ def promote(persona, version=1, target="prod"):
     return persona.client().post(
         "/api/v1/promotions/", {"model": "acme/churn", "version": version, "target": target}, format="json"
     )
+
+
+def two_serving_releases():
+    """On target prod, two releases of acme/churn v1: release 2 live for an hour, release 1 serving the hour
+    before it. Returns (target, release 1)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from governance.models import DeploymentTarget, Release, ServingPeriod
+    from registry.models import ModelVersion
+
+    target = DeploymentTarget.objects.get(name="prod")
+    v1 = ModelVersion.objects.get(number=1)
+    now = timezone.now()
+    r1 = Release.objects.create(
+        target=target, version=v1, number=1, state="superseded", live_at=now - timedelta(hours=2)
+    )
+    r2 = Release.objects.create(target=target, version=v1, number=2, state="live", live_at=now - timedelta(hours=1))
+    ServingPeriod.objects.create(
+        target=target, release=r1, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
+    )
+    ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
+    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
+    return target, r1

@@ -7,7 +7,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from governance.models import DeploymentTarget, Release, ServingPeriod
 from tests.governance.conftest import MODEL as MODEL_PATH
-from tests.governance.conftest import promote
+from tests.governance.conftest import promote, two_serving_releases
 
 
 def approve_all(world, pk):
@@ -82,26 +82,8 @@ def test_rollback_to_previous_serving_release(world):
     assert world["auditor"].client().get(f"/api/v1/targets/prod/served-at?at={before}").json()["release"] is None
 
 
-def _two_serving_releases(world):
-    from registry.models import ModelVersion
-
-    target = DeploymentTarget.objects.get(name="prod")
-    v1 = ModelVersion.objects.get(number=1)
-    now = timezone.now()
-    r1 = Release.objects.create(
-        target=target, version=v1, number=1, state="superseded", live_at=now - timedelta(hours=2)
-    )
-    r2 = Release.objects.create(target=target, version=v1, number=2, state="live", live_at=now - timedelta(hours=1))
-    ServingPeriod.objects.create(
-        target=target, release=r1, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
-    )
-    ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
-    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
-    return target, r1
-
-
 def test_ui_rollback_button_uses_the_same_rule_permission_and_audit(world, client):
-    target, r1 = _two_serving_releases(world)
+    target, r1 = two_serving_releases()
     client.force_login(world["reviewer"].user)  # may view the target, may not deploy
     page = client.get("/targets/prod/")
     assert page.status_code == 200 and b"Roll back to release" not in page.content
@@ -124,7 +106,7 @@ def test_ui_rollback_button_uses_the_same_rule_permission_and_audit(world, clien
 
 
 def test_ui_rollback_of_a_hidden_target_is_a_404(world, client):
-    _two_serving_releases(world)
+    two_serving_releases()
     client.force_login(world["outsider"].user)
     assert client.post("/targets/prod/rollback/", {"reason": "x"}).status_code == 404
 
@@ -134,7 +116,7 @@ def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
     state and times, but not which model, version or digest it is (as in the web UI)."""
     from datetime import UTC
 
-    _two_serving_releases(world)
+    two_serving_releases()
     Release.objects.update(  # as a self-hosted deploy fills them: they name the model and its digest
         endpoint_url="http://127.0.0.1:8080/v2/models/churn", host_release_id="prod/r2@1234abcd", reason="promotion #7"
     )
@@ -170,7 +152,7 @@ def test_target_endpoints_name_no_model_the_caller_may_not_view(world):
 def test_a_second_rollback_does_not_undo_the_first(world, client):
     """A double click, two operators, or an API client retrying: the release just rolled back from is not a
     rollback destination, and the button names the release it shows."""
-    target, r1 = _two_serving_releases(world)  # release 2 live (bad), release 1 served before
+    target, r1 = two_serving_releases()  # release 2 live (bad), release 1 served before
     client.force_login(world["admin"].user)
     page = client.get("/targets/prod/")
     assert b'name="release" value="1"' in page.content
@@ -189,7 +171,7 @@ def test_a_second_rollback_does_not_undo_the_first(world, client):
 def test_a_rollback_never_serves_an_archived_version_again(world):
     from registry.models import ModelVersion
 
-    _two_serving_releases(world)  # release 2 live, release 1 served before; both of version 1
+    two_serving_releases()  # release 2 live, release 1 served before; both of version 1
     ModelVersion.objects.filter(number=1).update(status="archived")
     admin = world["admin"].client()
     default = admin.post("/api/v1/targets/prod/rollback", {"reason": "errors"}, format="json")

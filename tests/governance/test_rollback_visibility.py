@@ -1,17 +1,15 @@
 """A deployer who may not view a model learns nothing of it from rolling back: not from the target page's
 rollback form, the flash after it, or the refusal of an archived version (web UI and API alike)."""
 
-from datetime import timedelta
-
 import pytest
 from django.test import Client
-from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
 from accounts import scopes
-from governance.models import DeploymentTarget, Release, ServingPeriod
+from governance.models import DeploymentTarget
 from registry.models import ModelVersion
 from tests.conftest import bearer
+from tests.governance.conftest import two_serving_releases
 
 HIDDEN = "a version of a model you may not view"
 
@@ -20,18 +18,7 @@ HIDDEN = "a version of a model you may not view"
 def ops(world, django_user_model):
     """View and deploy on prod only (as a non-superuser who creates a target gets), no view of acme/churn;
     release 2 live, release 1 (acme/churn v1) served before it."""
-    target = DeploymentTarget.objects.get(name="prod")
-    v1 = ModelVersion.objects.get(number=1)
-    now = timezone.now()
-    r1 = Release.objects.create(
-        target=target, version=v1, number=1, state="superseded", live_at=now - timedelta(hours=2)
-    )
-    r2 = Release.objects.create(target=target, version=v1, number=2, state="live", live_at=now - timedelta(hours=1))
-    ServingPeriod.objects.create(
-        target=target, release=r1, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
-    )
-    ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
-    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
+    target, _ = two_serving_releases()
     user = django_user_model.objects.create_user(username="ops")
     for perm in ("view_deploymenttarget", "deploy_deploymenttarget"):
         assign_perm(perm, user, target)
