@@ -584,7 +584,8 @@ def cmd_register(args) -> int:
                 client.url("models", namespace, name, "versions", str(number), "card"),
                 body=card,
                 content_type="text/markdown; charset=utf-8",
-                retry=False,  # each post adds a card revision
+                # Retried like the rest: posting the card the latest revision already holds answers 200 with that
+                # revision (registry.services.card_revision_add), so a retry after a lost answer adds nothing.
             )
             log(f"posted model card {args.card}")
         if args.alias:

@@ -317,6 +317,83 @@ def test_refused_card_exits_1_and_leaves_the_alias_alone(live_server, ci, model_
     assert not Alias.objects.exists()
 
 
+@pytest.fixture
+def lossy_proxy():
+    """A proxy on localhost in front of a server; yields start(upstream_url, drop) -> url, and the request lines
+    it saw. It forwards every request whole; for the first one whose request line contains `drop`, the server's
+    answer is thrown away and the client's connection closed: the request was served, the answer lost."""
+    servers, seen, dropped = [], [], []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = next(
+                (int(v) for k, _, v in (h.partition(b":") for h in lines[1:]) if k.lower() == b"content-length"), 0
+            )
+            while len(body) < length:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            seen.append(lines[0])
+            host, port = self.server.upstream
+            with socket.create_connection((host, port), timeout=30) as upstream:
+                upstream.sendall(head + b"\r\n\r\n" + body)  # the CLI sends Connection: close
+                answer = b""
+                while chunk := upstream.recv(65536):
+                    answer += chunk
+            if self.server.drop in lines[0] and not dropped:
+                dropped.append(lines[0])
+                return  # hang up without answering
+            self.request.sendall(answer)
+
+    def start(upstream_url: str, drop: bytes) -> str:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        host, port = upstream_url.removeprefix("http://").rsplit(":", 1)
+        server.upstream, server.drop = (host, int(port)), drop
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start, seen
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@live
+@needs_card_api
+def test_card_post_whose_answer_is_lost_is_retried_without_a_second_revision(
+    live_server, ci, model_dir, tmp_path, lossy_proxy
+):
+    """The card post is idempotent (the same content as the latest revision answers 200 with it), so the CLI
+    retries it like any other request when the connection drops after the server stored the revision."""
+    from registry.models import ModelCardRevision
+
+    start, seen = lossy_proxy
+    url = start(live_server.url, drop=b"/versions/1/card")
+    card = tmp_path / "README.md"
+    card.write_text("# Churn model\n\n## Intended use\n\nPredicts churn.\n")
+    args = ("register", "--model", "acme/churn", "--path", str(model_dir), "--card", str(card), "--alias", "candidate")
+    result = run(*args, "--create-model", url=url, token=ci)
+    assert summary(result)["number"] == 1
+    card_posts = [line for line in seen if line.startswith(b"POST ") and b"/card" in line]
+    assert card_posts == [b"POST /api/v1/models/acme/churn/versions/1/card HTTP/1.1"] * 2  # served, lost, retried
+    assert "Remote end closed connection" in result.stderr and "retrying in 1s" in result.stderr
+    assert "posted model card" in result.stderr
+    revision = ModelCardRevision.objects.get()  # the retry added no second revision
+    assert (revision.revision, revision.content["intended_use"]) == (1, "Predicts churn.")
+    assert Alias.objects.get(name="candidate").version.number == 1
+
+
 def test_missing_token_exits_2(dead_url, model_dir):
     result = run("register", "--model", "acme/churn", "--path", str(model_dir), url=dead_url)
     assert result.returncode == 2
