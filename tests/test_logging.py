@@ -2,6 +2,7 @@
 per line carrying the request id and actor of real HTTP requests — the same request id the audit event
 of that request stores — and Celery task lines carry the task name and id. API tokens never appear."""
 
+import contextlib
 import copy
 import io
 import json
@@ -30,22 +31,29 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def log_lines():
-    """The project's LOGGING dict, as configured for LOG_FORMAT=json, writing into a buffer for the test."""
+@contextlib.contextmanager
+def logging_into_buffer(log_format: str):
+    """The project's LOGGING dict, as configured for LOG_FORMAT=`log_format`, writing into a buffer."""
     buffer = io.StringIO()
     config = copy.deepcopy(django_settings.LOGGING)
-    config["handlers"]["console"]["formatter"] = "json"
-    config["handlers"]["console"]["stream"] = buffer
+    config["handlers"]["console"].update(formatter=log_format, stream=buffer)
     logging.config.dictConfig(config)
+    try:
+        yield buffer
+    finally:
+        logging.config.dictConfig(django_settings.LOGGING)
 
-    def lines() -> list[dict]:
-        text = buffer.getvalue()
-        return [json.loads(line) for line in text.splitlines()]  # every line must be one JSON object
 
-    lines.raw = buffer
-    yield lines
-    logging.config.dictConfig(django_settings.LOGGING)
+@pytest.fixture
+def log_lines():
+    """The JSON log records of what the test does."""
+    with logging_into_buffer("json") as buffer:
+
+        def lines() -> list[dict]:
+            return [json.loads(line) for line in buffer.getvalue().splitlines()]  # each line one JSON object
+
+        lines.raw = buffer
+        yield lines
 
 
 def test_request_log_lines_carry_request_id_and_actor_matching_the_audit_event(personas, log_lines):
@@ -171,14 +179,9 @@ HOSTILE_PATH = "/x\n" + FORGED + "\x1b[2J\x85\u2028end"
 
 @pytest.fixture
 def text_log():
-    """The project's LOGGING dict, as configured for LOG_FORMAT=text, writing into a buffer for the test."""
-    buffer = io.StringIO()
-    config = copy.deepcopy(django_settings.LOGGING)
-    config["handlers"]["console"]["formatter"] = "text"
-    config["handlers"]["console"]["stream"] = buffer
-    logging.config.dictConfig(config)
-    yield buffer
-    logging.config.dictConfig(django_settings.LOGGING)
+    """The text log of what the test does, as a buffer."""
+    with logging_into_buffer("text") as buffer:
+        yield buffer
 
 
 def test_text_lines_escape_control_characters_in_paths_messages_and_tracebacks(text_log):
