@@ -1,15 +1,21 @@
-"""API plumbing shared by every app: the one exception handler and strict input serializers.
+"""API plumbing shared by every app: the one exception handler, strict input serializers, the base view every API
+view derives from (it takes only the query parameters it declares) and the URL helper for the optional trailing slash.
 
 Every error leaves the API as {"error": {"code", "message", "detail"}} with a 4xx status for
 anything the client sent; a 5xx only for our own faults, and then without internals.
 """
 
+import functools
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, serializers
+from django.urls import URLResolver, path, re_path
+from django.urls.resolvers import RoutePattern
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import exceptions, serializers, views
 from rest_framework.response import Response
 
 from core import context
@@ -137,3 +143,127 @@ class UUIDString(serializers.UUIDField):
         if not isinstance(data, str):
             self.fail("invalid", value=data)
         return super().to_internal_value(data)
+
+
+# --- the shared base view: query parameters ------------------------------------------------------------------
+
+
+def pagination_parameters(pagination_class) -> list[OpenApiParameter]:
+    """The query parameters of a cursor-paginated list (core.pagination.Cursor)."""
+    return [
+        OpenApiParameter(
+            pagination_class.cursor_query_param, str, description="the opaque cursor of a next or previous link"
+        ),
+        OpenApiParameter(
+            pagination_class.page_size_query_param,
+            {"type": "integer", "minimum": 1, "maximum": pagination_class.max_page_size},
+            description=f"items per page (default {pagination_class.page_size})",
+        ),
+    ]
+
+
+@functools.cache
+def _declared_query(view_class: type, method: str) -> tuple[list, frozenset[str]]:
+    """What `view_class` declares it takes in the query string of `method`: the OpenAPI parameters (for the schema)
+    and their names (for the check)."""
+    declared = []
+    pagination_class = getattr(view_class, "pagination_class", None)
+    if method == "GET" and pagination_class is not None:
+        declared += pagination_parameters(pagination_class)
+    serializer_class = view_class.query_serializers.get(method)
+    if serializer_class is not None:
+        declared.append(serializer_class)
+    names = set()
+    for item in declared:
+        if isinstance(item, OpenApiParameter):
+            names.add(item.name)
+        else:
+            names |= {name for name, field in item().fields.items() if not field.read_only}
+    return declared, frozenset(names)
+
+
+class QuerySchema(AutoSchema):
+    """drf-spectacular's AutoSchema, documenting the query parameters the view declares (BaseAPIView)."""
+
+    def get_override_parameters(self):
+        return super().get_override_parameters() + _declared_query(type(self.view), self.method)[0]
+
+
+class BaseAPIView(views.APIView):
+    """Base of every API view. It takes only the query parameters it declares, for the schema and for the check alike:
+    `query_serializers` maps an HTTP method to the serializer whose fields are its query parameters, and a view with
+    a `pagination_class` also takes that paginator's cursor and page_size on GET. Any other query parameter is a
+    400 naming it (a typo such as ?fromat= must not be ignored), after authentication and permissions."""
+
+    query_serializers: dict[str, type[serializers.Serializer]] = {}
+    schema = QuerySchema()
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        accepted = self.accepted_query_parameters()
+        unknown = sorted(set(request.query_params) - accepted)
+        if unknown:
+            allowed = f"Allowed: {', '.join(sorted(accepted))}." if accepted else "This operation takes none."
+            raise exceptions.ValidationError({name: [f"Unknown query parameter. {allowed}"] for name in unknown})
+
+    def _query_method(self) -> str:
+        return "GET" if self.request.method == "HEAD" else self.request.method
+
+    def accepted_query_parameters(self) -> frozenset[str]:
+        return _declared_query(type(self), self._query_method())[1]
+
+    def query(self) -> dict:
+        """The request's query, validated by the method's declared serializer (a ListField takes every value given)."""
+        serializer_class = self.query_serializers[self._query_method()]
+        params = self.request.query_params
+        fields = serializer_class().fields
+        data = {
+            key: params.getlist(key) if isinstance(fields.get(key), serializers.ListField) else params[key]
+            for key in params
+        }
+        query = serializer_class(data=data)
+        query.is_valid(raise_exception=True)
+        return query.validated_data
+
+
+# --- URLs -----------------------------------------------------------------------------------------------------
+
+
+def slash_optional(patterns: list) -> list:
+    """`patterns` (and the URL confs they include), each route also answering with its trailing slash toggled.
+
+    The route as written stays the canonical spelling, the one the OpenAPI schema lists and reverse() gives: the
+    other spelling is an extra pattern of the same name, left out of the schema (schema=None) and placed before
+    it, as reverse() takes the last pattern of a name. A regex route ending in /?$ already takes both."""
+    result = []
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            result.append(
+                URLResolver(
+                    pattern.pattern,
+                    slash_optional(pattern.url_patterns),
+                    pattern.default_kwargs,
+                    pattern.app_name,
+                    pattern.namespace,
+                )
+            )
+            continue
+        other = _other_spelling(pattern)
+        if other is not None:
+            result.append(other)
+        result.append(pattern)
+    return result
+
+
+def _other_spelling(pattern):
+    spec, callback = str(pattern.pattern), pattern.callback
+    if hasattr(callback, "cls"):  # a DRF view: the same view, without a second entry in the schema
+        callback = callback.cls.as_view(**{**callback.initkwargs, "schema": None})
+    if isinstance(pattern.pattern, RoutePattern):
+        if not spec:
+            return None
+        return path(spec[:-1] if spec.endswith("/") else spec + "/", callback, pattern.default_args, pattern.name)
+    if spec.endswith("/?$") or not spec.endswith("$"):
+        return None
+    body = spec[:-1]
+    return re_path(body[:-1] + "$" if body.endswith("/") else body + "/$", callback, pattern.default_args, pattern.name)

@@ -5,9 +5,9 @@ request_id}}. Views declare their success responses; this hook adds the error st
 shared machinery can produce for each operation, with that body, so clients (and schemathesis) see
 them in the schema:
 
-- 401 (no or bad credentials), 403 (token scope or permission), 404 (hidden or missing object, or
-  an unknown pagination cursor): every operation;
-- 400 (invalid input): operations that take a body or query parameters;
+- 400 (invalid input: a query parameter the operation does not take, core.api.BaseAPIView), 401 (no or
+  bad credentials), 403 (token scope or permission), 404 (hidden or missing object, or an unknown
+  pagination cursor): every operation;
 - 409 (the current state refuses the change): every unsafe method;
 - 413 (body too large) and 415 (unsupported Content-Type): operations that take a body.
 
@@ -45,11 +45,8 @@ UNSAFE = {"post", "put", "patch", "delete"}
 
 
 def error_statuses(method: str, operation: dict) -> list[str]:
-    statuses = ["401", "403", "404"]
+    statuses = ["400", "401", "403", "404"]
     has_body = "requestBody" in operation
-    has_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
-    if has_body or has_query:
-        statuses.append("400")
     if method in UNSAFE:
         statuses.append("409")
     if has_body:

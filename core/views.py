@@ -1,5 +1,6 @@
 from django.db import connection
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from config.celery import app as celery_app
 from core.api import error_body
@@ -31,6 +32,13 @@ def readyz(request):
 
 def not_found(request, exception=None):
     return JsonResponse(error_body("not_found", f"No route matches {request.path}."), status=404)
+
+
+@csrf_exempt  # any method: a POST without a CSRF token is this 404 too, not Django's HTML 403
+def api_not_found(request):
+    """Every path under /api/ that no route matches, in any method: the JSON not_found error whatever DEBUG is
+    (with DEBUG on, Django answers an unmatched path with its HTML debug page instead of calling handler404)."""
+    return not_found(request)
 
 
 def server_error(request):

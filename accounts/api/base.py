@@ -1,11 +1,11 @@
 from django.db import models
-from rest_framework.views import APIView
 
 from accounts import access
+from core.api import BaseAPIView
 from core.errors import NotFound
 
 
-class GovernedAPIView(APIView):
+class GovernedAPIView(BaseAPIView):
     """Base for every API view on a governed object: the single enforcement point.
 
     Views fetch objects only through `governed()`, which hides objects the user may not view (404)

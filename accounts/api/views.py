@@ -1,7 +1,6 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import scopes, selectors, services
 from accounts.api.serializers import (
@@ -13,9 +12,10 @@ from accounts.api.serializers import (
 )
 from accounts.models import ApiToken
 from accounts.permissions import token_scopes
+from core.api import BaseAPIView
 
 
-class MeView(APIView):
+class MeView(BaseAPIView):
     @extend_schema(responses=MeOutput, summary="Who am I: user, groups and the scopes of the token in use")
     def get(self, request):
         user = request.user
@@ -31,7 +31,7 @@ class MeView(APIView):
         )
 
 
-class TokenListView(APIView):
+class TokenListView(BaseAPIView):
     required_scopes = {"GET": scopes.READ, "POST": scopes.TOKENS_WRITE}
 
     @extend_schema(responses=TokenOutput(many=True), summary="List my API tokens")
@@ -57,7 +57,7 @@ class TokenListView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class TokenRevokeView(APIView):
+class TokenRevokeView(BaseAPIView):
     required_scopes = {"POST": scopes.TOKENS_WRITE}
 
     @extend_schema(request=TokenRevokeInput, responses=TokenOutput, summary="Revoke one of my API tokens")

@@ -3,11 +3,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import scopes
 from audit import selectors
 from audit.api.serializers import ExportQuery, HeadOutput
+from core.api import BaseAPIView
 from core.errors import Forbidden
 
 EXPORT_PERMISSION = "audit.view_auditevent"
@@ -31,12 +31,12 @@ class _IgnoreAccept(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-class AuditEventExportView(APIView):
+class AuditEventExportView(BaseAPIView):
     required_scopes = {"GET": scopes.AUDIT_READ}
+    query_serializers = {"GET": ExportQuery}
     content_negotiation_class = _IgnoreAccept
 
     @extend_schema(
-        parameters=[ExportQuery],
         responses={
             (200, "application/x-ndjson"): OpenApiResponse(
                 OpenApiTypes.STR, description="format=ndjson: one event per line"
@@ -55,9 +55,7 @@ class AuditEventExportView(APIView):
     )
     def get(self, request):
         _require_auditor(request)
-        query = ExportQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
-        params = dict(query.validated_data)
+        params = dict(self.query())
         fmt = params.pop("format")
         export = selectors.export(fmt, **params)
         media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
@@ -68,7 +66,7 @@ class AuditEventExportView(APIView):
         return response
 
 
-class AuditHeadView(APIView):
+class AuditHeadView(BaseAPIView):
     required_scopes = {"GET": scopes.AUDIT_READ}
 
     @extend_schema(responses=HeadOutput, summary="The chain's current head (last sequence number and hash)")

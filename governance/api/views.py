@@ -1,4 +1,4 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -154,17 +154,15 @@ class PromotionDryRunView(PromotionBase):
 class PromotionListView(PromotionBase):
     required_scopes = {"GET": scopes.READ, "POST": scopes.PROMOTIONS_WRITE}
     pagination_class = cursor("-id")
+    query_serializers = {"GET": s.PromotionListQuery}
 
     @extend_schema(
-        parameters=[s.PromotionListQuery],
         responses=paginated(s.PromotionListItem),
         operation_id="promotions_list",
         summary="List promotion requests (newest first); waiting_for_me=true gives my review queue",
     )
     def get(self, request):
-        query = s.PromotionListQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
-        q = query.validated_data
+        q = self.query()
         qs = (
             selectors.review_queue(user=request.user)
             if q["waiting_for_me"]
@@ -279,7 +277,6 @@ class TargetReleaseListView(GovernedAPIView):
         responses=paginated(s.ReleaseOutput),
         operation_id="targets_releases_list",
         summary="A target's releases, newest first",
-        parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
     )
     def get(self, request, name):
         target = self.governed(DeploymentTarget.objects, name=name)
@@ -291,14 +288,12 @@ class TargetReleaseListView(GovernedAPIView):
 
 
 class TargetServedAtView(GovernedAPIView):
-    @extend_schema(
-        parameters=[s.ServedAtQuery], responses=s.ServedAtOutput, summary="What served the target at a given time"
-    )
+    query_serializers = {"GET": s.ServedAtQuery}
+
+    @extend_schema(responses=s.ServedAtOutput, summary="What served the target at a given time")
     def get(self, request, name):
         target = self.governed(DeploymentTarget.objects, name=name)
-        query = s.ServedAtQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
-        at = query.validated_data["at"]
+        at = self.query()["at"]
         period = deployment.served_at(target=target, at=at)
         release = period.release if period else None
         return Response(

@@ -178,17 +178,15 @@ class WebhookDetailView(WebhookBase):
 
 class WebhookDeliveriesView(WebhookBase):
     pagination_class = cursor("-id")
+    query_serializers = {"GET": DeliveryListQuery}
 
     @extend_schema(
-        parameters=[DeliveryListQuery],
         responses=paginated(DeliveryOutput),
         operation_id="webhooks_deliveries_list",
         summary="The delivery log of a webhook endpoint (newest first), with every attempt",
     )
     def get(self, request, pk):
-        query = DeliveryListQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
-        q = query.validated_data
+        q = self.query()
         qs = webhooks.deliveries_of(self.endpoint(pk))
         if q.get("state"):
             qs = qs.filter(state=q["state"])

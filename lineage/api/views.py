@@ -5,9 +5,9 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import scopes
+from core.api import BaseAPIView
 from core.errors import InvalidInput
 from lineage import exports, nodes, openlineage, selectors, services, trail
 from lineage import graph as graphs
@@ -25,13 +25,7 @@ class _IgnoreAccept(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
-def _query(serializer_class, request):
-    query = serializer_class(data=request.query_params.dict())
-    query.is_valid(raise_exception=True)
-    return query.validated_data
-
-
-class LineageIngestView(APIView):
+class LineageIngestView(BaseAPIView):
     required_scopes = {"POST": scopes.LINEAGE_WRITE}
     parser_classes = [OpenLineageParser]
 
@@ -61,9 +55,10 @@ class LineageIngestView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class LineageGraphView(APIView):
+class LineageGraphView(BaseAPIView):
+    query_serializers = {"GET": s.GraphQuery}
+
     @extend_schema(
-        parameters=[s.GraphQuery],
         responses=s.GraphOutput,
         summary="Upstream and/or downstream of a node, to a depth, optionally as of a past time",
         description=(
@@ -73,7 +68,7 @@ class LineageGraphView(APIView):
         ),
     )
     def get(self, request):
-        q = _query(s.GraphQuery, request)
+        q = self.query()
         query = selectors.GraphQuery(
             node_id=q["nodeId"],
             direction=q["direction"],
@@ -84,11 +79,11 @@ class LineageGraphView(APIView):
         return Response(selectors.graph(user=request.user, query=query))
 
 
-class LineageExportView(APIView):
+class LineageExportView(BaseAPIView):
     content_negotiation_class = _IgnoreAccept
+    query_serializers = {"GET": s.ExportQuery}
 
     @extend_schema(
-        parameters=[s.ExportQuery],
         responses={
             200: OpenApiResponse(
                 OpenApiTypes.STR,
@@ -99,7 +94,7 @@ class LineageExportView(APIView):
         summary="Stream a subgraph as OpenLineage NDJSON, PROV-JSON or CSV",
     )
     def get(self, request):
-        q = _query(s.ExportQuery, request)
+        q = self.query()
         as_of = q.get("as_of")
         start = nodes.resolve(q["nodeId"], request.user, as_of)
         result = graphs.walk(user=request.user, start=start, direction=q["direction"], depth=q["depth"], as_of=as_of)
@@ -112,12 +107,12 @@ class LineageExportView(APIView):
         return response
 
 
-class LineageTrailView(APIView):
+class LineageTrailView(BaseAPIView):
     required_scopes = {"GET": scopes.AUDIT_READ}
     content_negotiation_class = _IgnoreAccept
+    query_serializers = {"GET": s.TrailQuery}
 
     @extend_schema(
-        parameters=[s.TrailQuery],
         responses={200: OpenApiResponse(s.TrailOutput, description="format=json; format=html gives a printable page")},
         summary="The lineage trail of a model version or a release, with its sha256 and the audit events it covers",
         description=(
@@ -127,7 +122,7 @@ class LineageTrailView(APIView):
         ),
     )
     def get(self, request):
-        q = _query(s.TrailQuery, request)
+        q = self.query()
         sealed = trail.seal(trail.for_node(node_id=q["nodeId"], user=request.user, as_of=q.get("as_of")))
         seq = services.trail_issued(
             actor=request.user,
@@ -146,7 +141,7 @@ class LineageTrailView(APIView):
         return response
 
 
-class LineageLinkView(APIView):
+class LineageLinkView(BaseAPIView):
     required_scopes = {"POST": scopes.LINEAGE_WRITE}
 
     @extend_schema(

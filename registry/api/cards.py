@@ -2,7 +2,7 @@
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -69,8 +69,15 @@ class CardRevisionInput(StrictSerializer):
 
 
 class CardQuery(serializers.Serializer):
-    revision = serializers.IntegerField(required=False, min_value=1, max_value=MAX_REVISION)
-    format = serializers.ChoiceField(choices=["json", "huggingface"], required=False, default="json")
+    revision = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_REVISION, help_text="A revision number; the latest when absent."
+    )
+    format = serializers.ChoiceField(
+        choices=["json", "huggingface"],
+        required=False,
+        default="json",
+        help_text="`huggingface`: the card as a Hugging Face README.md (text/markdown).",
+    )
 
 
 class CardView(ModelScopedView):
@@ -83,6 +90,7 @@ class CardView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "POST": scopes.VERSIONS_WRITE}
     parser_classes = [BoundedJSONParser, MarkdownParser]
     renderer_classes = [JSONRenderer, MarkdownRenderer]
+    query_serializers = {"GET": CardQuery}
 
     def finalize_response(self, request, response, *args, **kwargs):
         # Markdown is for the card text only: errors and JSON bodies go out as JSON.
@@ -92,15 +100,6 @@ class CardView(ModelScopedView):
 
     @extend_schema(
         summary="Get a version's model card (latest revision, or ?revision=K; ?format=huggingface for README.md)",
-        parameters=[
-            OpenApiParameter("revision", int, description="A revision number; the latest when absent."),
-            OpenApiParameter(
-                "format",
-                str,
-                enum=["json", "huggingface"],
-                description="`huggingface`: the card as a Hugging Face README.md (text/markdown).",
-            ),
-        ],
         responses={
             (200, "application/json"): CardRevisionOutput,
             (200, MARKDOWN): OpenApiResponse(OpenApiTypes.STR, description="Hugging Face README.md"),
@@ -113,10 +112,9 @@ class CardView(ModelScopedView):
     )
     def get(self, request, namespace, name, number):
         version = self.version()
-        query = CardQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
+        query = self.query()
         revisions = ModelCardRevision.objects.select_related("created_by").filter(version=version)
-        wanted = query.validated_data.get("revision")
+        wanted = query.get("revision")
         if wanted is not None:
             revision = revisions.filter(revision=wanted).first()
             if revision is None:
@@ -128,7 +126,7 @@ class CardView(ModelScopedView):
                     f"{version} has no model card yet. POST one to this URL (JSON or a Hugging Face README.md).",
                     code="no_card",
                 )
-        if query.validated_data["format"] == "huggingface" or isinstance(request.accepted_renderer, MarkdownRenderer):
+        if query["format"] == "huggingface" or isinstance(request.accepted_renderer, MarkdownRenderer):
             response = HttpResponse(cards.to_huggingface(revision.content), content_type=f"{MARKDOWN}; charset=utf-8")
             response["Content-Disposition"] = 'inline; filename="README.md"'
             response["X-Card-Revision"] = str(revision.revision)

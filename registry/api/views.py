@@ -1,7 +1,7 @@
 import re
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -51,7 +51,6 @@ class ModelListView(GovernedAPIView):
         responses=paginated(s.ModelOutput),
         operation_id="models_list",
         summary="List the models I may see",
-        parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
     )
     def get(self, request):
         paginator = self.pagination_class()
@@ -96,23 +95,16 @@ class ModelDetailView(ModelScopedView):
 class VersionListView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "POST": scopes.VERSIONS_WRITE}
     pagination_class = cursor("-number")
+    query_serializers = {"GET": s.VersionListQuery}
 
     @extend_schema(
-        parameters=[s.VersionListQuery],
         responses=paginated(s.VersionOutput),
         operation_id="models_versions_list",
         summary="List and filter a model's versions (cursor-paginated, newest first)",
     )
     def get(self, request, namespace, name):
         model = self.model()
-        query = s.VersionListQuery(
-            data={
-                **request.query_params.dict(),
-                **{k: request.query_params.getlist(k) for k in ("tag", "metric") if k in request.query_params},
-            }
-        )
-        query.is_valid(raise_exception=True)
-        filters = {k: v for k, v in query.validated_data.items() if k not in ("cursor", "page_size")}
+        filters = {k: v for k, v in self.query().items() if k not in ("cursor", "page_size")}
         filters["tags"], filters["metrics"] = filters.pop("tag", None), filters.pop("metric", None)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.versions(model=model, **filters), request, self)
