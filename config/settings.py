@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -317,6 +318,22 @@ if CELERY_BROKER_URL == "filesystem://":
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A connection that dies without a word (a NAT or firewall idle timeout, a failover behind a proxy) hung
+    # every publish on it for good: beat's, the web's enqueue after an approval, a worker's retry. Bounded reads,
+    # keepalive probes, and a health check of idle connections.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+# Webhook deliveries have a queue of their own: an attempt may hold a worker for WEBHOOK_TIMEOUT_SECONDS, and
+# a dead receiver behind a burst of events held deployments and rollbacks back. A worker started without -Q
+# takes both queues (the consumer alternates between them); docker-compose.yml runs one worker per queue.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("celery"), Queue("webhooks"))
+CELERY_TASK_ROUTES = {"governance.tasks.webhooks_deliver": {"queue": "webhooks"}}
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", None)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

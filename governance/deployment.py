@@ -20,6 +20,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Max, Q
@@ -352,6 +353,13 @@ def _marker(copy: Path) -> Path:
 
 
 def _copy_files(version, staging: Path) -> None:
+    try:
+        _copy_stored(version, staging)
+    except (BotoCoreError, ClientError) as exc:  # S3 unreachable or refusing: may well clear up
+        raise HostError(f"could not read the artifact store: {type(exc).__name__}: {exc}", retryable=True) from None
+
+
+def _copy_stored(version, staging: Path) -> None:
     store = blob_store()
     for f in version.manifest["files"]:
         dest = staging / f["path"]
@@ -547,6 +555,16 @@ def reconcile(target_id: int, *, owner: str) -> str:
         except HostError as exc:
             exc.release_id = release.pk
             raise
+        except Exception as exc:
+            # Anything else (a storage outage while copying files, a bug) retries like a host error, then fails the
+            # release with a reason: escaping, it left the release deploying with none, and no deadline applied.
+            log.exception("converging release %s of target %s failed", release.number, target.name)
+            unexpected = HostError(
+                f"unexpected {type(exc).__name__} while converging (the worker's log has the details)",
+                retryable=True,
+            )
+            unexpected.release_id = release.pk
+            raise unexpected from exc
     finally:
         keeper.stop()
         _unclaim(target_id, owner)
@@ -578,6 +596,7 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
         canary = _canary_plan(target, release, status)
         if canary is not None:
             return _canary_step(target, release, canary, host, credentials, status)
+    _give_up_if_overdue(release, status)
     result = host.deploy(_spec(target, release, credentials))
     Release.objects.filter(pk=release.pk).update(
         # A host that did not name the URL this time (Modal's rollback) keeps the one it named before.
@@ -589,11 +608,10 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
         if _serving_number(status, target, release) == release.number:
             _mark_live(target.pk, release.pk, status, result.host_release_id)
             return "converged"
-    _give_up_if_overdue(release, host, target.config, credentials)
     return "deploying"
 
 
-def _give_up_if_overdue(release: Release, host, config: dict, credentials: str | None) -> None:
+def _give_up_if_overdue(release: Release, status: HostStatus) -> None:
     """A release not live DEPLOY_TIMEOUT_SECONDS after its deploy began fails with what the host says: an
     endpoint waiting for capacity, or one whose health route the worker cannot reach, stayed `deploying`
     for good, with no reason anywhere."""
@@ -602,7 +620,6 @@ def _give_up_if_overdue(release: Release, host, config: dict, credentials: str |
     limit = settings.DEPLOY_TIMEOUT_SECONDS
     if since is None or (timezone.now() - since).total_seconds() <= limit:
         return
-    status = host.status(config, credentials)
     raise HostError(
         f"not live {limit} s after its deploy began (DEPLOY_TIMEOUT_SECONDS); the host says: "
         f"{status.state}{': ' + status.detail if status.detail else ''}",

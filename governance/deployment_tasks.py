@@ -36,8 +36,8 @@ def reconcile_target(self, target_id: int, failures: int = 0) -> str:
 def reconcile_all() -> int:
     """Periodic: look at every target with a desired release (unfinished work, drift)."""
     ids = deployment.targets_to_reconcile()
-    for target_id in ids:
-        reconcile_target.delay(target_id)
+    for target_id in ids:  # the next periodic run covers a task that waited longer than the interval
+        reconcile_target.apply_async((target_id,), expires=settings.RECONCILE_INTERVAL_SECONDS)
     return len(ids)
 
 

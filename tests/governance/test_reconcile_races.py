@@ -9,6 +9,7 @@ hook is where the operator acts: on the server's thread, while the reconciler wa
 
 import hashlib
 import json
+import socket
 import time
 
 import pytest
@@ -357,3 +358,47 @@ def test_a_hung_reconcile_stops_holding_the_target(world, rep, replicate, settin
     reconcile(rep)
     assert outcome == {"second worker": "converged"}
     assert "is no longer renewed" in caplog.text
+
+
+def test_an_unexpected_error_is_retried_then_fails_the_release_with_a_reason(world, rep, replicate, settings):
+    """Anything but a host error escaped the task: the release stayed `deploying` with no reason, re-polled
+    for good, and no deadline applied. Here a version stored before manifests were checked (no "files")."""
+    settings.RECONCILE_MAX_RETRIES = 1
+    ModelVersion.objects.create(
+        model=ModelVersion.objects.get(number=1).model,
+        number=3,
+        digest="sha256:" + "cd" * 32,
+        artifact_uri="s3://bucket/legacy",
+        manifest={},
+        tags={"host_revision": f"acme/churn:{replicate_version(3)}"},
+    )
+    release = release_version(world, rep, 3)
+    assert deployment_tasks.reconcile_target.apply(args=(rep.pk,)).get() == "failed"
+    release.refresh_from_db()
+    assert release.state == "failed"
+    assert release.reason.endswith("unexpected KeyError while converging (the worker's log has the details)")
+    assert replicate.releases_created == 0
+
+
+def test_an_artifact_store_outage_is_a_retryable_host_error(world, settings, tmp_path, monkeypatch):
+    """S3 unreachable while a self-hosted release copies its files: botocore's errors are no OSError, and
+    escaped the task (a retryable host error now, so bounded retries end in a failed release with why)."""
+    from registry.storage import blob_store
+
+    settings.DATA_DIR = tmp_path / "data"
+    version = stored_version(2, {"model.bin": b"weights"})
+    release = Release.objects.create(target=DeploymentTarget.objects.get(name="prod"), version=version, number=1)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-test-secret")
+    settings.ARTIFACT_STORAGE, settings.S3_BUCKET = "s3", "artifacts"
+    settings.S3_ENDPOINT_URL = f"http://127.0.0.1:{port}"
+    blob_store.cache_clear()
+    try:
+        with pytest.raises(deployment.HostError, match="could not read the artifact store: EndpointConnectionError"):
+            deployment.materialize(release)
+    finally:
+        blob_store.cache_clear()
+    assert not (tmp_path / "data/releases/prod/1").exists()
