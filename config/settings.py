@@ -196,6 +196,8 @@ AUTHENTICATION_BACKENDS = [
 # for AXES_COOLOFF_MINUTES; a success resets the count. Per pair, so an attacker cannot lock a user out everywhere.
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours
+if AXES_COOLOFF_TIME <= 0:  # django-axes reads 0 as "locked until an admin resets it"
+    raise ImproperlyConfigured(f"AXES_COOLOFF_MINUTES must be at least 1, got {env('AXES_COOLOFF_MINUTES')!r}.")
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ADMIN = False  # attempts and lockouts are listed with `manage.py axes_list_attempts`, reset with axes_reset
@@ -332,7 +334,7 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 # a dead receiver behind a burst of events held deployments and rollbacks back. A worker started without -Q
 # takes both queues (the consumer alternates between them); docker-compose.yml runs one worker per queue.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_QUEUES = (Queue("celery"), Queue("webhooks"))
+CELERY_TASK_QUEUES = (Queue("celery", routing_key="celery"), Queue("webhooks", routing_key="webhooks"))
 CELERY_TASK_ROUTES = {"governance.tasks.webhooks_deliver": {"queue": "webhooks"}}
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", None)
 CELERY_TASK_ACKS_LATE = True

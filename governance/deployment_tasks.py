@@ -19,16 +19,21 @@ POLLS = 120  # "still deploying" re-checks before leaving the target to the peri
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
 def reconcile_target(self, target_id: int, failures: int = 0) -> str:
-    """Converge one target. Host errors retry with backoff (bounded), then the release fails with the reason."""
+    """Converge one target. Host errors retry with backoff (bounded), then the release fails with the reason.
+
+    Retries never expire: a retry keeps its message's options, and a periodic run's `expires` (reconcile_all)
+    dropped every retry due after it, so the failures never added up to a failed release."""
     try:
         outcome = deployment.reconcile(target_id, owner=self.request.id or "inline")
     except HostError as exc:
         if exc.retryable and failures < settings.RECONCILE_MAX_RETRIES:
-            raise self.retry(args=(target_id, failures + 1), countdown=backoff(failures), exc=exc) from None
+            raise self.retry(
+                args=(target_id, failures + 1), countdown=backoff(failures), exc=exc, expires=None
+            ) from None
         deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=str(exc))
         return "failed"
     if outcome in ("deploying", "busy") and self.request.retries < POLLS:
-        raise self.retry(args=(target_id, failures), countdown=1)
+        raise self.retry(args=(target_id, failures), countdown=1, expires=None)
     return outcome
 
 
