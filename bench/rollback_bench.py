@@ -253,7 +253,9 @@ def product(port: int, rollbacks: int = 30, threads: int = 10) -> dict:
         for _ in range(rollbacks + warmup):
             expect = "1" if serving == "2" else "2"
             began = time.perf_counter()
-            status, body = api("POST", f"/api/v1/targets/{target.name}/rollback", {"reason": "bench rollback"})
+            # Named: a rollback without one never returns to a release rolled back from (docs: README).
+            to = {"release": 1 if expect == "1" else 2, "reason": "bench rollback"}
+            status, body = api("POST", f"/api/v1/targets/{target.name}/rollback", to)
             api_ms.append((time.perf_counter() - began) * 1000)
             if status != 202:
                 raise RuntimeError(f"rollback -> {status}: {body}")
