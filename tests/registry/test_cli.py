@@ -317,6 +317,30 @@ def test_refused_card_exits_1_and_leaves_the_alias_alone(live_server, ci, model_
     assert not Alias.objects.exists()
 
 
+def _read_head(sock) -> bytes | None:
+    """What a client sent up to the end of its request's headers (and any of the body that came with it); None
+    when it hung up first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _serve(handler, servers: list, **attributes) -> str:
+    """A threaded TCP server on a free local port with `attributes` set on it, appended to `servers` (which the
+    fixture shuts down); its URL."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers.append(server)
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.fixture
 def lossy_proxy():
     """A proxy on localhost in front of a server; yields start(upstream_url, drop) -> url, and the request lines
@@ -326,12 +350,9 @@ def lossy_proxy():
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = _read_head(self.request)
+            if data is None:
+                return
             head, _, body = data.partition(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             length = next(
@@ -355,13 +376,8 @@ def lossy_proxy():
             self.request.sendall(answer)
 
     def start(upstream_url: str, drop: bytes) -> str:
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
         host, port = upstream_url.removeprefix("http://").rsplit(":", 1)
-        server.upstream, server.drop = (host, int(port)), drop
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return _serve(Handler, servers, upstream=(host, int(port)), drop=drop)
 
     yield start, seen
     for server in servers:
@@ -447,22 +463,14 @@ def broken_server():
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = self.request.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = _read_head(self.request)
+            if data is None:
+                return
             received.append(data.split(b"\r\n", 1)[0])
             self.request.sendall(self.server.response)
 
     def start(response: bytes) -> str:
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.response = response
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return _serve(Handler, servers, response=response)
 
     yield start, received
     for server in servers:
