@@ -82,3 +82,20 @@ def two_serving_releases():
     ServingPeriod.objects.create(target=target, release=r2, started_at=now - timedelta(hours=1))
     DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
     return target, r1
+
+
+def register_second_version(world) -> None:
+    """acme/churn v2, with a full card, registered by the owner."""
+    owner = world["owner"].client()
+    assert owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2")), format="json").status_code == 201
+    assert owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json").status_code == 201
+
+
+def approved_release(world, target, version: int):
+    """The owner requests the version's promotion to `target` and the reviewer approves it: the target's desired
+    release is then this version's."""
+    pk = promote(world["owner"], version=version, target=target.name).json()["id"]
+    approved = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+    assert approved.json()["state"] == "approved", approved.json()
+    target.refresh_from_db()
+    return target.desired_release

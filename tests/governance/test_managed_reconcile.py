@@ -13,12 +13,11 @@ import pytest
 from audit.models import AuditEvent
 from governance import deployment, deployment_tasks
 from governance.choices import ReleaseState
-from governance.models import DeploymentTarget, Release, ServingPeriod
+from governance.models import DeploymentTarget, ServingPeriod
 from registry.models import ModelVersion
 from tests.fakes import modal_cli
 from tests.fakes.hf_endpoints_server import HFEndpointsServer
-from tests.governance.conftest import FULL_CARD, MODEL, create_target, promote
-from tests.registry.helpers import register_body, s3_manifest
+from tests.governance.conftest import approved_release, create_target, register_second_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,17 +28,7 @@ POLICY = {"approvals_required": 1, "approver_groups": ["reviewers"]}
 
 @pytest.fixture
 def two_versions(world):
-    owner = world["owner"].client()
-    assert owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2")), format="json").status_code == 201
-    assert owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json").status_code == 201
-
-
-def release(world, target: DeploymentTarget, version: int) -> Release:
-    pk = promote(world["owner"], version=version, target=target.name).json()["id"]
-    approved = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
-    assert approved.json()["state"] == "approved", approved.json()
-    target.refresh_from_db()
-    return target.desired_release
+    register_second_version(world)
 
 
 def converge(target: DeploymentTarget, tries: int = 40) -> str:
@@ -95,11 +84,11 @@ def hfp(world, hf, two_versions):
 def test_rollback_to_a_release_whose_commit_a_newer_release_shares_goes_live(world, hf, hfp):
     """Releases 1 and 3 are version 1 (one commit). Rolled back to release 1, the endpoint serves that commit:
     release 1 is live (it stayed `deploying` forever: the commit was taken for release 3, the newest with it)."""
-    first = release(world, hfp, 1)
+    first = approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
-    second = release(world, hfp, 2)
+    second = approved_release(world, hfp, 2)
     assert converge(hfp) == "converged"
-    release(world, hfp, 1)
+    approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
     deployment.deployment_rollback(actor=world["admin"].user, target=hfp, reason="v1 again", to_number=second.number)
     assert converge(hfp) == "converged"
@@ -113,7 +102,7 @@ def test_rollback_to_a_release_whose_commit_a_newer_release_shares_goes_live(wor
 def test_a_live_endpoint_restarting_is_not_drift(world, hf, hfp):
     """An endpoint waking from zero or restarting (`initializing`) at the live commit is the same release: no
     drift event, no second serving period, no second `release.live`."""
-    live = release(world, hfp, 1)
+    live = approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
     before = AuditEvent.objects.latest("seq").seq
     hf.init_delay = 0.5
@@ -128,7 +117,7 @@ def test_a_live_endpoint_restarting_is_not_drift(world, hf, hfp):
 
 
 def test_a_paused_live_endpoint_fails_the_release_with_the_reason(world, hf, hfp):
-    live = release(world, hfp, 1)
+    live = approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
     hf.act(hf.endpoints[("acme", "churn")], "pause")
     assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
@@ -165,12 +154,12 @@ def modal(world, two_versions, tmp_path, monkeypatch):
 def test_a_modal_rollback_keeps_the_release_url(world, modal):
     """`modal app rollback` prints no URL: the release keeps the one its deploy named (it was blanked, and the
     `release.live` event recorded an empty endpoint_url)."""
-    first = release(world, modal, 1)
+    first = approved_release(world, modal, 1)
     assert converge(modal) == "converged"
     first.refresh_from_db()
     url = first.endpoint_url
     assert url.startswith("https://")
-    release(world, modal, 2)
+    approved_release(world, modal, 2)
     assert converge(modal) == "converged"
     before = AuditEvent.objects.latest("seq").seq
     deployment.deployment_rollback(actor=world["admin"].user, target=modal, reason="back", to_number=first.number)
@@ -190,7 +179,7 @@ def test_an_unreadable_secret_file_fails_the_release_with_the_reason(world, hf, 
     settings.SECRETS_DIR = str(tmp_path)
     (tmp_path / "hf-token").write_bytes(b"hf_\xff\xfe-not-utf8")
     DeploymentTarget.objects.filter(pk=hfp.pk).update(credentials_ref="secret:hf-token")
-    pending = release(world, hfp, 1)
+    pending = approved_release(world, hfp, 1)
     assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
     pending.refresh_from_db()
     assert pending.state == ReleaseState.FAILED
@@ -205,7 +194,7 @@ def test_a_release_not_live_by_the_deadline_fails_with_what_the_host_says(world,
     the host's state (it stayed `deploying`, re-polled every 30 s for good, with no reason)."""
     settings.DEPLOY_TIMEOUT_SECONDS = 1
     hf.pending_delay = 600
-    pending = release(world, hfp, 1)
+    pending = approved_release(world, hfp, 1)
     assert deployment.reconcile(hfp.pk, owner="test") == "deploying"
     pending.refresh_from_db()
     assert pending.state == ReleaseState.DEPLOYING and pending.deploying_since is not None
@@ -230,7 +219,7 @@ def console_update(hf, commit: str) -> None:
 def test_an_endpoint_moving_to_another_revision_is_drift_while_it_moves(world, hf, hfp):
     """A revision changed in the console is drift at once, not once the endpoint is up on it (settling covers
     only a restart with the live revision)."""
-    live = release(world, hfp, 1)
+    live = approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
     hf.update_delay = 600
     console_update(hf, COMMIT[2])
@@ -245,11 +234,11 @@ def test_an_endpoint_moving_to_another_revision_is_drift_while_it_moves(world, h
 def test_after_a_release_fails_its_deadline_the_fallback_is_redeployed(world, hf, hfp, settings):
     """Release 2 never finishes updating and fails at the deadline; the endpoint is still moving to its
     revision, so the fallback (release 1, live) is redeployed instead of taken for settled."""
-    release(world, hfp, 1)
+    approved_release(world, hfp, 1)
     assert converge(hfp) == "converged"
     settings.DEPLOY_TIMEOUT_SECONDS = 1
     hf.update_delay = 600
-    failing = release(world, hfp, 2)
+    failing = approved_release(world, hfp, 2)
     assert deployment.reconcile(hfp.pk, owner="test") == "deploying"
     time.sleep(1.2)
     assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"

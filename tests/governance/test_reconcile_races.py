@@ -21,8 +21,7 @@ from governance.models import DeploymentTarget, Release
 from registry.models import ModelVersion
 from tests.fakes.httpfake import Reply
 from tests.fakes.replicate_server import ReplicateServer
-from tests.governance.conftest import FULL_CARD, MODEL, create_target, promote
-from tests.registry.helpers import register_body, s3_manifest
+from tests.governance.conftest import approved_release, create_target, register_second_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,21 +62,10 @@ def rep(world, replicate):
         policy={"approvals_required": 1, "approver_groups": ["reviewers"]},
     )
     assert created.status_code == 201, created.json()
-    owner = world["owner"].client()
-    assert owner.post(f"{MODEL}/versions/", register_body(s3_manifest(b"v2")), format="json").status_code == 201
-    assert owner.post(f"{MODEL}/versions/2/card", {"content": FULL_CARD}, format="json").status_code == 201
+    register_second_version(world)
     for n in (1, 2):
         ModelVersion.objects.filter(number=n).update(tags={"host_revision": f"acme/churn:{replicate_version(n)}"})
     return DeploymentTarget.objects.get(name="rep")
-
-
-def release_version(world, target: DeploymentTarget, version: int) -> Release:
-    """Request and approve; the target's desired release is then this version's."""
-    pk = promote(world["owner"], version=version, target="rep").json()["id"]
-    approved = world["reviewer"].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
-    assert approved.json()["state"] == "approved", approved.json()
-    target.refresh_from_db()
-    return target.desired_release
 
 
 def reconcile(target: DeploymentTarget) -> str:
@@ -107,9 +95,9 @@ def states(target: DeploymentTarget) -> dict[int, str]:
 def test_a_deploy_failing_after_a_rollback_does_not_fail_the_rollback(world, rep, replicate):
     """Release 2's deploy fails after the operator rolled back to release 1: release 1 must stay desired
     and untouched (the failure used to land on whatever was desired by then, release 1 included)."""
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "converged"
-    release_version(world, rep, 2)
+    approved_release(world, rep, 2)
 
     def rollback_then_refuse(method, path, body):
         if method == "PATCH" and path == DEPLOYMENT:
@@ -129,9 +117,9 @@ def test_a_deploy_failing_after_a_rollback_does_not_fail_the_rollback(world, rep
 
 
 def test_a_failed_rollback_does_not_fall_back_to_the_release_rolled_back_from(world, rep, replicate):
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "converged"
-    release_version(world, rep, 2)
+    approved_release(world, rep, 2)
     assert reconcile(rep) == "converged"
     roll_back(world, rep)
     replicate.intercept = lambda method, path, body: method == "PATCH" and refused(replicate, "Quota exceeded.")
@@ -144,9 +132,9 @@ def test_a_failed_rollback_does_not_fall_back_to_the_release_rolled_back_from(wo
 
 
 def test_a_failed_deploy_falls_back_to_the_release_that_still_serves(world, rep, replicate):
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "converged"
-    release_version(world, rep, 2)
+    approved_release(world, rep, 2)
     replicate.intercept = lambda method, path, body: method == "PATCH" and refused(replicate, "Bad weights.")
     assert reconcile(rep) == "failed"
     rep.refresh_from_db()
@@ -160,9 +148,9 @@ def test_a_drift_repair_does_not_redeploy_a_release_rolled_back_meanwhile(world,
     to release 1. The repair must not send release 2 to the host, nor leave it deploying."""
     import replicate as replicate_client
 
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "converged"
-    release_version(world, rep, 2)
+    approved_release(world, rep, 2)
     assert reconcile(rep) == "converged"
     client = replicate_client.Client(api_token=TOKEN, base_url=replicate.url)
     client.deployments.update("acme", "churn-rep", version=replicate_version(3))  # changed outside the registry
@@ -186,7 +174,7 @@ def test_a_drift_repair_does_not_redeploy_a_release_rolled_back_meanwhile(world,
 def test_a_drift_repair_records_the_drift_and_redeploys(world, rep, replicate):
     import replicate as replicate_client
 
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "converged"
     client = replicate_client.Client(api_token=TOKEN, base_url=replicate.url)
     client.deployments.update("acme", "churn-rep", version=replicate_version(3))
@@ -307,7 +295,7 @@ def test_a_target_naming_the_registrys_own_secret_gets_nothing_sent(world, rep, 
     """A target stored before credentials_ref refused the registry's own variables: the worker refuses to
     resolve it, the release fails with the reason, and the host never sees the secret."""
     DeploymentTarget.objects.filter(pk=rep.pk).update(credentials_ref="env:SECRET_KEY")
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     assert reconcile(rep) == "failed"
     rep.refresh_from_db()
     assert states(rep) == {1: "failed"} and rep.desired_release is None
@@ -318,7 +306,7 @@ def test_a_target_naming_the_registrys_own_secret_gets_nothing_sent(world, rep, 
 def test_a_host_call_longer_than_the_lease_keeps_the_target_claimed(world, rep, replicate, settings):
     """The claim is renewed while a reconcile runs, so a second worker does not deploy beside a slow first."""
     settings.RECONCILE_LEASE_SECONDS = 1
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     outcome = {}
 
     def slow_create(method, path, body):
@@ -342,7 +330,7 @@ def test_a_hung_reconcile_stops_holding_the_target(world, rep, replicate, settin
     """Past RECONCILE_MAX_HOLD_SECONDS the claim is no longer renewed: a worker stuck in a host call does not
     lock the target (and its rollbacks) out for good."""
     settings.RECONCILE_LEASE_SECONDS, settings.RECONCILE_MAX_HOLD_SECONDS = 1, 1
-    release_version(world, rep, 1)
+    approved_release(world, rep, 1)
     outcome = {}
 
     def stuck_create(method, path, body):
@@ -372,7 +360,7 @@ def test_an_unexpected_error_is_retried_then_fails_the_release_with_a_reason(wor
         manifest={},
         tags={"host_revision": f"acme/churn:{replicate_version(3)}"},
     )
-    release = release_version(world, rep, 3)
+    release = approved_release(world, rep, 3)
     assert deployment_tasks.reconcile_target.apply(args=(rep.pk,)).get() == "failed"
     release.refresh_from_db()
     assert release.state == "failed"
