@@ -311,6 +311,8 @@ def materialize(release: Release) -> str:
         raise HostError(
             f"could not copy release {release.number}'s files to {root}: {exc}", retryable=exc.errno in TRANSIENT_ERRNOS
         ) from None
+    except (BotoCoreError, ClientError) as exc:  # S3 unreachable or refusing: may well clear up
+        raise HostError(f"could not read the artifact store: {type(exc).__name__}: {exc}", retryable=True) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -353,13 +355,6 @@ def _marker(copy: Path) -> Path:
 
 
 def _copy_files(version, staging: Path) -> None:
-    try:
-        _copy_stored(version, staging)
-    except (BotoCoreError, ClientError) as exc:  # S3 unreachable or refusing: may well clear up
-        raise HostError(f"could not read the artifact store: {type(exc).__name__}: {exc}", retryable=True) from None
-
-
-def _copy_stored(version, staging: Path) -> None:
     store = blob_store()
     for f in version.manifest["files"]:
         dest = staging / f["path"]
@@ -579,13 +574,12 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     if serving == release.number:
         _mark_live(target.pk, release.pk, status)
         return "converged"
-    if release.state == ReleaseState.LIVE and status.state == "deploying" and status.busy_with:
-        live_id = Release.objects.filter(pk=release.pk).values_list("host_release_id", flat=True).first()
-        if status.busy_with == live_id:
-            # Restarting or waking from zero with the live release: not drift; the periodic reconcile looks
-            # again. Busy with anything else (a change made in the host's console, a failed release's
-            # update still under way after its fallback) is drift.
-            return "settling"
+    busy = status.busy_with if status.state == "deploying" else ""
+    if release.state == ReleaseState.LIVE and busy and busy == release.host_release_id:
+        # Restarting or waking from zero with the live release: not drift; the periodic reconcile looks again.
+        # Busy with anything else (a change made in the host's console, a failed release's update still under
+        # way after its fallback) is drift.
+        return "settling"
     if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
         drift = {"desired": release.number, "host_serving": serving, "host_state": status.state}
         if not _mark_drifted(target.pk, release.pk, drift):
