@@ -94,6 +94,12 @@ def test_a_delivery_survives_a_broker_restart(stack, receiver, django_user_model
     payload = Webhook(secret).verify(hit.body, hit.headers)
     assert payload["type"] == "version.registered" and payload["data"]["actor"] == "owner"
 
-    deliveries = WebhookDelivery.objects.order_by("event_seq")
-    assert [(d.state, d.attempts) for d in deliveries] == [("delivered", 1), ("delivered", 1)]
+    # The worker records the outcome after the receiver has answered: wait for that write.
+    def outcomes():
+        return [(d.state, d.attempts) for d in WebhookDelivery.objects.order_by("event_seq")]
+
+    deadline = time.monotonic() + 10
+    while outcomes() != [("delivered", 1), ("delivered", 1)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert outcomes() == [("delivered", 1), ("delivered", 1)]
     assert len(receiver.to("/hook")) == 2  # each exactly once
