@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Max, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from audit.services import record
@@ -194,12 +195,13 @@ def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_numb
 
 
 def _claim(target_id: int, owner: str) -> bool:
-    now = timezone.now()
+    # Leases are stamped and compared with the database's clock: workers on other machines wrote them, and a
+    # worker whose clock runs ahead would otherwise take a lease still held and deploy beside its holder.
     lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
     return bool(
         DeploymentTarget.objects.filter(pk=target_id)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
-        .update(lease_owner=owner, lease_until=now + lease)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()) | Q(lease_owner=owner))
+        .update(lease_owner=owner, lease_until=Now() + lease)
     )
 
 
@@ -226,7 +228,7 @@ class _LeaseKeeper(threading.Thread):
                     log.warning("reconcile of target %s still running; its claim is no longer renewed", self.target_id)
                     return
                 renewed = DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
-                    lease_until=timezone.now() + lease
+                    lease_until=Now() + lease
                 )
                 if not renewed:
                     log.warning("reconcile of target %s lost its claim to another worker", self.target_id)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Max, Min
+from django.db.models.functions import Now
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -339,7 +340,6 @@ def dispatch(*, batch_size: int = 200) -> DispatchResult:
         if not events:
             return DispatchResult([], cursor.last_seq, False)
         endpoints = list(WebhookEndpoint.objects.filter(active=True).order_by("pk"))
-        now = timezone.now()
         deliveries = [
             WebhookDelivery(
                 endpoint=endpoint,
@@ -347,7 +347,7 @@ def dispatch(*, batch_size: int = 200) -> DispatchResult:
                 event_type=event.action,
                 webhook_id=f"msg_{uuid.uuid4().hex}",
                 body=_body(event_payload(event)),
-                next_attempt_at=now,
+                next_attempt_at=Now(),  # the database's clock, like every comparison with it (see _claim)
             )
             for event in events
             if event.action in EVENT_TYPES
@@ -581,11 +581,12 @@ def lease_seconds() -> float:
 
 
 def _claim(delivery_id: int) -> WebhookDelivery | None:
-    now = timezone.now()
+    # Due times are stamped and compared with the database's clock: a worker whose clock runs ahead would
+    # otherwise claim a delivery another worker is attempting and send it twice.
     lease = timedelta(seconds=lease_seconds())
     claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=now
-    ).update(next_attempt_at=now + lease)
+        pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=Now()
+    ).update(next_attempt_at=Now() + lease)
     if not claimed:
         return None
     return WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
@@ -672,7 +673,7 @@ def _finish(
             locked.state = DeliveryState.FAILED
         else:
             retry_in = retry_delay(number, result.retry_after)
-            locked.next_attempt_at = timezone.now() + timedelta(seconds=retry_in)
+            locked.next_attempt_at = Now() + timedelta(seconds=retry_in)
         locked.save()
     level = logging.INFO if ok else logging.WARNING
     log.log(
@@ -692,9 +693,10 @@ def _finish(
 def due_deliveries(*, grace_seconds: float | None = None, limit: int = 500) -> list[int]:
     """Pending deliveries overdue by more than the grace period: their task was lost or never sent."""
     grace = settings.WEBHOOK_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    overdue = timezone.now() - timedelta(seconds=grace)
     return list(
-        WebhookDelivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=overdue)
+        WebhookDelivery.objects.filter(
+            state=DeliveryState.PENDING, next_attempt_at__lte=Now() - timedelta(seconds=grace)
+        )
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )

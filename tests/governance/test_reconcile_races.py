@@ -11,9 +11,13 @@ import hashlib
 import json
 import socket
 import time
+from datetime import timedelta
 
 import pytest
+import time_machine
 from django.db import connection
+from django.db.models.functions import Now
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from governance import deployment, deployment_tasks
@@ -390,3 +394,23 @@ def test_an_artifact_store_outage_is_a_retryable_host_error(world, settings, tmp
     finally:
         blob_store.cache_clear()
     assert not (tmp_path / "data/releases/prod/1").exists()
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_take_a_lease_still_held(world, rep, replicate):
+    """Leases are compared with the database's clock. A worker ten minutes ahead of it saw another worker's
+    five-minute lease as run out, claimed the target and deployed beside that worker."""
+    approved_release(world, rep, 1)
+    DeploymentTarget.objects.filter(pk=rep.pk).update(
+        lease_owner="first-worker", lease_until=Now() + timedelta(minutes=5)
+    )
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        assert deployment.reconcile(rep.pk, owner="fast-clock-worker") == "busy"
+    assert replicate.releases_created == 0
+    rep.refresh_from_db()
+    assert rep.lease_owner == "first-worker"
+
+    # Once the lease has run out by the database's clock, the same worker takes the target and converges it.
+    DeploymentTarget.objects.filter(pk=rep.pk).update(lease_until=Now() - timedelta(seconds=1))
+    with time_machine.travel(timezone.now() + timedelta(minutes=10)):
+        assert deployment.reconcile(rep.pk, owner="fast-clock-worker") == "converged"
+    assert replicate.releases_created == 1

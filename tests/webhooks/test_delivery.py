@@ -11,10 +11,13 @@ import json
 import socket
 import threading
 import time
+from datetime import timedelta
 
 import pytest
+import time_machine
 from cryptography.fernet import InvalidToken
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -245,6 +248,35 @@ def test_sweeper_finds_deliveries_whose_task_was_lost(world, receiver):
     assert webhooks.due_deliveries(grace_seconds=0) == [delivery_id]
     webhooks.deliver(delivery_id=delivery_id)
     assert webhooks.due_deliveries(grace_seconds=0) == []
+
+
+def test_the_databases_clock_decides_when_a_delivery_is_due(world, receiver):
+    """Due times are stamped and compared with the database's clock, not each worker's. A dispatcher ten
+    minutes ahead made its deliveries wait ten minutes for every other worker; a worker ten minutes ahead
+    claimed a delivery another worker was attempting (its lease run out by the fast clock) and sent it twice."""
+    admin, owner = world["admin"].user, world["owner"].user
+    make_endpoint(admin, receiver.url(), ["*"])
+    register(owner, world["model"], "v1")
+    ten_minutes_ahead = timezone.now() + timedelta(minutes=10)
+    with time_machine.travel(ten_minutes_ahead):
+        [delivery_id] = webhooks.dispatch().delivery_ids
+    assert webhooks.due_deliveries(grace_seconds=0) == [delivery_id]  # due at once for a worker on time
+
+    # A worker is attempting it: its claim holds the delivery for a lease, by the database's clock.
+    WebhookDelivery.objects.filter(pk=delivery_id).update(
+        next_attempt_at=Now() + timedelta(seconds=webhooks.lease_seconds())
+    )
+    with time_machine.travel(ten_minutes_ahead):
+        assert webhooks.deliver(delivery_id=delivery_id) is None
+        assert webhooks.due_deliveries(grace_seconds=0) == []
+    assert receiver.requests == []
+
+    # Its lease run out (the worker died mid-attempt), any worker sends it, once.
+    WebhookDelivery.objects.filter(pk=delivery_id).update(next_attempt_at=Now())
+    with time_machine.travel(ten_minutes_ahead):
+        outcome = webhooks.deliver(delivery_id=delivery_id)
+    assert (outcome.state, outcome.attempt) == (DeliveryState.DELIVERED, 1)
+    assert len(receiver.to("/hook")) == 1
 
 
 def test_inactive_endpoint_stops_pending_deliveries(world, receiver):
