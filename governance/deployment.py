@@ -200,7 +200,7 @@ def _claim(target_id: int, owner: str) -> bool:
     lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
     return bool(
         DeploymentTarget.objects.filter(pk=target_id)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()) | Q(lease_owner=owner))
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=Now()))
         .update(lease_owner=owner, lease_until=Now() + lease)
     )
 
@@ -538,6 +538,10 @@ def reconcile(target_id: int, *, owner: str) -> str:
     """Converge one target. Returns converged | deploying | settling (the host is busy with the live release) |
     idle | busy. Raises HostError from the host, naming the release it was converging (`release_id`) for
     release_fail."""
+    # Each run holds the lease under a name of its own. A message the broker hands out again while its first
+    # delivery still runs (Redis's visibility timeout, a lost connection) carries the same task id, and a
+    # lease by task id let that second run in beside the first.
+    owner = f"{owner[:51]}:{uuid.uuid4().hex[:12]}"  # lease_owner holds 64
     if not _claim(target_id, owner):
         return "busy"
     keeper = _LeaseKeeper(target_id, owner)

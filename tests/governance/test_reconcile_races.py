@@ -414,3 +414,24 @@ def test_a_worker_whose_clock_runs_ahead_does_not_take_a_lease_still_held(world,
     with time_machine.travel(timezone.now() + timedelta(minutes=10)):
         assert deployment.reconcile(rep.pk, owner="fast-clock-worker") == "converged"
     assert replicate.releases_created == 1
+
+
+def test_a_task_handed_out_again_while_it_runs_does_not_deploy_beside_itself(world, rep, replicate):
+    """The broker hands a message out again while its first delivery still runs (Redis's visibility timeout
+    ran out, or the worker's connection dropped): the second run has the same task id. The lease was held by
+    task id, so the second run took it and created a second deployment beside the first."""
+    approved_release(world, rep, 1)
+    outcome = {}
+
+    def redelivered(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            try:
+                outcome["same task again"] = deployment.reconcile(rep.pk, owner="task-1")
+            finally:
+                connection.close()
+
+    replicate.intercept = redelivered
+    assert deployment.reconcile(rep.pk, owner="task-1") == "converged"
+    assert outcome == {"same task again": "busy"}
+    assert replicate.releases_created == 1
