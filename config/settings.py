@@ -200,6 +200,13 @@ if AXES_COOLOFF_TIME <= 0:  # django-axes reads 0 as "locked until an admin rese
     raise ImproperlyConfigured(f"AXES_COOLOFF_MINUTES must be at least 1, got {env('AXES_COOLOFF_MINUTES')!r}.")
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Proxies in front of the web processes that append to X-Forwarded-For (a load balancer, HAProxy with
+# `option forwardfor`, nginx): without it every client shares the proxy's address, and five wrong passwords
+# from anyone lock a username for everyone. Count only proxies of your own; core/client_ip.py says why.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, got {TRUSTED_PROXY_COUNT}.")
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
 AXES_ENABLE_ADMIN = False  # attempts and lockouts are listed with `manage.py axes_list_attempts`, reset with axes_reset
 # Content-Security-Policy (django-csp) on every response: the UI runs no script of its own, Swagger UI
 # (/api/docs/) only files from the sidecar package; inline style stays (a few style attributes).

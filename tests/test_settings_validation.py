@@ -78,6 +78,7 @@ def test_booleans_take_a_vocabulary_in_any_case(run):
         ("ARTIFACT_STORAGE", "S4", "ARTIFACT_STORAGE must be local or s3, got 'S4'"),
         ("LOG_LEVEL", "verbose", "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got 'verbose'"),
         ("AXES_COOLOFF_MINUTES", "0", "AXES_COOLOFF_MINUTES must be at least 1, got '0'"),
+        ("TRUSTED_PROXY_COUNT", "-1", "TRUSTED_PROXY_COUNT must be 0 or more, got -1"),
     ],
 )
 def test_malformed_values_are_refused_by_name(run, name, value, expected):

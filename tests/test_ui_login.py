@@ -58,3 +58,41 @@ def test_pages_forbid_scripts_other_than_the_sites_own(client, personas):
         assert directives["object-src"] == "'none'" and directives["base-uri"] == "'none'"
     docs = client.get("/api/docs/").content.decode()
     assert "<script>" not in docs and "<script src=" in docs
+
+
+def lock_out(client, settings, **headers) -> None:
+    wrong = {"username": "reviewer", "password": "wrong"}
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert b"didn't match" in client.post("/accounts/login/", wrong, **headers).content
+    assert client.post("/accounts/login/", wrong, **headers).status_code == 429
+
+
+def sign_in(client, **headers) -> int:
+    return client.post("/accounts/login/", {"username": "reviewer", "password": "pw-reviewer"}, **headers).status_code
+
+
+def test_behind_a_proxy_each_client_is_counted_under_its_own_address(client, personas, settings):
+    """With TRUSTED_PROXY_COUNT=1 the proxy's X-Forwarded-For entry is the address. Counted under the proxy's
+    address, five wrong passwords from anyone locked the username for every user behind the proxy."""
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}
+    lock_out(client, settings, HTTP_X_FORWARDED_FOR="203.0.113.7", **proxy)
+    assert sign_in(client, HTTP_X_FORWARDED_FOR="203.0.113.7", **proxy) == 429
+    # What the client itself put in the header (left of the proxy's entry) changes nothing.
+    assert sign_in(client, HTTP_X_FORWARDED_FOR="198.51.100.9, 203.0.113.7", **proxy) == 429
+    assert sign_in(client, HTTP_X_FORWARDED_FOR="198.51.100.9", **proxy) == 302  # another client
+
+
+def test_without_trusted_proxies_forwarded_addresses_are_ignored(client, personas, settings):
+    """By default the header is the client's to write: a locked-out client cannot escape by sending one."""
+    assert settings.TRUSTED_PROXY_COUNT == 0
+    lock_out(client, settings, REMOTE_ADDR="203.0.113.7")
+    assert sign_in(client, REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="198.51.100.9") == 429
+
+
+def test_a_request_past_the_proxies_or_with_a_garbled_entry_counts_under_the_connection(client, personas, settings):
+    settings.TRUSTED_PROXY_COUNT = 2
+    lock_out(client, settings, REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="192.0.2.1")  # one entry, not two
+    assert sign_in(client, REMOTE_ADDR="203.0.113.7") == 429
+    assert sign_in(client, REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="not-an-address, 10.0.0.3") == 429
+    assert sign_in(client, REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="198.51.100.9, 10.0.0.3") == 302
