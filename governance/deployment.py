@@ -37,6 +37,7 @@ from governance.rollout import Rollout, judge, plan
 from lineage import services as lineage
 from lineage.choices import EdgeKind, NodeType
 from registry.choices import VersionStatus
+from registry.models import ModelVersion
 from registry.storage import CHUNK, blob_store
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
         version=promotion.version,
         number=_next_number(target),
         promotion=promotion,
+        host_revision=promotion.host_revision,
         state=ReleaseState.PENDING,
         created_by=actor if not isinstance(actor, str) else None,
         reason=f"promotion #{promotion.pk}",
@@ -384,7 +386,6 @@ def _spec(
     target: DeploymentTarget, release: Release, credentials: str | None, traffic: dict[int, int] | None = None
 ) -> ReleaseSpec:
     version = release.version
-    _, _, pinned = version.artifact_uri.partition("@")
     return ReleaseSpec(
         target=target.name,
         config=target.config,
@@ -396,9 +397,18 @@ def _spec(
         artifact_uri=version.artifact_uri,
         files=tuple(version.manifest["files"]),
         artifact_dir=materialize(release) if target.kind == "self_hosted" else None,
-        host_revision=version.tags.get("host_revision") or (pinned if not pinned.startswith("sha256:") else ""),
+        host_revision=release.host_revision,
         traffic=tuple(sorted((traffic or {}).items())),
     )
+
+
+def host_revision_of(version: ModelVersion) -> str:
+    """What a managed host deploys for a version: the revision its immutable artifact_uri pins
+    (`hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag."""
+    _, _, pinned = version.artifact_uri.partition("@")
+    if pinned and not pinned.startswith("sha256:"):
+        return pinned
+    return str(version.tags.get("host_revision") or "")
 
 
 def _serving_number(status: HostStatus, target: DeploymentTarget, release: Release) -> int | None:

@@ -83,6 +83,9 @@ class PromotionRequest(models.Model):
     requester = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     state = models.CharField(max_length=20, choices=PromotionState.choices, default=PromotionState.PENDING)
     reason = models.TextField(blank=True)
+    # What a managed host will deploy (Replicate version, HF commit, Modal tag), fixed when the request is made:
+    # the version's `host_revision` tag stays editable, and reviewers approve this, not whatever it says later.
+    host_revision = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     decided_at = models.DateTimeField(null=True, blank=True)
@@ -135,6 +138,7 @@ class Release(models.Model):
     step_baseline = models.JSONField(null=True, blank=True)
     deploying_since = models.DateTimeField(null=True, blank=True)  # DEPLOY_TIMEOUT_SECONDS counts from it
     endpoint_url = models.CharField(max_length=500, blank=True)
+    host_revision = models.TextField(blank=True)  # its promotion's: what it deploys, a rollback included
     host_release_id = models.CharField(max_length=200, blank=True)
     reason = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")

@@ -18,6 +18,7 @@ def promotion_view(request: PromotionRequest) -> dict:
         "model": str(request.version.model),
         "version": request.version.number,
         "digest": request.version.digest,
+        "host_revision": request.host_revision,
         "target": request.target.name,
         "requester": request.requester.username,
         "reason": request.reason,

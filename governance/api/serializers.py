@@ -56,7 +56,7 @@ class HidesModel(serializers.Serializer):
     puts the caller's `visible_model_ids` in the serializer context; without it the serializer fails
     rather than show all."""
 
-    HIDDEN = ("model", "version", "digest", "promotion", "endpoint_url", "host_release_id", "reason")
+    HIDDEN = ("model", "version", "digest", "promotion", "endpoint_url", "host_revision", "host_release_id", "reason")
     model_hidden = serializers.SerializerMethodField(help_text="The caller may not view this release's model.")
 
     def get_model_hidden(self, release) -> bool:
@@ -132,6 +132,10 @@ class PromotionOutput(serializers.Serializer):
     model = serializers.CharField()
     version = serializers.IntegerField()
     digest = serializers.CharField()
+    host_revision = serializers.CharField(
+        help_text="what a managed host deploys (Replicate version, HF commit, Modal tag), fixed when requested; "
+        "empty for self-hosted targets' artifacts"
+    )
     target = serializers.CharField()
     requester = serializers.CharField()
     reason = serializers.CharField()
@@ -217,6 +221,7 @@ class ReleaseOutput(HidesModel):
     state = serializers.CharField()
     traffic_percent = serializers.IntegerField()
     endpoint_url = serializers.CharField(allow_null=True)
+    host_revision = serializers.CharField(allow_null=True, help_text="what the host deploys, as its promotion fixed it")
     host_release_id = serializers.CharField(allow_null=True)
     promotion = serializers.IntegerField(source="promotion_id", allow_null=True)
     reason = serializers.CharField(allow_null=True)

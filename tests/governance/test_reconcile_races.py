@@ -435,3 +435,39 @@ def test_a_task_handed_out_again_while_it_runs_does_not_deploy_beside_itself(wor
     assert deployment.reconcile(rep.pk, owner="task-1") == "converged"
     assert outcome == {"same task again": "busy"}
     assert replicate.releases_created == 1
+
+
+def test_what_a_release_deploys_is_fixed_when_its_promotion_is_requested(world, rep, replicate):
+    """The Replicate version comes from the version's `host_revision` tag, which stays editable. It was read
+    at each deploy: after the approval the owner could point the release (and any later rollback to it) at
+    another Replicate version than the one the reviewers approved."""
+    release = approved_release(world, rep, 1)
+    approved = f"acme/churn:{replicate_version(1)}"
+    assert release.host_revision == approved
+    changed = (
+        world["owner"]
+        .client()
+        .patch(
+            "/api/v1/models/acme/churn/versions/1",
+            {"tags": {"host_revision": f"acme/churn:{replicate_version(3)}"}},
+            format="json",
+        )
+    )
+    assert changed.status_code == 200, changed.json()
+    assert reconcile(rep) == "converged"
+    assert replicate.deployment("acme", "churn-rep")["current_release"]["version"] == replicate_version(1)
+
+    shown = world["admin"].client().get(f"/api/v1/promotions/{release.promotion_id}").json()
+    assert shown["host_revision"] == approved
+    listed = world["admin"].client().get("/api/v1/targets/rep/releases").json()["results"]
+    assert [(r["number"], r["host_revision"]) for r in listed] == [(1, approved)]
+
+
+def test_a_tag_cannot_override_the_revision_an_artifact_uri_pins(world):
+    """`hf://org/repo@<commit>` is part of the immutable version; a `host_revision` tag may name a revision only
+    for versions whose URI pins none."""
+    version = ModelVersion.objects.get(number=1)
+    version.artifact_uri, version.tags = "hf://acme/churn@" + "a" * 40, {"host_revision": "b" * 40}
+    assert deployment.host_revision_of(version) == "a" * 40
+    version.artifact_uri = "s3://bucket/churn@sha256:" + "c" * 64  # a content digest, not a host revision
+    assert deployment.host_revision_of(version) == "b" * 40
