@@ -140,7 +140,18 @@ YAML_ASTRAL = "as one escape, \\U0001F600 (YAML does not pair \\u escapes)"
 JSON_ASTRAL = "as a pair of surrogate escapes"
 MARKDOWN_ASTRAL = "as an HTML entity, &#x1F600;"
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# Fenced code blocks, as CommonMark has them: an opening fence is up to 3 spaces of indent and a run of 3 or
+# more backticks or tildes (a backtick fence's info string may not hold a backtick); the closing fence is the
+# same character, at least as many, up to 3 spaces of indent and nothing after it but spaces or tabs.
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}(?=[^`]*$)|~{3,})")
+_FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
+# A setext heading's underline: up to 3 spaces of indent, then a run of '=' or of '-'.
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
+# A line of '-', '=', '*' or '_' alone (a setext underline or a thematic break): no content.
+_RULE = re.compile(r"^[ \t]*[-=*_][-=*_ \t]*$")
+# Lines that start a block of their own rather than continue a paragraph: list items, block quotes,
+# code fences, indented code (tabs or 4+ spaces).
+_NOT_PARAGRAPH = re.compile(r"^(?: {0,3}(?:[-+*][ \t]|\d{1,9}[.)](?:[ \t]|$)|>|`{3}|~{3})| {4}|[ ]{0,3}\t)")
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -295,9 +306,21 @@ def validate(content, version: str = SCHEMA_VERSION) -> dict:
 
 
 def _is_blank_text(text: str) -> bool:
+    """Whether Markdown text holds nothing but whitespace, HTML comments, headings, rules and placeholders.
+
+    Headings are ATX (`### Uses`) and setext ones: the paragraph directly above a `===` or `---`
+    underline. A line of `-`, `=`, `*` or `_` alone (an underline, or a thematic break) carries nothing.
+    """
     text = _COMMENT.sub("", text)
     text = re.sub(r"\[more information needed\]", "", text, flags=re.IGNORECASE)
-    lines = [line for line in text.splitlines() if line.strip() and not _HEADING.match(line.strip())]
+    kept: list[str] = []  # "" for a blank line, a heading or a rule: each ends a paragraph
+    for line in text.splitlines():
+        if _SETEXT_UNDERLINE.match(line):
+            while kept and kept[-1] and not _NOT_PARAGRAPH.match(kept[-1]):
+                kept.pop()  # the paragraph above the underline is the heading's text
+        stripped = line.strip()
+        kept.append("" if not stripped or _HEADING.match(stripped) or _RULE.match(line) else line)
+    lines = [line for line in kept if line]
     remaining = re.sub(r"\s+", " ", " ".join(lines)).strip().lower()
     return remaining.strip("*_ .") in PLACEHOLDERS
 
@@ -339,19 +362,28 @@ def section_for_heading(title: str) -> str | None:
     return _ALIAS_TO_SECTION.get(_normalize_heading(title))
 
 
+def _lines_and_code(text: str):
+    """(line, is_code) for each line of `text`: is_code for fence lines and the lines between them.
+
+    The one place for the fence rule (see _FENCE_OPEN/_FENCE_CLOSE): a block closes only on a fence of
+    its own character at least as long as the opening one; an unclosed block runs to the end.
+    """
+    fence = None  # the open fence's character and length
+    for line in text.split("\n"):
+        if fence is None:
+            if match := _FENCE_OPEN.match(line):
+                fence = (match.group(1)[0], len(match.group(1)))
+            yield line, fence is not None
+            continue
+        match = _FENCE_CLOSE.match(line)
+        if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1]:
+            fence = None
+        yield line, True
+
+
 def _unfenced_lines(text: str):
     """Lines outside fenced code blocks."""
-    fence = None
-    for line in text.split("\n"):
-        match = _FENCE.match(line)
-        if fence is None and match:
-            fence = match.group(1)[0] * 3
-            continue
-        if fence is not None:
-            if line.lstrip().startswith(fence):
-                fence = None
-            continue
-        yield line
+    return (line for line, is_code in _lines_and_code(text) if not is_code)
 
 
 class _Node:
@@ -367,17 +399,8 @@ def _parse_markdown(text: str) -> tuple[str | None, list[str], list[_Node]]:
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     title, preamble, top, stack = None, [], [], []
-    fence = None
-    for line in text.split("\n"):
-        match = None
-        fence_match = _FENCE.match(line)
-        if fence is not None:
-            if line.lstrip().startswith(fence):
-                fence = None
-        elif fence_match:
-            fence = fence_match.group(1)[0] * 3
-        else:
-            match = _HEADING.match(line)
+    for line, is_code in _lines_and_code(text):
+        match = None if is_code else _HEADING.match(line)
         if match is None:
             (stack[-1].lines if stack else preamble).append(line)
             continue
