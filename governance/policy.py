@@ -6,13 +6,15 @@ on. It does no I/O: `governance.selectors.promotion_facts()` gathers the facts. 
 The approval quorum is not a rule here: it is what approvals are for (see services).
 """
 
-import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from core.errors import InvalidInput
+from core.numbers import finite_number
 from governance.choices import MetricOp
 from registry.cards import SECTIONS
+
+MAX_SOAK_HOURS = 24 * 365 * 10
 
 _COMPARE = {
     MetricOp.GTE: lambda a, b: a >= b,
@@ -75,7 +77,7 @@ def _str_list(data: dict, key: str) -> tuple[str, ...]:
 
 
 def _number(value, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         _fail(path, "must be a finite number.")
     return value
 
@@ -126,8 +128,8 @@ def parse_rules(data) -> PolicyRules:
     if soak is not None:
         if not isinstance(soak, dict) or set(soak) != {"stage", "hours"} or not isinstance(soak["stage"], str):
             _fail("min_live_on_stage", 'must be {"stage": name, "hours": number} or null.')
-        if _number(soak["hours"], "min_live_on_stage.hours") < 0:
-            _fail("min_live_on_stage.hours", "must not be negative.")
+        if not 0 <= _number(soak["hours"], "min_live_on_stage.hours") <= MAX_SOAK_HOURS:
+            _fail("min_live_on_stage.hours", f"must be from 0 to {MAX_SOAK_HOURS} (ten years).")
         soak = StageSoak(stage=soak["stage"], hours=soak["hours"])
     expiry = data.get("request_expiry_hours", 168)
     if isinstance(expiry, bool) or not isinstance(expiry, int) or not 1 <= expiry <= 24 * 365:
@@ -281,7 +283,6 @@ def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
     if rules.min_live_on_stage is not None:
         soak = rules.min_live_on_stage
         since = facts.live_since.get(soak.stage)
-        needed = timedelta(hours=soak.hours)
         if since is None:
             checks.append(
                 Check(
@@ -291,12 +292,12 @@ def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
                 )
             )
         else:
-            served = facts.now - since
-            hours = served.total_seconds() / 3600
+            # Compared in hours: a policy stored before hours were bounded may hold more than a timedelta can.
+            hours = (facts.now - since).total_seconds() / 3600
             checks.append(
                 Check(
                     "live_on_stage",
-                    served >= needed,
+                    hours >= soak.hours,
                     f"live on {soak.stage} for {hours:.1f} h of the {soak.hours:g} h required.",
                 )
             )

@@ -5,9 +5,9 @@ No database access: the views hand in versions, card contents and policy rules.
 
 import difflib
 import itertools
-import math
 from dataclasses import dataclass, field
 
+from core.numbers import finite_number
 from governance.policy import PolicyRules
 from registry.ui_selectors import card_sections
 from registry.ui_selectors import metric_text as fmt
@@ -17,7 +17,7 @@ LOWER_IS_BETTER = {"<=", "<"}
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         return None
     return value
 

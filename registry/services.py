@@ -169,16 +169,28 @@ def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:
 
 def same_json(stored, given) -> bool:
     """Equal as JSON values, numbers by value: jsonb keeps 1.5e23 as 150000000000000000000000, which
-    reads back as an int unequal to the float sent (a CI re-run then drew a digest_conflict)."""
-    if isinstance(stored, bool) or isinstance(given, bool):
-        return type(stored) is type(given) and stored == given
-    if isinstance(stored, int | float) and isinstance(given, int | float):
-        return Decimal(repr(stored)) == Decimal(repr(given))
-    if isinstance(stored, dict) and isinstance(given, dict):
-        return stored.keys() == given.keys() and all(same_json(stored[k], given[k]) for k in stored)
-    if isinstance(stored, list | tuple) and isinstance(given, list | tuple):
-        return len(stored) == len(given) and all(same_json(a, b) for a, b in zip(stored, given, strict=True))
-    return stored == given
+    reads back as an int unequal to the float sent (a CI re-run then drew a digest_conflict). Walks with a
+    stack of its own, not recursion: params nested a few hundred levels deep are valid JSON."""
+    pairs = [(stored, given)]
+    while pairs:
+        a, b = pairs.pop()
+        if isinstance(a, bool) or isinstance(b, bool):
+            if type(a) is not type(b) or a != b:
+                return False
+        elif isinstance(a, int | float) and isinstance(b, int | float):
+            if Decimal(repr(a)) != Decimal(repr(b)):
+                return False
+        elif isinstance(a, dict) and isinstance(b, dict):
+            if a.keys() != b.keys():
+                return False
+            pairs.extend((a[k], b[k]) for k in a)
+        elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            if len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b, strict=True))
+        elif a != b:
+            return False
+    return True
 
 
 def _existing_version(model: RegisteredModel, digest: str, fields: dict) -> tuple[ModelVersion, bool]:
@@ -436,7 +448,7 @@ def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[M
         # The version row lock serializes revisions of one card: numbers have no gaps or duplicates.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         latest = locked.card_revisions.order_by("-revision").first()
-        if latest is not None and latest.content == content:
+        if latest is not None and same_json(latest.content, content):
             return latest, False  # a CI re-run posting the same card: nothing changes, nothing to audit
         last = locked.card_revisions.aggregate(last=Max("revision"))["last"] or 0
         revision = ModelCardRevision.objects.create(

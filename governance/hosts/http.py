@@ -5,10 +5,10 @@ No Django here. Only validation helpers and the one retry rule every adapter fol
 """
 
 import ipaddress
-import math
 from urllib.parse import urlsplit
 
 from core.errors import InvalidInput
+from core.numbers import finite_number
 from governance.hosts.base import HostError
 
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request to a host's control plane
@@ -78,12 +78,7 @@ def pop_timeout(config, *, kind: str) -> tuple[dict, float | None]:
         return config, None
     rest = dict(config)
     value = rest.pop("timeout_seconds")
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0 < value <= MAX_TIMEOUT
-    )
+    ok = finite_number(value) and 0 < value <= MAX_TIMEOUT
     if not ok:
         problem = f"Must be a number of seconds, more than 0 and at most {int(MAX_TIMEOUT)}."
         raise InvalidInput(

@@ -1,10 +1,10 @@
-import math
 import re
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api import OutputModelSerializer, StrictSerializer, UUIDString
+from core.numbers import finite_number
 from registry.choices import VersionStatus
 from registry.models import Alias, ModelVersion, RegisteredModel
 
@@ -32,7 +32,8 @@ class ModelOutput(OutputModelSerializer):
 
 
 class FileEntry(StrictSerializer):
-    path = serializers.CharField(max_length=1024)
+    # Spaces at either end are part of a file's name (and of the digest the CLI computes): never trimmed.
+    path = serializers.CharField(max_length=1024, trim_whitespace=False)
     size = serializers.IntegerField(min_value=0, max_value=2**63 - 1)  # what a file system or object store can hold
     sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", help_text="64 lowercase hex characters")
 
@@ -70,8 +71,10 @@ class MetricValue(serializers.Field):
 
     @staticmethod
     def _number(value):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise serializers.ValidationError("A metric value must be a finite number.")
+        if not finite_number(value):
+            raise serializers.ValidationError(
+                "A metric value must be a finite number (a double: at most about 1.8e308)."
+            )
         return value
 
     def to_representation(self, value):

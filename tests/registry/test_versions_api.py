@@ -81,6 +81,32 @@ def test_a_re_run_with_numbers_postgresql_rewrites_is_the_same_version(owner, fi
     assert conflict.status_code == 409 and conflict.json()["error"]["detail"]["fields"] == [field]
 
 
+def test_a_re_run_with_deeply_nested_params_is_the_same_version(owner):
+    """Comparing a re-run with the stored version recursed two frames per level: params 300 deep (valid
+    JSON, stored fine the first time) made every retry of the registration a 500."""
+    params = "leaf"
+    for _ in range(400):
+        params = {"nested": params}
+    body = register_body(s3_manifest(b"deep-params"), params=params)
+    first = owner.post(f"{BASE}/versions/", body, format="json")
+    assert first.status_code == 201, first.json()
+    again = owner.post(f"{BASE}/versions/", body, format="json")
+    assert again.status_code == 200 and again.json()["number"] == first.json()["number"], again.content[:300]
+
+
+def test_manifest_paths_keep_their_spaces(owner):
+    """Spaces at either end are part of a file's name and of the digest the CLI computes from the files; the
+    registry trimmed them, stored other names and answered another digest (the CLI then failed after
+    registering)."""
+    from registry import cli
+
+    files = [file_entry(" config.json", b"{}"), file_entry("weights.bin ", b"w")]
+    r = owner.post(f"{BASE}/versions/", register_body({"files": files}), format="json")
+    assert r.status_code == 201, r.json()
+    assert sorted(f["path"] for f in r.json()["manifest"]["files"]) == [" config.json", "weights.bin "]
+    assert r.json()["digest"] == cli.manifest_digest(files)
+
+
 def test_digest_ignores_file_order(owner):
     files = s3_manifest(b"a", b"b")["files"]
     one = owner.post(f"{BASE}/versions/", register_body({"files": files}), format="json").json()
@@ -361,6 +387,8 @@ def test_unstorable_values_in_free_form_json_are_400_and_write_nothing(owner, fi
         ({"run_id": True}, "run_id"),  # DRF's UUIDField took it as UUID(int=1)
         ({"run_id": 7}, "run_id"),
         ({"manifest": {"files": [{"path": "w.bin", "size": 2**63, "sha256": "0" * 64}]}}, "size"),
+        ({"metrics": {"auc": 10**400}}, "metrics"),  # beyond a double: math.isfinite raised, a 500
+        ({"metrics": {"auc": {"value": 10**400}}}, "metrics"),
     ],
 )
 def test_values_the_schema_does_not_allow_are_400_and_write_nothing(owner, change, field):
