@@ -148,6 +148,14 @@ def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: Registere
 
 def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget, reason: str = "") -> PromotionRequest:
     """Open a request. Failing rules don't stop it (reviewers see them); they block approval until fixed."""
+    # An overdue request the periodic expiry has not reached yet is expired first (in lock order: promotion,
+    # then target), not answered with already_pending while its page says a new one may be opened.
+    overdue = PromotionRequest.objects.filter(
+        version=version, target=target, state=PromotionState.PENDING, expires_at__lte=timezone.now()
+    ).values_list("pk", flat=True)
+    for request_id in overdue:
+        with transaction.atomic():
+            _locked_pending(request_id)
     with transaction.atomic():
         ModelVersion.objects.select_for_update(no_key=True).get(
             pk=version.pk
@@ -342,14 +350,13 @@ def promotion_reject(*, actor, request_id: int, comment: str, seen: dict | None 
 
 def promotion_cancel(*, actor, request_id: int, reason: str = "") -> PromotionRequest:
     with transaction.atomic():
-        request = (
-            PromotionRequest.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("target")
-            .get(pk=request_id)
-        )
+        request, expired = _locked_pending(request_id)
         if request.requester_id != actor.pk and not access.has_perm(actor, "manage_deploymenttarget", request.target):
             raise Forbidden("Only the requester or a manager of the target may cancel a promotion request.")
-        _transition(request, PromotionState.CANCELLED, actor=actor, reason=reason)
+        if not expired:
+            _transition(request, PromotionState.CANCELLED, actor=actor, reason=reason)
+    if expired:  # the expiry is committed, as what happened first; there is nothing left to cancel
+        raise Conflict(f"Promotion #{request_id} expired before it was cancelled.", code="expired")
     return request
 
 

@@ -295,6 +295,34 @@ def test_expired_request_cannot_be_approved(world):
     assert AuditEvent.objects.filter(action="promotion.expired", subject_id=str(pk)).count() == 1
 
 
+def overdue(pk: int) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    PromotionRequest.objects.filter(pk=pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_an_overdue_request_does_not_block_a_new_one(world):
+    """Until the periodic expiry ran (every 5 min, or never without beat) a new request was a 409
+    already_pending, while the overdue one's page said the requester could open a new one."""
+    old = promote(world["owner"]).json()["id"]
+    overdue(old)
+    r = promote(world["owner"])
+    assert r.status_code == 201, r.json()
+    assert r.json()["id"] != old and PromotionRequest.objects.get(pk=old).state == "expired"
+    assert AuditEvent.objects.filter(action="promotion.expired", subject_id=str(old)).count() == 1
+
+
+def test_an_overdue_request_is_expired_not_cancelled(world):
+    pk = promote(world["owner"]).json()["id"]
+    overdue(pk)
+    r = world["owner"].client().post(f"/api/v1/promotions/{pk}/cancel", {"reason": "wrong version"}, format="json")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "expired"
+    assert PromotionRequest.objects.get(pk=pk).state == "expired"  # what happened first is what is recorded
+    assert not AuditEvent.objects.filter(action="promotion.cancelled", subject_id=str(pk)).exists()
+
+
 def test_review_queue(world):
     pk = promote(world["owner"]).json()["id"]
     mine = world["reviewer"].client().get("/api/v1/promotions/?waiting_for_me=true").json()["results"]
