@@ -1,5 +1,5 @@
-"""Audit changes of accounts, group membership and model-wide permissions, however they are made (admin, shell,
-management commands)."""
+"""Audit changes of accounts, groups, group membership and model-wide permissions, however they are made (admin,
+shell, management commands)."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import get_hasher, identify_hasher, is_password_usable
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
 from audit.services import record
@@ -191,3 +191,68 @@ def user_saved(sender, instance, created, raw, using, update_fields, **kwargs):
 def user_deleted(sender, instance, using, **kwargs):
     with transaction.atomic(using=using):  # the delete's own transaction (Django's Collector runs in one)
         record(action="user.deleted", subject=instance, actor=_actor(), before=_account(instance))
+
+
+# --- groups: created, renamed, deleted ------------------------------------------------------------------------
+# Policies name their approver groups by name (governance `approver_groups`), so a group's name is access: renaming
+# one hands its rights to whoever is in the group that now bears the name. Deleting a group drops its memberships by
+# a cascade that sends no m2m signal: pre_delete reads the members while they still exist, post_delete records them
+# as `membership.revoked` (as group.user_set.clear() would) with `group.deleted`, in the delete's own transaction.
+# Created and renamed follow the accounts above: in the transaction of the change when there is one (the admin's
+# add, change and delete views), else at once in a transaction of their own; raw saves (loaddata) and
+# QuerySet.update() are not audited. A save that does not change the name writes nothing.
+
+_GROUP_BEFORE = "_group_audit_before"  # the stored name, set on the instance by pre_save for post_save
+_GROUP_MEMBERS = "_group_audit_members"  # the members' usernames, set on the instance by pre_delete for post_delete
+
+
+@receiver(pre_save, sender=Group)
+def group_before_save(sender, instance, raw, using, update_fields, **kwargs):
+    instance.__dict__.pop(_GROUP_BEFORE, None)
+    if raw or instance._state.adding or (update_fields is not None and "name" not in update_fields):
+        return
+    name = sender._base_manager.using(using).filter(pk=instance.pk).values_list("name", flat=True).first()
+    if name is not None:
+        instance.__dict__[_GROUP_BEFORE] = name
+
+
+@receiver(post_save, sender=Group)
+def group_saved(sender, instance, created, raw, using, **kwargs):
+    if raw:
+        return
+    if created:
+        with transaction.atomic(using=using):
+            record(action="group.created", subject=instance, actor=_actor(), after={"name": instance.name})
+        return
+    before = instance.__dict__.pop(_GROUP_BEFORE, None)
+    if before is None or before == instance.name:
+        return
+    with transaction.atomic(using=using):
+        record(
+            action="group.renamed",
+            subject=instance,
+            actor=_actor(),
+            before={"name": before},
+            after={"name": instance.name},
+        )
+
+
+@receiver(pre_delete, sender=Group)
+def group_before_delete(sender, instance, using, **kwargs):
+    instance.__dict__[_GROUP_MEMBERS] = sorted(str(user) for user in instance.user_set.all().using(using))
+
+
+@receiver(post_delete, sender=Group)
+def group_deleted(sender, instance, using, **kwargs):
+    members = instance.__dict__.pop(_GROUP_MEMBERS, [])
+    with transaction.atomic(using=using):  # the delete's own transaction (Django's Collector runs in one)
+        actor = _actor()
+        if members:
+            record(
+                action="membership.revoked",
+                subject=instance,
+                actor=actor,
+                before={"user_set": members},
+                reason="group deleted",
+            )
+        record(action="group.deleted", subject=instance, actor=actor, before={"name": instance.name})
