@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Q
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from audit.chain import canonical_json
@@ -325,7 +325,11 @@ def _audit_range(subjects: list[tuple[str, str]], as_of, seqs: list[int] = ()) -
         query |= Q(seq__in=sorted(set(seqs)))
     events = AuditEvent.objects.filter(query).defer("line") if by_type or seqs else AuditEvent.objects.none()
     if as_of is not None:
-        events = events.filter(at__lte=as_of)
+        # A fact in the trail is stamped before the event that records it (which waits for the chain head and
+        # takes the database's clock): read as of a time between the two, the fact was listed and its record
+        # was not. Each fact's first event comes with it, then; later ones only up to as_of.
+        firsts = events.values("subject_type", "subject_id").annotate(first=Min("seq")).values("first")
+        events = events.filter(Q(at__lte=as_of) | Q(seq__in=firsts))
     rows = [
         {
             "seq": e.seq,

@@ -251,3 +251,14 @@ def test_trail_includes_signature_verdicts_and_sections_other_apps_add(personas,
     )
     # the builder replaced governance's "promotions"; governance's "releases" (none here) is still there
     assert t["sections"] == {"promotions": {"releases": []}, "releases": []}
+
+
+def test_a_trail_as_of_a_facts_own_time_holds_the_event_that_recorded_it(personas, scenario):
+    """Facts are stamped a little before the audit event that records them (it waits for the chain head and
+    takes the database's clock). Read as of the card revision's own time, the trail listed the revision but
+    not its event: an auditor could not match the fact against the chain."""
+    card = scenario["card"]
+    t = get_trail(personas["owner"].client(), as_of=card.created_at.isoformat())["trail"]
+    assert [c["revision"] for c in t["card_revisions"]] == [card.revision]
+    recorded = [e for e in t["audit"]["events"] if e["subject_type"] == "registry.modelcardrevision"]
+    assert [(e["action"], e["subject_id"]) for e in recorded] == [("card.revised", str(card.pk))]
