@@ -15,13 +15,17 @@ sequence range) and filter it afterwards.
 Rule: hash = sha256(prev_hash || canonical_json(event)), where prev_hash is the previous event's
 hash as 64 lowercase hex ASCII characters (64 zeros before the first event), and canonical JSON is
 the event's fields below with sorted keys, "," and ":" separators, no whitespace, UTF-8 (no \\u
-escapes for non-ASCII), no NaN/Infinity. Each export line is the event plus "prev_hash" and "hash".
+escapes for non-ASCII), no NaN/Infinity. Each export line is the event plus "prev_hash" and "hash", and
+nothing else: a line with any other member (which no hash covers) fails, and so does one that repeats a
+key in any of its objects (readers disagree on which of the values counts, and the hash covers one).
 
 Lines as the registry writes them (that canonical JSON) are checked in batches without being
 re-serialized; any other line is parsed, re-serialized and checked on its own, with the same verdict.
 --jobs N (default: the number of CPUs, at most 8) shares the blocks of lines among N worker processes.
 
-Exit status: 0 when every line verifies, 1 naming the first bad sequence number, 2 on usage errors.
+Exit status: 0 when every line verifies, 1 naming the first bad sequence number (or line, for one that is not
+JSON this verifier can read: broken, nested too deeply, or an integer of more than 4,300 digits), 2 on usage
+errors.
 """
 
 import argparse
@@ -55,6 +59,8 @@ EVENT_FIELDS = (
     "reason",
 )
 
+LINE_FIELDS = frozenset((*EVENT_FIELDS, "prev_hash", "hash"))  # an export line's members, exactly
+
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -73,6 +79,52 @@ class ChainError(Exception):
         self.seq = seq
         self.line = line
         self.reason = reason
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """json's object_pairs_hook: the object as json.loads builds it, unless a key repeats in it."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
+
+
+def _loads(text: str):
+    """json.loads, refusing any object in which a key repeats (json.loads keeps the last value, other readers the
+    first, and the hash covers only one of them). Raises ValueError (_DuplicateKey, json.JSONDecodeError, an integer
+    of more than 4,300 digits) or RecursionError (nesting too deep)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def parse_line(text: str, line: int):
+    """One line of an NDJSON export as the verifier reads it (then pass it to verify_events()); raises ChainError
+    naming the line (and its sequence number, when it can tell) if it is not JSON that it can read or if a key
+    repeats in one of its objects."""
+    try:
+        return _loads(text)
+    except _DuplicateKey as exc:
+        key = exc.args[0]
+        seq = None
+        if key != "seq":
+            try:
+                seq = json.loads(text).get("seq")
+            except Exception:  # noqa: BLE001 - not needed to refuse the line, only to name it
+                seq = None
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            seq = None
+        reason = f"the key {key!r} appears twice in one object: which value counts depends on the reader"
+        raise ChainError(seq, line, reason + ", and a hash covers one only") from None
+    except json.JSONDecodeError as exc:
+        raise ChainError(None, line, f"not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ChainError(None, line, "not valid JSON: nested too deeply to be read") from None
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise ChainError(None, line, f"not valid JSON: {str(exc).partition(';')[0]}") from None
 
 
 class _Chain:
@@ -109,12 +161,15 @@ class _Chain:
         missing = [f for f in (*EVENT_FIELDS, "prev_hash", "hash") if not isinstance(event, dict) or f not in event]
         if missing:
             raise ChainError(seq, line, "missing fields: " + ", ".join(missing))
+        if len(event) != len(LINE_FIELDS):  # all of them are there: others too
+            extra = ", ".join(str(f) for f in event if f not in LINE_FIELDS)
+            raise ChainError(seq, line, f"fields that no hash covers: {extra}")
         if not isinstance(seq, int) or seq < 1:
             raise ChainError(seq, line, "seq must be a positive integer")
         self._link(seq, event["prev_hash"], line)
         try:
             computed = event_hash(event["prev_hash"], event)
-        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
             raise ChainError(seq, line, f"cannot be hashed: {exc}") from None
         if computed != event["hash"]:
             raise ChainError(seq, line, "hash does not match the event's contents: the event was changed")
@@ -131,6 +186,9 @@ def verify_events(
     events: Iterable[dict], *, allow_gaps: bool = False, from_genesis: bool = False, first_line: int = 1
 ) -> tuple[int, str]:
     """Check every event; return (count, last hash). Raises ChainError at the first bad one.
+
+    Each event is a dict with exactly LINE_FIELDS, as an export line holds them; parse lines with parse_line(),
+    which refuses a key repeated in an object (a dict cannot show one), or pass them to verify_lines().
 
     Contiguous exports must have consecutive sequence numbers, each linking to the one before.
     With allow_gaps (an export filtered by subject or actor), each event's own hash is still
@@ -302,9 +360,9 @@ def _checked_one_by_one(lines: list[bytes], encoding: str, errors: str) -> _Trip
             text = raw.decode(encoding, errors)
             if not text.strip():
                 return None
-            event = json.loads(text)
+            event = _loads(text)
             seq = event["seq"]
-            if not isinstance(seq, int) or seq < 1 or any(f not in event for f in EVENT_FIELDS):
+            if not isinstance(seq, int) or seq < 1 or event.keys() != LINE_FIELDS:
                 return None
             if event_hash(event["prev_hash"], event) != event["hash"]:
                 return None
@@ -473,11 +531,7 @@ def _verify_tasks(
                     raise ChainError(None, line_no, f"not valid {encoding}: {exc.reason} at byte {exc.start}") from None
                 if not text.strip():
                     continue
-                try:
-                    event = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ChainError(None, line_no, f"not valid JSON: {exc.msg}") from None
-                chain.event(event, chain.count + 1)
+                chain.event(parse_line(text, line_no), chain.count + 1)
 
     tasks = iter(tasks)
     first = next(tasks, None)

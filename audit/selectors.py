@@ -12,6 +12,7 @@ from datetime import datetime
 from itertools import islice
 from typing import NamedTuple
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import QuerySet, TextField
 from django.db.models.expressions import RawSQL
@@ -97,7 +98,10 @@ def _copied_lines(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:
     after, limit = 0, EXPORT_BATCH * EXPORT_BATCHES_PER_COPY
     with connection.wrap_database_errors, connection.cursor() as cursor:
         while True:
-            sql, params = lines.filter(seq__gt=after)[:limit].query.sql_with_params()
+            try:
+                sql, params = lines.filter(seq__gt=after)[:limit].query.sql_with_params()
+            except EmptyResultSet:  # a filter no row can match, e.g. a seq beyond bigint: nothing to stream
+                return
             sent, chunk = 0, b""
             with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
                 for rows in iter(lambda: list(islice(copy, EXPORT_BATCH)), []):

@@ -546,11 +546,11 @@ def synthetic_lines(count: int, start: int = 1, prev: str = chain.GENESIS, **ove
 
 
 def reference_verdict(lines: list[bytes], **kwargs) -> str:
-    """What verify_events() (the definition, which re-serializes every event) says about these lines."""
+    """What verify_events() (the definition, which re-serializes every event) says about these lines, each read by
+    parse_line() (json.loads, refusing a repeated key, which no dict can show), in turn."""
+    events = (chain.parse_line(line.decode(), n) for n, line in enumerate(filter(bytes.strip, lines), start=1))
     try:
-        count, head = chain.verify_events(
-            [json.loads(line) for line in lines if line.strip()], **{"from_genesis": True, **kwargs}
-        )
+        count, head = chain.verify_events(events, **{"from_genesis": True, **kwargs})
     except chain.ChainError as failure:
         return f"FAIL: {failure}"
     return f"OK: {count} events verified; last hash {head}"
@@ -799,15 +799,16 @@ def test_values_with_quotes_unicode_and_control_characters(tmp_path, value):
     event = json.loads(lines[2])
     event["reason"] = value + "!"
     changed = chain.canonical_json(event) + b"\n"
-    for forged_line in (
-        changed,  # the hash kept
-        raw_rehash(changed.replace(b'"reason":', b'"reason": ')),  # not canonical, given its raw bytes' hash
-        raw_rehash(changed.replace(b'"reason":', b'"reason":"forged","reason":')),
+    for forged_line, reason in (
+        (changed, "hash does not match"),  # the hash kept
+        # not canonical, given its raw bytes' hash
+        (raw_rehash(changed.replace(b'"reason":', b'"reason": ')), "hash does not match"),
+        (raw_rehash(changed.replace(b'"reason":', b'"reason":"forged","reason":')), "the key 'reason' appears twice"),
     ):
         forged_hash = MEMBERS.search(forged_line)[1].decode()
         forged = [*lines[:2], forged_line, *synthetic_lines(2, start=4, prev=forged_hash)]
         verdict = assert_same_verdict(run_verifier(tmp_path, forged), forged)
-        assert verdict.startswith("FAIL: sequence 3 (line 3): hash does not match"), verdict
+        assert verdict.startswith(f"FAIL: sequence 3 (line 3): {reason}"), verdict
 
 
 def test_blank_lines_and_broken_json_are_numbered_as_before(tmp_path):
@@ -832,7 +833,7 @@ def test_a_head_given_with_the_file_does_not_vouch_for_its_lines(tmp_path):
         (lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a","b"'), "FAIL: line 5: not valid JSON: "),
         (
             lambda line: line.replace(b'"action":', b'"action":"version.deleted","action":'),
-            "FAIL: sequence 5 (line 5): hash does not match",
+            "FAIL: sequence 5 (line 5): the key 'action' appears twice in one object",
         ),
         (lambda line: line.replace(b'"tags":["a","b"]', b'"tags":["a", "b"]'), "FAIL: sequence 5 (line 5): hash"),
     ]:

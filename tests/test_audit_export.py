@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from django.db import transaction
 
 from accounts import roles, services
-from audit import chain
+from audit import chain, selectors
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from tests.conftest import bearer
@@ -272,6 +272,8 @@ def test_export_is_a_snapshot(auditor, log):
         ({"since": "2026-01-01T00:00:00Z", "until": "not-a-date"}, "until"),
         ({"after_seq": "abc"}, "after_seq"),
         ({"after_seq": "-1"}, "after_seq"),
+        ({"after_seq": "99999999999999999999"}, "after_seq"),  # beyond bigint: was a 200 whose stream broke
+        ({"after_seq": str(2**63)}, "after_seq"),
         ({"format": "xml"}, "format"),
         ({"subject_type": "x" * 101}, "subject_type"),
         ({"actor": ""}, "actor"),
@@ -284,6 +286,25 @@ def test_bad_query_is_400_naming_the_field(lone_auditor, params, field):
     assert error["code"] == "invalid"
     assert error["message"].startswith(f"Invalid input. {field}:"), error["message"]
     assert field in error["detail"]
+
+
+def test_after_seq_beyond_bigint_is_400_and_the_largest_bigint_exports_nothing(auditor, log):
+    response = auditor.get(f"{URL}?after_seq=99999999999999999999")
+    assert response.status_code == 400, b"".join(response.streaming_content) if response.streaming else b""
+    assert "after_seq" in response.json()["error"]["message"]
+    for fmt in ("ndjson", "csv"):
+        response = auditor.get(URL, {"format": fmt, "after_seq": str(2**63 - 1)})
+        assert response.status_code == 200
+        assert response["X-Audit-Last-Seq"] == "0"
+        assert b"".join(response.streaming_content).count(b"\n") == (fmt == "csv")  # the CSV header alone
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_an_export_no_row_can_match_streams_nothing(log, fmt):
+    """A filter the database is never asked about (Django finds that no row can match): nothing, not an error."""
+    export = selectors.export(fmt, after_seq=10**20)
+    assert (export.last_seq, export.last_hash) == (0, chain.GENESIS)
+    assert b"".join(export.chunks).count(b"\n") == (fmt == "csv")
 
 
 @pytest.mark.parametrize("param", ["subject", "limit", "page", "since_seq"])

@@ -110,6 +110,10 @@ def test_a_symlinked_output_is_written_at_its_target(auditor, log, tmp_path):  #
         (["--format", "xml"], "--format"),
         (["--since", "yesterday"], "--since"),
         (["--after-seq", "-1"], "--after-seq"),
+        (
+            ["--after-seq", "99999999999999999999"],
+            "--after-seq: Ensure this value is less than or equal to 9223372036854775807",
+        ),
         (["--output", "/nonexistent-dir/audit.ndjson"], "does not exist"),
         (["--output", "/dev/null"], "not a regular file"),
     ],

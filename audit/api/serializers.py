@@ -13,7 +13,8 @@ class ExportQuery(StrictSerializer):
     subject_type = serializers.CharField(required=False, max_length=100)
     subject_id = serializers.CharField(required=False, max_length=200)
     actor = serializers.CharField(required=False, max_length=150, help_text="actor username")
-    after_seq = serializers.IntegerField(required=False, min_value=0)
+    # sequence numbers are bigint: a larger one is an error, not an empty export
+    after_seq = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
 
 
 class HeadOutput(serializers.Serializer):
