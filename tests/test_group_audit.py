@@ -13,18 +13,10 @@ from django.db import transaction
 
 from accounts import roles
 from audit.models import AuditEvent
-from core import context
 from tests.test_access_audit import NewEvents
+from tests.test_account_audit import _no_actor_left_from_an_earlier_request  # noqa: F401 - autouse fixture
 
 User = get_user_model()
-
-
-@pytest.fixture(autouse=True)
-def _no_actor_left_from_an_earlier_request():
-    """A request leaves its user in core.context (set, not reset): start each test with none, as a process does."""
-    acting = context.actor.set(None)
-    yield
-    context.actor.reset(acting)
 
 
 @pytest.fixture
