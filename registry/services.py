@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -151,14 +152,49 @@ def _check_registry_files(manifest: dict, *, actor) -> None:
 def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None = None) -> StoredBlob:
     """Store bytes sent for `model`, verified against their sha256 (and size), and record that it holds them."""
     blob = blob_store().put(chunks, expected_sha256=sha256, expected_size=size)
-    blob_received(model=model, blob=blob)
+    _blob_received(model=model, blob=blob)
     return blob
 
 
-def blob_received(*, model: RegisteredModel, blob: StoredBlob) -> None:
+def _blob_received(*, model: RegisteredModel, blob: StoredBlob) -> None:
     """Record that `model` holds a blob whose bytes were just sent for it (and verified)."""
     if blob.received:
         BlobHolding.objects.bulk_create([BlobHolding(model=model, sha256=blob.sha256)], ignore_conflicts=True)
+
+
+def _s3_store():
+    from registry.s3 import S3BlobStore  # boto3 is imported only where S3 is used
+
+    store = blob_store()
+    if not isinstance(store, S3BlobStore):
+        raise Conflict(
+            "presigned uploads need ARTIFACT_STORAGE=s3; this registry stores artifacts on its local filesystem. "
+            "Upload the file through the API instead: PUT …/artifacts/sha256:<hex>.",
+            code="presign_unsupported",
+        )
+    return store
+
+
+def upload_start(*, user, sha256: str, size: int):
+    """A presigned PUT URL for one large file (S3 storage only). It says the bytes are already stored (the PUT
+    may be skipped) only when a model the user may view holds them: a sha256 learnt elsewhere is no file."""
+    upload = _s3_store().presign_put(sha256=sha256, size=size)
+    if upload.already_stored and not selectors.blobs_held(user=user, shas=[sha256]):
+        upload = dataclasses.replace(upload, already_stored=False)
+    return upload
+
+
+def upload_complete(*, user, model: RegisteredModel, upload_id: str) -> StoredBlob:
+    """Verify a presigned upload's staged bytes and store them for `model`. Completing with nothing PUT is
+    only for bytes a model the user may view already holds (404 otherwise, as if nothing were stored)."""
+    blob = _s3_store().complete(upload_id)
+    if not blob.received and not selectors.blobs_held(user=user, shas=[blob.sha256]):
+        raise NotFound(
+            f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first.",
+            code="upload_not_found",
+        )
+    _blob_received(model=model, blob=blob)
+    return blob
 
 
 def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:

@@ -5,20 +5,17 @@ POST …/uploads/{upload_id}/complete hashes the staged object and moves it into
 Only with ARTIFACT_STORAGE=s3; the local store answers 409.
 """
 
-import dataclasses
-
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts import scopes
 from core.api import StrictSerializer
-from core.errors import Conflict, NotFound
-from registry import selectors, services
+from registry import services
 from registry.api import serializers as s
 from registry.api.views import ModelScopedView
 from registry.models import ModelPerm
-from registry.storage import MAX_SINGLE_PUT, blob_store
+from registry.storage import MAX_SINGLE_PUT
 
 
 class UploadCreateInput(StrictSerializer):
@@ -37,19 +34,6 @@ class UploadOutput(serializers.Serializer):
     already_stored = serializers.BooleanField(
         help_text="the registry already holds these bytes: the PUT may be skipped, complete answers 200"
     )
-
-
-def s3_store():
-    from registry.s3 import S3BlobStore  # boto3 is imported only where S3 is used
-
-    store = blob_store()
-    if not isinstance(store, S3BlobStore):
-        raise Conflict(
-            "presigned uploads need ARTIFACT_STORAGE=s3; this registry stores artifacts on its local filesystem. "
-            "Upload the file through the API instead: PUT …/artifacts/sha256:<hex>.",
-            code="presign_unsupported",
-        )
-    return store
 
 
 UPLOAD_ID_PARAM = OpenApiParameter("upload_id", str, OpenApiParameter.PATH, description="as returned by POST …/uploads")
@@ -75,10 +59,7 @@ class UploadCreateView(ModelScopedView):
         self.model(ModelPerm.REGISTER)
         data = UploadCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        upload = s3_store().presign_put(**data.validated_data)
-        if upload.already_stored:  # skipping the PUT is for bytes a model the caller may view holds
-            held = selectors.blobs_held(user=request.user, shas=[data.validated_data["sha256"]])
-            upload = dataclasses.replace(upload, already_stored=bool(held))
+        upload = services.upload_start(user=request.user, **data.validated_data)
         return Response(UploadOutput(upload).data, status=status.HTTP_201_CREATED)
 
 
@@ -104,12 +85,6 @@ class UploadCompleteView(ModelScopedView):
     )
     def post(self, request, namespace, name, upload_id):
         model = self.model(ModelPerm.REGISTER)
-        blob = s3_store().complete(upload_id)
-        if not blob.received and not selectors.blobs_held(user=request.user, shas=[blob.sha256]):
-            raise NotFound(
-                f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first.",
-                code="upload_not_found",
-            )
-        services.blob_received(model=model, blob=blob)
+        blob = services.upload_complete(user=request.user, model=model, upload_id=upload_id)
         body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
         return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)
