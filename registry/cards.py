@@ -7,7 +7,11 @@ block, Hugging Face metadata (`metadata`), and any other Markdown sections (`oth
 Hugging Face cards are README.md files: a YAML metadata block and a Markdown body. Import maps the
 YAML keys to `metadata` (and a `governance` key to `governance`), and `##` headings (or deeper ones,
 such as the HF template's `### Training Data`) to the canonical sections. Export writes one `##`
-section per canonical section, so export -> import gives the same canonical content back.
+section per canonical section, so export -> import gives the same canonical content back: validate()
+refuses what a README cannot carry and stores the rest in the form import gives (see docs/model-cards.md).
+
+Every parse here is linear in its input: headings and HTML comments are found without backtracking
+patterns, since completeness() runs on every read of a card.
 """
 
 import copy
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
 SCHEMA_VERSION = "1"
+ONE_LINE = "^[^\\n\\r]*$"  # the schema's pattern for titles
 SCHEMA_DIR = Path(__file__).resolve().parent / "card_schema"
 
 # The Mitchell et al. sections, in the paper's order.
@@ -139,7 +144,9 @@ MAX_DEPTH = 32
 YAML_ASTRAL = "as one escape, \\U0001F600 (YAML does not pair \\u escapes)"
 JSON_ASTRAL = "as a pair of surrogate escapes"
 MARKDOWN_ASTRAL = "as an HTML entity, &#x1F600;"
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+# An ATX heading: 1-6 '#', then the end of the line or a space or tab and the text (_heading() strips the
+# text and its closing '#' sequence in Python: a pattern doing that backtracks quadratically on long lines).
+_HEADING = re.compile(r"^(#{1,6})(?:[ \t](.*))?$")
 # Fenced code blocks, as CommonMark has them: an opening fence is up to 3 spaces of indent and a run of 3 or
 # more backticks or tildes (a backtick fence's info string may not hold a backtick); the closing fence is the
 # same character, at least as many, up to 3 spaces of indent and nothing after it but spaces or tabs.
@@ -152,8 +159,52 @@ _RULE = re.compile(r"^[ \t]*[-=*_][-=*_ \t]*$")
 # Lines that start a block of their own rather than continue a paragraph: list items, block quotes,
 # code fences, indented code (tabs or 4+ spaces).
 _NOT_PARAGRAPH = re.compile(r"^(?: {0,3}(?:[-+*][ \t]|\d{1,9}[.)](?:[ \t]|$)|>|`{3}|~{3})| {4}|[ ]{0,3}\t)")
-_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_NEWLINES = re.compile(r"[\r\n]+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# ModelCardData's own names (methods such as to_dict and to_yaml, dunders) cannot be metadata keys: it keeps
+# every key as an attribute, so such a key replaces the method (every later export fails) or, for `self`,
+# is refused by Python. ModelCardData's keyword parameters have fields of their own or are refused here.
+_CARD_DATA_PARAMETERS = ("eval_results", "model_name", "ignore_metadata_errors")
+
+
+def _heading_text(text: str) -> str:
+    """An ATX heading's text as CommonMark reads it: no surrounding spaces or tabs, and no closing sequence
+    (a run of '#' that is all there is or follows a space or tab), e.g. 'Model #' -> 'Model', 'C#' -> 'C#'."""
+    text = text.strip(" \t")
+    body = text.rstrip("#")
+    if len(body) < len(text) and (not body or body[-1] in " \t"):
+        text = body
+    return text.strip()
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading line, or None. The text is "" for an empty heading (`#`, `## ##`)."""
+    match = _HEADING.match(line)
+    if match is None:
+        return None
+    return len(match.group(1)), _heading_text(match.group(2) or "")
+
+
+def _heading_line(level: int, title: str) -> str:
+    """The heading line that import reads back as `title` (stripped): a title that would lose a '#' run at
+    its end as a closing sequence ('Model #', '#') gets a closing sequence of its own."""
+    title = _NEWLINES.sub(" ", title)  # a revision stored before titles were one line must not start a section
+    line = "#" * level + " " + title
+    return f"{line} #" if _heading_text(title) != title else line
+
+
+def _strip_comments(text: str) -> str:
+    """`text` without HTML comments (`<!--` to the next `-->`; an unclosed one runs to the end). A find loop,
+    linear in the text: the pattern `<!--.*?-->` rescans to the end from every unclosed `<!--`."""
+    out, pos = [], 0
+    while (start := text.find("<!--", pos)) != -1:
+        out.append(text[pos:start])
+        end = text.find("-->", start + 4)
+        if end == -1:
+            return "".join(out)
+        pos = end + 3
+    out.append(text[pos:])
+    return "".join(out)
 
 
 # --- schema validation -------------------------------------------------------------------------
@@ -195,6 +246,12 @@ def _error_entries(error) -> list[tuple[str, str]]:
         return [(_path(path), "must be a string or a list of strings (each 1-500 characters)")]
     if error.validator == "maxLength":
         return [(_path(path), f"is longer than {error.validator_value} characters")]
+    if error.validator in ("maxItems", "maxProperties") and isinstance(error.instance, list | dict):
+        # jsonschema's message quotes the whole list: for 100,000 tags, a megabyte of message
+        what = "items" if error.validator == "maxItems" else "keys"
+        return [(_path(path), f"has {len(error.instance)} {what}, more than the limit of {error.validator_value}")]
+    if error.validator == "pattern" and error.validator_value == ONE_LINE:
+        return [(_path(path), "must be one line: it holds a line break")]
     return [(_path(path), error.message)]
 
 
@@ -213,7 +270,7 @@ def _check_json_values(value, path=(), budget=None) -> None:
     if isinstance(value, dict | list) and len(path) >= MAX_DEPTH:
         raise _too_deep(_path(path))
     if isinstance(value, str):
-        _text(value, _path(path), JSON_ASTRAL)
+        _text(value, path, JSON_ASTRAL)
     if isinstance(value, float) and not math.isfinite(value):
         where = _path(path)
         raise InvalidInput(
@@ -230,7 +287,7 @@ def _check_json_values(value, path=(), budget=None) -> None:
                     code="invalid_card",
                     detail={where: ["Keys must be strings."]},
                 )
-            _text(key, _path((*path, printable(key))), JSON_ASTRAL)
+            _text(key, (*path, printable(key)), JSON_ASTRAL)
             _check_json_values(item, (*path, key), budget)
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -239,8 +296,8 @@ def _check_json_values(value, path=(), budget=None) -> None:
 
 def _has_outer_heading(text: str) -> str | None:
     for line in _unfenced_lines(text):
-        match = _HEADING.match(line)
-        if match and len(match.group(1)) <= 2:
+        heading = _heading(line)
+        if heading and heading[0] <= 2 and heading[1]:  # an empty heading (`##`) is text to import
             return line.strip()
     return None
 
@@ -248,13 +305,108 @@ def _has_outer_heading(text: str) -> str | None:
 def _trim(text: str) -> str:
     """Drop leading blank lines and trailing whitespace: the form import produces."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    return "\n".join(lines).rstrip()
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    return "\n".join(lines[start:]).rstrip()
+
+
+def _section_node(section: str | None, text: str) -> "_Node":
+    """`text` as import parses it under a `##` heading naming `section` (None: a heading naming none).
+    `text` must hold no heading of level 1 or 2 (see _has_outer_heading)."""
+    return _parse_markdown(f"## {HEADINGS[section] if section else '-'}\n{text}")[2][0]
+
+
+def _moving_heading(node: "_Node", inherited: str | None) -> "tuple[_Node, str] | None":
+    """The first subheading under `node` that names a section other than `inherited` (import moves it, and
+    what is under it, to that section; see _collect), with that section; or None."""
+    for child in node.children:
+        own = section_for_heading(child.title)
+        if own is not None and own != inherited:
+            return child, own
+        if found := _moving_heading(child, inherited):
+            return found
+    return None
+
+
+def _imported_text(section: str | None, text: str) -> str:
+    """`text`, the body of `section` (None: of an other section), as import gives it back: subheadings
+    written `### Title`, a blank line, then their text (trimmed). `text` has no heading that moves."""
+    parts: dict[str, list[str]] = {}
+    own = _collect(_section_node(section, text), None, parts, True)
+    return "\n\n".join(p for p in parts[section] if p) if section else own
+
+
+def _body_problems(where: str, text: str, section: str | None, nested: bool = True) -> list[tuple[str, str]]:
+    """What keeps Markdown body text (trimmed) from coming back from a README as it is: a heading of its own
+    level, a code block left open (it would take the sections after it in), a subheading naming another
+    section (`nested`: import moves those; the summary keeps deeper headings as text)."""
+    if line := _has_outer_heading(text):
+        return [(where, f"contains the heading {line[:80]!r}; use ### or deeper inside a section")]
+    entries = []
+    if opened := _open_fence(text):
+        line_number, fence = opened
+        entries.append(
+            (
+                where,
+                f"ends inside the code block opened on its line {line_number} by {fence!r}, which is never closed: "
+                f"close it with a line of {fence} (in a README the sections after it would be read as code)",
+            )
+        )
+    if nested and (moving := _moving_heading(_section_node(section, text), section)):
+        node, own = moving
+        heading = "#" * node.level + " " + node.title
+        entries.append(
+            (
+                where,
+                f"contains the heading {heading[:80]!r}, which names the {own} section: a README import moves it, "
+                f"and the text under it, there. Put that text in {own}, or give the heading another name",
+            )
+        )
+    return entries
+
+
+def _nel_at(value, path: tuple) -> tuple | None:
+    """The path of the first key or string in `value` holding U+0085 (NEL), or None."""
+    if isinstance(value, str):
+        return path if "\x85" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = (*path, printable(key))
+            if (found := _nel_at(key, where)) or (found := _nel_at(item, where)):
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := _nel_at(item, (*path, index)):
+                return found
+    return None
+
+
+def _metadata_problems(content: dict) -> list[tuple[str, str]]:
+    """What a README's YAML block cannot carry back as it is (see _metadata_as_exported for what it normalizes)."""
+    entries = []
+    for field in ("metadata", GOVERNANCE):
+        if where := _nel_at(content.get(field), (field,)):
+            # huggingface_hub writes YAML with allow_unicode: PyYAML then puts U+0085 in a quoted scalar as it
+            # is, and reads it back as a line break folded into a space
+            message = "holds U+0085 (NEL), which the README's YAML reads back as a space: use a space or \\n"
+            entries.append((_path(where), message))
+    metadata = content.get("metadata")
+    if not isinstance(metadata, dict):
+        return entries
+    extra = metadata.get("extra")
+    for key in extra if isinstance(extra, dict) else ():
+        if _card_data_name(key):
+            entries.append((f"metadata.extra.{printable(key)}", _card_data_name_message(key)))
+    model_index = metadata.get("model_index")
+    if isinstance(model_index, list) and model_index and isinstance(model_index[0], dict):
+        entries.extend(_lossy_merges(model_index[0].get("results"), "metadata.model_index[0].results"))
+    return entries
 
 
 def validate(content, version: str = SCHEMA_VERSION) -> dict:
-    """Check `content` against the card schema; return it normalized (section text trimmed).
+    """Check `content` against the card schema; return it normalized: in the form a README export of it
+    imports back as (see docs/model-cards.md), so that import of an export gives the same content.
 
     Raises InvalidInput naming every failing field path, e.g.
     "governance.risk_class: 'extreme' is not one of ['minimal', 'limited', 'high', 'unacceptable']".
@@ -273,32 +425,40 @@ def validate(content, version: str = SCHEMA_VERSION) -> dict:
     for key, value in content.items():
         if isinstance(value, str):
             content[key] = value.strip() if key == "title" else _trim(value)
-    # Section text must not open a new top-level section, or it would not survive an HF round trip.
+    # Section text must come back from a README as it is: see _body_problems.
     for section in ["summary", *MITCHELL_SECTIONS]:
-        if isinstance(content.get(section), str) and (line := _has_outer_heading(content[section])):
-            entries.append((section, f"contains the heading {line[:80]!r}; use ### or deeper inside a section"))
+        if isinstance(content.get(section), str):
+            own = None if section == "summary" else section
+            entries.extend(_body_problems(section, content[section], own, nested=own is not None))
     for index, other in enumerate(content.get("other_sections") or []):
         if not isinstance(other, dict):
             continue
         if isinstance(other.get("title"), str):
             other["title"] = other["title"].strip()
+            if not other["title"]:
+                entries.append((f"other_sections[{index}].title", "is blank"))
         if isinstance(other.get("text"), str):
             other["text"] = _trim(other["text"])
-            if line := _has_outer_heading(other["text"]):
-                entries.append(
-                    (f"other_sections[{index}].text", f"contains the heading {line[:80]!r}; use ### or deeper")
-                )
+            entries.extend(_body_problems(f"other_sections[{index}].text", other["text"], None))
         if isinstance(other.get("title"), str) and (section := section_for_heading(other["title"])):
             entries.append((f"other_sections[{index}].title", f"'{other['title']}' is the {section} section"))
-    if entries:
-        detail: dict[str, list[str]] = {}
-        for path, message in entries:
-            detail.setdefault(path, []).append(message)
-        first_path, first_message = entries[0]
-        more = f" (and {len(entries) - 1} more)" if len(entries) > 1 else ""
-        raise InvalidInput(
-            f"Invalid model card. {first_path}: {first_message}{more}", code="invalid_card", detail=detail
-        )
+    entries.extend(_metadata_problems(content))
+    _refuse(entries)
+
+    # What a README cannot carry as it is, stored as a README carries it back.
+    for key in ("title", "summary"):
+        if content.get(key) == "":
+            del content[key]  # export writes no empty title or summary
+    for section in MITCHELL_SECTIONS:
+        if section in content:
+            content[section] = _imported_text(section, content[section])
+    for other in content.get("other_sections") or []:
+        other["text"] = _imported_text(None, other["text"])
+    if "metadata" in content or GOVERNANCE in content:
+        fields = _metadata_as_exported(content)
+        content.pop("metadata", None)
+        content.pop(GOVERNANCE, None)
+        content.update(fields)
     return content
 
 
@@ -311,7 +471,7 @@ def _is_blank_text(text: str) -> bool:
     Headings are ATX (`### Uses`) and setext ones: the paragraph directly above a `===` or `---`
     underline. A line of `-`, `=`, `*` or `_` alone (an underline, or a thematic break) carries nothing.
     """
-    text = _COMMENT.sub("", text)
+    text = _strip_comments(text)
     text = re.sub(r"\[more information needed\]", "", text, flags=re.IGNORECASE)
     kept: list[str] = []  # "" for a blank line, a heading or a rule: each ends a paragraph
     for line in text.splitlines():
@@ -319,7 +479,7 @@ def _is_blank_text(text: str) -> bool:
             while kept and kept[-1] and not _NOT_PARAGRAPH.match(kept[-1]):
                 kept.pop()  # the paragraph above the underline is the heading's text
         stripped = line.strip()
-        kept.append("" if not stripped or _HEADING.match(stripped) or _RULE.match(line) else line)
+        kept.append("" if not stripped or _heading(stripped) or _RULE.match(line) else line)
     lines = [line for line in kept if line]
     remaining = re.sub(r"\s+", " ", " ".join(lines)).strip().lower()
     return remaining.strip("*_ .") in PLACEHOLDERS
@@ -352,7 +512,7 @@ def present_sections(content: dict) -> list[str]:
 
 
 def _normalize_heading(title: str) -> str:
-    title = _COMMENT.sub("", title).lower().replace("&", " and ")
+    title = _strip_comments(title).lower().replace("&", " and ")
     title = re.sub(r"[^a-z0-9]+", " ", title)
     return re.sub(r"\s+", " ", title).strip()
 
@@ -362,23 +522,45 @@ def section_for_heading(title: str) -> str | None:
     return _ALIAS_TO_SECTION.get(_normalize_heading(title))
 
 
-def _lines_and_code(text: str):
-    """(line, is_code) for each line of `text`: is_code for fence lines and the lines between them.
+def _code_blocks(text: str):
+    """(line, is_code, still_open) for each line of `text`: is_code for fence lines and the lines between
+    them; still_open is (index of the opening line, its fence) while a block is open after the line.
 
     The one place for the fence rule (see _FENCE_OPEN/_FENCE_CLOSE): a block closes only on a fence of
     its own character at least as long as the opening one; an unclosed block runs to the end.
     """
-    fence = None  # the open fence's character and length
-    for line in text.split("\n"):
-        if fence is None:
+    opened = None  # (index of the opening line, the fence: its run of backticks or tildes)
+    for index, line in enumerate(text.split("\n")):
+        if opened is None:
             if match := _FENCE_OPEN.match(line):
-                fence = (match.group(1)[0], len(match.group(1)))
-            yield line, fence is not None
+                opened = (index, match.group(1))
+            yield line, opened is not None, opened
             continue
         match = _FENCE_CLOSE.match(line)
-        if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1]:
-            fence = None
-        yield line, True
+        if match and match.group(1)[0] == opened[1][0] and len(match.group(1)) >= len(opened[1]):
+            opened = None
+        yield line, True, opened
+
+
+def _lines_and_code(text: str):
+    """(line, is_code) for each line of `text` (see _code_blocks)."""
+    return ((line, is_code) for line, is_code, _ in _code_blocks(text))
+
+
+def _open_fence(text: str) -> tuple[int, str] | None:
+    """(line number, fence) of the code block `text` leaves open at its end, or None. Followed by more
+    Markdown (the next section of a README), such a block would take that in as code."""
+    opened = None
+    for _line, _is_code, still_open in _code_blocks(text):
+        opened = still_open
+    return (opened[0] + 1, opened[1]) if opened else None
+
+
+def _close_fence(text: str) -> str:
+    """`text` with a code block it leaves open closed at its end: where it ends anyway in a README whose
+    last section it is, so it reads the same, and can be followed by other sections."""
+    opened = _open_fence(text)
+    return f"{text}\n{opened[1]}" if opened else text
 
 
 def _unfenced_lines(text: str):
@@ -400,11 +582,11 @@ def _parse_markdown(text: str) -> tuple[str | None, list[str], list[_Node]]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     title, preamble, top, stack = None, [], [], []
     for line, is_code in _lines_and_code(text):
-        match = None if is_code else _HEADING.match(line)
-        if match is None:
+        parsed = None if is_code else _heading(line)
+        if parsed is None:
             (stack[-1].lines if stack else preamble).append(line)
             continue
-        level, heading = len(match.group(1)), match.group(2).strip()
+        level, heading = parsed
         if not heading or (level > 2 and not stack):
             (stack[-1].lines if stack else preamble).append(line)  # empty heading, or one in the preamble
             continue
@@ -444,18 +626,44 @@ def _collect(node: _Node, inherited: str | None, parts: dict, is_root: bool) -> 
         return text
     if not text and node.children:
         return ""  # nothing left here once the subsections went to their own sections
-    heading = "#" * node.level + " " + node.title
+    heading = _heading_line(node.level, node.title)
     return f"{heading}\n\n{text}" if text else heading
 
 
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader whose every refusal is a YAMLError saying where: its constructors raise ValueError and
-    others for values such as `2024-13-45` or `!!float x`, and its composer recurses once per level."""
+    others for values such as `2024-13-45` or `!!float x`, and its composer recurses once per level.
+
+    A key written twice in one mapping is refused (PyYAML keeps the last: a second `license:` line would
+    hide the first from a reader and from the allowed-licenses policy alike). Keys merged in with `<<`
+    may be written again: that is what a merge is for."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self.name = "README.md"  # for the marks in error messages (PyYAML: "<unicode string>")
         self._depth = 0
+        self._checked_mappings: set[int] = set()
+
+    def flatten_mapping(self, node):
+        # Called once per mapping before its keys are merged (and again, recursively, on merged mappings:
+        # by then a merged key may sit next to the same key written out, so each mapping is checked once).
+        if id(node) not in self._checked_mappings:
+            self._checked_mappings.add(id(node))
+            first_line: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # a key that is a list or mapping is refused by PyYAML itself (unhashable)
+                key = str(self.construct_object(key_node))  # as _jsonable names it: 1 and '1' are one key
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key {printable(key)[:80]!r} is repeated (first on line {first_line[key]}): "
+                        "a model card keeps one value per key, so remove one of them",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+        super().flatten_mapping(node)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent) and self._depth >= MAX_DEPTH:
@@ -485,10 +693,11 @@ class _YamlLoader(yaml.SafeLoader):
             ) from None
 
 
-def _jsonable(value, path: str, budget: list[int], level: int = 1):
+def _jsonable(value, path: tuple, budget: list[int], level: int = 1):
     """YAML values -> JSON values (dates as ISO strings), with bounds on expanded size and depth (YAML
     aliases can nest a value in itself). The YAML root becomes at least level 1 of the card, so refusing
-    deeper than MAX_DEPTH here never refuses a card validate() would accept."""
+    deeper than MAX_DEPTH here never refuses a card validate() would accept. `path`: the parts of the
+    value's path (see _path), joined only for a message."""
     budget[0] -= 1
     if budget[0] < 0:
         raise InvalidInput(
@@ -497,48 +706,61 @@ def _jsonable(value, path: str, budget: list[int], level: int = 1):
             detail={"metadata": ["Too large."]},
         )
     if isinstance(value, dict | list | tuple | set | frozenset) and level > MAX_DEPTH:
-        raise _too_deep(path, " (a YAML alias inside its own anchor, as in `&a [*a]`, nests without end)")
+        raise _too_deep(_path(path), " (a YAML alias inside its own anchor, as in `&a [*a]`, nests without end)")
     if isinstance(value, dict):
         mapping = {}
         for k, v in value.items():
             key = str(k)
-            where = f"{path}.{printable(key)}"
+            where = (*path, printable(key))
+            if key in mapping:  # e.g. the YAML keys 1 and '1', or a key merged in (`<<`) and written again
+                message = f"two keys of this mapping are both {printable(key)[:80]!r} as text: keep one"
+                raise InvalidInput(
+                    f"Invalid model card. {_path(path)}: {message}.",
+                    code="invalid_card",
+                    detail={_path(where): [message]},
+                )
             mapping[_text(key, where)] = _jsonable(v, where, budget, level + 1)
         return mapping
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [_jsonable(v, f"{path}[{i}]", budget, level + 1) for i, v in enumerate(items)]
+        return [_jsonable(v, (*path, i), budget, level + 1) for i, v in enumerate(items)]
     if isinstance(value, datetime.date | datetime.datetime):
         return value.isoformat()
     if isinstance(value, bytes):
+        where = _path(path)
         raise InvalidInput(
-            f"Invalid model card. {path}: binary YAML values are not supported.",
+            f"Invalid model card. {where}: binary YAML values are not supported.",
             code="invalid_card",
-            detail={path: ["Binary value."]},
+            detail={where: ["Binary value."]},
         )
     if isinstance(value, float) and not math.isfinite(value):
+        where = _path(path)
         raise InvalidInput(
-            f"Invalid model card. {path}: {value} is not a finite number.",
+            f"Invalid model card. {where}: {value} is not a finite number.",
             code="invalid_card",
-            detail={path: ["Not a finite number."]},
+            detail={where: ["Not a finite number."]},
         )
     if isinstance(value, str):
         return _text(value, path)
     return value
 
 
-def _text(value: str, path: str, astral_escape: str = YAML_ASTRAL) -> str:
-    """YAML's escapes ("\\0", "\\uD800") can make text that cannot be stored (core.unicode): refused, naming where."""
+def _text(value: str, path: str | tuple, astral_escape: str = YAML_ASTRAL) -> str:
+    """YAML's escapes ("\\0", "\\uD800") can make text that cannot be stored (core.unicode): refused, naming where.
+
+    `path`: a string, or the parts of one (see _path), joined only for the message: joining it for every
+    value costs the length of the path once per value (a 400 KB key over 99,000 values: up to 20 s)."""
     char = unstorable(value)
     if char is not None:
+        path = path if isinstance(path, str) else _path(path)
         message = unstorable_message(path, char, astral_escape)
         raise InvalidInput(f"Invalid model card. {message}", code="invalid_card", detail={path: [message]})
     return value
 
 
 def _metadata_block(readme: str) -> tuple[dict, str]:
-    """(YAML metadata, Markdown body). We parse the YAML first, before huggingface_hub sees it: a
-    bound on its expanded size (YAML aliases) and an error that says what is wrong."""
+    """(YAML metadata, Markdown body). We parse the YAML, not huggingface_hub: a bound on its expanded
+    size (YAML aliases), repeated keys refused, and an error that says what is wrong."""
     from huggingface_hub.repocard import REGEX_YAML_BLOCK  # huggingface_hub is imported on use: ~20 MB
 
     match = REGEX_YAML_BLOCK.search(readme)
@@ -563,55 +785,200 @@ def _metadata_block(readme: str) -> tuple[dict, str]:
             code="invalid_card",
             detail={"metadata": ["Must be a mapping."]},
         )
-    return _jsonable(data, "metadata", [MAX_YAML_NODES]), body
+    return _jsonable(data, ("metadata",), [MAX_YAML_NODES]), body
 
 
-def from_huggingface(readme_text: str) -> dict:
-    """A Hugging Face README.md (YAML metadata + Markdown) -> canonical card content (validated)."""
-    if not isinstance(readme_text, str):
-        raise InvalidInput("A README must be text.", code="invalid_card")
-    # PostgreSQL cannot store NUL (or a lone surrogate) anywhere in the card: one check for YAML and Markdown.
-    if (char := unstorable(readme_text)) is not None:
-        line = len(_LINE_BREAK.findall(readme_text, 0, readme_text.index(char))) + 1
-        message = unstorable_message(f"line {line} of the README", char, MARKDOWN_ASTRAL)
-        raise InvalidInput(f"Invalid model card: {message}", code="invalid_card", detail={"body": [message]})
-    raw, body = _metadata_block(readme_text)
-    for key in ("eval_results", "model_name", "ignore_metadata_errors"):
-        if key in raw:
-            raise InvalidInput(
-                f"Invalid model card. metadata.{key}: not a model card metadata key (use model-index).",
-                code="invalid_card",
-                detail={f"metadata.{key}": ["Not allowed."]},
+def _card_data_name(key: str) -> bool:
+    """Whether `key` is `self` or a name of huggingface_hub's ModelCardData (see _CARD_DATA_PARAMETERS)."""
+    from huggingface_hub import ModelCardData
+
+    return key == "self" or hasattr(ModelCardData, key)
+
+
+def _card_data_name_message(key: str) -> str:
+    return (
+        f"{printable(key)[:80]!r} cannot be a metadata key: it is a name huggingface_hub's ModelCardData uses "
+        "itself (`self`, a method such as to_dict or to_yaml, or an attribute), and ModelCardData keeps every "
+        "metadata key as an attribute. Rename the key"
+    )
+
+
+def _without_none(value):
+    """`value` without None in its lists and mappings, at any depth (huggingface_hub does this to a model-index)."""
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _lossy_merges(results, where: str) -> list[tuple[str, str]]:
+    """(path, message) for each model-index result huggingface_hub would merge into an earlier one (it keeps
+    one result per task type and dataset type, config, split and revision: the first one's names, args and
+    source, and every metric) when that loses a task name, dataset name, dataset args or source. Merges
+    that lose nothing are left to it: the metrics of both end up in the first."""
+    if not isinstance(results, list):
+        return []
+    first: dict[str, tuple[int, str]] = {}
+    entries = []
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or not isinstance(result.get("task"), dict):
+            continue
+        if not isinstance(result.get("dataset"), dict):
+            continue
+        task, dataset, source = result["task"], result["dataset"], result.get("source")
+        identity = json.dumps(
+            [task.get(k) for k in ("type",)] + [dataset.get(k) for k in ("type", "config", "split", "revision")],
+            sort_keys=True,
+            default=str,
+        )
+        source = [source.get("name"), source.get("url")] if isinstance(source, dict) else source
+        kept = json.dumps(
+            _without_none([task.get("name"), dataset.get("name"), dataset.get("args"), source]),
+            sort_keys=True,
+            default=str,
+        )
+        if identity not in first:
+            first[identity] = (index, kept)
+        elif first[identity][1] != kept:
+            entries.append(
+                (
+                    f"{where}[{index}]",
+                    f"has the task type and dataset (type, config, split, revision) of results[{first[identity][0]}] "
+                    "but another task name, dataset name, dataset args or source: huggingface_hub keeps one result "
+                    "per task and dataset, with the first one's names, so merge the two (one result, the metrics of "
+                    "both) or tell them apart by dataset config, split or revision",
+                )
             )
-    from huggingface_hub import ModelCard
+    return entries
 
-    try:
-        card = ModelCard(readme_text) if raw else None
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InvalidInput(
-            f"Invalid model card. metadata: {exc}".split(" Pass `ignore_metadata_errors")[0],
-            code="invalid_card",
-            detail={"metadata": [str(exc)]},
-        ) from None
-    data = _jsonable(card.data.to_dict(), "metadata", [MAX_YAML_NODES]) if card is not None else {}
 
-    content: dict = {}
+def _refuse(entries: list[tuple[str, str]]) -> None:
+    """Raise the usual invalid_card InvalidInput for (path, message) entries, if any."""
+    if not entries:
+        return
+    detail: dict[str, list[str]] = {}
+    for path, message in entries:
+        detail.setdefault(path, []).append(message)
+    first_path, first_message = entries[0]
+    more = f" (and {len(entries) - 1} more)" if len(entries) > 1 else ""
+    raise InvalidInput(f"Invalid model card. {first_path}: {first_message}{more}", code="invalid_card", detail=detail)
+
+
+def _check_readme_metadata(raw: dict) -> None:
+    """Refuse what huggingface_hub would mangle or fail on, before it sees the README's metadata."""
+    entries = []
+    for key in raw:
+        if key in _CARD_DATA_PARAMETERS:
+            entries.append((f"metadata.{key}", "not a model card metadata key (use model-index)"))
+        elif _card_data_name(key):
+            entries.append((f"metadata.{printable(key)}", _card_data_name_message(key)))
+    model_index = raw.get("model-index")
+    if isinstance(model_index, list) and len(model_index) > 1:
+        entries.append(
+            (
+                "metadata.model_index",
+                f"the README's model-index has {len(model_index)} entries, and a model card holds one: "
+                "huggingface_hub files the results of all of them under the last one's name. Keep one entry, "
+                "with every result under the model's name",
+            )
+        )
+    elif isinstance(model_index, list) and model_index and isinstance(model_index[0], dict):
+        entries.extend(_lossy_merges(model_index[0].get("results"), "metadata.model_index[0].results"))
+    limit = schema()["$defs"]["string_list"]["maxItems"]
+    if isinstance(raw.get("tags"), list) and len(raw["tags"]) > limit:
+        # before huggingface_hub: it removes repeated tags in time that grows with the square of their number
+        entries.append(("metadata.tags", f"has {len(raw['tags'])} items, more than the limit of {limit}"))
+    _refuse(entries)
+
+
+def _card_data(content: dict):
+    """The huggingface_hub ModelCardData of `content`'s metadata and governance: what export writes."""
+    metadata = dict(content.get("metadata") or {})
+    extra = metadata.pop("extra", {}) or {}
+    model_index = metadata.pop("model_index", None)
+    fields = {name: metadata[name] for name in METADATA_KEYS.values() if name in metadata and name != "model_index"}
+    governance = content.get(GOVERNANCE)
+    if "license" not in fields and isinstance(governance, dict) and governance.get("license"):
+        fields["license"] = governance["license"]
+    kwargs = {**extra}
+    if governance is not None:
+        kwargs[GOVERNANCE] = governance
+    if model_index:
+        kwargs["model-index"] = model_index
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(**fields, **kwargs)
+
+
+def _card_fields(data: dict) -> dict:
+    """A README's metadata mapping (as huggingface_hub's to_dict gives it) -> the card's `governance` and
+    `metadata` (known keys by their canonical names, any other key in `extra`), each only when non-empty."""
+    fields: dict = {}
     metadata: dict = {}
     extra: dict = {}
     for key, value in data.items():
         if key == GOVERNANCE:
-            content[GOVERNANCE] = value
+            fields[GOVERNANCE] = value
         elif key in METADATA_KEYS:
             metadata[METADATA_KEYS[key]] = value
         else:
             extra[key] = value
     if extra:
         metadata["extra"] = extra
+    if metadata:
+        fields["metadata"] = metadata
+    return fields
 
+
+def _hf_error(exc: Exception) -> InvalidInput:
+    return InvalidInput(
+        f"Invalid model card. metadata: {exc}".split(" Pass `ignore_metadata_errors")[0],
+        code="invalid_card",
+        detail={"metadata": [str(exc)]},
+    )
+
+
+def _metadata_as_exported(content: dict) -> dict:
+    """`content`'s governance and metadata as a README carries them back: through ModelCardData, which drops
+    keys whose value is None, repeated tags, an empty model-index and None inside it, and merges model-index
+    results of one task and dataset; `governance.license` is the README's `license` when metadata has none."""
+    try:
+        data = _card_data(content).to_dict()
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _hf_error(exc) from None
+    return _card_fields(_jsonable(data, ("metadata",), [MAX_YAML_NODES]))
+
+
+def from_huggingface(readme_text: str) -> dict:
+    """A Hugging Face README.md (YAML metadata + Markdown) -> canonical card content (validated)."""
+    if not isinstance(readme_text, str):
+        raise InvalidInput("A README must be text.", code="invalid_card")
+    # A byte order mark (Windows editors write one) would stand before the opening `---`: no metadata block.
+    readme_text = readme_text.removeprefix("\ufeff")
+    # PostgreSQL cannot store NUL (or a lone surrogate) anywhere in the card: one check for YAML and Markdown.
+    if (char := unstorable(readme_text)) is not None:
+        line = len(_LINE_BREAK.findall(readme_text, 0, readme_text.index(char))) + 1
+        message = unstorable_message(f"line {line} of the README", char, MARKDOWN_ASTRAL)
+        raise InvalidInput(f"Invalid model card: {message}", code="invalid_card", detail={"body": [message]})
+    raw, body = _metadata_block(readme_text)
+    _check_readme_metadata(raw)
+    data = {}
+    if raw:
+        from huggingface_hub import ModelCardData
+
+        try:  # the metadata we parsed, not the README: huggingface_hub would parse it again, more leniently
+            data = _jsonable(ModelCardData(**raw).to_dict(), ("metadata",), [MAX_YAML_NODES])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _hf_error(exc) from None
+
+    content: dict = {}
     title, preamble, top = _parse_markdown(body)
     if title is not None:
         content["title"] = title
-    summary = _trim("\n".join(preamble))
+    # A code block left open runs to the end of the README, so only its last text can end in one: closed
+    # there, it reads the same and stays code when export writes other sections after it.
+    summary = _close_fence(_trim("\n".join(preamble)))
     if summary:
         content["summary"] = summary
     parts: dict[str, list[str]] = {}
@@ -619,14 +986,11 @@ def from_huggingface(readme_text: str) -> dict:
     for node in top:
         text = _collect(node, None, parts, True)
         if section_for_heading(node.title) is None and (text or not node.children):
-            others.append({"title": node.title, "text": text})
+            others.append({"title": node.title, "text": _close_fence(text)})
     for section in MITCHELL_SECTIONS:
         if section in parts:
-            content[section] = "\n\n".join(p for p in parts[section] if p)
-    if GOVERNANCE in content:
-        content[GOVERNANCE] = content.pop(GOVERNANCE)
-    if metadata:
-        content["metadata"] = metadata
+            content[section] = _close_fence("\n\n".join(p for p in parts[section] if p))
+    content.update(_card_fields(data))
     if others:
         content["other_sections"] = others
     return validate(content)
@@ -637,42 +1001,44 @@ def from_huggingface(readme_text: str) -> dict:
 
 def to_huggingface(content: dict) -> str:
     """Canonical card content -> a Hugging Face README.md (YAML metadata + Markdown sections)."""
+
+    def not_exportable(message: str, detail) -> Conflict:
+        # A revision stored before a limit (e.g. MAX_DEPTH) existed stays, append-only: say so, not a 500.
+        return Conflict(
+            f"This card revision cannot be written as a README.md: {message} "
+            "Read it as JSON (format=json), or add a revision within the limits.",
+            code="card_not_exportable",
+            detail=detail,
+        )
+
     try:
         _check_json_values(content)
     except InvalidInput as exc:
-        # A revision stored before a limit (e.g. MAX_DEPTH) existed stays, append-only: say so, not a 500.
-        raise Conflict(
-            f"This card revision cannot be written as a README.md: {exc.message.removeprefix('Invalid model card. ')} "
-            "Read it as JSON (format=json), or add a revision within the limits.",
-            code="card_not_exportable",
-            detail=exc.detail,
-        ) from None
-    metadata = dict(content.get("metadata") or {})
-    extra = metadata.pop("extra", {}) or {}
-    model_index = metadata.pop("model_index", None)
-    fields = {name: metadata[name] for name in METADATA_KEYS.values() if name in metadata and name != "model_index"}
-    governance = content.get(GOVERNANCE)
-    if "license" not in fields and governance and governance.get("license"):
-        fields["license"] = governance["license"]
-    kwargs = {**extra}
-    if governance is not None:
-        kwargs[GOVERNANCE] = governance
-    if model_index:
-        kwargs["model-index"] = model_index
-    from huggingface_hub import ModelCard, ModelCardData
+        raise not_exportable(exc.message.removeprefix("Invalid model card. "), exc.detail) from None
+    extra = (content.get("metadata") or {}).get("extra") or {}
+    for key in extra:
+        if _card_data_name(key):
+            message = _card_data_name_message(key)
+            raise not_exportable(f"metadata.extra.{printable(key)}: {message}.", {f"metadata.extra.{key}": [message]})
 
-    data = ModelCardData(**fields, **kwargs)
-
+    # Text stored before a code block had to be closed is closed at its end, as import would have.
     blocks = []
     if content.get("title"):
-        blocks.append(f"# {content['title']}")
+        blocks.append(_heading_line(1, content["title"]))
     if content.get("summary"):
-        blocks.append(content["summary"])
+        blocks.append(_close_fence(content["summary"]))
     for section in MITCHELL_SECTIONS:
         if section in content:
-            blocks.append(f"## {HEADINGS[section]}" + (f"\n\n{content[section]}" if content[section] else ""))
+            text = _close_fence(content[section])
+            blocks.append(f"## {HEADINGS[section]}" + (f"\n\n{text}" if text else ""))
     for other in content.get("other_sections") or []:
-        blocks.append(f"## {other['title']}" + (f"\n\n{other['text']}" if other["text"] else ""))
+        text = _close_fence(other["text"])
+        blocks.append(_heading_line(2, other["title"]) + (f"\n\n{text}" if text else ""))
     body = "\n\n".join(blocks) + "\n"
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    return str(card)
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard(f"---\n{_card_data(content).to_yaml()}\n---\n\n{body}")
+        return str(card)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise not_exportable(f"metadata: {exc}".split(" Pass `ignore_metadata_errors")[0], None) from None

@@ -26,7 +26,8 @@ class MarkdownParser(BaseParser):
             raise too_large
         encoding = context.get("encoding") or settings.DEFAULT_CHARSET
         try:
-            return raw.decode(encoding)
+            # A byte order mark (Windows editors write one) is no text: before `---` it hides the metadata.
+            return raw.decode(encoding).removeprefix("\ufeff")
         except (UnicodeDecodeError, LookupError):
             raise InvalidInput(
                 f"The Markdown body is not valid {encoding} text.", code="invalid_encoding", detail=None

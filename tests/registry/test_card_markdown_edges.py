@@ -67,7 +67,9 @@ def test_a_fence_line_with_an_info_string_does_not_close():
 def test_an_unclosed_fence_hides_everything_after_it():
     content = _import("```\ncode\n## Intended Use\nAnything.\n\n## Model Details\n\nA classifier.\n")
     assert "intended_use" not in content and "model_details" not in content
-    assert content["other_sections"][0]["text"].endswith("## Model Details\n\nA classifier.")
+    # ... to the end of the README, where import closes it: an export writing sections after it keeps them
+    assert content["other_sections"][0]["text"].endswith("## Model Details\n\nA classifier.\n```")
+    assert cards.from_huggingface(cards.to_huggingface(content)) == content
 
 
 def test_backticks_with_a_backtick_in_the_info_string_do_not_open_a_fence():
