@@ -128,8 +128,8 @@ def parse_rules(data) -> PolicyRules:
     if soak is not None:
         if not isinstance(soak, dict) or set(soak) != {"stage", "hours"} or not isinstance(soak["stage"], str):
             _fail("min_live_on_stage", 'must be {"stage": name, "hours": number} or null.')
-        if not 0 <= _number(soak["hours"], "min_live_on_stage.hours") <= MAX_SOAK_HOURS:
-            _fail("min_live_on_stage.hours", f"must be from 0 to {MAX_SOAK_HOURS} (ten years).")
+        if _number(soak["hours"], "min_live_on_stage.hours") < 0:
+            _fail("min_live_on_stage.hours", "must not be negative.")
         soak = StageSoak(stage=soak["stage"], hours=soak["hours"])
     expiry = data.get("request_expiry_hours", 168)
     if isinstance(expiry, bool) or not isinstance(expiry, int) or not 1 <= expiry <= 24 * 365:
@@ -147,6 +147,15 @@ def parse_rules(data) -> PolicyRules:
         min_live_on_stage=soak,
         request_expiry_hours=expiry,
     )
+
+
+def parse_new_rules(data) -> PolicyRules:
+    """parse_rules plus the bounds a policy must meet when it is set. Stored policies are read without them:
+    a bound added later must not stop every promotion on a target whose policy was accepted before."""
+    rules = parse_rules(data)
+    if rules.min_live_on_stage is not None and rules.min_live_on_stage.hours > MAX_SOAK_HOURS:
+        _fail("min_live_on_stage.hours", f"must be at most {MAX_SOAK_HOURS} (ten years).")
+    return rules
 
 
 @dataclass(frozen=True)

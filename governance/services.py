@@ -21,7 +21,7 @@ from governance import deployment, selectors
 from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
 from governance.hosts import HOSTS
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
-from governance.policy import failing, parse_rules
+from governance.policy import failing, parse_new_rules
 from governance.rollout import parse_rollout
 from registry.models import ModelVersion, RegisteredModel
 from registry.services import _validate_slug
@@ -31,7 +31,7 @@ TARGET_OWNER_PERMS = ("view_deploymenttarget", "manage_deploymenttarget", "deplo
 
 
 def _validate_rules(rules: dict) -> dict:
-    parsed = parse_rules(rules)
+    parsed = parse_new_rules(rules)
     unknown = sorted(
         set(parsed.approver_groups)
         - set(Group.objects.filter(name__in=parsed.approver_groups).values_list("name", flat=True))
