@@ -459,6 +459,15 @@ def validate(content, version: str = SCHEMA_VERSION) -> dict:
         content.pop("metadata", None)
         content.pop(GOVERNANCE, None)
         content.update(fields)
+    # The normal form may be longer (a blank line under each subheading): its limits hold too, or it could be
+    # stored but not posted again, nor imported from its own export.
+    longer = [e for error in _validator(version).iter_errors(content) for e in _error_entries(error)]
+    _refuse(
+        [
+            (path, f"{message} once stored as a README gives it back (see docs/model-cards.md)")
+            for path, message in longer
+        ]
+    )
     return content
 
 
@@ -913,7 +922,9 @@ def _card_data(content: dict):
 
 def _card_fields(data: dict) -> dict:
     """A README's metadata mapping (as huggingface_hub's to_dict gives it) -> the card's `governance` and
-    `metadata` (known keys by their canonical names, any other key in `extra`), each only when non-empty."""
+    `metadata` (known keys by their canonical names, any other key in `extra`), each only when non-empty.
+    A `license` equal to `governance.license` is not kept apart: export writes it from there (a stored copy
+    would outlive a later change of the governance license, and the README would name the old one)."""
     fields: dict = {}
     metadata: dict = {}
     extra: dict = {}
@@ -924,6 +935,9 @@ def _card_fields(data: dict) -> dict:
             metadata[METADATA_KEYS[key]] = value
         else:
             extra[key] = value
+    governance = fields.get(GOVERNANCE)
+    if isinstance(governance, dict) and "license" in metadata and metadata["license"] == governance.get("license"):
+        del metadata["license"]
     if extra:
         metadata["extra"] = extra
     if metadata:

@@ -470,6 +470,18 @@ def alias_delete(*, actor, model: RegisteredModel, name: str) -> None:
 # --- Model cards -------------------------------------------------------------------------------
 
 
+def _same_card(stored: dict, posted: dict) -> bool:
+    """Whether `posted` (validated) repeats the revision holding `stored`. A revision stored before the card's
+    normal form last changed is compared in today's form too: a CI re-run posting the same card must not make
+    a new revision, which would also void the approvals given on the last one."""
+    if same_json(stored, posted):
+        return True
+    try:
+        return same_json(cards.validate(stored), posted)
+    except InvalidInput:  # not valid today: posting it again would be refused, so this post differs
+        return False
+
+
 def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[ModelCardRevision, bool]:
     """Append a model card revision to a version: validated, numbered last + 1, audited.
 
@@ -484,7 +496,7 @@ def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[M
         # The version row lock serializes revisions of one card: numbers have no gaps or duplicates.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         latest = locked.card_revisions.order_by("-revision").first()
-        if latest is not None and same_json(latest.content, content):
+        if latest is not None and _same_card(latest.content, content):
             return latest, False  # a CI re-run posting the same card: nothing changes, nothing to audit
         last = locked.card_revisions.aggregate(last=Max("revision"))["last"] or 0
         revision = ModelCardRevision.objects.create(

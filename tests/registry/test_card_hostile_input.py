@@ -216,8 +216,8 @@ def round_trip(owner, content: dict) -> tuple[dict, dict]:
         ({"model_details": "x", "metadata": {"extra": {}}}, {"model_details": "x"}),
         ({"model_details": "x", "metadata": {"model_index": []}}, {"model_details": "x"}),
         (
-            {"governance": {"risk_class": "minimal", "license": "mit"}},
             {"governance": {"risk_class": "minimal", "license": "mit"}, "metadata": {"license": "mit"}},
+            {"governance": {"risk_class": "minimal", "license": "mit"}},  # export writes it from governance
         ),
         (
             {

@@ -204,7 +204,8 @@ def test_import_maps_hf_template_to_canonical_sections():
     assert content["quantitative_analyses"] == "### Results\n\nAccuracy 0.9312, F1 0.9301."
     assert content["governance"]["risk_class"] == "limited"
     meta = content["metadata"]
-    assert meta["license"] == "apache-2.0" and meta["base_model"] == "distilbert-base-uncased"
+    assert "license" not in meta and content["governance"]["license"] == "apache-2.0"  # one license, kept once
+    assert meta["base_model"] == "distilbert-base-uncased"
     assert meta["datasets"] == ["imdb"] and meta["metrics"] == ["accuracy", "f1"]
     assert meta["language"] == ["en", "de"] and meta["pipeline_tag"] == "text-classification"
     assert meta["model_index"][0]["results"][0]["metrics"][0] == {
