@@ -44,7 +44,10 @@ def test_retries_of_a_periodic_reconcile_outlive_its_expiry(users, tmp_path, dja
                 config={"owner": "acme", "deployment": "churn", "model": "acme/churn", "base_url": replicate.url},
                 credentials_ref="env:REPLICATE_TOKEN_PERIODIC",
             )
-            release = Release.objects.create(target=target, version=version, number=1)
+            # What a promotion fixes when it is requested (governance.deployment.host_revision_of).
+            release = Release.objects.create(
+                target=target, version=version, number=1, host_revision=f"acme/churn:{VERSION}"
+            )
             # Another worker holds the target for 6 s more: the reconcile polls ("busy") once a second meanwhile.
             DeploymentTarget.objects.filter(pk=target.pk).update(
                 desired_release=release,
