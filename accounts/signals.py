@@ -187,10 +187,20 @@ def user_saved(sender, instance, created, raw, using, update_fields, **kwargs):
             )
 
 
+_USER_GROUPS = "_user_audit_groups"  # the groups' names, set on the instance by pre_delete for post_delete
+
+
+@receiver(pre_delete, sender=User)
+def user_before_delete(sender, instance, using, **kwargs):
+    # The delete drops the user's memberships by a cascade that sends no m2m signal: read them while they exist.
+    instance.__dict__[_USER_GROUPS] = sorted(instance.groups.using(using).values_list("name", flat=True))
+
+
 @receiver(post_delete, sender=User)
 def user_deleted(sender, instance, using, **kwargs):
+    before = {**_account(instance), "groups": instance.__dict__.pop(_USER_GROUPS, [])}
     with transaction.atomic(using=using):  # the delete's own transaction (Django's Collector runs in one)
-        record(action="user.deleted", subject=instance, actor=_actor(), before=_account(instance))
+        record(action="user.deleted", subject=instance, actor=_actor(), before=before)
 
 
 # --- groups: created, renamed, deleted ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher, make_password
+from django.contrib.auth.models import Group
 from django.contrib.messages import get_messages
 from django.core.management import call_command
 from django.db import transaction
@@ -184,6 +185,8 @@ def test_the_admin_password_change_and_its_event_commit_together(admin_client, a
 
 
 def test_deleting_a_user_in_the_admin_is_audited(admin_client, root, alice):
+    """With the groups the deletion took the user out of (a cascade that sends no membership signal)."""
+    alice.groups.add(Group.objects.create(name="reviewers-b"), Group.objects.create(name="auditors-b"))
     alice_pk = alice.pk
     with NewEvents() as new:
         response = admin_client.post(f"/admin/auth/user/{alice_pk}/delete/", {"post": "yes"})
@@ -196,7 +199,13 @@ def test_deleting_a_user_in_the_admin_is_audited(admin_client, root, alice):
         str(alice_pk),
         "alice",
     )
-    assert payload(event.before) == {"username": "alice", "is_superuser": False, "is_staff": False, "is_active": True}
+    assert payload(event.before) == {
+        "username": "alice",
+        "is_superuser": False,
+        "is_staff": False,
+        "is_active": True,
+        "groups": ["auditors-b", "reviewers-b"],
+    }
     assert (event.actor_username, event.actor_id) == ("root", root.pk)
 
 
