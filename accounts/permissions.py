@@ -27,7 +27,9 @@ class HasTokenScopes(permissions.BasePermission):
         method = request.method.lower()
         if method not in view.http_method_names or not hasattr(view, method):
             return True  # the view answers 405 Method Not Allowed; no scope can make it valid
-        required = getattr(view, "required_scopes", {}).get(request.method)
+        # HEAD runs the view's get() (Django answers it so): it needs what GET needs, not the default `read`.
+        asked = "GET" if request.method == "HEAD" else request.method
+        required = getattr(view, "required_scopes", {}).get(asked)
         if required is None:
             required = scopes.READ if request.method in permissions.SAFE_METHODS else None
         if required is None or required not in granted:

@@ -39,6 +39,7 @@ def _audit_m2m(kind: str, instance, action: str, model, pk_set, field: str):
         record(
             action=f"{kind}.{verb}",
             subject=instance,
+            actor=_actor(),
             before=payload if verb == "revoked" else None,
             after=payload if verb == "granted" else None,
         )

@@ -14,6 +14,7 @@ from django.utils import timezone
 from audit import chain
 from audit.models import AuditChainHead, AuditEvent
 from core import context
+from core.logging import redact as mask_secrets
 
 REDACTED = "[redacted]"
 SUBJECT_REPR_LENGTH = AuditEvent._meta.get_field("subject_repr").max_length
@@ -26,13 +27,15 @@ _SECRET_VALUE = re.compile(r"^(mgr_[A-Za-z0-9]+_[A-Za-z0-9_-]{16,}|whsec_\S+|Bea
 
 
 def redact(value):
-    """Replace anything that looks like a secret (by key name or by value shape) with a marker."""
+    """Replace anything that looks like a secret (by key name or by value shape) with a marker; an API token
+    or webhook secret inside longer text is masked as the logs mask it (the audit log is append-only: a secret
+    pasted into it could never be removed)."""
     if isinstance(value, dict):
         return {k: (REDACTED if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
-    if isinstance(value, str) and _SECRET_VALUE.match(value):
-        return REDACTED
+    if isinstance(value, str):
+        return REDACTED if _SECRET_VALUE.match(value) else mask_secrets(value)
     return value
 
 
@@ -84,7 +87,7 @@ def new_event(
         subject_repr=(subject_repr or "")[:SUBJECT_REPR_LENGTH],
         before=_to_json_text(before),
         after=_to_json_text(after),
-        reason=reason,
+        reason=mask_secrets(reason or ""),
     )
 
 

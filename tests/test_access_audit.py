@@ -293,3 +293,22 @@ def test_issued_token_never_in_any_payload(db, alice):
         record(action="t", subject_type="t", subject_id="1", after={"oops": issued.plaintext})
     for event in AuditEvent.objects.all():
         assert issued.plaintext not in json.dumps(event.as_export_dict())
+
+
+def test_membership_changes_outside_a_request_name_the_command_or_system(db):
+    """Outside a web request the actor was empty: who added a user to `auditors` from a shell left no trace,
+    while the user events beside it said cli:shell."""
+    from django.contrib.auth.models import Group
+
+    from accounts.signals import _system_actor
+    from core import context
+
+    user = get_user_model().objects.create_user(username="mallory")
+    acting = context.actor.set(None)  # as in a shell: no request has set one
+    try:
+        with NewEvents() as new:
+            user.groups.add(Group.objects.create(name="auditors-x"))
+    finally:
+        context.actor.reset(acting)
+    [granted] = [e for e in new.events if e.action == "membership.granted"]
+    assert granted.actor_username == _system_actor() != ""

@@ -444,3 +444,27 @@ def test_token_look_up_on_sqlite(tmp_path):
     )
     printed, _ = sqlite_shell(tmp_path, script)
     assert "ok sq" in printed
+
+
+@pytest.mark.parametrize("path", ["/api/v1/audit/events", "/api/v1/audit/head"])
+def test_head_needs_the_scope_get_needs(personas, make_token, path):
+    """HEAD runs the view's get(); its scope was looked up under "HEAD", found nowhere, and fell back to `read`:
+    a read-only token got the audit chain's head (and could issue trails, which writes the audit log)."""
+    read_only = bearer(make_token(personas["auditor"].user, ["read"]))
+    for method in (read_only.get, read_only.head):
+        response = method(path)
+        assert response.status_code == 403, (method, response.status_code)
+        assert "X-Audit-Last-Hash" not in response
+    assert bearer(make_token(personas["auditor"].user, ["audit:read"])).head(path).status_code == 200
+
+
+def test_a_token_pasted_into_a_reason_is_masked_in_the_audit_log(personas, make_token):
+    """The audit log is append-only: a secret pasted into it could never be removed."""
+    ci_bot = personas["ci_bot"]
+    plaintext = make_token(ci_bot.user, ["read"])
+    token = ApiToken.objects.get(prefix=parts(plaintext)[0])
+    reason = f"leaked in a CI log: {plaintext}"
+    assert ci_bot.client().post(f"{TOKENS}{token.pk}/revoke", {"reason": reason}, format="json").status_code == 200
+    event = AuditEvent.objects.get(action="token.revoked")
+    assert plaintext not in event.reason and event.reason == f"leaked in a CI log: mgr_{token.prefix}_***"
+    assert plaintext not in (AuditEvent.objects.get(pk=event.pk).line or "")
