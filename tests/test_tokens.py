@@ -82,6 +82,7 @@ def test_token_is_shown_once_and_stored_only_as_a_hash(personas, caplog):
     prefix, secret = parts(plaintext)
     assert len(secret) >= 40
     assert body["prefix"] == prefix
+    assert "no-store" in response["Cache-Control"]  # no cache on the way keeps the one copy of the token
 
     token = ApiToken.objects.get(pk=body["id"])
     assert token.token_hash == hashlib.sha256(plaintext.encode()).hexdigest()

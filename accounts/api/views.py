@@ -1,3 +1,4 @@
+from django.utils.cache import patch_cache_control
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
@@ -54,7 +55,9 @@ class TokenListView(BaseAPIView):
             **data.validated_data,
         )
         body = TokenOutput(issued.token).data | {"token": issued.plaintext}
-        return Response(body, status=status.HTTP_201_CREATED)
+        response = Response(body, status=status.HTTP_201_CREATED)
+        patch_cache_control(response, no_store=True)  # the one answer holding the token: no cache keeps a copy
+        return response
 
 
 class TokenRevokeView(BaseAPIView):
