@@ -422,6 +422,21 @@ def _resolve_release(node_id: str, rest: str, user, as_of) -> lineage_nodes.Star
     )
 
 
+def visible_releases_sql(user) -> tuple[str, list] | None:
+    """The ids of releases whose target and model the user may both see, as SQL for the graph's traversal
+    (None: all of them). Filtered only when described, hidden releases still counted in `truncated` and in
+    the walk's row budget: a reader learnt that a model version was deployed on a target they may not see."""
+    from registry.models import RegisteredModel
+
+    if user.has_perm("governance.view_deploymenttarget") and user.has_perm("registry.view_registeredmodel"):
+        return None
+    shown = Release.objects.filter(
+        target__in=_visible_targets(user).values("pk"),
+        version__model__in=access.visible(user, RegisteredModel.objects.all()).values("pk"),
+    ).values("pk")
+    return shown.query.sql_with_params()
+
+
 def describe_releases(ids, user, as_of) -> dict[int, dict]:
     """Release nodes the user may see (target and model both visible), as graph nodes."""
     releases = list(Release.objects.filter(pk__in=ids).select_related("target", "version__model"))
@@ -462,6 +477,10 @@ def register() -> None:
     lineage_trail.register_subject("release", release_trail)
     lineage_nodes.register_node_type(
         lineage_nodes.NodeTypeHandler(
-            type=NodeType.RELEASE, prefix="release", resolve=_resolve_release, describe=describe_releases
+            type=NodeType.RELEASE,
+            prefix="release",
+            resolve=_resolve_release,
+            describe=describe_releases,
+            visible_sql=visible_releases_sql,
         )
     )

@@ -98,6 +98,22 @@ def test_a_reader_who_may_not_see_the_target_gets_no_release_nor_its_edge(person
     assert "release:prod:1" in ids(graph(personas["auditor"].client(), "model:acme/churn:1", direction="downstream"))
 
 
+def test_a_release_the_reader_may_not_see_does_not_mark_the_graph_truncated(personas, released, make_token):
+    """Hidden releases were dropped only when described: at depth 0 `truncated` said the version had something
+    downstream (a release on a target the reader may not see), and the export said so too."""
+    reader = get_user_model().objects.create_user(username="model-only")
+    assign_perm(access.view_codename(released["v2"].model), reader, released["v2"].model)
+    client = bearer(make_token(reader, ["read"]))
+    body = graph(client, "model:acme/churn:2", direction="downstream", depth=0)
+    assert (ids(body), body["truncated"]) == ({"model:acme/churn:2"}, False)
+    export = client.get(
+        EXPORT, {"nodeId": "model:acme/churn:2", "direction": "downstream", "depth": 0, "format": "csv"}
+    )
+    assert export.status_code == 200 and export["X-Lineage-Truncated"] == "false"
+    # the auditor, who may see the target, is told there is more
+    assert graph(personas["auditor"].client(), "model:acme/churn:2", direction="downstream", depth=0)["truncated"]
+
+
 def test_prov_json_has_the_release_as_an_activity_that_used_the_version(personas, released):
     response = (
         personas["auditor"]
