@@ -220,12 +220,14 @@ def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None, *, run
 
 
 def _latest(facets: dict, name: str, role: int = FacetRole.FACETS, run_id=None, any_run: bool = True):
-    """The facet value sent with run_id, else one sent without a run (a JobEvent or DatasetEvent), else (any_run,
-    for shared subjects such as datasets) the latest any run sent. _deleted counts as absent. A run's own
-    attributes pass any_run=False: it is never credited with another run's code location."""
+    """The facet value sent with run_id (None: one sent without a run, a JobEvent or DatasetEvent), else (any_run,
+    for shared subjects such as datasets) the latest any run sent. _deleted counts as absent.
+
+    A run's own attributes (its code, job type, environment) pass its run_id and any_run=False: they are what
+    that run sent and nothing else. Not a facet sent without a run: any lineage writer may send a JobEvent for
+    any job, and it must not set the commit or kind of a run that produced a model version (the run-ownership
+    rule guards only events that carry the run). Not another run's either."""
     exact = facets.get((role, name, run_id))
-    if exact is None and run_id is not None:
-        exact = facets.get((role, name, None))
     if exact is None and any_run:
         candidates = [v for (r, n, _), v in facets.items() if r == role and n == name]
         exact = candidates[-1] if candidates else None

@@ -60,9 +60,36 @@ class _Writer:
         self.counts["dataset_versions"] += created
         return obj
 
-    def current_version(self, dataset: Dataset) -> DatasetVersion:
-        """An input sent without a version facet is the dataset's latest recorded version."""
-        latest = DatasetVersion.objects.filter(dataset=dataset).order_by("-recorded_at", "-id").first()
+    def current_version(self, dataset: Dataset, run: Run) -> DatasetVersion:
+        """The version an input sent without a version facet names: the one of the dataset this run already
+        reads (an earlier or re-sent event of the run said it), else the dataset's latest recorded version that
+        this run did not produce, else its initial version "". So re-sending an event (HTTP clients retry POSTs)
+        changes nothing, and a job that reads and writes one table reads the version before its own output,
+        not its output."""
+        versions = DatasetVersion.objects.filter(dataset=dataset)
+        read = (
+            Edge.objects.filter(
+                dst_type=NodeType.RUN,
+                dst_id=run.pk,
+                kind=EdgeKind.INPUT,
+                src_type=NodeType.DATASET_VERSION,
+                src_id__in=versions.values("pk"),
+            )
+            .order_by("-recorded_at", "-id")
+            .values_list("src_id", flat=True)
+            .first()
+        )
+        if read is not None:
+            return versions.get(pk=read)
+        produced = Edge.objects.filter(
+            src_type=NodeType.RUN, src_id=run.pk, kind=EdgeKind.OUTPUT, dst_type=NodeType.DATASET_VERSION
+        ).values("dst_id")
+        latest = (
+            versions.exclude(pk__in=produced)
+            .exclude(version=f"run:{run.run_uuid}")
+            .order_by("-recorded_at", "-id")
+            .first()
+        )
         return latest or self.version(dataset, "")
 
     def job(self, namespace: str, name: str) -> Job:
@@ -186,10 +213,12 @@ def _redacted_environment(facet: dict) -> dict:
     }
 
 
-def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
+def _check_may_speak_for(actor, run_uuid: uuid.UUID, doing: str = "adding to its lineage", hint: str = "") -> None:
     """A run that produced model versions speaks for their models: its inputs and commit feed the policy's
     require_lineage gate and the trail. Adding to it needs register_version on each of those models, as
-    naming a model version as an output does; a run known to produce nothing takes any writer's events."""
+    naming a model version as an output does; a run known to produce nothing takes any writer's events.
+    Naming the run as the producer of another version (a link, a registration's run_id) adds to it too: a
+    model linked to someone else's run would otherwise lock its owner out of it."""
     produced = _versions_linked_to(run_uuid)
     if not produced:
         return
@@ -198,9 +227,23 @@ def _check_may_speak_for(actor, run_uuid: uuid.UUID) -> None:
             visible = access.has_perm(actor, access.view_codename(model), model)
             produced_what = f"a version of model {model}" if visible else "a model version"
             raise Forbidden(
-                f"Run {run_uuid} produced {produced_what}; adding to its lineage needs the 'register_version' "
-                "permission on that model."
+                f"Run {run_uuid} produced {produced_what}; {doing} needs the 'register_version' "
+                f"permission on that model.{hint}"
             )
+
+
+def check_may_claim_run(*, actor, run_uuid: uuid.UUID, claimed_for: str) -> None:
+    """Before naming run_uuid as the run that produced a version of `claimed_for` (a model or model version):
+    a run that already produced versions of other models may be named only by someone who may speak for it
+    (_check_may_speak_for); a run with no linked model version, by whoever may register the version.
+    version_link checks it; registry.services.version_register calls it for a registration with a run_id."""
+    _check_may_speak_for(
+        actor,
+        run_uuid,
+        doing=f"naming it as the run that produced {claimed_for}",
+        hint=" A run speaks for the models it produced: name a run of your own (its own runId), or ask that "
+        "model's owners for the permission.",
+    )
 
 
 def _versions_linked_to(run_uuid: uuid.UUID) -> set[int]:
@@ -231,7 +274,7 @@ def _dataset_side(w: _Writer, ref: DatasetRef, *, output: bool, run: Run) -> str
     elif output:
         dsv = w.version(dataset, f"run:{run.run_uuid}")
     else:
-        dsv = w.current_version(dataset)
+        dsv = w.current_version(dataset, run)
     node = (NodeType.DATASET_VERSION, dsv.pk)
     if output:
         w.edge((NodeType.RUN, run.pk), node, EdgeKind.OUTPUT)
@@ -330,7 +373,8 @@ def version_link(
 
     Returns (fact, True) when a fact was recorded, (None, False) when the version is already in
     the asked state (linking twice is idempotent). Unlinking a version that is not linked to the
-    run is a 409. Needs the register_version permission on the model (checked here too).
+    run is a 409. Needs the register_version permission on the model (checked here too) and, to link,
+    on every model the run already produced (check_may_claim_run).
     """
     if not access.has_perm(actor, ModelPerm.REGISTER, version.model):
         raise Forbidden(f"Linking lineage to {version.model} needs the 'register_version' permission on it.")
@@ -338,6 +382,8 @@ def version_link(
     with transaction.atomic():
         # The version row lock serializes link facts of one version, so their ids are in time order.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
+        if linked:
+            check_may_claim_run(actor=actor, run_uuid=run_uuid, claimed_for=str(locked))
         current = _linked_now(locked, run_uuid)
         if current == linked:
             if linked:

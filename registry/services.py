@@ -300,6 +300,18 @@ def _next_number(model: RegisteredModel) -> int:
     return row[0]
 
 
+# Checks another app makes on the run a new version names (`run_id`), added from its AppConfig.ready(): lineage
+# decides who may name a run (a run that produced other models' versions speaks for them; docs/lineage.md,
+# "Visibility"). Registry never imports lineage (the dependency runs the other way).
+_RUN_CLAIM_CHECKS: list = []
+
+
+def register_run_claim_check(check) -> None:
+    """check(actor=, run_uuid=, claimed_for=) raises a DomainError to refuse the registration."""
+    if check not in _RUN_CLAIM_CHECKS:
+        _RUN_CLAIM_CHECKS.append(check)
+
+
 def version_register(*, actor, model: RegisteredModel, content: VersionContent, tags: dict | None = None):
     """Register a version. Same digest again -> (existing, False); same digest, other content -> 409.
 
@@ -311,6 +323,9 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     constraint: the write rolls back (the number bump with it) and the existing version is returned, or
     409 if its content differs.
     """
+    if content.run_id is not None:
+        for check in _RUN_CLAIM_CHECKS:  # lineage: who may name a run as a model's producer
+            check(actor=actor, run_uuid=content.run_id, claimed_for=f"a version of {model}")
     manifest = manifests.normalize(content.manifest)
     digest = manifests.digest(manifest)
     metrics, metric_sources = _split_metrics(content.metrics or {})
