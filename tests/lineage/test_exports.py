@@ -247,8 +247,29 @@ def test_a_run_is_credited_only_with_the_code_location_it_sent(personas, make_ve
     post_event(owner, run_event("COMPLETE", z, ("pipelines", "train"), commit="zzz999", time="2026-01-03T00:00:00Z"))
     assert lineage_selectors.version_summary(version=version)["code_commit"] == "c0ffee"
     _, text = export(owner, "model:acme/churn:1", "openlineage", direction="upstream")
-    y_events = [json.loads(line) for line in text.splitlines() if json.loads(line)["run"]["runId"] == str(y)]
+    lines = [json.loads(line) for line in text.splitlines()]
+    y_events = [e for e in lines if e.get("run", {}).get("runId") == str(y)]
     assert y_events and all("sourceCodeLocation" not in e["job"]["facets"] for e in y_events)
+
+
+def test_a_jobs_facets_sent_without_a_run_are_not_exported_as_a_runs(personas, make_version):
+    """Anyone's JobEvent may describe a job; the export merged its sourceCodeLocation into the events of the
+    job's runs that sent none, so importing the file elsewhere credited that commit to the run itself. They
+    go in a JobEvent of their own."""
+    owner, outsider = personas["owner"].client(), personas["ci_bot"].client()
+    run = uuid.uuid4()
+    post_event(owner, run_event("COMPLETE", run, ("pipelines", "train")))
+    make_version("churn", run_id=run)
+    job_event = run_event("COMPLETE", uuid.uuid4(), ("pipelines", "train"), commit="e0e0e0")
+    job_event = {k: v for k, v in job_event.items() if k not in ("run", "eventType")}
+    job_event["schemaURL"] = job_event["schemaURL"].replace("RunEvent", "JobEvent")
+    post_event(outsider, job_event)
+    _, text = export(owner, "model:acme/churn:1", "openlineage", direction="upstream")
+    lines = [json.loads(line) for line in text.splitlines()]
+    [run_line] = [e for e in lines if e.get("run", {}).get("runId") == str(run)]
+    assert "sourceCodeLocation" not in run_line["job"]["facets"]
+    [job_line] = [e for e in lines if "run" not in e and e.get("job", {}).get("name") == "train"]
+    assert job_line["job"]["facets"]["sourceCodeLocation"]["version"] == "e0e0e0"
 
 
 def test_facets_sent_bare_are_exported_as_the_schema_requires(personas):
