@@ -27,14 +27,17 @@ by config/settings.py, still decrypt), and never logged, audited or returned aga
 
 import base64
 import contextlib
+import email.utils
 import http.client
 import json
 import logging
+import math
 import random
 import secrets as pysecrets
 import socket
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,7 +56,7 @@ from standardwebhooks import Webhook
 
 from audit.models import AuditEvent, format_time
 from audit.services import record
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotFound
 from core.unicode import printable
 from governance.webhook_models import (
     DeliveryState,
@@ -84,8 +87,13 @@ EVENT_TYPES = (
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 SECRET_BYTES = 32
 MANAGE_PERMISSION = "governance.manage_webhooks"
+# A subscription is a live copy of the audit log across every object, so managing one (which includes
+# reading its delivery log) also needs what exporting the audit log needs.
+AUDIT_PERMISSION = "audit.view_auditevent"
+MANAGE_PERMISSIONS = (MANAGE_PERMISSION, AUDIT_PERMISSION)
 USER_AGENT = "model-governance-registry-webhooks/1"
 EXCERPT_CHARS = 500
+ERROR_CHARS = 1000  # an attempt's stored error (and the delivery's last_error), whatever the receiver sent
 
 
 def max_attempts() -> int:
@@ -100,8 +108,11 @@ def timeout_seconds() -> float:
 
 
 def may_manage(user) -> bool:
-    """Webhooks are platform configuration: superusers, or holders of governance.manage_webhooks."""
-    return bool(user and user.is_active and user.has_perm(MANAGE_PERMISSION))
+    """Webhooks are platform configuration: superusers, or holders of both governance.manage_webhooks and
+    audit.view_auditevent. The one rule for every webhook endpoint of the API (list, create, change, delete,
+    delivery log): an endpoint subscribed to "*" receives the audit event of every model and target, which
+    is exporting the audit log, so manage_webhooks alone must not be a way around the auditor role."""
+    return bool(user and user.is_active and user.has_perms(MANAGE_PERMISSIONS))
 
 
 # --- secrets --------------------------------------------------------------------------------
@@ -225,10 +236,29 @@ def _body(payload: dict) -> str:
 # --- endpoints ------------------------------------------------------------------------------
 
 
+def _bad_url(message: str) -> InvalidInput:
+    return InvalidInput(f"url {message}", detail={"url": ["Use http(s)://host[:port]/path."]})
+
+
 def _validate_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("url must be an absolute http(s) URL.", detail={"url": ["Use http(s)://host/path."]})
+    url = url or ""
+    bad = next((c for c in url if c.isspace() or unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise _bad_url(f"must not contain whitespace or control characters (found U+{ord(bad):04X}).")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unclosed or invalid [IPv6] host, a netloc that NFKC-normalises to a delimiter
+        raise _bad_url(f"is malformed: {exc}.") from None
+    if parts.scheme not in ("http", "https"):
+        raise _bad_url("must be an absolute http(s) URL.")
+    if not parts.hostname:
+        raise _bad_url("must name a host.")
+    try:
+        port = parts.port
+    except ValueError:  # not all ASCII digits, or above 65535
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise _bad_url("port must be a number from 1 to 65535.")
     if parts.username or parts.password:
         raise InvalidInput(
             "url must not carry credentials: receivers authenticate deliveries by their signature.",
@@ -286,7 +316,9 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
         changes["event_types"] = validate_event_types(changes["event_types"])
     try:
         with transaction.atomic():
-            locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
+            locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+            if locked is None:  # deleted since the caller read it
+                raise NotFound(f"No webhook {endpoint.pk}.")
             before = _endpoint_snapshot(locked)
             for field, value in changes.items():
                 setattr(locked, field, value)
@@ -300,9 +332,17 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
 
 
 def endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> None:
-    """Delete the endpoint with its deliveries and their log (the audit log keeps that it existed)."""
+    """Delete the endpoint with its deliveries and their log (the audit log keeps that it existed).
+
+    FOR UPDATE on the endpoint waits for a dispatcher fanning out to it (it holds the endpoint FOR NO KEY
+    UPDATE) and makes a later one skip it; FOR UPDATE on its deliveries waits for an attempt being recorded
+    (`_finish` holds its delivery) and makes a later one find the delivery gone. So whatever is in flight,
+    nothing can insert a row that still points at the endpoint or its deliveries when they are deleted."""
     with transaction.atomic():
-        locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
+        locked = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint.pk).first()
+        if locked is None:  # a concurrent delete got there first
+            raise NotFound(f"No webhook {endpoint.pk}.")
+        list(WebhookDelivery.objects.select_for_update().filter(endpoint=locked).values_list("pk", flat=True))
         record(action="webhook.deleted", subject=locked, actor=actor, before=_endpoint_snapshot(locked))
         locked.delete()
 
@@ -339,7 +379,10 @@ def dispatch(*, batch_size: int = 200) -> DispatchResult:
         events = list(AuditEvent.objects.filter(seq__gt=cursor.last_seq).defer("line").order_by("seq")[:batch_size])
         if not events:
             return DispatchResult([], cursor.last_seq, False)
-        endpoints = list(WebhookEndpoint.objects.filter(active=True).order_by("pk"))
+        # Locked (FOR NO KEY UPDATE, which an endpoint update also takes) until the deliveries are committed: a
+        # concurrent delete waits and then deletes them too, and an endpoint deleted or deactivated first is
+        # skipped here, instead of this transaction failing at commit on the deferred foreign key.
+        endpoints = list(WebhookEndpoint.objects.filter(active=True).order_by("pk").select_for_update(no_key=True))
         deliveries = [
             WebhookDelivery(
                 endpoint=endpoint,
@@ -510,11 +553,22 @@ class HttpResult:
 
 
 def _retry_after(headers) -> float | None:
-    value = headers.get("Retry-After") if headers else None
-    try:
-        return float(value) if value else None
-    except ValueError:
+    """Retry-After (RFC 9110): a number of seconds (digits only) or an HTTP date. None when absent, in the
+    past, or not one of those (retry_delay applies the cap)."""
+    value = (headers.get("Retry-After") or "").strip() if headers else ""
+    if not value:
         return None
+    if value.isascii() and value.isdigit():
+        seconds = float(min(int(value), 10**9))  # far beyond any cap; keeps float() finite
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # "-0000": an HTTP date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _excerpt(response, deadline: _Deadline) -> str:
@@ -556,7 +610,7 @@ def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpR
             if deadline.expired:
                 return timed_out
             reason = getattr(exc, "reason", None) or exc
-            return HttpResult(None, f"{type(exc).__name__}: {reason}"[:1000], "", None)
+            return HttpResult(None, f"{type(exc).__name__}: {reason}", "", None)
 
 
 @dataclass
@@ -645,8 +699,9 @@ def _finish(
     delivery: WebhookDelivery, endpoint: WebhookEndpoint, result: HttpResult, started_at, duration_ms: int
 ) -> DeliveryOutcome | None:
     ok = result.status is not None and 200 <= result.status < 300
-    # Receivers answer anything: PostgreSQL text cannot hold NUL, and UTF-8 no lone surrogate.
-    error = printable(result.error)
+    # Receivers answer anything: PostgreSQL text cannot hold NUL, and UTF-8 no lone surrogate. And a reason
+    # phrase of any length: every error is cut here, the one place all of them pass.
+    error = printable(result.error)[:ERROR_CHARS]
     excerpt = printable(result.excerpt)[:EXCERPT_CHARS]
     with transaction.atomic():
         locked = WebhookDelivery.objects.select_for_update(no_key=True).filter(pk=delivery.pk).first()

@@ -111,7 +111,8 @@ class WebhookBase(GovernedAPIView):
         super().initial(request, *args, **kwargs)  # authentication and token scopes first
         if not webhooks.may_manage(request.user):
             raise Forbidden(
-                f"Managing webhooks needs the {webhooks.MANAGE_PERMISSION} permission (platform administrators)."
+                f"Managing webhooks needs the {webhooks.MANAGE_PERMISSION} and {webhooks.AUDIT_PERMISSION} "
+                "permissions (platform administrators): a webhook receives the audit log of every object."
             )
 
     def endpoint(self, pk: int) -> WebhookEndpoint:

@@ -93,8 +93,10 @@ def test_only_admins_manage_webhooks(world, make_token):
         assert client.delete(f"{URL}{hook}").status_code == 403
     assert bearer("mgr_nope_notatokenatall12345").get(URL).status_code == 401
 
-    # A non-superuser with governance.manage_webhooks may.
-    owner.user.user_permissions.add(Permission.objects.get(codename="manage_webhooks"))
+    # A non-superuser needs governance.manage_webhooks and audit.view_auditevent (tests/webhooks/test_review_fixes.py).
+    owner.user.user_permissions.add(
+        Permission.objects.get(codename="manage_webhooks"), Permission.objects.get(codename="view_auditevent")
+    )
     assert owner.client().get(URL).status_code == 200
     assert create(owner.client(), name="owner-hook").status_code == 201
 
