@@ -34,11 +34,20 @@ def test_a_token_in_a_log_record_is_found(scanner, personas):
     assert token.plaintext not in str(found[0]) and "<secret>" in str(found[0])
 
 
-def test_a_token_in_an_audit_event_is_found(scanner, personas):
+def test_a_credential_in_an_audit_event_is_found(scanner, personas, monkeypatch):
+    """The audit log masks API tokens and webhook secrets it is handed (audit.services.redact): a host
+    credential it cannot recognise is what can still leak into an event, and the scanner finds it."""
     token = account_services.token_create(actor="test", user=personas["owner"].user, name="t", scopes=[scopes.READ])
     scanner.flush()  # the token.created event itself names only the prefix
     assert scanner.findings == []
     record(action="model.updated", subject=personas["owner"].user, actor="test", reason=f"rotated {token.plaintext}")
+    assert scanner.flush() == []  # masked before it was written
+    monkeypatch.setenv("PLANTED_AUDIT_TOKEN", "r8_plantedAuditCredential0123")
+    body = {"name": "rep", "kind": "self_hosted", "stage": "prod", "config": {"backend": "rep"}}
+    body["credentials_ref"] = "env:PLANTED_AUDIT_TOKEN"
+    assert personas["admin"].client().post("/api/v1/targets/", body, format="json").status_code == 201
+    scanner.flush()
+    record(action="model.updated", subject=personas["owner"].user, actor="test", reason="r8_plantedAuditCredential0123")
     assert any(f.where.startswith("audit event model.updated") for f in scanner.flush())
 
 

@@ -2,6 +2,8 @@
 README export round-trips, and README quirks (a byte order mark, repeated YAML keys, several model-index
 entries) are read or refused, never silently lost."""
 
+# ruff: noqa: F811 - tests take the imported `owner` fixture as an argument
+
 import contextlib
 import time
 
@@ -11,23 +13,11 @@ from audit.models import AuditEvent
 from core.errors import InvalidInput
 from registry import cards
 from registry.models import ModelCardRevision, ModelVersion
-from tests.registry.helpers import register_body, s3_manifest
+from tests.registry.test_cards import owner, post_markdown  # noqa: F401 - owner is a fixture
 
 BASE = "/api/v1/models/acme/churn"
 CARD = f"{BASE}/versions/1/card"
 KB_100 = 100_000
-
-
-@pytest.fixture
-def owner(personas):
-    client = personas["owner"].client()
-    assert client.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
-    assert client.post(f"{BASE}/versions/", register_body(s3_manifest(b"v1")), format="json").status_code == 201
-    return client
-
-
-def post_markdown(client, text: str):
-    return client.post(CARD, data=text.encode(), content_type="text/markdown; charset=utf-8")
 
 
 def assert_refused(r, *phrases, field=None):
