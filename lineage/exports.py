@@ -89,27 +89,26 @@ class _Subgraph:
             m.pk: m for m in ModelVersion.objects.select_related("model", "created_by").filter(pk__in=ids[T_MODEL])
         }
 
-    def facet_set(self, subject, role=FacetRole.FACETS, run_id=None, *, the_runs_own=False) -> dict:
+    def facet_set(self, subject, role=FacetRole.FACETS, run_id=None) -> dict:
         """Latest facets of a subject in a role. For a run's event (run_id): those the run sent, over those
         sent without a run, never another run's (a run's event then says what it said, and a later run's
-        code location does not rewrite it); `the_runs_own`: only those the run sent (a job's facets sent
-        without a run are anyone's JobEvent, not what the run executed). Without run_id: the latest any run
-        sent."""
+        code location does not rewrite it). Without run_id: the latest any run sent."""
         found = {}
         exact = {}
         for (r, name, rid), value in self.facets.get(subject, {}).items():
             if r != role:
                 continue
-            if run_id is None or (rid is None and not the_runs_own):
+            if run_id is None or rid is None:
                 found[name] = value
             if run_id is not None and rid == run_id:
                 exact[name] = value
         return _live({**found, **exact})
 
-    def facets_sent_without_a_run(self, subject) -> dict:
-        """A subject's facets sent without a run (a job's, by JobEvents): what describes it, not what a run did."""
+    def facets_sent_with(self, subject, run_id) -> dict:
+        """A subject's latest facets sent with run_id, or (None) without a run. A job's facets sent without a run
+        are anyone's JobEvent: they describe the job, not what one of its runs executed."""
         facets = self.facets.get(subject, {})
-        return _live({name: v for (r, name, rid), v in facets.items() if r == FacetRole.FACETS and rid is None})
+        return _live({name: v for (r, name, rid), v in facets.items() if r == FacetRole.FACETS and rid == run_id})
 
 
 def _live(facets: dict) -> dict:
@@ -187,9 +186,7 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
                 "job": {
                     "namespace": run.job.namespace,
                     "name": run.job.name,
-                    "facets": _based(
-                        g.facet_set((T_JOB, run.job_id), FacetRole.FACETS, run.pk, the_runs_own=True), "JobFacet"
-                    ),
+                    "facets": _based(g.facets_sent_with((T_JOB, run.job_id), run.pk), "JobFacet"),
                 },
                 "inputs": [_ol_dataset(g, k, FacetRole.INPUT_FACETS, run.pk) for k in g.inputs[key]],
                 "outputs": [_ol_dataset(g, k, FacetRole.OUTPUT_FACETS, run.pk) for k in g.outputs[key]],
@@ -200,7 +197,7 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
     jobs_of_runs = {g.runs[k[1]].job for k in g.keys if k[0] == T_RUN}
     for job in sorted(jobs_of_runs, key=lambda j: j.pk):
         key = (T_JOB, job.pk)
-        if key in described or not (facets := g.facets_sent_without_a_run(key)):
+        if key in described or not (facets := g.facets_sent_with(key, None)):
             continue
         yield _json_line(
             {
