@@ -12,8 +12,8 @@ import pytest
 from audit.models import AuditEvent
 from core.errors import InvalidInput
 from registry import cards
-from registry.models import ModelCardRevision, ModelVersion
-from tests.registry.test_cards import owner, post_markdown  # noqa: F401 - owner is a fixture
+from registry.models import ModelCardRevision
+from tests.registry.test_cards import owner, post_markdown, stored_revision  # noqa: F401 - owner is a fixture
 
 BASE = "/api/v1/models/acme/churn"
 CARD = f"{BASE}/versions/1/card"
@@ -156,14 +156,7 @@ def test_a_json_extra_key_that_is_a_model_card_data_name_is_400_naming_it(owner,
 
 
 def test_a_stored_revision_with_such_a_key_exports_as_409_not_500(owner, personas):
-    version = ModelVersion.objects.get(model__namespace="acme", model__name="churn", number=1)
-    ModelCardRevision.objects.create(
-        version=version,
-        revision=1,
-        schema_version="1",
-        content={"model_details": "x", "metadata": {"extra": {"to_yaml": "x"}}},
-        created_by=personas["owner"].user,
-    )
+    stored_revision({"model_details": "x", "metadata": {"extra": {"to_yaml": "x"}}}, created_by=personas["owner"].user)
     assert owner.get(CARD).status_code == 200
     r = owner.get(CARD, {"format": "huggingface"})
     error = r.json()["error"]

@@ -3,6 +3,7 @@
 from audit.models import AuditEvent
 from registry.models import ModelCardRevision
 from tests.registry.helpers import register_body, s3_manifest
+from tests.registry.test_cards import stored_revision
 
 CARD = "/api/v1/models/idem/m/versions/1/card"
 
@@ -39,9 +40,7 @@ def test_a_card_posted_again_repeats_a_revision_stored_before_its_normal_form_ch
 
     owner = register(personas)
     legacy = {"model_details": "### Description\nA gradient-boosted model.", "intended_use": "Churn scoring."}
-    ModelCardRevision.objects.create(
-        version=ModelVersion.objects.get(), revision=1, schema_version="1", content=legacy, created_by=None
-    )
+    stored_revision(legacy, version=ModelVersion.objects.get())
     again = owner.post(CARD, {"content": legacy}, format="json")
     assert again.status_code == 200 and again.json()["revision"] == 1, again.json()
     assert ModelCardRevision.objects.count() == 1

@@ -186,6 +186,18 @@ def post_markdown(client, text, path=CARD):
     return client.post(path, data=text.encode(), content_type="text/markdown; charset=utf-8")
 
 
+def stored_revision(content: dict, version=None, created_by=None):
+    """Revision 1 of acme/churn v1 (or of `version`) written as an earlier release of the registry stored it,
+    without today's validation (revisions are append-only: such ones stay)."""
+    from registry.models import ModelVersion
+
+    if version is None:
+        version = ModelVersion.objects.get(model__namespace="acme", model__name="churn", number=1)
+    return ModelCardRevision.objects.create(
+        version=version, revision=1, schema_version="1", content=content, created_by=created_by
+    )
+
+
 # --- Hugging Face mapping (pure functions) -----------------------------------------------------
 
 
@@ -691,16 +703,7 @@ def test_card_nesting_is_limited_to_32_levels_on_every_entry_point(owner):
 
 def test_a_stored_revision_too_deep_to_export_is_409_not_500(owner, personas):
     """A revision stored before the limit stays (append-only): its JSON reads, its README export says why not."""
-    from registry.models import ModelVersion
-
-    version = ModelVersion.objects.get(model__namespace="acme", model__name="churn", number=1)
-    ModelCardRevision.objects.create(
-        version=version,
-        revision=1,
-        schema_version="1",
-        content={"metadata": {"extra": nested(400)}},
-        created_by=personas["owner"].user,
-    )
+    stored_revision({"metadata": {"extra": nested(400)}}, created_by=personas["owner"].user)
     assert owner.get(CARD).status_code == 200
     for r in (owner.get(CARD, {"format": "huggingface"}), owner.get(CARD, HTTP_ACCEPT="text/markdown")):
         error = r.json()["error"]

@@ -189,6 +189,20 @@ def deleting(admin, pk: int) -> Holder:
     return Holder(lambda: webhooks.endpoint_delete(actor=admin, endpoint=WebhookEndpoint.objects.get(pk=pk)))
 
 
+def attempted(world, receiver):
+    """An endpoint at the receiver and a delivery to it, claimed and POSTed (deliver() up to recording the
+    attempt, with its transactions as they are: the claim commits on its own). (endpoint, claimed, result)."""
+    endpoint, _ = webhooks.endpoint_create(
+        actor=world["admin"].user, name="hook", url=receiver.url(), event_types=["*"]
+    )
+    register(world["owner"].user, world["model"], "v1")
+    [delivery_id] = webhooks.dispatch().delivery_ids
+    claimed = webhooks._claim(delivery_id)
+    result = webhooks._attempt(claimed, claimed.endpoint)
+    assert result.status == 200 and len(receiver.to("/hook")) == 1
+    return endpoint, claimed, result
+
+
 needs_postgres = pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks across connections")
 
 
@@ -214,14 +228,9 @@ def test_a_change_to_an_endpoint_deleted_meanwhile_answers_404(world, method):
 @pytest.mark.django_db(transaction=True)
 def test_a_delete_waits_for_an_attempt_being_recorded_and_removes_it_too(world, receiver):
     admin = world["admin"]
-    endpoint, _ = webhooks.endpoint_create(actor=admin.user, name="hook", url=receiver.url(), event_types=["*"])
-    register(world["owner"].user, world["model"], "v1")
-    [delivery_id] = webhooks.dispatch().delivery_ids
-    # deliver() step by step, with its transactions as they are (the claim commits on its own): a real attempt
-    # against the real receiver, then recording it, in a transaction kept open once the attempt row is written.
-    claimed = webhooks._claim(delivery_id)
-    result = webhooks._attempt(claimed, claimed.endpoint)
-    assert result.status == 200 and len(receiver.to("/hook")) == 1
+    # A real attempt against the real receiver, then recording it in a transaction kept open once the attempt
+    # row is written.
+    endpoint, claimed, result = attempted(world, receiver)
     holder = Holder(lambda: webhooks._finish(claimed, claimed.endpoint, result, claimed.created_at, 5))
     holder.start_and_wait()
     assert holder.result.state == "delivered"
@@ -239,19 +248,13 @@ def test_a_delete_waits_for_an_attempt_being_recorded_and_removes_it_too(world, 
 @pytest.mark.django_db(transaction=True)
 def test_an_attempt_finishing_after_a_delete_finds_its_delivery_gone(world, receiver):
     admin = world["admin"]
-    endpoint, _ = webhooks.endpoint_create(actor=admin.user, name="hook", url=receiver.url(), event_types=["*"])
-    register(world["owner"].user, world["model"], "v1")
-    [delivery_id] = webhooks.dispatch().delivery_ids
-    claimed = webhooks._claim(delivery_id)
-    result = webhooks._attempt(claimed, claimed.endpoint)  # the POST, before the delete
-    assert result.status == 200
-
+    endpoint, claimed, result = attempted(world, receiver)  # the POST, before the delete
     holder = deleting(admin.user, endpoint.pk).start_and_wait()
     worker = run_into(holder, lambda: webhooks._finish(claimed, claimed.endpoint, result, claimed.created_at, 5))
     assert holder.error is None and worker.error is None, (holder.error, worker.error)
     assert worker.result is None  # nothing to record: the delivery went with its endpoint
     assert not WebhookDelivery.objects.exists() and not WebhookAttempt.objects.exists()
-    assert webhooks.deliver(delivery_id=delivery_id) is None  # a late duplicate task has nothing to do
+    assert webhooks.deliver(delivery_id=claimed.pk) is None  # a late duplicate task has nothing to do
     assert worker.waited, "the second transaction did not wait for the first"
 
 
