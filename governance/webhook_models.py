@@ -10,12 +10,18 @@ from django.db import models
 
 
 class WebhookEndpoint(models.Model):
-    """A receiver URL with its signing secret (encrypted at rest; see governance.webhooks.secret_box)."""
+    """A receiver URL with its signing secret, both encrypted at rest (see governance.webhooks.secret_box)."""
 
     name = models.CharField(max_length=100, unique=True)
-    url = models.URLField(max_length=2000)
-    # Fernet token of the "whsec_..." secret. Never returned by the API after creation, never audited.
+    # Fernet token of the URL, which may carry a credential (?token=..., a Slack-style path). Read it as `url`;
+    # audit events and logs get governance.webhooks.redact_url() of it.
+    url_encrypted = models.TextField()
+    # Fernet token of the "whsec_..." secret. Returned only by creation and rotation, never audited.
     secret_encrypted = models.TextField()
+    # During a rotation's grace period: the secret before it (Fernet token), which also signs deliveries until
+    # `previous_secret_expires_at` (the database's clock); the dispatcher clears both once that has passed.
+    previous_secret_encrypted = models.TextField(blank=True, default="")
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     event_types = models.JSONField(default=list)  # ["promotion.approved", "release.*", "*"]
     active = models.BooleanField(default=True)
     description = models.TextField(blank=True)
@@ -30,6 +36,19 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def url(self) -> str:
+        """The receiver URL in full, for those who manage the endpoint (and the delivery). Empty when it cannot be
+        decrypted (SECRET_KEY changed without SECRET_KEY_FALLBACKS): a listing still answers; set it again."""
+        from cryptography.fernet import InvalidToken
+
+        from governance.webhooks import decrypt_url
+
+        try:
+            return decrypt_url(self.url_encrypted)
+        except InvalidToken:
+            return ""
 
 
 class DeliveryState(models.TextChoices):

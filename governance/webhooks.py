@@ -20,9 +20,11 @@ its own transaction, so nothing here has to be enqueued inside a caller's transa
 So when the broker is down nothing is lost: the events wait in the audit table and the
 deliveries in theirs until a worker can be reached again.
 
-Secrets: `whsec_<base64 of 32 random bytes>`, shown once on creation, stored encrypted with a
+Secrets: `whsec_<base64 of 32 random bytes>`, shown once on creation (and on rotation), stored encrypted with a
 Fernet key derived (HKDF-SHA256) from SECRET_KEY (keys in SECRET_KEY_FALLBACKS, read from the environment
-by config/settings.py, still decrypt), and never logged, audited or returned again.
+by config/settings.py, still decrypt), and never logged, audited or returned again. A rotation keeps the previous
+secret signing too (a second `v1,` signature, after the new one) for a grace period. Receiver URLs may carry a
+credential of the receiver's, so they are encrypted the same way; audit events and logs get `redact_url()`.
 """
 
 import base64
@@ -33,6 +35,7 @@ import json
 import logging
 import math
 import random
+import re
 import secrets as pysecrets
 import socket
 import threading
@@ -49,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Max, Min
+from django.db.models import BooleanField, ExpressionWrapper, Max, Min, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -86,6 +89,7 @@ EVENT_TYPES = (
 )
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 SECRET_BYTES = 32
+ROTATION_GRACE_SECONDS = 24 * 3600  # the default, and the longest, time both secrets sign after a rotation
 MANAGE_PERMISSION = "governance.manage_webhooks"
 # A subscription is a live copy of the audit log across every object, so managing one (which includes
 # reading its delivery log) also needs what exporting the audit log needs.
@@ -159,6 +163,27 @@ def decrypt_secret(token: str) -> str:
     return secret_box().decrypt(token.encode()).decode()
 
 
+# The URL goes in the same box: a receiver's token in its query or path is a secret too.
+encrypt_url = encrypt_secret
+decrypt_url = decrypt_secret
+
+REDACTED = "***"
+# A path segment this long mixing letters and digits is taken for a token (Slack's /services/T…/B…/<token>,
+# Discord's /api/webhooks/<id>/<token>); path words and numeric ids are kept.
+_PATH_TOKEN = re.compile(r"(?=.*[A-Za-z])(?=.*[0-9])[^/]{16,}")
+
+
+def redact_url(url: str) -> str:
+    """A receiver URL as audit events and logs hold it: scheme, host, port and path, with every query value and
+    every token-like path segment replaced by ***. No fragment (never sent) and no userinfo (refused anyway)."""
+    parts = urllib.parse.urlsplit(url)
+    path = "/".join(REDACTED if _PATH_TOKEN.fullmatch(segment) else segment for segment in parts.path.split("/"))
+    query = "&".join(
+        f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else REDACTED for pair in parts.query.split("&") if pair
+    )
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, query, ""))
+
+
 # --- signing (Standard Webhooks) ------------------------------------------------------------
 
 
@@ -167,12 +192,21 @@ def sign(*, secret: str, webhook_id: str, timestamp: int, body: str) -> str:
     return Webhook(secret).sign(webhook_id, datetime.fromtimestamp(timestamp, tz=UTC), body)
 
 
-def signed_headers(*, secret: str, webhook_id: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    *, secret: str, webhook_id: str, body: str, timestamp: int | None = None, previous_secret: str | None = None
+) -> dict[str, str]:
+    """With a previous secret (a rotation's grace period), one signature per secret, space-separated, the new one
+    first: a receiver holding either verifies the message."""
     timestamp = int(time.time()) if timestamp is None else timestamp
+    signatures = [
+        sign(secret=key, webhook_id=webhook_id, timestamp=timestamp, body=body)
+        for key in (secret, previous_secret)
+        if key
+    ]
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret=secret, webhook_id=webhook_id, timestamp=timestamp, body=body),
+        "webhook-signature": " ".join(signatures),
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
     }
@@ -268,9 +302,10 @@ def _validate_url(url: str) -> str:
 
 
 def _endpoint_snapshot(endpoint: WebhookEndpoint) -> dict:
+    """The endpoint as audit events record it: the URL redacted, no secret."""
     return {
         "name": endpoint.name,
-        "url": endpoint.url,
+        "url": redact_url(endpoint.url),
         "event_types": endpoint.event_types,
         "active": endpoint.active,
         "description": endpoint.description,
@@ -288,7 +323,7 @@ def endpoint_create(
         with transaction.atomic():
             endpoint = WebhookEndpoint.objects.create(
                 name=name,
-                url=url,
+                url_encrypted=encrypt_url(url),
                 secret_encrypted=encrypt_secret(secret),
                 event_types=event_types,
                 active=active,
@@ -300,7 +335,13 @@ def endpoint_create(
             endpoint.save(update_fields=["created_seq"])
     except IntegrityError:
         raise Conflict(f"A webhook named {name} already exists.", code="already_exists") from None
-    log.info("webhook endpoint %s (%s) created for %s", endpoint.pk, endpoint.name, ", ".join(event_types))
+    log.info(
+        "webhook endpoint %s (%s) at %s created for %s",
+        endpoint.pk,
+        endpoint.name,
+        redact_url(url),
+        ", ".join(event_types),
+    )
     return endpoint, secret
 
 
@@ -320,15 +361,81 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
             if locked is None:  # deleted since the caller read it
                 raise NotFound(f"No webhook {endpoint.pk}.")
             before = _endpoint_snapshot(locked)
+            # A change of the URL's credential alone leaves the redacted URL as it was, yet is a change to audit.
+            url_changed = "url" in changes and changes["url"] != locked.url
+            if "url" in changes:
+                locked.url_encrypted = encrypt_url(changes.pop("url"))
             for field, value in changes.items():
                 setattr(locked, field, value)
             locked.save()
             after = _endpoint_snapshot(locked)
-            if after != before:
+            if after != before or url_changed:
                 record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after)
     except IntegrityError:
         raise Conflict(f"A webhook named {changes.get('name')} already exists.", code="already_exists") from None
     return locked
+
+
+def _decrypts(token: str) -> bool:
+    from cryptography.fernet import InvalidToken
+
+    try:
+        decrypt_secret(token)
+    except InvalidToken:
+        return False
+    return True
+
+
+def endpoint_rotate_secret(
+    *, actor, endpoint: WebhookEndpoint, grace_period_seconds: int = ROTATION_GRACE_SECONDS
+) -> tuple[WebhookEndpoint, str]:
+    """Give the endpoint a new secret. Returns it with the new plaintext secret, which is never available again.
+
+    For `grace_period_seconds` (at most ROTATION_GRACE_SECONDS) deliveries are signed with the previous secret too,
+    so the receiver can switch when it likes; 0 ends the previous secret at once, and so does a previous secret
+    that no longer decrypts (SECRET_KEY changed without SECRET_KEY_FALLBACKS: rotating is the way out). Rotating
+    during a grace period ends it: only the secret just replaced keeps signing."""
+    if not 0 <= grace_period_seconds <= ROTATION_GRACE_SECONDS:
+        raise InvalidInput(
+            f"grace_period_seconds must be from 0 (the previous secret stops at once) to {ROTATION_GRACE_SECONDS}.",
+            detail={"grace_period_seconds": [f"0 to {ROTATION_GRACE_SECONDS}"]},
+        )
+    secret = generate_secret()
+    with transaction.atomic():
+        locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+        if locked is None:  # deleted since the caller read it
+            raise NotFound(f"No webhook {endpoint.pk}.")
+        keep = grace_period_seconds > 0 and _decrypts(locked.secret_encrypted)
+        locked.previous_secret_encrypted = locked.secret_encrypted if keep else ""
+        # The database's clock, which deliveries compare it with (see _claim).
+        locked.previous_secret_expires_at = Now() + timedelta(seconds=grace_period_seconds) if keep else None
+        locked.secret_encrypted = encrypt_secret(secret)
+        locked.save()
+        locked.refresh_from_db(fields=["previous_secret_expires_at"])
+        ends_at = locked.previous_secret_expires_at
+        record(
+            action="webhook.secret_rotated",
+            subject=locked,
+            actor=actor,
+            after={
+                "grace_period_seconds": grace_period_seconds if keep else 0,
+                "grace_period_ends_at": format_time(ends_at) if ends_at else None,
+            },
+        )
+    log.info(
+        "webhook endpoint %s (%s): secret rotated; the previous one %s",
+        locked.pk,
+        locked.name,
+        f"also signs until {format_time(ends_at)}" if ends_at else "no longer signs",
+    )
+    return locked, secret
+
+
+def expire_previous_secrets() -> int:
+    """Drop the previous secrets whose grace period is over (deliveries already ignore them). Returns how many."""
+    return WebhookEndpoint.objects.filter(previous_secret_expires_at__lte=Now()).update(
+        previous_secret_encrypted="", previous_secret_expires_at=None
+    )
 
 
 def endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> None:
@@ -366,7 +473,10 @@ class DispatchResult:
 
 
 def dispatch(*, batch_size: int = 200) -> DispatchResult:
-    """Turn the next batch of audit events into deliveries. Safe to run concurrently."""
+    """Turn the next batch of audit events into deliveries. Safe to run concurrently.
+
+    Beat runs it every few seconds, so it is also what drops rotated secrets whose grace period is over."""
+    expire_previous_secrets()
     if not WebhookCursor.objects.filter(pk=1).exists():
         WebhookCursor.objects.get_or_create(pk=1, defaults={"last_seq": _cursor_start()})
     with transaction.atomic():
@@ -643,7 +753,14 @@ def _claim(delivery_id: int) -> WebhookDelivery | None:
     ).update(next_attempt_at=Now() + lease)
     if not claimed:
         return None
-    return WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
+    # Whether a rotated secret's grace period still runs: the same clock decides.
+    previous_live = ExpressionWrapper(Q(endpoint__previous_secret_expires_at__gt=Now()), output_field=BooleanField())
+    return (
+        WebhookDelivery.objects.select_related("endpoint")
+        .annotate(previous_secret_live=previous_live)
+        .filter(pk=delivery_id)
+        .first()
+    )
 
 
 def _attempt(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> HttpResult:
@@ -653,16 +770,20 @@ def _attempt(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> HttpResult
 
     try:
         secret = decrypt_secret(endpoint.secret_encrypted)
+        url = decrypt_url(endpoint.url_encrypted)
+        previous = decrypt_secret(endpoint.previous_secret_encrypted) if delivery.previous_secret_live else None
     except InvalidToken:
         return HttpResult(
             None,
-            "cannot decrypt the endpoint secret (SECRET_KEY changed without SECRET_KEY_FALLBACKS?); "
-            "recreate the webhook",
+            "cannot decrypt the endpoint secret or url (SECRET_KEY changed without SECRET_KEY_FALLBACKS?); "
+            "set its url again and rotate its secret",
             "",
             None,
         )
-    headers = signed_headers(secret=secret, webhook_id=delivery.webhook_id, body=delivery.body)
-    return _post(endpoint.url, delivery.body, headers, timeout_seconds())
+    headers = signed_headers(
+        secret=secret, webhook_id=delivery.webhook_id, body=delivery.body, previous_secret=previous
+    )
+    return _post(url, delivery.body, headers, timeout_seconds())
 
 
 def deliver(*, delivery_id: int) -> DeliveryOutcome | None:

@@ -43,4 +43,9 @@ urlpatterns += [
         webhook_views.WebhookDeliveriesView.as_view(),
         name="api-webhook-deliveries",
     ),
+    re_path(
+        r"^webhooks/(?P<pk>[0-9]{1,18})/rotate-secret/?$",
+        webhook_views.WebhookRotateSecretView.as_view(),
+        name="api-webhook-rotate-secret",
+    ),
 ]

@@ -2,6 +2,8 @@
 
 import json
 
+from django.utils import timezone
+from django.utils.cache import patch_cache_control
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -47,22 +49,51 @@ class WebhookUpdateInput(StrictSerializer):
     active = serializers.BooleanField(required=False)
 
 
+class WebhookRotateSecretInput(StrictSerializer):
+    grace_period_seconds = serializers.IntegerField(
+        required=False,
+        default=webhooks.ROTATION_GRACE_SECONDS,
+        min_value=0,
+        max_value=webhooks.ROTATION_GRACE_SECONDS,
+        help_text="how long deliveries are also signed with the previous secret (default and most: 24 h); "
+        "0 ends the previous secret at once",
+    )
+
+
 class WebhookOutput(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
-    url = serializers.CharField()
+    url = serializers.CharField(help_text="in full (it may carry the receiver's token); audit events hold it redacted")
     event_types = serializers.ListField(child=serializers.CharField())
     active = serializers.BooleanField()
     description = serializers.CharField()
+    previous_secret_expires_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="until when deliveries also carry the signature of the secret before the last rotation; "
+        "null when only the current secret signs",
+    )
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+
+    def to_representation(self, endpoint):
+        data = super().to_representation(endpoint)
+        ends = endpoint.previous_secret_expires_at
+        if ends is not None and ends <= timezone.now():  # over, not yet dropped by the dispatcher
+            data["previous_secret_expires_at"] = None
+        return data
 
 
 class WebhookCreatedOutput(WebhookOutput):
     secret = serializers.CharField(
         help_text="whsec_<base64> signing secret. Shown only in this response: store it with the receiver."
     )
+
+
+def with_secret(endpoint: WebhookEndpoint, secret: str, status_code: int) -> Response:
+    response = Response(WebhookOutput(endpoint).data | {"secret": secret}, status=status_code)
+    patch_cache_control(response, no_store=True)  # the one answer holding the secret: no cache keeps a copy
+    return response
 
 
 class AttemptOutput(serializers.Serializer):
@@ -145,8 +176,7 @@ class WebhookListView(WebhookBase):
         data = WebhookCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         endpoint, secret = webhooks.endpoint_create(actor=request.user, **data.validated_data)
-        body = WebhookOutput(endpoint).data | {"secret": secret}
-        return Response(body, status=status.HTTP_201_CREATED)
+        return with_secret(endpoint, secret, status.HTTP_201_CREATED)
 
 
 class WebhookDetailView(WebhookBase):
@@ -175,6 +205,25 @@ class WebhookDetailView(WebhookBase):
     def delete(self, request, pk):
         webhooks.endpoint_delete(actor=request.user, endpoint=self.endpoint(pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookRotateSecretView(WebhookBase):
+    required_scopes = {"POST": scopes.DEPLOYMENTS_WRITE}
+
+    @extend_schema(
+        request=WebhookRotateSecretInput,
+        responses={200: WebhookCreatedOutput},
+        summary="Rotate a webhook endpoint's signing secret; the response carries the new one, shown only once",
+        description="During the grace period (grace_period_seconds, default 24 h) every delivery carries two "
+        "signatures, the new secret's first, so the receiver can switch at its own pace; after it, only the new "
+        "one. Rotating again during a grace period ends it.",
+    )
+    def post(self, request, pk):
+        endpoint = self.endpoint(pk)
+        data = WebhookRotateSecretInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        endpoint, secret = webhooks.endpoint_rotate_secret(actor=request.user, endpoint=endpoint, **data.validated_data)
+        return with_secret(endpoint, secret, status.HTTP_200_OK)
 
 
 class WebhookDeliveriesView(WebhookBase):

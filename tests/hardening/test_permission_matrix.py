@@ -224,6 +224,9 @@ def matrix(world) -> dict[str, Row]:
         "PATCH /api/v1/webhooks/{id}/": Row(f"{w}/", admin_only(200), {"active": False}),
         "DELETE /api/v1/webhooks/{id}/": Row(f"{w}/", admin_only(204)),
         "GET /api/v1/webhooks/{id}/deliveries/": Row(f"{w}/deliveries/", admin_only(200)),
+        "POST /api/v1/webhooks/{id}/rotate-secret/": Row(
+            f"{w}/rotate-secret/", admin_only(200), {"grace_period_seconds": 3600}
+        ),
     }
 
 
