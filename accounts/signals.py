@@ -4,25 +4,29 @@ shell, management commands)."""
 import os
 import sys
 
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import get_hasher, identify_hasher, is_password_usable
 from django.contrib.auth.models import Group, Permission
-from django.db import transaction
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-from audit.services import record
+from audit.services import record, record_many
 from core import context
 
 _ACTIONS = {"post_add": "granted", "post_remove": "revoked", "pre_clear": "revoked"}
 
 
+def _perm_name(permission) -> str:
+    return f"{permission.content_type.app_label}.{permission.codename}"
+
+
 def _names(model, pks) -> list[str]:
     if model is Permission:
-        return sorted(
-            f"{p.content_type.app_label}.{p.codename}"
-            for p in Permission.objects.filter(pk__in=pks).select_related("content_type")
-        )
+        return sorted(_perm_name(p) for p in Permission.objects.filter(pk__in=pks).select_related("content_type"))
     return sorted(str(o) for o in model.objects.filter(pk__in=pks))
 
 
@@ -78,6 +82,156 @@ def group_permissions_changed(sender, instance, action, reverse, model, pk_set, 
         _audit_m2m_from_permission("permission", instance, action, model, pk_set, "group_set", "permissions")
     else:
         _audit_m2m("permission", instance, action, model, pk_set, "permissions")
+
+
+# --- access a deletion's cascade drops -----------------------------------------------------------------------
+# Deleting a user, a group, a permission or an object with object permissions drops, by cascades that send no signal,
+# the access it carried: model-wide permissions (the m2m rows), object permissions (guardian's generic tables and the
+# models' direct ones) and, for a group, the fields naming it that the deletion empties (on_delete=SET_NULL, such as a
+# model's owner_group). pre_delete reads them while they exist, in a number of queries that does not grow with the
+# objects; post_delete records them (audit.record_many: one statement) in the delete's own transaction, each as the
+# change made by hand is recorded: `permission.revoked` on the holder ({"permissions"} or {"user_permissions"}, as
+# clear() would) or on the object ({"perm", "user"|"group"}, as accounts.services.permission_revoke), and
+# `<field>.cleared` (before: the group's name, after: null) on an object whose field named the deleted group.
+
+_REVOKED = "_audit_revoked"  # the events of what the cascade drops, set on the instance by pre_delete for post_delete
+
+
+def _revoked_model_wide(holder, field: str, using, reason: str) -> list[dict]:
+    """The model-wide permissions a user or group holds through `field`, revoked as `field`.clear() records it."""
+    names = sorted(_perm_name(p) for p in getattr(holder, field).using(using).select_related("content_type"))
+    if not names:
+        return []
+    return [{"action": "permission.revoked", "subject": holder, "before": {field: names}, "reason": reason}]
+
+
+def _object_permission_tables(field: str, target: type) -> list[type]:
+    """guardian's object permission tables (its generic ones and the models' direct ones) whose foreign key `field`
+    points to `target`."""
+    tables = []
+    for model in apps.get_models():
+        if not issubclass(model, (UserObjectPermissionBase, GroupObjectPermissionBase)):
+            continue
+        try:
+            key = model._meta.get_field(field)
+        except FieldDoesNotExist:
+            continue
+        if isinstance(key, models.ForeignKey) and issubclass(target, key.related_model):
+            tables.append(model)
+    return tables
+
+
+def _generic_subjects(rows, using) -> dict[int, dict]:
+    """The objects rows of guardian's generic tables name, by row: one query per type of object. An object of a type
+    whose model is gone (a stale content type) or that is gone itself keeps its type and key, without its name."""
+    wanted: dict = {}
+    for row in rows:
+        wanted.setdefault(row.content_type, set()).add(row.object_pk)
+    found = {}
+    for content_type, pks in wanted.items():
+        model = content_type.model_class()
+        objects = model._base_manager.using(using).in_bulk(pks) if model is not None else {}
+        found[content_type.pk] = {str(pk): obj for pk, obj in objects.items()}
+    return {
+        row.pk: {
+            "subject_type": f"{row.content_type.app_label}.{row.content_type.model}",
+            "subject_id": row.object_pk,
+            "subject_repr": str(found[row.content_type_id].get(row.object_pk, "")),
+        }
+        for row in rows
+    }
+
+
+def _revoked_object_permissions(instance, field: str, using, reason: str) -> list[dict]:
+    """One `permission.revoked` on the object per object permission row whose `field` (user, group, permission or
+    content_object) is `instance`: one query per table, plus one per type of object for guardian's generic tables."""
+    events = []
+    for table in _object_permission_tables(field, type(instance)):
+        kind = "group" if issubclass(table, GroupObjectPermissionBase) else "user"
+        direct = isinstance(table._meta.get_field("content_object"), models.ForeignKey)
+        related = ["permission__content_type", kind, "content_object" if direct else "content_type"]
+        rows = list(
+            table._base_manager.using(using).filter(**{field: instance}).select_related(*related).order_by("pk")
+        )
+        subjects = (
+            {row.pk: {"subject": row.content_object} for row in rows} if direct else _generic_subjects(rows, using)
+        )
+        for row in rows:
+            principal = getattr(row, kind)
+            name = principal.name if kind == "group" else principal.get_username()
+            before = {"perm": _perm_name(row.permission), kind: name}
+            events.append({"action": "permission.revoked", **subjects[row.pk], "before": before, "reason": reason})
+    return events
+
+
+def _cleared_references(group, using, reason: str) -> list[dict]:
+    """`<field>.cleared` on each object whose field names the group and that the deletion empties (on_delete=SET_NULL),
+    found through the relations Django's deletion follows, in whatever app: one query per such field."""
+    events = []
+    for relation in group._meta.get_fields(include_hidden=True):
+        if not (relation.auto_created and not relation.concrete and (relation.one_to_many or relation.one_to_one)):
+            continue
+        if relation.on_delete is not models.SET_NULL:
+            continue
+        field = relation.field.name
+        for obj in relation.related_model._base_manager.using(using).filter(**{field: group}).order_by("pk"):
+            events.append(
+                {
+                    "action": f"{field}.cleared",
+                    "subject": obj,
+                    "before": {field: group.name},
+                    "after": {field: None},
+                    "reason": reason,
+                }
+            )
+    return events
+
+
+def _record_revoked(instance, actor) -> None:
+    """What pre_delete read, recorded; inside the delete's transaction."""
+    events = instance.__dict__.pop(_REVOKED, [])
+    if events:
+        record_many([{**event, "actor": actor} for event in events])
+
+
+@receiver(pre_delete, sender=Permission)
+def permission_before_delete(sender, instance, using, **kwargs):
+    """A permission deleted (a shell, a data migration, remove_stale_contenttypes after a model is removed) is revoked
+    from every group and user that held it, model-wide or on objects."""
+    name, reason = _perm_name(instance), "permission deleted"
+    instance.__dict__[_REVOKED] = [
+        {"action": "permission.revoked", "subject": holder, "before": {field: [name]}, "reason": reason}
+        for model, field in ((Group, "permissions"), (get_user_model(), "user_permissions"))
+        for holder in model._base_manager.using(using).filter(**{field: instance}).order_by("pk")
+    ] + _revoked_object_permissions(instance, "permission", using, reason)
+
+
+@receiver(post_delete, sender=Permission)
+def permission_deleted(sender, instance, using, **kwargs):
+    with transaction.atomic(using=using):
+        _record_revoked(instance, _actor())
+
+
+def object_before_delete(sender, instance, using, **kwargs):
+    reason = f"{sender._meta.verbose_name} deleted"
+    instance.__dict__[_REVOKED] = _revoked_object_permissions(instance, "content_object", using, reason)
+
+
+def object_deleted(sender, instance, using, **kwargs):
+    with transaction.atomic(using=using):
+        _record_revoked(instance, _actor())
+
+
+def connect_object_deletions() -> None:
+    """Objects with direct object permission tables (whose rows their deletion cascades): once every app is loaded.
+    guardian's generic tables hold no foreign key to the object, so deleting it drops nothing of theirs."""
+    for table in apps.get_models():
+        if issubclass(table, (UserObjectPermissionBase, GroupObjectPermissionBase)):
+            key = table._meta.get_field("content_object")
+            if isinstance(key, models.ForeignKey):
+                uid = f"accounts-audit-{key.related_model._meta.label}"
+                pre_delete.connect(object_before_delete, sender=key.related_model, dispatch_uid=uid)
+                post_delete.connect(object_deleted, sender=key.related_model, dispatch_uid=uid)
 
 
 # --- accounts: created, deleted, flags changed, password changed ------------------------------------------
@@ -193,15 +347,22 @@ _USER_GROUPS = "_user_audit_groups"  # the groups' names, set on the instance by
 
 @receiver(pre_delete, sender=User)
 def user_before_delete(sender, instance, using, **kwargs):
-    # The delete drops the user's memberships by a cascade that sends no m2m signal: read them while they exist.
+    # The delete drops the user's memberships and permissions by cascades that send no m2m signal: read them while
+    # they exist.
     instance.__dict__[_USER_GROUPS] = sorted(instance.groups.using(using).values_list("name", flat=True))
+    instance.__dict__[_REVOKED] = [
+        *_revoked_model_wide(instance, "user_permissions", using, "user deleted"),
+        *_revoked_object_permissions(instance, "user", using, "user deleted"),
+    ]
 
 
 @receiver(post_delete, sender=User)
 def user_deleted(sender, instance, using, **kwargs):
     before = {**_account(instance), "groups": instance.__dict__.pop(_USER_GROUPS, [])}
     with transaction.atomic(using=using):  # the delete's own transaction (Django's Collector runs in one)
-        record(action="user.deleted", subject=instance, actor=_actor(), before=before)
+        actor = _actor()
+        _record_revoked(instance, actor)
+        record(action="user.deleted", subject=instance, actor=actor, before=before)
 
 
 # --- groups: created, renamed, deleted ------------------------------------------------------------------------
@@ -251,6 +412,11 @@ def group_saved(sender, instance, created, raw, using, **kwargs):
 @receiver(pre_delete, sender=Group)
 def group_before_delete(sender, instance, using, **kwargs):
     instance.__dict__[_GROUP_MEMBERS] = sorted(str(user) for user in instance.user_set.all().using(using))
+    instance.__dict__[_REVOKED] = [
+        *_revoked_model_wide(instance, "permissions", using, "group deleted"),
+        *_revoked_object_permissions(instance, "group", using, "group deleted"),
+        *_cleared_references(instance, using, "group deleted"),
+    ]
 
 
 @receiver(post_delete, sender=Group)
@@ -266,4 +432,5 @@ def group_deleted(sender, instance, using, **kwargs):
                 before={"user_set": members},
                 reason="group deleted",
             )
+        _record_revoked(instance, actor)
         record(action="group.deleted", subject=instance, actor=actor, before={"name": instance.name})

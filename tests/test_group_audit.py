@@ -176,8 +176,9 @@ def test_deleting_a_group_records_the_memberships_it_drops(personas, interns):
         reviewers.delete()
     assert not Group.objects.filter(pk=pk).exists()
     assert not personas["reviewer"].user.groups.filter(pk=pk).exists()
-    assert actions(new.events) == ["membership.revoked", "group.deleted"]
-    revoked, deleted = new.events
+    # The group's model-wide permissions go with it too (tests/test_account_audit_cascades.py covers them).
+    assert actions(new.events) == ["membership.revoked", "permission.revoked", "group.deleted"]
+    revoked, deleted = new.events[0], new.events[-1]
     assert (revoked.subject_type, revoked.subject_id, revoked.subject_repr) == ("auth.group", str(pk), "reviewers")
     assert payload(revoked.before) == {"user_set": ["intern", "reviewer"]}
     assert payload(revoked.after) is None
