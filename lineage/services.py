@@ -6,9 +6,14 @@ write), which is what `as_of` reads.
 """
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.contrib.postgres.fields import ArrayField
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, OuterRef, Q, Subquery, Window
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from accounts import access
@@ -32,8 +37,57 @@ class IngestResult:
     created: dict
 
 
+def _read(model, fields: tuple[str, ...], keys) -> dict:
+    """The rows named by a unique key (field, ...), by key: one statement for any number of keys. It selects by an
+    IN list per field, which PostgreSQL hashes, and keeps the rows whose whole key was asked for (a row-value IN
+    list would compare each row with every key)."""
+    keys = set(keys)
+    if not keys:
+        return {}
+    rows = model.objects.filter(**{f"{f}__in": {key[i] for key in keys} for i, f in enumerate(fields)})
+    return {key: row for row in rows if (key := tuple(getattr(row, f) for f in fields)) in keys}
+
+
+def _create(model, fields: tuple[str, ...], keys: list, make) -> tuple[dict, int]:
+    """Insert make(key) for each key, in order, in one statement: the rows by key and how many this transaction
+    created. As get_or_create() does: when another transaction has committed one of the rows since it was read,
+    that row is read instead of created twice."""
+    rows: dict = {}
+    while keys:
+        try:
+            with transaction.atomic():
+                created = model.objects.bulk_create([make(key) for key in keys])
+        except IntegrityError:
+            raced = _read(model, fields, keys)
+            if not raced:
+                raise
+            rows.update(raced)
+            keys = [key for key in keys if key not in raced]
+            continue
+        rows.update(zip(keys, created, strict=True))
+        return rows, len(created)
+    return rows, 0
+
+
+def _with_codenames(actor, qs, model_column: str, model_of):
+    """The rows of qs, the codenames `actor` holds on each row's RegisteredModel (its id in `model_column` of
+    qs's table) read by the same statement and remembered for access.has_perm (accounts.access.codenames_column;
+    on PostgreSQL, elsewhere has_perm asks once per model)."""
+    held = access.codenames_column(actor, RegisteredModel, f'"{qs.model._meta.db_table}"."{model_column}"')
+    if held is None:
+        yield from qs
+        return
+    for row in qs.annotate(held=RawSQL(*held, output_field=ArrayField(models.CharField()))):  # noqa: S611 - access's
+        access.remember(actor, model_of(row), row.held)
+        yield row
+
+
 class _Writer:
-    """Collects one event's facts and writes them under one recorded_at."""
+    """Collects one event's facts and writes them under one recorded_at.
+
+    A fixed number of statements on PostgreSQL whatever the number of datasets: identities and versions are
+    read and created in bulk, facts are queued in the order the per-dataset rules produce them (later datasets
+    of the event see the versions and facets earlier ones recorded) and inserted at the end."""
 
     def __init__(self, *, actor, event: ParsedEvent, now):
         self.actor = actor
@@ -41,56 +95,127 @@ class _Writer:
         self.now = now
         self.counts = {"datasets": 0, "dataset_versions": 0, "jobs": 0, "runs": 0, "edges": 0, "facets": 0, "links": 0}
         self.edges: list[Edge] = []
+        self.facet_rows: list[Facet] = []
+        self.links: list[VersionRunLink] = []
+        self.stored: dict[tuple, dict] = {}  # (subject type, id, role, name) -> the latest value, see load_facets
+        self.linked_now: set[int] = set()  # the run's model versions (_versions_linked_to), with links queued
         self.row: LineageEvent | None = None
 
     # --- identities ------------------------------------------------------------------------
-    def dataset(self, ref: DatasetRef) -> Dataset:
-        obj, created = Dataset.objects.get_or_create(
-            namespace=ref.namespace, name=ref.name, defaults={"recorded_at": self.now}
+    def datasets(self, refs: list[DatasetRef]) -> dict[tuple[str, str], Dataset]:
+        """The datasets refs name, by (namespace, name); the new ones created in the order first named."""
+        fields = ("namespace", "name")
+        keys = list(dict.fromkeys((ref.namespace, ref.name) for ref in refs))
+        found = _read(Dataset, fields, keys)
+        made, created = _create(
+            Dataset,
+            fields,
+            [key for key in keys if key not in found],
+            lambda key: Dataset(namespace=key[0], name=key[1], recorded_at=self.now),
         )
         self.counts["datasets"] += created
-        return obj
+        return found | made
 
-    def version(self, dataset: Dataset, key: str) -> DatasetVersion:
-        obj, created = DatasetVersion.objects.get_or_create(
-            dataset=dataset,
-            version=key,
-            defaults={"digest": dataset_digest(key), "created_at": self.parsed.event_time, "recorded_at": self.now},
+    def create_versions(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], DatasetVersion]:
+        """Create versions (dataset id, version) known not to exist, in order."""
+        made, created = _create(
+            DatasetVersion,
+            ("dataset_id", "version"),
+            keys,
+            lambda key: DatasetVersion(
+                dataset_id=key[0],
+                version=key[1],
+                digest=dataset_digest(key[1]),
+                created_at=self.parsed.event_time,
+                recorded_at=self.now,
+            ),
         )
         self.counts["dataset_versions"] += created
-        return obj
+        return made
 
-    def current_version(self, dataset: Dataset, run: Run) -> DatasetVersion:
-        """The version an input sent without a version facet names: the one of the dataset this run already
-        reads (an earlier or re-sent event of the run said it), else the dataset's latest recorded version that
-        this run did not produce, else its initial version "". So re-sending an event (HTTP clients retry POSTs)
+    def versions(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], DatasetVersion]:
+        """Get or create versions (dataset id, version)."""
+        keys = list(dict.fromkeys(keys))
+        found = _read(DatasetVersion, ("dataset_id", "version"), keys)
+        return found | self.create_versions([key for key in keys if key not in found])
+
+    def run_versions(self, run: Run, sides: list[tuple[Dataset, DatasetRef, bool]]) -> list[DatasetVersion]:
+        """The version each (dataset, ref, output) of a run's event names, in order: the `version` facet's, an
+        output's "run:<runId>", or for an input without one the version of that dataset the run already reads
+        (an earlier or re-sent event of the run said it), else the dataset's latest recorded version that this
+        run did not produce, else its initial version "". So re-sending an event (HTTP clients retry POSTs)
         changes nothing, and a job that reads and writes one table reads the version before its own output,
-        not its output."""
-        versions = DatasetVersion.objects.filter(dataset=dataset)
-        read = (
+        not its output. A version created by an earlier dataset of the same event counts as recorded (it is the
+        latest: recorded now, with a higher id); edges are written at the end, so none of this event's counts as
+        read or produced."""
+        produced_key = f"run:{run.run_uuid}"
+        keys = [
+            ref.version if ref.version is not None else produced_key if output else None for _, ref, output in sides
+        ]
+        unnamed = {ds.pk for (ds, _, _), key in zip(sides, keys, strict=True) if key is None}
+        read, latest = self._current_versions(run, unnamed, produced_key)
+        wanted = {(ds.pk, key) for (ds, _, _), key in zip(sides, keys, strict=True) if key is not None}
+        found = _read(DatasetVersion, ("dataset_id", "version"), wanted | {(pk, "") for pk in unnamed})
+        new: list[tuple[int, str]] = []  # versions to create, in the order the rules create them
+        newest: dict[int, tuple[int, str]] = {}  # dataset id -> its last version created above, if not run:<runId>
+
+        def get_or_create(key: tuple[int, str]) -> tuple[int, str]:
+            if key not in found and key not in new:
+                new.append(key)
+                if key[1] != produced_key:
+                    newest[key[0]] = key
+            return key
+
+        found |= {(v.dataset_id, v.version): v for v in [*read.values(), *latest.values()]}
+        chosen = []
+        for (ds, _, _), key in zip(sides, keys, strict=True):
+            if key is not None:
+                chosen.append(get_or_create((ds.pk, key)))
+            elif ds.pk in read:
+                chosen.append((ds.pk, read[ds.pk].version))
+            elif ds.pk in newest and (ds.pk not in latest or latest[ds.pk].recorded_at <= self.now):
+                chosen.append(newest[ds.pk])
+            elif ds.pk in latest:
+                chosen.append((ds.pk, latest[ds.pk].version))
+            else:
+                chosen.append(get_or_create((ds.pk, "")))
+        found |= self.create_versions(new)
+        return [found[key] for key in chosen]
+
+    def _current_versions(
+        self, run: Run, dataset_ids: set[int], produced_key: str
+    ) -> tuple[dict[int, DatasetVersion], dict[int, DatasetVersion]]:
+        """For each dataset: the version the run read last (by its input edge), and the latest recorded version
+        the run did not produce. Three statements; the last takes one index lookup per dataset."""
+        if not dataset_ids:
+            return {}, {}
+        read_edges = sorted(  # in the order recorded
             Edge.objects.filter(
                 dst_type=NodeType.RUN,
                 dst_id=run.pk,
                 kind=EdgeKind.INPUT,
                 src_type=NodeType.DATASET_VERSION,
-                src_id__in=versions.values("pk"),
-            )
-            .order_by("-recorded_at", "-id")
-            .values_list("src_id", flat=True)
-            .first()
+                src_id__in=DatasetVersion.objects.filter(dataset_id__in=dataset_ids).values("pk"),
+            ).values_list("src_id", "recorded_at", "id"),
+            key=lambda edge: edge[1:],
         )
-        if read is not None:
-            return versions.get(pk=read)
+        versions = DatasetVersion.objects.in_bulk([src for src, _, _ in read_edges])
+        read = {versions[src].dataset_id: versions[src] for src, _, _ in read_edges}  # the last one read wins
         produced = Edge.objects.filter(
             src_type=NodeType.RUN, src_id=run.pk, kind=EdgeKind.OUTPUT, dst_type=NodeType.DATASET_VERSION
         ).values("dst_id")
-        latest = (
-            versions.exclude(pk__in=produced)
-            .exclude(version=f"run:{run.run_uuid}")
+        candidates = (
+            DatasetVersion.objects.filter(dataset=OuterRef("pk"))
+            .exclude(pk__in=produced)
+            .exclude(version=produced_key)
             .order_by("-recorded_at", "-id")
-            .first()
+            .values("pk")[:1]
         )
-        return latest or self.version(dataset, "")
+        unread = dataset_ids - read.keys()
+        if not unread:
+            return read, {}
+        latest_ids = Dataset.objects.filter(pk__in=unread).values(latest=Subquery(candidates))
+        return read, {v.dataset_id: v for v in DatasetVersion.objects.filter(pk__in=latest_ids)}
 
     def job(self, namespace: str, name: str) -> Job:
         obj, created = Job.objects.get_or_create(namespace=namespace, name=name, defaults={"recorded_at": self.now})
@@ -109,26 +234,49 @@ class _Writer:
                 detail={"job": ["The run belongs to another job."]},
             )
         self.counts["runs"] += created
-        _check_may_speak_for(self.actor, run_uuid)
+        self.linked_now = _versions_linked_to(run_uuid)
+        _check_may_speak_for(self.actor, run_uuid, produced=self.linked_now)
         return obj
 
-    def model_version(self, ref: ModelRef, path: str, codename: str | None) -> ModelVersion:
-        qs = ModelVersion.objects.select_related("model").filter(model__namespace=ref.namespace, model__name=ref.name)
-        version = (
-            qs.filter(number=ref.number).first() if ref.number is not None else qs.filter(digest=ref.digest).first()
+    def model_versions(self, refs: list[tuple[DatasetRef, bool]]) -> dict[ModelRef, ModelVersion]:
+        """The model version each (ref, output) names, checked in order: an input needs view permission on the
+        model, an output (claiming which run produced it) register_version. One statement reads the versions
+        (and any others matching a name and a number or digest, ignored) and, on PostgreSQL, the codenames the
+        sender holds on their models."""
+        if not refs:
+            return {}
+        numbers = {ref.model.number for ref, _ in refs if ref.model.number is not None}
+        digests = {ref.model.digest for ref, _ in refs if ref.model.digest is not None}
+        qs = (
+            ModelVersion.objects.select_related("model")
+            .only("number", "digest", "model__namespace", "model__name")
+            .filter(
+                model__namespace__in={ref.model.namespace for ref, _ in refs},
+                model__name__in={ref.model.name for ref, _ in refs},
+            )
+            .filter(Q(number__in=numbers) | Q(digest__in=digests))
         )
-        if version is None or not access.has_perm(self.actor, access.view_codename(version.model), version.model):
-            raise InvalidInput(
-                f"Invalid OpenLineage event: {path}.name: no model version {ref} that you may view. "
-                "Register the version first (or send the run_id when registering it).",
-                code="invalid_event",
-                detail={f"{path}.name": ["Unknown model version."]},
-            )
-        if codename and not access.has_perm(self.actor, codename, version.model):
-            raise Forbidden(
-                f"{path}: linking a run as the producer of {ref} needs the '{codename}' permission on {version.model}."
-            )
-        return version
+        by_ref = {}
+        column = ModelVersion._meta.get_field("model").column
+        for version in _with_codenames(self.actor, qs, column, lambda version: version.model):
+            model = (version.model.namespace, version.model.name)
+            by_ref[ModelRef(*model, version.number, None)] = version
+            by_ref[ModelRef(*model, None, version.digest)] = version
+        for ref, output in refs:
+            version = by_ref.get(ref.model)
+            if version is None or not access.has_perm(self.actor, access.view_codename(version.model), version.model):
+                raise InvalidInput(
+                    f"Invalid OpenLineage event: {ref.path}.name: no model version {ref.model} that you may view. "
+                    "Register the version first (or send the run_id when registering it).",
+                    code="invalid_event",
+                    detail={f"{ref.path}.name": ["Unknown model version."]},
+                )
+            if output and not access.has_perm(self.actor, ModelPerm.REGISTER, version.model):
+                raise Forbidden(
+                    f"{ref.path}: linking a run as the producer of {ref.model} needs the '{ModelPerm.REGISTER}' "
+                    f"permission on {version.model}."
+                )
+        return by_ref
 
     # --- facts -----------------------------------------------------------------------------
     def edge(self, src: tuple[int, int], dst: tuple[int, int], kind: EdgeKind) -> None:
@@ -144,23 +292,40 @@ class _Writer:
             )
         )
 
-    def facets(self, subject: tuple[int, int], role: FacetRole, facets: dict, run: Run | None = None) -> None:
-        if not facets:
+    def load_facets(self, subjects: set[tuple[int, int]], facet_sets: list[dict], run: Run | None) -> None:
+        """Read the latest stored value of every facet name the event sends about these subjects, as sent with
+        `run` (None: without a run): one statement for the whole event."""
+        names = {name for facets in facet_sets for name in facets}
+        if not subjects or not names:
             return
-        latest = {}
-        for name, value in (
-            Facet.objects.filter(subject_type=subject[0], subject_id=subject[1], role=role, name__in=list(facets))
-            .filter(run=run)
-            .order_by("name", "recorded_at", "id")
-            .values_list("name", "value")
-        ):
-            latest[name] = value
-        rows = []
+        by_type = defaultdict(list)
+        for t, pk in subjects:
+            by_type[t].append(pk)
+        of_subjects = Q()
+        for t, ids in by_type.items():
+            of_subjects |= Q(subject_type=t, subject_id__in=ids)
+        key = ["subject_type", "subject_id", "role", "name"]
+        latest = (
+            Facet.objects.filter(of_subjects, name__in=names, run=run)
+            .annotate(
+                rank=Window(
+                    RowNumber(), partition_by=[F(f) for f in key], order_by=[F("recorded_at").desc(), F("id").desc()]
+                )
+            )
+            .filter(rank=1)
+            .values_list(*key, "value")
+        )
+        self.stored = {tuple(row[:4]): row[4] for row in latest}
+
+    def facets(self, subject: tuple[int, int], role: FacetRole, facets: dict, run: Run | None = None) -> None:
+        """Queue the facets whose value differs from the latest one stored or queued (load_facets first)."""
         for name, value in facets.items():
             if name == ENVIRONMENT_FACET:  # its shape was checked by lineage.openlineage for any subject
                 value = _redacted_environment(value)
-            if latest.get(name) != value:
-                rows.append(
+            key = (*subject, role, name)
+            if self.stored.get(key) != value:
+                self.stored[key] = value
+                self.facet_rows.append(
                     Facet(
                         subject_type=subject[0],
                         subject_id=subject[1],
@@ -172,24 +337,29 @@ class _Writer:
                         recorded_at=self.now,
                     )
                 )
-        Facet.objects.bulk_create(rows)
-        self.counts["facets"] += len(rows)
 
     def link(self, version: ModelVersion, run_uuid: uuid.UUID) -> None:
-        if _linked_now(version, run_uuid):
+        """Queue a link of the version to the run unless it is linked now."""
+        if version.pk in self.linked_now:
             return
-        VersionRunLink.objects.create(
-            version=version,
-            run_uuid=run_uuid,
-            linked=True,
-            source=LinkSource.OPENLINEAGE,
-            event=self.row,
-            recorded_by=_user(self.actor),
-            recorded_at=self.now,
+        self.linked_now.add(version.pk)
+        self.links.append(
+            VersionRunLink(
+                version=version,
+                run_uuid=run_uuid,
+                linked=True,
+                source=LinkSource.OPENLINEAGE,
+                event=self.row,
+                recorded_by=_user(self.actor),
+                recorded_at=self.now,
+            )
         )
-        self.counts["links"] += 1
 
-    def flush_edges(self) -> None:
+    def flush(self) -> None:
+        Facet.objects.bulk_create(self.facet_rows)
+        self.counts["facets"] += len(self.facet_rows)
+        VersionRunLink.objects.bulk_create(self.links)
+        self.counts["links"] += len(self.links)
         # An edge already recorded (same source, target, kind) keeps its first recorded_at.
         Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
         self.counts["edges"] += len(self.edges)
@@ -213,16 +383,20 @@ def _redacted_environment(facet: dict) -> dict:
     }
 
 
-def _check_may_speak_for(actor, run_uuid: uuid.UUID, doing: str = "adding to its lineage", hint: str = "") -> None:
+def _check_may_speak_for(
+    actor, run_uuid: uuid.UUID, doing: str = "adding to its lineage", hint: str = "", produced: set[int] | None = None
+) -> None:
     """A run that produced model versions speaks for their models: its inputs and commit feed the policy's
     require_lineage gate and the trail. Adding to it needs register_version on each of those models, as
     naming a model version as an output does; a run known to produce nothing takes any writer's events.
     Naming the run as the producer of another version (a link, a registration's run_id) adds to it too: a
-    model linked to someone else's run would otherwise lock its owner out of it."""
-    produced = _versions_linked_to(run_uuid)
+    model linked to someone else's run would otherwise lock its owner out of it. `produced`: the run's
+    _versions_linked_to(), when the caller has it."""
+    produced = _versions_linked_to(run_uuid) if produced is None else produced
     if not produced:
         return
-    for model in RegisteredModel.objects.filter(versions__pk__in=produced).distinct():
+    models_of = RegisteredModel.objects.filter(pk__in=ModelVersion.objects.filter(pk__in=produced).values("model_id"))
+    for model in _with_codenames(actor, models_of, "id", lambda model: model):
         if not access.has_perm(actor, ModelPerm.REGISTER, model):
             visible = access.has_perm(actor, access.view_codename(model), model)
             produced_what = f"a version of model {model}" if visible else "a model version"
@@ -259,30 +433,89 @@ def _linked_now(version: ModelVersion, run_uuid: uuid.UUID) -> bool:
     return version.pk in _versions_linked_to(run_uuid)
 
 
-def _dataset_side(w: _Writer, ref: DatasetRef, *, output: bool, run: Run) -> str:
-    """A run's input or output: returns its node id after recording version, edge and facets."""
-    if ref.model is not None:
-        version = w.model_version(ref.model, ref.path, ModelPerm.REGISTER if output else None)
-        if output:
-            w.link(version, run.run_uuid)
+def _run_lineage(w: _Writer, run: Run, job: Job) -> tuple[list[str], list[str]]:
+    """A RunEvent's facets, inputs and outputs: returns the input and output node ids."""
+    event = w.parsed
+    sides = [(ref, False) for ref in event.inputs] + [(ref, True) for ref in event.outputs]
+    model_versions = w.model_versions([(ref, output) for ref, output in sides if ref.model is not None])
+    datasets = w.datasets([ref for ref, _ in sides if ref.model is None])
+    data_sides = [(datasets[(ref.namespace, ref.name)], ref, output) for ref, output in sides if ref.model is None]
+    versions = iter(w.run_versions(run, data_sides))
+    resolved = [next(versions) if ref.model is None else model_versions[ref.model] for ref, _ in sides]
+    subjects = {(NodeType.RUN, run.pk), (NodeType.JOB, job.pk)}
+    subjects |= {
+        (NodeType.DATASET_VERSION, v.pk) for (ref, _), v in zip(sides, resolved, strict=True) if ref.model is None
+    }
+    facet_sets = [event.run_facets, event.job_facets] + [f for ref, _ in sides for f in (ref.facets, ref.role_facets)]
+    w.load_facets(subjects, facet_sets, run)
+    w.facets((NodeType.RUN, run.pk), FacetRole.FACETS, event.run_facets, run)
+    w.facets((NodeType.JOB, job.pk), FacetRole.FACETS, event.job_facets, run)
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for (ref, output), version in zip(sides, resolved, strict=True):
+        if ref.model is not None:
+            if output:
+                w.link(version, run.run_uuid)
+            else:
+                w.edge((NodeType.MODEL, version.pk), (NodeType.RUN, run.pk), EdgeKind.INPUT)
+            node_id = nodes.model_id(version.model.namespace, version.model.name, version.number)
         else:
-            w.edge((NodeType.MODEL, version.pk), (NodeType.RUN, run.pk), EdgeKind.INPUT)
-        return nodes.model_id(version.model.namespace, version.model.name, version.number)
-    dataset = w.dataset(ref)
+            node = (NodeType.DATASET_VERSION, version.pk)
+            if output:
+                w.edge((NodeType.RUN, run.pk), node, EdgeKind.OUTPUT)
+            else:
+                w.edge(node, (NodeType.RUN, run.pk), EdgeKind.INPUT)
+            w.facets(node, FacetRole.FACETS, ref.facets, run)
+            w.facets(node, FacetRole.OUTPUT_FACETS if output else FacetRole.INPUT_FACETS, ref.role_facets, run)
+            node_id = nodes.dataset_id(ref.namespace, ref.name, version.version)
+        (outputs if output else inputs).append(node_id)
+    return inputs, outputs
+
+
+def _declared_lineage(w: _Writer, job: Job) -> tuple[list[str], list[str]]:
+    """A JobEvent's facets and declared dataset -> job -> dataset edges: returns the input and output node ids."""
+    event = w.parsed
+    sides = [(ref, False) for ref in event.inputs] + [(ref, True) for ref in event.outputs]
+    datasets = w.datasets([ref for ref, _ in sides])
+    versions = w.versions(
+        [(datasets[(ref.namespace, ref.name)].pk, ref.version) for ref, _ in sides if ref.version is not None]
+    )
+    subjects = {(NodeType.JOB, job.pk)}
+    for ref, _ in sides:
+        ds = datasets[(ref.namespace, ref.name)]
+        if ref.version is not None:
+            subjects.add((NodeType.DATASET_VERSION, versions[(ds.pk, ref.version)].pk))
+        else:
+            subjects.add((NodeType.DATASET, ds.pk))
+    w.load_facets(subjects, [event.job_facets] + [ref.facets for ref, _ in sides], None)
+    w.facets((NodeType.JOB, job.pk), FacetRole.FACETS, event.job_facets)
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for ref, output in sides:
+        ds = datasets[(ref.namespace, ref.name)]
+        target = (NodeType.DATASET, ds.pk)
+        if output:
+            w.edge((NodeType.JOB, job.pk), target, EdgeKind.OUTPUT)
+        else:
+            w.edge(target, (NodeType.JOB, job.pk), EdgeKind.INPUT)
+        if ref.version is not None:
+            w.facets((NodeType.DATASET_VERSION, versions[(ds.pk, ref.version)].pk), FacetRole.FACETS, ref.facets)
+        else:
+            w.facets(target, FacetRole.FACETS, ref.facets)
+        (outputs if output else inputs).append(nodes.dataset_id(ds.namespace, ds.name))
+    return inputs, outputs
+
+
+def _dataset_description(w: _Writer, dataset: Dataset) -> list[str]:
+    """A DatasetEvent's facets, on the version its `version` facet names or else on the dataset."""
+    ref = w.parsed.dataset
+    subject, version = (NodeType.DATASET, dataset.pk), None
     if ref.version is not None:
-        dsv = w.version(dataset, ref.version)
-    elif output:
-        dsv = w.version(dataset, f"run:{run.run_uuid}")
-    else:
-        dsv = w.current_version(dataset, run)
-    node = (NodeType.DATASET_VERSION, dsv.pk)
-    if output:
-        w.edge((NodeType.RUN, run.pk), node, EdgeKind.OUTPUT)
-    else:
-        w.edge(node, (NodeType.RUN, run.pk), EdgeKind.INPUT)
-    w.facets(node, FacetRole.FACETS, ref.facets, run)
-    w.facets(node, FacetRole.OUTPUT_FACETS if output else FacetRole.INPUT_FACETS, ref.role_facets, run)
-    return nodes.dataset_id(dataset.namespace, dataset.name, dsv.version)
+        version = ref.version
+        subject = (NodeType.DATASET_VERSION, w.versions([(dataset.pk, version)])[(dataset.pk, version)].pk)
+    w.load_facets({subject}, [ref.facets], None)
+    w.facets(subject, FacetRole.FACETS, ref.facets)
+    return [nodes.dataset_id(dataset.namespace, dataset.name, version)]
 
 
 def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
@@ -301,7 +534,7 @@ def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
             run = w.run(event.run_uuid, job)
             run_node = nodes.run_id(run.run_uuid)
         if event.dataset is not None:
-            dataset = w.dataset(event.dataset)
+            dataset = w.datasets([event.dataset])[(event.dataset.namespace, event.dataset.name)]
         w.row = LineageEvent.objects.create(
             kind=event.kind,
             event_type=event.event_type,
@@ -316,35 +549,12 @@ def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
             recorded_at=now,
         )
         if event.kind == EventKind.RUN:
-            w.facets((NodeType.RUN, run.pk), FacetRole.FACETS, event.run_facets, run)
-            w.facets((NodeType.JOB, job.pk), FacetRole.FACETS, event.job_facets, run)
-            inputs = [_dataset_side(w, ref, output=False, run=run) for ref in event.inputs]
-            outputs = [_dataset_side(w, ref, output=True, run=run) for ref in event.outputs]
+            inputs, outputs = _run_lineage(w, run, job)
         elif event.kind == EventKind.JOB:
-            w.facets((NodeType.JOB, job.pk), FacetRole.FACETS, event.job_facets)
-            for ref, side in [(r, inputs) for r in event.inputs] + [(r, outputs) for r in event.outputs]:
-                ds = w.dataset(ref)
-                target = (NodeType.DATASET, ds.pk)
-                if side is inputs:
-                    w.edge(target, (NodeType.JOB, job.pk), EdgeKind.INPUT)
-                else:
-                    w.edge((NodeType.JOB, job.pk), target, EdgeKind.OUTPUT)
-                if ref.version is not None:
-                    dsv = w.version(ds, ref.version)
-                    w.facets((NodeType.DATASET_VERSION, dsv.pk), FacetRole.FACETS, ref.facets)
-                else:
-                    w.facets(target, FacetRole.FACETS, ref.facets)
-                side.append(nodes.dataset_id(ds.namespace, ds.name))
+            inputs, outputs = _declared_lineage(w, job)
         else:
-            ref = event.dataset
-            if ref.version is not None:
-                dsv = w.version(dataset, ref.version)
-                w.facets((NodeType.DATASET_VERSION, dsv.pk), FacetRole.FACETS, ref.facets)
-                outputs = [nodes.dataset_id(dataset.namespace, dataset.name, dsv.version)]
-            else:
-                w.facets((NodeType.DATASET, dataset.pk), FacetRole.FACETS, ref.facets)
-                outputs = [nodes.dataset_id(dataset.namespace, dataset.name)]
-        w.flush_edges()
+            outputs = _dataset_description(w, dataset)
+        w.flush()
         audit_record(
             action="lineage.event_ingested",
             subject=w.row,
