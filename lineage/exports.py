@@ -287,7 +287,7 @@ def prov_document(result: graphs.Walk, *, as_of=None):
                 lin["model"]: f"{mv.model.namespace}/{mv.model.name}",
                 lin["number"]: mv.number,
                 lin["digest"]: mv.digest,
-                lin["status"]: mv.status,
+                lin["status"]: g.result.nodes[key]["state"],  # as of: replayed by the walk
             }
             records[key] = doc.entity(qn(node_id), attrs)
             if mv.created_by is not None:

@@ -9,7 +9,9 @@ sources, unioned inside the recursive term:
    declared at registration; no copy);
 3. `lineage_versionrunlink` facts (run -> model version, linked afterwards), minus unlink facts.
 
-`as_of` filters every fact by its `recorded_at`; without it no time predicate is emitted at all.
+`as_of` filters every fact by its `recorded_at`; without it no time predicate is emitted at all. A model
+version's status, which its row holds only as it is now, is replayed from its audit events instead
+(`_Query.model_status`): every reader of a walk (graph, exports, trail, page) gets the status as of T.
 Model version nodes the user may not view are never entered, so the walk does not pass through
 them either (nothing reachable only through a hidden model is returned). The walk keeps (node,
 depth) rows distinct (UNION), so a node is expanded at most once per depth however many paths lead
@@ -45,6 +47,7 @@ T_DSV, T_RUN, T_MODEL, T_DS, T_JOB = (
     int(NodeType.JOB),
 )
 OUTPUT = int(EdgeKind.OUTPUT)
+STATUS_CHANGED = "version.updated"  # the audit action of a model version's status change
 
 COLUMNS = [
     ("rec", "TEXT"),
@@ -325,6 +328,29 @@ class _Query:
             )
         return f"((SELECT COUNT(*) FROM {name}_l) >= %(budget)s OR {beyond})"
 
+    def model_status(self) -> str:
+        """A model version's status as of T. The row holds only the current one; every change of it is a
+        `version.updated` audit event with the old value in `before` (registry.services.version_update), so
+        the status at T is the `before` of the first change after T, or the current one if none came since."""
+        if self.as_of is None:
+            return "mv.status"
+        from audit.models import AuditEvent
+        from registry.models import ModelVersion
+
+        self.params["status_subject"] = ModelVersion._meta.label_lower
+        self.params["status_action"] = STATUS_CHANGED
+        old = (
+            "CAST(a.before AS jsonb) ->> 'status'"
+            if self.vendor == "postgresql"
+            else "json_extract(a.before, '$.status')"
+        )
+        return (
+            f"COALESCE((SELECT {old} FROM {AuditEvent._meta.db_table} a"
+            " WHERE a.subject_type = %(status_subject)s AND a.subject_id = CAST(mv.id AS TEXT)"
+            f" AND a.action = %(status_action)s AND a.at > %(as_of)s AND {old} IS NOT NULL"
+            " ORDER BY a.seq LIMIT 1), mv.status)"
+        )
+
     def node_rows(self) -> list[str]:
         t = self.t
         state = (
@@ -337,7 +363,7 @@ class _Query:
             "name": "m.name",
             "digest": "mv.digest",
             "number": "mv.number",
-            "state": "mv.status",
+            "state": self.model_status(),
         }
         known = ", ".join(str(c) for c in (T_DSV, T_RUN, T_MODEL, T_DS, T_JOB))
         return [

@@ -346,8 +346,15 @@ def parse(body) -> ParsedEvent:
                     _bad(ref.path, "a JobEvent declares datasets; model versions are linked by RunEvents.")
     if kind == EventKind.DATASET:
         event.dataset = _dataset(body.get("dataset"), "dataset", None)
-        if event.dataset.model is not None:
-            _bad("dataset.namespace", f"'{MODEL_DATASET_NAMESPACE}' is reserved for model versions.")
+        # A model version is the registry's: a DatasetEvent about one (the export's, sent back) may restate its
+        # digest as the `version` facet and nothing else, which the ingest checks and records nothing of.
+        extra = sorted(set(event.dataset.facets) - {"version"}) if event.dataset.model is not None else []
+        if extra:
+            _bad(
+                f"dataset.facets.{extra[0]}",
+                f"a dataset in namespace '{MODEL_DATASET_NAMESPACE}' is a model version, whose only facet here is "
+                "`version` (its digest); its other metadata is registered with the version.",
+            )
     return event
 
 

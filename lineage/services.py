@@ -518,6 +518,21 @@ def _dataset_description(w: _Writer, dataset: Dataset) -> list[str]:
     return [nodes.dataset_id(dataset.namespace, dataset.name, version)]
 
 
+def _model_restated(w: _Writer) -> list[str]:
+    """A DatasetEvent about a model version records nothing (the version is the registry's): it must name one the
+    sender may view and, when it states a version, that model version's digest."""
+    ref = w.parsed.dataset
+    version = w.model_versions([(ref, False)])[ref.model]
+    if ref.version is not None and ref.version != version.digest:
+        raise InvalidInput(
+            f"Invalid OpenLineage event: dataset.facets.version.datasetVersion: {ref.model} has digest "
+            f"{version.digest}, not '{ref.version}'.",
+            code="invalid_event",
+            detail={"dataset.facets.version.datasetVersion": ["Not the model version's digest."]},
+        )
+    return [nodes.model_id(version.model.namespace, version.model.name, version.number)]
+
+
 def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
     """Record one validated OpenLineage event (lineage.openlineage.parse) and its audit event."""
     now = timezone.now()
@@ -533,7 +548,7 @@ def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
         if event.run_uuid is not None:
             run = w.run(event.run_uuid, job)
             run_node = nodes.run_id(run.run_uuid)
-        if event.dataset is not None:
+        if event.dataset is not None and event.dataset.model is None:
             dataset = w.datasets([event.dataset])[(event.dataset.namespace, event.dataset.name)]
         w.row = LineageEvent.objects.create(
             kind=event.kind,
@@ -552,6 +567,8 @@ def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
             inputs, outputs = _run_lineage(w, run, job)
         elif event.kind == EventKind.JOB:
             inputs, outputs = _declared_lineage(w, job)
+        elif event.dataset.model is not None:
+            outputs = _model_restated(w)
         else:
             outputs = _dataset_description(w, dataset)
         w.flush()

@@ -260,7 +260,7 @@ def version_trail(*, user, version, as_of: datetime | None = None) -> dict:
             "number": version.number,
             "digest": version.digest,
             "artifact_uri": version.artifact_uri,
-            "status": version.status,
+            "status": walk.nodes[(graphs.T_MODEL, version.pk)]["state"],  # as of: replayed by the walk
             "source": version.source,
             "run_id": str(version.run_id) if version.run_id else None,
             "created_at": _time(version.created_at),

@@ -1,0 +1,139 @@
+"""An OpenLineage export sent back to the registry through its ingest API changes nothing (docs/lineage.md).
+
+Including the DatasetEvents of model versions that no exported run reads or writes: a DatasetEvent in the
+`registry` namespace restates a model version the registry holds (its digest as the `version` facet), so the
+ingest verifies it instead of refusing it; one that contradicts the registry is still a 400.
+"""
+
+import json
+
+import pytest
+
+from audit.models import AuditEvent
+from governance.choices import ReleaseState
+from lineage import exports
+from lineage.choices import NodeType
+from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
+from registry.models import ModelVersion
+from tests.lineage.conftest import PRODUCER
+from tests.ui import builders
+
+pytestmark = pytest.mark.django_db
+
+FACTS = (Dataset, DatasetVersion, Job, Run, Edge, Facet, VersionRunLink, ModelVersion)
+
+
+def export(client, **query) -> str:
+    response = client.get("/api/v1/lineage/export", {"format": "openlineage", **query})
+    assert response.status_code == 200, response.content
+    return b"".join(response.streaming_content).decode()
+
+
+def facts() -> dict[str, int]:
+    return {m.__name__: m.objects.count() for m in FACTS}
+
+
+def send_back(client, events: list[dict]) -> None:
+    """POST every event through the ingest API: each is received (an event row and its audit event)."""
+    seq = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    for event in events:
+        response = client.post("/api/v1/lineage", event, format="json")
+        assert response.status_code == 201, (event, response.json())
+    added = list(AuditEvent.objects.filter(seq__gt=seq).order_by("seq"))
+    assert [e.action for e in added] == ["lineage.event_ingested"] * len(events)
+    assert LineageEvent.objects.filter(pk__in=[int(e.subject_id) for e in added]).count() == len(events)
+
+
+@pytest.mark.parametrize(
+    ("query", "filled_in"),
+    [
+        # the released version at depth 1: its producing run lies beyond the limit
+        ({"nodeId": "release:prod:1", "direction": "upstream", "depth": 1}, 0),
+        # a base model: nothing upstream of it
+        ({"nodeId": "model:acme/base:1", "direction": "upstream"}, 0),
+        # a version registered without lineage, deployed: reached from its release only
+        ({"nodeId": "release:prod:2", "direction": "upstream"}, 0),
+        # the whole lineage of the released version: every model version is in a run's event; three dataset
+        # versions a run's event did not name by a `version` facet get the one the export fills in
+        ({"nodeId": "release:prod:1", "direction": "both"}, 3),
+    ],
+    ids=["frontier", "base", "no-lineage", "covered"],
+)
+def test_an_export_sent_back_changes_nothing(personas, scenario, query, filled_in):
+    owner = personas["owner"]
+    prod = builders.target(personas["admin"].user)
+    builders.release(prod, scenario["churn"], 1, state=ReleaseState.SUPERSEDED)
+    solo = builders.version(owner.user, scenario["base"].model, "solo")  # acme/base:2, no run
+    builders.release(prod, solo, 2, state=ReleaseState.LIVE)
+
+    client = owner.client()
+    text = export(client, **query)
+    events = [json.loads(line) for line in text.splitlines()]
+    model_events = [e for e in events if e.get("dataset", {}).get("namespace") == "registry"]
+    assert bool(model_events) == (query["direction"] == "upstream"), text
+    graph = client.get("/api/v1/lineage/graph", query).json()
+    before, last_facet = facts(), Facet.objects.order_by("-id").values_list("id", flat=True).first()
+
+    send_back(client, events)
+    filled = list(Facet.objects.filter(id__gt=last_facet).select_related("run"))
+    assert facts() == {**before, "Facet": before["Facet"] + filled_in}
+    # The only facts added: `version` facets the export filled in, naming the dataset version they are about.
+    versions = DatasetVersion.objects.in_bulk([f.subject_id for f in filled])
+    assert all(
+        (f.subject_type, f.name, f.value["datasetVersion"], f.value["_producer"])
+        == (NodeType.DATASET_VERSION, "version", versions[f.subject_id].version, exports.PRODUCER)
+        for f in filled
+    )
+    assert not Dataset.objects.filter(namespace="registry").exists()  # a model version is not a dataset
+    assert export(client, **query) == text
+    assert client.get("/api/v1/lineage/graph", query).json() == graph
+
+    # Sent back once more, nothing at all is recorded.
+    before = facts()
+    send_back(client, events)
+    assert facts() == before
+
+
+def dataset_event(name: str, version: str | None, **facets) -> dict:
+    if version is not None:
+        facets["version"] = {"_producer": PRODUCER, "_schemaURL": "https://x/Version.json", "datasetVersion": version}
+    return {
+        "eventTime": "2026-01-05T00:00:00Z",
+        "producer": PRODUCER,
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/DatasetEvent",
+        "dataset": {"namespace": "registry", "name": name, "facets": facets},
+    }
+
+
+def test_a_model_version_dataset_event_must_agree_with_the_registry(personas, scenario):
+    churn = scenario["churn"]
+    client = personas["owner"].client()
+    before, events = facts(), LineageEvent.objects.count()
+
+    def refused(body, status, field):
+        response = client.post("/api/v1/lineage", body, format="json")
+        assert response.status_code == status, response.json()
+        assert field in response.json()["error"]["detail"], response.json()
+
+    other = "sha256:" + "0" * 64
+    refused(dataset_event("acme/churn:1", other), 400, "dataset.facets.version.datasetVersion")
+    refused(dataset_event("acme/churn:9", churn.digest), 400, "dataset.name")
+    refused(dataset_event(f"acme/churn@{other}", None), 400, "dataset.name")
+    schema = {"_producer": PRODUCER, "_schemaURL": "https://x/S.json", "fields": [{"name": "x", "type": "INT"}]}
+    refused(dataset_event("acme/churn:1", churn.digest, schema=schema), 400, "dataset.facets.schema")
+    # a model version the sender may not view is answered like one that does not exist
+    outsider = personas["outsider"].client()
+    response = outsider.post("/api/v1/lineage", dataset_event("acme/churn:1", churn.digest), format="json")
+    assert response.status_code == 400 and "dataset.name" in response.json()["error"]["detail"]
+    assert (facts(), LineageEvent.objects.count()) == (before, events)
+
+    # By number or by digest, with or without the version facet: received, nothing recorded.
+    for body in (
+        dataset_event("acme/churn:1", churn.digest),
+        dataset_event(f"acme/churn@{churn.digest}", None),
+        dataset_event("acme/churn:1", None),
+    ):
+        response = client.post("/api/v1/lineage", body, format="json")
+        assert response.status_code == 201, response.json()
+        assert response.json()["outputs"] == ["model:acme/churn:1"]
+    assert facts() == before
