@@ -1,11 +1,15 @@
+import contextlib
 import logging
 import os
+import time
 
 from celery import Celery, signals
+from celery import Task as CeleryTask
+from celery.exceptions import Ignore, Reject
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("registry")
+app = Celery("registry", task_cls="config.celery:Task")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -82,3 +86,136 @@ def _serve_worker_metrics(**_):
     addr = os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0")  # noqa: S104 - scraped from outside the container
     start_http_server(port, addr=addr, registry=metrics.worker_registry())
     log.info("worker metrics on port %s", port)
+
+
+# --- One clock and one count for every process: the broker's Redis -------------------------------
+# Beat, web and workers may run on machines whose clocks disagree, and a worker child that dies takes what it
+# knew with it: the Redis server the broker runs on is what they all share.
+_redis_clients: dict[str, object] = {}
+
+
+def broker_redis():
+    """A client of the broker's Redis server, or None when the broker is not Redis."""
+    url = app.conf.broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    if url not in _redis_clients:
+        import redis
+
+        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return _redis_clients[url]
+
+
+def shared_now() -> float | None:
+    """Seconds since the epoch by the one clock every process reads alike: the Redis server's, or this machine's
+    with the filesystem broker (which works only with every process on one machine). None otherwise."""
+    import redis
+
+    client = broker_redis()
+    if client is None:
+        return time.time() if app.conf.broker_url == "filesystem://" else None
+    try:
+        seconds, micros = client.time()
+    except redis.RedisError as exc:
+        log.warning("could not read the broker's clock: %s", exc)
+        return None
+    return seconds + micros / 1_000_000
+
+
+# --- Stale runs: a message may carry the most seconds it may wait in the queue ----------------------
+# Celery's own `expires` is a time of day by the publisher's clock that the worker compares with its own: a
+# worker whose clock ran more than the allowance ahead of beat's dropped every periodic run. Here the publisher
+# stamps the message with the shared clock and the worker reads that same clock. A retry is never stale (the
+# stamp of its first run would count its countdown as waiting); nor is a message no shared clock could stamp.
+MAX_AGE_HEADER = "registry_max_age"
+SENT_AT_HEADER = "registry_sent_at"
+
+
+@signals.before_task_publish.connect
+def _stamp_sent_at(headers=None, **_):
+    if not headers or headers.get(MAX_AGE_HEADER) is None:
+        return
+    headers.pop(SENT_AT_HEADER, None)
+    if headers.get("retries"):
+        return
+    now = shared_now()
+    if now is not None:
+        headers[SENT_AT_HEADER] = now
+
+
+def _waited(request) -> float | None:
+    """How long this run waited in the queue when that is longer than its max age; None when it may run."""
+    max_age, sent_at = getattr(request, MAX_AGE_HEADER, None), getattr(request, SENT_AT_HEADER, None)
+    if max_age is None or sent_at is None:
+        return None
+    now = shared_now()
+    if now is None or now - sent_at <= max_age:
+        return None
+    return now - sent_at
+
+
+# --- Poison messages: a task that kills its worker process is not run for ever --------------------
+# Messages are acknowledged late and re-queued when the process running them dies (task_reject_on_worker_lost),
+# so a task that crashes its process (a segfault, the OOM killer, os._exit) came back for good. Each start is
+# counted in Redis under the task id and retry number, before the task runs (the count must outlive the
+# process); a run that ends, however it ends, deletes its count. A message started TASK_MAX_DELIVERIES times
+# without ending is rejected unrun. Nothing is lost by that: the database is the truth, and the periodic
+# reconcile and the webhook sweeper pick up what the task was for.
+DELIVERY_COUNT_TTL = 86_400  # longer than any wait before a redelivery (the broker's visibility timeout)
+_delivery_keys: dict[str, str] = {}  # task id -> its count's key, deleted when the run ends
+
+
+def _count_delivery(request) -> int | None:
+    import redis
+
+    client = None if request.is_eager or not request.delivery_info else broker_redis()
+    if client is None:
+        return None
+    key = f"registry:deliveries:{request.id}:{request.retries}"
+    try:
+        deliveries, _ = client.pipeline().incr(key).expire(key, DELIVERY_COUNT_TTL).execute()
+    except redis.RedisError as exc:
+        log.warning("could not count the deliveries of task %s: %s", request.id, exc)
+        return None
+    _delivery_keys[request.id] = key
+    return deliveries
+
+
+@signals.task_postrun.connect
+def _forget_delivery(task_id=None, **_):
+    import redis
+
+    key = _delivery_keys.pop(task_id, None)
+    if key is not None:
+        with contextlib.suppress(redis.RedisError):  # the count expires on its own
+            broker_redis().delete(key)
+
+
+class Task(CeleryTask):
+    """The base of every task here (`task_cls`): drops stale runs and poison messages before they start."""
+
+    def before_start(self, task_id, args, kwargs):
+        from django.conf import settings
+
+        waited = _waited(self.request)
+        if waited is not None:
+            log.info(
+                "skipping %s[%s]: it waited %.1f s in the queue, more than its %s s; a later run covers it",
+                self.name,
+                task_id,
+                waited,
+                getattr(self.request, MAX_AGE_HEADER),
+            )
+            raise Ignore()
+        deliveries = _count_delivery(self.request)
+        limit = settings.TASK_MAX_DELIVERIES
+        if deliveries is not None and deliveries > limit:
+            log.error(
+                "giving up on %s[%s]: its %s runs so far never ended (its worker process died each time: a crash, "
+                "the OOM killer?); rejected unrun (TASK_MAX_DELIVERIES=%s)",
+                self.name,
+                task_id,
+                deliveries - 1,
+                limit,
+            )
+            raise Reject(f"{deliveries - 1} runs never ended", requeue=False)

@@ -359,7 +359,9 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 
 # Periodic tasks (run `celery -A config beat` once per deployment). Outgoing webhooks: the dispatcher
 # turns new audit events into deliveries; the sweeper re-enqueues deliveries whose task was lost.
-# `expires` drops runs that waited in the queue longer than their interval (the next run covers them).
+# `registry_max_age` (config/celery.py) drops runs that waited in the queue longer than that (the next run covers
+# them), judged by the broker's clock: Celery's `expires`, judged by beat's clock against the worker's, dropped
+# every run on a worker whose clock ran ahead by more than the allowance.
 # Webhook delivery (docs/webhooks.md): with these defaults a dead receiver is tried for about three hours.
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10)
 WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)  # one attempt, whole
@@ -368,29 +370,58 @@ WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
 WEBHOOK_SWEEP_GRACE_SECONDS = env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0)
 _WEBHOOK_DISPATCH_EVERY = env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0)
 _WEBHOOK_SWEEP_EVERY = env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0)
+
+
+def _max_age(seconds: float) -> dict:
+    return {"headers": {"registry_max_age": seconds}}
+
+
 CELERY_BEAT_SCHEDULE = {
     "webhooks-dispatch": {
         "task": "governance.tasks.webhooks_dispatch",
         "schedule": _WEBHOOK_DISPATCH_EVERY,
-        "options": {"expires": _WEBHOOK_DISPATCH_EVERY * 2},
+        "options": _max_age(_WEBHOOK_DISPATCH_EVERY * 2),
     },
     "webhooks-sweep": {
         "task": "governance.tasks.webhooks_sweep",
         "schedule": _WEBHOOK_SWEEP_EVERY,
-        "options": {"expires": _WEBHOOK_SWEEP_EVERY * 2},
+        "options": _max_age(_WEBHOOK_SWEEP_EVERY * 2),
     },
     # Deployment engine: converge unfinished releases and detect drift; expire stale promotion requests.
     "reconcile-all-targets": {
         "task": "governance.deployment_tasks.reconcile_all",
         "schedule": float(RECONCILE_INTERVAL_SECONDS),
-        "options": {"expires": RECONCILE_INTERVAL_SECONDS * 2.0},
+        "options": _max_age(RECONCILE_INTERVAL_SECONDS * 2.0),
     },
     "expire-promotion-requests": {
         "task": "governance.deployment_tasks.expire_promotions",
         "schedule": 300.0,
-        "options": {"expires": 600.0},
+        "options": _max_age(600.0),
     },
 }
+# Time limits, enforced by the prefork pool (the default; `-P solo` and `-P threads` enforce none): at the soft
+# limit the task gets SoftTimeLimitExceeded and ends cleanly; at the hard limit its process is killed and the
+# message acknowledged (not redelivered). A host call or a receiver that hangs no longer holds a worker for good.
+# These apply to the periodic tasks; a reconcile and a webhook delivery have their own, derived from
+# RECONCILE_MAX_HOLD_SECONDS and WEBHOOK_TIMEOUT_SECONDS (governance/deployment_tasks.py, governance/tasks.py).
+CELERY_TASK_SOFT_TIME_LIMIT = env_float("CELERY_TASK_SOFT_TIME_LIMIT", 120.0)
+if not CELERY_TASK_SOFT_TIME_LIMIT > 0:  # refuses NaN too
+    raise ImproperlyConfigured(
+        f"CELERY_TASK_SOFT_TIME_LIMIT must be more than 0 seconds, got {env('CELERY_TASK_SOFT_TIME_LIMIT')!r}."
+    )
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis hands a message out again once it is this long unacknowledged, even while its first run goes on:
+    # longer than any task may run (a reconcile: RECONCILE_MAX_HOLD_SECONDS and a third of a lease), and than the
+    # longest countdown a worker holds a message for (300 s).
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = max(
+        3600, RECONCILE_MAX_HOLD_SECONDS + RECONCILE_LEASE_SECONDS + 300
+    )
+# A message whose runs never end (each kills its worker process) is rejected at its next start after this many
+# (config/celery.py); with another broker than Redis there is no count.
+TASK_MAX_DELIVERIES = env_int("TASK_MAX_DELIVERIES", 3)
+if TASK_MAX_DELIVERIES < 1:
+    raise ImproperlyConfigured(f"TASK_MAX_DELIVERIES must be at least 1, got {TASK_MAX_DELIVERIES}.")
 CELERY_IMPORTS = ["governance.deployment_tasks"]
 
 

@@ -3,8 +3,10 @@
 import random
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
+from config.celery import MAX_AGE_HEADER
 from governance import deployment
 from governance.hosts.base import HostError
 
@@ -17,20 +19,40 @@ def backoff(retries: int) -> float:
 POLLS = 120  # "still deploying" re-checks before leaving the target to the periodic reconcile
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None)
+# Stopped when its claim on the target stops being renewed (deployment._LeaseKeeper), and killed before that claim
+# can run out (it was renewed a third of a lease before at the latest): no second worker deploys beside a hung one.
+@shared_task(
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    soft_time_limit=settings.RECONCILE_MAX_HOLD_SECONDS,
+    time_limit=settings.RECONCILE_MAX_HOLD_SECONDS + settings.RECONCILE_LEASE_SECONDS / 3,
+)
 def reconcile_target(self, target_id: int, failures: int = 0) -> str:
     """Converge one target. Host errors retry with backoff (bounded), then the release fails with the reason.
 
-    Retries never expire: a retry keeps its message's options, and a periodic run's `expires` (reconcile_all)
-    dropped every retry due after it, so the failures never added up to a failed release."""
+    Retries never expire: a retry keeps its message's options, and an `expires` given to the first run dropped
+    every retry due after it, so the failures never added up to a failed release (a max age, reconcile_all's, is
+    never carried into a retry: config/celery.py).
+
+    Past its soft time limit (RECONCILE_MAX_HOLD_SECONDS) the release fails at once: a host call that hung that long
+    would hold a worker as long again on every retry. The claim is released on the way out (deployment.reconcile),
+    and a fallback to the last good release is reconciled like any other desired state."""
     try:
         outcome = deployment.reconcile(target_id, owner=self.request.id or "inline")
     except HostError as exc:
-        if exc.retryable and failures < settings.RECONCILE_MAX_RETRIES:
+        timed_out = isinstance(exc.__cause__, SoftTimeLimitExceeded)
+        if exc.retryable and not timed_out and failures < settings.RECONCILE_MAX_RETRIES:
             raise self.retry(
                 args=(target_id, failures + 1), countdown=backoff(failures), exc=exc, expires=None
             ) from None
-        deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=str(exc))
+        reason = str(exc)
+        if timed_out:
+            reason = (
+                f"the reconcile was stopped after {settings.RECONCILE_MAX_HOLD_SECONDS} s "
+                "(RECONCILE_MAX_HOLD_SECONDS): a host call or the copy of the release's files did not end"
+            )
+        deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=reason)
         return "failed"
     if outcome in ("deploying", "busy") and self.request.retries < POLLS:
         raise self.retry(args=(target_id, failures), countdown=1, expires=None)
@@ -42,7 +64,7 @@ def reconcile_all() -> int:
     """Periodic: look at every target with a desired release (unfinished work, drift)."""
     ids = deployment.targets_to_reconcile()
     for target_id in ids:  # the next periodic run covers a task that waited longer than the interval
-        reconcile_target.apply_async((target_id,), expires=settings.RECONCILE_INTERVAL_SECONDS)
+        reconcile_target.apply_async((target_id,), headers={MAX_AGE_HEADER: settings.RECONCILE_INTERVAL_SECONDS})
     return len(ids)
 
 

@@ -28,7 +28,15 @@ def webhooks_dispatch() -> int:
     return created
 
 
-@shared_task(name="governance.tasks.webhooks_deliver", ignore_result=True)
+# An attempt ends at WEBHOOK_TIMEOUT_SECONDS (name resolution aside). The task is stopped, and at worst killed, well
+# inside its claim on the delivery (webhooks.lease_seconds), so no second attempt starts beside a hung one; at the
+# soft limit the attempt is recorded as failed and the next one scheduled.
+@shared_task(
+    name="governance.tasks.webhooks_deliver",
+    ignore_result=True,
+    soft_time_limit=webhooks.timeout_seconds() + webhooks.LEASE_MARGIN_SECONDS / 3,
+    time_limit=webhooks.timeout_seconds() + webhooks.LEASE_MARGIN_SECONDS * 2 / 3,
+)
 def webhooks_deliver(delivery_id: int) -> str | None:
     """One attempt at one delivery; schedules the next attempt when the receiver failed."""
     outcome = webhooks.deliver(delivery_id=delivery_id)

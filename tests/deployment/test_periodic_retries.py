@@ -1,6 +1,7 @@
-"""A reconcile sent by the periodic run expires if it waits too long in the queue, but its retries do not: a
+"""A reconcile sent by the periodic run is skipped if it waits too long in the queue, but its retries are not: a
 retry keeps its message's options, and every poll due after the periodic run's expiry was thrown away as
 revoked (a target whose host failed was never failed; one held by another worker was never converged).
+The periodic run sends it with a max age (config/celery.py), as here.
 Real Redis and Celery worker, Replicate's wire-compatible server."""
 
 import hashlib
@@ -48,16 +49,19 @@ def test_retries_of_a_periodic_reconcile_outlive_its_expiry(users, tmp_path, dja
             release = Release.objects.create(
                 target=target, version=version, number=1, host_revision=f"acme/churn:{VERSION}"
             )
-            # Another worker holds the target for 6 s more: the reconcile polls ("busy") once a second meanwhile.
+            # Another worker holds the target for 10 s more: the reconcile polls ("busy") once a second meanwhile,
+            # past the first run's max age of 4 s.
             DeploymentTarget.objects.filter(pk=target.pk).update(
                 desired_release=release,
                 lease_owner="another-worker",
-                lease_until=timezone.now() + timezone.timedelta(seconds=6),
+                lease_until=timezone.now() + timezone.timedelta(seconds=10),
             )
-            from config.celery import app
+            from config.celery import MAX_AGE_HEADER, app
 
             with app.connection_for_write(stack.redis.url) as connection:
-                deployment_tasks.reconcile_target.apply_async((target.pk,), expires=2, connection=connection)
+                deployment_tasks.reconcile_target.apply_async(
+                    (target.pk,), headers={MAX_AGE_HEADER: 4}, connection=connection
+                )
 
             def live():
                 release.refresh_from_db()
@@ -65,6 +69,8 @@ def test_retries_of_a_periodic_reconcile_outlive_its_expiry(users, tmp_path, dja
 
             processes.wait(live, 40, f"release 1 to go live\n{stack.logs()}")
             assert replicate.releases_created == 1
-            assert "Discarding revoked task" not in (tmp_path / "worker.log").read_text()
+            log = (tmp_path / "worker.log").read_text()
+            assert "Discarding revoked task" not in log
+            assert "skipping governance.deployment_tasks.reconcile_target" not in log
         finally:
             stop_stack(stack)

@@ -1,0 +1,16 @@
+"""A task that kills the worker process running it, as the OOM killer or a segfault in a native library would.
+
+Loaded into test workers only (`celery worker --include tests.celery_limits.poison`); each run appends a line to
+the file it is given before dying, so the test counts the runs."""
+
+import os
+import signal
+
+from celery import shared_task
+
+
+@shared_task(name="tests.celery_limits.poison.kill_own_process")
+def kill_own_process(runs_file: str) -> None:
+    with open(runs_file, "a") as runs:
+        runs.write("run\n")
+    os.kill(os.getpid(), signal.SIGKILL)
