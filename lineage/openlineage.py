@@ -18,7 +18,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlparse
 
 from audit.chain import canonical_json
@@ -57,7 +57,7 @@ class DatasetRef:
     path: str  # where it was in the event, for error messages: "inputs[2]"
     namespace: str
     name: str
-    facets: dict = field(default_factory=dict)
+    facets: dict = field(default_factory=dict)  # but `version`, which is read into `version`
     role_facets: dict = field(default_factory=dict)  # inputFacets / outputFacets
     version: str | None = None  # from the `version` facet
     model: ModelRef | None = None
@@ -124,21 +124,55 @@ def _uri(parent: dict, key: str, path: str) -> str:
     return value
 
 
+# RFC 3339 §5.6 date-time, JSON Schema's `date-time` (OpenLineage's eventTime and nominalTime): 'T' between date
+# and time, seconds and an offset required, 't'/'z' allowed. Read with the space and without the offset too, only to
+# say what is missing.
+DATE_TIME = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})(?P<sep>[Tt ])"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?"
+    r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<off_hour>[0-9]{2}):(?P<off_minute>[0-9]{2}))?"
+)
+DATE_TIME_FORM = "YYYY-MM-DDTHH:MM:SS[.fraction] and Z or ±HH:MM, as in 2026-01-01T12:00:00Z"
+
+
 def _time(value, path: str) -> datetime:
+    """An RFC 3339 date-time, in UTC. Fractions finer than a microsecond are cut. A leap second (second 60, only
+    at 23:59 UTC: 23:59:60Z, 15:59:60-08:00) is read as 23:59:59.999999 UTC: neither Python nor PostgreSQL
+    has second 60, and that instant keeps it after every earlier time of the day."""
     if not isinstance(value, str):
         _bad(path, "is required (an RFC 3339 date-time)." if value is None else "must be an RFC 3339 date-time string.")
-    if "t" not in value.lower():
-        _bad(path, f"'{value}' has no time part; use an RFC 3339 date-time.")
+    m = DATE_TIME.fullmatch(value)
+    if m is None:
+        if "t" not in value.lower() and " " not in value:
+            _bad(path, f"'{value}' has no time part; use an RFC 3339 date-time ({DATE_TIME_FORM}).")
+        _bad(path, f"'{value}' is not an RFC 3339 date-time ({DATE_TIME_FORM}).")
+    if m["sep"] == " ":
+        _bad(path, f"'{value}' separates the date and the time with a space; an RFC 3339 date-time has 'T' there.")
+    if m["offset"] is None:
+        _bad(path, f"'{value}' has no UTC offset; add Z (UTC) or ±HH:MM, as RFC 3339 requires.")
+    offset = timedelta(0)
+    if m["sign"]:
+        if int(m["off_hour"]) > 23 or int(m["off_minute"]) > 59:
+            _bad(path, f"'{value}' has offset {m['offset']}; an offset's hours are 00-23 and its minutes 00-59.")
+        offset = (1 if m["sign"] == "+" else -1) * timedelta(hours=int(m["off_hour"]), minutes=int(m["off_minute"]))
+    leap = m["second"] == "60"
     try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        _bad(path, f"'{value}' is not an RFC 3339 date-time.")
-    # RFC 3339 requires an offset; a producer that omits it is taken to mean UTC.
-    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    try:  # 0001-01-01T00:00+05:00 is year 0 in UTC, 9999-12-31T23:00-05:00 year 10000: neither can be read back
-        return parsed.astimezone(UTC)
-    except OverflowError:
+        local = datetime(
+            *(int(m[part]) for part in ("year", "month", "day", "hour", "minute")),
+            59 if leap else int(m["second"]),
+            int((m["fraction"] or "").ljust(6, "0")[:6]),
+            tzinfo=timezone(offset),
+        )
+        parsed = local.astimezone(UTC)
+    except ValueError as exc:  # a day, hour or second out of range
+        _bad(path, f"'{value}' is not an RFC 3339 date-time ({exc}).")
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is year 0 in UTC, 9999-12-31T23:00:00-05:00 year 10000
         _bad(path, f"'{value}' is outside years 1-9999 once in UTC.")
+    if leap:
+        if (parsed.hour, parsed.minute) != (23, 59):
+            _bad(path, f"'{value}' has second 60, a leap second, which is only at 23:59:60 UTC.")
+        parsed = parsed.replace(second=59, microsecond=999_999)
+    return parsed
 
 
 def _schema_fields(fields, path: str, level: int = 0) -> None:
@@ -263,7 +297,10 @@ def _dataset(value, path: str, role_key: str | None) -> DatasetRef:
     ref.facets = _facets(data.get("facets"), f"{path}.facets", _check_dataset_facet)
     if role_key:
         ref.role_facets = _facets(data.get(role_key), f"{path}.{role_key}", _check_role_facet)
+    # The `version` facet names the dataset version (its identity), which the event's facts are about: it is not
+    # stored as a fact of its own, so the export's restatement of it, sent back, records nothing.
     version = ref.facets.get("version")
+    ref.facets = {name: facet for name, facet in ref.facets.items() if name != "version"}
     if version and version.get("_deleted") is not True:
         ref.version = version["datasetVersion"]
     if ref.namespace == MODEL_DATASET_NAMESPACE:
@@ -348,7 +385,7 @@ def parse(body) -> ParsedEvent:
         event.dataset = _dataset(body.get("dataset"), "dataset", None)
         # A model version is the registry's: a DatasetEvent about one (the export's, sent back) may restate its
         # digest as the `version` facet and nothing else, which the ingest checks and records nothing of.
-        extra = sorted(set(event.dataset.facets) - {"version"}) if event.dataset.model is not None else []
+        extra = sorted(event.dataset.facets) if event.dataset.model is not None else []
         if extra:
             _bad(
                 f"dataset.facets.{extra[0]}",

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.contrib.postgres.fields import ArrayField
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F, OuterRef, Q, Subquery, Window
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import RowNumber
@@ -360,9 +360,11 @@ class _Writer:
         self.counts["facets"] += len(self.facet_rows)
         VersionRunLink.objects.bulk_create(self.links)
         self.counts["links"] += len(self.links)
-        # An edge already recorded (same source, target, kind) keeps its first recorded_at.
-        Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
-        self.counts["edges"] += len(self.edges)
+        # An edge already recorded (same source, target, kind) keeps its first recorded_at and event; the insert
+        # skips it without saying so, so the edges this event created are counted by their event.
+        if self.edges:
+            Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
+            self.counts["edges"] += Edge.objects.filter(event=self.row).count()
 
 
 def _user(actor):
@@ -406,11 +408,30 @@ def _check_may_speak_for(
             )
 
 
+def _lock_run(run_uuid: uuid.UUID) -> None:
+    """Serialize the claims on a run until commit. Naming a run as a version's producer (an event's model output, a
+    link, a registration's run_id), and adding to its lineage, is allowed by what the run produced so far
+    (_check_may_speak_for): two teams claiming a fresh run at once would each see none of the other's uncommitted
+    claim, and both pass. A run may be
+    named before its first event, with no Run row to lock, so the lock is an advisory one on its UUID (the
+    two-key space, apart from governance's one-key locks). It comes before any row lock of the transaction
+    (docs/lineage.md, "Run claims"). SQLite needs none: a write transaction takes the database's write lock
+    when it begins (transaction_mode IMMEDIATE)."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("A run claim must be checked inside the transaction that records it.")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('lineage.run_claim'), hashtext(%s))", [str(run_uuid)])
+
+
 def check_may_claim_run(*, actor, run_uuid: uuid.UUID, claimed_for: str) -> None:
     """Before naming run_uuid as the run that produced a version of `claimed_for` (a model or model version):
     a run that already produced versions of other models may be named only by someone who may speak for it
     (_check_may_speak_for); a run with no linked model version, by whoever may register the version.
-    version_link checks it; registry.services.version_register calls it for a registration with a run_id."""
+    Call it in the transaction that records the claim, before its row locks: it locks the run's claims until
+    commit (_lock_run). version_link checks it; registry.services.version_register calls it for a registration
+    with a run_id."""
+    _lock_run(run_uuid)
     _check_may_speak_for(
         actor,
         run_uuid,
@@ -541,6 +562,8 @@ def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
     inputs: list[str] = []
     outputs: list[str] = []
     with transaction.atomic():
+        if event.run_uuid is not None:  # first: the run's claims, then rows (an event's model output claims it)
+            _lock_run(event.run_uuid)
         job = run = dataset = None
         if event.job is not None:
             job = w.job(*event.job)
@@ -607,10 +630,10 @@ def version_link(
         raise Forbidden(f"Linking lineage to {version.model} needs the 'register_version' permission on it.")
     now = timezone.now()
     with transaction.atomic():
+        if linked:  # first: the run's claims (check_may_claim_run locks them), then the version row
+            check_may_claim_run(actor=actor, run_uuid=run_uuid, claimed_for=str(version))
         # The version row lock serializes link facts of one version, so their ids are in time order.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
-        if linked:
-            check_may_claim_run(actor=actor, run_uuid=run_uuid, claimed_for=str(locked))
         current = _linked_now(locked, run_uuid)
         if current == linked:
             if linked:

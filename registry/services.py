@@ -307,7 +307,9 @@ _RUN_CLAIM_CHECKS: list = []
 
 
 def register_run_claim_check(check) -> None:
-    """check(actor=, run_uuid=, claimed_for=) raises a DomainError to refuse the registration."""
+    """check(actor=, run_uuid=, claimed_for=) raises a DomainError to refuse the registration. It runs in the
+    registration's transaction, before the model row lock, and may lock the run until commit (claims on one run
+    are serialized)."""
     if check not in _RUN_CLAIM_CHECKS:
         _RUN_CLAIM_CHECKS.append(check)
 
@@ -319,13 +321,11 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     late as possible and held as briefly as possible: everything that needs no number is done before,
     then the row is locked and the number bumped, the version inserted and the audit event appended,
     and that commits (on PostgreSQL one statement, _insert_numbered, which is its own transaction when
-    no transaction is open). A digest the model already has is caught by the (model, digest) unique
-    constraint: the write rolls back (the number bump with it) and the existing version is returned, or
-    409 if its content differs.
+    no transaction is open; with a run_id, in a transaction that first checks the claim on the run and so
+    locks the run's claims, see register_run_claim_check). A digest the model already has is caught by the
+    (model, digest) unique constraint: the write rolls back (the number bump with it) and the existing version
+    is returned, or 409 if its content differs.
     """
-    if content.run_id is not None:
-        for check in _RUN_CLAIM_CHECKS:  # lineage: who may name a run as a model's producer
-            check(actor=actor, run_uuid=content.run_id, claimed_for=f"a version of {model}")
     manifest = manifests.normalize(content.manifest)
     digest = manifests.digest(manifest)
     metrics, metric_sources = _split_metrics(content.metrics or {})
@@ -360,11 +360,14 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
         if connection.vendor == "postgresql":
             # One statement: in autocommit mode it is its own transaction, with no BEGIN and COMMIT round
             # trips; inside a caller's transaction (atomic() turns autocommit off), a savepoint keeps that
-            # one usable when the digest repeats.
-            with contextlib.nullcontext() if connection.get_autocommit() else transaction.atomic():
+            # one usable when the digest repeats. A run_id's claim is checked in the same transaction.
+            alone = connection.get_autocommit() and content.run_id is None
+            with contextlib.nullcontext() if alone else transaction.atomic():
+                _check_run_claim(actor, model, content.run_id)
                 _insert_numbered(version, actor, audit_after)
         else:
             with transaction.atomic():
+                _check_run_claim(actor, model, content.run_id)
                 model.latest_number = version.number = _next_number(model)
                 version.save(force_insert=True)
                 record(
@@ -382,6 +385,12 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
         except ModelVersion.DoesNotExist:
             raise exc from None
     return version, True
+
+
+def _check_run_claim(actor, model: RegisteredModel, run_id: uuid.UUID | None) -> None:
+    if run_id is not None:
+        for check in _RUN_CLAIM_CHECKS:  # lineage: who may name a run as a model's producer
+            check(actor=actor, run_uuid=run_id, claimed_for=f"a version of {model}")
 
 
 def _check_no_alias_points_at(version: ModelVersion) -> None:
