@@ -196,7 +196,7 @@ def _record_revoked(instance, actor) -> None:
 
 @receiver(pre_delete, sender=Permission)
 def permission_before_delete(sender, instance, using, **kwargs):
-    """A permission deleted (a shell, a data migration, remove_stale_contenttypes after a model is removed) is revoked
+    """A permission deleted (a shell, remove_stale_contenttypes after a model is removed) is revoked
     from every group and user that held it, model-wide or on objects."""
     name, reason = _perm_name(instance), "permission deleted"
     instance.__dict__[_REVOKED] = [

@@ -176,7 +176,8 @@ def test_deleting_a_user_in_the_admin_records_their_permissions(admin_client, pe
 
 
 def test_deleting_a_permission_revokes_it_from_every_holder(personas, team):
-    """A permission row deleted (a shell, a data migration): model-wide holders and object permissions alike."""
+    """A permission row deleted (a shell; not through a data migration's own model copies: docs/permissions.md):
+    model-wide holders and object permissions alike."""
     alice = User.objects.create_user(username="alice", password=None)
     alice.user_permissions.add(perm("registry.request_promotion"))
     Group.objects.get(name="reviewers").permissions.add(perm("registry.request_promotion"))
