@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import random
-import re
 import secrets as pysecrets
 import socket
 import threading
@@ -55,6 +54,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Max, Min, Q
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from standardwebhooks import Webhook
 
 from audit.models import AuditEvent, format_time
@@ -168,20 +168,26 @@ encrypt_url = encrypt_secret
 decrypt_url = decrypt_secret
 
 REDACTED = "***"
-# A path segment this long mixing letters and digits is taken for a token (Slack's /services/T…/B…/<token>,
-# Discord's /api/webhooks/<id>/<token>); path words and numeric ids are kept.
-_PATH_TOKEN = re.compile(r"(?=.*[A-Za-z])(?=.*[0-9])[^/]{16,}")
 
 
 def redact_url(url: str) -> str:
-    """A receiver URL as audit events and logs hold it: scheme, host, port and path, with every query value and
-    every token-like path segment replaced by ***. No fragment (never sent) and no userinfo (refused anyway)."""
+    """A receiver URL as audit events and logs hold it: scheme, host, port and the first path segment; the rest of
+    the path is *** and so is every query value. Receivers put their credential anywhere in the path (Slack's third
+    segment, Zapier's short last one), so nothing past the first segment is guessed safe; the host is kept, as where
+    the events went is what an auditor needs. No fragment (never sent), no userinfo (refused anyway)."""
     parts = urllib.parse.urlsplit(url)
-    path = "/".join(REDACTED if _PATH_TOKEN.fullmatch(segment) else segment for segment in parts.path.split("/"))
+    first, rest = (parts.path.lstrip("/").split("/", 1) + [""])[:2]
+    path = f"/{first}/{REDACTED}" if rest else f"/{first}" if first else parts.path
     query = "&".join(
         f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else REDACTED for pair in parts.query.split("&") if pair
     )
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, query, ""))
+
+
+def url_fingerprint(url: str) -> str:
+    """A keyed digest of the whole URL (HMAC with a key derived from SECRET_KEY): tells in the audit log that a URL
+    changed where its redacted form did not (a new token), without a way back to the token."""
+    return salted_hmac("governance.webhooks.url", url, algorithm="sha256").hexdigest()[:16]
 
 
 # --- signing (Standard Webhooks) ------------------------------------------------------------
@@ -302,10 +308,11 @@ def _validate_url(url: str) -> str:
 
 
 def _endpoint_snapshot(endpoint: WebhookEndpoint) -> dict:
-    """The endpoint as audit events record it: the URL redacted, no secret."""
+    """The endpoint as audit events record it: the URL redacted and fingerprinted, no secret."""
     return {
         "name": endpoint.name,
         "url": redact_url(endpoint.url),
+        "url_fingerprint": url_fingerprint(endpoint.url),
         "event_types": endpoint.event_types,
         "active": endpoint.active,
         "description": endpoint.description,
@@ -361,15 +368,13 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
             if locked is None:  # deleted since the caller read it
                 raise NotFound(f"No webhook {endpoint.pk}.")
             before = _endpoint_snapshot(locked)
-            # A change of the URL's credential alone leaves the redacted URL as it was, yet is a change to audit.
-            url_changed = "url" in changes and changes["url"] != locked.url
             if "url" in changes:
                 locked.url_encrypted = encrypt_url(changes.pop("url"))
             for field, value in changes.items():
                 setattr(locked, field, value)
             locked.save()
             after = _endpoint_snapshot(locked)
-            if after != before or url_changed:
+            if after != before:
                 record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after)
     except IntegrityError:
         raise Conflict(f"A webhook named {changes.get('name')} already exists.", code="already_exists") from None

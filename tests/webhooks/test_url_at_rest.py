@@ -1,6 +1,7 @@
 """Receiver URLs carry credentials (?token=..., Slack-style path tokens): encrypted at rest, shown in full to
 those who manage the endpoint, redacted in audit events and logs; and the migration that encrypts existing rows."""
 
+import json
 import logging
 
 import pytest
@@ -34,13 +35,18 @@ def stored_row(pk: int) -> str:
     ("url", "redacted"),
     [
         (f"https://hooks.example.com/registry?token={TOKEN}&team=ml", "https://hooks.example.com/registry?token=***&team=***"),
-        (f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SLACK_TOKEN}", "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/***"),
-        ("https://discord.com/api/webhooks/123456789012345678/Zx9-aB3_dE5fG7hI9jK1", "https://discord.com/api/webhooks/123456789012345678/***"),
+        (f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SLACK_TOKEN}", "https://hooks.slack.com/services/***"),
+        ("https://hooks.slack.com/services/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", "https://hooks.slack.com/services/***"),
+        ("https://hooks.zapier.com/hooks/catch/1234567/3bz9k1x/", "https://hooks.zapier.com/hooks/***"),
+        ("https://discord.com/api/webhooks/123456789012345678/Zx9-aB3_dE5fG7hI9jK1", "https://discord.com/api/***"),
         (f"http://127.0.0.1:8443/hook?{TOKEN}#frag", "http://127.0.0.1:8443/hook?***"),
         ("http://[::1]:9000/registry-hook", "http://[::1]:9000/registry-hook"),
         ("https://ci.example.com", "https://ci.example.com"),
     ],
-    ids=["query token", "slack path", "discord path", "bare query and fragment", "plain path kept", "no path"],
+    ids=[
+        "query token", "slack path", "slack letters-only token", "zapier short token", "discord path",
+        "bare query and fragment", "first segment kept", "no path",
+    ],
 )  # fmt: skip
 def test_redact_url(url, redacted):
     assert webhooks.redact_url(url) == redacted
@@ -71,7 +77,7 @@ def test_the_url_is_encrypted_at_rest_shown_to_managers_and_redacted_in_audit_an
     [got] = receiver.to(f"/services/T0123ABCD/{SLACK_TOKEN}?token={TOKEN}")  # delivered to the URL in full
 
     [created] = AuditEvent.objects.filter(action="webhook.created", subject_id=str(hook))
-    redacted = receiver.url("/services/T0123ABCD/***") + "?token=***"
+    redacted = receiver.url("/services/***") + "?token=***"
     assert f'"url":"{redacted}"' in created.after
     assert redacted in caplog.text  # the creation's log line names where it points, redacted
     for secret in (TOKEN, SLACK_TOKEN):
@@ -89,6 +95,11 @@ def test_changing_only_the_token_is_audited_without_it(world):
     assert r.status_code == 200 and r.json()["url"].endswith(new_token)
     [updated] = AuditEvent.objects.filter(action="webhook.updated")
     assert '"url":"https://hooks.example.com/registry?token=***"' in updated.after
+    # The redacted URLs are equal: the keyed fingerprint tells that the URL changed.
+    before, after = json.loads(updated.before), json.loads(updated.after)
+    assert before["url"] == after["url"]
+    assert before["url_fingerprint"] != after["url_fingerprint"]
+    assert len(after["url_fingerprint"]) == 16
     assert admin.patch(f"{URL}{hook}", {"description": "same url"}, format="json").status_code == 200
     assert AuditEvent.objects.filter(action="webhook.updated").count() == 2
 
