@@ -165,7 +165,8 @@ class _Query:
         self.vendor = vendor
         self.params: dict = dict(seen.params)
         if as_of is not None:
-            self.params["as_of"] = as_of
+            # In the stored form: SQLite compares text, and an as_of with another offset than UTC's compared wrong.
+            self.params["as_of"] = connection.ops.adapt_datetimefield_value(as_of)
         self.model_filter = seen.model_sql
         self.type_filters = seen.type_sql
 

@@ -19,6 +19,7 @@ from lineage import graph as graphs
 from lineage import nodes
 from registry import services as registry_services
 from tests.lineage.test_page import PAGE, boxes, login, svg_of
+from tests.processes import sqlite_shell
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +125,30 @@ def test_the_status_as_of_costs_no_extra_query(personas, history):
     assert len(queries.captured_queries) == 1
     models = {key[1]: row["state"] for key, row in result.nodes.items() if key[0] == graphs.T_MODEL}
     assert sorted(models.values()) == ["deprecated", "registered"]
+
+
+def test_an_as_of_with_another_offset_is_the_same_instant_on_sqlite(tmp_path):
+    """SQLite compares times as text: an as_of written as +02:00 read the status of two hours later."""
+    script = (
+        "import time\n"
+        "from datetime import timedelta, timezone as tz\n"
+        "from django.contrib.auth.models import User\n"
+        "from django.utils import timezone\n"
+        "from lineage import graph, nodes\n"
+        "from registry import services\n"
+        "from tests.registry.helpers import s3_manifest\n"
+        "owner = User.objects.create_user('own')\n"
+        "model = services.model_create(actor=owner, namespace='acme', name='churn')\n"
+        "content = services.VersionContent(manifest=s3_manifest(b'x'), artifact_uri='s3://b/x')\n"
+        "version, _ = services.version_register(actor=owner, model=model, content=content)\n"
+        "time.sleep(0.05)\n"
+        "t0 = timezone.now()\n"
+        "time.sleep(0.05)\n"
+        "services.version_update(actor=owner, version=version, status='deprecated')\n"
+        "for as_of in (t0, t0.astimezone(tz(timedelta(hours=2))), t0.astimezone(tz(-timedelta(hours=5)))):\n"
+        "    start = nodes.resolve('model:acme/churn:1', owner, as_of)\n"
+        "    walk = graph.walk(user=owner, start=start, as_of=as_of)\n"
+        "    print('state', [n['state'] for n in walk.nodes.values()])\n"
+    )
+    printed, _ = sqlite_shell(tmp_path, script)
+    assert printed.count("state ['registered']") == 3, printed
