@@ -8,12 +8,15 @@ Namespaces often contain colons (`postgres://db:5432`), so a dataset or job id i
 the database: every split of the text at a colon is a candidate (namespace, name) and the one that
 exists wins (the longest namespace first, as Marquez's parser prefers not to split `scheme://` or
 `host:port`).
+Candidates the fields cannot hold are skipped, and an id with more candidates than MAX_CANDIDATES is
+refused: real ids have a few colons, and every candidate costs a condition in the lookup.
 """
 
 # ruff: noqa: S608 - start-node SQL is assembled from constants; values are bound parameters
 
 import re
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,11 +24,14 @@ from datetime import datetime
 from django.db.models import Q
 
 from core.errors import InvalidInput, NotFound
+from core.unicode import printable, unstorable
 from lineage.choices import NodeType
 
 MODEL_ID = re.compile(r"^(?P<namespace>[^/:]+)/(?P<name>[^/:]+):(?P<number>[0-9]{1,10})$")
 # OpenLineage datasets in this namespace name model versions: "{namespace}/{name}:{number}".
 MODEL_DATASET_NAMESPACE = "registry"
+MAX_NODE_ID = 3000  # characters, for every node id (API and page)
+MAX_CANDIDATES = 100  # (namespace, name[, version]) readings of one dataset or job id
 
 
 @dataclass(frozen=True)
@@ -64,25 +70,49 @@ def _asof(column: str, as_of: datetime | None) -> str:
     return f" AND {column} <= %(as_of)s" if as_of is not None else ""
 
 
-def _splits(text: str) -> list[tuple[str, str]]:
-    """(namespace, name) candidates of "ns:name", longest namespace first."""
-    positions = [i for i, ch in enumerate(text) if ch == ":"]
-    return [(text[:i], text[i + 1 :]) for i in reversed(positions) if i > 0 and i < len(text) - 1]
+def _bad_id(node_id: str, message: str, reason: str):
+    shown = printable(node_id if len(node_id) <= 200 else node_id[:200] + "…")
+    raise InvalidInput(f"nodeId '{shown}': {message}", detail={"nodeId": [reason]})
 
 
-def _named(model, text: str, as_of: datetime | None):
-    candidates = _splits(text)
+def _candidates(node_id: str, rest: str, model, *, versions: bool) -> list[tuple[str, str, str | None]]:
+    """(namespace, name, version) readings of `rest` in the order they are preferred: "ns:name" split at a
+    colon, the longest namespace first; then, with `versions`, "ns:name#version" split at each '#' from the
+    left (the version may itself hold '#' or ':'). Splits whose namespace or name the fields cannot hold are
+    skipped (nothing can match them); more than MAX_CANDIDATES is a 400."""
+    namespace_max = model._meta.get_field("namespace").max_length
+    name_max = model._meta.get_field("name").max_length
+    colons = [i for i, ch in enumerate(rest) if ch == ":"]
+    ends = [len(rest)] + ([at for at, ch in enumerate(rest) if ch == "#"] if versions else [])
+    found = []
+    for end in ends:
+        # a colon at i splits rest[:end] into namespace rest[:i] and name rest[i + 1 : end], both non-empty
+        low, high = max(1, end - 1 - name_max), min(end - 2, namespace_max)
+        for i in reversed(colons[bisect_left(colons, low) : bisect_left(colons, high + 1)]):
+            found.append((rest[:i], rest[i + 1 : end], rest[end + 1 :] if end < len(rest) else None))
+            if len(found) > MAX_CANDIDATES:
+                _bad_id(
+                    node_id,
+                    f"it can be read as more than {MAX_CANDIDATES} (namespace, name) pairs; no real id has that "
+                    "many ':' and '#' in it.",
+                    "Too many ':' and '#' to resolve.",
+                )
+    return found
+
+
+def _named(model, candidates: list[tuple[str, str, str | None]], as_of: datetime | None):
+    """The first candidate that exists (as of `as_of`), with its version text; one query for all of them."""
     if not candidates:
-        return None
+        return None, None
     query = Q()
-    for namespace, name in candidates:
+    for namespace, name, _ in candidates:
         query |= Q(namespace=namespace, name=name)
     found = {(o.namespace, o.name): o for o in model.objects.filter(query)}
-    for candidate in candidates:
-        obj = found.get(candidate)
+    for namespace, name, version in candidates:
+        obj = found.get((namespace, name))
         if obj is not None and (as_of is None or obj.recorded_at <= as_of):
-            return obj
-    return None
+            return obj, version
+    return None, None
 
 
 def _existed(obj, as_of: datetime | None, node_id: str):
@@ -92,11 +122,26 @@ def _existed(obj, as_of: datetime | None, node_id: str):
     return obj
 
 
+def _longest(node_id: str, rest: str, longest: int, form: str) -> None:
+    if len(rest) > longest:
+        _bad_id(
+            node_id,
+            f"{form} is at most {longest} characters after its prefix, not {len(rest)}.",
+            "Longer than any id of its type.",
+        )
+
+
 def _resolve_dataset(node_id: str, rest: str, user, as_of) -> Start:
     from lineage.models import Dataset, DatasetVersion
 
-    dataset = _named(Dataset, rest, as_of)
-    if dataset is not None:
+    field = Dataset._meta.get_field
+    longest = field("namespace").max_length + 1 + field("name").max_length
+    longest += 1 + DatasetVersion._meta.get_field("version").max_length
+    _longest(node_id, rest, longest, "dataset:{namespace}:{name}[#{version}]")
+    dataset, version_text = _named(Dataset, _candidates(node_id, rest, Dataset, versions=True), as_of)
+    if dataset is None:
+        return _existed(None, as_of, node_id)
+    if version_text is None:
         return Start(
             node_id,
             "dataset",
@@ -106,27 +151,24 @@ def _resolve_dataset(node_id: str, rest: str, user, as_of) -> Start:
             f" UNION ALL SELECT {NodeType.DATASET:d} AS t, %(start_pk)s AS id",
             {"start_pk": dataset.pk},
         )
-    # dataset:{namespace}:{name}#{version}: the version may itself contain '#' or ':'
-    for at in [i for i, ch in enumerate(rest) if ch == "#"]:
-        dataset = _named(Dataset, rest[:at], as_of)
-        if dataset is None:
-            continue
-        version = DatasetVersion.objects.filter(dataset=dataset, version=rest[at + 1 :]).first()
-        version = _existed(version, as_of, node_id)
-        return Start(
-            node_id,
-            "datasetVersion",
-            version.pk,
-            f"SELECT {NodeType.DATASET_VERSION:d} AS t, %(start_pk)s AS id",
-            {"start_pk": version.pk},
-        )
-    return _existed(None, as_of, node_id)
+    # dataset:{namespace}:{name}#{version}: the first '#' whose left side names a dataset decides
+    version = _existed(DatasetVersion.objects.filter(dataset=dataset, version=version_text).first(), as_of, node_id)
+    return Start(
+        node_id,
+        "datasetVersion",
+        version.pk,
+        f"SELECT {NodeType.DATASET_VERSION:d} AS t, %(start_pk)s AS id",
+        {"start_pk": version.pk},
+    )
 
 
 def _resolve_job(node_id: str, rest: str, user, as_of) -> Start:
     from lineage.models import Job
 
-    job = _existed(_named(Job, rest, as_of), as_of, node_id)
+    longest = Job._meta.get_field("namespace").max_length + 1 + Job._meta.get_field("name").max_length
+    _longest(node_id, rest, longest, "job:{namespace}:{name}")
+    job, _ = _named(Job, _candidates(node_id, rest, Job, versions=False), as_of)
+    job = _existed(job, as_of, node_id)
     return Start(
         node_id,
         "job",
@@ -217,7 +259,13 @@ BUILTIN = {
 
 def resolve(node_id: str, user, as_of: datetime | None = None) -> Start:
     """Parse and resolve a node id; 400 for a malformed id, 404 for one that does not exist (or is hidden)."""
-    prefix, sep, rest = (node_id or "").partition(":")
+    node_id = node_id or ""
+    if len(node_id) > MAX_NODE_ID:
+        _bad_id(node_id, f"a node id is at most {MAX_NODE_ID} characters, not {len(node_id)}.", "Too long.")
+    char = unstorable(node_id)
+    if char is not None:  # no stored name holds one, and PostgreSQL refuses a NUL in a query (a 500)
+        _bad_id(node_id, f"it holds \\u{ord(char):04x}, which no node id contains: remove it.", "Bad character.")
+    prefix, sep, rest = node_id.partition(":")
     if not sep or not rest:
         raise InvalidInput(
             f"nodeId '{node_id}' is not a lineage node id: use dataset:{{namespace}}:{{name}}[#{{version}}], "

@@ -6,20 +6,23 @@ resolution and visibility as the API (`lineage.nodes.resolve`): a node the user 
 size of the graph. The export links call the API with the browser's session.
 """
 
+import contextlib
+
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
-from django.utils.dateparse import parse_datetime
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
+from rest_framework.exceptions import ValidationError
 
 from core.errors import InvalidInput, NotFound
 from lineage import graph as graphs
 from lineage import nodes as node_ids
 from lineage import picture, selectors
+from lineage.api import serializers as api_serializers
 
 DEFAULT_PAGE_DEPTH = 20
-MAX_PICTURE_NODES = 400  # beyond this the page lists the nodes and offers the exports instead
+MAX_PICTURE_NODES = 400  # beyond this (or picture.MAX_SEGMENTS) the page lists the nodes and offers the exports
 
 EXPORTS = [
     ("openlineage", "OpenLineage (NDJSON)"),
@@ -49,13 +52,13 @@ def _options(request) -> tuple[dict, list[str]]:
     raw_as_of = request.GET.get("as_of", "").strip()
     as_of = None
     if raw_as_of:
-        try:
-            as_of = parse_datetime(raw_as_of)
-        except ValueError:
-            as_of = None
-        if as_of is None or as_of.tzinfo is None:
-            problems.append("as_of must be an RFC 3339 time with an offset, e.g. 2026-01-31T12:00:00Z.")
-            as_of = None
+        try:  # as the API reads it: the export links pass it on
+            as_of = api_serializers.as_of(raw_as_of)
+        except ValidationError as exc:
+            problems.append(
+                "as_of must be an RFC 3339 time within years 1-9999 in UTC, e.g. 2026-01-31T12:00:00Z: "
+                + " ".join(exc.detail)
+            )
     return {
         "direction": direction,
         "depth": depth,
@@ -109,8 +112,12 @@ def lineage_page(request):
 
     svg, layout = None, None
     if len(graph["nodes"]) <= MAX_PICTURE_NODES:
-        markup, layout = picture.svg(graph, href=_href(options["granularity"], options["as_of_text"]), start=node_id)
-        svg = mark_safe(markup)  # noqa: S308 - built by lineage.picture, which escapes every text
+        # too many edges to draw legibly (or quickly): the list, as for too many nodes
+        with contextlib.suppress(picture.TooBig):
+            markup, layout = picture.svg(
+                graph, href=_href(options["granularity"], options["as_of_text"]), start=node_id
+            )
+            svg = mark_safe(markup)  # noqa: S308 - built by lineage.picture, which escapes every text
 
     common = {"nodeId": node_id, **({"as_of": options["as_of_text"]} if options["as_of_text"] else {})}
     walk_params = {"direction": options["direction"], "depth": options["depth"]}
@@ -140,6 +147,7 @@ def lineage_page(request):
             "layout": layout,
             "too_big": svg is None,
             "max_nodes": MAX_PICTURE_NODES,
+            "max_segments": picture.MAX_SEGMENTS,
             "options": options,
             "directions": selectors.DIRECTIONS,
             "granularities": selectors.GRANULARITIES,

@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api import StrictSerializer, UUIDString
-from lineage import graph, selectors
+from lineage import graph, nodes, selectors
 from lineage.exports import FORMATS
 
 NODE_ID_HELP = (
@@ -12,7 +12,7 @@ NODE_ID_HELP = (
 
 
 class GraphQuery(StrictSerializer):
-    nodeId = serializers.CharField(max_length=3000, help_text=NODE_ID_HELP)  # noqa: N815 - the contract's name
+    nodeId = serializers.CharField(max_length=nodes.MAX_NODE_ID, help_text=NODE_ID_HELP)  # noqa: N815 - the contract's name
     direction = serializers.ChoiceField(choices=selectors.DIRECTIONS, default="both")
     depth = serializers.IntegerField(min_value=0, max_value=graph.MAX_DEPTH, default=graph.DEFAULT_DEPTH)
     as_of = serializers.DateTimeField(required=False, help_text="read the graph as it was at this time (RFC 3339)")
@@ -24,8 +24,13 @@ class GraphQuery(StrictSerializer):
     )
 
 
+def as_of(text: str):
+    """`as_of` as the API reads it, for the lineage page, whose export links pass it on (ValidationError if bad)."""
+    return GraphQuery().fields["as_of"].run_validation(text)
+
+
 class ExportQuery(StrictSerializer):
-    nodeId = serializers.CharField(max_length=3000, help_text=NODE_ID_HELP)  # noqa: N815
+    nodeId = serializers.CharField(max_length=nodes.MAX_NODE_ID, help_text=NODE_ID_HELP)  # noqa: N815
     format = serializers.ChoiceField(choices=list(FORMATS))
     direction = serializers.ChoiceField(choices=selectors.DIRECTIONS, default="both")
     depth = serializers.IntegerField(min_value=0, max_value=graph.MAX_DEPTH, default=graph.DEFAULT_DEPTH)
@@ -34,7 +39,7 @@ class ExportQuery(StrictSerializer):
 
 class TrailQuery(StrictSerializer):
     nodeId = serializers.CharField(  # noqa: N815
-        max_length=3000, help_text="model:{namespace}/{name}:{number} or release:{target}:{number}"
+        max_length=nodes.MAX_NODE_ID, help_text="model:{namespace}/{name}:{number} or release:{target}:{number}"
     )
     format = serializers.ChoiceField(choices=["json", "html"], default="json")
     as_of = serializers.DateTimeField(required=False)
