@@ -1,10 +1,12 @@
 """Reads for governance, permission-filtered for the asking user."""
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db.models import Min, Prefetch, Q, QuerySet
+from django.db.models import F, Min, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from accounts import access
@@ -14,7 +16,7 @@ from governance.policy import Check, Facts, PolicyRules, evaluate, parse_rules
 from lineage import selectors as lineage_selectors
 from registry import cards
 from registry import selectors as registry_selectors
-from registry.models import ModelVersion, RegisteredModel
+from registry.models import ModelCardRevision, ModelVersion, RegisteredModel, VersionSignature
 from registry.services import REGISTRY_URI
 
 
@@ -43,42 +45,90 @@ def rules_of(policy: Policy) -> PolicyRules:
     return parse_rules(policy.rules)
 
 
-def promotion_facts(*, version: ModelVersion) -> Facts:
-    """Everything the policy rules look at, gathered for one version."""
-    card = registry_selectors.latest_card(version)
-    filled, license_ = frozenset(), None
-    if card is not None:
-        report = cards.completeness(card.content)
-        filled = frozenset(s for s in cards.SECTIONS if s not in report["missing"] and s not in report["empty"])
-        license_ = (card.content.get("governance") or {}).get("license") or (card.content.get("metadata") or {}).get(
-            "license"
+def promotion_facts(*, version: ModelVersion, rules: PolicyRules | None = None) -> Facts:
+    """What `rules` look at, gathered for one version; None gathers every fact (the trail checks one version
+    against several policies). Storage is asked, as at approval."""
+    return facts_many([(version, rules)], ask_storage=True)[version.pk]
+
+
+def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, ask_storage: bool) -> dict[int, Facts]:
+    """version id -> the facts its rules look at, for many versions in a fixed number of queries: the one
+    place each fact is gathered, for one version (promotion_facts) and for a page (ui_selectors.evaluate_many).
+
+    The verified-digest and lineage facts cost a storage HEAD per file and a graph walk: they are gathered
+    only for versions with a rule that looks at them (None: every rule), the walk once for all of them. With
+    `ask_storage` false (the review queue) the digest fact is the one registration established, without I/O
+    (see registered_digest_check)."""
+    versions = {v.pk: v for v, _ in wanted}
+    digest_for = {v.pk for v, rules in wanted if rules is None or rules.require_verified_digest}
+    lineage_for = [versions[pk] for pk in {v.pk for v, rules in wanted if rules is None or rules.require_lineage}]
+    ids = list(versions)
+    latest_cards, signatures, live = _latest_cards(ids), _latest_signatures(ids), _live_since(ids)
+    lineage = lineage_selectors.version_summaries(lineage_for)
+    now = timezone.now()
+    result = {}
+    for pk, version in versions.items():
+        card, signature = latest_cards.get(pk), signatures.get(pk)
+        filled, license_ = _card_facts(card)
+        verified, detail = None, ""
+        if pk in digest_for:
+            verified, detail = (stored_digest_check if ask_storage else registered_digest_check)(version)
+        summary = lineage.get(pk, {"datasets_with_digest": 0, "code_commit": None})
+        result[pk] = Facts(
+            version_status=version.status,
+            digest=version.digest,
+            metrics=version.metrics,
+            metric_sources=version.metric_sources,
+            card_revision=card.revision if card else None,
+            card_sections_filled=filled,
+            card_license=license_,
+            digest_verified=verified,
+            digest_detail=detail,
+            lineage_datasets_with_digest=summary["datasets_with_digest"],
+            code_commit=summary["code_commit"],
+            signature_verified=signature.verified if signature else None,
+            signature_reason=signature.reason if signature else "",
+            live_since=live.get(pk, {}),
+            now=now,
         )
-    verified, detail = stored_digest_check(version)
-    live_since = dict(
-        Release.objects.filter(version=version, state=ReleaseState.LIVE, live_at__isnull=False)
-        .values("target__stage")
+    return result
+
+
+def _card_facts(card: ModelCardRevision | None) -> tuple[frozenset[str], str | None]:
+    """The sections a card fills in, and the license it states."""
+    if card is None:
+        return frozenset(), None
+    report = cards.completeness(card.content)
+    filled = frozenset(s for s in cards.SECTIONS if s not in report["missing"] and s not in report["empty"])
+    stated = (card.content.get("governance") or {}).get("license")
+    return filled, stated or (card.content.get("metadata") or {}).get("license")
+
+
+def _latest_cards(version_ids: list[int]) -> dict[int, ModelCardRevision]:
+    newest = ModelCardRevision.objects.filter(version=OuterRef("version")).order_by("-revision").values("revision")[:1]
+    rows = ModelCardRevision.objects.filter(version_id__in=version_ids, revision=Subquery(newest))
+    return {card.version_id: card for card in rows}
+
+
+def _latest_signatures(version_ids: list[int]) -> dict[int, VersionSignature]:
+    newest = (
+        VersionSignature.objects.filter(version=OuterRef("version")).order_by("-created_at", "-id").values("id")[:1]
+    )
+    rows = VersionSignature.objects.filter(version_id__in=version_ids, id=Subquery(newest)).defer("bundle")
+    return {sig.version_id: sig for sig in rows}
+
+
+def _live_since(version_ids: list[int]) -> dict[int, dict]:
+    """version id -> {stage: when it went live there}, over its live releases."""
+    result: dict[int, dict] = defaultdict(dict)
+    rows = (
+        Release.objects.filter(version_id__in=version_ids, state=ReleaseState.LIVE, live_at__isnull=False)
+        .values("version_id", "target__stage")
         .annotate(since=Min("live_at"))
-        .values_list("target__stage", "since")
     )
-    lineage = _lineage_summary(version)
-    signature = registry_selectors.latest_signature(version)
-    return Facts(
-        version_status=version.status,
-        digest=version.digest,
-        metrics=version.metrics,
-        metric_sources=version.metric_sources,
-        card_revision=card.revision if card else None,
-        card_sections_filled=filled,
-        card_license=license_,
-        digest_verified=verified,
-        digest_detail=detail,
-        lineage_datasets_with_digest=lineage["datasets_with_digest"],
-        code_commit=lineage["code_commit"],
-        signature_verified=signature.verified if signature else None,
-        signature_reason=signature.reason if signature else "",
-        live_since=live_since,
-        now=timezone.now(),
-    )
+    for row in rows:
+        result[row["version_id"]][row["target__stage"]] = row["since"]
+    return result
 
 
 def stored_digest_check(version: ModelVersion) -> tuple[bool | None, str]:
@@ -94,11 +144,18 @@ def stored_digest_check(version: ModelVersion) -> tuple[bool | None, str]:
     return True, f"all {count} files are stored under their sha256 (hashed on upload), with their declared sizes."
 
 
-def _lineage_summary(version: ModelVersion) -> dict:
-    """Dataset versions with digests upstream of the version (through the run that produced it) and
-    the code commit behind it: the producing run's commit, else the version's `source.commit`.
-    Read from the lineage graph for every asker alike (lineage.selectors.version_summary)."""
-    return lineage_selectors.version_summary(version=version)
+def registered_digest_check(version: ModelVersion) -> tuple[bool | None, str]:
+    """The verified-digest rule's facts as registration left them, without asking the storage (the review
+    queue: a HEAD per file and row would grow with the page). Registration refuses a registry:// version
+    unless every file is stored under its sha256 with the declared size (registry.services), and the registry
+    deletes no blob, so this is the last known state; the request page and the approval ask the storage."""
+    if not version.artifact_uri.startswith(REGISTRY_URI):
+        return stored_digest_check(version)  # outside the registry: answered without I/O
+    count = len(version.manifest["files"])
+    return True, (
+        f"all {count} files were stored under their sha256 (hashed on upload), with their declared sizes, when "
+        "the version was registered; the request page and approval check the storage again."
+    )
 
 
 def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revision: int | None) -> list[Approval]:
@@ -155,7 +212,7 @@ def promotions_visible(*, user) -> QuerySet[PromotionRequest]:
     return (
         PromotionRequest.objects.filter(version__model__in=models, target__in=targets)
         .select_related("version__model", "target", "requester")
-        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user", "policy")))
     )
 
 
@@ -183,12 +240,21 @@ def review_queue(*, user) -> QuerySet[PromotionRequest]:
 def _current_policies() -> tuple[dict[int, Policy], dict[tuple[int, int], Policy]]:
     """The newest policy of each target, and of each (target, model) override."""
     targets, overrides = {}, {}
-    for policy in Policy.objects.order_by("target_id", "model_id", "version"):
+    for policy in newest_policies():
         if policy.model_id is None:
             targets[policy.target_id] = policy
         else:
             overrides[(policy.target_id, policy.model_id)] = policy
     return targets, overrides
+
+
+def newest_policies() -> QuerySet[Policy]:
+    """Only the newest version of each target's policy and of each (target, model) override, picked in SQL
+    (a window function, PostgreSQL and SQLite alike; its partition keeps a NULL model as one group): older
+    versions are kept forever, for the approvals bound to them, and need not be read to find the current one.
+    Further filters apply before the pick, so they must keep or drop whole (target, model) groups."""
+    newest_first = Window(RowNumber(), partition_by=[F("target_id"), F("model_id")], order_by=F("version").desc())
+    return Policy.objects.annotate(newest=newest_first).filter(newest=1)
 
 
 def live_release(*, target: DeploymentTarget) -> Release | None:
@@ -210,5 +276,6 @@ class Evaluation:
 
 def promotion_evaluate(*, version: ModelVersion, target: DeploymentTarget) -> Evaluation:
     policy = current_policy(target=target, model=version.model)
-    facts = promotion_facts(version=version)
-    return Evaluation(policy=policy, checks=evaluate(rules_of(policy), facts), card_revision=facts.card_revision)
+    rules = rules_of(policy)
+    facts = promotion_facts(version=version, rules=rules)
+    return Evaluation(policy=policy, checks=evaluate(rules, facts), card_revision=facts.card_revision)
