@@ -5,12 +5,15 @@ facets only when they changed, and everything carries the same `recorded_at` (th
 write), which is what `as_of` reads.
 """
 
+import logging
+import secrets
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
 from django.contrib.postgres.fields import ArrayField
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, OperationalError, connection, models, transaction
 from django.db.models import F, OuterRef, Q, Subquery, Window
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import RowNumber
@@ -25,6 +28,8 @@ from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
 from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, dataset_digest
 from registry.models import ModelPerm, ModelVersion, RegisteredModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +92,11 @@ class _Writer:
 
     A fixed number of statements on PostgreSQL whatever the number of datasets: identities and versions are
     read and created in bulk, facts are queued in the order the per-dataset rules produce them (later datasets
-    of the event see the versions and facets earlier ones recorded) and inserted at the end."""
+    of the event see the versions and facets earlier ones recorded) and inserted at the end.
+
+    Rows under a unique key that a concurrent event may insert too (datasets, versions, a JobEvent's edges) are
+    inserted in one order whatever the event's: an insert waits for another transaction's uncommitted row with the
+    same key, so two events inserting shared rows in opposite orders would each wait for the other."""
 
     def __init__(self, *, actor, event: ParsedEvent, now):
         self.actor = actor
@@ -103,25 +112,27 @@ class _Writer:
 
     # --- identities ------------------------------------------------------------------------
     def datasets(self, refs: list[DatasetRef]) -> dict[tuple[str, str], Dataset]:
-        """The datasets refs name, by (namespace, name); the new ones created in the order first named."""
+        """The datasets refs name, by (namespace, name); the new ones created in (namespace, name) order."""
         fields = ("namespace", "name")
-        keys = list(dict.fromkeys((ref.namespace, ref.name) for ref in refs))
+        keys = {(ref.namespace, ref.name) for ref in refs}
         found = _read(Dataset, fields, keys)
         made, created = _create(
             Dataset,
             fields,
-            [key for key in keys if key not in found],
+            sorted(key for key in keys if key not in found),
             lambda key: Dataset(namespace=key[0], name=key[1], recorded_at=self.now),
         )
         self.counts["datasets"] += created
         return found | made
 
     def create_versions(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], DatasetVersion]:
-        """Create versions (dataset id, version) known not to exist, in order."""
+        """Create versions (dataset id, version) known not to exist, by dataset id and, within a dataset, in order:
+        the last one created is that dataset's latest (the highest id of one recorded_at, _current_versions), so
+        versions of one dataset keep the order the rules created them in."""
         made, created = _create(
             DatasetVersion,
             ("dataset_id", "version"),
-            keys,
+            sorted(keys, key=lambda key: key[0]),
             lambda key: DatasetVersion(
                 dataset_id=key[0],
                 version=key[1],
@@ -362,6 +373,11 @@ class _Writer:
         self.counts["links"] += len(self.links)
         # An edge already recorded (same source, target, kind) keeps its first recorded_at and event; the insert
         # skips it without saying so, so the edges this event created are counted by their event.
+        if self.parsed.kind != EventKind.RUN:
+            # Another JobEvent of the job may insert the same edges: in key order (see the class). A RunEvent's
+            # edges all touch its run, whose events the run claim lock serializes, and their order is the order
+            # the run read its inputs in (_current_versions).
+            self.edges.sort(key=lambda e: (e.src_type, e.src_id, e.dst_type, e.dst_id, e.kind))
         if self.edges:
             Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
             self.counts["edges"] += Edge.objects.filter(event=self.row).count()
@@ -554,8 +570,30 @@ def _model_restated(w: _Writer) -> list[str]:
     return [nodes.model_id(version.model.namespace, version.model.name, version.number)]
 
 
+_RETRIED = {"40P01", "40001"}  # deadlock_detected, serialization_failure: the whole transaction may be run again
+INGEST_ATTEMPTS = 3
+
+
 def event_ingest(*, actor, event: ParsedEvent) -> IngestResult:
-    """Record one validated OpenLineage event (lineage.openlineage.parse) and its audit event."""
+    """Record one validated OpenLineage event (lineage.openlineage.parse) and its audit event.
+
+    A transaction PostgreSQL aborted as a deadlock victim (two events creating shared rows in an order the sorted
+    inserts cannot fix, such as two new versions of one dataset) runs again from the start, reading what the other
+    one committed. Inside a caller's transaction there is nothing to run again: the caller's is aborted too."""
+    attempts = 1 if connection.in_atomic_block else INGEST_ATTEMPTS
+    for attempt in range(1, attempts):
+        try:
+            return _ingest(actor=actor, event=event)
+        except OperationalError as exc:
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
+            if sqlstate not in _RETRIED:
+                raise
+            log.warning("lineage event ingest aborted (SQLSTATE %s), attempt %s of %s", sqlstate, attempt, attempts)
+            time.sleep(secrets.randbelow(50) / 1000)  # so the two do not meet again in step
+    return _ingest(actor=actor, event=event)
+
+
+def _ingest(*, actor, event: ParsedEvent) -> IngestResult:
     now = timezone.now()
     w = _Writer(actor=actor, event=event, now=now)
     job_node = run_node = None

@@ -258,13 +258,13 @@ def test_a_dataset_another_transaction_creates_meanwhile_is_read_not_created_twi
 
 
 EXPECTED = {
-    "datasets": [["t", 0], ["d", 1], ["fresh", 2], ["e", 2], ["o", 2], ["t2", 5], ["new", 6]],
+    "datasets": [["t", 0], ["d", 1], ["e", 2], ["fresh", 2], ["o", 2], ["t2", 5], ["new", 6]],
     "versions": [
         ["dataset:s3://b:t#run:W", "", "2026-01-01", 0],
         ["dataset:s3://b:d#v1", "", "2026-01-01", 1],
-        ["dataset:s3://b:fresh#", "", "2026-01-01", 2],
-        ["dataset:s3://b:e#v2", "", "2026-01-01", 2],
         ["dataset:s3://b:t#run:R", "", "2026-01-01", 2],
+        ["dataset:s3://b:e#v2", "", "2026-01-01", 2],
+        ["dataset:s3://b:fresh#", "", "2026-01-01", 2],
         ["dataset:s3://b:o#sha256:o", "sha256:o", "2026-01-01", 2],
         ["dataset:s3://b:t#run:W2", "", "2026-01-01", 4],
         ["dataset:s3://b:t2#", "", "2026-01-02", 5],
@@ -284,8 +284,8 @@ EXPECTED = {
         ["dataset:s3://b:t2#", "run:R", 1, 5, 5],
         ["dataset:s3://b:t", "job:p:declared", 1, 6, 6],
         ["dataset:s3://b:d", "job:p:declared", 1, 6, 6],
-        ["job:p:declared", "dataset:s3://b:new", 2, 6, 6],
         ["job:p:declared", "dataset:s3://b:t", 2, 6, 6],
+        ["job:p:declared", "dataset:s3://b:new", 2, 6, 6],
         ["dataset:s3://b:t#run:W2", "run:R2", 1, 7, 7],
         ["dataset:s3://b:e#v2", "run:R2", 1, 7, 7],
     ],
