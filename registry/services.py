@@ -5,7 +5,6 @@ import copy
 import dataclasses
 import hashlib
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -122,19 +121,9 @@ def _check_registry_files(manifest: dict, *, actor) -> None:
     """For the registry's own storage: every file must be stored, with the declared size, and held by a model
     the registrant may view (BlobHolding): a stored blob another model holds counts as not uploaded until its
     bytes are sent for this one, so a sha256 learnt elsewhere opens no file."""
-    store = blob_store()
     shas = sorted({f["sha256"] for f in manifest["files"]})
     held = selectors.blobs_held(user=actor, shas=shas)
-    shown = [sha for sha in shas if sha in held]
-    with ThreadPoolExecutor(max_workers=min(16, len(shown) or 1)) as pool:  # a HEAD each on S3: not one by one
-        stored = dict(zip(shown, pool.map(store.size, shown), strict=True))
-    missing, wrong = [], []
-    for f in manifest["files"]:
-        size = stored.get(f["sha256"])
-        if size is None:
-            missing.append(f["path"])
-        elif size != f["size"]:
-            wrong.append(f"{f['path']} (declared {f['size']} bytes, stored {size})")
+    missing, wrong = selectors.stored_file_problems(manifest, look_up=[sha for sha in shas if sha in held])
     if missing or wrong:
         parts = []
         if missing:
