@@ -136,9 +136,9 @@ DATE_TIME_FORM = "YYYY-MM-DDTHH:MM:SS[.fraction] and Z or ±HH:MM, as in 2026-01
 
 
 def _time(value, path: str) -> datetime:
-    """An RFC 3339 date-time, in UTC. Fractions finer than a microsecond are cut. A leap second (second 60, only
-    at 23:59 UTC: 23:59:60Z, 15:59:60-08:00) is read as 23:59:59.999999 UTC: neither Python nor PostgreSQL
-    has second 60, and that instant keeps it after every earlier time of the day."""
+    """An RFC 3339 date-time (one without an offset read as UTC), in UTC. Fractions finer than a microsecond are
+    cut. A leap second (second 60, only at 23:59 UTC: 23:59:60Z, 15:59:60-08:00) is read as 23:59:59.999999 UTC:
+    neither Python nor PostgreSQL has second 60, and that instant keeps it after every earlier time of the day."""
     if not isinstance(value, str):
         _bad(path, "is required (an RFC 3339 date-time)." if value is None else "must be an RFC 3339 date-time string.")
     m = DATE_TIME.fullmatch(value)
@@ -148,8 +148,9 @@ def _time(value, path: str) -> datetime:
         _bad(path, f"'{value}' is not an RFC 3339 date-time ({DATE_TIME_FORM}).")
     if m["sep"] == " ":
         _bad(path, f"'{value}' separates the date and the time with a space; an RFC 3339 date-time has 'T' there.")
-    if m["offset"] is None:
-        _bad(path, f"'{value}' has no UTC offset; add Z (UTC) or ±HH:MM, as RFC 3339 requires.")
+    # No offset: read as UTC. RFC 3339 requires one, but the OpenLineage Python client's own check (dateutil's
+    # isoparse) lets it through, and its documented examples and the Great Expectations action send
+    # datetime.now().isoformat(): refusing it lost those events.
     offset = timedelta(0)
     if m["sign"]:
         if int(m["off_hour"]) > 23 or int(m["off_minute"]) > 59:

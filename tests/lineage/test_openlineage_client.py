@@ -5,6 +5,7 @@ urljoin(url, endpoint); a 4xx raises requests.HTTPError from emit().
 """
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -245,6 +246,23 @@ def test_dataset_and_job_events_from_the_client(live_server, client_for, writer_
         ("job:dbt:analytics.customers_daily", "dataset:postgres://warehouse:5432:analytics.public.customers_daily"),
     }
     assert LineageEvent.objects.filter(kind="JobEvent").count() == 1
+
+
+@live
+def test_an_event_as_the_client_docs_build_it_is_recorded(live_server, client_for, writer_token):
+    """openlineage.io's Python client page and OpenLineage's Great Expectations action send
+    datetime.now().isoformat(), a time without an offset, which the client's own check lets through: read as UTC."""
+    client = client_for(live_server.url + "/", writer_token)
+    event = RunEvent(
+        eventType=RunState.COMPLETE,
+        eventTime=datetime(2026, 3, 1, 9, 30, 15, 250_000).isoformat(),
+        run=Run(runId=str(uuid.uuid4())),
+        job=Job(namespace="pipelines", name="validate"),
+        producer="https://github.com/OpenLineage/OpenLineage/tree/1.0.0/integration/common",
+    )
+    client.emit(event)  # raises requests.HTTPError on a 400
+    stored = LineageEvent.objects.get(run__run_uuid=event.run.runId)
+    assert stored.event_time == datetime(2026, 3, 1, 9, 30, 15, 250_000, tzinfo=UTC)
 
 
 def _counts():
