@@ -188,9 +188,12 @@ def promotions_section(ctx: lineage_trail.TrailContext) -> lineage_trail.Section
     checks = None
     if as_of is None:  # the present only: a check now says nothing about a past moment
         checks = []
-        facts = selectors.promotion_facts(version=version) if requests else None
-        for target in sorted({r.target for r in requests}, key=lambda t: t.name):
-            policy = selectors.current_policy(target=target, model=version.model)
+        targets = sorted({r.target for r in requests}, key=lambda t: t.name)
+        current = [selectors.current_policy(target=target, model=version.model) for target in targets]
+        # The facts these policies' rules look at, no more (a verified digest asks the storage file by file).
+        wanted = [(version, selectors.rules_of(policy)) for policy in current]
+        facts = selectors.facts_many(wanted, ask_storage=True)[version.pk] if wanted else None
+        for target, policy in zip(targets, current, strict=True):
             policies[policy.pk] = policy
             checks.append(
                 {

@@ -255,3 +255,17 @@ def test_the_queue_asks_the_storage_nothing_and_the_request_page_only_under_the_
     assert not check["passed"] and "model-0.bin" in check["reason"]
     refused = api.post(f"/api/v1/promotions/{request.pk}/approve", {}, format="json")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "rules_failing"
+
+
+def test_the_trail_asks_the_storage_nothing_under_a_policy_without_the_rule(personas, heads, s3):  # noqa: F811
+    admin, owner = personas["admin"].user, personas["owner"].user
+    churn = builders.model(owner)
+    lax = builders.target(admin, "staging", stage="staging", policy={**DIGEST_POLICY, "require_verified_digest": False})
+    version = stored_version(owner, churn, "t0")
+    services.promotion_request(actor=owner, version=version, target=lax)
+    heads.clear()
+    response = personas["auditor"].client().get(f"/api/v1/lineage/trail?nodeId=model:acme/churn:{version.number}")
+    assert response.status_code == 200, response.content[:300]
+    sections = response.json()["trail"]["sections"]
+    assert any(section.get("checks") for section in sections.values()), sections  # the policy is evaluated
+    assert heads == []
