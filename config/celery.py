@@ -90,20 +90,45 @@ def _serve_worker_metrics(**_):
 
 # --- One clock and one count for every process: the broker's Redis -------------------------------
 # Beat, web and workers may run on machines whose clocks disagree, and a worker child that dies takes what it
-# knew with it: the Redis server the broker runs on is what they all share.
-_redis_clients: dict[str, object] = {}
+# knew with it: the Redis server the broker runs on is what they all share. Its client comes from Celery's own
+# broker connection, so it is configured as the broker is (a TLS URL's options as kombu reads them,
+# broker_use_ssl, broker_transport_options: timeouts, sentinel, global_keyprefix): a redis-py client built from
+# the URL alone refused `ssl_cert_reqs=CERT_REQUIRED` and left the count and the clock out. One per process,
+# made on first use, so a prefork child never uses its parent's.
+_broker_redis: tuple[int, object, object, str] | None = None  # pid, kombu connection, redis client, key prefix
+
+
+def _broker():
+    global _broker_redis
+    if _broker_redis is None or _broker_redis[0] != os.getpid():
+        import redis
+        from kombu.exceptions import KombuError
+
+        connection = app.connection_for_write()
+        if connection.transport.driver_type != "redis":
+            _broker_redis = (os.getpid(), None, None, "")
+        else:
+            try:  # once: the next call tries again
+                channel = connection.ensure_connection(max_retries=0).default_channel
+            except KombuError as exc:
+                connection.release()
+                raise redis.ConnectionError(f"could not connect to the broker: {exc}") from exc
+            # A plain client on the channel's pool (the connection its ping opened): kombu's prefixing client
+            # prefixes only the commands kombu sends (DEL, not INCR), so the keys here carry the prefix themselves.
+            client = redis.Redis(connection_pool=channel.client.connection_pool)
+            _broker_redis = (os.getpid(), connection, client, channel.global_keyprefix or "")
+    return _broker_redis
 
 
 def broker_redis():
-    """A client of the broker's Redis server, or None when the broker is not Redis."""
-    url = app.conf.broker_url or ""
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    if url not in _redis_clients:
-        import redis
+    """This process's client of the broker's Redis server, or None when the broker is not Redis. Raises
+    redis.ConnectionError when it cannot connect."""
+    return _broker()[2]
 
-        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return _redis_clients[url]
+
+def broker_key(name: str) -> str:
+    """`name` under the broker's global_keyprefix, if it has one."""
+    return _broker()[3] + name
 
 
 def shared_now() -> float | None:
@@ -111,10 +136,12 @@ def shared_now() -> float | None:
     with the filesystem broker (which works only with every process on one machine). None otherwise."""
     import redis
 
-    client = broker_redis()
-    if client is None:
-        return time.time() if app.conf.broker_url == "filesystem://" else None
+    if app.conf.broker_url == "filesystem://":
+        return time.time()
     try:
+        client = broker_redis()
+        if client is None:
+            return None
         seconds, micros = client.time()
     except redis.RedisError as exc:
         log.warning("could not read the broker's clock: %s", exc)
@@ -168,11 +195,13 @@ _delivery_keys: dict[str, str] = {}  # task id -> its count's key, deleted when 
 def _count_delivery(request) -> int | None:
     import redis
 
-    client = None if request.is_eager or not request.delivery_info else broker_redis()
-    if client is None:
+    if request.is_eager or not request.delivery_info:
         return None
-    key = f"registry:deliveries:{request.id}:{request.retries}"
     try:
+        client = broker_redis()
+        if client is None:
+            return None
+        key = broker_key(f"registry:deliveries:{request.id}:{request.retries}")
         deliveries, _ = client.pipeline().incr(key).expire(key, DELIVERY_COUNT_TTL).execute()
     except redis.RedisError as exc:
         log.warning("could not count the deliveries of task %s: %s", request.id, exc)
