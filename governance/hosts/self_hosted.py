@@ -504,8 +504,6 @@ class SelfHostedHost:
                 started_at=time.time(),
                 last_served=previous.last_served if previous else 0.0,
             )
-            records[spec.release_number] = record  # the pid is on disk before we wait for anything
-            state.save(records)
             try:
                 self._wait_ready(settings, state, records, record, spec)
                 return record
@@ -516,26 +514,36 @@ class SelfHostedHost:
     def _wait_ready(
         self, settings: Settings, state: State, records: dict[int, Record], record: Record, spec: ReleaseSpec
     ) -> None:
+        """Record the server (its pid is on disk before we wait for anything) and wait until it is ready.
+
+        Whatever else ends the wait stops the server and drops its record: it exited, the ready timeout, and
+        equally the reconcile's soft time limit (RECONCILE_MAX_HOLD_SECONDS) or a worker shutting down. Its release
+        then fails, and nothing else would stop it: the fallback finds the last good release serving and deploys
+        nothing, so no `_retire` runs, and a record left behind could even be kept by `keep_previous`."""
         deadline = time.monotonic() + settings.ready_timeout
         delay = 0.02
-        while True:
-            if not process_alive(record):
-                del records[record.release]
-                state.save(records)
-                raise _ExitedEarly(log_tail(record.log_path) or f"pid {record.pid} exited")
-            if probe_ready(settings.host, record.port, timeout=min(1.0, settings.ready_timeout)):
-                return
-            if time.monotonic() > deadline:
-                stop_process(record, grace=2.0)
-                del records[record.release]
-                state.save(records)
-                raise HostError(
-                    f"release {spec.release_number}: model server on port {record.port} not ready after "
-                    f"{settings.ready_timeout:.0f}s; stopped it ({record.log_path}: {log_tail(record.log_path, 3)})",
-                    retryable=True,
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+        try:
+            records[record.release] = record
+            state.save(records)
+            while True:
+                if not process_alive(record):
+                    raise _ExitedEarly(log_tail(record.log_path) or f"pid {record.pid} exited")
+                if probe_ready(settings.host, record.port, timeout=min(1.0, settings.ready_timeout)):
+                    return
+                if time.monotonic() > deadline:
+                    raise HostError(
+                        f"release {spec.release_number}: model server on port {record.port} not ready after "
+                        f"{settings.ready_timeout:.0f}s; stopped it "
+                        f"({record.log_path}: {log_tail(record.log_path, 3)})",
+                        retryable=True,
+                    )
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.2)
+        except BaseException:
+            stop_process(record, grace=2.0)
+            records.pop(record.release, None)
+            state.save(records)
+            raise
 
     # ----- HAProxy slots -----------------------------------------------------------------------
 
