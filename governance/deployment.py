@@ -345,6 +345,10 @@ def prune_release_copies(target: DeploymentTarget) -> list[int]:
             _marker(folder).unlink(missing_ok=True)  # first: never a marker alone
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(int(folder.name))
+        elif folder.is_dir() and folder.name.endswith(".tmp"):
+            # A copy a killed reconcile left half done (materialize removes its own otherwise); this runs under
+            # the target's lease, so no copy is in progress.
+            shutil.rmtree(folder, ignore_errors=True)
     return sorted(removed)
 
 

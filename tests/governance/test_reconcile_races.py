@@ -225,7 +225,8 @@ def test_a_release_folder_is_reused_only_for_the_same_version(world, settings, t
 
 def test_copies_of_releases_no_longer_run_are_pruned(world, settings, tmp_path):
     """The desired and last good releases and the keep_previous (default 2) most recently served others keep
-    their copies; older ones are deleted, marker first, so a rollback to them copies again."""
+    their copies; older ones are deleted, marker first, so a rollback to them copies again; so are half-done
+    copies."""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -244,6 +245,7 @@ def test_copies_of_releases_no_longer_run_are_pruned(world, settings, tmp_path):
     DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=releases[5], last_good_release=releases[4])
     target.refresh_from_db()
     folders = tmp_path / "data/releases/prod"
+    (folders / f"5.{'0' * 32}.tmp").mkdir()  # a copy a reconcile killed at its hard time limit left half done
     assert deployment.prune_release_copies(target) == [1]
     assert sorted(p.name for p in folders.iterdir()) == [
         "2",
