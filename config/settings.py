@@ -4,6 +4,7 @@ Defaults are safe for production (DEBUG off, secure cookies, HSTS); the local qu
 turns on DJANGO_DEBUG=1, which also lets a SECRET_KEY be generated and kept under DATA_DIR.
 """
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -370,6 +371,24 @@ WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
 WEBHOOK_SWEEP_GRACE_SECONDS = env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0)
 _WEBHOOK_DISPATCH_EVERY = env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0)
 _WEBHOOK_SWEEP_EVERY = env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0)
+
+
+def _networks(name: str) -> list[str]:
+    networks = []
+    for item in env_list(name, ""):
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated networks such as 10.0.0.0/8 or fd00::/8; {item!r} is not one ({exc})."
+            ) from None
+    return networks
+
+
+# Deliveries connect only to public addresses and to these networks: an attempt's answer is in the delivery log,
+# so an internal address would let webhook managers read internal services (cloud metadata, a 10.x admin). Debug
+# (the local demo, the test suite) adds loopback, where its receivers run.
+WEBHOOK_ALLOWED_NETWORKS = _networks("WEBHOOK_ALLOWED_NETWORKS") + (["127.0.0.0/8", "::1/128"] if DEBUG else [])
 
 
 def _max_age(seconds: float) -> dict:

@@ -109,6 +109,22 @@ def test_webhook_delivery_settings_come_from_the_environment(run):
     }
 
 
+def test_webhook_allowed_networks_are_cidrs_and_debug_adds_loopback(run):
+    """A typo in the networks internal receivers live on stops startup, naming it, instead of refusing them later."""
+    setup = ("-c", "import django; django.setup()")
+    for value in ("10.0.0.0/33", "10.0.0.1/8", "intranet"):
+        message = refusal(run(*setup, WEBHOOK_ALLOWED_NETWORKS=f"192.168.0.0/16,{value}"))
+        assert "WEBHOOK_ALLOWED_NETWORKS must be comma-separated networks such as 10.0.0.0/8" in message
+        assert repr(value) in message
+    given = {"WEBHOOK_ALLOWED_NETWORKS": " 10.0.0.0/8, fd00::/8,192.0.2.7"}
+    production = settings_of(run, "WEBHOOK_ALLOWED_NETWORKS", **PRODUCTION, **given)
+    assert production == {"WEBHOOK_ALLOWED_NETWORKS": ["10.0.0.0/8", "fd00::/8", "192.0.2.7/32"]}
+    unset = ("WEBHOOK_ALLOWED_NETWORKS",)
+    assert settings_of(run, "WEBHOOK_ALLOWED_NETWORKS", unset=unset, **PRODUCTION) == {"WEBHOOK_ALLOWED_NETWORKS": []}
+    debug = settings_of(run, "WEBHOOK_ALLOWED_NETWORKS", unset=unset, DJANGO_DEBUG="1")
+    assert debug == {"WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128"]}
+
+
 def test_artifact_storage_is_case_insensitive(run):
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE="S3") == {"ARTIFACT_STORAGE": "s3"}
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE=" Local ") == {"ARTIFACT_STORAGE": "local"}
