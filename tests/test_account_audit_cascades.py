@@ -23,7 +23,7 @@ from registry.models import RegisteredModel
 from tests.processes import sqlite_shell
 from tests.test_access_audit import NewEvents, perm
 from tests.test_account_audit import _no_actor_left_from_an_earlier_request  # noqa: F401 - autouse fixture
-from tests.test_group_audit import assert_chain_verifies
+from tests.test_group_audit import admin_client, assert_chain_verifies  # noqa: F401 - admin_client is a fixture
 
 User = get_user_model()
 OWNER_PERMS = [
@@ -37,12 +37,6 @@ OWNER_PERMS = [
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def admin_client(client, personas):
-    client.force_login(personas["admin"].user)
-    return client
 
 
 @pytest.fixture
@@ -73,7 +67,7 @@ def summary(events) -> list[tuple]:
     return [(e.action, e.subject_type, e.subject_id, payload(e.before), payload(e.after)) for e in events]
 
 
-def test_deleting_a_group_in_the_admin_records_every_access_it_drops(admin_client, personas, team):
+def test_deleting_a_group_in_the_admin_records_every_access_it_drops(admin_client, personas, team):  # noqa: F811
     group, model, target, reviewers = team["group"], team["model"], team["target"], team["reviewers"]
     assert access.has_perm(team["carol"], "register_version", model)
     pk, model_id = group.pk, str(model.pk)
@@ -151,7 +145,7 @@ def test_a_group_owning_many_models_is_deleted_in_as_many_statements_as_one_owni
     assert_chain_verifies()
 
 
-def test_deleting_a_user_in_the_admin_records_their_permissions(admin_client, personas, team):
+def test_deleting_a_user_in_the_admin_records_their_permissions(admin_client, personas, team):  # noqa: F811
     alice = User.objects.create_user(username="alice", password=None)
     alice.user_permissions.add(perm("audit.view_auditevent"))
     model = registry.model_create(actor=alice, namespace="acme", name="fraud")  # its creator holds OWNER_PERMS on it
