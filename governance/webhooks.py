@@ -27,7 +27,7 @@ secret signing too (a second `v1,` signature, after the new one) for a grace per
 credential of the receiver's, so they are encrypted the same way; audit events and logs get `redact_url()`.
 
 Egress: an attempt's answer is kept in the delivery log, so deliveries connect only to public addresses and to
-WEBHOOK_ALLOWED_NETWORKS, checked on each address a host resolves to as it is connected (`egress_refusal`).
+WEBHOOK_ALLOWED_NETWORKS, checked on each address a host resolves to as it is connected (governance.webhook_egress).
 """
 
 import base64
@@ -65,6 +65,7 @@ from audit.models import AuditEvent, format_time
 from audit.services import record
 from core.errors import Conflict, InvalidInput, NotFound
 from core.unicode import printable
+from governance.webhook_egress import ALLOW_HINT, EgressRefused, egress_refusal, ip_literal
 from governance.webhook_models import (
     DeliveryState,
     WebhookAttempt,
@@ -277,81 +278,6 @@ def _body(payload: dict) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-# --- egress: which addresses a delivery may connect to -------------------------------------
-
-# An attempt's answer goes into the delivery log, which webhook managers read: a URL inside the network (cloud
-# metadata at 169.254.169.254, an admin on 10.x, a service on localhost) would let them read that service.
-ALLOW_HINT = "allow it with WEBHOOK_ALLOWED_NETWORKS"
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598): Python counts it neither way
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are the IPv4 address reached
-
-
-class EgressRefused(OSError):
-    """No address the host resolves to may be connected to."""
-
-
-@lru_cache(maxsize=8)
-def _networks(cidrs: tuple[str, ...]) -> tuple:
-    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
-
-
-def _ip_literal(host: str):
-    """The address `host` spells, in any form the resolver takes as one (`127.1`, `0x7f000001` too), else None."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if host and all(c in "0123456789abcdefx." for c in host.lower()) and host[0].isdigit():
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
-def _reached(address):
-    """The IPv4 address an IPv6 one leads to (mapped ::ffff:a.b.c.d, NAT64, 6to4), else the address itself."""
-    if address.version == 6:
-        if address.ipv4_mapped or address.sixtofour:
-            return address.ipv4_mapped or address.sixtofour
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
-
-
-def _kind(address) -> str | None:
-    """None for a public (global unicast) address, else what it is."""
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:  # 169.254.169.254, the cloud metadata service, included
-        return "a link-local address"
-    if address.is_unspecified:
-        return "the unspecified address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address in _SHARED:
-        return "a shared (carrier-grade NAT) address"
-    if address.is_reserved:
-        return "a reserved address"
-    if address.is_private:
-        return "a private address"
-    if not address.is_global or (address.version == 6 and address.is_site_local):
-        return "not a public address"
-    return None
-
-
-def egress_refusal(address) -> str | None:
-    """None when a delivery may connect to `address` (an ipaddress address): a public one, or one inside
-    WEBHOOK_ALLOWED_NETWORKS (debug adds loopback there). Otherwise why not, naming the address."""
-    reached = _reached(address)
-    if any(a in network for network in _networks(tuple(settings.WEBHOOK_ALLOWED_NETWORKS)) for a in (address, reached)):
-        return None
-    kind = _kind(reached)
-    if kind is None:
-        return None
-    return f"{address} ({reached}) is {kind}" if reached != address else f"{address} is {kind}"
-
-
 # --- endpoints ------------------------------------------------------------------------------
 
 
@@ -384,7 +310,7 @@ def _validate_url(url: str) -> str:
             detail={"url": ["Remove user:password@ from the URL."]},
         )
     # A literal address is refused now; a name only at delivery, where what it resolves to then is what counts.
-    address = _ip_literal(parts.hostname)
+    address = ip_literal(parts.hostname)
     refusal = egress_refusal(address) if address else None
     if refusal:
         raise InvalidInput(
@@ -720,7 +646,7 @@ def _deadline_connection(base: type[http.client.HTTPConnection], deadline: _Dead
             if refused and error is None:
                 where = (
                     refused[0]
-                    if _ip_literal(host)
+                    if ip_literal(host)
                     else f"{host} resolves only to addresses webhooks may not reach ({', '.join(refused)})"
                 )
                 raise EgressRefused(f"refused: {where}; {ALLOW_HINT}")
