@@ -322,10 +322,11 @@ def _validate_url(url: str) -> str:
 
 def _endpoint_snapshot(endpoint: WebhookEndpoint) -> dict:
     """The endpoint as audit events record it: the URL redacted and fingerprinted, no secret."""
+    url = endpoint.url  # decrypted once
     return {
         "name": endpoint.name,
-        "url": redact_url(endpoint.url),
-        "url_fingerprint": url_fingerprint(endpoint.url),
+        "url": redact_url(url),
+        "url_fingerprint": url_fingerprint(url),
         "event_types": endpoint.event_types,
         "active": endpoint.active,
         "description": endpoint.description,

@@ -125,8 +125,8 @@ def _uri(parent: dict, key: str, path: str) -> str:
 
 
 # RFC 3339 §5.6 date-time, JSON Schema's `date-time` (OpenLineage's eventTime and nominalTime): 'T' between date
-# and time, seconds and an offset required, 't'/'z' allowed. Read with the space and without the offset too, only to
-# say what is missing.
+# and time, seconds and an offset required, 't'/'z' allowed. Read with a space too, only to say what is wrong, and
+# without the offset, which _time takes as UTC.
 DATE_TIME = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})(?P<sep>[Tt ])"
     r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?"
