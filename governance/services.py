@@ -301,7 +301,12 @@ def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: 
                 detail={"failing": [c.__dict__ for c in blocking]},
             )
         if any(a.user_id == actor.pk for a in counted):
-            raise Conflict(f"You already approved promotion #{request.pk}.", code="already_approved")
+            if len(counted) < rules.approvals_required:
+                raise Conflict(f"You already approved promotion #{request.pk}.", code="already_approved")
+            # The quorum came back without a new approval (an approver rejoined an approver group or was
+            # reactivated): nothing would ever decide the request, so a counted approver's approve settles it.
+            _approve(request, actor=actor, counted=len(counted), required=rules.approvals_required, reason=comment)
+            return
     Approval.objects.create(
         request=request,
         user=actor,
@@ -326,12 +331,12 @@ def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: 
     if decision == Decision.REJECT:
         _transition(request, PromotionState.REJECTED, actor=actor, reason=comment)
     elif len(counted) + 1 >= rules.approvals_required:
-        _transition(
-            request,
-            PromotionState.APPROVED,
-            actor=actor,
-            extra={"approvals": len(counted) + 1, "required": rules.approvals_required},
-        )
+        _approve(request, actor=actor, counted=len(counted) + 1, required=rules.approvals_required)
+
+
+def _approve(request: PromotionRequest, *, actor, counted: int, required: int, reason: str = "") -> None:
+    extra = {"approvals": counted, "required": required}
+    _transition(request, PromotionState.APPROVED, actor=actor, reason=reason, extra=extra)
 
 
 def promotion_approve(*, actor, request_id: int, comment: str = "", seen: dict | None = None) -> PromotionRequest:

@@ -64,7 +64,8 @@ def _blockers(user, promotion, view: dict) -> dict:
             "reject": "",
         }
     username = user.get_username()
-    if any(a["counts"] and a["user"] == username for a in view["approvals"]):
+    counted = [a for a in view["approvals"] if a["counts"]]
+    if any(a["user"] == username for a in counted) and len(counted) < evaluation.rules.approvals_required:
         return {"approve": "You already approved this request, and your approval still counts.", "reject": ""}
     return {"approve": "", "reject": ""}
 

@@ -1,3 +1,4 @@
+import json
 import threading
 
 import pytest
@@ -398,6 +399,31 @@ def test_an_approval_counts_only_while_its_approver_may_review(world):
     shown = world["auditor"].client().get(f"/api/v1/promotions/{pk}").json()
     assert shown["approvals_counted"] == 1 and [a["counts"] for a in shown["approvals"]] == [True, False]
     assert PromotionRequest.objects.get(pk=pk).state == "pending"
+
+
+def test_a_quorum_that_comes_back_is_decided_by_a_counted_approvers_approve(world):
+    """Both reviewers approved, but one was out of the group at the time, so the request stayed pending; back in
+    the group, both approvals count and no one else may review: an approve by either of them decides it (it was
+    a 409 already_approved for ever, and the request could only expire). No second approval row is written."""
+    from django.contrib.auth.models import Group
+
+    reviewers = Group.objects.get(name="reviewers")
+    pk = promote(world["owner"]).json()["id"]
+    approve(world["reviewer"], pk)
+    world["reviewer"].user.groups.remove(reviewers)
+    assert approve(world["reviewer2"], pk).json()["state"] == "pending"
+    again = approve(world["reviewer2"], pk)  # the quorum is not met: a second approve is still refused
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_approved"
+    world["reviewer"].user.groups.add(reviewers)
+    decided = approve(world["reviewer2"], pk, comment="quorum is back")
+    assert decided.status_code == 200, decided.content
+    assert decided.json()["state"] == "approved" and decided.json()["approvals_counted"] == 2
+    assert Approval.objects.filter(request_id=pk).count() == 2
+    event = AuditEvent.objects.filter(action="promotion.approved", subject_id=str(pk)).get()
+    assert event.actor_username == "reviewer2" and event.reason == "quorum is back"
+    assert json.loads(event.after) == {"state": "approved", "approvals": 2, "required": 2}
+    closed = approve(world["reviewer"], pk)
+    assert closed.status_code == 409 and closed.json()["error"]["code"] == "invalid_state"
 
 
 def test_approve_scope_required(world, make_token):

@@ -150,6 +150,28 @@ def test_approve_needs_confirmation_then_records(seeded):
     assert "This request is approved; only pending requests can be reviewed." in done
 
 
+def test_a_quorum_that_comes_back_can_be_decided_from_the_page(seeded):
+    """An approver who left the group and came back makes the quorum again; the page says so and lets a counted
+    approver decide it (the button said "You already approved" and nothing could decide the request)."""
+    from django.contrib.auth.models import Group
+
+    owner, v2, pk = seeded["owner"].user, seeded["v2"], seeded["promotion"].pk
+    registry.card_revision_add(actor=owner, version=v2, content=builders.CARD_WITH_TRAINING_DATA)
+    group = Group.objects.get(name="reviewers")
+    first, second = seeded["reviewer"].user, seeded["reviewer2"]
+    review(as_user(first), pk, "approve")
+    first.groups.remove(group)
+    review(as_user(second), pk, "approve")
+    first.groups.add(group)
+    page = text(as_user(second).get(f"/promotions/{pk}/"))
+    assert "2 of 2</strong> counted" in page and "the quorum is met again" in page
+    assert "You already approved this request" not in page
+    done = text(review(as_user(second), pk, "approve"))
+    assert PromotionRequest.objects.get(pk=pk).state == "approved"
+    assert "This request is approved; only pending requests can be reviewed." in done
+    assert "the quorum is met again" not in done
+
+
 def test_reject_requires_comment(seeded):
     pk = seeded["promotion"].pk
     reviewer = as_user(seeded["reviewer"].user)
