@@ -1,7 +1,7 @@
 """Policies as data, and the one pure function that checks a version against them.
 
 `evaluate(rules, facts)` returns every enabled rule with pass/fail and a reason a reviewer can act
-on. It does no I/O: `governance.selectors.promotion_facts()` gathers the facts. The API
+on. It does no I/O: `governance.selectors.facts_many()` gathers the facts. The API
 (dry-run, create, get) and the review page show the same list; a failing rule blocks approval.
 The approval quorum is not a rule here: it is what approvals are for (see services).
 """
@@ -160,7 +160,7 @@ def parse_new_rules(data) -> PolicyRules:
 
 @dataclass(frozen=True)
 class Facts:
-    """What is known about a version when it is checked. Gathered by selectors.promotion_facts()."""
+    """What is known about a version when it is checked. Gathered by selectors.facts_many()."""
 
     version_status: str
     digest: str

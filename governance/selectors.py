@@ -1,7 +1,7 @@
 """Reads for governance, permission-filtered for the asking user."""
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -45,20 +45,19 @@ def rules_of(policy: Policy) -> PolicyRules:
     return parse_rules(policy.rules)
 
 
-def promotion_facts(*, version: ModelVersion, rules: PolicyRules | None = None) -> Facts:
-    """What `rules` look at, gathered for one version; None gathers every fact (the trail checks one version
-    against several policies). Storage is asked, as at approval."""
-    return facts_many([(version, rules)], ask_storage=True)[version.pk]
+DigestCheck = Callable[[ModelVersion], tuple[bool | None, str]]
 
 
-def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, ask_storage: bool) -> dict[int, Facts]:
+def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, digest_check: DigestCheck) -> dict[int, Facts]:
     """version id -> the facts its rules look at, for many versions in a fixed number of queries: the one
-    place each fact is gathered, for one version (promotion_facts) and for a page (ui_selectors.evaluate_many).
+    place each fact is gathered, for one version (promotion_evaluate, the trail) and for a page
+    (ui_selectors.evaluate_many). Rules None gathers every fact (the trail checks one version against several
+    policies).
 
     The verified-digest and lineage facts cost a storage HEAD per file and a graph walk: they are gathered
-    only for versions with a rule that looks at them (None: every rule), the walk once for all of them. With
-    `ask_storage` false (the review queue) the digest fact is the one registration established, without I/O
-    (see registered_digest_check)."""
+    only for versions with a rule that looks at them (None: every rule), the walk once for all of them.
+    `digest_check` answers the verified-digest rule: stored_digest_check asks the storage, the review queue's
+    registered_digest_check states what registration established, without I/O."""
     versions = {v.pk: v for v, _ in wanted}
     digest_for = {v.pk for v, rules in wanted if rules is None or rules.require_verified_digest}
     lineage_for = [versions[pk] for pk in {v.pk for v, rules in wanted if rules is None or rules.require_lineage}]
@@ -72,7 +71,7 @@ def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, ask_sto
         filled, license_ = _card_facts(card)
         verified, detail = None, ""
         if pk in digest_for:
-            verified, detail = (stored_digest_check if ask_storage else registered_digest_check)(version)
+            verified, detail = digest_check(version)
         summary = lineage.get(pk, {"datasets_with_digest": 0, "code_commit": None})
         result[pk] = Facts(
             version_status=version.status,
@@ -274,8 +273,23 @@ class Evaluation:
         return rules_of(self.policy)
 
 
-def promotion_evaluate(*, version: ModelVersion, target: DeploymentTarget) -> Evaluation:
+def promotion_evaluate(
+    *, version: ModelVersion, target: DeploymentTarget, storage: tuple[bool | None, str] | None = None
+) -> Evaluation:
+    """The version's checks under the target's current policy. `storage`: the verified-digest rule's answer when
+    the caller asked the storage before taking its locks (storage_before_locks); without it the storage is
+    asked here, if the rules look at it."""
     policy = current_policy(target=target, model=version.model)
     rules = rules_of(policy)
-    facts = promotion_facts(version=version, rules=rules)
+    check = stored_digest_check if storage is None else lambda _: storage
+    facts = facts_many([(version, rules)], digest_check=check)[version.pk]
     return Evaluation(policy=policy, checks=evaluate(rules, facts), card_revision=facts.card_revision)
+
+
+def storage_before_locks(*, version: ModelVersion, target: DeploymentTarget) -> tuple[bool | None, str] | None:
+    """The storage's answer for the verified-digest rule, asked before a write takes its row locks when the
+    current policy looks at it (else None): the blobs do not change with the rows those locks protect, and a
+    HEAD per file under the target's lock held back its reconciler and every other review of it. A policy
+    changed in between is read again under the locks, where promotion_evaluate asks for itself if it must."""
+    rules = rules_of(current_policy(target=target, model=version.model))
+    return stored_digest_check(version) if rules.require_verified_digest else None

@@ -156,6 +156,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
     for request_id in overdue:
         with transaction.atomic():
             _locked_pending(request_id)
+    storage = selectors.storage_before_locks(version=version, target=target)
     with transaction.atomic():
         ModelVersion.objects.select_for_update(no_key=True).get(
             pk=version.pk
@@ -172,7 +173,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
                 code="already_pending",
                 detail={"id": open_request.pk},
             )
-        evaluation = selectors.promotion_evaluate(version=version, target=target)
+        evaluation = selectors.promotion_evaluate(version=version, target=target, storage=storage)
         rules = evaluation.rules
         request = PromotionRequest.objects.create(
             version=version,
@@ -267,23 +268,29 @@ def _check_seen(request: PromotionRequest, evaluation, seen: dict | None) -> Non
 
 
 def _review(*, actor, request_id: int, decision: str, comment: str, seen: dict | None) -> PromotionRequest:
+    unlocked = PromotionRequest.objects.select_related("version__model", "target").filter(pk=request_id).first()
+    storage = None
+    if unlocked is not None and unlocked.state == PromotionState.PENDING:
+        storage = selectors.storage_before_locks(version=unlocked.version, target=unlocked.target)
     with transaction.atomic():
         request, expired = _locked_pending(request_id)
         if not expired:
-            _review_locked(actor=actor, request=request, decision=decision, comment=comment, seen=seen)
+            _review_locked(actor=actor, request=request, decision=decision, comment=comment, seen=seen, storage=storage)
     if expired:  # the expiry is committed; the review is refused
         raise Conflict(f"Promotion #{request_id} expired before it was decided.", code="expired")
     return request
 
 
-def _review_locked(*, actor, request: PromotionRequest, decision: str, comment: str, seen: dict | None) -> None:
+def _review_locked(
+    *, actor, request: PromotionRequest, decision: str, comment: str, seen: dict | None, storage: tuple | None
+) -> None:
     if request.state != PromotionState.PENDING:
         raise Conflict(
             f"Promotion #{request.pk} is {request.state}, not pending.",
             code="invalid_state",
             detail={"state": request.state},
         )
-    evaluation = selectors.promotion_evaluate(version=request.version, target=request.target)
+    evaluation = selectors.promotion_evaluate(version=request.version, target=request.target, storage=storage)
     rules = evaluation.rules
     allowed, why = selectors.may_review(user=actor, request=request, rules=rules)
     if not allowed:

@@ -192,7 +192,7 @@ def promotions_section(ctx: lineage_trail.TrailContext) -> lineage_trail.Section
         current = [selectors.current_policy(target=target, model=version.model) for target in targets]
         # The facts these policies' rules look at, no more (a verified digest asks the storage file by file).
         wanted = [(version, selectors.rules_of(policy)) for policy in current]
-        facts = selectors.facts_many(wanted, ask_storage=True)[version.pk] if wanted else None
+        facts = selectors.facts_many(wanted, digest_check=selectors.stored_digest_check)[version.pk] if wanted else None
         for target, policy in zip(targets, current, strict=True):
             policies[policy.pk] = policy
             checks.append(

@@ -39,7 +39,9 @@ def evaluate_many(pairs: list[tuple[ModelVersion, DeploymentTarget]]) -> dict[tu
         return {}
     policies = current_policies((t.pk, v.model_id) for v, t in pairs)
     rules = {(v.pk, t.pk): parse_rules(policies[(t.pk, v.model_id)].rules) for v, t in pairs}
-    facts = selectors.facts_many([(v, rules[(v.pk, t.pk)]) for v, t in pairs], ask_storage=False)
+    facts = selectors.facts_many(
+        [(v, rules[(v.pk, t.pk)]) for v, t in pairs], digest_check=selectors.registered_digest_check
+    )
     return {(version_id, target_id): evaluate(r, facts[version_id]) for (version_id, target_id), r in rules.items()}
 
 
