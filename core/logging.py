@@ -6,8 +6,8 @@
      "request_id": "9f3c...", "actor": "ci-bot", "token_id": 7, "pid": 123, ...}
 
 Celery tasks add "task_name" and "task_id"; `extra={...}` fields of a log call are added as keys.
-Anything that looks like an API token or a webhook secret is masked before the line is written,
-so a careless log call cannot leak one.
+Anything that looks like an API token, a webhook secret or a credential inside a URL is masked before
+the line is written, so a careless log call cannot leak one.
 """
 
 import datetime as dt
@@ -18,7 +18,7 @@ import traceback
 
 from django.utils.functional import LazyObject, empty
 
-from core import context
+from core import context, url_credentials
 
 # mgr_<prefix>_<secret> API tokens (accounts.services.token_create) and whsec_ webhook secrets: the
 # public prefix is kept (it names the token in the admin), the secret part is masked.
@@ -27,7 +27,8 @@ MASK = "***"
 
 
 def redact(text: str) -> str:
-    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
+    """API tokens and webhook secrets masked, and credentials inside URLs (core.url_credentials)."""
+    return url_credentials.mask(_SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text))
 
 
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, which line-based readers

@@ -287,6 +287,30 @@ def test_values_shaped_like_secrets_are_redacted(db):
     assert api_token not in event.after
 
 
+def test_credentials_inside_urls_are_masked(db):
+    """A token pasted into a repository URL (GitLab's CI_REPOSITORY_URL) or a CI link stays out of the log; the
+    rest of the URL, and an ssh user name, stay as they were."""
+    after = {
+        "source": {
+            "repository": "https://gitlab-ci-token:glcbt-64_sEcReT1@gitlab.example.com/acme/churn.git",
+            "ci_run_url": "https://ci.example.com/run/1?token=SeCrEt2&attempt=2",
+        },
+        "facets": ["https://ghp_SeCrEt3@github.com/acme/x", "ssh://git@github.com/acme/x.git"],
+        "note": "cloned from https://u:SeCrEt4@host/repo for run 7",
+    }
+    with transaction.atomic():
+        event = stored(record(action="t", subject_type="t", subject_id="1", after=after))
+    assert payload(event.after) == {
+        "source": {
+            "repository": "https://gitlab-ci-token:***@gitlab.example.com/acme/churn.git",
+            "ci_run_url": "https://ci.example.com/run/1?token=***&attempt=2",
+        },
+        "facets": ["https://***@github.com/acme/x", "ssh://git@github.com/acme/x.git"],
+        "note": "cloned from https://u:***@host/repo for run 7",
+    }
+    assert "SeCrEt" not in event.after
+
+
 def test_issued_token_never_in_any_payload(db, alice):
     issued = services.token_create(actor=alice, user=alice, name="n", scopes=["read"])
     with transaction.atomic():

@@ -98,6 +98,16 @@ def test_secrets_in_messages_and_extras_are_masked(personas, log_lines):
     assert careless[1]["message"] == "webhook secret whsec_*** leaked"
 
 
+def test_credentials_inside_urls_are_masked_in_log_lines(log_lines):
+    logging.getLogger("tests.careless").warning(
+        "cloning %s", "https://oauth2:SeCrEt1@gitlab.example.com/a.git", extra={"link": "https://h/x?sig=SeCrEt2"}
+    )
+    assert "SeCrEt" not in log_lines.raw.getvalue()
+    (line,) = [line for line in log_lines() if line["logger"] == "tests.careless"]
+    assert line["message"] == "cloning https://oauth2:***@gitlab.example.com/a.git"
+    assert line["link"] == "https://h/x?sig=***"
+
+
 def test_exceptions_are_one_line_with_the_traceback(log_lines):
     try:
         raise ValueError("boom")
