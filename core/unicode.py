@@ -6,12 +6,26 @@ YAML's \\u0000 and \\uD800) refuse it where they are parsed, naming where it was
 import re
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Characters an identifier (a name that becomes part of an id, a CSV cell, a page) must not hold: the C0
+# controls but NUL (unstorable's), DEL, the C1 controls and the line and paragraph separators, the set
+# core.logging escapes, which line-based readers split on and terminals act on.
+_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def unstorable(text: str) -> str | None:
     """The first character of `text` that cannot be kept (a pair escaped in JSON arrives as one character)."""
     match = _UNSTORABLE.search(text)
     return match.group() if match else None
+
+
+def control(text: str) -> tuple[int, str] | None:
+    """The first control character in `text` (see _CONTROL) and its position (from 0), or None."""
+    match = _CONTROL.search(text)
+    return (match.start(), match.group()) if match else None
+
+
+def control_message(char: str, at: int) -> str:
+    return f"control character U+{ord(char):04X} at position {at} is not allowed: remove it."
 
 
 def printable(text: str) -> str:

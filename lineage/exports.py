@@ -22,9 +22,9 @@ from lineage import nodes as node_ids
 from lineage import selectors
 from lineage.choices import EdgeKind, FacetRole
 from lineage.models import DatasetVersion, Run
-from lineage.openlineage import SCHEMA_URL
+from lineage.openlineage import EXPORT_PRODUCER as PRODUCER
+from lineage.openlineage import SCHEMA_URL, as_exported
 
-PRODUCER = "urn:model-governance-registry:lineage-export"
 PROV_NAMESPACE = "urn:model-governance-registry:lineage:"
 CHUNK = 64 * 1024
 T_DSV, T_RUN, T_MODEL, T_DS, T_JOB = graphs.T_DSV, graphs.T_RUN, graphs.T_MODEL, graphs.T_DS, graphs.T_JOB
@@ -120,10 +120,8 @@ def _live(facets: dict) -> dict:
 
 
 def _based(facets: dict, kind: str) -> dict:
-    """Facets as the 2-0-2 schema requires them: ingest takes a facet without `_producer`/`_schemaURL` as sent,
-    so the export names this exporter and the base facet type (`RunFacet`, `JobFacet`, ...) it extends."""
-    defaults = {"_producer": PRODUCER, "_schemaURL": SCHEMA_URL + kind}
-    return {name: {**defaults, **facet} if isinstance(facet, dict) else facet for name, facet in facets.items()}
+    """Facets as the 2-0-2 schema requires them (lineage.openlineage.as_exported)."""
+    return {name: as_exported(facet, kind) if isinstance(facet, dict) else facet for name, facet in facets.items()}
 
 
 def _ol_dataset(g: _Subgraph, key, role: FacetRole | None, run_id=None) -> dict:

@@ -24,7 +24,7 @@ from datetime import datetime
 from django.db.models import Q
 
 from core.errors import InvalidInput, NotFound
-from core.unicode import printable, unstorable
+from core.unicode import control, control_message, printable, unstorable
 from lineage.choices import NodeType
 
 MODEL_ID = re.compile(r"^(?P<namespace>[^/:]+)/(?P<name>[^/:]+):(?P<number>[0-9]{1,10})$")
@@ -265,6 +265,8 @@ def resolve(node_id: str, user, as_of: datetime | None = None) -> Start:
     char = unstorable(node_id)
     if char is not None:  # no stored name holds one, and PostgreSQL refuses a NUL in a query (a 500)
         _bad_id(node_id, f"it holds \\u{ord(char):04x}, which no node id contains: remove it.", "Bad character.")
+    if found := control(node_id):  # the ingest refuses them in every name and version (lineage.openlineage)
+        _bad_id(node_id, control_message(found[1], found[0]), "Bad character.")
     prefix, sep, rest = node_id.partition(":")
     if not sep or not rest:
         raise InvalidInput(

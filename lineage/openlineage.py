@@ -23,12 +23,14 @@ from urllib.parse import urlparse
 
 from audit.chain import canonical_json
 from core.errors import InvalidInput
+from core.unicode import control, control_message
 from lineage.choices import EventKind, RunState
 from lineage.models import NAME_MAX
 from lineage.nodes import MODEL_DATASET_NAMESPACE
 
 SPEC_VERSION = "2-0-2"
 SCHEMA_URL = f"https://openlineage.io/spec/{SPEC_VERSION}/OpenLineage.json#/$defs/"
+EXPORT_PRODUCER = "urn:model-governance-registry:lineage-export"  # lineage.exports' `producer`
 MAX_DATASETS = 1000  # per inputs / outputs list
 MAX_FACET_NAME = 200
 MAX_VERSION = 500
@@ -105,6 +107,16 @@ def _str(parent: dict, key: str, path: str, *, required: bool = True, max_length
         _bad(where, "must not be empty.")
     if len(value.encode()) > max_length:
         _bad(where, f"is longer than {max_length} bytes.")
+    return value
+
+
+def _identifier(parent: dict, key: str, path: str, *, max_length: int = NAME_MAX) -> str:
+    """A namespace, name or dataset version: part of a node id, a PROV id, a CSV cell and the page, which a
+    control character would break or disguise (core.unicode.control)."""
+    value = _str(parent, key, path, max_length=max_length)
+    found = control(value)
+    if found is not None:
+        _bad(f"{path}.{key}", control_message(found[1], found[0]))
     return value
 
 
@@ -202,7 +214,7 @@ def _check_dataset_facet(name: str, facet: dict, path: str) -> None:
         if facet.get("uri") is not None:
             _uri(facet, "uri", path)
     elif name == "version":
-        _str(facet, "datasetVersion", path, max_length=MAX_VERSION)
+        _identifier(facet, "datasetVersion", path, max_length=MAX_VERSION)
 
 
 def _check_role_facet(name: str, facet: dict, path: str) -> None:
@@ -294,7 +306,7 @@ def _uuid(value, path: str) -> uuid.UUID:
 
 def _dataset(value, path: str, role_key: str | None) -> DatasetRef:
     data = _obj(value, path)
-    ref = DatasetRef(path=path, namespace=_str(data, "namespace", path), name=_str(data, "name", path))
+    ref = DatasetRef(path=path, namespace=_identifier(data, "namespace", path), name=_identifier(data, "name", path))
     ref.facets = _facets(data.get("facets"), f"{path}.facets", _check_dataset_facet)
     if role_key:
         ref.role_facets = _facets(data.get(role_key), f"{path}.{role_key}", _check_role_facet)
@@ -374,7 +386,7 @@ def parse(body) -> ParsedEvent:
         event.run_facets = _facets(run.get("facets"), "run.facets", _check_run_facet)
     if kind in (EventKind.RUN, EventKind.JOB):
         job = _obj(body.get("job"), "job")
-        event.job = (_str(job, "namespace", "job"), _str(job, "name", "job"))
+        event.job = (_identifier(job, "namespace", "job"), _identifier(job, "name", "job"))
         event.job_facets = _facets(job.get("facets"), "job.facets", _check_job_facet)
         event.inputs = _datasets(body.get("inputs"), "inputs", "inputFacets")
         event.outputs = _datasets(body.get("outputs"), "outputs", "outputFacets")
@@ -394,6 +406,14 @@ def parse(body) -> ParsedEvent:
                 "`version` (its digest); its other metadata is registered with the version.",
             )
     return event
+
+
+def as_exported(facet: dict, base: str) -> dict:
+    """A stored facet as lineage.exports writes it. Ingest keeps a facet without `_producer` or `_schemaURL` as
+    sent, and the 2-0-2 schema requires both, so the export fills in the missing ones: this exporter and the base
+    facet type the facet extends (`base`: RunFacet, JobFacet, DatasetFacet, InputDatasetFacet or
+    OutputDatasetFacet). Ingest uses it to recognise the export's rendering of a facet it holds."""
+    return {"_producer": EXPORT_PRODUCER, "_schemaURL": SCHEMA_URL + base, **facet}
 
 
 def dataset_digest(version: str | None) -> str:

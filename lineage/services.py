@@ -26,7 +26,7 @@ from core.errors import Conflict, Forbidden, InvalidInput
 from lineage import nodes
 from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
-from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, dataset_digest
+from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, as_exported, dataset_digest
 from registry.models import ModelPerm, ModelVersion, RegisteredModel
 
 log = logging.getLogger(__name__)
@@ -329,12 +329,17 @@ class _Writer:
         self.stored = {tuple(row[:4]): row[4] for row in latest}
 
     def facets(self, subject: tuple[int, int], role: FacetRole, facets: dict, run: Run | None = None) -> None:
-        """Queue the facets whose value differs from the latest one stored or queued (load_facets first)."""
+        """Queue the facets whose value differs from the latest one stored or queued (load_facets first), and from
+        the export's rendering of it: an exported file sent back records nothing, though the export adds
+        `_producer`/`_schemaURL` to a facet stored without them. A facet is kept as its sender wrote it: this
+        only skips one that restates a stored facet, never drops a key of one it records."""
+        base = _facet_base(subject[0], role)
         for name, value in facets.items():
             if name == ENVIRONMENT_FACET:  # its shape was checked by lineage.openlineage for any subject
                 value = _redacted_environment(value)
             key = (*subject, role, name)
-            if self.stored.get(key) != value:
+            stored = self.stored.get(key)
+            if stored != value and not (isinstance(stored, dict) and as_exported(stored, base) == value):
                 self.stored[key] = value
                 self.facet_rows.append(
                     Facet(
@@ -381,6 +386,17 @@ class _Writer:
         if self.edges:
             Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
             self.counts["edges"] += Edge.objects.filter(event=self.row).count()
+
+
+def _facet_base(subject_type: int, role: FacetRole) -> str:
+    """The base facet type a facet of this subject and role extends (the `_schemaURL` the export fills in)."""
+    if subject_type == NodeType.RUN:
+        return "RunFacet"
+    if subject_type == NodeType.JOB:
+        return "JobFacet"
+    return {FacetRole.INPUT_FACETS: "InputDatasetFacet", FacetRole.OUTPUT_FACETS: "OutputDatasetFacet"}.get(
+        role, "DatasetFacet"
+    )
 
 
 def _user(actor):
@@ -726,13 +742,20 @@ def edges_append(*, edges: list[tuple[tuple[int, int], tuple[int, int], int]], r
     """For other apps' services (governance: model version -> release), inside *their* transaction.
 
     The caller's own audit event covers the change; this writes no audit event of its own.
-    edges: [((src_type, src_id), (dst_type, dst_id), kind)]. Returns how many were given.
+    edges: [((src_type, src_id), (dst_type, dst_id), kind)]. Returns how many it created: an edge already
+    recorded (same source, target and kind, given twice, or committed by another transaction meanwhile) keeps its
+    first recorded_at and is not counted.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("lineage.services.edges_append() must be called inside the caller's transaction.atomic()")
     now = recorded_at or timezone.now()
-    Edge.objects.bulk_create(
-        [Edge(src_type=s[0], src_id=s[1], dst_type=d[0], dst_id=d[1], kind=k, recorded_at=now) for s, d, k in edges],
-        ignore_conflicts=True,
+    fields = ("src_type", "src_id", "dst_type", "dst_id", "kind")
+    keys = {(s[0], s[1], d[0], d[1], k) for s, d, k in edges}
+    found = _read(Edge, fields, keys)
+    _, created = _create(  # in key order, as _Writer inserts shared rows
+        Edge,
+        fields,
+        sorted(keys - found.keys()),
+        lambda key: Edge(**dict(zip(fields, key, strict=True)), recorded_at=now),
     )
-    return len(edges)
+    return created
