@@ -28,7 +28,7 @@ def webhooks_dispatch() -> int:
     return created
 
 
-# An attempt ends at WEBHOOK_TIMEOUT_SECONDS (name resolution aside). The task is stopped, and at worst killed, well
+# An attempt ends at WEBHOOK_TIMEOUT_SECONDS (name resolution included). The task is stopped, and at worst killed, well
 # inside its claim on the delivery (webhooks.lease_seconds), so no second attempt starts beside a hung one; at the
 # soft limit the attempt is recorded as failed and the next one scheduled.
 @shared_task(

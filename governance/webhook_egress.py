@@ -81,3 +81,11 @@ def egress_refusal(address) -> str | None:
     if kind is None:
         return None
     return f"{address} ({reached}) is {kind}" if reached != address else f"{address} is {kind}"
+
+
+def host_refusal(host: str, refusals: list[str]) -> str:
+    """Why nothing `host` resolved to may be reached, given each address's egress_refusal(): the reason a delivery
+    records, and the one webhook_egress_check reports."""
+    listed = ", ".join(refusals)
+    where = refusals[0] if ip_literal(host) else f"{host} resolves only to addresses webhooks may not reach ({listed})"
+    return f"refused: {where}; {ALLOW_HINT}"

@@ -53,6 +53,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from celery import current_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Max, Min, Q
@@ -65,7 +67,7 @@ from audit.models import AuditEvent, format_time
 from audit.services import record
 from core.errors import Conflict, InvalidInput, NotFound
 from core.unicode import printable
-from governance.webhook_egress import ALLOW_HINT, EgressRefused, egress_refusal, ip_literal
+from governance.webhook_egress import ALLOW_HINT, EgressRefused, egress_refusal, host_refusal, ip_literal
 from governance.webhook_models import (
     DeliveryState,
     WebhookAttempt,
@@ -473,6 +475,50 @@ def endpoint_delete(*, actor, endpoint: WebhookEndpoint) -> None:
         locked.delete()
 
 
+# --- the egress rule applied to stored endpoints (manage.py webhook_egress_check) --------------
+
+
+@dataclass
+class EgressFinding:
+    endpoint: WebhookEndpoint
+    url: str  # redacted, as audit events hold it
+    reason: str
+    refused: bool  # False: the receiver could not be checked, and `reason` says why
+
+
+def receiver_refusal(url: str) -> str | None:
+    """Why a delivery to `url` would be refused now (every address its host resolves to is refused), resolved as a
+    delivery resolves it; None when a delivery may connect. Raises OSError or ValueError when the host cannot be
+    resolved."""
+    parts = urllib.parse.urlsplit(url)
+    addresses = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout_seconds())
+    refused = [r for *_, sockaddr in addresses if (r := egress_refusal(ipaddress.ip_address(sockaddr[0])))]
+    return host_refusal(parts.hostname, refused) if refused and len(refused) == len(addresses) else None
+
+
+def egress_findings() -> list[EgressFinding]:
+    """Every active endpoint whose receiver the egress rule refuses now (saved before the rule, or under a
+    WEBHOOK_ALLOWED_NETWORKS since narrowed, or a name that now resolves inside), and every one that could not be
+    checked. Such an endpoint stays active and fails each delivery until it is changed or disabled."""
+    findings = []
+    for endpoint in WebhookEndpoint.objects.filter(active=True).select_related("created_by").order_by("pk"):
+        url = endpoint.url
+        if not url:
+            reason = "not checked: its url cannot be decrypted (SECRET_KEY changed without SECRET_KEY_FALLBACKS?)"
+            findings.append(EgressFinding(endpoint, "", reason, refused=False))
+            continue
+        try:
+            reason = receiver_refusal(url)
+        except (OSError, ValueError) as exc:  # a name that does not resolve, or not in time
+            findings.append(
+                EgressFinding(endpoint, redact_url(url), f"not checked: cannot resolve its host ({exc})", refused=False)
+            )
+            continue
+        if reason:
+            findings.append(EgressFinding(endpoint, redact_url(url), reason, refused=True))
+    return findings
+
+
 # --- dispatch: audit events -> deliveries ---------------------------------------------------
 
 
@@ -611,6 +657,34 @@ class _Deadline:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class ResolveTimeout(TimeoutError):
+    """The resolver gave no answer in time."""
+
+
+def resolve(host: str, port: int, timeout: float) -> list:
+    """socket.getaddrinfo(host, port) for a TCP connection, given up after `timeout` seconds. The C resolver takes no
+    timeout (resolv.conf's retries over several servers add up to minutes), no socket timeout bounds it and no signal
+    interrupts it, a task's soft time limit included. So it runs in a daemon thread: one that stalls ends by itself
+    at the resolver's own timeout, and the caller goes on now."""
+    done = threading.Event()
+    outcome: dict = {}
+
+    def lookup():
+        try:
+            outcome["addresses"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # raised again below, in the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="webhook-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise ResolveTimeout(f"timed out resolving {host}: no answer within {timeout:.3g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["addresses"]
+
+
 def _deadline_connection(base: type[http.client.HTTPConnection], deadline: _Deadline):
     """`base` whose connect honours the deadline and whose sockets the deadline's watchdog can shut down."""
 
@@ -626,7 +700,7 @@ def _deadline_connection(base: type[http.client.HTTPConnection], deadline: _Dead
             host, port = address
             error: OSError | None = None
             refused: list[str] = []
-            for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            for family, kind, proto, _, sockaddr in resolve(host, port, min(timeout, deadline.remaining())):
                 refusal = egress_refusal(ipaddress.ip_address(sockaddr[0]))
                 if refusal:
                     refused.append(refusal)
@@ -645,12 +719,7 @@ def _deadline_connection(base: type[http.client.HTTPConnection], deadline: _Dead
                     if isinstance(exc, TimeoutError):
                         break
             if refused and error is None:
-                where = (
-                    refused[0]
-                    if ip_literal(host)
-                    else f"{host} resolves only to addresses webhooks may not reach ({', '.join(refused)})"
-                )
-                raise EgressRefused(f"refused: {where}; {ALLOW_HINT}")
+                raise EgressRefused(host_refusal(host, refused))
             raise error or OSError(f"cannot resolve {host}")
 
         if issubclass(base, http.client.HTTPSConnection):
@@ -751,7 +820,7 @@ def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpR
             # HTTPException: what urllib lets through from http.client when the answer is not HTTP (an SSH
             # banner or TLS bytes on an http:// URL), or has an overlong line or too many headers.
             reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, EgressRefused):  # nothing was sent: a failed attempt like any other
+            if isinstance(reason, EgressRefused | ResolveTimeout):  # nothing was sent: a failed attempt like any other
                 return HttpResult(None, str(reason), "", None)
             if deadline.expired:
                 return timed_out
@@ -768,9 +837,9 @@ class DeliveryOutcome:
     retry_in: float | None  # seconds until the next attempt, when one is scheduled
 
 
-# What a claim adds to an attempt's deadline (WEBHOOK_TIMEOUT_SECONDS): name resolution, which no socket
-# timeout bounds, and recording the attempt. While the lease runs, neither a duplicate task nor the sweeper
-# can start a second attempt at the same delivery.
+# What a claim adds to an attempt's deadline (WEBHOOK_TIMEOUT_SECONDS, name resolution included): recording the
+# attempt, and the task's time limits above the deadline. While the lease runs, neither a duplicate task nor the
+# sweeper can start a second attempt at the same delivery.
 LEASE_MARGIN_SECONDS = 60
 
 
@@ -836,6 +905,10 @@ def deliver(*, delivery_id: int) -> DeliveryOutcome | None:
     started = time.monotonic()
     try:
         result = _attempt(delivery, endpoint)
+    except SoftTimeLimitExceeded:
+        # The task's time ran out before the attempt's own deadline (a limit below WEBHOOK_TIMEOUT_SECONDS, say one
+        # sent by a publisher configured otherwise): a timeout of the attempt, counted and retried like any other.
+        result = HttpResult(None, _time_limit_passed(), "", None)
     except Exception as exc:
         # The message is not stored (it could quote anything, the secret included): it is in the log.
         log.exception("webhook delivery %s: unexpected error while attempting it", delivery.pk)
@@ -849,6 +922,19 @@ def deliver(*, delivery_id: int) -> DeliveryOutcome | None:
             result.status, f"the attempt's details could not be stored ({type(exc).__name__})", "", result.retry_after
         )
         return _finish(delivery, endpoint, bare, started_at, duration_ms)
+
+
+def _time_limit_passed() -> str:
+    """An attempt stopped by its task's soft time limit, with the limit the worker applied: the message's, else the
+    task's own, else the app's default."""
+    limit = None
+    if current_task:
+        task = current_task
+        sent = (task.request.timelimit or (None, None))[1]
+        limit = sent or task.soft_time_limit or task.app.conf.task_soft_time_limit
+    passed = f"time limit ({limit:g} s) passed" if limit else "time limit passed"
+    allowed = f"an attempt may take WEBHOOK_TIMEOUT_SECONDS ({timeout_seconds():g} s)"
+    return f"timed out: the delivery task's {passed}; {allowed}"
 
 
 def _finish(
@@ -920,6 +1006,8 @@ def enqueue(task, *args, countdown: float | None = None) -> bool:
     try:
         task.apply_async(args=args, countdown=countdown, retry=False)
         return True
+    except SoftTimeLimitExceeded:  # the calling task's time is up: it ends now, not at its hard limit
+        raise
     except Exception as exc:  # broker down: the sweeper / beat will pick it up
         log.warning("could not enqueue %s%s: %s", task.name, args, exc)
         return False
