@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.db import models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from accounts import scopes as scope_names
 from accounts.models import ApiToken
@@ -87,6 +88,14 @@ def token_revocable_by(actor, token: ApiToken) -> bool:
     return actor.is_superuser or token.user_id == actor.pk
 
 
+def token_revocation(token: ApiToken, *, revoked_at: datetime, reason: str) -> dict:
+    """The audit event of revoking `token` at `revoked_at`, its snapshot before and after (never its secret or hash):
+    what token_revoke records, and what deleting a user records for each live token the deletion takes with it."""
+    before = _token_snapshot(token)
+    after = {**before, "revoked_at": revoked_at}
+    return {"action": "token.revoked", "subject": token, "before": before, "after": after, "reason": reason}
+
+
 def token_revoke(*, actor, token_id: int, reason: str = "") -> ApiToken:
     with transaction.atomic():
         token = ApiToken.objects.select_for_update(no_key=True).select_related("user").filter(pk=token_id).first()
@@ -94,17 +103,10 @@ def token_revoke(*, actor, token_id: int, reason: str = "") -> ApiToken:
             raise NotFound(f"No API token with id {token_id}.")
         if token.revoked_at is not None:
             raise Conflict(f"Token {token.prefix} was already revoked at {token.revoked_at.isoformat()}.")
-        before = _token_snapshot(token)
-        token.revoked_at = timezone.now()
+        event = token_revocation(token, revoked_at=timezone.now(), reason=reason)
+        token.revoked_at = event["after"]["revoked_at"]
         token.save(update_fields=["revoked_at"])
-        record(
-            action="token.revoked",
-            subject=token,
-            actor=actor,
-            before=before,
-            after=_token_snapshot(token),
-            reason=reason,
-        )
+        record(**event, actor=actor)
     return token
 
 
@@ -126,8 +128,17 @@ def _principal(principal) -> tuple[str, str]:
 
 
 def permission_grant(*, actor, principal, perm: str, obj: models.Model, reason: str = "") -> None:
-    """Give a user or group an object permission (guardian), audited on the object."""
+    """Give a user or group an object permission (guardian), audited on the object. Only objects whose type has
+    object permission tables of its own (models, deployment targets) take one: access checks read nothing else,
+    and a row in guardian's generic tables would grant nothing and outlive its object (no foreign key to it)."""
     kind, name = _principal(principal)
+    table = get_group_obj_perms_model(obj) if kind == "group" else get_user_obj_perms_model(obj)
+    if table.objects.is_generic():
+        raise InvalidInput(
+            f"{obj._meta.verbose_name} objects take no object permissions: grant a model-wide permission instead, "
+            "or an object permission on a registered model or a deployment target.",
+            detail={"obj": [f"No object permissions on {obj._meta.label}."]},
+        )
     with transaction.atomic():
         assign_perm(perm, principal, obj)
         record(action="permission.granted", subject=obj, actor=actor, after={"perm": perm, kind: name}, reason=reason)

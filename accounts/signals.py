@@ -12,8 +12,10 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models, transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
+from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from accounts.services import token_revocation
 from audit.services import record, record_many
 from core import context
 
@@ -87,11 +89,12 @@ def group_permissions_changed(sender, instance, action, reverse, model, pk_set, 
 # --- access a deletion's cascade drops -----------------------------------------------------------------------
 # Deleting a user, a group, a permission or an object with object permissions drops, by cascades that send no signal,
 # the access it carried: model-wide permissions (the m2m rows), object permissions (guardian's generic tables and the
-# models' direct ones) and, for a group, the fields naming it that the deletion empties (on_delete=SET_NULL, such as a
-# model's owner_group). pre_delete reads them while they exist, in a number of queries that does not grow with the
-# objects; post_delete records them (audit.record_many: one statement) in the delete's own transaction, each as the
-# change made by hand is recorded: `permission.revoked` on the holder ({"permissions"} or {"user_permissions"}, as
-# clear() would) or on the object ({"perm", "user"|"group"}, as accounts.services.permission_revoke), and
+# models' direct ones), a user's API tokens and, for a group, the fields naming it that the deletion empties
+# (on_delete=SET_NULL, such as a model's owner_group). pre_delete reads them while they exist, in a number of queries
+# that does not grow with the objects; post_delete records them (audit.record_many: one statement) in the delete's own
+# transaction, each as the change made by hand is recorded: `permission.revoked` on the holder ({"permissions"} or
+# {"user_permissions"}, as clear() would) or on the object ({"perm", "user"|"group"}, as
+# accounts.services.permission_revoke), `token.revoked` on each live token (as accounts.services.token_revoke), and
 # `<field>.cleared` (before: the group's name, after: null) on an object whose field named the deleted group.
 
 _REVOKED = "_audit_revoked"  # the events of what the cascade drops, set on the instance by pre_delete for post_delete
@@ -162,6 +165,14 @@ def _revoked_object_permissions(instance, field: str, using, reason: str) -> lis
             before = {"perm": _perm_name(row.permission), kind: name}
             events.append({"action": "permission.revoked", **subjects[row.pk], "before": before, "reason": reason})
     return events
+
+
+def _revoked_tokens(user, using, reason: str) -> list[dict]:
+    """The user's live (not yet revoked) API tokens, which the deletion drops by cascade, each revoked as
+    token_revoke records it: one query."""
+    now = timezone.now()
+    tokens = user.api_tokens.using(using).filter(revoked_at__isnull=True).order_by("pk")
+    return [token_revocation(token, revoked_at=now, reason=reason) for token in tokens]
 
 
 def _cleared_references(group, using, reason: str) -> list[dict]:
@@ -353,6 +364,7 @@ def user_before_delete(sender, instance, using, **kwargs):
     instance.__dict__[_REVOKED] = [
         *_revoked_model_wide(instance, "user_permissions", using, "user deleted"),
         *_revoked_object_permissions(instance, "user", using, "user deleted"),
+        *_revoked_tokens(instance, using, "user deleted"),
     ]
 
 

@@ -170,36 +170,55 @@ def test_admin_change_is_audited_with_the_admin_as_actor(db, client, reviewers):
 
 
 def test_permission_grant_and_revoke_are_audited(alice, reviewers):
+    from registry.models import RegisteredModel
+
     actor = get_user_model().objects.create_user(username="owner", password=None)
-    target = Group.objects.create(name="a governed object")
-    assert not alice.has_perm("auth.change_group", target)
+    target = RegisteredModel.objects.create(namespace="acme", name="governed")
+    perm = "registry.change_registeredmodel"
+    assert not alice.has_perm(perm, target)
 
     with NewEvents() as granted:
-        services.permission_grant(actor=actor, principal=alice, perm="auth.change_group", obj=target, reason="on call")
+        services.permission_grant(actor=actor, principal=alice, perm=perm, obj=target, reason="on call")
     event = granted.only()
     assert event.action == "permission.granted"
     assert (event.subject_type, event.subject_id, event.subject_repr) == (
-        "auth.group",
+        "registry.registeredmodel",
         str(target.pk),
-        "a governed object",
+        "acme/governed",
     )
-    assert payload(event.after) == {"perm": "auth.change_group", "user": "alice"}
+    assert payload(event.after) == {"perm": perm, "user": "alice"}
     assert (event.actor_username, event.actor_id, event.reason) == ("owner", actor.pk, "on call")
     alice = get_user_model().objects.get(pk=alice.pk)  # fresh permission cache
-    assert alice.has_perm("auth.change_group", target)
+    assert alice.has_perm(perm, target)
 
     with NewEvents() as group_granted:
-        services.permission_grant(actor=actor, principal=reviewers, perm="auth.view_group", obj=target)
-    assert payload(group_granted.only().after) == {"perm": "auth.view_group", "group": "target-approvers"}
+        services.permission_grant(actor=actor, principal=reviewers, perm="registry.view_registeredmodel", obj=target)
+    assert payload(group_granted.only().after) == {"perm": "registry.view_registeredmodel", "group": "target-approvers"}
 
     with NewEvents() as revoked:
-        services.permission_revoke(actor=actor, principal=alice, perm="auth.change_group", obj=target, reason="done")
+        services.permission_revoke(actor=actor, principal=alice, perm=perm, obj=target, reason="done")
     event = revoked.only()
     assert event.action == "permission.revoked"
-    assert payload(event.before) == {"perm": "auth.change_group", "user": "alice"}
+    assert payload(event.before) == {"perm": perm, "user": "alice"}
     assert payload(event.after) is None
     alice = get_user_model().objects.get(pk=alice.pk)
-    assert not alice.has_perm("auth.change_group", target)
+    assert not alice.has_perm(perm, target)
+
+
+def test_object_permissions_only_on_types_that_have_their_own_tables(alice, reviewers):
+    """A group (any type without object permission tables of its own) takes no object permission: guardian's
+    generic row would grant nothing here (access checks read models' and targets' own tables) and would outlive
+    the object, which it names without a foreign key. Refused, nothing written or audited."""
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    actor = get_user_model().objects.create_user(username="owner", password=None)
+    group = Group.objects.create(name="a group")
+    for principal in (alice, reviewers):
+        with NewEvents() as events, pytest.raises(services.InvalidInput) as refused:
+            services.permission_grant(actor=actor, principal=principal, perm="auth.change_group", obj=group)
+        assert "group objects take no object permissions" in refused.value.message
+        assert events.events == []
+    assert not UserObjectPermission.objects.exists() and not GroupObjectPermission.objects.exists()
 
 
 # --- secrets never reach the log ------------------------------------------------------------

@@ -1,8 +1,10 @@
 """What a deletion takes away by cascade is audited as if revoked by hand: deleting a group, a user, a permission or an
 object with object permissions records the model-wide permissions (`permission.revoked` on the holder), the object
-permissions (`permission.revoked` on the object, guardian's generic and direct tables) and, for a group, the fields
-naming it that the deletion empties (`owner_group.cleared`), in the deletion's own transaction and a fixed number of
-statements however many objects the group owned."""
+permissions (`permission.revoked` on the object, guardian's generic and direct tables), a user's live API tokens
+(`token.revoked`, as accounts.services.token_revoke) and, for a group, the fields naming it that the deletion empties
+(`owner_group.cleared`), in the deletion's own transaction and a fixed number of statements however many objects the
+group owned. Rows in guardian's generic tables can no longer be granted (accounts.services.permission_grant); the
+fixtures make them with guardian itself, as an installation from before that rule holds them."""
 
 import json
 
@@ -14,9 +16,12 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from guardian.models import GroupObjectPermission
+from guardian.shortcuts import assign_perm
 
 from accounts import access, services
+from accounts.models import ApiToken
 from audit import services as audit_services
+from core import context
 from governance import services as governance
 from registry import services as registry
 from registry.models import RegisteredModel
@@ -55,7 +60,7 @@ def team(personas):
     )
     services.permission_grant(actor=admin, principal=group, perm="governance.deploy_deploymenttarget", obj=target)
     reviewers = Group.objects.get(name="reviewers")
-    services.permission_grant(actor=admin, principal=group, perm="auth.change_group", obj=reviewers)
+    assign_perm("auth.change_group", group, reviewers)  # a generic row (see the module's docstring)
     return {"group": group, "carol": carol, "model": model, "target": target, "reviewers": reviewers}
 
 
@@ -149,7 +154,7 @@ def test_deleting_a_user_in_the_admin_records_their_permissions(admin_client, pe
     alice = User.objects.create_user(username="alice", password=None)
     alice.user_permissions.add(perm("audit.view_auditevent"))
     model = registry.model_create(actor=alice, namespace="acme", name="fraud")  # its creator holds OWNER_PERMS on it
-    services.permission_grant(actor=personas["admin"].user, principal=alice, perm="auth.view_group", obj=team["group"])
+    assign_perm("auth.view_group", alice, team["group"])  # a generic row (see the module's docstring)
     pk = alice.pk
     with NewEvents() as new:
         response = admin_client.post(f"/admin/auth/user/{pk}/delete/", {"post": "yes"})
@@ -301,3 +306,100 @@ def test_a_group_deletion_is_recorded_on_sqlite_too(tmp_path):
     printed, _ = sqlite_shell(tmp_path, script)
     assert f"actions {['permission.revoked'] * 4 + ['owner_group.cleared', 'group.deleted']}" in printed
     assert "OK: " in printed
+
+
+# --- a user's API tokens --------------------------------------------------------------------------------------
+
+
+def test_deleting_a_user_revokes_their_live_tokens_as_a_revoke_would(personas):
+    """Not in the admin, which refuses to delete a user with tokens (ApiTokenAdmin grants no delete permission)."""
+    admin = personas["admin"].user
+    dave = User.objects.create_user(username="dave", password=None)
+    issued = [
+        services.token_create(actor=dave, user=dave, name="ci", scopes=["read", "models:write"]),
+        services.token_create(actor=dave, user=dave, name="audit", scopes=["audit:read"], expires_in_days=30),
+        services.token_create(actor=dave, user=dave, name="old", scopes=["read"]),
+    ]
+    with NewEvents() as revoked_by_hand:
+        services.token_revoke(actor=admin, token_id=issued[2].token.pk, reason="rotated")
+    by_hand = revoked_by_hand.only()
+    live = [item.token for item in issued[:2]]
+    pk = dave.pk
+    acting = context.actor.set(admin)
+    try:
+        with NewEvents() as new:
+            dave.delete()
+    finally:
+        context.actor.reset(acting)
+    assert not ApiToken.objects.filter(user_id=pk).exists()
+    assert [e.action for e in new.events] == ["token.revoked", "token.revoked", "user.deleted"]
+    revoked = new.events[:2]
+    assert [(e.subject_type, e.subject_id, e.subject_repr) for e in revoked] == [
+        ("accounts.apitoken", str(token.pk), str(token)) for token in live
+    ]
+    for event, token in zip(revoked, live, strict=True):
+        before, after = payload(event.before), payload(event.after)
+        assert set(before) == set(after) == set(payload(by_hand.before)) == set(payload(by_hand.after))
+        assert before == {
+            "user": "dave",
+            "name": token.name,
+            "prefix": token.prefix,
+            "scopes": token.scopes,
+            "expires_at": before["expires_at"],
+            "revoked_at": None,
+        }
+        assert after == {**before, "revoked_at": after["revoked_at"]}
+        assert after["revoked_at"] is not None
+    assert (payload(revoked[0].before)["expires_at"] is None) != (payload(revoked[1].before)["expires_at"] is None)
+    assert {(e.reason, e.actor_username) for e in new.events} == {("user deleted", "admin"), ("", "admin")}
+    for event in new.events:
+        for item in issued:
+            secret = item.plaintext.split("_", 2)[2]
+            for text in (event.before, event.after, event.reason, event.subject_repr):
+                assert secret not in text and item.token.token_hash not in text
+    assert_chain_verifies()
+
+
+def test_a_user_without_live_tokens_is_deleted_with_no_token_event(personas):
+    erin = User.objects.create_user(username="erin", password=None)
+    with NewEvents() as new:
+        erin.delete()
+    assert new.only().action == "user.deleted"
+
+
+def test_a_user_with_many_tokens_is_deleted_in_as_many_statements_as_one_with_few(db):
+    def owning(name: str, tokens: int):
+        user = User.objects.create_user(username=name, password=None)
+        for i in range(tokens):
+            services.token_create(actor=user, user=user, name=f"t{i}", scopes=["read"])
+        return user
+
+    owning("warm", 1).delete()  # content types cached, as in a running process
+    counts = {}
+    for user, tokens in ((owning("few", 2), 2), (owning("many", 20), 20)):
+        with NewEvents() as new, CaptureQueriesContext(connection) as captured:
+            user.delete()
+        assert [e.action for e in new.events] == ["token.revoked"] * tokens + ["user.deleted"]
+        inserts = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("INSERT INTO audit_auditevent")]
+        assert len(inserts) == 2, inserts  # the tokens' events in one statement, then user.deleted
+        counts[user.username] = len(captured.captured_queries)
+    assert counts["many"] == counts["few"], counts
+    assert_chain_verifies()
+
+
+def test_a_user_deletion_whose_token_revocations_cannot_be_recorded_does_not_happen(db, monkeypatch):
+    from accounts import signals
+
+    def failing_record_many(events):
+        raise RuntimeError("audit log unavailable")
+
+    dave = User.objects.create_user(username="dave", password=None)
+    token = services.token_create(actor=dave, user=dave, name="ci", scopes=["read"]).token
+    monkeypatch.setattr(signals, "record_many", failing_record_many)
+    with NewEvents() as new, pytest.raises(RuntimeError, match="audit log unavailable"), transaction.atomic():
+        dave.delete()
+    assert new.events == []
+    assert ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).exists()
+
+
+# --- guardian's generic tables: the rows naming a deleted object ----------------------------------------------
