@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Max, Q
@@ -47,11 +48,14 @@ ACTIVE = (ReleaseState.PENDING, ReleaseState.DEPLOYING)
 
 
 def _enqueue(target_id: int) -> None:
-    """Kick the reconciler; if the broker is down the periodic reconcile picks the target up."""
+    """Kick the reconciler; if the broker is down the periodic reconcile picks the target up. A task's soft time
+    limit reached during the publish (a broker that stopped answering) goes on up: swallowed, the task ran on."""
     from governance import deployment_tasks
 
     try:
         deployment_tasks.reconcile_target.delay(target_id)
+    except SoftTimeLimitExceeded:
+        raise
     except Exception:  # noqa: BLE001 - the database row is the truth; beat retries
         log.warning("could not enqueue reconcile of target %s; the periodic reconcile will", target_id)
 

@@ -13,7 +13,9 @@ when their in-flight requests are done their slot goes to `maint` and the proces
 State (which process and which slot belong to which release) lives in `state_dir` as a JSON file
 replaced atomically, under an flock, so a worker killed at any point leaves a recoverable state:
 a deploy of the same spec finds the running process (pid + its start time, so a reused pid is not
-mistaken for it), or restarts it if it died, and re-applies slot and weights. `status()` reads
+mistaken for it), or restarts it if it died, and re-applies slot and weights. A deploy interrupted before the
+traffic reaches its new server (a timeout, a HAProxy that stops answering, the reconcile's soft time limit) undoes
+it: slot back to maint, process stopped, record dropped (`SelfHostedHost._undone_if_interrupted`). `status()` reads
 the slots from HAProxy itself and maps them to releases through that file.
 
 No Django here.
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -67,6 +70,7 @@ DEFAULTS = {
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOCK_TIMEOUT = 300.0
 STOP_GRACE = 10.0
+UNDO_TIMEOUT = 1.0  # each runtime API call of an interrupted deploy's undo: it must end before the hard time limit
 
 
 def validate_config(config: dict) -> dict:
@@ -199,6 +203,20 @@ class Record:
     started_at: float = 0.0
     last_served: float = 0.0  # when it last had traffic (retention keeps the most recent)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def has_served(self) -> bool:
+        """This process has had traffic: a restarted server inherits its release's last_served, not its start."""
+        return self.last_served > self.started_at
+
+
+@dataclass
+class _Attempt:
+    """One deploy's server until traffic reaches it: what to undo if the deploy is interrupted before then."""
+
+    server: Record | None = None  # the release's server this deploy brings up, started or found running
+    started: bool = False  # this deploy started it
+    shift_sent: bool = False  # the traffic shift went to HAProxy, which may have applied it
 
 
 class State:
@@ -353,12 +371,13 @@ class SelfHostedHost:
             started = time.monotonic()
             records = state.load()
             servers = self._servers(api, settings)
-            record = self._ensure_process(settings, state, records, spec, model_name)
-            ready_at = time.monotonic()
-            slot = self._ensure_slot(api, settings, state, records, servers, record)
-            split = _check_split(dict(spec.traffic)) if spec.traffic else {record.release: 100}
-            self._check_receivers(api, settings, records, split)
-            self._shift(api, settings, state, records, split)
+            with self._undone_if_interrupted(settings, state, records) as attempt:
+                record = self._ensure_process(settings, state, records, spec, model_name, attempt)
+                ready_at = time.monotonic()
+                slot = self._ensure_slot(api, settings, state, records, servers, record)
+                split = _check_split(dict(spec.traffic)) if spec.traffic else {record.release: 100}
+                self._check_receivers(api, settings, records, split)
+                self._shift(api, settings, state, records, split, attempt)
             switched_at = time.monotonic()
             self._retire(api, settings, state, records)
         log.info(
@@ -398,7 +417,13 @@ class SelfHostedHost:
         return [token.format(**values) for token in shlex.split(settings.command)]
 
     def _ensure_process(
-        self, settings: Settings, state: State, records: dict[int, Record], spec: ReleaseSpec, model_name: str
+        self,
+        settings: Settings,
+        state: State,
+        records: dict[int, Record],
+        spec: ReleaseSpec,
+        model_name: str,
+        attempt: _Attempt,
     ) -> Record:
         record = records.get(spec.release_number)
         if record and spec.digest and record.digest and record.digest != spec.digest:
@@ -408,6 +433,7 @@ class SelfHostedHost:
         if record is None:
             record = self._adopt(settings, state, records, spec, model_name)
         if record is not None and process_alive(record):
+            attempt.server = record
             if probe_ready(settings.host, record.port):
                 return record
             # Started by a deploy that did not see it ready (a worker killed mid-deploy): wait for it.
@@ -419,7 +445,7 @@ class SelfHostedHost:
                 pass
         if record is not None:
             log.info("release %s: its process (pid %s) is gone; restarting it", record.release, record.pid)
-        return self._start(settings, state, records, spec, model_name, previous=record)
+        return self._start(settings, state, records, spec, model_name, attempt, previous=record)
 
     def _adopt(
         self, settings: Settings, state: State, records: dict[int, Record], spec: ReleaseSpec, model_name: str
@@ -452,6 +478,7 @@ class SelfHostedHost:
         records: dict[int, Record],
         spec: ReleaseSpec,
         model_name: str,
+        attempt: _Attempt,
         previous: Record | None,
     ) -> Record:
         if not spec.artifact_dir or not os.path.isdir(spec.artifact_dir):
@@ -504,6 +531,7 @@ class SelfHostedHost:
                 started_at=time.time(),
                 last_served=previous.last_served if previous else 0.0,
             )
+            attempt.server, attempt.started = record, True
             try:
                 self._wait_ready(settings, state, records, record, spec)
                 return record
@@ -514,36 +542,97 @@ class SelfHostedHost:
     def _wait_ready(
         self, settings: Settings, state: State, records: dict[int, Record], record: Record, spec: ReleaseSpec
     ) -> None:
-        """Record the server (its pid is on disk before we wait for anything) and wait until it is ready.
-
-        Whatever else ends the wait stops the server and drops its record: it exited, the ready timeout, and
-        equally the reconcile's soft time limit (RECONCILE_MAX_HOLD_SECONDS) or a worker shutting down. Its release
-        then fails, and nothing else would stop it: the fallback finds the last good release serving and deploys
-        nothing, so no `_retire` runs, and a record left behind could even be kept by `keep_previous`."""
+        """Record the server (its pid is on disk before we wait for anything) and wait until it is ready. However
+        the wait ends short of that, the deploy's undo (`_undone_if_interrupted`) stops the server."""
         deadline = time.monotonic() + settings.ready_timeout
         delay = 0.02
+        records[record.release] = record
+        state.save(records)
+        while True:
+            if not process_alive(record):
+                raise _ExitedEarly(log_tail(record.log_path) or f"pid {record.pid} exited")
+            if probe_ready(settings.host, record.port, timeout=min(1.0, settings.ready_timeout)):
+                return
+            if time.monotonic() > deadline:
+                raise HostError(
+                    f"release {spec.release_number}: model server on port {record.port} not ready after "
+                    f"{settings.ready_timeout:.0f}s ({record.log_path}: {log_tail(record.log_path, 3)})",
+                    retryable=True,
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    # ----- undoing an interrupted deploy --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _undone_if_interrupted(
+        self, settings: Settings, state: State, records: dict[int, Record]
+    ) -> Iterator[_Attempt]:
+        """Whatever interrupts a deploy before traffic reaches its server undoes what it brought up: the server's
+        slots back to maint, its process stopped, its record dropped. A ready timeout, an early exit, HAProxy's check
+        failing, a refused split, a HAProxy that stops answering, and equally the reconcile's soft time limit
+        (RECONCILE_MAX_HOLD_SECONDS) or a worker shutting down. Nothing else would: the release fails, and the
+        fallback to the last good release (still serving) deploys nothing and retires nothing.
+
+        Undone: the server this deploy started, and equally a never-served one it found running (an earlier
+        attempt's, killed before it could undo anything): nothing relies on a server that never had traffic, and a
+        retry starts it afresh, so it cannot idle at weight 0 for good. Never undone: a server that has had traffic
+        since it started (a rollback's, adopted from another release number), one whose slot HAProxy shows taking
+        traffic, and anything once the shift was sent (HAProxy may have applied it). When HAProxy does not answer,
+        only a server this deploy started is stopped: it was never given any weight but 0."""
+        attempt = _Attempt()
         try:
-            records[record.release] = record
-            state.save(records)
-            while True:
-                if not process_alive(record):
-                    raise _ExitedEarly(log_tail(record.log_path) or f"pid {record.pid} exited")
-                if probe_ready(settings.host, record.port, timeout=min(1.0, settings.ready_timeout)):
-                    return
-                if time.monotonic() > deadline:
-                    raise HostError(
-                        f"release {spec.release_number}: model server on port {record.port} not ready after "
-                        f"{settings.ready_timeout:.0f}s; stopped it "
-                        f"({record.log_path}: {log_tail(record.log_path, 3)})",
-                        retryable=True,
-                    )
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.2)
+            yield attempt
         except BaseException:
-            stop_process(record, grace=2.0)
-            records.pop(record.release, None)
-            state.save(records)
+            try:
+                self._undo(settings, state, records, attempt)
+            except Exception:
+                log.exception("could not undo the interrupted deploy of release %s", attempt.server.release)
             raise
+
+    def _undo(self, settings: Settings, state: State, records: dict[int, Record], attempt: _Attempt) -> None:
+        record = attempt.server
+        if record is None or attempt.shift_sent:
+            return
+        backend = settings.backend
+        api = RuntimeAPI(settings.admin, timeout=UNDO_TIMEOUT)
+        try:
+            servers = api.servers_state(backend)
+        except HostError:
+            if not attempt.started:
+                return
+            servers, at_address = None, []
+        else:
+            at_address = [s for s in servers if s.addr == settings.host and s.port == record.port]
+            if record.has_served or any(s.receives_traffic for s in at_address):
+                return
+        # Its slots: any at its address, and the one it inherited from a dead predecessor (not at its address yet).
+        others = {r.slot for r in records.values() if r is not record}
+        slots = [
+            s.name
+            for s in servers or ()
+            if (s in at_address or s.name == record.slot) and s.name not in others and not s.receives_traffic
+        ]
+        for slot in slots:
+            with contextlib.suppress(HostError):
+                api.run(f"set server {backend}/{slot} weight 0", f"set server {backend}/{slot} state maint")
+        stop_process(record, grace=2.0)
+        if servers is None and record.slot:
+            # The slot may still point at the stopped server: the record keeps it, for a retry to take back (or a
+            # full backend to retire).
+            log.warning(
+                "release %s: interrupted deploy; pid %s stopped, HAProxy did not answer", record.release, record.pid
+            )
+        else:
+            if records.get(record.release) is record:
+                del records[record.release]
+            log.warning(
+                "release %s: interrupted deploy undone; pid %s stopped, slots %s in maint",
+                record.release,
+                record.pid,
+                slots,
+            )
+        state.save(records)
 
     # ----- HAProxy slots -----------------------------------------------------------------------
 
@@ -635,7 +724,13 @@ class SelfHostedHost:
             time.sleep(0.01)
 
     def _shift(
-        self, api: RuntimeAPI, settings: Settings, state: State, records: dict[int, Record], split: dict[int, int]
+        self,
+        api: RuntimeAPI,
+        settings: Settings,
+        state: State,
+        records: dict[int, Record],
+        split: dict[int, int],
+        attempt: _Attempt | None = None,
     ) -> None:
         """Weights = percents, in one round trip: raise the receivers first, then zero and drain the rest."""
         backend = settings.backend
@@ -669,6 +764,8 @@ class SelfHostedHost:
                     f"set server {backend}/{server.name} weight 0",
                     f"set server {backend}/{server.name} state drain",
                 ]
+        if attempt is not None:
+            attempt.shift_sent = True
         api.run(*raise_cmds, *lower_cmds)
         now = time.time()
         for number, percent in split.items():
