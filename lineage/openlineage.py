@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import urlparse
 
 from audit.chain import canonical_json
+from core import url_credentials
 from core.errors import InvalidInput
 from core.unicode import control, control_message
 from lineage.choices import EventKind, RunState
@@ -130,9 +131,19 @@ def _int(parent: dict, key: str, path: str) -> int | None:
 
 
 def _uri(parent: dict, key: str, path: str) -> str:
-    value = _str(parent, key, path, max_length=2000)
+    value = _location(parent, key, path)
     if not urlparse(value).scheme:
         _bad(f"{path}.{key}" if path else key, f"'{value}' is not a URI.")
+    return value
+
+
+def _location(parent: dict, key: str, path: str, *, required: bool = True) -> str | None:
+    """A URL or repository location, which must not carry a credential: it is stored and shown in every export and
+    the trail to whoever may read the lineage (core.url_credentials)."""
+    value = _str(parent, key, path, required=required, max_length=2000)
+    problem = url_credentials.problem(value) if value else ""
+    if problem:
+        _bad(f"{path}.{key}" if path else key, problem)
     return value
 
 
@@ -228,8 +239,9 @@ def _check_job_facet(name: str, facet: dict, path: str) -> None:
         return
     if name == "sourceCodeLocation":
         _str(facet, "type", path)
-        _str(facet, "url", path, max_length=2000)
-        for key in ("repoUrl", "path", "version", "tag", "branch", "pullRequestNumber"):
+        _location(facet, "url", path)
+        _location(facet, "repoUrl", path, required=False)  # also git@host:org/repo, not a URI
+        for key in ("path", "version", "tag", "branch", "pullRequestNumber"):
             _str(facet, key, path, required=False, max_length=2000)
     elif name == "jobType":
         _str(facet, "processingType", path)
@@ -286,9 +298,9 @@ def _facets(value, path: str, check) -> dict:
             _bad(path, f"facet name '{name[:50]}' must have 1 to {MAX_FACET_NAME} characters.")
         where = f"{path}.{name}"
         _obj(facet, where)
-        for key in ("_producer", "_schemaURL"):
-            if key in facet and not isinstance(facet[key], str):
-                _bad(f"{where}.{key}", "must be a string.")
+        for key in ("_producer", "_schemaURL"):  # the 2-0-2 BaseFacet's: URIs, which the export sends on as they are
+            if key in facet:
+                _uri(facet, key, where)
         if name == ENVIRONMENT_FACET:
             _check_environment(facet, where)
         check(name, facet, where)
