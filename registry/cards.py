@@ -230,9 +230,56 @@ def _path(parts) -> str:
     return out or "(card)"
 
 
+_TYPE_NAMES = {"array": "list"}  # JSON Schema's type names in a message, where they are not a YAML writer's
+
+
+def _expected(fragment: dict, plural: bool = False) -> str:
+    """What a schema fragment asks for, in words: 'a list of strings', 'a mapping (with type, value)'."""
+    kind = fragment.get("type")
+    if kind == "object":
+        keys = f" (with {', '.join(fragment['required'])})" if fragment.get("required") else ""
+        return ("mappings" if plural else "a mapping") + keys
+    if kind == "array":
+        items = fragment.get("items")
+        of = f" of {_expected(items, plural=True)}" if isinstance(items, dict) and "type" in items else ""
+        return ("lists" if plural else "a list") + of
+    names = [_TYPE_NAMES.get(k, k) for k in (kind if isinstance(kind, list) else [kind])]
+    if plural:
+        return " or ".join(f"{name}s" for name in names)
+    return " or ".join(f"{'an' if name[0] in 'aeiou' else 'a'} {name}" for name in names)
+
+
+def _given(value) -> str:
+    """A value as a message names it: its kind and (the start of) the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)} (YAML reads unquoted yes, no, on, off, true, false as booleans)"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {printable(value)[:80]!r}"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()}"
+    text = printable(json.dumps(value, ensure_ascii=False, default=str))
+    text = text if len(text) <= 120 else text[:120] + "..."
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}: {text}"
+    return f"a mapping: {text}"
+
+
+def _type_message(expected: str, value) -> str:
+    message = f"must be {expected}, not {_given(value)}"
+    if "a string" in expected and not isinstance(value, list | dict):
+        message += "; in YAML, quote it to make it text"  # a number, boolean or null, as YAML read it
+    return message
+
+
 def _error_entries(error) -> list[tuple[str, str]]:
     """(field path, message) pairs for one jsonschema error, naming the offending field itself."""
     path = list(error.absolute_path)
+    if error.validator == "type":
+        return [(_path(path), _type_message(_expected(error.schema), error.instance))]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
@@ -242,8 +289,15 @@ def _error_entries(error) -> list[tuple[str, str]]:
         return [(_path([*path, key]), "is required") for key in missing]
     if error.validator == "propertyNames":
         return [(_path(path), f"key {error.instance!r} is not allowed here: it has a field of its own")]
-    if error.validator == "oneOf":
-        return [(_path(path), "must be a string or a list of strings (each 1-500 characters)")]
+    if error.validator == "oneOf":  # string_or_list: for a list, what is wrong in it (an item that is no string)
+        branches = error.validator_value
+        in_list = [e for e in error.context if branches[e.relative_schema_path[0]].get("type") == "array"]
+        if isinstance(error.instance, list) and in_list:
+            return [entry for sub in in_list for entry in _error_entries(sub)]
+        expected = "a string or a list of strings (each 1-500 characters)"
+        return [(_path(path), _type_message(expected, error.instance))]
+    if error.validator == "minItems":
+        return [(_path(path), f"must hold at least {error.validator_value} item, not an empty list")]
     if error.validator == "maxLength":
         return [(_path(path), f"is longer than {error.validator_value} characters")]
     if error.validator in ("maxItems", "maxProperties") and isinstance(error.instance, list | dict):
@@ -662,7 +716,7 @@ class _YamlLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
                     continue  # a key that is a list or mapping is refused by PyYAML itself (unhashable)
-                key = str(self.construct_object(key_node))  # as _jsonable names it: 1 and '1' are one key
+                key = str(self.construct_object(key_node))  # 1 and '1' too (_jsonable refuses 1 anyway)
                 if key in first_line:
                     raise yaml.constructor.ConstructorError(
                         None,
@@ -702,6 +756,17 @@ class _YamlLoader(yaml.SafeLoader):
             ) from None
 
 
+def _key_not_text(key, where: str) -> InvalidInput:
+    """A YAML key read as null, a boolean, a number or a date: text is all JSON keeps, and `str()` of it
+    (`None`, `True`) is neither what was written nor what an export would write back."""
+    written = json.dumps(key, default=str).strip('"')
+    message = (
+        f"the key {written} is read by YAML as {_given(key)}, not as text, and a model card's keys are text: "
+        f"quote it as written (e.g. '{written}': ...) or rename it"
+    )
+    return InvalidInput(f"Invalid model card. {where}: {message}.", code="invalid_card", detail={where: [message]})
+
+
 def _jsonable(value, path: tuple, budget: list[int], level: int = 1):
     """YAML values -> JSON values (dates as ISO strings), with bounds on expanded size and depth (YAML
     aliases can nest a value in itself). The YAML root becomes at least level 1 of the card, so refusing
@@ -718,16 +783,10 @@ def _jsonable(value, path: tuple, budget: list[int], level: int = 1):
         raise _too_deep(_path(path), " (a YAML alias inside its own anchor, as in `&a [*a]`, nests without end)")
     if isinstance(value, dict):
         mapping = {}
-        for k, v in value.items():
-            key = str(k)
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise _key_not_text(key, _path(path))
             where = (*path, printable(key))
-            if key in mapping:  # e.g. the YAML keys 1 and '1', or a key merged in (`<<`) and written again
-                message = f"two keys of this mapping are both {printable(key)[:80]!r} as text: keep one"
-                raise InvalidInput(
-                    f"Invalid model card. {_path(path)}: {message}.",
-                    code="invalid_card",
-                    detail={_path(where): [message]},
-                )
             mapping[_text(key, where)] = _jsonable(v, where, budget, level + 1)
         return mapping
     if isinstance(value, list | tuple | set | frozenset):
@@ -866,6 +925,7 @@ def _refuse(entries: list[tuple[str, str]]) -> None:
     """Raise the usual invalid_card InvalidInput for (path, message) entries, if any."""
     if not entries:
         return
+    entries = list(dict.fromkeys(entries))  # jsonschema reports a mapping's missing keys once per key
     detail: dict[str, list[str]] = {}
     for path, message in entries:
         detail.setdefault(path, []).append(message)
@@ -894,11 +954,31 @@ def _check_readme_metadata(raw: dict) -> None:
         )
     elif isinstance(model_index, list) and model_index and isinstance(model_index[0], dict):
         entries.extend(_lossy_merges(model_index[0].get("results"), "metadata.model_index[0].results"))
-    limit = schema()["$defs"]["string_list"]["maxItems"]
-    if isinstance(raw.get("tags"), list) and len(raw["tags"]) > limit:
-        # before huggingface_hub: it removes repeated tags in time that grows with the square of their number
-        entries.append(("metadata.tags", f"has {len(raw['tags'])} items, more than the limit of {limit}"))
+    entries.extend(_readme_field_problems(raw))
     _refuse(entries)
+
+
+def _readme_field_problems(raw: dict) -> list[tuple[str, str]]:
+    """The README's known fields and governance checked against the card schema before huggingface_hub reads
+    them: it iterates `tags` (a mapping's values were lost, a number failed) and picks what it knows out of
+    `model-index` (unknown keys and results without metrics were lost, a wrong shape failed). Checked as it
+    reads them: a null value is no value, one string is one tag, a null inside model-index is no value."""
+    entries = []
+    fields = {key: value for key, value in raw.items() if key in {*METADATA_KEYS, GOVERNANCE} and value is not None}
+    if isinstance(fields.get("tags"), str):
+        fields["tags"] = [fields["tags"]]
+    limit = schema()["$defs"]["string_list"]["maxItems"]
+    if isinstance(fields.get("tags"), list) and len(fields["tags"]) > limit:
+        # huggingface_hub removes repeated tags in time that grows with the square of their number: refused
+        # by their count alone, without a look at each
+        entries.append(("metadata.tags", f"has {len(fields.pop('tags'))} items, more than the limit of {limit}"))
+    model_index = fields.get("model-index")
+    if isinstance(model_index, list) and len(model_index) > 1:
+        del fields["model-index"]  # refused with a message of its own
+    elif model_index is not None:
+        fields["model-index"] = _without_none(model_index)
+    errors = sorted(_validator().iter_errors(_card_fields(fields)), key=lambda e: [str(p) for p in e.absolute_path])
+    return entries + [entry for error in errors for entry in _error_entries(error)]
 
 
 def _card_data(content: dict):
