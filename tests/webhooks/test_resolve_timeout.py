@@ -92,10 +92,10 @@ def test_a_lookup_that_stalls_ends_at_the_attempt_deadline_and_is_retried(silent
     reason = f"timed out resolving {HOST}: no answer within {TIMEOUT}s"
     assert any(b"\x05hooks\x05stall\x04test" in query for query in queries)  # the resolver was asked
     assert result["error"] == reason
-    assert result["took"] < TIMEOUT + 1.5, result
+    assert result["took"] < TIMEOUT + 8, result  # the stall lasts 30 s; margin for a loaded machine
     assert result["state"] == DeliveryState.PENDING and result["retry_in"] > 0  # a failed attempt, retried
     assert WebhookAttempt.objects.get(delivery_id=delivery_id).error == reason
     # The egress check resolves the same way: a stalled name is reported as not checked, in the same time.
     assert result["check"].strip().endswith(f"not checked: cannot resolve its host ({reason})"), result["check"]
     assert result["check"].startswith(f"webhook {endpoint.pk} 'stalls' ")
-    assert result["check_took"] < TIMEOUT + 1.5, result
+    assert result["check_took"] < TIMEOUT + 8, result
