@@ -58,9 +58,15 @@ def token_create(
     expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
     if max_expires_at is not None and (expires_at is None or expires_at > max_expires_at):
         days = max((max_expires_at - now).days, 0)
+        ends = f"A token that expires at {max_expires_at:%Y-%m-%dT%H:%M:%SZ}"
+        if days < 1:  # a token lasts at least a day: there is no expires_in_days to suggest
+            raise Forbidden(
+                f"{ends} has less than a day left and cannot create any token (the shortest lasts a day): create it "
+                "with a longer-lived token, a signed-in session (POST /api/v1/tokens/) or manage.py create_api_token.",
+                detail={"expires_in_days": ["This token has less than a day left: it cannot create tokens."]},
+            )
         raise Forbidden(
-            f"A token that expires at {max_expires_at:%Y-%m-%dT%H:%M:%SZ} cannot create a token that outlives it: "
-            f"pass expires_in_days of at most {days}.",
+            f"{ends} cannot create a token that outlives it: pass expires_in_days of at most {days}.",
             detail={"expires_in_days": [f"At most {days} for a token created with this token."]},
         )
     name = (name or "").strip() or "token"

@@ -262,6 +262,25 @@ def test_token_cannot_mint_a_token_that_outlives_it(personas, make_token):
     assert create(client, ["read"], expires_in_days=6).status_code == 201
 
 
+def test_a_token_with_less_than_a_day_left_is_told_it_cannot_create_any(personas, make_token):
+    """It was told to pass expires_in_days of at most 0, which is a 400 (the shortest token lasts a day)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    plaintext = make_token(personas["owner"].user, ["read", "tokens:write"], expires_in_days=1)
+    ApiToken.objects.filter(prefix=plaintext.split("_")[1]).update(expires_at=timezone.now() + timedelta(hours=5))
+    count = ApiToken.objects.count()
+    for extra in ({}, {"expires_in_days": 1}):
+        response = create(bearer(plaintext), ["read"], **extra)
+        assert response.status_code == 403, response.json()
+        error = response.json()["error"]
+        assert "has less than a day left and cannot create any token" in error["message"]
+        assert "at most 0" not in error["message"]
+        assert error["detail"] == {"expires_in_days": ["This token has less than a day left: it cannot create tokens."]}
+    assert ApiToken.objects.count() == count
+
+
 def test_session_may_create_any_scopes(personas, client):
     client.force_login(personas["outsider"].user)
     response = client.post(TOKENS, {"name": "x", "scopes": list(scopes.ALL)}, content_type="application/json")
