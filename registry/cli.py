@@ -61,6 +61,11 @@ MAX_PATH = 1024
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
 RETRY_STATUSES = (502, 503, 504)
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+# Rules the server applies with these same names (registry/api/serializers.py imports them), so the CLI refuses
+# before any request what the registry would refuse.
+MAX_TAG_KEY, MAX_TAG_VALUE = 255, 500
+MAX_URL = 1000
+_URL_BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -446,12 +451,52 @@ def _utf8(text: str, what: str) -> str:
     return text
 
 
+def tag_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a tag's key, or None."""
+    if not key:
+        return f"a tag key must be 1 to {MAX_TAG_KEY} characters long, not empty"
+    if len(key) > MAX_TAG_KEY:
+        return f"a tag key must be 1 to {MAX_TAG_KEY} characters long; '{key[:40]}…' has {len(key)}"
+    return None
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is not an absolute http(s) URL naming a host, or None. Any host name a CI system uses passes: a
+    single label (http://jenkins:8080/...) or one with "_", which validators made for the public web refuse."""
+    if len(url) > MAX_URL:
+        return f"is longer than {MAX_URL} characters"
+    if _URL_BLANK.search(url):
+        return "holds a space or a control character (percent-encode it)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute http:// or https:// URL naming a host, e.g. http://jenkins:8080/job/train/42/"
+    return None
+
+
+def registry_uri_problem(uri: str, namespace: str, name: str, digest: str) -> str | None:
+    """Why `uri` cannot be sent as a version's registry:// artifact_uri, or None: the registry stores
+    registry://<ns>/<name>@<digest> of the model and digest registered, and takes only that, or registry:// bare."""
+    canonical = f"registry://{namespace}/{name}@{digest}"
+    if uri in ("registry://", canonical):
+        return None
+    return f'names another model, digest or revision than this version\'s own, {canonical}: send "registry://"'
+
+
 def parse_tags(items: list) -> dict:
     tags = {}
     for item in items or []:
         key, sep, value = _utf8(item, "--tag").partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--tag '{item}' must be key=value.")
+        problem = tag_key_problem(key.strip())
+        if problem:
+            raise UsageError(f"--tag: {problem}.")
+        if len(value) > MAX_TAG_VALUE:
+            raise UsageError(f"--tag {key.strip()[:40]}: the value must be at most {MAX_TAG_VALUE} characters long.")
         tags[key.strip()] = value
     return tags
 
@@ -486,8 +531,9 @@ def source_from(args, environ=None) -> dict:
     source = {k: _utf8(v, f"source {k}") for k, v in source.items() if v}
     if "commit" in source and not COMMIT_RE.match(source["commit"]):
         raise UsageError(f"source commit '{source['commit']}' must be 7-64 hexadecimal characters.")
-    if "ci_run_url" in source and not source["ci_run_url"].startswith(("http://", "https://")):
-        raise UsageError(f"CI run URL '{source['ci_run_url']}' must be an http(s) URL.")
+    problem = "ci_run_url" in source and http_url_problem(source["ci_run_url"])
+    if problem:
+        raise UsageError(f"CI run URL '{source['ci_run_url'][:200]}' {problem}.")
     return source
 
 
@@ -538,6 +584,9 @@ def cmd_register(args) -> int:
     manifest, where = build_manifest(args.path, log)
     digest = manifest_digest(manifest["files"])
     log(f"{args.model}: digest {digest}")
+    problem = artifact_uri.startswith("registry://") and registry_uri_problem(artifact_uri, namespace, name, digest)
+    if problem:
+        raise UsageError(f"--artifact-uri '{artifact_uri[:200]}' {problem} (the default).")
 
     if args.create_model:
         model_body = {"namespace": namespace, "name": name}

@@ -187,8 +187,18 @@ def upload_complete(*, user, model: RegisteredModel, upload_id: str) -> StoredBl
 
 
 def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:
-    if not uri or uri == REGISTRY_URI:
-        return f"{REGISTRY_URI}{model.namespace}/{model.name}@{digest}"
+    """A registry:// URI is the registry's to write: `registry://<ns>/<name>@<digest>` of this model and version,
+    which the verified-digest rule trusts and whose part after "@" a managed host would deploy as its revision. A
+    client sends nothing, `registry://`, or exactly that; another model, digest or branch is refused."""
+    canonical = f"{REGISTRY_URI}{model.namespace}/{model.name}@{digest}"
+    if uri in ("", REGISTRY_URI, canonical):
+        return canonical
+    if uri.startswith(REGISTRY_URI):
+        message = (
+            f"artifact_uri '{uri[:200]}' is not this version's own: a registry:// URI names the model and digest it "
+            f'is registered as. Send "registry://" (or no artifact_uri) and the registry stores {canonical}.'
+        )
+        raise InvalidInput(message, detail={"artifact_uri": [message]})
     return uri
 
 

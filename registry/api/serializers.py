@@ -3,12 +3,18 @@ import re
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core import url_credentials
 from core.api import OutputModelSerializer, StrictSerializer, UUIDString
 from core.numbers import finite_number
 from registry.choices import VersionStatus
+from registry.cli import MAX_TAG_VALUE, MAX_URL, http_url_problem, tag_key_problem
 from registry.models import Alias, ModelVersion, RegisteredModel
 
 SHA1_OR_LONGER = r"^[0-9a-f]{7,64}$"
+# What the messages below promise: a Hub repository is org/repo (huggingface_hub's repo id characters) pinned to a
+# commit; an S3 location is a bucket and a key prefix that is more than slashes.
+HF_URI = re.compile(r"hf://([A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+@[0-9a-f]{40}")  # legacy repos have no org: hf://gpt2@…
+S3_URI = re.compile(r"s3://[^/\s]+/.*[^/\s].*")
 
 
 class ModelCreateInput(StrictSerializer):
@@ -81,11 +87,45 @@ class MetricValue(serializers.Field):
         return value
 
 
+def _http_url(value: str) -> None:
+    problem = http_url_problem(value)  # registry-cli's rule, so it refuses before sending what is refused here
+    if problem:
+        raise serializers.ValidationError(f"The CI run URL {problem}.")
+
+
+def _no_credential(value: str) -> None:
+    """A version's source is kept in its audit events and shown to every reader of the model: no token in it (GitLab's
+    CI_REPOSITORY_URL holds the job's)."""
+    problem = url_credentials.problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+
+
+class Tags(serializers.DictField):
+    """{key: value}; keys and values bounded by registry-cli's limits, which it checks before sending."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.CharField(max_length=MAX_TAG_VALUE, allow_blank=True), **kwargs)
+
+    def to_internal_value(self, data):
+        tags = super().to_internal_value(data)
+        for key in tags:
+            problem = tag_key_problem(key)
+            if problem:
+                raise serializers.ValidationError(f"{problem}.")
+        return tags
+
+
 class SourceInput(StrictSerializer):
-    repository = serializers.CharField(max_length=500, required=False)
+    repository = serializers.CharField(max_length=500, required=False, validators=[_no_credential])
     commit = serializers.RegexField(SHA1_OR_LONGER, required=False, help_text="commit SHA, lowercase hex")
     branch = serializers.CharField(max_length=255, required=False)
-    ci_run_url = serializers.URLField(max_length=1000, required=False)
+    ci_run_url = serializers.CharField(
+        max_length=MAX_URL,
+        required=False,
+        validators=[_http_url, _no_credential],
+        help_text="an absolute http(s) URL naming a host (any host name: http://jenkins:8080/job/train/42/)",
+    )
 
 
 class VersionRegisterInput(StrictSerializer):
@@ -105,24 +145,23 @@ class VersionRegisterInput(StrictSerializer):
     run_id = UUIDString(
         required=False, allow_null=True, default=None, help_text="the OpenLineage run UUID that produced this version"
     )
-    tags = serializers.DictField(
-        child=serializers.CharField(max_length=500, allow_blank=True), required=False, default=dict
-    )
+    tags = Tags(required=False, default=dict)
 
     def validate_artifact_uri(self, value):
+        """The shape of each scheme; a registry:// URI's model and digest are checked at registration."""
         if value and not value.startswith(("registry://", "s3://", "hf://")):
             raise serializers.ValidationError("Use registry://, s3://bucket/prefix or hf://org/repo@<commit>.")
-        if value.startswith("hf://"):
-            _, _, rev = value.partition("@")
-            if not rev or not re.match(r"^[0-9a-f]{40}$", rev):
-                raise serializers.ValidationError("hf:// URIs must pin a commit: hf://org/repo@<40-hex commit>.")
-        if value.startswith("s3://") and len(value) <= len("s3://") + 2:
-            raise serializers.ValidationError("s3:// URIs need a bucket and a prefix: s3://bucket/prefix.")
+        if value.startswith("hf://") and not HF_URI.fullmatch(value):
+            raise serializers.ValidationError(
+                "hf:// URIs name a Hub repository and pin a commit: hf://org/repo@<40-hex commit>."
+            )
+        if value.startswith("s3://") and not S3_URI.fullmatch(value):
+            raise serializers.ValidationError("s3:// URIs need a bucket and a key prefix: s3://bucket/prefix.")
         return value
 
 
 class VersionUpdateInput(StrictSerializer):
-    tags = serializers.DictField(child=serializers.CharField(max_length=500, allow_blank=True), required=False)
+    tags = Tags(required=False)
     status = serializers.ChoiceField(choices=VersionStatus.choices, required=False)
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
