@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """The audit hash chain: one definition, used by the registry and by auditors.
 
-Standard library only, so an auditor can run it on an exported file without the project:
+Standard library only (Python 3.8 or later), so an auditor can run it on an exported file without the project:
 
-    python3 chain.py audit-export.ndjson [--partial | --allow-gaps] [--expect-head HASH] [--jobs N]
+    python3 chain.py audit-export.ndjson [--allow-gaps] [--expect-start SEQ:PREV_HASH] [--expect-head HASH] [--jobs N]
 
-A whole export must start at sequence 1. Pass --partial for a contiguous export that starts later
-(filtered by since or after_seq), --allow-gaps for one filtered by subject or actor, and
---expect-head with the X-Audit-Last-Hash the registry sent to detect events missing from the end.
+A whole export must start at sequence 1. Pass --expect-start with the X-Audit-First-Seq and X-Audit-First-Prev-Hash
+the registry sent (as SEQ:PREV_HASH) to detect events missing from the start: the first line must be that sequence
+number and link to that hash (0 and the genesis hash: the export holds no event); --expect-head with the
+X-Audit-Last-Hash it sent detects events missing from the end. --allow-gaps is for an export filtered by subject or
+actor; --partial accepts a contiguous export that starts later without checking where (if those headers were lost).
 --allow-gaps proves less: an event whose successor was filtered out links to nothing in the file, so
 whoever rewrote it could have recomputed its hash. For evidence, verify a contiguous export (a time or
 sequence range) and filter it afterwards.
@@ -27,6 +29,8 @@ Exit status: 0 when every line verifies, 1 naming the first bad sequence number 
 JSON this verifier can read: broken, nested too deeply, or an integer of more than 4,300 digits), 2 on usage
 errors.
 """
+
+from __future__ import annotations  # annotations stay unevaluated: this file runs on Python 3.8
 
 import argparse
 import codecs
@@ -130,12 +134,36 @@ def parse_line(text: str, line: int):
 class _Chain:
     """The order and link checks, fed one event (checked in full) or one run of already hashed events at a time."""
 
-    def __init__(self, allow_gaps: bool, from_genesis: bool):
-        self.allow_gaps, self.from_genesis = allow_gaps, from_genesis
+    def __init__(self, allow_gaps: bool, from_genesis: bool, expect_start: tuple[int, str] | None = None):
+        self.allow_gaps, self.from_genesis, self.expect_start = allow_gaps, from_genesis, expect_start
         self.prev_seq, self.prev_hash, self.count = None, None, 0
+
+    def _start(self, seq, prev_hash, line: int) -> None:
+        """The first event is the one the registry said the export starts with (--expect-start)."""
+        start_seq, start_prev = self.expect_start
+        if not start_seq:
+            raise ChainError(seq, line, "expected no event (the export was said to be empty): events were added")
+        if seq != start_seq:
+            if seq < start_seq:
+                lost = "events were added"
+            elif seq == start_seq + 1:
+                lost = f"sequence {start_seq} is missing"
+            else:
+                lost = f"sequences {start_seq} to {seq - 1} are missing"
+            raise ChainError(seq, line, f"expected the export to start at sequence {start_seq}: {lost}")
+        if prev_hash != start_prev:
+            raise ChainError(seq, line, f"prev_hash is not the expected start's {start_prev}: the event was replaced")
+
+    def end(self, line: int) -> None:
+        """After the last event: an export said to start somewhere holds at least that event (`line`: the first)."""
+        if self.expect_start and self.expect_start[0] and not self.count:
+            start_seq = self.expect_start[0]
+            raise ChainError(start_seq, line, f"no event, but the export was said to start at sequence {start_seq}")
 
     def _link(self, seq, prev_hash, line: int) -> None:
         if self.prev_seq is None:
+            if self.expect_start is not None:
+                self._start(seq, prev_hash, line)
             if self.from_genesis and seq != 1:
                 raise ChainError(seq, line, "expected sequence 1: the log must start there, earlier events are missing")
             if seq == 1 and prev_hash != GENESIS:
@@ -183,7 +211,12 @@ class _Chain:
 
 
 def verify_events(
-    events: Iterable[dict], *, allow_gaps: bool = False, from_genesis: bool = False, first_line: int = 1
+    events: Iterable[dict],
+    *,
+    allow_gaps: bool = False,
+    from_genesis: bool = False,
+    expect_start: tuple[int, str] | None = None,
+    first_line: int = 1,
 ) -> tuple[int, str]:
     """Check every event; return (count, last hash). Raises ChainError at the first bad one.
 
@@ -195,11 +228,13 @@ def verify_events(
     checked, sequence numbers must strictly increase and neighbours (n, n+1) must link; an event whose
     successor is not in the export could have been rewritten with its hash recomputed, which only a
     contiguous export can show. With from_genesis the events must start
-    at sequence 1 (the whole log, as the registry checks it).
+    at sequence 1 (the whole log, as the registry checks it). With expect_start (seq, prev_hash) the first event
+    must have that seq and prev_hash, and (0, GENESIS) means there must be none.
     """
-    chain = _Chain(allow_gaps, from_genesis)
+    chain = _Chain(allow_gaps, from_genesis, expect_start)
     for line, event in enumerate(events, start=first_line):
         chain.event(event, line)
+    chain.end(first_line)
     return chain.count, chain.prev_hash or GENESIS
 
 
@@ -272,7 +307,6 @@ _MEMBERS = re.compile(rb'"hash":"[0-9a-f]{64}","prev_hash":"[0-9a-f]{64}",')
 _AFTER_MEMBERS = itemgetter(slice(len('H","prev_hash":"P",') + 2 * 63, None))  # H and P of 64 hex digits
 _seq, _prev_hash, _hash = itemgetter("seq"), itemgetter("prev_hash"), itemgetter("hash")
 _digest = methodcaller("digest")
-_Triples = tuple[tuple, tuple, tuple]  # (seqs, prev_hashes, hashes) of a batch, in order
 
 
 def _no_constant(name: str):
@@ -290,8 +324,8 @@ def _suspect(data: bytes) -> bool:
     )
 
 
-def _canonical_batch(lines: list[bytes]) -> _Triples | None:
-    """The seqs, prev_hashes and hashes of these lines if each is provably canonical (see above) and its hash
+def _canonical_batch(lines: list[bytes]) -> tuple[tuple, tuple, tuple] | None:
+    """The seqs, prev_hashes and hashes (in order) of these lines if each is provably canonical (see above) and its hash
     matches; None if not. The caller has made sure that no line is _suspect()."""
     n = len(lines)
     if not n:
@@ -351,7 +385,7 @@ def _canonical_batch(lines: list[bytes]) -> _Triples | None:
     return seqs, prev_hashes, hashes
 
 
-def _checked_one_by_one(lines: list[bytes], encoding: str, errors: str) -> _Triples | None:
+def _checked_one_by_one(lines: list[bytes], encoding: str, errors: str) -> tuple[tuple, tuple, tuple] | None:
     """What _Chain.event() would accept, line by line, leaving out the order and links; None at the first
     line it would not accept (or a blank line): the caller then goes over the lines with _Chain itself."""
     seqs, prev_hashes, hashes = [], [], []
@@ -389,13 +423,14 @@ def _scan_block(data: bytes, allow_gaps: bool, encoding: str, errors: str) -> tu
             triples = _canonical_batch(lines)
         else:  # some lines with backslashes, spaces after commas...: the others still go through the batch
             suspect = list(map(_suspect, lines))
-            fast = _canonical_batch([line for line, s in zip(lines, suspect, strict=True) if not s])
+            fast = _canonical_batch([line for line, s in zip(lines, suspect) if not s])  # noqa: B905 - 3.8 (top)
             if fast is not None:
                 slow = _checked_one_by_one(list(compress(lines, suspect)), encoding, errors)
                 if slow is None:
                     return None
-                fast_events, slow_events = zip(*fast, strict=True), zip(*slow, strict=True)
-                triples = tuple(zip(*[next(slow_events if s else fast_events) for s in suspect], strict=True))
+                # each of the three has one item per line: zip cannot drop any (no strict=, as Python 3.8 runs this)
+                fast_events, slow_events = zip(*fast), zip(*slow)  # noqa: B905
+                triples = tuple(zip(*[next(slow_events if s else fast_events) for s in suspect]))  # noqa: B905
     if triples is None:
         triples = _checked_one_by_one(lines, encoding, errors)
         if triples is None:
@@ -406,7 +441,7 @@ def _scan_block(data: bytes, allow_gaps: bool, encoding: str, errors: str) -> tu
     if allow_gaps:
         if not all(map(lt, seqs, islice(seqs, 1, None))):
             return None
-        pairs = zip(seqs, islice(seqs, 1, None), hashes, islice(prev_hashes, 1, None), strict=False)
+        pairs = zip(seqs, islice(seqs, 1, None), hashes, islice(prev_hashes, 1, None))  # noqa: B905 - one shorter
         if any(after == seq + 1 and prev != hash_ for seq, after, hash_, prev in pairs):
             return None  # neighbours must link; _Chain names the line
     elif seqs != tuple(range(seqs[0], seqs[0] + len(seqs))) or prev_hashes[1:] != hashes[:-1]:
@@ -502,6 +537,7 @@ def _verify_tasks(
     *,
     allow_gaps: bool,
     from_genesis: bool,
+    expect_start: tuple[int, str] | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
     jobs: int = 1,
@@ -509,7 +545,7 @@ def _verify_tasks(
     """(count, last hash, last seq) of the export in these tasks (see _scan_task), in order; raises ChainError as
     verify_events() would on the same lines, with the same line numbers."""
     encoding = codecs.lookup(encoding).name
-    chain = _Chain(allow_gaps, from_genesis)
+    chain = _Chain(allow_gaps, from_genesis, expect_start)
     line_no = 0  # lines read, blank ones included, as JSON errors count them (the events count is chain.count)
 
     def apply(results: list) -> None:
@@ -550,11 +586,17 @@ def _verify_tasks(
                     apply(pending.popleft().get())
             while pending:
                 apply(pending.popleft().get())
+    chain.end(1)
     return chain.count, chain.prev_hash or GENESIS, chain.prev_seq or 0
 
 
 def verify_lines(
-    lines: Iterable[bytes], *, allow_gaps: bool = False, from_genesis: bool = False, jobs: int = 1
+    lines: Iterable[bytes],
+    *,
+    allow_gaps: bool = False,
+    from_genesis: bool = False,
+    expect_start: tuple[int, str] | None = None,
+    jobs: int = 1,
 ) -> tuple[int, str]:
     """verify_events() over the raw lines of an NDJSON export (UTF-8 bytes, with or without their newline), with the
     same verdicts; canonical lines, as the registry writes them, are hashed as they are, not re-serialized. With
@@ -575,17 +617,45 @@ def verify_lines(
         if batch:
             yield b"".join(batch)
 
-    count, head, _ = _verify_tasks(chunks(), allow_gaps=allow_gaps, from_genesis=from_genesis, jobs=jobs)
+    count, head, _ = _verify_tasks(
+        chunks(), allow_gaps=allow_gaps, from_genesis=from_genesis, expect_start=expect_start, jobs=jobs
+    )
     return count, head
+
+
+_START = re.compile(r"(0|[1-9][0-9]*):([0-9a-f]{64})")
+
+
+def _expected_start(value: str) -> tuple[int, str]:
+    """--expect-start SEQ:PREV_HASH, as the export's X-Audit-First-Seq and X-Audit-First-Prev-Hash headers give it."""
+    match = _START.fullmatch(value)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected SEQ:PREV_HASH, a sequence number and 64 lowercase hex digits "
+            "(the export's X-Audit-First-Seq and X-Audit-First-Prev-Hash)"
+        )
+    seq, prev_hash = int(match.group(1)), match.group(2)
+    if seq in (0, 1) and prev_hash != GENESIS:
+        raise argparse.ArgumentTypeError(f"{value!r}: sequence {seq} goes with the genesis hash ({GENESIS})")
+    return seq, prev_hash
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify an exported audit log (NDJSON) offline.")
     parser.add_argument("path", help="NDJSON export file, or - for standard input")
     parser.add_argument(
-        "--partial", action="store_true", help="the export does not start at sequence 1 (since/after_seq filter)"
+        "--partial",
+        action="store_true",
+        help="the export does not start at sequence 1 (since/after_seq filter), and where it starts is not checked",
     )
     parser.add_argument("--allow-gaps", action="store_true", help="the export was filtered by subject or actor")
+    parser.add_argument(
+        "--expect-start",
+        type=_expected_start,
+        metavar="SEQ:PREV_HASH",
+        help="the first event's sequence number and prev_hash, as the registry sent them (X-Audit-First-Seq and "
+        "X-Audit-First-Prev-Hash; 0 and the genesis hash for an empty export)",
+    )
     parser.add_argument("--expect-head", metavar="HASH", help="the last event's hash as published by the registry")
     parser.add_argument(
         "--jobs",
@@ -616,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
             count, head, last_seq = _verify_tasks(
                 tasks,
                 allow_gaps=args.allow_gaps,
-                from_genesis=not (args.partial or args.allow_gaps),
+                from_genesis=not (args.partial or args.allow_gaps or args.expect_start),
+                expect_start=args.expect_start,
                 encoding=encoding,
                 errors=errors,
                 jobs=args.jobs,
@@ -624,7 +695,11 @@ def main(argv: list[str] | None = None) -> int:
         except ChainError as exc:
             print(f"FAIL: {exc}", file=sys.stderr)
             if exc.reason.startswith("expected sequence 1:"):
-                print("(an export filtered by since or after_seq needs --partial)", file=sys.stderr)
+                print(
+                    "(an export filtered by since or after_seq needs --expect-start with the X-Audit-First-Seq and "
+                    "X-Audit-First-Prev-Hash the registry sent, as SEQ:PREV_HASH; without them, --partial)",
+                    file=sys.stderr,
+                )
             return 1
     if args.expect_head and head != args.expect_head:
         print(
@@ -634,6 +709,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(f"OK: {count} events verified; last hash {head}")
+    if (args.partial or args.allow_gaps) and not args.expect_start:
+        print(
+            "note: nothing showed that no event is missing from the start; pass --expect-start with the "
+            "export's X-Audit-First-Seq and X-Audit-First-Prev-Hash",
+            file=sys.stderr,
+        )
     if args.allow_gaps:
         print(
             "note: with --allow-gaps an event whose successor is not in the file is checked against itself "

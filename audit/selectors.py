@@ -65,6 +65,9 @@ class Export(NamedTuple):
     chunks: Iterator[bytes]
     last_seq: int  # the last event included (0 and GENESIS when none is): verify with --expect-head
     last_hash: str
+    # the first event included and the hash it links to (0 and GENESIS when none is): verify with --expect-start
+    first_seq: int
+    first_prev_hash: str
 
 
 EXPORT_FORMATS = ("ndjson", "csv")
@@ -72,11 +75,13 @@ EXPORT_FORMATS = ("ndjson", "csv")
 
 def export(fmt: str = "ndjson", **filters) -> Export:
     """The events that `filters` select (see events()), as they stand now: whatever is appended while the
-    chunks stream is left out, so the last seq and hash can be handed out before the first chunk."""
+    chunks stream is left out, so where the export starts and ends can be handed out before the first chunk."""
     qs = events(**filters)
     last = qs.order_by("-seq").values("seq", "hash").first() or {"seq": 0, "hash": chain.GENESIS}
     qs = qs.filter(seq__lte=last["seq"])
-    return Export((csv_chunks if fmt == "csv" else ndjson_chunks)(qs), last["seq"], last["hash"])
+    first = qs.values("seq", "prev_hash").first() or {"seq": 0, "prev_hash": chain.GENESIS}  # in seq order
+    chunks = (csv_chunks if fmt == "csv" else ndjson_chunks)(qs)
+    return Export(chunks, last["seq"], last["hash"], first["seq"], first["prev_hash"])
 
 
 def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:

@@ -863,7 +863,7 @@ def test_unusual_line_ends_with_the_head(tmp_path, reshape):
     lines = synthetic_lines(9)
     head = head_of(lines)
     reshaped = reshape(lines)
-    for args in [("--expect-head", head), ("--partial", "--expect-head", head), ()]:
+    for args in [("--expect-head", head), ("--expect-start", f"1:{chain.GENESIS}", "--expect-head", head), ()]:
         result = run_verifier(tmp_path, reshaped, *args)
         assert (result.returncode, result.stdout.strip(), result.stderr) == (
             0,
@@ -911,7 +911,9 @@ def test_a_filtered_export_checks_what_it_can_and_says_what_it_cannot(tmp_path, 
     result = run_verifier(tmp_path, forged, "--allow-gaps", "--jobs", jobs)
     assert result.returncode == 0 and result.stdout.startswith(f"OK: {len(gappy)} events verified")
     assert "verify a contiguous export" in result.stderr
-    assert run_verifier(tmp_path, lines[4:], "--partial", "--jobs", jobs).stderr == ""
+    start = f"5:{json.loads(lines[3])['hash']}"
+    assert run_verifier(tmp_path, lines[4:], "--expect-start", start, "--jobs", jobs).stderr == ""
+    assert "no event is missing from the start" in run_verifier(tmp_path, lines[4:], "--partial").stderr
 
 
 @pytest.mark.parametrize("jobs", ["1", "2", "3"])

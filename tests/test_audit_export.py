@@ -233,8 +233,12 @@ def test_filter_after_seq(auditor, log, fmt, tmp_path):
     got = ndjson(response) if fmt == "ndjson" else csv_rows(response)
     assert seqs(got) == seqs(log[5:])
     assert response["X-Audit-Last-Hash"] == log[-1].hash
+    assert (response["X-Audit-First-Seq"], response["X-Audit-First-Prev-Hash"]) == (str(log[5].seq), log[4].hash)
     if fmt == "ndjson":
         assert verify_offline(tmp_path, got, "--partial", "--expect-head", log[-1].hash).returncode == 0
+        start = f"{response['X-Audit-First-Seq']}:{response['X-Audit-First-Prev-Hash']}"
+        assert verify_offline(tmp_path, got, "--expect-start", start, "--expect-head", log[-1].hash).returncode == 0
+        assert verify_offline(tmp_path, got[1:], "--expect-start", start).returncode == 1
 
 
 def test_filters_combine(auditor, log):
@@ -249,6 +253,8 @@ def test_empty_result(auditor, log):
     assert ndjson(response) == []
     assert response["X-Audit-Last-Seq"] == "0"
     assert response["X-Audit-Last-Hash"] == chain.GENESIS
+    assert response["X-Audit-First-Seq"] == "0"  # said the same way: 0 and the genesis hash, none included
+    assert response["X-Audit-First-Prev-Hash"] == chain.GENESIS
 
 
 def test_export_is_a_snapshot(auditor, log):
@@ -304,6 +310,7 @@ def test_an_export_no_row_can_match_streams_nothing(log, fmt):
     """A filter the database is never asked about (Django finds that no row can match): nothing, not an error."""
     export = selectors.export(fmt, after_seq=10**20)
     assert (export.last_seq, export.last_hash) == (0, chain.GENESIS)
+    assert (export.first_seq, export.first_prev_hash) == (0, chain.GENESIS)
     assert b"".join(export.chunks).count(b"\n") == (fmt == "csv")
 
 

@@ -49,7 +49,8 @@ def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, 
     assert out.read_bytes() == api_body(auditor)
     assert f"#{log[-1].seq} (hash {log[-1].hash})" in summary
     verify = verify_command(summary)
-    assert verify == ["audit/chain.py", str(out), "--expect-head", log[-1].hash]
+    start = f"1:{chain.GENESIS}"
+    assert verify == ["audit/chain.py", str(out), "--expect-start", start, "--expect-head", log[-1].hash]
     assert out.stat().st_mode & 0o777 == 0o600  # audit data: the owner's only
     result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -64,7 +65,7 @@ def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, 
             ["--allow-gaps"],
         ),
         (["--actor", "ci_bot"], {"actor": "ci_bot"}, ["--allow-gaps"]),
-        (["--after-seq", "3"], {"after_seq": "3"}, ["--partial"]),
+        (["--after-seq", "3"], {"after_seq": "3"}, []),
         (
             ["--since", "2000-01-01T00:00:00Z", "--actor", "owner"],
             {"since": "2000-01-01T00:00:00Z", "actor": "owner"},
@@ -79,7 +80,8 @@ def test_filters_select_what_the_api_selects(auditor, log, tmp_path, args, param
     assert body == api_body(auditor, **params)
     assert body  # the filter matched something, so the comparison means something
     verify = verify_command(summary)
-    assert verify[2:-2] == flags
+    first = json.loads(body.split(b"\n", 1)[0])
+    assert verify[2:-2] == [*flags, "--expect-start", f"{first['seq']}:{first['prev_hash']}"]
     result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -92,7 +94,8 @@ def test_csv_to_stdout(auditor, log, capsysbinary):  # noqa: F811
 def test_ndjson_to_stdout_says_how_to_verify_the_saved_output(auditor, log, capsysbinary):  # noqa: F811
     summary = export()
     assert capsysbinary.readouterr().out == api_body(auditor)
-    assert verify_command(summary) == ["audit/chain.py", "FILE", "--expect-head", log[-1].hash]
+    start = f"1:{chain.GENESIS}"
+    assert verify_command(summary) == ["audit/chain.py", "FILE", "--expect-start", start, "--expect-head", log[-1].hash]
 
 
 def test_a_symlinked_output_is_written_at_its_target(auditor, log, tmp_path):  # noqa: F811
@@ -245,24 +248,21 @@ def test_a_running_exports_temporary_file_is_left_alone(log, tmp_path):  # noqa:
 
 
 def test_time_filters_select_one_contiguous_run_that_verifies(auditor, log, tmp_path):  # noqa: F811
-    """Event times follow the chain, so since/until cut the log once each: `--partial` when the run starts
-    later than sequence 1, and an until-only export is checked from genesis (no flag)."""
+    """Event times follow the chain, so since/until cut the log once each: the run the verifier is told to expect
+    starts later than sequence 1 with since, at sequence 1 (genesis) without."""
     since, until = format_time(log[len(log) // 2].at), format_time(log[-2].at)
-    for args, flags in (
-        (["--since", since], ["--partial"]),
-        (["--until", until], []),
-        (["--since", since, "--until", until], ["--partial"]),
-    ):
+    for args in (["--since", since], ["--until", until], ["--since", since, "--until", until]):
         out = tmp_path / "audit.ndjson"
         summary = export("--output", str(out), *args)
         body = out.read_bytes()
         params = dict(zip([a.lstrip("-") for a in args[::2]], args[1::2], strict=True))
         assert body == api_body(auditor, **params)
-        seqs = [json.loads(line)["seq"] for line in body.splitlines()]
+        events = [json.loads(line) for line in body.splitlines()]
+        seqs = [event["seq"] for event in events]
         assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1))
         assert (seqs[0] == 1) == ("--since" not in args)
         verify = verify_command(summary)
-        assert verify[2:-2] == flags
+        assert verify[2:-2] == ["--expect-start", f"{seqs[0]}:{events[0]['prev_hash']}"]
         result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 

@@ -47,10 +47,12 @@ class AuditEventExportView(BaseAPIView):
         },
         summary="Stream audit events in chain order (NDJSON or CSV)",
         description=(
-            "Streams in constant memory. The response headers X-Audit-Last-Seq and X-Audit-Last-Hash "
-            "name the last event included; verify an NDJSON export offline with audit/chain.py "
-            "(add --partial when filtered by since or after_seq, --allow-gaps when filtered by subject or "
-            "actor, and --expect-head with X-Audit-Last-Hash to detect events missing from the end)."
+            "Streams in constant memory. The response headers X-Audit-Last-Seq and X-Audit-Last-Hash name the "
+            "last event included, X-Audit-First-Seq and X-Audit-First-Prev-Hash the first one and the hash it "
+            "links to (all 0 and the genesis hash when the export is empty). Verify an NDJSON export offline "
+            "with audit/chain.py: --expect-start FIRST_SEQ:FIRST_PREV_HASH detects events missing from the "
+            "start, --expect-head LAST_HASH events missing from the end, and --allow-gaps is needed when "
+            "filtered by subject or actor."
         ),
     )
     def get(self, request):
@@ -61,6 +63,8 @@ class AuditEventExportView(BaseAPIView):
         media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
         response = StreamingHttpResponse(export.chunks, content_type=media_type)
         response["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
+        response["X-Audit-First-Seq"] = str(export.first_seq)
+        response["X-Audit-First-Prev-Hash"] = export.first_prev_hash
         response["X-Audit-Last-Seq"] = str(export.last_seq)
         response["X-Audit-Last-Hash"] = export.last_hash
         return response
