@@ -58,4 +58,3 @@ def test_request_and_approval_ask_the_storage_before_locking_the_target(personas
     services.promotion_approve(actor=builders.reviewer("r1"), request_id=request.pk)
     assert answers == [True] * 4  # two HEADs, each probed for the target and the request
     assert PromotionRequest.objects.get(pk=request.pk).state == "approved"
-
