@@ -250,9 +250,15 @@ SESSION_COOKIE_HTTPONLY = True
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# Request bodies: JSON bodies above this size get a 413 (see core.parsers).
-MAX_JSON_BODY_BYTES = env_int("MAX_JSON_BODY_BYTES", 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_JSON_BODY_BYTES
+# Request bodies. An API JSON body above MAX_JSON_BODY_BYTES gets a 413 naming the limit (core.parsers); the
+# default holds a registration of registry.manifest.MAX_FILES files with 1,024-character ASCII paths (~11.5 MB).
+MAX_JSON_BODY_BYTES = env_int("MAX_JSON_BODY_BYTES", 16 * 1024 * 1024)
+# What Django reads whole itself (the web forms); API JSON bodies never pass through it (core.parsers).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+# One artifact upload (PUT …/artifacts/sha256:<hex>) larger than this gets a 413. There is always a limit.
+MAX_ARTIFACT_BYTES = env_int("MAX_ARTIFACT_BYTES", 100 * 1024**3)
+if MAX_ARTIFACT_BYTES < 1:
+    raise ImproperlyConfigured(f"MAX_ARTIFACT_BYTES must be at least 1 (a number of bytes), got {MAX_ARTIFACT_BYTES}.")
 
 # --- Static and media storage ---------------------------------------------------------------
 STATIC_URL = "/static/"

@@ -8,6 +8,7 @@ anything the client sent; a 5xx only for our own faults, and then without intern
 import functools
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
@@ -65,7 +66,7 @@ def exception_handler(exc, ctx):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
-        return Response(error_body("payload_too_large", "Request body is too large."), status=413)
+        return _request_data_too_big()
 
     if isinstance(exc, exceptions.APIException):
         if getattr(exc, "auth_header", None):
@@ -90,6 +91,18 @@ def exception_handler(exc, ctx):
         error_body("internal_error", "Internal server error. Quote the request id when reporting it."),
         status=500,
     )
+
+
+def _request_data_too_big() -> Response:
+    """Django's own limit, on a body read whole through `request.body` or `request.POST` (the web forms). The
+    API's parsers read the stream under limits of their own (core.parsers), so only a view that reads the body
+    itself meets this one."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    message = (
+        f"Request body is larger than {limit} bytes, the limit on a body read whole (DATA_UPLOAD_MAX_MEMORY_SIZE). "
+        f"Send less; JSON bodies (Content-Type: application/json) may be up to {settings.MAX_JSON_BODY_BYTES} bytes."
+    )
+    return Response(error_body("payload_too_large", message, {"limit_bytes": limit}), status=413)
 
 
 class SharedFields:

@@ -38,3 +38,8 @@ class Conflict(DomainError):
 class PayloadTooLarge(DomainError):
     status = 413
     code = "payload_too_large"
+
+
+class LengthRequired(DomainError):
+    status = 411
+    code = "length_required"

@@ -4,7 +4,7 @@ import re
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.parsers import BaseParser, get_encoding
 from rest_framework.utils.json import strict_constant
 
 from core.errors import PayloadTooLarge
@@ -73,18 +73,33 @@ def _unstorable(value, where: str) -> tuple[str, str] | None:
     return None
 
 
-class BoundedJSONParser(JSONParser):
-    """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 before parsing, and answers a
+class BoundedJSONParser(BaseParser):
+    """JSON parser that refuses bodies above MAX_JSON_BODY_BYTES with a 413 naming the limit, and answers a
     body nested too deeply to parse, or holding a number or text that cannot be stored, with a 400 instead of
-    a 500."""
+    a 500.
+
+    Not a subclass of DRF's JSONParser on purpose: DRF reads a JSONParser's body whole through Django's
+    `request.body` first, whose own limit (DATA_UPLOAD_MAX_MEMORY_SIZE, for the web forms) then answered
+    before this one, without saying what the limit is. Handed the request's stream instead, this parser is
+    the one limit on an API JSON body, and never reads more than one byte past it."""
+
+    media_type = "application/json"
 
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
         request = (parser_context or {}).get("request")
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         if declared > limit:
-            raise PayloadTooLarge(
-                f"Request body is {declared} bytes; the limit for JSON bodies is {limit} bytes.",
-                detail={"limit_bytes": limit},
-            )
-        return parse_body(stream.read() if stream is not None else b"", get_encoding(parser_context or {}))
+            raise _too_large(f"{declared} bytes", limit)
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:  # under ASGI the body is not cut at the declared length
+            raise _too_large(f"more than {limit} bytes", limit)
+        return parse_body(raw, get_encoding(parser_context or {}))
+
+
+def _too_large(size: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Request body is {size}; the limit for JSON bodies is {limit} bytes (MAX_JSON_BODY_BYTES). "
+        "Send less, or have the registry's operator raise MAX_JSON_BODY_BYTES.",
+        detail={"limit_bytes": limit},
+    )

@@ -151,7 +151,7 @@ def ensure_version(owner, model: RegisteredModel, number: int) -> ModelVersion:
     if version is None:
         data = linear_model_bytes(WEIGHTS, BIAS[number], name=NAME)
         sha256 = hashlib.sha256(data).hexdigest()
-        registry_services.blob_upload(model=model, chunks=[data], sha256=sha256, size=len(data))
+        registry_services.blob_upload(actor=owner, model=model, chunks=[data], sha256=sha256, size=len(data))
         version, _ = registry_services.version_register(
             actor=owner,
             model=model,

@@ -32,7 +32,7 @@ from registry.models import (
     VersionSignature,
     slug_validator,
 )
-from registry.storage import StoredBlob, blob_store
+from registry.storage import StoredBlob, blob_store, bounded_upload
 
 REGISTRY_URI = "registry://"
 _VERSION_LABEL = ModelVersion._meta.label_lower
@@ -138,10 +138,17 @@ def _check_registry_files(manifest: dict, *, actor) -> None:
         )
 
 
-def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None = None) -> StoredBlob:
-    """Store bytes sent for `model`, verified against their sha256 (and size), and record that it holds them."""
-    blob = blob_store().put(chunks, expected_sha256=sha256, expected_size=size)
-    _blob_received(model=model, blob=blob)
+def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None = None, actor=None) -> StoredBlob:
+    """Store bytes sent for `model`, verified against their sha256 (and size) and at most MAX_ARTIFACT_BYTES, and
+    record that it holds them. A blob stored for the first time is audited (`artifact.uploaded`: sha256 and size,
+    never the bytes); bytes already stored add nothing to the store, and no event. `actor` defaults to the one
+    the request context names (audit.services.new_event)."""
+    blob = blob_store().put(bounded_upload(chunks, expected_size=size), expected_sha256=sha256, expected_size=size)
+    with transaction.atomic():
+        _blob_received(model=model, blob=blob)
+        if blob.created:
+            after = {"sha256": blob.sha256, "size": blob.size}
+            record(action="artifact.uploaded", subject=model, actor=actor, after=after)
     return blob
 
 

@@ -8,14 +8,14 @@ size, where declared) match, so a tampered upload leaves nothing behind.
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from django.conf import settings
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, PayloadTooLarge
 
 CHUNK = 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024**3  # S3's limit for one PUT, hence for one presigned upload
@@ -46,6 +46,40 @@ def check_received(sha256: str, size: int, expected_sha256: str, expected_size: 
             code="size_mismatch",
             detail={"declared": expected_size, "received": size},
         )
+
+
+def bounded_upload(chunks: Iterable[bytes], *, expected_size: int | None) -> Iterator[bytes]:
+    """`chunks` as a store reads them, refused before a byte is read when `expected_size` is over the limit
+    (MAX_ARTIFACT_BYTES), and at the first byte past `expected_size` or past the limit otherwise: a body longer
+    than it may be is not read on, and the store keeps nothing of it (its scratch copy goes, as for any upload
+    that fails)."""
+    limit = settings.MAX_ARTIFACT_BYTES
+    if expected_size is not None and expected_size > limit:
+        raise _artifact_too_large(f"{expected_size} bytes", limit)
+    return _bounded(iter(chunks), expected_size, limit)
+
+
+def _bounded(chunks: Iterator[bytes], expected_size: int | None, limit: int) -> Iterator[bytes]:
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if expected_size is not None and size > expected_size:
+            raise InvalidInput(
+                f"Uploaded content is longer than the declared {expected_size} bytes; nothing was stored.",
+                code="size_mismatch",
+                detail={"declared": expected_size, "received_at_least": size},
+            )
+        if size > limit:
+            raise _artifact_too_large(f"more than {limit} bytes", limit)
+        yield chunk
+
+
+def _artifact_too_large(size: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"This file is {size}; one artifact may be at most {limit} bytes (MAX_ARTIFACT_BYTES), and nothing was "
+        "stored. Split it into smaller files, or have the registry's operator raise MAX_ARTIFACT_BYTES.",
+        detail={"limit_bytes": limit},
+    )
 
 
 class LocalBlobStore:

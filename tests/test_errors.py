@@ -1,14 +1,19 @@
 """Every error leaves the API as {"error": {"code", "message", "detail"}} with a 4xx for bad input."""
 
+import io
 import json
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import RequestDataTooBig
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts import scopes, services
 from accounts.models import ApiToken
+from core.api import exception_handler
+from core.errors import PayloadTooLarge
+from core.parsers import BoundedJSONParser
 from tests.conftest import bearer
 
 TOKENS = "/api/v1/tokens/"
@@ -105,6 +110,42 @@ def test_body_at_the_limit_is_parsed(writer):
     with override_settings(MAX_JSON_BODY_BYTES=len(body)):
         response = post_raw(writer, body)
     assert response.status_code == 201, response.content
+
+
+def test_json_bodies_have_one_limit_above_djangos_own(writer, settings):
+    """A JSON body between Django's limit on a body it reads whole (DATA_UPLOAD_MAX_MEMORY_SIZE) and
+    MAX_JSON_BODY_BYTES is parsed: DRF read a JSONParser's body through request.body, where Django's limit
+    answered first, with a 413 that named no limit."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = json.dumps({"name": "big", "scopes": ["read"], "padding": "x" * 2000})
+    assert settings.DATA_UPLOAD_MAX_MEMORY_SIZE < len(body) <= settings.MAX_JSON_BODY_BYTES
+    error = error_of(post_raw(writer, body), 400, "invalid")  # parsed: the unknown field is named
+    assert "padding" in error["detail"]
+
+
+def test_a_json_body_longer_than_declared_is_413(settings, rf):
+    """The parser reads at most one byte past the limit, whatever Content-Length says (under ASGI the body is
+    not cut at the declared length)."""
+    settings.MAX_JSON_BODY_BYTES = 100
+    body = json.dumps({"name": "x" * 200}).encode()
+    request = rf.post(TOKENS, b"{}", content_type="application/json")
+    assert request.META["CONTENT_LENGTH"] == "2"
+    with pytest.raises(PayloadTooLarge) as refused:
+        BoundedJSONParser().parse(io.BytesIO(body), "application/json", {"request": request})
+    assert refused.value.detail == {"limit_bytes": 100}
+    assert "more than 100 bytes" in refused.value.message
+
+
+def test_djangos_own_body_limit_is_a_413_naming_it(settings):
+    """Django raises RequestDataTooBig when a body read whole (`request.body`, `request.POST`) passes
+    DATA_UPLOAD_MAX_MEMORY_SIZE: the handler's 413 names that limit (it said only "too large")."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = exception_handler(RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE."), {})
+    assert response.status_code == 413
+    error = response.data["error"]
+    assert (error["code"], error["detail"]) == ("payload_too_large", {"limit_bytes": 1000})
+    assert "1000 bytes" in error["message"]
+    assert f"may be up to {settings.MAX_JSON_BODY_BYTES} bytes" in error["message"]
 
 
 @pytest.mark.django_db

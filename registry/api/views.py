@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from accounts import access, scopes
 from accounts.api.base import GovernedAPIView
-from core.errors import Forbidden, InvalidInput, NotFound
+from core.errors import Forbidden, InvalidInput, LengthRequired, NotFound
 from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
@@ -168,14 +168,27 @@ class ArtifactUploadView(ModelScopedView):
             while chunk := raw.read(CHUNK):
                 yield chunk
 
-        length = raw.META.get("CONTENT_LENGTH") or "0"
+        size = self.declared_size(raw.META.get("CONTENT_LENGTH"))
+        blob = services.blob_upload(actor=request.user, model=model, chunks=chunks(), sha256=match[1], size=size)
+        body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
+        return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)
+
+    @staticmethod
+    def declared_size(length: str | None) -> int:
+        """The body's Content-Length. Without one (Transfer-Encoding: chunked, as `curl -T -` sends from a pipe)
+        the request's body reads as empty under WSGI (gunicorn and the development server alike): a 411, not an
+        empty file that does not match the digest."""
+        if not length:
+            raise LengthRequired(
+                "The upload has no Content-Length header (a chunked body, e.g. `curl -T -` from a pipe), and an "
+                "artifact's bytes are taken only with their length declared. Send the file with Content-Length "
+                "(`curl -T model.bin` sets it).",
+                detail={"Content-Length": ["Required."]},
+            )
         if not length.isascii() or not length.isdigit():
             problem = f"Content-Length '{length[:40]}' is not a number of bytes."
             raise InvalidInput(problem, detail={"Content-Length": [problem]})
-        declared = int(length) or None
-        blob = services.blob_upload(model=model, chunks=chunks(), sha256=match[1], size=declared)
-        body = {"sha256": blob.sha256, "size": blob.size, "created": blob.created}
-        return Response(body, status=status.HTTP_201_CREATED if blob.created else status.HTTP_200_OK)
+        return int(length)
 
 
 class AliasListView(ModelScopedView):

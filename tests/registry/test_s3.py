@@ -22,6 +22,7 @@ import requests
 from botocore.config import Config
 
 from audit.models import AuditEvent
+from core.errors import DomainError
 from registry.models import ModelVersion
 from registry.storage import blob_key, blob_store
 from tests.registry.helpers import file_entry
@@ -214,6 +215,35 @@ def test_interrupted_upload_leaves_nothing_in_the_bucket(s3):
     assert bucket_state(s3) == ([], [])
 
 
+@pytest.mark.parametrize("declared", [PART + 1, None], ids=["longer-than-declared", "over-the-limit"])
+def test_a_body_refused_while_streaming_leaves_nothing_in_the_bucket(s3, owner, settings, declared):
+    """MAX_ARTIFACT_BYTES and the declared size are enforced while the body streams into a multipart upload:
+    the upload of the temporary object is aborted, no blob appears and nothing is audited."""
+    from registry import services
+    from registry.models import RegisteredModel
+
+    settings.MAX_ARTIFACT_BYTES = 2 * PART
+    content = os.urandom(2 * PART + 1)
+    events_before, taken = AuditEvent.objects.count(), []
+
+    def chunks():
+        for piece in (content[:PART], content[PART : 2 * PART], content[2 * PART :], b"never read"):
+            taken.append(len(piece))
+            yield piece
+
+    with pytest.raises(DomainError) as refused:
+        services.blob_upload(
+            model=RegisteredModel.objects.get(name="churn"),
+            chunks=chunks(),
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=declared,
+        )
+    assert refused.value.code == ("size_mismatch" if declared else "payload_too_large")
+    assert sum(taken) == (2 * PART if declared else 2 * PART + 1), "refused at the first byte past the bound"
+    assert bucket_state(s3) == ([], [])
+    assert AuditEvent.objects.count() == events_before
+
+
 @pytest.mark.parametrize("size", [1, PART, 78 * 1024**3, 100 * 1024**3, 5 * 1024**4])
 def test_parts_of_an_upload_stay_within_s3s_limits(size):
     """S3 takes at most 10,000 parts of 5 MiB to 5 GiB (the last may be smaller): the part size grows with the
@@ -226,7 +256,8 @@ def test_parts_of_an_upload_stay_within_s3s_limits(size):
     assert part == PART or -(-size // (part - 1024**2)) > 10_000  # the smallest whole MiB that fits
 
 
-def test_upload_larger_than_s3_takes_is_refused_before_a_byte_is_read(s3, owner):
+def test_upload_larger_than_s3_takes_is_refused_before_a_byte_is_read(s3, owner, settings):
+    settings.MAX_ARTIFACT_BYTES = 6 * 1024**4  # the registry's own limit (100 GiB by default) would answer first
     r = owner.put(
         f"{BASE}/artifacts/sha256:{'a' * 64}",
         data=b"",
