@@ -60,6 +60,14 @@ class AuditedUserAdmin(UserAdmin):
     """Django's user admin, with the password form in one transaction, so that the password change and its audit
     event (accounts.signals) commit together, as the add, change and delete views already do."""
 
+    def get_deleted_objects(self, objs, request):
+        """Deleting a user takes its API tokens with it, each live one audited as revoked (accounts.signals). The
+        tokens' admin deletes no token by itself, which Django read as a permission the deletion lacked: a user
+        holding a token could not be deleted at all."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed.discard(ApiToken._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
     def user_change_password(self, request, id, form_url=""):
         with transaction.atomic(using=router.db_for_write(self.model)):
             return super().user_change_password(request, id, form_url)

@@ -312,7 +312,6 @@ def test_a_group_deletion_is_recorded_on_sqlite_too(tmp_path):
 
 
 def test_deleting_a_user_revokes_their_live_tokens_as_a_revoke_would(personas):
-    """Not in the admin, which refuses to delete a user with tokens (ApiTokenAdmin grants no delete permission)."""
     admin = personas["admin"].user
     dave = User.objects.create_user(username="dave", password=None)
     issued = [
@@ -358,6 +357,35 @@ def test_deleting_a_user_revokes_their_live_tokens_as_a_revoke_would(personas):
             for text in (event.before, event.after, event.reason, event.subject_repr):
                 assert secret not in text and item.token.token_hash not in text
     assert_chain_verifies()
+
+
+def test_a_user_holding_tokens_is_deleted_in_the_admin_and_each_live_token_is_revoked(admin_client, personas):  # noqa: F811
+    """The tokens' admin deletes no token by itself; that must not stop the user's deletion (it answered 403)."""
+    erin = User.objects.create_user(username="erin", password=None)
+    live = services.token_create(actor=erin, user=erin, name="ci", scopes=["read"]).token
+    pk = erin.pk
+    page = admin_client.get(f"/admin/auth/user/{pk}/delete/")
+    assert page.status_code == 200 and not page.context["perms_lacking"], page.context["perms_lacking"]
+    assert b"Api token" in page.content and b'name="post"' in page.content  # listed, and the form is offered
+    with NewEvents() as new:
+        response = admin_client.post(f"/admin/auth/user/{pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content[:2000]
+    assert not User.objects.filter(pk=pk).exists() and not ApiToken.objects.filter(pk=live.pk).exists()
+    assert [(e.action, e.subject_id, e.reason) for e in new.events] == [
+        ("token.revoked", str(live.pk), "user deleted"),
+        ("user.deleted", str(pk), ""),
+    ]
+    assert {e.actor_username for e in new.events} == {"admin"}
+    assert_chain_verifies()
+
+
+def test_a_token_cannot_be_deleted_on_its_own_in_the_admin(admin_client, personas):  # noqa: F811
+    """Only revoked: a deleted token row would leave no record of when it stopped working."""
+    erin = User.objects.create_user(username="erin", password=None)
+    token = services.token_create(actor=erin, user=erin, name="ci", scopes=["read"]).token
+    response = admin_client.post(f"/admin/accounts/apitoken/{token.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 403
+    assert ApiToken.objects.filter(pk=token.pk).exists()
 
 
 def test_a_user_without_live_tokens_is_deleted_with_no_token_event(personas):
