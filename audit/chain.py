@@ -186,14 +186,16 @@ class _Chain:
 
     def event(self, event, line: int) -> None:
         seq = event.get("seq") if isinstance(event, dict) else None
+        named = seq if type(seq) is int else None  # JSON true reads as a bool, an int equal to 1: never named
         missing = [f for f in (*EVENT_FIELDS, "prev_hash", "hash") if not isinstance(event, dict) or f not in event]
         if missing:
-            raise ChainError(seq, line, "missing fields: " + ", ".join(missing))
+            raise ChainError(named, line, "missing fields: " + ", ".join(missing))
         if len(event) != len(LINE_FIELDS):  # all of them are there: others too
             extra = ", ".join(str(f) for f in event if f not in LINE_FIELDS)
-            raise ChainError(seq, line, f"fields that no hash covers: {extra}")
-        if not isinstance(seq, int) or seq < 1:
-            raise ChainError(seq, line, "seq must be a positive integer")
+            raise ChainError(named, line, f"fields that no hash covers: {extra}")
+        if named is None or seq < 1:
+            given = "" if named is not None else f", not {json.dumps(seq)[:40]}"
+            raise ChainError(named, line, f"seq must be a positive integer{given}")
         self._link(seq, event["prev_hash"], line)
         try:
             computed = event_hash(event["prev_hash"], event)

@@ -980,6 +980,17 @@ def test_sequence_numbers_below_one(tmp_path, start, mode):
     assert verdict == f"FAIL: sequence {start} (line 1): seq must be a positive integer"
 
 
+@pytest.mark.parametrize("mode", [[], ["--partial"], ["--allow-gaps"]], ids=["whole", "partial", "gaps"])
+def test_a_sequence_number_of_true_is_not_sequence_one(tmp_path, mode):
+    """JSON true reads as a Python bool, which is an int equal to 1: hashed as `true`, it passed as event 1."""
+    lines = synthetic_lines(1, seq=True) + synthetic_lines(
+        2, start=2, prev=json.loads(synthetic_lines(1, seq=True)[0])["hash"]
+    )
+    result = run_verifier(tmp_path, lines, *mode)
+    verdict = assert_same_verdict(result, lines, allow_gaps=mode == ["--allow-gaps"], from_genesis=not mode)
+    assert verdict == "FAIL: line 1: seq must be a positive integer, not true"
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_bytes_that_are_not_utf8_fail_naming_the_line(tmp_path, jobs):
     """Not a traceback: a FAIL line, as for any other line that is not an event."""
