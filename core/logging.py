@@ -19,6 +19,7 @@ import traceback
 from django.utils.functional import LazyObject, empty
 
 from core import context, url_credentials
+from core.unicode import BEYOND_C0
 
 # mgr_<prefix>_<secret> API tokens (accounts.services.token_create) and whsec_ webhook secrets: the
 # public prefix is kept (it names the token in the admin), the secret part is masked.
@@ -31,10 +32,11 @@ def redact(text: str) -> str:
     return url_credentials.mask(_SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text))
 
 
-# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators, which line-based readers
-# (Python's splitlines, some log viewers) also break on. Unescaped in a text line, a request path holding
-# %0a wrote a forged record of its own, and an ESC sequence rewrites the terminal showing the log.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), the Unicode line and paragraph separators, which line-based readers (Python's
+# splitlines, some log viewers) also break on, and the bidirectional overrides (core.unicode.BEYOND_C0). Unescaped
+# in a text line, a request path holding %0a wrote a forged record of its own, an ESC sequence rewrites the
+# terminal showing the log, and U+202E shows what follows it reversed.
+_CONTROL = re.compile(f"[\\x00-\\x1f{BEYOND_C0}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -48,8 +50,8 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(_escaped, text)
 
 
-# json.dumps escapes C0 characters but writes DEL, C1 and U+2028/U+2029 as they are (ensure_ascii=False).
-_JSON_UNESCAPED = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+# json.dumps escapes C0 characters but writes the others as they are (ensure_ascii=False).
+_JSON_UNESCAPED = re.compile(f"[{BEYOND_C0}]")
 
 
 def _actor_name() -> str:

@@ -6,10 +6,13 @@ YAML's \\u0000 and \\uD800) refuse it where they are parsed, naming where it was
 import re
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-# Characters an identifier (a name that becomes part of an id, a CSV cell, a page) must not hold: the C0
-# controls but NUL (unstorable's), DEL, the C1 controls and the line and paragraph separators, the set
-# core.logging escapes, which line-based readers split on and terminals act on.
-_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters an identifier (a name that becomes part of an id, a CSV cell, a page) must not hold and core.logging
+# writes escaped: the C0 controls, DEL, the C1 controls and the line and paragraph separators, which line-based
+# readers split on and terminals act on, and the bidirectional embeddings, overrides and isolates, which show text
+# in another order than the one it is stored in ("Trojan Source", CVE-2021-42574). BEYOND_C0 is all but the C0
+# controls, as a regular expression's character class holds them.
+BEYOND_C0 = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[\x01-\x1f{BEYOND_C0}]")  # NUL is unstorable's
 
 
 def unstorable(text: str) -> str | None:

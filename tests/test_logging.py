@@ -216,13 +216,21 @@ def test_text_lines_escape_control_characters_in_paths_messages_and_tracebacks(t
 
 def test_json_lines_stay_one_record_per_line_and_keep_the_path(log_lines):
     assert Client(HTTP_HOST="localhost").get(quote(HOSTILE_PATH)).status_code == 404
-    logging.getLogger("tests.separators").warning("a\x85b\u2028c\x7fd")
+    logging.getLogger("tests.separators").warning("a\x85b\u2028c\x7fd\u202ee")
     records = log_lines()  # every line (split as str.splitlines does) must be one whole JSON object
     [access] = [line for line in records if line["logger"] == "core.access"]
     assert access["path"] == HOSTILE_PATH and access["message"].startswith("GET " + HOSTILE_PATH + " 404 ")
     [separators] = [line for line in records if line["logger"] == "tests.separators"]
-    assert separators["message"] == "a\x85b\u2028c\x7fd"
-    assert "\\u0085" in log_lines.raw.getvalue() and "\\u2028" in log_lines.raw.getvalue()
+    assert separators["message"] == "a\x85b\u2028c\x7fd\u202ee"
+    raw = log_lines.raw.getvalue()
+    assert "\\u0085" in raw and "\\u2028" in raw and "\\u202e" in raw and "\u202e" not in raw
+
+
+def test_text_lines_escape_bidirectional_overrides(text_log):
+    """U+202E shows what follows it right to left: a line could read as something it does not hold."""
+    logging.getLogger("tests.bidi").warning("approved by \u202eadmin\u2066x\u2069")
+    [line] = [line for line in text_log.getvalue().splitlines() if " tests.bidi " in line]
+    assert line.endswith("approved by \\u202eadmin\\u2066x\\u2069")
 
 
 def test_a_request_id_with_a_trailing_newline_is_replaced(log_lines):

@@ -1,7 +1,7 @@
-"""A control character (C0 but NUL, DEL, C1, U+2028/U+2029) in a dataset's or job's namespace or name, or in a
-dataset version, is refused at ingest: those become node ids, PROV ids, CSV cells and the page. The 400 names the
-field, the code point and its position, and nothing of the event is stored. A node id holding one is a 400 on
-reads too (it cannot name a node), not a 404."""
+"""A control character (C0 but NUL, DEL, C1, U+2028/U+2029, the bidirectional overrides) in a dataset's or job's
+namespace or name, or in a dataset version, is refused at ingest: those become node ids, PROV ids, CSV cells and
+the page. The 400 names the field, the code point and its position, and nothing of the event is stored. A node id
+holding one is a 400 on reads too (it cannot name a node), not a 404."""
 
 import uuid
 from html import unescape
@@ -18,6 +18,7 @@ from tests.lineage.conftest import PRODUCER, ol_dataset, post_event, run_event
 pytestmark = pytest.mark.django_db
 
 CONTROLS = ["\x01", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f", "\x80", "\x85", "\x9f", "\u2028", "\u2029"]
+BIDI = ["\u202a", "\u202e", "\u2066", "\u2069"]  # embeddings, overrides, isolates: text shown out of order
 ROWS = (Dataset, DatasetVersion, Job, Run, Edge, Facet, LineageEvent, AuditEvent)
 
 
@@ -68,7 +69,7 @@ def cases(c: str) -> list[tuple[dict, str, int]]:
     ]
 
 
-@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("char", CONTROLS + BIDI, ids=lambda c: f"U+{ord(c):04X}")
 def test_a_control_character_in_an_identifier_refuses_the_whole_event(personas, char):
     client = personas["ci_bot"].client()
     post_event(client, run_event("START", uuid.uuid4(), ("etl", "seed"), inputs=[good("seed")]))
@@ -84,14 +85,15 @@ def test_a_control_character_in_an_identifier_refuses_the_whole_event(personas, 
 
 
 def test_names_without_control_characters_are_still_taken(personas):
-    """Non-ASCII letters, a space and the separators real namespaces hold are no control characters."""
+    """Non-ASCII letters, right-to-left script, a space and the separators real namespaces hold are no control
+    characters."""
     client = personas["ci_bot"].client()
-    out = ol_dataset("postgres://db:5432", "données clients/漢字 🚀", version="v1 #2")
+    out = ol_dataset("postgres://db:5432", "données clients/漢字 🚀/بيانات", version="v1 #2")
     body = post_event(client, run_event("COMPLETE", uuid.uuid4(), ("ünï cöde", "a b"), outputs=[out]))
-    assert body["outputs"] == ["dataset:postgres://db:5432:données clients/漢字 🚀#v1 #2"]
+    assert body["outputs"] == ["dataset:postgres://db:5432:données clients/漢字 🚀/بيانات#v1 #2"]
 
 
-@pytest.mark.parametrize("char", ["\n", "\x7f", "\x85", "\u2028"], ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("char", ["\n", "\x7f", "\x85", "\u2028", "\u202e"], ids=lambda c: f"U+{ord(c):04X}")
 def test_a_node_id_holding_a_control_character_is_a_400_not_a_404(personas, char):
     user = personas["reviewer"].user
     for node_id in (
