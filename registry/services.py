@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
@@ -32,7 +33,7 @@ from registry.models import (
     VersionSignature,
     slug_validator,
 )
-from registry.storage import StoredBlob, blob_store, bounded_upload
+from registry.storage import StoredBlob, artifact_too_large, blob_store, bounded_upload
 
 REGISTRY_URI = "registry://"
 _VERSION_LABEL = ModelVersion._meta.label_lower
@@ -140,22 +141,24 @@ def _check_registry_files(manifest: dict, *, actor) -> None:
 
 def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None = None, actor=None) -> StoredBlob:
     """Store bytes sent for `model`, verified against their sha256 (and size) and at most MAX_ARTIFACT_BYTES, and
-    record that it holds them. A blob stored for the first time is audited (`artifact.uploaded`: sha256 and size,
-    never the bytes); bytes already stored add nothing to the store, and no event. `actor` defaults to the one
-    the request context names (audit.services.new_event)."""
+    record that it holds them (_blob_received). `actor` defaults to the one the request context names
+    (audit.services.new_event)."""
     blob = blob_store().put(bounded_upload(chunks, expected_size=size), expected_sha256=sha256, expected_size=size)
-    with transaction.atomic():
-        _blob_received(model=model, blob=blob)
-        if blob.created:
-            after = {"sha256": blob.sha256, "size": blob.size}
-            record(action="artifact.uploaded", subject=model, actor=actor, after=after)
+    _blob_received(model=model, blob=blob, actor=actor)
     return blob
 
 
-def _blob_received(*, model: RegisteredModel, blob: StoredBlob) -> None:
-    """Record that `model` holds a blob whose bytes were just sent for it (and verified)."""
-    if blob.received:
-        BlobHolding.objects.bulk_create([BlobHolding(model=model, sha256=blob.sha256)], ignore_conflicts=True)
+def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> None:
+    """Record that `model` holds a blob whose bytes were just sent for it (and verified). A model's first upload of
+    some bytes is audited (`artifact.uploaded`: sha256, size and whether the store already had them, never the
+    bytes), since holding them lets its viewers use them; sending them again for it changes nothing."""
+    if not blob.received:
+        return
+    with transaction.atomic():
+        _, held_now = BlobHolding.objects.get_or_create(model=model, sha256=blob.sha256)
+        if held_now:
+            after = {"sha256": blob.sha256, "size": blob.size, "new_to_store": blob.created}
+            record(action="artifact.uploaded", subject=model, actor=actor, after=after)
 
 
 def _s3_store():
@@ -174,7 +177,11 @@ def _s3_store():
 def upload_start(*, user, sha256: str, size: int):
     """A presigned PUT URL for one large file (S3 storage only). It says the bytes are already stored (the PUT
     may be skipped) only when a model the user may view holds them: a sha256 learnt elsewhere is no file."""
-    upload = _s3_store().presign_put(sha256=sha256, size=size)
+    store = _s3_store()
+    if size > settings.MAX_ARTIFACT_BYTES:
+        problem = artifact_too_large(f"{size} bytes")
+        raise InvalidInput(problem, code="too_large", detail={"size": [problem]})
+    upload = store.presign_put(sha256=sha256, size=size)
     if upload.already_stored and not selectors.blobs_held(user=user, shas=[sha256]):
         upload = dataclasses.replace(upload, already_stored=False)
     return upload
@@ -189,7 +196,7 @@ def upload_complete(*, user, model: RegisteredModel, upload_id: str) -> StoredBl
             f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first.",
             code="upload_not_found",
         )
-    _blob_received(model=model, blob=blob)
+    _blob_received(model=model, blob=blob, actor=user)
     return blob
 
 

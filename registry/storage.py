@@ -55,7 +55,7 @@ def bounded_upload(chunks: Iterable[bytes], *, expected_size: int | None) -> Ite
     that fails)."""
     limit = settings.MAX_ARTIFACT_BYTES
     if expected_size is not None and expected_size > limit:
-        raise _artifact_too_large(f"{expected_size} bytes", limit)
+        raise PayloadTooLarge(artifact_too_large(f"{expected_size} bytes"), detail={"limit_bytes": limit})
     return _bounded(iter(chunks), expected_size, limit)
 
 
@@ -70,15 +70,15 @@ def _bounded(chunks: Iterator[bytes], expected_size: int | None, limit: int) -> 
                 detail={"declared": expected_size, "received_at_least": size},
             )
         if size > limit:
-            raise _artifact_too_large(f"more than {limit} bytes", limit)
+            raise PayloadTooLarge(artifact_too_large(f"more than {limit} bytes"), detail={"limit_bytes": limit})
         yield chunk
 
 
-def _artifact_too_large(size: str, limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
+def artifact_too_large(size: str) -> str:
+    limit = settings.MAX_ARTIFACT_BYTES
+    return (
         f"This file is {size}; one artifact may be at most {limit} bytes (MAX_ARTIFACT_BYTES), and nothing was "
-        "stored. Split it into smaller files, or have the registry's operator raise MAX_ARTIFACT_BYTES.",
-        detail={"limit_bytes": limit},
+        "stored. Split it into smaller files, or have the registry's operator raise MAX_ARTIFACT_BYTES."
     )
 
 

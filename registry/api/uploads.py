@@ -52,7 +52,8 @@ class UploadCreateView(ModelScopedView):
         description=(
             "Returns a presigned URL. PUT the file's bytes to it with the given headers, then call "
             "POST …/uploads/{upload_id}/complete; only then are the bytes verified and stored. At most "
-            f"{MAX_SINGLE_PUT} bytes (S3's limit for one PUT)."
+            f"{MAX_SINGLE_PUT} bytes (S3's limit for one PUT), and at most the registry's MAX_ARTIFACT_BYTES "
+            "(400 too_large)."
         ),
     )
     def post(self, request, namespace, name):

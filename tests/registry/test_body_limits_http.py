@@ -156,11 +156,11 @@ def test_an_upload_at_the_limit_is_stored_and_audited_once(web, token):
     again = request(web, "PUT", path, token, content, "application/octet-stream")
     assert again == (200, {"sha256": digest, "size": ARTIFACT_LIMIT, "created": False})
     events = list(AuditEvent.objects.filter(action="artifact.uploaded"))
-    assert len(events) == 1, "only the upload that stored the bytes is audited"
+    assert len(events) == 1, "only the model's first upload of the bytes is audited"
     event = events[0]
     assert (event.actor_username, event.subject_type, event.subject_repr) == (
         "owner",
         "registry.registeredmodel",
         "acme/churn",
     )
-    assert json.loads(event.after) == {"sha256": digest, "size": ARTIFACT_LIMIT}
+    assert json.loads(event.after) == {"sha256": digest, "size": ARTIFACT_LIMIT, "new_to_store": True}

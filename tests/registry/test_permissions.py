@@ -84,7 +84,7 @@ def test_writes(world, persona, index):
         r = getattr(client, method)(path, data=body, content_type=kind)
     assert r.status_code == expected_write(persona, ok), r.content
     audited = AuditEvent.objects.count() - before
-    # Every write that succeeds is audited; an upload too (`artifact.uploaded`), as its bytes are new to the store.
+    # Every write that succeeds is audited; an upload too (`artifact.uploaded`), as the model did not hold its bytes.
     expected_events = 1 if r.status_code < 300 else 0
     assert audited == expected_events
 

@@ -6,6 +6,7 @@ cannot start, the tests fail (they never skip).
 """
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -301,8 +302,13 @@ def test_presigned_upload_then_register(s3, owner):
     assert done.json() == {"sha256": entry["sha256"], "size": len(content), "created": True}
     assert bucket_state(s3) == ([blob_key(entry["sha256"])], [])  # staging object gone
 
+    [event] = AuditEvent.objects.filter(action="artifact.uploaded")
+    assert (event.subject_repr, event.actor_username) == ("acme/churn", "owner")
+    assert json.loads(event.after) == {"sha256": entry["sha256"], "size": len(content), "new_to_store": True}
+
     again = owner.post(f"{BASE}/uploads/{upload['upload_id']}/complete")
     assert again.status_code == 200 and again.json()["created"] is False
+    assert AuditEvent.objects.filter(action="artifact.uploaded").count() == 1  # nothing received, nothing new
 
     reg = owner.post(f"{BASE}/versions/", {"manifest": {"files": [entry]}}, format="json")
     assert reg.status_code == 201, reg.json()
@@ -345,6 +351,11 @@ def test_presigned_uploads_of_another_models_blob_need_the_bytes(s3, owner, pers
     assert send_to_presigned(upload, content).status_code == 200
     sent = bot.post(f"{theirs}/uploads/{upload['upload_id']}/complete")
     assert (sent.status_code, sent.json()["created"]) == (200, False)
+    uploaded = AuditEvent.objects.filter(action="artifact.uploaded").order_by("seq")
+    assert [(e.subject_repr, json.loads(e.after)["new_to_store"]) for e in uploaded] == [
+        ("acme/churn", True),
+        ("ci/other", False),  # the bot's model holds them from now on
+    ]
     assert bot.post(f"{theirs}/versions/", {"manifest": {"files": [entry]}}, format="json").status_code == 201
     assert bucket_state(s3) == ([blob_key(entry["sha256"])], [])
 
@@ -388,6 +399,16 @@ def test_presigned_upload_input_is_validated(s3, owner):
     assert r.status_code == 400 and "size" in r.json()["error"]["message"]
     r = start_upload(owner, b"x", extra=1)
     assert r.status_code == 400 and "extra" in r.json()["error"]["message"]
+
+
+def test_a_presigned_upload_over_the_artifact_limit_is_refused_at_the_start(s3, owner, settings):
+    settings.MAX_ARTIFACT_BYTES = 4
+    r = start_upload(owner, b"12345")
+    assert r.status_code == 400, r.json()
+    error = r.json()["error"]
+    assert error["code"] == "too_large" and "at most 4 bytes (MAX_ARTIFACT_BYTES)" in error["message"]
+    assert list(error["detail"]) == ["size"]
+    assert start_upload(owner, b"1234").status_code == 201
 
 
 def test_presigned_upload_with_local_storage_is_409(owner, settings):

@@ -94,16 +94,21 @@ def test_a_declared_size_over_max_artifact_bytes_is_refused_before_a_byte_is_rea
     assert chunks.taken == 0
 
 
-def test_a_stored_blob_is_audited_and_bytes_already_stored_are_not(model, personas):
+def test_a_models_first_upload_of_some_bytes_is_audited_and_a_repeat_is_not(model, personas):
+    """The second model sends bytes the store already has: it holds them now (its viewers may name them in a
+    manifest), which is a change like any other."""
     content = b"weights"
     sha = hashlib.sha256(content).hexdigest()
-    other = services.model_create(actor=personas["owner"].user, namespace="acme", name="other")
-    services.blob_upload(actor=personas["owner"].user, model=model, chunks=[content], sha256=sha, size=7)
-    again = services.blob_upload(actor=personas["owner"].user, model=other, chunks=[content], sha256=sha, size=7)
-    assert not again.created
-    events = list(AuditEvent.objects.filter(action="artifact.uploaded"))
+    owner = personas["owner"].user
+    other = services.model_create(actor=owner, namespace="acme", name="other")
+    first = services.blob_upload(actor=owner, model=model, chunks=[content], sha256=sha, size=7)
+    again = services.blob_upload(actor=owner, model=other, chunks=[content], sha256=sha, size=7)
+    repeated = services.blob_upload(actor=owner, model=model, chunks=[content], sha256=sha, size=7)
+    assert (first.created, again.created, repeated.created) == (True, False, False)
+    events = list(AuditEvent.objects.filter(action="artifact.uploaded").order_by("seq"))
     assert [(e.subject_id, e.actor_username, json.loads(e.after)) for e in events] == [
-        (str(model.pk), "owner", {"sha256": sha, "size": 7})
+        (str(model.pk), "owner", {"sha256": sha, "size": 7, "new_to_store": True}),
+        (str(other.pk), "owner", {"sha256": sha, "size": 7, "new_to_store": False}),
     ]
     assert set(BlobHolding.objects.values_list("model_id", flat=True)) == {model.pk, other.pk}
 
