@@ -43,3 +43,8 @@ class PayloadTooLarge(DomainError):
 class LengthRequired(DomainError):
     status = 411
     code = "length_required"
+
+
+class PreconditionFailed(DomainError):
+    status = 412
+    code = "precondition_failed"

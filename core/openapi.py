@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "403": "The token's scopes or the user's permissions do not allow this",
     "404": "No such object, or one the caller may not see",
     "409": "The object's current state does not allow this",
+    "412": "If-Match names another state of the object: read it again",
     "413": "Request body too large",
     "415": "Unsupported Content-Type",
 }
@@ -63,7 +64,8 @@ def document_errors(result, generator, request, public):
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
-            for status in error_statuses(method, operation):
+            documented = [status for status in responses if status.isdigit() and int(status) >= 400]  # e.g. a 412
+            for status in dict.fromkeys(error_statuses(method, operation) + documented):
                 response = responses.setdefault(status, {"description": DESCRIPTIONS[status]})
                 content = response.setdefault("content", {})
                 content.setdefault("application/json", {}).setdefault("schema", ref)

@@ -4,6 +4,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from core.etags import etag_of
 from registry.choices import VersionStatus
 
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"
@@ -80,6 +81,11 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}:{self.number}"
+
+    @property
+    def etag(self) -> str:
+        """The version's entity tag: it changes when what can change of it does (tags, status). core.etags."""
+        return etag_of({"digest": self.digest, "tags": self.tags, "status": self.status})
 
 
 class ModelCardRevision(models.Model):

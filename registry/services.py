@@ -20,6 +20,7 @@ from accounts import access
 from audit.chain import canonical_json
 from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.etags import check_if_match
 from registry import cards, selectors
 from registry import manifest as manifests
 from registry.choices import STATUS_TRANSITIONS, VersionStatus
@@ -420,11 +421,19 @@ def _check_no_alias_points_at(version: ModelVersion) -> None:
 
 
 def version_update(
-    *, actor, version: ModelVersion, tags: dict | None = None, status: str | None = None, reason: str = ""
+    *,
+    actor,
+    version: ModelVersion,
+    tags: dict | None = None,
+    status: str | None = None,
+    reason: str = "",
+    if_match: str | None = None,
 ) -> ModelVersion:
-    """Change the mutable parts of a version (tags, status); each change audited with before/after."""
+    """Change the mutable parts of a version (tags, status); each change audited with before/after. With
+    `if_match` (an If-Match header) only if the version is still the one that ETag was read from."""
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
+        check_if_match(if_match, version.etag, f"Version {version}")
         before, after = {}, {}
         if tags is not None and tags != version.tags:
             before["tags"], after["tags"] = version.tags, tags

@@ -1,7 +1,7 @@
 import re
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -129,24 +129,54 @@ class VersionListView(ModelScopedView):
         )
 
 
+ETAG = OpenApiParameter(
+    "ETag",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description="the version's entity tag; it changes when its tags or status do. Send it as If-Match to PATCH.",
+)
+IF_MATCH = OpenApiParameter(
+    "If-Match",
+    str,
+    OpenApiParameter.HEADER,
+    description="the ETag of your last read of the version: change it only if it is still so (else 412)",
+)
+
+
 class VersionDetailView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.VERSIONS_WRITE}
 
-    @extend_schema(responses=s.VersionOutput, summary="Get a version")
+    @extend_schema(responses=s.VersionOutput, parameters=[ETAG], summary="Get a version")
     def get(self, request, namespace, name, number):
-        return Response(s.VersionOutput(self.version()).data)
+        return self.shown(self.version())
 
     @extend_schema(
         request=s.VersionUpdateInput,
-        responses=s.VersionOutput,
+        responses={
+            200: s.VersionOutput,
+            412: OpenApiResponse(description="precondition_failed: If-Match names another state of the version"),
+        },
+        parameters=[IF_MATCH, ETAG],
         summary="Change a version's tags (register permission) or status (manage permission)",
+        description=(
+            "`tags` replaces the whole map. To add or remove one tag without undoing a concurrent change, send "
+            "the ETag of the version you read as If-Match: the change is made only if the version is still so "
+            "(else 412, nothing written)."
+        ),
     )
     def patch(self, request, namespace, name, number):
         data = s.VersionUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         version = self.version(ModelPerm.MANAGE if "status" in data.validated_data else ModelPerm.REGISTER)
-        version = services.version_update(actor=request.user, version=version, **data.validated_data)
-        return Response(s.VersionOutput(version).data)
+        if_match = request.headers.get("If-Match")
+        return self.shown(
+            services.version_update(actor=request.user, version=version, if_match=if_match, **data.validated_data)
+        )
+
+    @staticmethod
+    def shown(version) -> Response:
+        return Response(s.VersionOutput(version).data, headers={"ETag": version.etag})
 
 
 class ArtifactUploadView(ModelScopedView):

@@ -1,0 +1,44 @@
+"""Entity tags for the API's mutable resources, and the If-Match check that makes a read-modify-write safe.
+
+A client that changes part of a resource by sending a whole field (a version's tags replace the map) reads it
+first; another writer between its read and its write would be silently undone. With `If-Match: <the ETag it
+read>` the write happens only if the resource is still what the client saw, compared under the write's own row
+lock, else a 412 that says what to do. Without If-Match the write is unconditional, as before.
+"""
+
+import hashlib
+import json
+
+from django.utils.http import parse_etags
+
+from core.errors import PreconditionFailed
+
+
+def etag_of(state: dict) -> str:
+    """A strong entity tag for a resource whose every changeable part `state` holds (JSON-serializable)."""
+    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
+
+
+def check_if_match(if_match: str | None, current: str, what: str) -> None:
+    """Refuse the write (412) unless the If-Match header is absent, `*`, or lists `current`. A weak tag (W/"...")
+    never matches: If-Match compares strongly (RFC 9110, 13.1.1)."""
+    if if_match is None:
+        return
+    tags = parse_etags(if_match)
+    if tags == ["*"] or current in tags:
+        return
+    if "W/" + current in tags:  # a proxy that compressed the response may have weakened the ETag
+        problem = (
+            f"If-Match holds W/{current}, a weak tag, which If-Match never matches: send the ETag without W/ "
+            f"({what} is as you read it). A proxy that compresses responses on the way to you may have added it."
+        )
+        raise PreconditionFailed(problem, detail={"If-Match": [problem]})
+    if not tags:
+        problem = f"If-Match '{if_match[:80]}' holds no entity tag: send the ETag header of your last read, quoted."
+        raise PreconditionFailed(problem, detail={"If-Match": [problem]})
+    raise PreconditionFailed(
+        f"{what} changed since you read it (If-Match {', '.join(tags)[:200]}; it is now {current}), and nothing was "
+        "written. Read it again, make your change on what it holds now, and send that read's ETag.",
+        detail={"etag": current},
+    )
