@@ -411,11 +411,12 @@ def _spec(
 
 
 def host_revision_of(version: ModelVersion) -> str:
-    """What a managed host deploys for a version: the revision its immutable artifact_uri pins
-    (`hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag."""
-    _, _, pinned = version.artifact_uri.partition("@")
-    if pinned and not pinned.startswith("sha256:"):
-        return pinned
+    """What a managed host deploys for a version: the commit its immutable artifact_uri pins
+    (`hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag. Only an hf:// URI pins
+    one: an S3 key may hold an "@" (`s3://bucket/models/x@v2`), and a registry:// URI stored before registration
+    made it canonical may name a branch or another model's digest."""
+    if version.artifact_uri.startswith("hf://"):
+        return version.artifact_uri.partition("@")[2]
     return str(version.tags.get("host_revision") or "")
 
 
