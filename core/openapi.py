@@ -14,6 +14,8 @@ them in the schema:
 A status a view already documents keeps its description; it gains the error body if it had none.
 """
 
+from drf_spectacular.utils import OpenApiParameter
+
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
     "type": "object",
@@ -70,3 +72,23 @@ def document_errors(result, generator, request, public):
                 content = response.setdefault("content", {})
                 content.setdefault("application/json", {}).setdefault("schema", ref)
     return result
+
+
+def etag_header(what: str) -> OpenApiParameter:
+    """The ETag response header of a resource whose writes can be conditional (core.etags)."""
+    return OpenApiParameter(
+        "ETag",
+        str,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description=f"{what}'s entity tag: send it as If-Match to change it only if it is still as you read it",
+    )
+
+
+def if_match_header(what: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        "If-Match",
+        str,
+        OpenApiParameter.HEADER,
+        description=f"the ETag of your last read of {what}: changed only if it is still so (else 412, nothing written)",
+    )

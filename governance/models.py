@@ -2,6 +2,7 @@ from django.conf import settings
 from django.db import models
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from core.etags import etag_of
 from governance.choices import Decision, HostKind, PromotionState, ReleaseState
 from registry.models import ModelVersion, RegisteredModel, slug_validator
 
@@ -75,6 +76,11 @@ class Policy(models.Model):
     def __str__(self) -> str:
         scope = f"{self.target}" + (f" for {self.model}" if self.model_id else "")
         return f"policy v{self.version} of {scope}"
+
+    @property
+    def etag(self) -> str:
+        """A policy never changes (a change is a new row): its id tells its rules apart. core.etags."""
+        return etag_of({"policy": self.pk})
 
 
 class PromotionRequest(models.Model):

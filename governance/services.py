@@ -17,6 +17,7 @@ from guardian.shortcuts import assign_perm
 from accounts import access
 from audit.services import record
 from core.errors import Conflict, Forbidden, InvalidInput
+from core.etags import check_if_match
 from governance import deployment, selectors
 from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
 from governance.hosts import HOSTS
@@ -124,11 +125,18 @@ def _check_resources_free(kind: str, config: dict, credentials_ref: str) -> None
             )
 
 
-def policy_set(*, actor, target: DeploymentTarget, rules: dict, model: RegisteredModel | None = None) -> Policy:
-    """A new version of the target's policy (or of its override for one model). Old approvals stop counting."""
+def policy_set(
+    *, actor, target: DeploymentTarget, rules: dict, model: RegisteredModel | None = None, if_match: str | None = None
+) -> Policy:
+    """A new version of the target's policy (or of its override for one model). Old approvals stop counting.
+    With `if_match` (an If-Match header) only if the policy in force there is still the one that ETag was read
+    from: rules are sent whole, so an edit of an older read would undo the change made since."""
     rules = _validate_rules(rules)
     with transaction.atomic():
         DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)  # serializes version numbers
+        if if_match is not None:  # every target has a policy from its creation on
+            in_force = selectors.current_policy(target=target, model=model)
+            check_if_match(if_match, in_force.etag, f"The policy of {target}" + (f" for {model}" if model else ""))
         previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
         # Numbered per target, overrides included: a reviewer's `seen.policy_version` then names one policy,
         # and an override created while they read the target's counts as a change (both were "version 1").

@@ -1,10 +1,11 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
+from core.openapi import etag_header, if_match_header
 from core.pagination import cursor, paginated
 from governance import deployment, presenters, selectors, services
 from governance.api import serializers as s
@@ -83,22 +84,40 @@ class TargetPolicyView(GovernedAPIView):
             model = self.governed(RegisteredModel.objects, namespace=namespace, name=model_name)
         return target, model
 
-    @extend_schema(responses=s.PolicyOutput, summary="The current policy (of the target, or its override for a model)")
+    @extend_schema(
+        responses=s.PolicyOutput,
+        parameters=[etag_header("the policy in force")],
+        summary="The current policy (of the target, or its override for a model)",
+    )
     def get(self, request, name, namespace=None, model_name=None):
         target, model = self._scope(name, namespace, model_name)
-        return Response(s.PolicyOutput(selectors.current_policy(target=target, model=model)).data)
+        return self.shown(selectors.current_policy(target=target, model=model))
 
     @extend_schema(
         request={"application/json": {"type": "object"}},
-        responses=s.PolicyOutput,
+        responses={
+            200: s.PolicyOutput,
+            412: OpenApiResponse(description="precondition_failed: another policy is in force than If-Match names"),
+        },
+        parameters=[if_match_header("the policy"), etag_header("the new policy")],
         summary="Set a new policy version (earlier approvals stop counting)",
+        description=(
+            "The rules are sent whole. To edit the policy you read without undoing a change made since, send "
+            "the ETag of your GET as If-Match: the new version is made only if that policy is still in force."
+        ),
     )
     def put(self, request, name, namespace=None, model_name=None):
         target, model = self._scope(name, namespace, model_name)
         if not isinstance(request.data, dict):
             raise InvalidInput("The policy must be a JSON object.")
-        policy = services.policy_set(actor=request.user, target=target, model=model, rules=request.data)
-        return Response(s.PolicyOutput(policy).data)
+        if_match = request.headers.get("If-Match")
+        return self.shown(
+            services.policy_set(actor=request.user, target=target, model=model, rules=request.data, if_match=if_match)
+        )
+
+    @staticmethod
+    def shown(policy) -> Response:
+        return Response(s.PolicyOutput(policy).data, headers={"ETag": policy.etag})
 
 
 class PromotionBase(GovernedAPIView):

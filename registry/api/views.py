@@ -1,13 +1,14 @@
 import re
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
 from accounts import access, scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, LengthRequired, NotFound
+from core.openapi import etag_header, if_match_header
 from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
@@ -129,25 +130,10 @@ class VersionListView(ModelScopedView):
         )
 
 
-ETAG = OpenApiParameter(
-    "ETag",
-    str,
-    OpenApiParameter.HEADER,
-    response=[200],
-    description="the version's entity tag; it changes when its tags or status do. Send it as If-Match to PATCH.",
-)
-IF_MATCH = OpenApiParameter(
-    "If-Match",
-    str,
-    OpenApiParameter.HEADER,
-    description="the ETag of your last read of the version: change it only if it is still so (else 412)",
-)
-
-
 class VersionDetailView(ModelScopedView):
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.VERSIONS_WRITE}
 
-    @extend_schema(responses=s.VersionOutput, parameters=[ETAG], summary="Get a version")
+    @extend_schema(responses=s.VersionOutput, parameters=[etag_header("the version")], summary="Get a version")
     def get(self, request, namespace, name, number):
         return self.shown(self.version())
 
@@ -157,7 +143,7 @@ class VersionDetailView(ModelScopedView):
             200: s.VersionOutput,
             412: OpenApiResponse(description="precondition_failed: If-Match names another state of the version"),
         },
-        parameters=[IF_MATCH, ETAG],
+        parameters=[if_match_header("the version"), etag_header("the version")],
         summary="Change a version's tags (register permission) or status (manage permission)",
         description=(
             "`tags` replaces the whole map. To add or remove one tag without undoing a concurrent change, send "
