@@ -20,14 +20,18 @@ def etag_of(state: dict) -> str:
     return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
 
 
-def check_if_match(if_match: str | None, current: str, what: str) -> None:
-    """Refuse the write (412) unless the If-Match header is absent, `*`, or lists `current`. A weak tag (W/"...")
-    never matches: If-Match compares strongly (RFC 9110, 13.1.1)."""
+def check_if_match(if_match: str | None, current: str | None, what: str) -> None:
+    """Refuse the write (412) unless the If-Match header is absent, `*`, or lists `current`, the ETag of what the
+    write builds on (None: nothing yet, which no If-Match matches, not even `*`). A weak tag (W/"...") never
+    matches: If-Match compares strongly (RFC 9110, 13.1.1)."""
     if if_match is None:
         return
     tags = parse_etags(if_match)
-    if tags == ["*"] or current in tags:
+    if current is not None and (tags == ["*"] or current in tags):
         return
+    if current is None:
+        problem = f"{what} does not exist yet, so If-Match '{if_match[:80]}' cannot match: send the first without it."
+        raise PreconditionFailed(problem, detail={"If-Match": [problem]})
     if "W/" + current in tags:  # a proxy that compressed the response may have weakened the ETag
         problem = (
             f"If-Match holds W/{current}, a weak tag, which If-Match never matches: send the ETag without W/ "

@@ -104,6 +104,11 @@ class ModelCardRevision(models.Model):
     def __str__(self) -> str:
         return f"{self.version} card r{self.revision}"
 
+    @property
+    def etag(self) -> str:
+        """A revision never changes (a change is a new one): its id tells it apart. core.etags."""
+        return etag_of({"card_revision": self.pk})
+
 
 class Alias(models.Model):
     """A named, movable pointer to a version (champion, candidate, ...). Every move is audited."""

@@ -430,10 +430,13 @@ def version_update(
     if_match: str | None = None,
 ) -> ModelVersion:
     """Change the mutable parts of a version (tags, status); each change audited with before/after. With
-    `if_match` (an If-Match header) only if the version is still the one that ETag was read from."""
+    `if_match` (an If-Match header) only if the version is still the one that ETag was read from, or already as
+    asked: a retry whose first answer was lost is told it succeeded (RFC 9110, 13.1.1)."""
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
-        check_if_match(if_match, version.etag, f"Version {version}")
+        asked = {"tags": tags, "status": status}
+        if any(value is not None and value != getattr(version, field) for field, value in asked.items()):
+            check_if_match(if_match, version.etag, f"Version {version}")
         before, after = {}, {}
         if tags is not None and tags != version.tags:
             before["tags"], after["tags"] = version.tags, tags
@@ -528,10 +531,14 @@ def _same_card(stored: dict, posted: dict) -> bool:
         return False
 
 
-def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[ModelCardRevision, bool]:
+def card_revision_add(
+    *, actor, version: ModelVersion, content: dict, if_match: str | None = None
+) -> tuple[ModelCardRevision, bool]:
     """Append a model card revision to a version: validated, numbered last + 1, audited.
 
-    Posting the content of the latest revision again is idempotent: (latest, False).
+    Posting the content of the latest revision again is idempotent: (latest, False). With `if_match` (an
+    If-Match header) a new revision is made only if the latest is still the one that ETag was read from: a card
+    is sent whole, so one edited from an older read would undo the revision made since.
 
     Revisions are append-only (database triggers): a change to a card is always a new revision.
     The audit event names the revision, its sections and completeness, and the sha256 of the
@@ -544,6 +551,7 @@ def card_revision_add(*, actor, version: ModelVersion, content: dict) -> tuple[M
         latest = locked.card_revisions.order_by("-revision").first()
         if latest is not None and _same_card(latest.content, content):
             return latest, False  # a CI re-run posting the same card: nothing changes, nothing to audit
+        check_if_match(if_match, latest.etag if latest else None, f"The model card of {locked}")
         last = locked.card_revisions.aggregate(last=Max("revision"))["last"] or 0
         revision = ModelCardRevision.objects.create(
             version=locked,

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from core.api import OutputModelSerializer, StrictSerializer
 from core.errors import InvalidInput, NotFound
+from core.openapi import etag_header, if_match_header
 from core.parsers import BoundedJSONParser
 from registry import cards, services
 from registry.api.parsers import MarkdownParser, MarkdownRenderer
@@ -100,6 +101,7 @@ class CardView(ModelScopedView):
 
     @extend_schema(
         summary="Get a version's model card (latest revision, or ?revision=K; ?format=huggingface for README.md)",
+        parameters=[etag_header("the revision")],
         responses={
             (200, "application/json"): CardRevisionOutput,
             (200, MARKDOWN): OpenApiResponse(OpenApiTypes.STR, description="Hugging Face README.md"),
@@ -130,8 +132,9 @@ class CardView(ModelScopedView):
             response = HttpResponse(cards.to_huggingface(revision.content), content_type=f"{MARKDOWN}; charset=utf-8")
             response["Content-Disposition"] = 'inline; filename="README.md"'
             response["X-Card-Revision"] = str(revision.revision)
+            response["ETag"] = revision.etag
             return response
-        return Response(CardRevisionOutput(revision).data)
+        return Response(CardRevisionOutput(revision).data, headers={"ETag": revision.etag})
 
     @extend_schema(
         summary="Add a model card revision (JSON {content} or a Hugging Face README.md as text/markdown)",
@@ -141,7 +144,15 @@ class CardView(ModelScopedView):
             (200, "application/json"): OpenApiResponse(
                 CardRevisionOutput, description="The same content as the latest revision: that revision, unchanged"
             ),
+            (412, "application/json"): OpenApiResponse(
+                description="precondition_failed: If-Match names another revision than the latest (or there is none)"
+            ),
         },
+        parameters=[if_match_header("the latest revision"), etag_header("the revision")],
+        description=(
+            "A card is sent whole. To revise the card you read without undoing a revision made since, send the "
+            "ETag of your GET as If-Match: the revision is made only if the one you read is still the latest."
+        ),
     )
     def post(self, request, namespace, name, number):
         version = self.version(ModelPerm.REGISTER)
@@ -154,9 +165,12 @@ class CardView(ModelScopedView):
             data = CardRevisionInput(data=request.data)
             data.is_valid(raise_exception=True)
             content = data.validated_data["content"]
-        revision, created = services.card_revision_add(actor=request.user, version=version, content=content)
+        if_match = request.headers.get("If-Match")
+        revision, created = services.card_revision_add(
+            actor=request.user, version=version, content=content, if_match=if_match
+        )
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(CardRevisionOutput(revision).data, status=code)
+        return Response(CardRevisionOutput(revision).data, status=code, headers={"ETag": revision.etag})
 
 
 class CardRevisionListView(ModelScopedView):

@@ -1,5 +1,7 @@
-"""A version's ETag and If-Match on PATCH: `tags` replaces the whole map, so two CI jobs each adding a tag to what
-they read would undo each other; with If-Match the second is a 412 and writes nothing."""
+"""ETags and If-Match on the registry's writes that send a whole field. A version PATCH's `tags` replaces the
+whole map, so two CI jobs each adding a tag to what they read would undo each other; a card revision is sent
+whole, so an edit of an older read undoes the revision made since. With If-Match the second is a 412 and writes
+nothing."""
 
 import threading
 import time
@@ -67,6 +69,19 @@ def test_the_etag_follows_status_and_tags_and_not_a_patch_that_changes_nothing(o
     deprecated = patch(owner, {"status": "deprecated"}, etag)
     assert deprecated.status_code == 200 and deprecated["ETag"] != etag
     assert patch(owner, {"status": "registered"}, etag).status_code == 412  # read before the status changed
+
+
+def test_a_retry_of_a_patch_already_made_is_told_it_succeeded(owner):
+    """The first answer was lost; the retry's ETag is the one read before its own change: 200, not 412
+    (RFC 9110 13.1.1 lets a server say so when the change is already the state)."""
+    etag = owner.get(VERSION)["ETag"]
+    body = {"tags": {"team": "risk", "stage": "candidate"}, "status": "deprecated"}
+    assert patch(owner, body, etag).status_code == 200
+    events = AuditEvent.objects.count()
+    retried = patch(owner, body, etag)
+    assert retried.status_code == 200 and retried.json()["tags"] == body["tags"]
+    assert AuditEvent.objects.count() == events
+    assert patch(owner, {**body, "tags": {"team": "risk"}}, etag).status_code == 412  # not already so: refused
 
 
 @pytest.mark.parametrize(
@@ -137,6 +152,45 @@ def test_the_etag_is_compared_under_the_writes_row_lock(personas):
     [answer] = answers
     assert answer.status_code == 412, answer.json()
     assert ModelVersion.objects.get().tags == {"first": "1"}
+
+
+# --- model cards ----------------------------------------------------------------------------------------------
+
+CARD = f"{VERSION}/card"
+
+
+def post_card(client, content: dict, if_match: str | None = None):
+    headers = {} if if_match is None else {"HTTP_IF_MATCH": if_match}
+    return client.post(CARD, {"content": content}, format="json", **headers)
+
+
+def test_a_card_revised_from_a_stale_read_is_a_412_and_adds_no_revision(owner):
+    assert post_card(owner, {"model_details": "v1 text"}).status_code == 201
+    read_by_a, read_by_b = owner.get(CARD), owner.get(CARD)
+    assert read_by_a["ETag"] == read_by_b["ETag"]
+    assert owner.get(CARD, {"format": "huggingface"})["ETag"] == read_by_a["ETag"]  # the revision, as README.md
+    revised = post_card(owner, {**read_by_a.json()["content"], "intended_use": "ranking"}, read_by_a["ETag"])
+    assert revised.status_code == 201 and revised.json()["revision"] == 2
+    assert revised["ETag"] == owner.get(CARD)["ETag"] != read_by_a["ETag"]
+
+    stale = post_card(
+        owner, {**read_by_b.json()["content"], "caveats_and_recommendations": "small data"}, read_by_b["ETag"]
+    )
+    assert stale.status_code == 412, stale.json()
+    assert "The model card of acme/churn:1 changed since you read it" in stale.json()["error"]["message"]
+    assert [r["revision"] for r in owner.get(f"{CARD}/revisions").json()] == [1, 2]
+    # what the stale writer meant to send, sent again after the 412's retry succeeded: the same content, a 200
+    again = post_card(owner, {**read_by_a.json()["content"], "intended_use": "ranking"}, read_by_a["ETag"])
+    assert (again.status_code, again.json()["revision"]) == (200, 2)
+
+
+def test_if_match_on_the_first_card_cannot_match(owner):
+    """No revision yet: no ETag to match, not even `*` (RFC 9110: `*` needs a current representation)."""
+    for header in ("*", '"abc"'):
+        refused = post_card(owner, {"model_details": "first"}, header)
+        assert refused.status_code == 412, refused.json()
+        assert "does not exist yet" in refused.json()["error"]["message"]
+    assert post_card(owner, {"model_details": "first"}).status_code == 201
 
 
 def _waiting_for_a_lock() -> bool:
