@@ -37,6 +37,11 @@ class RegisteredModel(models.Model):
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def etag(self) -> str:
+        """The model's entity tag: it changes when what a PATCH changes does (its description). core.etags."""
+        return etag_of({"model": self.pk, "description": self.description})
+
 
 class RegisteredModelUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE)

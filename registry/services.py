@@ -83,9 +83,14 @@ def model_create(*, actor, namespace: str, name: str, description: str = "", own
     return model
 
 
-def model_update(*, actor, model: RegisteredModel, description: str) -> RegisteredModel:
+def model_update(*, actor, model: RegisteredModel, description: str, if_match: str | None = None) -> RegisteredModel:
+    """Change a model's description, audited. With `if_match` (an If-Match header) only if the model is still the
+    one that ETag was read from, or already as asked. The same description again writes and records nothing."""
     with transaction.atomic():
         model = RegisteredModel.objects.select_for_update(no_key=True).get(pk=model.pk)
+        if description == model.description:
+            return model
+        check_if_match(if_match, model.etag, f"Model {model}")
         before = {"description": model.description}
         model.description = description
         model.save(update_fields=["description"])

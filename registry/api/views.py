@@ -79,18 +79,31 @@ class ModelDetailView(ModelScopedView):
         models = RegisteredModel.objects.select_related("owner_group", "created_by")
         return self.governed(models, codename, namespace=self.kwargs["namespace"], name=self.kwargs["name"])
 
-    @extend_schema(responses=s.ModelOutput, summary="Get a model")
+    @extend_schema(responses=s.ModelOutput, parameters=[etag_header("the model")], summary="Get a model")
     def get(self, request, namespace, name):
-        return Response(s.ModelOutput(self.model()).data)
+        return self.shown(self.model())
 
-    @extend_schema(request=s.ModelUpdateInput, responses=s.ModelOutput, summary="Change a model's description")
+    @extend_schema(
+        request=s.ModelUpdateInput,
+        responses={
+            200: s.ModelOutput,
+            412: OpenApiResponse(description="precondition_failed: If-Match names another state of the model"),
+        },
+        parameters=[if_match_header("the model"), etag_header("the model")],
+        summary="Change a model's description",
+    )
     def patch(self, request, namespace, name):
         model = self.model(ModelPerm.MANAGE)
         data = s.ModelUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(
-            s.ModelOutput(services.model_update(actor=request.user, model=model, **data.validated_data)).data
+        if_match = request.headers.get("If-Match")
+        return self.shown(
+            services.model_update(actor=request.user, model=model, if_match=if_match, **data.validated_data)
         )
+
+    @staticmethod
+    def shown(model) -> Response:
+        return Response(s.ModelOutput(model).data, headers={"ETag": model.etag})
 
 
 class VersionListView(ModelScopedView):

@@ -154,6 +154,30 @@ def test_the_etag_is_compared_under_the_writes_row_lock(personas):
     assert ModelVersion.objects.get().tags == {"first": "1"}
 
 
+# --- models ---------------------------------------------------------------------------------------------------
+
+
+def test_a_model_description_edited_from_a_stale_read_is_a_412(owner):
+    read = owner.get(BASE)
+    assert owner.patch(BASE, {"description": "first"}, format="json", HTTP_IF_MATCH=read["ETag"]).status_code == 200
+    events = AuditEvent.objects.count()
+    stale = owner.patch(BASE, {"description": "second"}, format="json", HTTP_IF_MATCH=read["ETag"])
+    assert stale.status_code == 412 and "Model acme/churn changed since you read it" in stale.json()["error"]["message"]
+    assert owner.get(BASE).json()["description"] == "first" and AuditEvent.objects.count() == events
+    fresh = owner.get(BASE)["ETag"]
+    made = owner.patch(BASE, {"description": "second"}, format="json", HTTP_IF_MATCH=fresh)
+    assert made.status_code == 200 and made["ETag"] == owner.get(BASE)["ETag"] != fresh
+
+
+def test_the_same_description_again_writes_and_records_nothing(owner):
+    """It was audited as a change from a text to the same text."""
+    assert owner.patch(BASE, {"description": "churn"}, format="json").status_code == 200
+    events = AuditEvent.objects.count()
+    again = owner.patch(BASE, {"description": "churn"}, format="json", HTTP_IF_MATCH='"stale"')
+    assert again.status_code == 200 and again.json()["description"] == "churn"  # already so: a retry succeeded
+    assert AuditEvent.objects.count() == events
+
+
 # --- model cards ----------------------------------------------------------------------------------------------
 
 CARD = f"{VERSION}/card"
