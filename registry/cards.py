@@ -272,6 +272,8 @@ def _type_message(expected: str, value) -> str:
     message = f"must be {expected}, not {_given(value)}"
     if "a string" in expected and not isinstance(value, list | dict):
         message += "; in YAML, quote it to make it text"  # a number, boolean or null, as YAML read it
+    elif expected.startswith("a list") and isinstance(value, str):
+        message += f"; write a list: {json.dumps([printable(value)[:80]], ensure_ascii=False)}"  # JSON and YAML
     return message
 
 
@@ -756,6 +758,45 @@ class _YamlLoader(yaml.SafeLoader):
             ) from None
 
 
+# The YAML types JSON has no type for: what YAML reads each as, and what to write instead. PyYAML makes a set a
+# sorted list and an ordered map or pairs a list of [key, value] lists: stored so, the card held a shape no one
+# wrote. _YamlLoader builds a _NotJson in their place, and _jsonable refuses it naming its path. (Dates and
+# times have a JSON form, their ISO 8601 text: they are stored so, as documented.)
+_NOT_JSON = {
+    "tag:yaml.org,2002:set": ("a set", "write a list instead: [a, b] for !!set {a, b}"),
+    "tag:yaml.org,2002:omap": (
+        "an ordered mapping",
+        "drop the tag: [a: 1, b: 2] without it is a list of one-key mappings (or write a mapping, {a: 1, b: 2}, "
+        "if the order does not matter)",
+    ),
+    "tag:yaml.org,2002:pairs": (
+        "a list of pairs",
+        "drop the tag: [a: 1, a: 2] without it is a list of one-key mappings",
+    ),
+    "tag:yaml.org,2002:binary": ("binary data", "drop the tag to keep the base64 text as a string (or write the text)"),
+}
+
+
+class _NotJson:
+    """A YAML value of a type in _NOT_JSON, where it was written (its contents are not read)."""
+
+    def __init__(self, node):
+        self.tag, self.line = node.tag, node.start_mark.line + 1
+
+    def refusal(self, where: str, what: str = "value") -> InvalidInput:
+        read_as, instead = _NOT_JSON[self.tag]
+        tag = self.tag.replace("tag:yaml.org,2002:", "!!")
+        message = (
+            f"YAML reads the {tag} {what} on line {self.line} of the README as {read_as}, "
+            f"which JSON (and so a model card) has no type for: {instead}"
+        )
+        return InvalidInput(f"Invalid model card. {where}: {message}.", code="invalid_card", detail={where: [message]})
+
+
+for _tag in _NOT_JSON:
+    _YamlLoader.add_constructor(_tag, lambda _loader, node: _NotJson(node))
+
+
 def _key_not_text(key, where: str) -> InvalidInput:
     """A YAML key read as null, a boolean, a number or a date: text is all JSON keeps, and `str()` of it
     (`None`, `True`) is neither what was written nor what an export would write back."""
@@ -768,10 +809,10 @@ def _key_not_text(key, where: str) -> InvalidInput:
 
 
 def _jsonable(value, path: tuple, budget: list[int], level: int = 1):
-    """YAML values -> JSON values (dates as ISO strings), with bounds on expanded size and depth (YAML
-    aliases can nest a value in itself). The YAML root becomes at least level 1 of the card, so refusing
-    deeper than MAX_DEPTH here never refuses a card validate() would accept. `path`: the parts of the
-    value's path (see _path), joined only for a message."""
+    """YAML values -> JSON values (dates as ISO strings; the types of _NOT_JSON refused), with bounds on expanded
+    size and depth (YAML aliases can nest a value in itself). The YAML root becomes at least level 1 of the card,
+    so refusing deeper than MAX_DEPTH here never refuses a card validate() would accept. `path`: the parts of
+    the value's path (see _path), joined only for a message."""
     budget[0] -= 1
     if budget[0] < 0:
         raise InvalidInput(
@@ -779,28 +820,24 @@ def _jsonable(value, path: tuple, budget: list[int], level: int = 1):
             code="invalid_card",
             detail={"metadata": ["Too large."]},
         )
-    if isinstance(value, dict | list | tuple | set | frozenset) and level > MAX_DEPTH:
+    if isinstance(value, _NotJson):
+        raise value.refusal(_path(path))
+    if isinstance(value, dict | list) and level > MAX_DEPTH:
         raise _too_deep(_path(path), " (a YAML alias inside its own anchor, as in `&a [*a]`, nests without end)")
     if isinstance(value, dict):
         mapping = {}
         for key, v in value.items():
+            if isinstance(key, _NotJson):
+                raise key.refusal(_path(path), "key")
             if not isinstance(key, str):
                 raise _key_not_text(key, _path(path))
             where = (*path, printable(key))
             mapping[_text(key, where)] = _jsonable(v, where, budget, level + 1)
         return mapping
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [_jsonable(v, (*path, i), budget, level + 1) for i, v in enumerate(items)]
+    if isinstance(value, list):
+        return [_jsonable(v, (*path, i), budget, level + 1) for i, v in enumerate(value)]
     if isinstance(value, datetime.date | datetime.datetime):
         return value.isoformat()
-    if isinstance(value, bytes):
-        where = _path(path)
-        raise InvalidInput(
-            f"Invalid model card. {where}: binary YAML values are not supported.",
-            code="invalid_card",
-            detail={where: ["Binary value."]},
-        )
     if isinstance(value, float) and not math.isfinite(value):
         where = _path(path)
         raise InvalidInput(
@@ -962,11 +999,9 @@ def _readme_field_problems(raw: dict) -> list[tuple[str, str]]:
     """The README's known fields and governance checked against the card schema before huggingface_hub reads
     them: it iterates `tags` (a mapping's values were lost, a number failed) and picks what it knows out of
     `model-index` (unknown keys and results without metrics were lost, a wrong shape failed). Checked as it
-    reads them: a null value is no value, one string is one tag, a null inside model-index is no value."""
+    reads them: a null value is no value, a null inside model-index is no value."""
     entries = []
     fields = {key: value for key, value in raw.items() if key in {*METADATA_KEYS, GOVERNANCE} and value is not None}
-    if isinstance(fields.get("tags"), str):
-        fields["tags"] = [fields["tags"]]
     limit = schema()["$defs"]["string_list"]["maxItems"]
     if isinstance(fields.get("tags"), list) and len(fields["tags"]) > limit:
         # huggingface_hub removes repeated tags in time that grows with the square of their number: refused
@@ -1056,6 +1091,10 @@ def from_huggingface(readme_text: str) -> dict:
         message = unstorable_message(f"line {line} of the README", char, MARKDOWN_ASTRAL)
         raise InvalidInput(f"Invalid model card: {message}", code="invalid_card", detail={"body": [message]})
     raw, body = _metadata_block(readme_text)
+    if isinstance(raw.get("tags"), str):
+        # `tags: foo` is one tag: huggingface_hub 2.4 reads it so, and the Hub does not check tags. Made a list
+        # here, not left to huggingface_hub: its older releases made it one tag per character.
+        raw["tags"] = [raw["tags"]]
     _check_readme_metadata(raw)
     data = {}
     if raw:
