@@ -24,6 +24,12 @@ The digest is the registry's rule (registry/manifest.py): "sha256:" + hex sha256
 JSON {"files": [{"path", "size", "sha256"}, ...]} with files sorted by path, keys sorted, ","/":"
 separators, UTF-8, no whitespace.
 
+Credentials in source URLs: the registry refuses a version whose source repository or CI run URL holds one
+(user:password@, any user name before @ in an http(s) URL, a query parameter named like token or sig), as it keeps
+the source in its audit log and shows it to every reader of the model. A --source-repo or --ci-run-url holding one is
+a usage error before any request; one the CLI read from the CI's variables is registered without it, with a warning.
+Messages show such URLs with the credential replaced by ***.
+
 Exit status: 0 success; 1 the server refused a request (its error code and message are printed on
 stderr); 2 usage error (bad arguments, missing token or URL, unreadable files); 3 the server could
 not be reached or did not answer (network error, timeout): safe to retry, every step is idempotent.
@@ -103,7 +109,7 @@ class ServerError(CliError):
 
 
 def warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {mask_url_credentials(message)}", file=sys.stderr)
 
 
 class Log:
@@ -112,7 +118,7 @@ class Log:
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
-            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+            print(f"{PROG}: {mask_url_credentials(message)}", file=sys.stderr, flush=True)
 
 
 # --- files, manifest, digest -------------------------------------------------------------------
@@ -477,6 +483,87 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
+# Credentials inside URLs. The server refuses them in a version's source.repository and source.ci_run_url with
+# core/url_credentials.py `problem`; this file imports nothing from the project, so that rule is repeated here, and
+# tests/registry/test_cli_local_checks.py runs both over the same table of URLs so they cannot drift.
+URL_MASK = "***"
+_CREDENTIAL_PARAMS = (
+    r"(?:access_?token|api_?key|apikey|auth|client_?secret|key|passw(?:or)?d|private_?token|secret|sig"
+    r"|signature|token|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-signature)"
+)
+_CREDENTIAL_PARAM = re.compile(rf"^{_CREDENTIAL_PARAMS}$", re.IGNORECASE)
+# In running text: the user part of scheme://user@ (up to the last @ before the path, as urllib reads it) and the
+# value of a query parameter named like a secret.
+_TEXT_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#\s]*)@")
+_TEXT_CREDENTIAL_VALUE = re.compile(rf"(?i)([?&]{_CREDENTIAL_PARAMS}=)[^&#\s\"']+")
+
+
+def url_credential_problem(url: str) -> str | None:
+    """Why `url` carries a credential, or None: a password (any scheme), any user part of an http(s) URL (GitHub and
+    GitLab take a token as the user name), or a query parameter named like a secret. ssh://git@host/... and
+    git@host:org/repo name a user, not a credential. The server's rule (core/url_credentials.py `problem`)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None  # not a URL: the server's rule lets it be too
+    if parts.password is not None:
+        return "holds a password (user:password@)"
+    if parts.username is not None and parts.scheme.lower() in ("http", "https"):
+        return "holds a user name before @, where GitHub and GitLab take a token"
+    for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if _CREDENTIAL_PARAM.match(name):
+            return f"holds the query parameter {name!r}, which looks like a credential"
+    return None
+
+
+def _rewrite_credentials(url: str, replace: bool) -> str:
+    """`url` with what url_credential_problem finds replaced by *** (`replace`) or removed; `url` itself when it
+    holds none. Raises ValueError for what urlsplit cannot read."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")  # urllib's own reading: the user part ends at the last @
+    netloc = parts.netloc
+    if at and (":" in userinfo or parts.scheme.lower() in ("http", "https")):
+        netloc = f"{URL_MASK}@{host}" if replace else host  # all of it: a token may be the user name before :password
+    pieces = []
+    for piece in parts.query.split("&") if parts.query else []:
+        name, eq, _ = piece.partition("=")
+        if not _CREDENTIAL_PARAM.match(urllib.parse.unquote_plus(name)):  # parse_qsl's decoding: %74oken is token
+            pieces.append(piece)
+        elif replace:
+            pieces.append(f"{name}={URL_MASK}" if eq else piece)
+    query = "&".join(pieces)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_url(url: str) -> str:
+    """`url` as a message may show it: its credentials replaced by ***."""
+    try:
+        return _rewrite_credentials(url, replace=True)
+    except ValueError:
+        return mask_url_credentials(url)
+
+
+def url_without_credentials(url: str) -> str:
+    """`url` with its user part (when url_credential_problem calls it a credential) and its secret-named query
+    parameters removed. Raises ValueError for what urlsplit cannot read."""
+    return _rewrite_credentials(url, replace=False)
+
+
+def mask_url_credentials(text: str) -> str:
+    """`text` with the credentials of the URLs in it replaced by ***: every message the CLI prints goes through it."""
+    if "://" not in text and "=" not in text:
+        return text
+
+    def userinfo(match: re.Match) -> str:
+        if ":" in match.group(2) or match.group(1).lower() in ("http://", "https://"):
+            return f"{match.group(1)}{URL_MASK}@"
+        return match.group(0)  # ssh://git@host: a user name
+
+    return _TEXT_CREDENTIAL_VALUE.sub(lambda m: m.group(1) + URL_MASK, _TEXT_USERINFO.sub(userinfo, text))
+
+
 def registry_uri_problem(uri: str, namespace: str, name: str, digest: str) -> str | None:
     """Why `uri` cannot be sent as a version's registry:// artifact_uri, or None: the registry stores
     registry://<ns>/<name>@<digest> of the model and digest registered, and takes only that, or registry:// bare."""
@@ -501,6 +588,12 @@ def parse_tags(items: list) -> dict:
     return tags
 
 
+_WHY_NO_CREDENTIALS = (
+    "The registry refuses credentials in a version's source, which its audit log keeps and every reader of the "
+    "model sees."
+)
+
+
 def source_from(args, environ=None) -> dict:
     """Source fields: explicit options first, then GitHub Actions or GitLab CI variables."""
     env = os.environ if environ is None else environ
@@ -509,6 +602,7 @@ def source_from(args, environ=None) -> dict:
         return (env.get(name) or "").strip()
 
     repository = commit = branch = run_url = ""
+    read_from = {}  # the variables a URL was read from, for messages
     if get("GITHUB_ACTIONS") == "true" or get("GITHUB_SHA"):
         server = get("GITHUB_SERVER_URL").rstrip("/") or "https://github.com"
         repo = get("GITHUB_REPOSITORY")
@@ -517,23 +611,46 @@ def source_from(args, environ=None) -> dict:
         branch = get("GITHUB_HEAD_REF") or get("GITHUB_REF_NAME")  # a pull request's head branch, else the ref
         if repo and get("GITHUB_RUN_ID"):
             run_url = f"{server}/{repo}/actions/runs/{get('GITHUB_RUN_ID')}"
+        read_from = {
+            "repository": "$GITHUB_SERVER_URL/$GITHUB_REPOSITORY",
+            "ci_run_url": "$GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID",
+        }
     elif get("GITLAB_CI") == "true" or get("CI_COMMIT_SHA"):
         repository = get("CI_PROJECT_URL")
         commit = get("CI_COMMIT_SHA")
         branch = get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME") or get("CI_COMMIT_REF_NAME")
         run_url = get("CI_PIPELINE_URL")
+        read_from = {"repository": "$CI_PROJECT_URL", "ci_run_url": "$CI_PIPELINE_URL"}
     source = {
         "repository": args.source_repo if args.source_repo is not None else repository,
         "commit": (args.source_commit if args.source_commit is not None else commit).strip().lower(),
         "branch": args.source_branch if args.source_branch is not None else branch,
         "ci_run_url": args.ci_run_url if args.ci_run_url is not None else run_url,
     }
+    # Before anything that echoes a value. A credential the user passed is refused; one in a URL the CLI read from
+    # the CI's variables is removed, with a warning: the CLI chose that URL, and the job should not fail over it.
+    for field, option, given in (
+        ("repository", "--source-repo", args.source_repo),
+        ("ci_run_url", "--ci-run-url", args.ci_run_url),
+    ):
+        value = source[field]
+        problem = value and url_credential_problem(value)
+        if not problem:
+            continue
+        shown = redact_url(value)[:200]
+        if given is not None:
+            raise UsageError(f"{option} '{shown}' {problem}: remove it. {_WHY_NO_CREDENTIALS}")
+        stripped = url_without_credentials(value)  # urlsplit read it: url_credential_problem found something
+        if url_credential_problem(stripped):  # only where this Python's parse_qsl reads a query otherwise
+            raise UsageError(f"{read_from[field]} '{shown}' {problem}: pass {option}. {_WHY_NO_CREDENTIALS}")
+        warn(f"{read_from[field]} '{shown}' {problem}: sending '{stripped[:200]}' instead. {_WHY_NO_CREDENTIALS}")
+        source[field] = stripped
     source = {k: _utf8(v, f"source {k}") for k, v in source.items() if v}
     if "commit" in source and not COMMIT_RE.match(source["commit"]):
         raise UsageError(f"source commit '{source['commit']}' must be 7-64 hexadecimal characters.")
     problem = "ci_run_url" in source and http_url_problem(source["ci_run_url"])
     if problem:
-        raise UsageError(f"CI run URL '{source['ci_run_url'][:200]}' {problem}.")
+        raise UsageError(f"CI run URL '{redact_url(source['ci_run_url'])[:200]}' {problem}.")
     return source
 
 
@@ -748,7 +865,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {mask_url_credentials(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
