@@ -2,50 +2,69 @@
 in any text (the logs and the append-only audit log, which could never lose a secret pasted into them).
 
 A credential is a password in a URL's user part (`https://x-access-token:ghs_…@github.com/…`, GitLab's
-`CI_REPOSITORY_URL`), any user part of an http(s) URL (GitHub takes a token as the user name), or a query value
-whose name says it is a secret (`?token=…`, `X-Amz-Signature=…`). `ssh://git@host/…` and `git@host:org/repo`
-name a user, not a credential.
+`CI_REPOSITORY_URL`), any user part of an http(s) URL (GitHub takes a token as the user name, with or without
+`:x-oauth-basic` after it), or a query value whose name says it is a secret (`?token=…`, `private-token=…`,
+`X-Amz-Signature=…`, the name percent-encoded or not). `ssh://git@host/…` and `git@host:org/repo` name a user,
+not a credential. The user part ends at the last `@` before the path, as urllib reads it.
+
+registry/cli.py repeats these rules (it runs as one file without the project); tests/registry/test_cli_local_checks.py
+holds the two to the same answers.
 """
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 MASK = "***"
-_PARAM_NAMES = (
-    r"(?:access_?token|api_?key|apikey|auth|client_?secret|key|passw(?:or)?d|private_?token|secret|sig"
-    r"|signature|token|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-signature)"
+_SECRET_PARAM_NAME = re.compile(
+    r"(?:(?:access|api|auth|client|job|private|refresh|session|x[_-]api)[_-]?)?(?:token|key|secret)"
+    r"|apikey|auth|credentials?|passw(?:or)?d|sig|signature"
+    r"|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-credential|x-goog-signature",
+    re.IGNORECASE,
 )
-_SECRET_PARAM_NAME = re.compile(rf"^{_PARAM_NAMES}$", re.IGNORECASE)
-# In running text: scheme://user:password@ or http(s)://user@, and a secret-named query parameter's value.
-_USERINFO = re.compile(r"(?i)\b((?:https?|[a-z][a-z0-9+.-]*(?=://[^/\s@:]*:))://)([^/\s@]+)@")
-_QUERY_VALUE = re.compile(rf"(?i)([?&]{_PARAM_NAMES}=)[^&#\s\"']+")
+# In running text: scheme://userinfo@ (userinfo up to the last @ of the authority) and query parameters.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#\s]*)@")
+_PARAM = re.compile(r"([?&;])([^=&;#\s\"'?]+)=([^&;#\s\"']*)")
+
+
+def _secret_name(name: str) -> bool:
+    return _SECRET_PARAM_NAME.fullmatch(unquote_plus(name)) is not None  # %74oken is token
+
+
+def _userinfo_is_credential(scheme: str, userinfo: str) -> bool:
+    return ":" in userinfo or scheme.lower() in ("http", "https")
 
 
 def problem(url: str) -> str:
     """Why this URL carries a credential, as advice a person can act on; "" when it does not."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return ""  # not a URL: its own validation says so
-    if parts.password is not None:
+    except ValueError:  # not a URL urllib reads (`https://u:tok@[::1/x`): what mask() would hide still counts
+        if mask(url) != url:
+            return "Remove the credential from the URL: it would be kept in the audit log and every export."
+        return ""
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
         return "Remove user:password@ from the URL: it would be kept in the audit log and every export."
-    if parts.username is not None and parts.scheme.lower() in ("http", "https"):
+    if at and _userinfo_is_credential(parts.scheme, userinfo):
         return "Remove the user name (a token?) before @ from the URL: it would be kept in the audit log and exports."
-    secret = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_PARAM_NAME.match(name)]
-    if secret:
-        return f"Remove the query parameter {secret[0]!r} from the URL: it looks like a credential."
+    for piece in re.split("[&;]", parts.query):
+        name = piece.partition("=")[0]
+        if name and _secret_name(name):
+            return f"Remove the query parameter {unquote_plus(name)!r} from the URL: it looks like a credential."
     return ""
 
 
-def _masked_userinfo(match: re.Match) -> str:
-    user, _, password = match.group(2).partition(":")
-    if password:
-        return f"{match.group(1)}{user}:{MASK}@"
-    return f"{match.group(1)}{MASK}@"
-
-
 def mask(text: str) -> str:
-    """The text with every URL credential masked (the user name stays where a password follows it)."""
+    """The text with every URL credential masked: an http(s) URL's whole user part, another scheme's where it holds
+    a password (`ssh://git@host` stays), and the value of every secret-named query parameter."""
     if "://" not in text and "=" not in text:
         return text
-    return _QUERY_VALUE.sub(lambda m: m.group(1) + MASK, _USERINFO.sub(_masked_userinfo, text))
+
+    def userinfo(match: re.Match) -> str:
+        scheme = match.group(1)[:-3]
+        return f"{match.group(1)}{MASK}@" if _userinfo_is_credential(scheme, match.group(2)) else match.group(0)
+
+    def param(match: re.Match) -> str:
+        return f"{match.group(1)}{match.group(2)}={MASK}" if _secret_name(match.group(2)) else match.group(0)
+
+    return _PARAM.sub(param, _USERINFO.sub(userinfo, text))

@@ -487,15 +487,24 @@ def http_url_problem(url: str) -> str | None:
 # core/url_credentials.py `problem`; this file imports nothing from the project, so that rule is repeated here, and
 # tests/registry/test_cli_local_checks.py runs both over the same table of URLs so they cannot drift.
 URL_MASK = "***"
-_CREDENTIAL_PARAMS = (
-    r"(?:access_?token|api_?key|apikey|auth|client_?secret|key|passw(?:or)?d|private_?token|secret|sig"
-    r"|signature|token|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-signature)"
+_CREDENTIAL_PARAM = re.compile(
+    r"(?:(?:access|api|auth|client|job|private|refresh|session|x[_-]api)[_-]?)?(?:token|key|secret)"
+    r"|apikey|auth|credentials?|passw(?:or)?d|sig|signature"
+    r"|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-credential|x-goog-signature",
+    re.IGNORECASE,
 )
-_CREDENTIAL_PARAM = re.compile(rf"^{_CREDENTIAL_PARAMS}$", re.IGNORECASE)
-# In running text: the user part of scheme://user@ (up to the last @ before the path, as urllib reads it) and the
-# value of a query parameter named like a secret.
+# In running text: scheme://userinfo@ (userinfo up to the last @ of the authority, as urllib reads it) and query
+# parameters.
 _TEXT_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#\s]*)@")
-_TEXT_CREDENTIAL_VALUE = re.compile(rf"(?i)([?&]{_CREDENTIAL_PARAMS}=)[^&#\s\"']+")
+_TEXT_PARAM = re.compile(r"([?&;])([^=&;#\s\"'?]+)=([^&;#\s\"']*)")
+
+
+def _secret_name(name: str) -> bool:
+    return _CREDENTIAL_PARAM.fullmatch(urllib.parse.unquote_plus(name)) is not None  # %74oken is token
+
+
+def _userinfo_is_credential(scheme: str, userinfo: str) -> bool:
+    return ":" in userinfo or scheme.lower() in ("http", "https")
 
 
 def url_credential_problem(url: str) -> str | None:
@@ -504,15 +513,17 @@ def url_credential_problem(url: str) -> str | None:
     git@host:org/repo name a user, not a credential. The server's rule (core/url_credentials.py `problem`)."""
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return None  # not a URL: the server's rule lets it be too
-    if parts.password is not None:
+    except ValueError:  # not a URL urllib reads: what the masking would hide still counts
+        return "holds a credential" if mask_url_credentials(url) != url else None
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
         return "holds a password (user:password@)"
-    if parts.username is not None and parts.scheme.lower() in ("http", "https"):
+    if at and _userinfo_is_credential(parts.scheme, userinfo):
         return "holds a user name before @, where GitHub and GitLab take a token"
-    for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if _CREDENTIAL_PARAM.match(name):
-            return f"holds the query parameter {name!r}, which looks like a credential"
+    for piece in re.split("[&;]", parts.query):
+        name = piece.partition("=")[0]
+        if name and _secret_name(name):
+            return f"holds the query parameter {urllib.parse.unquote_plus(name)!r}, which looks like a credential"
     return None
 
 
@@ -522,16 +533,16 @@ def _rewrite_credentials(url: str, replace: bool) -> str:
     parts = urllib.parse.urlsplit(url)
     userinfo, at, host = parts.netloc.rpartition("@")  # urllib's own reading: the user part ends at the last @
     netloc = parts.netloc
-    if at and (":" in userinfo or parts.scheme.lower() in ("http", "https")):
+    if at and _userinfo_is_credential(parts.scheme, userinfo):
         netloc = f"{URL_MASK}@{host}" if replace else host  # all of it: a token may be the user name before :password
     pieces = []
-    for piece in parts.query.split("&") if parts.query else []:
+    for piece in re.split("([&;])", parts.query) if parts.query else []:
         name, eq, _ = piece.partition("=")
-        if not _CREDENTIAL_PARAM.match(urllib.parse.unquote_plus(name)):  # parse_qsl's decoding: %74oken is token
+        if piece in ("&", ";") or not _secret_name(name):
             pieces.append(piece)
         elif replace:
             pieces.append(f"{name}={URL_MASK}" if eq else piece)
-    query = "&".join(pieces)
+    query = re.sub("[&;]+", lambda m: m.group()[0], "".join(pieces)).strip("&;")  # separators left by removals
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -552,16 +563,19 @@ def url_without_credentials(url: str) -> str:
 
 
 def mask_url_credentials(text: str) -> str:
-    """`text` with the credentials of the URLs in it replaced by ***: every message the CLI prints goes through it."""
+    """`text` with the credentials of the URLs in it replaced by ***: every message the CLI prints goes through it.
+    The server's masking (core/url_credentials.py `mask`)."""
     if "://" not in text and "=" not in text:
         return text
 
     def userinfo(match: re.Match) -> str:
-        if ":" in match.group(2) or match.group(1).lower() in ("http://", "https://"):
-            return f"{match.group(1)}{URL_MASK}@"
-        return match.group(0)  # ssh://git@host: a user name
+        scheme = match.group(1)[:-3]
+        return f"{match.group(1)}{URL_MASK}@" if _userinfo_is_credential(scheme, match.group(2)) else match.group(0)
 
-    return _TEXT_CREDENTIAL_VALUE.sub(lambda m: m.group(1) + URL_MASK, _TEXT_USERINFO.sub(userinfo, text))
+    def param(match: re.Match) -> str:
+        return f"{match.group(1)}{match.group(2)}={URL_MASK}" if _secret_name(match.group(2)) else match.group(0)
+
+    return _TEXT_PARAM.sub(param, _TEXT_USERINFO.sub(userinfo, text))
 
 
 def registry_uri_problem(uri: str, namespace: str, name: str, digest: str) -> str | None:
@@ -640,8 +654,11 @@ def source_from(args, environ=None) -> dict:
         shown = redact_url(value)[:200]
         if given is not None:
             raise UsageError(f"{option} '{shown}' {problem}: remove it. {_WHY_NO_CREDENTIALS}")
-        stripped = url_without_credentials(value)  # urlsplit read it: url_credential_problem found something
-        if url_credential_problem(stripped):  # only where this Python's parse_qsl reads a query otherwise
+        try:
+            stripped = url_without_credentials(value)
+        except ValueError:  # a URL urllib cannot read: nothing to strip it from, so it is refused as it is
+            stripped = value
+        if url_credential_problem(stripped):
             raise UsageError(f"{read_from[field]} '{shown}' {problem}: pass {option}. {_WHY_NO_CREDENTIALS}")
         warn(f"{read_from[field]} '{shown}' {problem}: sending '{stripped[:200]}' instead. {_WHY_NO_CREDENTIALS}")
         source[field] = stripped

@@ -100,12 +100,15 @@ def test_secrets_in_messages_and_extras_are_masked(personas, log_lines):
 
 def test_credentials_inside_urls_are_masked_in_log_lines(log_lines):
     logging.getLogger("tests.careless").warning(
-        "cloning %s", "https://oauth2:SeCrEt1@gitlab.example.com/a.git", extra={"link": "https://h/x?sig=SeCrEt2"}
+        "cloning %s, then %s",
+        "https://oauth2:SeCrEt1@gitlab.example.com/a.git",
+        "https://SeCrEt3:x-oauth-basic@github.com/a.git",  # GitHub's token as the user name, before a password
+        extra={"link": "https://h/x?a=1;%74oken=SeCrEt2"},  # an encoded name, after a ';'
     )
     assert "SeCrEt" not in log_lines.raw.getvalue()
     (line,) = [line for line in log_lines() if line["logger"] == "tests.careless"]
-    assert line["message"] == "cloning https://oauth2:***@gitlab.example.com/a.git"
-    assert line["link"] == "https://h/x?sig=***"
+    assert line["message"] == "cloning https://***@gitlab.example.com/a.git, then https://***@github.com/a.git"
+    assert line["link"] == "https://h/x?a=1;%74oken=***"
 
 
 def test_exceptions_are_one_line_with_the_traceback(log_lines):
