@@ -138,8 +138,11 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = record.exc_text
         if record.stack_info:
             entry["stack_info"] = record.stack_info
+        # Masked before encoding (values are str or scalars here): in the encoded line an escape (a newline's `\n`
+        # right before a URL, a quote's `\"` in a value) would hide a URL's scheme from the masking, or be cut by it.
+        entry = {key: redact(value) if isinstance(value, str) else value for key, value in entry.items()}
         line = json.dumps(entry, ensure_ascii=False, default=str)
-        return redact(_JSON_UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", line))
+        return _JSON_UNESCAPED.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 class TextFormatter(logging.Formatter):
@@ -157,9 +160,9 @@ class TextFormatter(logging.Formatter):
                 setattr(record, key, "-")
         record.message = record.getMessage()
         record.asctime = self.formatTime(record, self.datefmt)
-        text = escape_controls(self.formatMessage(record))
+        text = escape_controls(redact(self.formatMessage(record)))  # masked first, as in JSON lines
         details = [self.formatException(record.exc_info) if record.exc_info else record.exc_text]
         details.append(self.formatStack(record.stack_info) if record.stack_info else None)
         for detail in filter(None, details):
-            text += "".join(f"\n    {escape_controls(line)}" for line in detail.splitlines())
-        return redact(text)
+            text += "".join(f"\n    {escape_controls(line)}" for line in redact(detail).splitlines())
+        return text

@@ -15,10 +15,11 @@ import re
 from urllib.parse import unquote_plus, urlsplit
 
 MASK = "***"
+# A name that is, or ends in (after `_` or `-`), a word for a secret: token, hf_token, private-token, api_key,
+# aws_secret_access_key, client_secret, X-Amz-Signature, password... (`sort_key` too: masking more is harmless).
 _SECRET_PARAM_NAME = re.compile(
-    r"(?:(?:access|api|auth|client|job|private|refresh|session|x[_-]api)[_-]?)?(?:token|key|secret)"
-    r"|apikey|auth|credentials?|passw(?:or)?d|sig|signature"
-    r"|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-credential|x-goog-signature",
+    r"(?:[a-z0-9]+[_-])*(?:access[_-]?)?(?:token|secret|key|passw(?:or)?d|pwd|signature|sig|credentials?)"
+    r"|apikey|accesstoken|privatetoken|clientsecret|auth|jwt",
     re.IGNORECASE,
 )
 # In running text: scheme://userinfo@ (userinfo up to the last @ of the authority) and query parameters.
@@ -31,26 +32,30 @@ def _secret_name(name: str) -> bool:
 
 
 def _userinfo_is_credential(scheme: str, userinfo: str) -> bool:
-    return ":" in userinfo or scheme.lower() in ("http", "https")
+    """A password, or any user part of an http(s) URL (git+https:// too: pip's and VCS tools' form)."""
+    return ":" in userinfo or scheme.lower().rpartition("+")[2] in ("http", "https")
 
 
 def problem(url: str) -> str:
     """Why this URL carries a credential, as advice a person can act on; "" when it does not."""
     try:
         parts = urlsplit(url)
-    except ValueError:  # not a URL urllib reads (`https://u:tok@[::1/x`): what mask() would hide still counts
-        if mask(url) != url:
-            return "Remove the credential from the URL: it would be kept in the audit log and every export."
-        return ""
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        return "Remove user:password@ from the URL: it would be kept in the audit log and every export."
-    if at and _userinfo_is_credential(parts.scheme, userinfo):
-        return "Remove the user name (a token?) before @ from the URL: it would be kept in the audit log and exports."
-    for piece in re.split("[&;]", parts.query):
-        name = piece.partition("=")[0]
-        if name and _secret_name(name):
-            return f"Remove the query parameter {unquote_plus(name)!r} from the URL: it looks like a credential."
+    except ValueError:  # not a URL urllib reads (`https://u:tok@[::1/x`): what mask() hides below still counts
+        parts = None
+    if parts is not None:
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            return "Remove user:password@ from the URL: it would be kept in the audit log and every export."
+        if at and _userinfo_is_credential(parts.scheme, userinfo):
+            return (
+                "Remove the user name (a token?) before @ from the URL: it would be kept in the audit log and exports."
+            )
+        for piece in re.split("[&;]", parts.query):
+            name = piece.partition("=")[0]
+            if name and _secret_name(name):
+                return f"Remove the query parameter {unquote_plus(name)!r} from the URL: it looks like a credential."
+    if mask(url) != url:  # a secret-named parameter where urllib reads no query (`;token=` in the path, a fragment)
+        return "Remove the credential from the URL: it would be kept in the audit log and every export."
     return ""
 
 

@@ -487,10 +487,11 @@ def http_url_problem(url: str) -> str | None:
 # core/url_credentials.py `problem`; this file imports nothing from the project, so that rule is repeated here, and
 # tests/registry/test_cli_local_checks.py runs both over the same table of URLs so they cannot drift.
 URL_MASK = "***"
+# A name that is, or ends in (after `_` or `-`), a word for a secret: token, hf_token, private-token, api_key,
+# aws_secret_access_key, client_secret, X-Amz-Signature, password... (`sort_key` too: masking more is harmless).
 _CREDENTIAL_PARAM = re.compile(
-    r"(?:(?:access|api|auth|client|job|private|refresh|session|x[_-]api)[_-]?)?(?:token|key|secret)"
-    r"|apikey|auth|credentials?|passw(?:or)?d|sig|signature"
-    r"|x-amz-credential|x-amz-security-token|x-amz-signature|x-goog-credential|x-goog-signature",
+    r"(?:[a-z0-9]+[_-])*(?:access[_-]?)?(?:token|secret|key|passw(?:or)?d|pwd|signature|sig|credentials?)"
+    r"|apikey|accesstoken|privatetoken|clientsecret|auth|jwt",
     re.IGNORECASE,
 )
 # In running text: scheme://userinfo@ (userinfo up to the last @ of the authority, as urllib reads it) and query
@@ -504,7 +505,8 @@ def _secret_name(name: str) -> bool:
 
 
 def _userinfo_is_credential(scheme: str, userinfo: str) -> bool:
-    return ":" in userinfo or scheme.lower() in ("http", "https")
+    """A password, or any user part of an http(s) URL (git+https:// too: pip's and VCS tools' form)."""
+    return ":" in userinfo or scheme.lower().rpartition("+")[2] in ("http", "https")
 
 
 def url_credential_problem(url: str) -> str | None:
@@ -513,17 +515,20 @@ def url_credential_problem(url: str) -> str | None:
     git@host:org/repo name a user, not a credential. The server's rule (core/url_credentials.py `problem`)."""
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:  # not a URL urllib reads: what the masking would hide still counts
-        return "holds a credential" if mask_url_credentials(url) != url else None
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        return "holds a password (user:password@)"
-    if at and _userinfo_is_credential(parts.scheme, userinfo):
-        return "holds a user name before @, where GitHub and GitLab take a token"
-    for piece in re.split("[&;]", parts.query):
-        name = piece.partition("=")[0]
-        if name and _secret_name(name):
-            return f"holds the query parameter {urllib.parse.unquote_plus(name)!r}, which looks like a credential"
+    except ValueError:  # not a URL urllib reads: what the masking hides below still counts
+        parts = None
+    if parts is not None:
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            return "holds a password (user:password@)"
+        if at and _userinfo_is_credential(parts.scheme, userinfo):
+            return "holds a user name before @, where GitHub and GitLab take a token"
+        for piece in re.split("[&;]", parts.query):
+            name = piece.partition("=")[0]
+            if name and _secret_name(name):
+                return f"holds the query parameter {urllib.parse.unquote_plus(name)!r}, which looks like a credential"
+    if mask_url_credentials(url) != url:  # a secret-named parameter where urllib reads no query (`;token=`, `#…`)
+        return "holds a credential"
     return None
 
 

@@ -111,6 +111,19 @@ def test_credentials_inside_urls_are_masked_in_log_lines(log_lines):
     assert line["link"] == "https://h/x?a=1;%74oken=***"
 
 
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_a_url_after_an_escaped_character_is_masked_and_the_line_stays_whole(form):
+    """Masked before the line is escaped or encoded: after an escaped newline the scheme read as `nhttps` and the
+    token stayed, and a masked value swallowed the backslash of an encoded quote, which broke the JSON line."""
+    with logging_into_buffer(form) as buffer:
+        logging.getLogger("tests.escaped").warning('clone failed:\nhttps://ghp_SeCrEt4@github.com/a p;token=x"y')
+    text = buffer.getvalue()
+    assert "SeCrEt4" not in text and "token=x" not in text
+    if form == "json":
+        [record] = [json.loads(line) for line in text.splitlines() if "tests.escaped" in line]
+        assert record["message"] == 'clone failed:\nhttps://***@github.com/a p;token=***"y'
+
+
 def test_exceptions_are_one_line_with_the_traceback(log_lines):
     try:
         raise ValueError("boom")

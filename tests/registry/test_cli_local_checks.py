@@ -45,10 +45,10 @@ QUERIES = [
     f"?X-Amz-Date=1&X-Amz-Signature={MARK}&X-Amz-Credential={MARK}",
     f"?%74oken={MARK}",  # read as 'token' by parse_qsl
     f"?private+token=visible&private_token={MARK}",
-    "?tokens=visible&keys=visible&author=visible&sort_key=visible",
+    "?tokens=visible&keys=visible&author=visible&key_id=visible",
     "?sig",  # a secret-named parameter with no value
     "?a=1;token=visible",  # ';' separates parameters for both rules (parse_qsl stopped reading it so in 3.10)
-    "#token=visible",  # a fragment is not a query
+    "#access_token=visible",  # not a query, but where OAuth's implicit flow puts a token: refused all the same
 ]
 ODD = [
     "",
@@ -67,7 +67,7 @@ ODD = [
 def table() -> list[str]:
     urls = list(ODD)
     for scheme, host, query in itertools.product(SCHEMES, HOSTS, QUERIES):
-        userinfos = USERINFOS + (HTTP_USERINFOS if scheme.lower() in ("http", "https") else [])
+        userinfos = USERINFOS + (HTTP_USERINFOS if scheme.lower() in ("http", "https", "git+https") else [])
         urls += [f"{scheme}://{userinfo}{host}/acme/churn/-/pipelines/7{query}" for userinfo in userinfos]
     return urls
 
@@ -92,6 +92,9 @@ def test_what_the_cli_strips_the_server_takes_and_what_it_shows_holds_no_credent
         if not url_credentials.problem(url) or url in UNREADABLE:
             continue
         stripped = cli.url_without_credentials(url)
+        if stripped == url:  # a token in a fragment: nothing to strip it from (source_from refuses it then)
+            assert "#" in url, url
+            continue
         assert url_credentials.problem(stripped) == "" and cli.url_credential_problem(stripped) is None, url
         assert MARK not in stripped, url
         assert MARK not in cli.redact_url(url), url
@@ -150,8 +153,14 @@ SECRET_NAMES = [
     "job_token",
     "x-api-key",
     "credential",
+    "hf_token",
+    "id_token",
+    "aws_secret_access_key",
+    "oauth_signature",
+    "jwt",
+    "pwd",
 ]
-OTHER_NAMES = ["tokens", "keys", "authz", "author", "signed", "sort_key", "passd", "pass", "x-amz-date", "keyword"]
+OTHER_NAMES = ["tokens", "keys", "authz", "author", "signed", "monkey", "passd", "pass", "x-amz-date", "key_id"]
 
 
 @pytest.mark.parametrize(
