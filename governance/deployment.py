@@ -415,9 +415,8 @@ def host_revision_of(version: ModelVersion) -> str:
     (`hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag. Only an hf:// URI pins
     one: an S3 key may hold an "@" (`s3://bucket/models/x@v2`), and a registry:// URI stored before registration
     made it canonical may name a branch or another model's digest."""
-    if version.artifact_uri.startswith("hf://"):
-        return version.artifact_uri.partition("@")[2]
-    return str(version.tags.get("host_revision") or "")
+    pinned = version.artifact_uri.partition("@")[2] if version.artifact_uri.startswith("hf://") else ""
+    return pinned or str(version.tags.get("host_revision") or "")
 
 
 def _serving_number(status: HostStatus, target: DeploymentTarget, release: Release) -> int | None:

@@ -130,12 +130,15 @@ def policy_set(
 ) -> Policy:
     """A new version of the target's policy (or of its override for one model). Old approvals stop counting.
     With `if_match` (an If-Match header) only if the policy in force there is still the one that ETag was read
-    from: rules are sent whole, so an edit of an older read would undo the change made since."""
+    from, or already has these rules: rules are sent whole, so an edit of an older read would undo the change made
+    since. (Without If-Match the same rules again make a new version, as they always did.)"""
     rules = _validate_rules(rules)
     with transaction.atomic():
         DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)  # serializes version numbers
         if if_match is not None:  # every target has a policy from its creation on
             in_force = selectors.current_policy(target=target, model=model)
+            if in_force.model_id == (model.pk if model else None) and selectors.rules_of(in_force).as_dict() == rules:
+                return in_force  # a retry whose first answer was lost: already the policy (RFC 9110, 13.1.1)
             check_if_match(if_match, in_force.etag, f"The policy of {target}" + (f" for {model}" if model else ""))
         previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
         # Numbered per target, overrides included: a reviewer's `seen.policy_version` then names one policy,

@@ -63,3 +63,14 @@ def test_if_match_star_and_no_if_match_set_the_policy_as_before(world):
     admin = world["admin"].client()
     assert put(admin, TARGET_POLICY, {**POLICY, "approvals_required": 1}, "*").json()["version"] == 2
     assert put(admin, TARGET_POLICY, {**POLICY, "approvals_required": 2}).json()["version"] == 3
+
+
+def test_a_retried_edit_already_in_force_is_a_200_and_makes_no_version(world):
+    admin = world["admin"].client()
+    read = admin.get(TARGET_POLICY)
+    rules = {**read.json()["rules"], "approvals_required": 3}
+    assert put(admin, TARGET_POLICY, rules, read["ETag"]).json()["version"] == 2
+    versions, events = Policy.objects.count(), AuditEvent.objects.count()
+    retried = put(admin, TARGET_POLICY, rules, read["ETag"])  # the first answer was lost
+    assert retried.status_code == 200 and retried.json()["version"] == 2
+    assert (Policy.objects.count(), AuditEvent.objects.count()) == (versions, events)

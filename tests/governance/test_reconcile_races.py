@@ -476,6 +476,7 @@ def test_a_tag_cannot_override_the_revision_an_artifact_uri_pins(world):
         "s3://bucket/models/churn@v2",  # an S3 key may hold an "@": it pins nothing (it overrode the tag with v2)
         "registry://acme/other@main",  # stored before registration made registry:// URIs canonical
         "registry://acme/churn@" + version.digest,
+        "hf://acme/churn",  # pins nothing (stored before hf:// URIs had to pin a commit)
     ):
         version.artifact_uri = other
         assert deployment.host_revision_of(version) == "b" * 40, other
