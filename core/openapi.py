@@ -68,7 +68,7 @@ def document_errors(result, generator, request, public):
             responses = operation["responses"]
             documented = [status for status in responses if status.isdigit() and int(status) >= 400]  # e.g. a 412
             for status in dict.fromkeys(error_statuses(method, operation) + documented):
-                response = responses.setdefault(status, {"description": DESCRIPTIONS[status]})
+                response = responses.setdefault(status, {"description": DESCRIPTIONS.get(status, "Error")})
                 content = response.setdefault("content", {})
                 content.setdefault("application/json", {}).setdefault("schema", ref)
     return result
@@ -80,7 +80,7 @@ def etag_header(what: str) -> OpenApiParameter:
         "ETag",
         str,
         OpenApiParameter.HEADER,
-        response=[200],
+        response=[200, 201],
         description=f"{what}'s entity tag: send it as If-Match to change it only if it is still as you read it",
     )
 

@@ -99,7 +99,7 @@ def test_completeness_is_linear_in_the_text(text):
     [
         lambda n: "### a" + " " * n + "b",
         lambda n: "<!--" * (n // 4),
-        lambda n: "\n" * (2 * n) + "x",
+        lambda n: "\n" * (2 * n - 2) + "x",  # under the 200,000-character text limit at the larger size
         lambda n: "```\n" + "## a" + " " * n + "\n```",
     ],
     ids=["heading-spaces", "unclosed-comments", "leading-blank-lines", "fenced-heading-spaces"],
@@ -145,6 +145,19 @@ def test_many_readme_tags_are_refused_before_huggingface_hub_sees_them():
     grows_linearly(lambda n: cards.from_huggingface(readme(n)), 4_000)
     with pytest.raises(InvalidInput, match="metadata.tags: has 16000 items, more than the limit of 1000"):
         cards.from_huggingface(readme(16_000))
+
+
+def test_headings_are_read_as_commonmark_has_them():
+    content = cards.from_huggingface(
+        "# Model #\n\n## Notes ##   \n\nA\n\n## C#\n\nB\n\n##\tTabbed\t#\t\n\nC\n\n## \\#\n\nD\n\n##\n\nE\n"
+    )
+    assert content["title"] == "Model"
+    assert [(s["title"], s["text"]) for s in content["other_sections"]] == [
+        ("Notes", "A"),
+        ("C#", "B"),
+        ("Tabbed", "C"),
+        ("\\#", "D\n\n##\n\nE"),  # an empty heading is text
+    ]
 
 
 # --- 2. ModelCardData's own names are no metadata keys ----------------------------------------------
