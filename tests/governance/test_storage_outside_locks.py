@@ -2,6 +2,8 @@
 row locks: while a HEAD is in flight, another transaction can still lock the target (the reconciler does). Under
 the locks, each HEAD held the target and request rows for as long as the storage took to answer."""
 
+import threading
+
 import psycopg
 import pytest
 from django.db import connection
@@ -32,9 +34,11 @@ def lockable(table: str, pk: int) -> bool:
 def during_heads(s3):  # noqa: F811
     """Calls `probe()` as each S3 HEAD is about to be sent; collects what it answers."""
     answers, probes = [], []
+    one_at_a_time = threading.Lock()  # the HEADs go out in parallel: two probes of one row would lock each other out
 
     def record(**_):
-        answers.extend(probe() for probe in probes)
+        with one_at_a_time:
+            answers.extend(probe() for probe in probes)
 
     client = blob_store().client
     client.meta.events.register("before-parameter-build.s3.HeadObject", record)
