@@ -66,6 +66,7 @@ from standardwebhooks import Webhook
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from core.errors import Conflict, InvalidInput, NotFound
+from core.etags import check_if_match, etag_of
 from core.unicode import printable
 from governance.webhook_egress import ALLOW_HINT, EgressRefused, egress_refusal, host_refusal, ip_literal
 from governance.webhook_models import (
@@ -368,8 +369,15 @@ def endpoint_create(
     return endpoint, secret
 
 
-def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
-    """Change name, url, event_types, description or active. The secret stays as it is."""
+def endpoint_etag(endpoint: WebhookEndpoint) -> str:
+    """The endpoint's entity tag: it changes when what a PATCH can change does (core.etags)."""
+    return etag_of({"webhook": endpoint.pk, **_endpoint_snapshot(endpoint)})
+
+
+def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = None, **changes) -> WebhookEndpoint:
+    """Change name, url, event_types, description or active. The secret stays as it is. With `if_match` (an If-Match
+    header) only if the endpoint is still the one that ETag was read from, or already as asked: event_types is sent
+    whole, so an edit of an older read would undo the change made since."""
     allowed = {"name", "url", "event_types", "description", "active"}
     unknown = set(changes) - allowed
     if unknown:
@@ -384,13 +392,15 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, **changes) -> WebhookEn
             if locked is None:  # deleted since the caller read it
                 raise NotFound(f"No webhook {endpoint.pk}.")
             before = _endpoint_snapshot(locked)
+            etag = etag_of({"webhook": locked.pk, **before})  # endpoint_etag's, from the snapshot already made
             if "url" in changes:
                 locked.url_encrypted = encrypt_url(changes.pop("url"))
             for field, value in changes.items():
                 setattr(locked, field, value)
-            locked.save()
             after = _endpoint_snapshot(locked)
             if after != before:
+                check_if_match(if_match, etag, f"Webhook {locked.name}")
+                locked.save()
                 record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after)
     except IntegrityError:
         raise Conflict(f"A webhook named {changes.get('name')} already exists.", code="already_exists") from None

@@ -12,6 +12,7 @@ from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.api import StrictSerializer
 from core.errors import Forbidden, NotFound
+from core.openapi import etag_header, if_match_header
 from core.pagination import cursor, paginated
 from governance import webhooks
 from governance.webhook_models import DeliveryState, WebhookEndpoint
@@ -182,21 +183,35 @@ class WebhookListView(WebhookBase):
 class WebhookDetailView(WebhookBase):
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.DEPLOYMENTS_WRITE, "DELETE": scopes.DEPLOYMENTS_WRITE}
 
-    @extend_schema(responses=WebhookOutput, summary="Get a webhook endpoint (never its secret)")
+    @extend_schema(
+        responses=WebhookOutput,
+        parameters=[etag_header("the endpoint")],
+        summary="Get a webhook endpoint (never its secret)",
+    )
     def get(self, request, pk):
-        return Response(WebhookOutput(self.endpoint(pk)).data)
+        return self.shown(self.endpoint(pk))
 
     @extend_schema(
         request=WebhookUpdateInput,
-        responses=WebhookOutput,
+        responses={
+            200: WebhookOutput,
+            412: OpenApiResponse(description="precondition_failed: If-Match names another state of the endpoint"),
+        },
+        parameters=[if_match_header("the endpoint"), etag_header("the endpoint")],
         summary="Change a webhook endpoint's name, url, event types, description or active flag",
     )
     def patch(self, request, pk):
         endpoint = self.endpoint(pk)
         data = WebhookUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        endpoint = webhooks.endpoint_update(actor=request.user, endpoint=endpoint, **data.validated_data)
-        return Response(WebhookOutput(endpoint).data)
+        if_match = request.headers.get("If-Match")
+        return self.shown(
+            webhooks.endpoint_update(actor=request.user, endpoint=endpoint, if_match=if_match, **data.validated_data)
+        )
+
+    @staticmethod
+    def shown(endpoint) -> Response:
+        return Response(WebhookOutput(endpoint).data, headers={"ETag": webhooks.endpoint_etag(endpoint)})
 
     @extend_schema(
         responses={204: OpenApiResponse(description="deleted, with its deliveries")},

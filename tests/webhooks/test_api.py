@@ -134,3 +134,29 @@ def test_validation_update_and_delete(world):
     assert admin.get(f"{URL}{hook}").status_code == 404
     assert admin.delete(f"{URL}{hook}").status_code == 404
     assert AuditEvent.objects.filter(action="webhook.deleted", subject_id=str(hook)).exists()
+
+
+def test_an_edit_of_a_stale_read_is_a_412_and_a_retry_of_one_made_is_a_200(world):
+    """event_types is sent whole: an admin adding `release.*` to what they read would drop the `version.*` another
+    admin added since. With If-Match the stale edit is refused and nothing is written or audited."""
+    admin = world["admin"].client()
+    hook = create(admin, url="https://hooks.example.com/x", event_types=["promotion.*"]).json()["id"]
+    read = admin.get(f"{URL}{hook}")
+    etag = read["ETag"]
+    first = admin.patch(
+        f"{URL}{hook}", {"event_types": ["promotion.*", "version.*"]}, format="json", HTTP_IF_MATCH=etag
+    )
+    assert first.status_code == 200 and first["ETag"] != etag and first["ETag"] == admin.get(f"{URL}{hook}")["ETag"]
+    events = AuditEvent.objects.count()
+    stale = admin.patch(
+        f"{URL}{hook}", {"event_types": ["promotion.*", "release.*"]}, format="json", HTTP_IF_MATCH=etag
+    )
+    assert stale.status_code == 412 and "Webhook ci changed since you read it" in stale.json()["error"]["message"]
+    assert admin.get(f"{URL}{hook}").json()["event_types"] == ["promotion.*", "version.*"]
+    assert AuditEvent.objects.count() == events
+    retried = admin.patch(
+        f"{URL}{hook}", {"event_types": ["promotion.*", "version.*"]}, format="json", HTTP_IF_MATCH=etag
+    )
+    assert retried.status_code == 200 and AuditEvent.objects.count() == events  # already so: nothing to do
+    url_changed = admin.patch(f"{URL}{hook}", {"url": "https://hooks.example.com/y"}, format="json")
+    assert url_changed.status_code == 200 and url_changed["ETag"] != first["ETag"]
