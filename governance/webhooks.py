@@ -369,9 +369,10 @@ def endpoint_create(
     return endpoint, secret
 
 
-def endpoint_etag(endpoint: WebhookEndpoint) -> str:
-    """The endpoint's entity tag: it changes when what a PATCH can change does (core.etags)."""
-    return etag_of({"webhook": endpoint.pk, **_endpoint_snapshot(endpoint)})
+def endpoint_etag(endpoint: WebhookEndpoint, snapshot: dict | None = None) -> str:
+    """The endpoint's entity tag: it changes when what a PATCH can change does (core.etags). `snapshot`: the
+    endpoint's _endpoint_snapshot, when the caller has made it already (it decrypts the URL)."""
+    return etag_of({"webhook": endpoint.pk, **(snapshot or _endpoint_snapshot(endpoint))})
 
 
 def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = None, **changes) -> WebhookEndpoint:
@@ -392,7 +393,7 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = 
             if locked is None:  # deleted since the caller read it
                 raise NotFound(f"No webhook {endpoint.pk}.")
             before = _endpoint_snapshot(locked)
-            etag = etag_of({"webhook": locked.pk, **before})  # endpoint_etag's, from the snapshot already made
+            etag = endpoint_etag(locked, before)
             if "url" in changes:
                 locked.url_encrypted = encrypt_url(changes.pop("url"))
             for field, value in changes.items():
