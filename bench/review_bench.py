@@ -6,10 +6,10 @@ Run by bench/run.py (`--only review`) as a script in the bench database's enviro
 
 For each size it tops the queue up to that many pending requests (one version each, target `review`
 whose policy names the `reviewers` group; every third request already has one approval), then, as a
-reviewer logged in with a session, renders `GET /reviews/` (first page) and `GET /reviews/?page=K`
-(the last page) REQUESTS times each through Django's full request stack in this process (middleware,
-view, selectors, template), and reports p50/p95 and the SQL statements per page. The statement count
-must not depend on the queue length.
+reviewer logged in with a session, renders `GET /reviews/` (first page) and `GET /reviews/?after=<pk>`
+(the last page; the queue pages by position, core/keyset.py) REQUESTS times each through Django's full
+request stack in this process (middleware, view, selectors, template), and reports p50/p95 and the SQL
+statements per page. The statement count and the time must not depend on the queue length.
 """
 
 from __future__ import annotations
@@ -112,10 +112,11 @@ def main(sizes: list[int], requests: int, reps: int = 1) -> dict:
             with connection.cursor() as cursor:
                 cursor.execute("ANALYZE governance_promotionrequest")
                 cursor.execute("ANALYZE governance_approval")
-        pending = PromotionRequest.objects.filter(target=target, state="pending").count()
-        last_page = max(1, -(-pending // 25))
+        queue = PromotionRequest.objects.filter(target=target, state="pending").order_by("created_at", "id")
+        pending = queue.count()
+        last_page_after = queue.values_list("pk", flat=True)[max(0, pending - 26)]  # the row before the last 25
         per_size = {"pending": pending}
-        for label, path in (("first page", "/reviews/"), ("last page", f"/reviews/?page={last_page}")):
+        for label, path in (("first page", "/reviews/"), ("last page", f"/reviews/?after={last_page_after}")):
             for _ in range(5):
                 client.get(path)
             rep_figures, statements = [], set()

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import access
 from core.errors import DomainError
+from core.keyset import keyset_page
 from core.planning import custom_plans
 from governance import deployment, presenters, selectors, services, ui_compare, ui_selectors
 from governance.choices import Decision, PromotionState
@@ -34,8 +35,8 @@ def paginate(request, queryset, param: str = "page"):
 @login_required
 def review_queue(request):
     queue = selectors.review_queue(user=request.user)
-    with custom_plans():  # the paginator's count: how many requests it scans varies too much for one plan
-        page = paginate(request, queue)
+    with custom_plans():  # how many requests the page and its count scan varies too much for one plan
+        page = keyset_page(queue, request.GET)
     rows = ui_selectors.queue_rows(list(page.object_list))
     return render(request, "governance/review_queue.html", {"page": page, "rows": rows, "now": timezone.now()})
 

@@ -17,3 +17,16 @@ def page_query(context, param: str, number) -> str:
     query = request.GET.copy() if request is not None else QueryDict(mutable=True)
     query[param] = str(number)
     return f"?{query.urlencode()}"
+
+
+@register.simple_tag(takes_context=True)
+def keyset_query(context, direction: str = "", pk=None) -> str:
+    """The current query string with the keyset cursor (core/keyset.py) set to `direction`=`pk` (after or
+    before), the other one and any page number dropped; with no direction, the first page's."""
+    request = context.get("request")
+    query = request.GET.copy() if request is not None else QueryDict(mutable=True)
+    for param in ("after", "before", "page"):
+        query.pop(param, None)
+    if direction:
+        query[direction] = str(pk)
+    return f"?{query.urlencode()}"

@@ -56,7 +56,7 @@ BASELINE = {"nodeId": "model:acme/churn:1", "format": "csv", "at": "2026-01-01T0
 # Web pages and their query parameters (the forms and links of templates/).
 PAGES = {
     "/": ["page", "q"],
-    "/reviews/": ["page", "target", "model"],
+    "/reviews/": ["after", "before", "page", "target", "model"],
     "/promotions/{promotion}/": ["page"],
     "/targets/": ["page"],
     "/targets/prod/": ["page", "releases_page"],

@@ -74,14 +74,36 @@ def test_queue_lists_requests_waiting_for_me(seeded):
     assert "Nothing is waiting for you" in text(as_user(seeded["outsider"].user).get("/reviews/"))
 
 
-def test_queue_is_paginated(seeded):
+def test_queue_is_paginated_by_position_not_page_number(seeded):
     owner, prod = seeded["owner"].user, seeded["prod"]
-    for i in range(26):
+    requests = [seeded["promotion"]] + [
         services.promotion_request(actor=owner, version=builders.version(owner, seeded["churn"], f"p{i}"), target=prod)
+        for i in range(26)
+    ]
     reviewer = as_user(seeded["reviewer"].user)
-    first = text(reviewer.get("/reviews/"))
-    assert first.count("Review #") == 25 and "Page 1 of 2 (27 in all)" in first
-    assert text(reviewer.get("/reviews/?page=2")).count("Review #") == 2
+
+    def shown(query: str = "") -> tuple[list[int], str]:
+        page = text(reviewer.get("/reviews/" + query))
+        return [int(pk) for pk in re.findall(r"Review #(\d+)", page)], page
+
+    first, page = shown()
+    assert first == [r.pk for r in requests[:25]] and "27 in all" in page
+    assert 'rel="prev"' not in page and re.search(rf'href="\?after={first[-1]}" rel="next"', page)
+    second, page = shown(f"?after={first[-1]}")
+    assert second == [r.pk for r in requests[25:]] and "27 in all" in page
+    assert 'rel="next"' not in page and re.search(rf'href="\?before={second[0]}" rel="prev"', page)
+    assert shown(f"?before={second[0]}")[0] == first
+
+    # a request decided between two page loads shifts nothing: the next page starts after the same request
+    services.promotion_cancel(actor=owner, request_id=requests[3].pk)
+    assert shown(f"?after={first[-1]}")[0] == second
+    # even when the boundary request itself has left the queue
+    services.promotion_cancel(actor=owner, request_id=requests[24].pk)
+    assert shown(f"?after={first[-1]}")[0] == second
+    assert shown(f"?before={second[0]}")[0] == [r.pk for r in requests[:25] if r not in (requests[3], requests[24])]
+    # a cursor naming no request, or not a number, is the first page
+    for query in ("?after=999999999", "?before=abc", "?after=-1", "?after=" + "9" * 40):
+        assert shown(query)[0][:3] == first[:3], query
 
 
 def test_request_page_shows_failing_rule_and_disabled_approve(seeded):

@@ -58,12 +58,16 @@ def test_other_parameters_are_kept_escaped_and_only_the_page_replaced(seeded):
         services.promotion_request(actor=owner, version=builders.version(owner, seeded["churn"], f"p{i}"), target=prod)
     client = as_user(seeded["reviewer"].user)
     raw = client.get("/reviews/?sort=a%26b%22%3E%3Cx&page=1&tag=x&tag=y").content.decode()
-    # the markup carries the query encoded for the URL and escaped for HTML: no injected quote or tag
-    assert '<a href="?sort=a%26b%22%3E%3Cx&amp;page=2&amp;tag=x&amp;tag=y" rel="next">' in raw
+    last_on_first = re.findall(r"Review #(\d+)", raw)[-1]
+    # the markup carries the query encoded for the URL and escaped for HTML: no injected quote or tag; the
+    # keyset cursor replaces any page number
+    assert f'<a href="?sort=a%26b%22%3E%3Cx&amp;tag=x&amp;tag=y&amp;after={last_on_first}" rel="next">' in raw
     nxt = link(raw, "next")
     second = client.get("/reviews/" + nxt)
     assert second.wsgi_request.GET.getlist("tag") == ["x", "y"]
     assert second.wsgi_request.GET["sort"] == 'a&b"><x'
     page = second.content.decode()
-    assert "Page 2 of 2 (27 in all)" in page
-    assert link(page, "prev") == "?sort=a%26b%22%3E%3Cx&page=1&tag=x&tag=y"
+    assert "27 in all" in page and page.count("Review #") == 2
+    first_on_second = re.findall(r"Review #(\d+)", page)[0]
+    assert link(page, "prev") == f"?sort=a%26b%22%3E%3Cx&tag=x&tag=y&before={first_on_second}"
+    assert link(page, "first") == "?sort=a%26b%22%3E%3Cx&tag=x&tag=y"
