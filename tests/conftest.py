@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from accounts import roles, scopes, services
 from governance.hosts.haproxy import HAProxyFleet
+from tests import processes
 
 # pytest-django's live server writes a response's headers and its body in two sends. With Nagle's
 # algorithm on, the body waits for the ACK of the headers, which a keep-alive client (requests.Session,
@@ -140,6 +141,20 @@ def pytest_runtest_teardown(item, nextitem):
                 SESSION_SCANNER.discard()
             else:
                 SESSION_SCANNER.flush(item.nodeid)
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory):
+    """One freshly migrated SQLite database (the embedded default) for the session: migrating took
+    6-10 s, and each test runs on a copy of its own."""
+    return processes.migrated_sqlite(tmp_path_factory.mktemp("sqlite"))
+
+
+@pytest.fixture
+def sqlite_shell(migrated_sqlite, tmp_path):
+    """`sqlite_shell(script)`: run `script` with `manage.py shell -c` in a process of its own on this test's
+    copy of the migrated SQLite database; returns what it printed and the database file."""
+    return lambda script: processes.sqlite_shell(tmp_path, script, migrated_sqlite)
 
 
 @pytest.fixture(scope="session")

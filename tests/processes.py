@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,20 +162,38 @@ def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"({path} missing)"
 
 
-def sqlite_shell(tmp_path: Path, script: str) -> tuple[str, Path]:
-    """Run `script` with `manage.py shell -c` on a freshly migrated SQLite database (the embedded default)
-    in a process of its own; it must succeed. Returns what it printed and the database file."""
-    db_file = tmp_path / "registry.sqlite3"
+def _sqlite_run(data_dir: Path, db_file: Path, *args: str) -> str:
+    """`manage.py ARGS` on the SQLite database `db_file` (the embedded default) in a process of its own;
+    it must succeed. Returns what it printed."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{db_file}",
         "DJANGO_DEBUG": "1",
-        "DATA_DIR": str(tmp_path / "data"),
+        "DATA_DIR": str(data_dir),
         "CELERY_BROKER_URL": "filesystem://",
     }
-    manage = [sys.executable, str(BASE_DIR / "manage.py")]
-    migrate = subprocess.run([*manage, "migrate", "--noinput"], env=env, cwd=BASE_DIR, capture_output=True, text=True)
-    assert migrate.returncode == 0, migrate.stderr
-    shell = subprocess.run([*manage, "shell", "-c", script], env=env, cwd=BASE_DIR, capture_output=True, text=True)
-    assert shell.returncode == 0, shell.stderr
-    return shell.stdout, db_file
+    done = subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), *args], env=env, cwd=BASE_DIR, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def migrated_sqlite(directory: Path) -> Path:
+    """A freshly migrated SQLite database in `directory` (the session makes one; tests run on copies)."""
+    db_file = directory / "registry.sqlite3"
+    _sqlite_run(directory / "data", db_file, "migrate", "--noinput")
+    return db_file
+
+
+def sqlite_shell(tmp_path: Path, script: str, migrated: Path) -> tuple[str, Path]:
+    """Run `script` with `manage.py shell -c` on a copy of the freshly migrated SQLite database `migrated`;
+    it must succeed. Returns what it printed and the database file."""
+    db_file = tmp_path / "registry.sqlite3"
+    source, copy = sqlite3.connect(migrated), sqlite3.connect(db_file)
+    try:
+        source.backup(copy)  # a consistent copy, WAL included
+    finally:
+        source.close()
+        copy.close()
+    return _sqlite_run(tmp_path / "data", db_file, "shell", "-c", script), db_file

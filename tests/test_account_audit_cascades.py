@@ -25,7 +25,6 @@ from core import context
 from governance import services as governance
 from registry import services as registry
 from registry.models import RegisteredModel
-from tests.processes import sqlite_shell
 from tests.test_access_audit import NewEvents, perm
 from tests.test_account_audit import _no_actor_left_from_an_earlier_request  # noqa: F401 - autouse fixture
 from tests.test_group_audit import admin_client, assert_chain_verifies  # noqa: F401 - admin_client is a fixture
@@ -288,7 +287,7 @@ def test_record_many_links_events_in_order_across_statements(db, monkeypatch):
     assert_chain_verifies()
 
 
-def test_a_group_deletion_is_recorded_on_sqlite_too(tmp_path):
+def test_a_group_deletion_is_recorded_on_sqlite_too(sqlite_shell):
     """The embedded default links events in Python: the cascade's events join the chain one by one, in order."""
     script = (
         "from django.contrib.auth.models import Group, User\n"
@@ -303,7 +302,7 @@ def test_a_group_deletion_is_recorded_on_sqlite_too(tmp_path):
         "print('actions', [e.action for e in AuditEvent.objects.filter(seq__gt=start).order_by('seq')])\n"
         "call_command('audit_verify')\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert f"actions {['permission.revoked'] * 4 + ['owner_group.cleared', 'group.deleted']}" in printed
     assert "OK: " in printed
 

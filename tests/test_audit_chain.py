@@ -24,7 +24,6 @@ from audit import chain
 from audit.models import AuditChainHead, AuditEvent
 from audit.services import record
 from tests.conftest import bearer
-from tests.processes import sqlite_shell
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_SCRIPT = ROOT / "audit" / "chain.py"
@@ -183,7 +182,7 @@ def test_orm_update_and_delete_rejected(three_events):
     assert AuditEvent.objects.get(seq=2).reason == ""
 
 
-def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
+def test_raw_sql_update_and_delete_rejected_on_sqlite(sqlite_shell):
     script = (
         "from django.core.management import call_command\n"
         "from django.db import transaction\n"
@@ -193,7 +192,7 @@ def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
         "    record(action='test.sqlite', subject_type='test', subject_id='2', actor='system:test')\n"
         "call_command('audit_verify')\n"  # read back from SQLite, the chain still verifies
     )
-    printed, db_file = sqlite_shell(tmp_path, script)
+    printed, db_file = sqlite_shell(script)
     assert "OK: 2 audit events verified" in printed
 
     db = sqlite3.connect(db_file)
@@ -228,7 +227,7 @@ def test_raw_sql_update_and_delete_rejected_on_sqlite(tmp_path):
         db.close()
 
 
-def test_event_times_follow_the_chain_on_sqlite(tmp_path):
+def test_event_times_follow_the_chain_on_sqlite(sqlite_shell):
     """SQLite links in Python: the time is taken with the head held, never earlier than the head's."""
     script = (
         "from datetime import timedelta\n"
@@ -247,7 +246,7 @@ def test_event_times_follow_the_chain_on_sqlite(tmp_path):
         "assert second.at == ahead, (second.at, ahead)\n"
         "call_command('audit_verify')\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert "OK: 2 audit events verified" in printed
 
 

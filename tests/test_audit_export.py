@@ -17,7 +17,6 @@ from audit import chain, selectors
 from audit.models import AuditEvent, format_time
 from audit.services import record
 from tests.conftest import bearer
-from tests.processes import sqlite_shell
 from tests.test_audit_chain import system_python, tamper
 
 URL = "/api/v1/audit/events"
@@ -445,7 +444,7 @@ def test_events_without_a_stored_line_are_exported_alike(auditor, log, monkeypat
     call_command("audit_verify", stdout=io.StringIO())
 
 
-def test_sqlite_exports_the_stored_lines_and_builds_missing_ones(tmp_path):
+def test_sqlite_exports_the_stored_lines_and_builds_missing_ones(sqlite_shell):
     """On the embedded default (SQLite) record() stores each line as it links the event, and the export
     builds the line of an event that has none (a database older than migration 0005), byte for byte."""
     script = (
@@ -470,7 +469,7 @@ def test_sqlite_exports_the_stored_lines_and_builds_missing_ones(tmp_path):
         "assert b''.join(selectors.ndjson_chunks(selectors.events())) == expected\n"
         "print('exported', len(events))\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert printed.splitlines()[-1] == f"exported {len(TRICKY)}"
 
 
@@ -545,7 +544,7 @@ def test_filtered_export_pages_through_every_match(auditor, log, monkeypatch):
     assert seqs(json.loads(line) for line in b"".join(chunks).splitlines()) == seqs(expected)
 
 
-def test_sqlite_export_stream_lets_writers_in(tmp_path):
+def test_sqlite_export_stream_lets_writers_in(sqlite_shell):
     """On SQLite a transaction is the write lock (transaction_mode IMMEDIATE): an export held open by a slow
     client must not hold one, or every write waits for the download and fails with "database is locked". With
     a CSV and an NDJSON stream partly read, another connection records an event; each export is then complete,
@@ -589,7 +588,7 @@ def test_sqlite_export_stream_lets_writers_in(tmp_path):
         "    assert after.startswith(expected) and f'written.mid.{fmt}'.encode() in after[len(expected):], fmt\n"
         "    print(fmt, 'written mid-export', len(body))\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert [line.split()[:3] for line in printed.splitlines()[-2:]] == [
         ["csv", "written", "mid-export"],
         ["ndjson", "written", "mid-export"],

@@ -18,7 +18,6 @@ from accounts.authentication import LAST_USED_RESOLUTION
 from accounts.models import ApiToken
 from audit.models import AuditEvent
 from tests.conftest import bearer
-from tests.processes import sqlite_shell
 
 TOKENS = "/api/v1/tokens/"
 
@@ -446,7 +445,7 @@ def test_token_look_up_reads_what_the_orm_reads(personas, make_token):
     assert token_by_hash(ApiToken.hash_token(plaintext + "x")) is None
 
 
-def test_token_look_up_on_sqlite(tmp_path):
+def test_token_look_up_on_sqlite(sqlite_shell):
     """The embedded default: SQLite hands back text dates and integer booleans, the converters fix them."""
     script = (
         "from datetime import datetime\n"
@@ -462,7 +461,7 @@ def test_token_look_up_on_sqlite(tmp_path):
         "assert isinstance(token.user.date_joined, datetime) and token.user.date_joined.tzinfo is not None\n"
         "print('ok', token.user.username)\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert "ok sq" in printed
 
 

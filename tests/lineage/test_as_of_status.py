@@ -19,7 +19,6 @@ from lineage import graph as graphs
 from lineage import nodes
 from registry import services as registry_services
 from tests.lineage.test_page import PAGE, boxes, login, svg_of
-from tests.processes import sqlite_shell
 
 pytestmark = pytest.mark.django_db
 
@@ -127,7 +126,7 @@ def test_the_status_as_of_costs_no_extra_query(personas, history):
     assert sorted(models.values()) == ["deprecated", "registered"]
 
 
-def test_an_as_of_with_another_offset_is_the_same_instant_on_sqlite(tmp_path):
+def test_an_as_of_with_another_offset_is_the_same_instant_on_sqlite(sqlite_shell):
     """SQLite compares times as text: an as_of written as +02:00 read the status of two hours later."""
     script = (
         "import time\n"
@@ -150,5 +149,5 @@ def test_an_as_of_with_another_offset_is_the_same_instant_on_sqlite(tmp_path):
         "    walk = graph.walk(user=owner, start=start, as_of=as_of)\n"
         "    print('state', [n['state'] for n in walk.nodes.values()])\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert printed.count("state ['registered']") == 3, printed

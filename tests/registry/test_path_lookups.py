@@ -9,7 +9,6 @@ from django.test.utils import CaptureQueriesContext
 from accounts import access
 from registry import selectors
 from registry.models import Alias, ModelVersion, RegisteredModel
-from tests.processes import sqlite_shell
 from tests.registry.helpers import register_body, s3_manifest
 
 BASE = "/api/v1/models/acme/churn"
@@ -84,7 +83,7 @@ def test_codenames_read_with_the_object_are_what_the_permission_query_says(churn
     assert ("view_registeredmodel" in remembered) == (persona in ("owner", "reviewer", "auditor"))
 
 
-def test_path_reads_and_their_access_checks_on_sqlite(tmp_path):
+def test_path_reads_and_their_access_checks_on_sqlite(sqlite_shell):
     """The embedded default has no arrays: the look-ups read no codenames there, and the access check asks
     on its own, with the same answers (owner 200, outsider 404)."""
     script = (
@@ -104,5 +103,5 @@ def test_path_reads_and_their_access_checks_on_sqlite(tmp_path):
         "    return client.get('/api/v1/models/acme/churn' + path).status_code\n"
         "print('statuses', [get(u, p) for u in (owner, outsider) for p in ('', '/versions/1', '/aliases/champion')])\n"
     )
-    printed, _ = sqlite_shell(tmp_path, script)
+    printed, _ = sqlite_shell(script)
     assert "statuses [200, 200, 200, 404, 404, 404]" in printed
