@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+WORD = re.compile(r"[A-Za-z0-9_\-]+")
 TOKEN_FORMAT = re.compile(r"^mgr_[0-9a-f]{12}_[A-Za-z0-9_\-]{20,}$")
 MAX_CAPTURE_PER_TEST = 8 * 1024 * 1024  # bytes of response bodies kept per test (enough for every API page)
 ACTIVE: list[SecretScanner] = []
@@ -54,6 +55,10 @@ class SecretScanner:
     captured: list[tuple[str, str]] = field(default_factory=list)  # (where, text)
     captured_bytes: int = 0
     findings: list[Finding] = field(default_factory=list)
+    # The index scan_text searches by: secrets of word characters (every API token and its secret part,
+    # most credentials) by length; the others, few, one by one.
+    words_by_length: dict[int, set[str]] = field(default_factory=dict)
+    others: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(
         default_factory=lambda: {"tokens": 0, "credentials": 0, "responses": 0, "log_records": 0, "audit_events": 0}
     )
@@ -62,10 +67,19 @@ class SecretScanner:
     def add_secret(self, value: str | None, kind: str) -> None:
         if not value or len(value) < 8 or value in self.secrets:
             return
-        self.secrets[value] = f"{kind} {value[:8]}…"
+        self._index(value, f"{kind} {value[:8]}…")
         self.stats["tokens" if kind == "API token" else "credentials"] += 1
         if kind == "API token":  # the secret part alone is as bad as the whole token
-            self.secrets.setdefault(value.split("_", 2)[2], f"{kind} {value[:8]}… (its secret part)")
+            self._index(value.split("_", 2)[2], f"{kind} {value[:8]}… (its secret part)")
+
+    def _index(self, value: str, label: str) -> None:
+        if value in self.secrets:
+            return
+        self.secrets[value] = label
+        if WORD.fullmatch(value):
+            self.words_by_length.setdefault(len(value), set()).add(value)
+        else:
+            self.others.append(value)
 
     def read_env_refs(self) -> None:
         for name in self.env_refs:
@@ -81,12 +95,27 @@ class SecretScanner:
             self.stats[kind] += 1
 
     def scan_text(self, where: str, text: str) -> list[Finding]:
-        found = []
-        for value, label in self.secrets.items():
+        """Every secret found in `text`, at its first place. A secret of word characters lies inside a run of
+        them at least as long as itself, so each run is looked up window by window in the index: a search
+        for each of the session's thousands of tokens in turn made the scan a seventh of the suite's time."""
+        first: dict[str, int] = {}
+        for value in self.others:
             at = text.find(value)
             if at >= 0:
-                context = text[max(0, at - 60) : at].replace(value, "<secret>") + "<secret>"
-                found.append(Finding(label, where, context[-120:]))
+                first[value] = at
+        lengths = sorted(self.words_by_length)
+        if lengths:
+            for run in re.finditer(rf"[A-Za-z0-9_\-]{{{lengths[0]},}}", text):
+                word = run.group()
+                for length in lengths:
+                    values = self.words_by_length[length]
+                    for i in range(len(word) - length + 1):
+                        if word[i : i + length] in values:
+                            first.setdefault(word[i : i + length], run.start() + i)
+        found = []
+        for value, at in sorted(first.items(), key=lambda item: item[1]):
+            context = text[max(0, at - 60) : at].replace(value, "<secret>") + "<secret>"
+            found.append(Finding(self.secrets[value], where, context[-120:]))
         return found
 
     def flush(self, test_id: str = "") -> list[Finding]:

@@ -91,3 +91,24 @@ def test_the_session_verdict_fails_on_a_finding(scanner):
         secret_scan.verdict(scanner)
     assert "s" * 43 not in str(failure.value)  # the report names the leak, not the secret
     secret_scan.verdict(secret_scan.SecretScanner())  # nothing found: passes
+
+
+def test_the_index_finds_a_secret_inside_a_longer_word_and_one_of_any_characters():
+    """scan_text looks word-character secrets up by length in the runs of such characters (a secret may sit
+    inside a longer run) and searches for the others one by one; each is reported once, at its first place."""
+    own = secret_scan.SecretScanner()
+    token = "mgr_0123456789ab_" + "Se-cretPart_" * 3
+    secret_part = token.split("_", 2)[2]
+    own.add_secret(token, "API token")
+    own.add_secret("pa$$ word:with/symbols", "host credential (env X)")
+    text = f"x{token[1:]}tail, again prefix{secret_part}suffix, and 'pa$$ word:with/symbols'"
+    found = own.scan_text("planted", text)
+    assert [f.secret_label for f in found] == [
+        "API token mgr_0123… (its secret part)",
+        "host credential (env X) pa$$ wor…",
+    ]
+    assert found[0].context.endswith("x" + token[1:17] + "<secret>")
+    near_miss = own.scan_text("planted", text.replace(secret_part, secret_part[:-1] + "X"))
+    assert [f.secret_label for f in near_miss] == ["host credential (env X) pa$$ wor…"]
+    assert own.scan_text("whole", f"({token})")[0].secret_label == "API token mgr_0123…"
+    assert own.scan_text("clean", token[:-1] + " pa$$ word") == []
