@@ -85,6 +85,6 @@ def keyset_page(
         object_list=rows,
         previous=rows[0].pk if earlier else None,
         next=rows[-1].pk if more else None,
-        count=queryset[: count_cap + 1].count(),
+        count=queryset.order_by()[: count_cap + 1].count(),
         count_cap=count_cap,
     )
