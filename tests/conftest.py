@@ -2,6 +2,7 @@
 
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -84,7 +85,7 @@ def bearer(token: str) -> APIClient:
 
 
 # --- Secret scan (tests/secret_scan.py): no API token or host credential in logs, audit events or API
-# responses, across the whole session; the last test (tests/zz_secret_scan) fails on any finding.
+# responses, across the whole session; the run fails on any finding (pytest_sessionfinish below).
 
 SESSION_SCANNER = None
 
@@ -102,24 +103,64 @@ connection_created.connect(_allow_truncate, dispatch_uid="tests-allow-truncate")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "plants_secrets: the test leaks secrets on purpose; the session scan skips it")
-    config.addinivalue_line("markers", "secret_scan_final: the session's secret scan verdict; always runs last")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    final = [item for item in items if item.get_closest_marker("secret_scan_final")]
-    items[:] = [item for item in items if item not in final] + final
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_ScanResultsFromWorkers())
 
 
 @pytest.fixture(scope="session", autouse=True)
-def secret_scanner():
+def secret_scanner(tmp_path_factory):
     global SESSION_SCANNER
     from tests import secret_scan
 
     secret_scan.install()
     if SESSION_SCANNER is None:
         SESSION_SCANNER = secret_scan.SecretScanner()
+        SESSION_SCANNER.log_roots = [tmp_path_factory.getbasetemp()]
         secret_scan.ACTIVE.append(SESSION_SCANNER)
     return SESSION_SCANNER
+
+
+# The verdict comes after every test and fixture of every process: each process (pytest-xdist's workers, or
+# the one process without it) ends its scan with the log files its servers and workers wrote, and the
+# process that started the run fails it naming each leak.
+SCAN_RESULTS: list[dict] = []
+SCAN_VERDICT: list[str] = []
+
+
+class _ScanResultsFromWorkers:
+    def pytest_testnodedown(self, node, error):
+        result = getattr(node, "workeroutput", {}).get("secret_scan")
+        if result is not None:
+            SCAN_RESULTS.append(result)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the terminal summary, which reads the verdict
+def pytest_sessionfinish(session):
+    from django.conf import settings
+
+    from tests import secret_scan
+
+    config = session.config
+    if SESSION_SCANNER is not None:
+        result = SESSION_SCANNER.session_result([Path(settings.DATA_DIR), *SESSION_SCANNER.log_roots])
+        if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller gives the verdict
+            config.workeroutput["secret_scan"] = result
+            return
+        SCAN_RESULTS.append(result)
+    if SCAN_RESULTS:
+        whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        summary, failure = secret_scan.verdict(SCAN_RESULTS, expect_traffic=whole_suite)
+        SCAN_VERDICT.append(summary)
+        if failure:
+            SCAN_VERDICT.append(failure)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SCAN_VERDICT:
+        terminalreporter.section("secret scan", red=len(SCAN_VERDICT) > 1, green=len(SCAN_VERDICT) == 1)
+        for line in SCAN_VERDICT:
+            terminalreporter.line(line)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -13,8 +13,9 @@ How it works (installed by tests/conftest.py for every session):
   token, POST /api/v1/tokens/ -> 201, is kept without its `token` field), and the before/after/reason
   JSON of every audit event written in this process.
 - At the end of each test the captured outputs are searched for every secret known so far, and
-  findings are kept. The session's last test (tests/zz_secret_scan) also searches the log files
-  under DATA_DIR and pytest's temporary directories, and fails naming each leak.
+  findings are kept. When the session ends, each process (each pytest-xdist worker) also searches the
+  log files under DATA_DIR and its pytest temporary directory, and the run fails naming each leak
+  (tests/conftest.py, pytest_sessionfinish; the verdict is printed in the "secret scan" section).
 
 Tests that plant leaks on purpose (the scanner's own tests) carry @pytest.mark.plants_secrets: the
 session scanner ignores what they capture.
@@ -55,6 +56,7 @@ class SecretScanner:
     captured: list[tuple[str, str]] = field(default_factory=list)  # (where, text)
     captured_bytes: int = 0
     findings: list[Finding] = field(default_factory=list)
+    log_roots: list[Path] = field(default_factory=list)  # the session scan's log files: pytest's temporary folder
     # The index scan_text searches by: secrets of word characters (every API token and its secret part,
     # most credentials) by length; the others, few, one by one.
     words_by_length: dict[int, set[str]] = field(default_factory=dict)
@@ -127,6 +129,17 @@ class SecretScanner:
             found += self.scan_text(f"{where} during {test_id}" if test_id else where, text)
         self.findings += found
         return found
+
+    def session_result(self, log_roots: list[Path]) -> dict:
+        """What this process found over the session, the log files under `log_roots` included, in plain
+        types (a pytest-xdist worker sends it to the process that gives the verdict)."""
+        self.flush("the session")
+        self.scan_files(log_roots)
+        return {
+            "findings": [str(f) for f in self.findings],
+            "stats": dict(self.stats),
+            "secrets": len(self.secrets),
+        }
 
     def discard(self) -> None:
         with _lock:
@@ -259,7 +272,15 @@ def install() -> None:
     logging.getLogger().addHandler(handler)
 
 
-def verdict(scanner: SecretScanner) -> None:
-    """Fail naming every distinct leak (never the secret itself)."""
-    findings = list(dict.fromkeys(str(f) for f in scanner.findings))
-    assert not findings, f"{len(findings)} leaks of API tokens or host credentials:\n" + "\n".join(findings[:50])
+def verdict(results: list[dict], *, expect_traffic: bool) -> tuple[str, str]:
+    """The run's summary line and its failure ("" when none) from each process's session_result: every
+    distinct leak named (never the secret itself); with `expect_traffic` (the whole suite ran), a scan
+    that saw no token, response or log record fails too, as it would pass whatever leaked."""
+    findings = list(dict.fromkeys(f for result in results for f in result["findings"]))
+    stats = {key: sum(result["stats"][key] for result in results) for key in results[0]["stats"]}
+    summary = f"secret scan: {sum(r['secrets'] for r in results)} secret values in {len(results)} process(es); {stats}"
+    if findings:
+        return summary, f"{len(findings)} leaks of API tokens or host credentials:\n" + "\n".join(findings[:50])
+    if expect_traffic and not (stats["tokens"] and stats["responses"] and stats["log_records"]):
+        return summary, f"the secret scan saw no tokens, responses or log records, so it checked nothing: {stats}"
+    return summary, ""

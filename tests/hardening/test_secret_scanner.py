@@ -5,6 +5,8 @@ and check a scanner of their own, fed by the same hooks.
 """
 
 import logging
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from accounts import scopes
 from accounts import services as account_services
 from audit.services import record
 from tests import secret_scan
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.plants_secrets
 
@@ -83,14 +87,49 @@ def test_a_host_credential_named_by_a_target_is_found_in_a_log_file(scanner, per
     assert [f.where for f in found] == [f"log file {logs / 'worker.log'}"]
 
 
-def test_the_session_verdict_fails_on_a_finding(scanner):
+def test_the_session_verdict_fails_on_a_finding_of_any_process(scanner, tmp_path):
     scanner.add_secret("mgr_0123456789ab_" + "s" * 43, "API token")
     scanner.capture("API response GET /api/v1/x 200", "... mgr_0123456789ab_" + "s" * 43, "responses")
-    scanner.flush("planted")
-    with pytest.raises(AssertionError, match="2 leaks of API tokens") as failure:
-        secret_scan.verdict(scanner)
-    assert "s" * 43 not in str(failure.value)  # the report names the leak, not the secret
-    secret_scan.verdict(secret_scan.SecretScanner())  # nothing found: passes
+    (tmp_path / "worker.log").write_text("token mgr_0123456789ab_" + "s" * 43)
+    leaky = scanner.session_result([tmp_path])
+    clean = secret_scan.SecretScanner().session_result([])
+    summary, failure = secret_scan.verdict([clean, leaky], expect_traffic=False)
+    assert summary.startswith("secret scan: 2 secret values in 2 process(es)")
+    assert failure.startswith("4 leaks of API tokens") and "s" * 43 not in failure  # the leak named, not the secret
+    assert f"log file {tmp_path / 'worker.log'}" in failure
+    assert secret_scan.verdict([clean], expect_traffic=False)[1] == ""
+    # the whole suite ran and the scan saw nothing: it checked nothing, which fails too
+    assert "checked nothing" in secret_scan.verdict([clean, clean], expect_traffic=True)[1]
+
+
+LEAKING_TESTS = """
+import logging
+
+def test_leaks(secret_scanner):
+    secret_scanner.add_secret("r8_" + "plantedLeak" * 3, "host credential (env PLANTED)")
+    logging.getLogger("leaky").warning("calling the host with r8_plantedLeakplantedLeakplantedLeak")
+
+def test_clean():
+    pass
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
+def test_a_leak_fails_the_run_after_its_tests_passed(tmp_path, workers):
+    """The verdict is the run's, not a test's: a real pytest run (with and without pytest-xdist, whose
+    workers each scan their own tests) whose tests all pass exits 1 naming the leak."""
+    (tmp_path / "test_planted.py").write_text(LEAKING_TESTS)
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")  # the suite's hooks
+    command = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT)]
+    command += ["-p", "no:randomly", *workers, "--basetemp", str(tmp_path / "base"), str(tmp_path / "test_planted.py")]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 passed" in run.stdout and "1 leaks of API tokens or host credentials" in run.stdout, run.stdout[-3000:]
+    assert "host credential (env PLANTED) r8_plant… found in log record (leaky) during" in run.stdout
+    assert "plantedLeakplantedLeak" not in run.stdout
+    if not workers:  # the run without the leak passes
+        clean = subprocess.run([*command, "-k", "clean"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0 and "secret scan: 0 secret values" in clean.stdout, clean.stdout[-3000:]
 
 
 def test_the_index_finds_a_secret_inside_a_longer_word_and_one_of_any_characters():
