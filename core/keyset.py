@@ -7,9 +7,10 @@ what the first does; the count is capped, so it reads at most COUNT_CAP + 1 rows
 list between two page loads (a request approved meanwhile) shifts nothing: the boundary is a position,
 not a row number, and it holds even when its own row has left.
 
-The cursor is the boundary row's primary key. Its position is read from the model's base manager, not
-from the (permission-filtered) list: it only says where the page starts, and the page itself shows
-rows of the list alone. A cursor that names no row is the first page, as a page number out of range is.
+The cursor is the boundary row's primary key. Its position is read from `positions`, the rows the user may
+see whatever their state (not from the list itself, which the row may have left): a cursor naming a row the
+user may not see would otherwise place that row among theirs. A cursor that names no such row is the first
+page, as a page number out of range is.
 """
 
 from dataclasses import dataclass
@@ -55,16 +56,18 @@ def keyset_page(
     queryset: QuerySet,
     params,
     *,
+    positions: QuerySet,
     order: tuple[str, ...] = ("created_at", "pk"),
     size: int = PAGE_SIZE,
     count_cap: int = COUNT_CAP,
 ) -> KeysetPage:
     """The page of `queryset` (in `order`, ascending; its last field unique) that `params` (a request's GET)
-    asks for with `after` or `before`; the first page when it asks for neither or names no row."""
+    asks for with `after` or `before`, the boundary read from `positions`; the first page when it asks for
+    neither or names no row of `positions`."""
     after, before = _cursor(params.get("after")), _cursor(params.get("before"))
     cursor = after if after is not None else before
     fields = dict.fromkeys(("pk", *order))
-    boundary = queryset.model._base_manager.filter(pk=cursor).values(*fields).first() if cursor else None
+    boundary = positions.filter(pk=cursor).values(*fields).first() if cursor else None
     queryset = queryset.order_by(*order)
     rows, earlier, more = [], False, False
     if boundary is not None and after is not None:

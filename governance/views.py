@@ -36,7 +36,7 @@ def paginate(request, queryset, param: str = "page"):
 def review_queue(request):
     queue = selectors.review_queue(user=request.user)
     with custom_plans():  # how many requests the page and its count scan varies too much for one plan
-        page = keyset_page(queue, request.GET)
+        page = keyset_page(queue, request.GET, positions=selectors.promotions_visible(user=request.user))
     rows = ui_selectors.queue_rows(list(page.object_list))
     return render(request, "governance/review_queue.html", {"page": page, "rows": rows, "now": timezone.now()})
 

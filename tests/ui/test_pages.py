@@ -4,7 +4,8 @@ import pytest
 from django.test import Client
 from django.utils.html import escape
 
-from governance import services
+from core.keyset import keyset_page
+from governance import selectors, services
 from governance.models import Approval, PromotionRequest
 from registry import services as registry
 from tests.ui import builders
@@ -104,6 +105,21 @@ def test_queue_is_paginated_by_position_not_page_number(seeded):
     # a cursor naming no request, or not a number, is the first page
     for query in ("?after=999999999", "?before=abc", "?after=-1", "?after=" + "9" * 40):
         assert shown(query)[0][:3] == first[:3], query
+
+
+def test_a_cursor_is_placed_only_by_a_request_the_user_may_see(seeded):
+    """The boundary's position comes from the rows the user may see: a cursor naming another row is the
+    first page, so it cannot place a hidden request among the user's own."""
+    owner, prod, reviewer = seeded["owner"].user, seeded["prod"], seeded["reviewer"].user
+    for i in range(26):
+        services.promotion_request(actor=owner, version=builders.version(owner, seeded["churn"], f"p{i}"), target=prod)
+    queue = selectors.review_queue(user=reviewer)
+    ordered = list(queue.order_by("created_at", "id").values_list("pk", flat=True))
+    boundary = ordered[10]
+    seen = keyset_page(queue, {"after": str(boundary)}, positions=selectors.promotions_visible(user=reviewer))
+    assert [r.pk for r in seen.object_list] == ordered[11:36] and seen.previous == ordered[11]
+    hidden = keyset_page(queue, {"after": str(boundary)}, positions=PromotionRequest.objects.exclude(pk=boundary))
+    assert [r.pk for r in hidden.object_list] == ordered[:25] and hidden.previous is None
 
 
 def test_request_page_shows_failing_rule_and_disabled_approve(seeded):
