@@ -471,7 +471,8 @@ def parallel(pytest_args: list[str]) -> list[str]:
     """pytest-xdist workers, one per core and at least TEST_WORKERS_MIN, unless the arguments choose (`-n 0`
     runs in one process). Much of the suite waits on processes it started (workers, servers, HAProxy), so
     two workers on two cores took 14 minutes where one process took 23 (the same machine, one afternoon)."""
-    if any(arg.startswith(("-n", "--numprocesses", "--dist")) or arg == "no:xdist" for arg in pytest_args):
+    chosen = ("-n", "--numprocesses", "--dist", "-d", "--tx", "--pdb", "--trace")  # xdist refuses the last two
+    if any(arg.startswith(chosen) or arg.endswith("no:xdist") for arg in pytest_args):
         return pytest_args
     workers = max(TEST_WORKERS_MIN, os.cpu_count() or 1)
     return ["-n", str(workers), "--dist", "worksteal", *pytest_args]

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts import roles, scopes, services
 from governance.hosts.haproxy import HAProxyFleet
-from tests import processes
+from tests import processes, secret_scan
 
 # pytest-django's live server writes a response's headers and its body in two sends. With Nagle's
 # algorithm on, the body waits for the ACK of the headers, which a keep-alive client (requests.Session,
@@ -110,8 +110,6 @@ def pytest_configure(config):
 @pytest.fixture(scope="session", autouse=True)
 def secret_scanner(tmp_path_factory):
     global SESSION_SCANNER
-    from tests import secret_scan
-
     secret_scan.install()
     if SESSION_SCANNER is None:
         SESSION_SCANNER = secret_scan.SecretScanner()
@@ -130,30 +128,42 @@ SCAN_VERDICT: list[str] = []
 class _ScanResultsFromWorkers:
     def pytest_testnodedown(self, node, error):
         result = getattr(node, "workeroutput", {}).get("secret_scan")
-        if result is not None:
-            SCAN_RESULTS.append(result)
+        if result is None:  # a worker that crashed or sent nothing: its leaks are unknown, so the run fails
+            worker = getattr(node, "workerinput", {}).get("workerid", "?")
+            result = secret_scan.failed_result(f"worker {worker} sent no scan result ({error or 'no error given'})")
+        SCAN_RESULTS.append(result)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the terminal summary, which reads the verdict
 def pytest_sessionfinish(session):
     from django.conf import settings
 
-    from tests import secret_scan
-
     config = session.config
+    worker = hasattr(config, "workerinput")
+    result = secret_scan.empty_result() if worker else None  # a worker that ran no test reports nothing found
     if SESSION_SCANNER is not None:
-        result = SESSION_SCANNER.session_result([Path(settings.DATA_DIR), *SESSION_SCANNER.log_roots])
-        if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller gives the verdict
-            config.workeroutput["secret_scan"] = result
-            return
+        try:
+            result = SESSION_SCANNER.session_result([Path(settings.DATA_DIR), *SESSION_SCANNER.log_roots])
+        except Exception as exc:  # noqa: BLE001 - a scan that could not finish must not pass for a clean one
+            result = secret_scan.failed_result(f"the scan of this process failed: {exc!r}")
+    if worker:  # a pytest-xdist worker: its controller gives the verdict
+        config.workeroutput["secret_scan"] = result
+        return
+    if result is not None:
         SCAN_RESULTS.append(result)
     if SCAN_RESULTS:
-        whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-        summary, failure = secret_scan.verdict(SCAN_RESULTS, expect_traffic=whole_suite)
+        summary, failure = secret_scan.verdict(SCAN_RESULTS, expect_traffic=_whole_suite(config))
         SCAN_VERDICT.append(summary)
         if failure:
             SCAN_VERDICT.append(failure)
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _whole_suite(config) -> bool:
+    """The run is the whole suite (no paths, no selection): then a scan that saw no traffic checked nothing."""
+    option = config.option
+    selected = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
+    return config.args_source == pytest.Config.ArgsSource.TESTPATHS and not selected
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -151,8 +151,11 @@ class SecretScanner:
             if not root.is_dir():
                 continue
             for path in root.rglob("*"):
-                if path.suffix in suffixes and path.is_file() and path.stat().st_size < 50 * 1024 * 1024:
-                    found += self.scan_text(f"log file {path}", path.read_text(errors="replace"))
+                try:
+                    if path.suffix in suffixes and path.is_file() and path.stat().st_size < 50 * 1024 * 1024:
+                        found += self.scan_text(f"log file {path}", path.read_text(errors="replace"))
+                except FileNotFoundError:  # rotated or removed by a process still running
+                    continue
         self.findings += found
         return found
 
@@ -270,6 +273,14 @@ def install() -> None:
 
     handler = _CaptureLogs(level=logging.DEBUG)
     logging.getLogger().addHandler(handler)
+
+
+def empty_result() -> dict:
+    return SecretScanner().session_result([])
+
+
+def failed_result(why: str) -> dict:
+    return {**empty_result(), "findings": [f"no verdict possible: {why}"]}
 
 
 def verdict(results: list[dict], *, expect_traffic: bool) -> tuple[str, str]:

@@ -100,6 +100,13 @@ def test_the_session_verdict_fails_on_a_finding_of_any_process(scanner, tmp_path
     assert secret_scan.verdict([clean], expect_traffic=False)[1] == ""
     # the whole suite ran and the scan saw nothing: it checked nothing, which fails too
     assert "checked nothing" in secret_scan.verdict([clean, clean], expect_traffic=True)[1]
+    # a worker that ran no test reports nothing found; one that crashed or whose scan failed fails the run
+    assert secret_scan.verdict([clean, secret_scan.empty_result()], expect_traffic=False)[1] == ""
+    lost = secret_scan.failed_result("worker gw1 sent no scan result (crashed)")
+    assert (
+        "no verdict possible: worker gw1 sent no scan result"
+        in secret_scan.verdict([clean, lost], expect_traffic=False)[1]
+    )
 
 
 LEAKING_TESTS = """
