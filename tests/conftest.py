@@ -136,7 +136,7 @@ class _ScanResultsFromWorkers:
 
 @pytest.hookimpl(tryfirst=True)  # before the terminal summary, which reads the verdict
 def pytest_sessionfinish(session):
-    from django.conf import settings
+    from django.conf import settings  # not at the top: fixtures here take pytest-django's `settings`
 
     config = session.config
     worker = hasattr(config, "workerinput")

@@ -32,8 +32,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORD = re.compile(r"[A-Za-z0-9_\-]+")
-TOKEN_FORMAT = re.compile(r"^mgr_[0-9a-f]{12}_[A-Za-z0-9_\-]{20,}$")
+WORD_CHAR = r"[A-Za-z0-9_\-]"  # what a token's secret part is made of
+WORD = re.compile(f"{WORD_CHAR}+")
+TOKEN_FORMAT = re.compile(rf"^mgr_[0-9a-f]{{12}}_{WORD_CHAR}{{20,}}$")
 MAX_CAPTURE_PER_TEST = 8 * 1024 * 1024  # bytes of response bodies kept per test (enough for every API page)
 ACTIVE: list[SecretScanner] = []
 _lock = threading.Lock()
@@ -107,13 +108,13 @@ class SecretScanner:
                 first[value] = at
         lengths = sorted(self.words_by_length)
         if lengths:
-            for run in re.finditer(rf"[A-Za-z0-9_\-]{{{lengths[0]},}}", text):
+            for run in re.finditer(rf"{WORD_CHAR}{{{lengths[0]},}}", text):
                 word = run.group()
                 for length in lengths:
                     values = self.words_by_length[length]
                     for i in range(len(word) - length + 1):
-                        if word[i : i + length] in values:
-                            first.setdefault(word[i : i + length], run.start() + i)
+                        if (piece := word[i : i + length]) in values:
+                            first.setdefault(piece, run.start() + i)
         found = []
         for value, at in sorted(first.items(), key=lambda item: item[1]):
             context = text[max(0, at - 60) : at].replace(value, "<secret>") + "<secret>"

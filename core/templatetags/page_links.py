@@ -11,10 +11,15 @@ from django.http import QueryDict
 register = template.Library()
 
 
+def _current_query(context) -> QueryDict:
+    """A mutable copy of the current request's query (empty outside a request)."""
+    request = context.get("request")
+    return request.GET.copy() if request is not None else QueryDict(mutable=True)
+
+
 @register.simple_tag(takes_context=True)
 def page_query(context, param: str, number) -> str:
-    request = context.get("request")
-    query = request.GET.copy() if request is not None else QueryDict(mutable=True)
+    query = _current_query(context)
     query[param] = str(number)
     return f"?{query.urlencode()}"
 
@@ -23,8 +28,7 @@ def page_query(context, param: str, number) -> str:
 def keyset_query(context, direction: str = "", pk=None) -> str:
     """The current query string with the keyset cursor (core/keyset.py) set to `direction`=`pk` (after or
     before), the other one and any page number dropped; with no direction, the first page's."""
-    request = context.get("request")
-    query = request.GET.copy() if request is not None else QueryDict(mutable=True)
+    query = _current_query(context)
     for param in ("after", "before", "page"):
         query.pop(param, None)
     if direction:
