@@ -12,12 +12,14 @@ from rest_framework.test import APIClient
 
 from accounts import roles, scopes, services
 from governance.hosts.haproxy import HAProxyFleet
-from tests import processes, secret_scan
+from tests import db_flush, processes, secret_scan
 
 # pytest-django's live server writes a response's headers and its body in two sends. With Nagle's
 # algorithm on, the body waits for the ACK of the headers, which a keep-alive client (requests.Session,
 # Chromium) delays by 40 ms: every request after a connection's first took 44 ms instead of 2.
 QuietWSGIRequestHandler.disable_nagle_algorithm = True
+
+db_flush.install()  # after a transactional test, only the tables it wrote to are truncated
 
 
 @dataclass
