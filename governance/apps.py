@@ -7,6 +7,8 @@ class GovernanceConfig(AppConfig):
     def ready(self) -> None:
         # Governance's sections of the lineage trail, release trails and release lineage nodes
         # (lineage offers the hooks; it never imports governance).
-        from governance import trail_sections
+        from governance import deployment, trail_sections
+        from registry.services import register_archive_check
 
         trail_sections.register()
+        register_archive_check(deployment.check_archive)

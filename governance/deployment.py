@@ -30,7 +30,8 @@ from django.utils import timezone
 
 from audit.services import record
 from core.errors import Conflict, InvalidInput
-from governance.choices import ReleaseState
+from governance import selectors
+from governance.choices import PromotionState, ReleaseState
 from governance.hosts import HOSTS
 from governance.hosts.base import Health, HostError, HostStatus, ReleaseSpec
 from governance.models import DeploymentTarget, PromotionRequest, Release, ServingPeriod
@@ -82,6 +83,14 @@ def _retire(release: Release | None, state: str, now) -> None:
 def release_start(*, actor, promotion: PromotionRequest) -> Release:
     """An approved promotion becomes the target's desired release. Runs inside the approval's transaction."""
     target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=promotion.target_id)
+    # Read again, not from the request's row: an archive that committed while this approval waited for the request's
+    # lock (check_archive takes it) is not in the version read with that row. Raising rolls the approval back.
+    if ModelVersion.objects.filter(pk=promotion.version_id, status=VersionStatus.ARCHIVED).exists():
+        raise Conflict(
+            f"Version {promotion.version} was archived while promotion #{promotion.pk} was being decided; archived "
+            "versions are not deployed. Nothing was recorded.",
+            code="version_archived",
+        )
     now = timezone.now()
     previous = target.desired_release
     if previous is not None and previous.state in ACTIVE:  # never went live: replaced by the newer approval
@@ -114,6 +123,39 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
     )
     transaction.on_commit(lambda: _enqueue(target.pk))
     return release
+
+
+def check_archive(*, actor, version: ModelVersion) -> None:
+    """The registry's archive check (GovernanceConfig.ready): a version a release serves, or is on its way to serve,
+    is not archived (archived is final: never served again); roll the target back or promote another version first.
+
+    It runs under the version's row lock and locks the version's pending requests (lock order: version, then
+    promotion): an approval under way, which may start a release, commits before the releases are read, and one
+    that waited for this archive finds the version archived (release_start)."""
+    list(PromotionRequest.objects.select_for_update(no_key=True).filter(version=version, state=PromotionState.PENDING))
+    releases = list(
+        Release.objects.filter(version=version, state__in=(*ACTIVE, ReleaseState.LIVE))
+        .select_related("target")
+        .order_by("target__name", "number")
+    )
+    if not releases:
+        return
+    visible = set(selectors.targets_visible(user=actor).values_list("pk", flat=True))
+    named = [f"release {r.number} on {r.target.name} ({r.state})" for r in releases if r.target_id in visible]
+    hidden = len(releases) - len(named)
+    where = ", ".join(named + ([f"{hidden} on targets you may not view"] if hidden else []))
+    raise Conflict(
+        f"Version {version} cannot be archived while it serves or is being deployed: {where}. Roll the target back "
+        "or promote another version there first.",
+        code="version_in_use",
+        detail={
+            "releases": [
+                {"target": r.target.name, "number": r.number, "state": r.state}
+                for r in releases
+                if r.target_id in visible
+            ]
+        },
+    )
 
 
 def record_deployed_edge(release: Release) -> None:
@@ -176,9 +218,13 @@ def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_numb
             raise Conflict(f"Release {to.number} is already the desired release of {target}.", code="already_desired")
         now = timezone.now()
         _retire(current, ReleaseState.ROLLED_BACK, now)
-        to.state = ReleaseState.PENDING
-        to.ended_at = None
-        to.save(update_fields=["state", "ended_at"])
+        if to.state != ReleaseState.LIVE:
+            to.state = ReleaseState.PENDING
+            to.ended_at = None
+            to.save(update_fields=["state", "ended_at"])
+        # else: an abort of a release still on its way (the one it would have replaced still serves): `to` stays live,
+        # its serving period open; as pending, a newer approval would supersede it while it served, and a host
+        # error fail it.
         target.desired_release = to
         target.save(update_fields=["desired_release"])
         record(
@@ -495,11 +541,15 @@ def _record_live(
         now = timezone.now()
         for other in target.releases.filter(state=ReleaseState.LIVE).exclude(pk=release.pk):
             _retire(other, ReleaseState.SUPERSEDED, now)
-        ServingPeriod.objects.filter(target=target, ended_at__isnull=True).update(ended_at=now)
-        ServingPeriod.objects.create(target=target, release=release, started_at=now)
+        serving = ServingPeriod.objects.filter(target=target, ended_at__isnull=True)
+        if list(serving.values_list("release_id", flat=True)) != [release.pk]:
+            serving.update(ended_at=now)
+            ServingPeriod.objects.create(target=target, release=release, started_at=now)
+            release.live_at = now
+        # else it never stopped serving by our records (a drift repaired, an aborted deploy's host call undone):
+        # its period and live_at, which the soak rule (min_live_on_stage) reads, go on.
         release.state = ReleaseState.LIVE
         release.traffic_percent = 100
-        release.live_at = now
         release.endpoint_url = status.endpoint_url or release.endpoint_url
         release.host_release_id = host_release_id or release.host_release_id
         release.save(update_fields=["state", "traffic_percent", "live_at", "endpoint_url", "host_release_id"])
@@ -670,6 +720,8 @@ def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus)
     beside = target.last_good_release
     serving = {s.release_number for s in status.serving if s.traffic_percent > 0}
     if beside is None or beside.pk == release.pk or beside.number not in serving:
+        return None
+    if beside.state != ReleaseState.LIVE:  # rolled back from (its rollback not converged yet): never beside it
         return None
     return Canary(rollout, beside)
 

@@ -333,6 +333,18 @@ def register_run_claim_check(check) -> None:
         _RUN_CLAIM_CHECKS.append(check)
 
 
+# Checks another app makes before a version is archived, added from its AppConfig.ready(): governance refuses while
+# a release of the version serves or is on its way (archived is final: never served again).
+_ARCHIVE_CHECKS: list = []
+
+
+def register_archive_check(check) -> None:
+    """check(actor=, version=) raises a DomainError to refuse the archive. It runs in the archive's transaction,
+    under the version's row lock, and may lock rows that come after it in the lock order (docs/architecture.md)."""
+    if check not in _ARCHIVE_CHECKS:
+        _ARCHIVE_CHECKS.append(check)
+
+
 def version_register(*, actor, model: RegisteredModel, content: VersionContent, tags: dict | None = None):
     """Register a version. Same digest again -> (existing, False); same digest, other content -> 409.
 
@@ -456,6 +468,8 @@ def version_update(
                 )
             if status == VersionStatus.ARCHIVED:
                 _check_no_alias_points_at(version)
+                for check in _ARCHIVE_CHECKS:
+                    check(actor=actor, version=version)
             before["status"], after["status"] = version.status, status
             version.status = status
         if after:

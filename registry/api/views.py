@@ -154,6 +154,10 @@ class VersionDetailView(ModelScopedView):
         request=s.VersionUpdateInput,
         responses={
             200: s.VersionOutput,
+            409: OpenApiResponse(
+                description="invalid_transition (archived is final), or version_in_use: an archive of a version an "
+                "alias points at or a release serves or is on its way to"
+            ),
             412: OpenApiResponse(description="precondition_failed: If-Match names another state of the version"),
         },
         parameters=[if_match_header("the version"), etag_header("the version")],

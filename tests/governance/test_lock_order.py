@@ -27,6 +27,14 @@ def waiting_on_a_lock(pid: int) -> bool:
     return bool(row) and row[0] == "Lock"
 
 
+def comes_to_wait_on_a_lock(pids: list[int], seconds: float = 10) -> bool:
+    """Whether the connection whose backend pid lands in `pids` (from its thread) waits for a row lock in time."""
+    deadline = time.monotonic() + seconds
+    while not (pids and waiting_on_a_lock(pids[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(pids) and waiting_on_a_lock(pids[0])
+
+
 def in_thread(outcome: dict, key: str, work) -> threading.Thread:
     """Run `work()` on its own connection; its result (or the exception's repr) lands in outcome[key]."""
 
@@ -72,10 +80,7 @@ def test_a_final_approval_and_a_reconcile_of_its_target_do_not_deadlock(world):
     reconciler = in_thread(outcome, "reconcile", lambda: reconcile_like(target, holding, released))
     assert holding.wait(10)
     approver = in_thread(outcome, "approval", final_approval)
-    deadline = time.monotonic() + 10
-    while not (approver_pid and waiting_on_a_lock(approver_pid[0])) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert approver_pid and waiting_on_a_lock(approver_pid[0]), "the approval should be waiting for the target"
+    assert comes_to_wait_on_a_lock(approver_pid), "the approval should be waiting for the target"
     released.set()  # the reconcile now appends its audit event and commits
     reconciler.join(20)
     approver.join(20)
@@ -104,10 +109,7 @@ def test_a_new_promotion_and_a_reconcile_of_its_target_do_not_deadlock(world, ap
     reconciler = in_thread(outcome, "reconcile", lambda: reconcile_like(target, holding, released))
     assert holding.wait(10)
     requester = in_thread(outcome, "request", request)
-    deadline = time.monotonic() + 10
-    while not (requester_pid and waiting_on_a_lock(requester_pid[0])) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert requester_pid and waiting_on_a_lock(requester_pid[0]), "the request should be waiting for the target"
+    assert comes_to_wait_on_a_lock(requester_pid), "the request should be waiting for the target"
     released.set()
     reconciler.join(20)
     requester.join(20)

@@ -113,11 +113,63 @@ def test_a_deploy_failing_after_a_rollback_does_not_fail_the_rollback(world, rep
     assert reconcile(rep) == "failed"  # the task's outcome for release 2's non-retryable error
     rep.refresh_from_db()
     assert rep.desired_release.number == 1
-    assert states(rep) == {1: "pending", 2: "rolled_back"}
+    assert states(rep) == {1: "live", 2: "rolled_back"}  # release 1 never stopped serving
     assert not AuditEvent.objects.filter(action="release.failed").exists()
-    assert reconcile(rep) == "converged"  # the host still serves version 1: live again, nothing deployed
+    assert reconcile(rep) == "converged"  # the host still serves version 1: nothing deployed, nothing recorded
     assert states(rep) == {1: "live", 2: "rolled_back"}
+    assert AuditEvent.objects.filter(action="release.live").count() == 1
     assert [r["version"] for r in replicate.history[("acme", "churn-rep")]] == [replicate_version(1)]
+
+
+def serving_record(release: Release) -> tuple:
+    release.refresh_from_db()
+    return release.state, release.live_at, list(release.serving_periods.values_list("started_at", "ended_at"))
+
+
+def test_aborting_a_release_on_its_way_keeps_the_serving_one_live(world, rep, replicate):
+    """Release 1 serves; release 2 is approved and the operator rolls back before it deployed: release 1 stays
+    live with its serving period and live_at (the soak rule reads them), a newer approval does not supersede it
+    while it serves, and that one failing falls back to it."""
+    one = approved_release(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    before = serving_record(one)
+    approved_release(world, rep, 2)
+    roll_back(world, rep)
+    assert states(rep) == {1: "live", 2: "rolled_back"}
+    assert serving_record(one) == before
+    approved_release(world, rep, 2)  # approved again: release 3, while release 1 still serves
+    assert states(rep) == {1: "live", 2: "rolled_back", 3: "pending"}
+    replicate.intercept = lambda method, path, body: method == "PATCH" and refused(replicate, "Bad weights.")
+    assert reconcile(rep) == "failed"
+    rep.refresh_from_db()
+    assert rep.desired_release == one and states(rep) == {1: "live", 2: "rolled_back", 3: "failed"}
+    assert after(AuditEvent.objects.get(action="release.failed")) == {"target": "rep", "number": 3, "fallback": 1}
+    assert serving_record(one) == before
+
+
+def test_an_abort_after_the_host_took_the_deploy_restores_the_release_that_kept_serving(world, rep, replicate):
+    """The operator rolls back while release 2's deploy call is under way and the host carries it out: the next
+    reconcile finds the host on release 2's version, records the drift and deploys release 1 again, whose
+    serving period (never closed by our records) goes on."""
+    one = approved_release(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    before = serving_record(one)
+    approved_release(world, rep, 2)
+
+    def rollback_during_the_deploy(method, path, body):
+        if method == "PATCH" and path == DEPLOYMENT:
+            replicate.intercept = None
+            roll_back(world, rep)  # and the host goes on to carry the PATCH out
+
+    replicate.intercept = rollback_during_the_deploy
+    reconcile(rep)
+    history = replicate.history[("acme", "churn-rep")]
+    assert [r["version"] for r in history] == [replicate_version(1), replicate_version(2)]
+    assert states(rep) == {1: "live", 2: "rolled_back"}
+    assert reconcile(rep) == "converged"
+    assert history[-1]["version"] == replicate_version(1)
+    assert after(AuditEvent.objects.get(action="target.drift_detected"))["desired"] == 1
+    assert serving_record(one) == before
 
 
 def test_a_failed_rollback_does_not_fall_back_to_the_release_rolled_back_from(world, rep, replicate):

@@ -179,3 +179,28 @@ def test_a_rollback_never_serves_an_archived_version_again(world):
     named = admin.post("/api/v1/targets/prod/rollback", {"reason": "errors", "release": 1}, format="json")
     assert named.status_code == 409 and named.json()["error"]["code"] == "version_archived", named.json()
     assert DeploymentTarget.objects.get(name="prod").desired_release.number == 2
+
+
+def test_a_canary_never_runs_beside_the_release_rolled_back_from(world):
+    """Release 2 is rolled back from and, before that converged, another approval arrives: the host still serves
+    release 2, the target's last good release, but the new release deploys whole, not as a canary beside it (a
+    failing step would hand release 2 all traffic again)."""
+    from governance import deployment
+    from governance.hosts.base import HostStatus, Serving
+
+    target, _ = two_serving_releases()
+    DeploymentTarget.objects.filter(pk=target.pk).update(rollout={"steps": [10, 100]})
+    host_serves_2 = HostStatus(state="ready", serving=(Serving(2, "h2", 100),))
+    admin = world["admin"].client()
+
+    def canary_of_a_new_approval():
+        approve_all(world, promote(world["owner"]).json()["id"])
+        target.refresh_from_db()
+        return deployment._canary_plan(target, target.desired_release, host_serves_2)
+
+    beside_live = canary_of_a_new_approval()  # release 3, beside live release 2
+    assert beside_live is not None and beside_live.beside.number == 2
+    assert admin.post("/api/v1/targets/prod/rollback", {"reason": "abort"}, format="json").json()["number"] == 2
+    assert admin.post("/api/v1/targets/prod/rollback", {"reason": "bad"}, format="json").json()["number"] == 1
+    assert dict(target.releases.values_list("number", "state")) == {1: "pending", 2: "rolled_back", 3: "rolled_back"}
+    assert canary_of_a_new_approval() is None  # release 4

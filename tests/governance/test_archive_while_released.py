@@ -1,0 +1,99 @@
+"""Archived is final: a version is not archived while a release of it serves or is on its way, and an approval that
+waited for an archive does not start a release of the archived version."""
+
+import threading
+
+import pytest
+
+from audit.models import AuditEvent
+from governance import deployment
+from governance import services as governance
+from governance.models import DeploymentTarget, PromotionRequest, Release
+from registry import services as registry
+from registry.models import ModelVersion
+from tests.governance.conftest import MODEL, promote
+from tests.governance.test_lock_order import comes_to_wait_on_a_lock, in_thread
+
+
+def approve_all(world, pk):
+    for name in ("reviewer", "reviewer2"):
+        r = world[name].client().post(f"/api/v1/promotions/{pk}/approve", {}, format="json")
+        assert r.status_code == 200, r.json()
+
+
+def archive(persona):
+    return persona.client().patch(f"{MODEL}/versions/1", {"status": "archived"}, format="json")
+
+
+def test_a_version_whose_release_is_on_its_way_or_serving_is_not_archived(world):
+    approve_all(world, promote(world["owner"]).json()["id"])
+    refused = archive(world["owner"])
+    assert refused.status_code == 409, refused.json()
+    error = refused.json()["error"]
+    assert error["code"] == "version_in_use"
+    assert "release 1 on prod (pending)" in error["message"] and "Roll the target back" in error["message"]
+    assert error["detail"] == {"releases": [{"target": "prod", "number": 1, "state": "pending"}]}
+    Release.objects.filter(number=1).update(state="live")
+    assert "release 1 on prod (live)" in archive(world["owner"]).json()["error"]["message"]
+    assert ModelVersion.objects.get(number=1).status == "registered"
+    assert not AuditEvent.objects.filter(action="version.updated").exists()
+
+    release = Release.objects.get(number=1)
+    Release.objects.filter(pk=release.pk).update(state="deploying")
+    deployment.release_fail(target_id=release.target_id, release_id=release.pk, reason="bad weights")
+    assert archive(world["owner"]).status_code == 200  # nothing of it serves or is on its way now
+
+
+def test_the_refusal_names_only_targets_the_archiver_may_view(world):
+    approve_all(world, promote(world["owner"]).json()["id"])
+    hidden = DeploymentTarget.objects.create(name="secret-prod", kind="self_hosted", stage="production")
+    Release.objects.create(target=hidden, version=ModelVersion.objects.get(number=1), number=1, state="live")
+    admin = archive(world["admin"]).json()["error"]
+    assert "release 1 on prod (pending), release 1 on secret-prod (live)" in admin["message"]
+    assert len(admin["detail"]["releases"]) == 2
+    world["owner"].user.groups.clear()  # still the model's owner, no longer a viewer of every target
+    owner = archive(world["owner"]).json()["error"]
+    assert "it serves or is being deployed: 2 on targets you may not view." in owner["message"]
+    assert "prod" not in owner["message"] and owner["detail"] == {"releases": []}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_that_waited_for_an_archive_starts_no_release(world):
+    """The archive locks the version's pending requests, so the final approval waits for it to commit, and then
+    finds the version archived: nothing of the approval is recorded, no release starts."""
+    request_id = promote(world["owner"]).json()["id"]
+    governance.promotion_approve(actor=world["reviewer"].user, request_id=request_id)  # 1 of 2
+    holding, released, outcome, approver_pid = threading.Event(), threading.Event(), {}, []
+
+    def hold_the_archive_open(*, actor, version):  # after governance's check, before the archive commits
+        holding.set()
+        released.wait(10)
+
+    def final_approval():
+        from django.db import connection
+
+        approver_pid.append(connection.cursor().connection.info.backend_pid)
+        return governance.promotion_approve(actor=world["reviewer2"].user, request_id=request_id).state
+
+    version = ModelVersion.objects.get(number=1)
+    registry.register_archive_check(hold_the_archive_open)
+    try:
+        archiver = in_thread(
+            outcome,
+            "archive",
+            lambda: registry.version_update(actor=world["owner"].user, version=version, status="archived").status,
+        )
+        assert holding.wait(10)
+        approver = in_thread(outcome, "approval", final_approval)
+        assert comes_to_wait_on_a_lock(approver_pid), "the approval should wait for the archive"
+        released.set()
+        archiver.join(20)
+        approver.join(20)
+    finally:
+        registry._ARCHIVE_CHECKS.remove(hold_the_archive_open)
+        released.set()
+    assert outcome["archive"] == "archived"
+    assert "archived" in outcome["approval"], outcome
+    assert not Release.objects.exists()
+    request = PromotionRequest.objects.get(pk=request_id)
+    assert request.state == "pending" and request.approvals.count() == 1
