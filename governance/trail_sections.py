@@ -256,7 +256,7 @@ def _states_as_of(releases, events, rollbacks, newer, as_of) -> dict[int, tuple[
             if after.get("from") == r.number:
                 facts.append((e.at, e.seq, ReleaseState.ROLLED_BACK))
             if after.get("to") == r.number:
-                facts.append((e.at, e.seq, ReleaseState.PENDING))
+                facts.append((e.at, e.seq, "rolled-back-to"))
         for p in r.serving_periods.all():
             if p.ended_at is not None and p.ended_at <= as_of:
                 facts.append((p.ended_at, 0, "period-ended"))
@@ -269,6 +269,8 @@ def _states_as_of(releases, events, rollbacks, newer, as_of) -> dict[int, tuple[
                 effect = ReleaseState.SUPERSEDED if state == ReleaseState.LIVE else None
             elif effect == "replaced":
                 effect = ReleaseState.SUPERSEDED if state in _ACTIVE else None
+            elif effect == "rolled-back-to":  # to a release still live (an abort): it stays so
+                effect = None if state == ReleaseState.LIVE else ReleaseState.PENDING
             if effect is None:
                 continue
             state = effect

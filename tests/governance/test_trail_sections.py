@@ -336,6 +336,23 @@ def test_as_of_replays_states_from_the_audit_events(personas, released):
     assert early["sections"]["releases"] == []
 
 
+def test_as_of_an_abort_the_release_still_serving_stays_live(personas, released):
+    """A rollback while release 3 is on its way returns to release 1, which serves throughout: as of then (and
+    now) release 1 is live, its serving period unbroken."""
+    s = released
+    p4 = governance.promotion_request(actor=personas["owner"].user, version=s["v2"], target=s["prod"])
+    for reviewer in (personas["reviewer"].user, s["reviewer2"]):
+        governance.promotion_approve(actor=reviewer, request_id=p4.pk)
+    deployment.deployment_rollback(actor=personas["admin"].user, target=s["prod"], reason="not now")
+    aborted = AuditEvent.objects.filter(action="release.rolled_back").latest("seq")
+    assert json.loads(aborted.after)["from"] == 3 and json.loads(aborted.after)["to"] == 1
+    for as_of in ({"as_of": aborted.at.isoformat()}, {}):
+        trail = get(personas["auditor"].client(), "model:acme/churn:1", **as_of)["trail"]
+        (release1,) = trail["sections"]["releases"][0]["releases"]
+        assert (release1["state"], release1["ended_at"], release1["live_at"]) == ("live", None, t(s["r1"].live_at))
+        assert release1["served"][-1]["ended_at"] is None
+
+
 def test_trail_of_a_release(personas, released):
     s = released
     body = get(personas["auditor"].client(), "release:prod:2")
