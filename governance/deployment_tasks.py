@@ -28,7 +28,7 @@ POLLS = 120  # "still deploying" re-checks before leaving the target to the peri
     soft_time_limit=settings.RECONCILE_MAX_HOLD_SECONDS,
     time_limit=settings.RECONCILE_MAX_HOLD_SECONDS + settings.RECONCILE_LEASE_SECONDS / 3,
 )
-def reconcile_target(self, target_id: int, failures: int = 0) -> str:
+def reconcile_target(self, target_id: int, failures: int = 0, failing_release: int | None = None) -> str:
     """Converge one target. Host errors retry with backoff (bounded), then the release fails with the reason.
 
     Retries never expire: a retry keeps its message's options, and an `expires` given to the first run dropped
@@ -37,14 +37,19 @@ def reconcile_target(self, target_id: int, failures: int = 0) -> str:
 
     Past its soft time limit (RECONCILE_MAX_HOLD_SECONDS) the release fails at once: a host call that hung that long
     would hold a worker as long again on every retry. The claim is released on the way out (deployment.reconcile),
-    and a fallback to the last good release is reconciled like any other desired state."""
+    and a fallback to the last good release is reconciled like any other desired state.
+
+    The failures counted are those of one release (`failing_release`): a rollback made during a chain of retries
+    starts its destination's count at zero, not at what the release it replaced had used up."""
     try:
         outcome = deployment.reconcile(target_id, owner=self.request.id or "inline")
     except HostError as exc:
         timed_out = isinstance(exc.__cause__, SoftTimeLimitExceeded)
+        if exc.release_id != failing_release:
+            failures = 0
         if exc.retryable and not timed_out and failures < settings.RECONCILE_MAX_RETRIES:
             raise self.retry(
-                args=(target_id, failures + 1), countdown=backoff(failures), exc=exc, expires=None
+                args=(target_id, failures + 1, exc.release_id), countdown=backoff(failures), exc=exc, expires=None
             ) from None
         reason = str(exc)
         if timed_out:
@@ -55,7 +60,7 @@ def reconcile_target(self, target_id: int, failures: int = 0) -> str:
         deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=reason)
         return "failed"
     if outcome in ("deploying", "busy") and self.request.retries < POLLS:
-        raise self.retry(args=(target_id, failures), countdown=1, expires=None)
+        raise self.retry(args=(target_id, failures, failing_release), countdown=1, expires=None)
     return outcome
 
 

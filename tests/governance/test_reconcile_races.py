@@ -199,6 +199,32 @@ def test_a_failed_deploy_falls_back_to_the_release_that_still_serves(world, rep,
     assert after(AuditEvent.objects.get(action="release.failed")) == {"target": "rep", "number": 2, "fallback": 1}
 
 
+def test_a_rollback_during_retries_gets_a_retry_budget_of_its_own(world, rep, replicate, settings):
+    """Release 3's deploy fails with a retryable error and the operator rolls back to release 1 between two
+    attempts: release 1 gets all RECONCILE_MAX_RETRIES retries of its own before it fails, not what release 3
+    left of the chain's."""
+    settings.RECONCILE_MAX_RETRIES = 2
+    approved_release(world, rep, 1)
+    assert reconcile(rep) == "converged"
+    approved_release(world, rep, 2)
+    assert reconcile(rep) == "converged"
+    ModelVersion.objects.filter(number=2).update(tags={"host_revision": f"acme/churn:{replicate_version(3)}"})
+    approved_release(world, rep, 2)  # release 3
+    sent = []
+
+    def unavailable(method, path, body):
+        if method == "PATCH" and path == DEPLOYMENT:
+            sent.append(body["version"])
+            if len(sent) == 2:
+                roll_back(world, rep, to_number=1)
+            raise Reply(503, replicate.error_body(503, "Service unavailable."), {"Content-Type": "application/json"})
+
+    replicate.intercept = unavailable
+    assert reconcile(rep) == "failed"
+    assert sent == [replicate_version(3)] * 2 + [replicate_version(1)] * 3  # release 1: first attempt + 2 retries
+    assert states(rep) == {1: "failed", 2: "live", 3: "rolled_back"}  # release 2 never stopped serving
+
+
 def test_a_drift_repair_does_not_redeploy_a_release_rolled_back_meanwhile(world, rep, replicate):
     """The host drifted from live release 2; while the reconciler reads the host, the operator rolls back
     to release 1. The repair must not send release 2 to the host, nor leave it deploying."""
