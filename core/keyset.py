@@ -42,12 +42,17 @@ def _cursor(raw: str | None) -> int | None:
     return int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
 
 
+def _field(term: str) -> str:
+    return term.removeprefix("-")
+
+
 def _past(order: tuple[str, ...], values: dict, forward: bool, inclusive: bool = False) -> Q:
-    """Rows after (forward) or before the position `values` in the lexicographic order of `order`."""
-    op = "gt" if forward else "lt"
+    """Rows after (forward) or before the position `values` in the lexicographic order of `order` (a field
+    named "-field" descending)."""
     condition = Q(pk=values["pk"]) if inclusive else Q(pk__in=[])
-    for i in reversed(range(len(order))):
-        field = order[i]
+    for term in reversed(order):
+        field = _field(term)
+        op = "gt" if forward != term.startswith("-") else "lt"
         condition = Q(**{f"{field}__{op}": values[field]}) | (Q(**{field: values[field]}) & condition)
     return condition
 
@@ -61,12 +66,12 @@ def keyset_page(
     size: int = PAGE_SIZE,
     count_cap: int = COUNT_CAP,
 ) -> KeysetPage:
-    """The page of `queryset` (in `order`, ascending; its last field unique) that `params` (a request's GET)
-    asks for with `after` or `before`, the boundary read from `positions`; the first page when it asks for
-    neither or names no row of `positions`."""
+    """The page of `queryset` (in `order`, "-field" for descending; its last field unique) that `params` (a
+    request's GET) asks for with `after` or `before`, the boundary read from `positions`; the first page when it
+    asks for neither or names no row of `positions`."""
     after, before = _cursor(params.get("after")), _cursor(params.get("before"))
     cursor = after if after is not None else before
-    fields = dict.fromkeys(("pk", *order))
+    fields = dict.fromkeys(("pk", *map(_field, order)))
     boundary = positions.filter(pk=cursor).values(*fields).first() if cursor else None
     queryset = queryset.order_by(*order)
     rows, earlier, more = [], False, False
@@ -75,8 +80,8 @@ def keyset_page(
         more = len(rows) > size
         earlier = queryset.filter(_past(order, boundary, False, inclusive=True)).exists()
     elif boundary is not None:
-        descending = [f"-{field}" for field in order]
-        rows = list(queryset.filter(_past(order, boundary, False)).order_by(*descending)[: size + 1])
+        reverse = [_field(term) if term.startswith("-") else f"-{term}" for term in order]
+        rows = list(queryset.filter(_past(order, boundary, False)).order_by(*reverse)[: size + 1])
         earlier = len(rows) > size
         rows = rows[:size][::-1]
         more = queryset.filter(_past(order, boundary, True, inclusive=True)).exists()

@@ -1,10 +1,11 @@
 """Reads for the registry's server-rendered pages, permission-filtered like the API."""
 
 import yaml
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from registry import cards, selectors
-from registry.models import Alias, ModelVersion, RegisteredModel
+from registry.models import Alias, ModelCardRevision, ModelVersion, RegisteredModel
 
 
 def model_for(*, user, namespace: str, name: str) -> RegisteredModel | None:
@@ -13,10 +14,16 @@ def model_for(*, user, namespace: str, name: str) -> RegisteredModel | None:
 
 
 def version_list(*, model: RegisteredModel) -> QuerySet[ModelVersion]:
-    """Versions newest first, each with its aliases and number of card revisions, in a fixed number of queries."""
+    """Versions newest first, each with its aliases and number of card revisions, in a fixed number of queries.
+
+    The revisions are counted by a subquery per row shown, not by a join and GROUP BY: grouping aggregated every
+    version of the model before the page's LIMIT (a 100,000-version model's page took 200 ms in that one query)."""
+    revisions = (
+        ModelCardRevision.objects.filter(version=OuterRef("pk")).order_by().values("version").annotate(n=Count("pk"))
+    )
     return (
         selectors.versions(model=model)
-        .annotate(card_count=Count("card_revisions"))
+        .annotate(card_count=Coalesce(Subquery(revisions.values("n")), 0))
         .prefetch_related(Prefetch("aliases", queryset=Alias.objects.order_by("name")))
         .order_by("-number")
     )

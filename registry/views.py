@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.utils.http import urlencode
 
+from core.keyset import keyset_page
 from registry import cards, selectors, ui_selectors
 
 HOME_PAGE_SIZE = 100
@@ -37,8 +38,14 @@ def model_detail(request, namespace: str, name: str):
     model = ui_selectors.model_for(user=request.user, namespace=namespace, name=name)
     if model is None:
         return _not_found(request, f"model {namespace}/{name}")
-    page = _page(request, ui_selectors.version_list(model=model))
-    versions = list(page.object_list)
+    # By position (core/keyset.py): a model with 100,000 versions pages as fast at its last page as at its first.
+    page = keyset_page(
+        ui_selectors.version_list(model=model),
+        request.GET,
+        positions=selectors.versions(model=model),
+        order=("-number",),
+    )
+    versions = page.object_list
     serving = governance_ui.serving_by_version(user=request.user, versions=versions)
     return render(
         request,

@@ -1,7 +1,9 @@
 import re
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils.html import escape
 
 from core.keyset import keyset_page
@@ -105,6 +107,38 @@ def test_queue_is_paginated_by_position_not_page_number(seeded):
     # a cursor naming no request, or not a number, is the first page
     for query in ("?after=999999999", "?before=abc", "?after=-1", "?after=" + "9" * 40):
         assert shown(query)[0][:3] == first[:3], query
+
+
+def statements(client, query: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/models/acme/churn/" + query).status_code == 200
+    return len(queries)
+
+
+def test_versions_page_newest_first_by_position(seeded):
+    owner, churn = seeded["owner"].user, seeded["churn"]
+    for i in range(26):
+        builders.version(owner, churn, f"paged{i}", card={"model_details": f"Card of paged{i}."} if i == 25 else None)
+    churn.refresh_from_db()
+    newest = churn.latest_number
+    pks = dict(churn.versions.values_list("number", "pk"))
+    client = as_user(owner)
+
+    def shown(query: str = "") -> tuple[list[int], str]:
+        page = text(client.get("/models/acme/churn/" + query))
+        return [int(n) for n in re.findall(r'<td class="num"><a href="[^"]*">v(\d+)</a>', page)], page
+
+    first, page = shown()
+    assert first == list(range(newest, newest - 25, -1))
+    assert f"<dt>Versions</dt><dd>{newest}" in page and f"{newest} in all" in page
+    assert re.search(rf'<td class="num"><a href="[^"]*">v{newest}</a></td>.*?1 revision<', page)  # its card
+    assert re.search(rf'href="\?after={pks[first[-1]]}" rel="next"', page) and 'rel="prev"' not in page
+    second, page = shown(f"?after={pks[first[-1]]}")
+    assert second == list(range(newest - 25, 0, -1)) and 'rel="next"' not in page
+    assert shown(f"?before={pks[second[0]]}")[0] == first
+    # statements: two more after a cursor than on the first page (its position, rows before it), however deep
+    assert statements(client, "") + 2 == statements(client, f"?after={pks[first[-1]]}")
+    assert statements(client, f"?after={pks[first[-1]]}") == statements(client, f"?after={pks[3]}")
 
 
 def test_a_cursor_is_placed_only_by_a_request_the_user_may_see(seeded):
