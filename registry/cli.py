@@ -24,10 +24,11 @@ The digest is the registry's rule (registry/manifest.py): "sha256:" + hex sha256
 JSON {"files": [{"path", "size", "sha256"}, ...]} with files sorted by path, keys sorted, ","/":"
 separators, UTF-8, no whitespace.
 
-Credentials in source URLs: the registry refuses a version whose source repository or CI run URL holds one
+Credentials in URLs: the registry refuses a version whose source repository, CI run URL or artifact URI holds one
 (user:password@, any user name before @ in an http(s) URL, a query parameter named like token or sig), as it keeps
-the source in its audit log and shows it to every reader of the model. A --source-repo or --ci-run-url holding one is
-a usage error before any request; one the CLI read from the CI's variables is registered without it, with a warning.
+them in its audit log and shows them to every reader of the model. A --source-repo, --ci-run-url or --artifact-uri
+holding one is a usage error before any request; one the CLI read from the CI's variables is registered without it,
+with a warning.
 Messages show such URLs with the credential replaced by ***.
 
 Exit status: 0 success; 1 the server refused a request (its error code and message are printed on
@@ -608,8 +609,8 @@ def parse_tags(items: list) -> dict:
 
 
 _WHY_NO_CREDENTIALS = (
-    "The registry refuses credentials in a version's source, which its audit log keeps and every reader of the "
-    "model sees."
+    "The registry refuses credentials in a version's source and artifact URI, which its audit log keeps and every "
+    "reader of the model sees."
 )
 
 
@@ -719,6 +720,11 @@ def cmd_register(args) -> int:
         except OSError as exc:
             raise UsageError(f"--card {args.card}: {exc.strerror}.") from None
     artifact_uri = args.artifact_uri or "registry://"
+    problem = url_credential_problem(artifact_uri)
+    if problem:
+        raise UsageError(
+            f"--artifact-uri '{redact_url(artifact_uri)[:200]}' {problem}: remove it. {_WHY_NO_CREDENTIALS}"
+        )
     client = client_from(args)
     manifest, where = build_manifest(args.path, log)
     digest = manifest_digest(manifest["files"])

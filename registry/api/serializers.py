@@ -94,8 +94,9 @@ def _http_url(value: str) -> None:
 
 
 def _no_credential(value: str) -> None:
-    """A version's source is kept in its audit events and shown to every reader of the model: no token in it (GitLab's
-    CI_REPOSITORY_URL holds the job's)."""
+    """A version's source and artifact URI are kept in the immutable version, its audit events and exports, and shown
+    to every reader of the model: no token in them (GitLab's CI_REPOSITORY_URL holds the job's, a presigned S3 URL its
+    signature)."""
     problem = url_credentials.problem(value)
     if problem:
         raise serializers.ValidationError(problem)
@@ -134,6 +135,7 @@ class VersionRegisterInput(StrictSerializer):
         required=False,
         allow_blank=True,
         default="",
+        validators=[_no_credential],
         help_text="registry:// (default: files uploaded to this registry), s3://bucket/prefix or hf://org/repo@commit",
     )
     manifest = ManifestInput()

@@ -311,6 +311,8 @@ def model_file(tmp_path):
         ("--ci-run-url", f"https://bot:{MARK}@ci.example.com/run 1"),  # also no valid URL: the credential is named
         ("--source-repo", "https://bot:" + MARK + os.fsdecode(b"\xff") + "@github.com/a/b"),  # and not UTF-8
         ("--source-repo", f"https://bot:{'x' * 300}{MARK}@github.com/a/b"),  # longer than the 200 shown
+        ("--artifact-uri", f"s3://AKIAEXAMPLE:{MARK}@bucket/models/churn"),
+        ("--artifact-uri", f"s3://bucket/models/churn?X-Amz-Credential=AKIA&X-Amz-Signature={MARK}"),
     ],
 )
 def test_the_cli_refuses_a_credential_before_any_request_and_never_prints_it(

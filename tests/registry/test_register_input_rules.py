@@ -151,6 +151,23 @@ def test_a_credential_in_the_source_is_refused(ci, source, phrase):
     )
 
 
+@pytest.mark.parametrize(
+    ("uri", "phrase"),
+    [
+        ("s3://AKIAEXAMPLE:x1@bucket/models/churn", "user:password@"),
+        ("s3://bucket/models/churn?X-Amz-Credential=AKIA&X-Amz-Signature=x1", "'X-Amz-Credential'"),
+    ],
+)
+def test_a_credential_in_the_artifact_uri_is_refused(ci, uri, phrase):
+    """The artifact URI is kept in the immutable version and shown to every reader: no key or presigned URL in it."""
+    refused(
+        ci.post(f"{BASE}/versions/", register_body(s3_manifest(b"x"), artifact_uri=uri), format="json"),
+        "artifact_uri",
+        phrase,
+    )
+    assert not ModelVersion.objects.exists()
+
+
 def test_ssh_and_plain_https_sources_are_taken(ci):
     source = {"repository": "git@github.com:acme/churn.git", "ci_run_url": "https://ci.example.com/run/1?attempt=2"}
     r = ci.post(f"{BASE}/versions/", register_body(s3_manifest(b"x"), source=source), format="json")
