@@ -49,6 +49,16 @@ NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 PRECONDITION_CODES = {"412", "PreconditionFailed"}
 
 
+def nothing_uploaded(upload_id: str) -> NotFound:
+    """The one answer to completing an upload nothing was PUT for, whether or not some model holds those bytes: a
+    second wording for the bytes a hidden model holds told a registrant that it holds them."""
+    return NotFound(
+        f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first "
+        "(it expires; ask POST …/uploads for a new one).",
+        code="upload_not_found",
+    )
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -224,11 +234,7 @@ class S3BlobStore:
             if _error_code(exc) in NOT_FOUND_CODES and stored is not None:
                 return StoredBlob(sha256, stored, created=False, received=False)  # nothing sent, nothing shown
             if _error_code(exc) in NOT_FOUND_CODES:
-                raise NotFound(
-                    f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first "
-                    "(it expires; ask POST …/uploads for a new one).",
-                    code="upload_not_found",
-                ) from None
+                raise nothing_uploaded(upload_id) from None
             raise
         hasher, received = hashlib.sha256(), 0
         body = obj["Body"]

@@ -198,10 +198,9 @@ def upload_complete(*, user, model: RegisteredModel, upload_id: str) -> StoredBl
     only for bytes a model the user may view already holds (404 otherwise, as if nothing were stored)."""
     blob = _s3_store().complete(upload_id)
     if not blob.received and not selectors.blobs_held(user=user, shas=[blob.sha256]):
-        raise NotFound(
-            f"Nothing was uploaded for upload {upload_id}: PUT the file to the presigned URL first.",
-            code="upload_not_found",
-        )
+        from registry.s3 import nothing_uploaded
+
+        raise nothing_uploaded(upload_id)  # the answer for bytes no model holds: whether one does is not told
     _blob_received(model=model, blob=blob, actor=user)
     return blob
 

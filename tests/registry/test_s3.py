@@ -339,6 +339,15 @@ def test_presigned_uploads_of_another_models_blob_need_the_bytes(s3, owner, pers
     assert upload["already_stored"] is False
     unsent = bot.post(f"{theirs}/uploads/{upload['upload_id']}/complete")
     assert unsent.status_code == 404 and unsent.json()["error"]["code"] == "upload_not_found"
+    # word for word the answer for bytes no model holds: whether a hidden model holds them is not told
+    never = bot.post(
+        f"{theirs}/uploads", {"sha256": hashlib.sha256(b"never stored").hexdigest(), "size": 12}, format="json"
+    ).json()
+    absent = bot.post(f"{theirs}/uploads/{never['upload_id']}/complete")
+    assert absent.status_code == 404
+    assert absent.json()["error"]["message"].replace(never["upload_id"], "ID") == unsent.json()["error"][
+        "message"
+    ].replace(upload["upload_id"], "ID")
     refused = bot.post(f"{theirs}/versions/", {"manifest": {"files": [entry]}}, format="json")
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "artifacts_missing"
 
