@@ -166,6 +166,7 @@ def test_csv_lists_nodes_then_edges(personas, scenario):
         (f"run:{runs['B']}", "run", "1"),
         (f"dataset:s3://lake:features#run:{runs['B']}", "datasetVersion", "2"),
     ]
+    assert response["X-Lineage-Nodes"] == "3"  # what was sent: not the dataset node the walk started from
     raw = next(r for r in rows if r["type"] == "datasetVersion" and r["name"] == "raw/events")
     assert (raw["namespace"], raw["version"], raw["digest"]) == ("s3://lake", RAW, RAW)
     edges = [(r["source"], r["target"], r["kind"]) for r in rows if r["record"] == "edge"]
