@@ -505,6 +505,8 @@ def validate(content, version: str = SCHEMA_VERSION) -> dict:
     for key in ("title", "summary"):
         if content.get(key) == "":
             del content[key]  # export writes no empty title or summary
+    if content.get("other_sections") == []:
+        del content["other_sections"]  # nor an empty list of other sections
     for section in MITCHELL_SECTIONS:
         if section in content:
             content[section] = _imported_text(section, content[section])

@@ -709,3 +709,19 @@ def test_a_stored_revision_too_deep_to_export_is_409_not_500(owner, personas):
         error = r.json()["error"]
         assert (r.status_code, error["code"]) == (409, "card_not_exportable"), r.content
         assert "nest more than 32 levels deep" in error["message"] and "format=json" in error["message"]
+
+
+def test_a_card_with_no_other_sections_posted_back_from_its_readme_is_the_same_revision(personas):
+    """{"other_sections": []} is stored as its README gives it back (without the key): a CI re-run posting the
+    exported README was a second revision of the same card, voiding the approvals bound to the first."""
+    from tests.registry.helpers import register_body, s3_manifest
+
+    owner = personas["owner"].client()
+    owner.post("/api/v1/models/", {"namespace": "idem", "name": "m"}, format="json")
+    owner.post("/api/v1/models/idem/m/versions/", register_body(s3_manifest(b"x")), format="json")
+    url = "/api/v1/models/idem/m/versions/1/card"
+    first = owner.post(url, {"content": {"model_details": "Trees.", "other_sections": []}}, format="json")
+    assert first.status_code == 201 and "other_sections" not in first.json()["content"], first.json()
+    readme = owner.get(url, {"format": "huggingface"}).content
+    again = owner.post(url, readme, content_type="text/markdown")
+    assert (again.status_code, again.json()["revision"]) == (200, 1)
