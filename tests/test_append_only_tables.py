@@ -37,3 +37,38 @@ def test_truncate_is_refused_unless_the_session_allows_it(statement, message):
     with pytest.raises(IntegrityError, match=message), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL registry.allow_truncate = off")
         cursor.execute(statement)
+
+
+def test_every_protection_that_names_columns_names_the_id():
+    """A trigger that protects listed columns (not the whole row) lists the id: two rows' ids swapped in one
+    transaction passed the deferred foreign-key checks, and what names a row by id then named the other."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND t.tgname LIKE %s",
+            ["%_protect_update"],
+        )
+        triggers = dict(cursor.fetchall())
+    by_columns = {table: definition for table, definition in triggers.items() if " WHEN " in definition}
+    assert {"registry_modelversion", "lineage_versionrunlink", "governance_approval"} <= set(by_columns)
+    assert {t for t, d in by_columns.items() if "(old.id IS DISTINCT FROM new.id)" not in d} == set()
+
+
+def test_two_versions_cannot_swap_ids(personas):
+    from tests.registry.helpers import register_body, s3_manifest
+
+    owner = personas["owner"].client()
+    owner.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json")
+    for seed in (b"one", b"two"):
+        assert (
+            owner.post(
+                "/api/v1/models/acme/churn/versions/", register_body(s3_manifest(seed)), format="json"
+            ).status_code
+            == 201
+        )
+    refused = pytest.raises(IntegrityError, match="model versions are immutable")
+    with refused, transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM registry_modelversion ORDER BY number")
+        (one,), (two,) = cursor.fetchall()
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        cursor.execute("UPDATE registry_modelversion SET id = -id WHERE id IN (%s, %s)", [one, two])
