@@ -189,9 +189,12 @@ def graph(*, user, query: GraphQuery) -> dict:
 # --- attributes as of a time (facets and run events) ---------------------------------------------
 
 
-def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None, *, runs) -> dict[tuple[int, int], dict]:
+def facets_as_of(
+    subjects: list[tuple[int, int]], as_of: datetime | None, *, runs, events: set[int] | None = None
+) -> dict[tuple[int, int], dict]:
     """{subject: {(role, name, run_id): value}}: the latest value of each facet recorded by as_of, in the order
-    last sent (readers take the last entry of a name as the latest).
+    last sent (readers take the last entry of a name as the latest). `events`, when given, gains the lineage events
+    that recorded the values read (a trail lists their audit events).
 
     `runs`: the runs whose own facets the reader asks for (_latest, facet_set with their run_id). What other runs
     sent is read only as the latest of a name (_latest's any_run), so only that row of theirs is fetched: a
@@ -214,8 +217,11 @@ def facets_as_of(subjects: list[tuple[int, int]], as_of: datetime | None, *, run
         name_rank=Window(RowNumber(), partition_by=name_key, order_by=latest_first),
     ).filter(Q(key_rank=1) & (Q(name_rank=1) | Q(run__isnull=True) | Q(run__in=list(runs))))
     result: dict[tuple[int, int], dict] = defaultdict(dict)
-    for row in qs.order_by("recorded_at", "id").values("subject_type", "subject_id", "role", "name", "run_id", "value"):
+    fields = ("subject_type", "subject_id", "role", "name", "run_id", "value", "event_id")
+    for row in qs.order_by("recorded_at", "id").values(*fields):
         result[(row["subject_type"], row["subject_id"])][(row["role"], row["name"], row["run_id"])] = row["value"]
+        if events is not None:
+            events.add(row["event_id"])
     return result
 
 
@@ -331,12 +337,12 @@ def _run_kind(job_type: str | None) -> str:
 
 
 def dataset_version_details(
-    versions: list[DatasetVersion], as_of: datetime | None, facets: dict | None = None
+    versions: list[DatasetVersion], as_of: datetime | None, facets: dict | None = None, events: set | None = None
 ) -> dict[int, dict]:
-    """URI, schema fields and row count of each dataset version, as of a time."""
+    """URI, schema fields and row count of each dataset version, as of a time (`events`: see facets_as_of)."""
     if facets is None:
         subjects = [(T_DSV, v.pk) for v in versions] + [(T_DS, v.dataset_id) for v in versions]
-        facets = facets_as_of(subjects, as_of, runs=())  # only the latest any run sent is read
+        facets = facets_as_of(subjects, as_of, runs=(), events=events)  # only the latest any run sent is read
     result = {}
     for v in versions:
         own = facets.get((T_DSV, v.pk), {})

@@ -198,7 +198,8 @@ def version_trail(*, user, version, as_of: datetime | None = None) -> dict:
     runs = list(Run.objects.select_related("job").filter(pk__in=run_pks))
     details = selectors.run_details(runs, as_of)
     versions = list(DatasetVersion.objects.select_related("dataset").filter(pk__in=dsv_pks))
-    dsv_details = selectors.dataset_version_details(versions, as_of)
+    facet_events: set[int] = set()  # any run's event may state a dataset's schema or URI: its audit event is listed
+    dsv_details = selectors.dataset_version_details(versions, as_of, events=facet_events)
 
     inputs, outputs, produced_by = {}, {}, {}
     for s_t, s_id, d_t, d_id, kind in sorted(walk.edges):
@@ -295,11 +296,15 @@ def version_trail(*, user, version, as_of: datetime | None = None) -> dict:
     event_q = Q(run__in=runs) | Q(dataset__in={v.dataset_id for v in versions})
     if as_of is not None:
         links = links.filter(recorded_at__lte=as_of)
-    subjects += [("lineage.versionrunlink", str(pk)) for pk in links.values_list("pk", flat=True)]
+    link_rows = list(links.values_list("pk", "event_id"))
+    subjects += [("lineage.versionrunlink", str(pk)) for pk, _ in link_rows]
     events = LineageEvent.objects.filter(event_q)
     if as_of is not None:
         events = events.filter(recorded_at__lte=as_of)
-    subjects += [("lineage.lineageevent", str(pk)) for pk in events.values_list("pk", flat=True)]
+    # A link an OpenLineage event made has no audit event of its own: the event's does (even once the run has been
+    # unlinked and the walk no longer reaches it); so have facets the datasets show from runs the walk did not reach.
+    recorded_by = {*events.values_list("pk", flat=True), *(e for _, e in link_rows if e is not None), *facet_events}
+    subjects += [("lineage.lineageevent", str(pk)) for pk in sorted(recorded_by)]
 
     context = TrailContext(user=user, version=version, as_of=as_of, node_id=node_id)
     seqs: list[int] = []

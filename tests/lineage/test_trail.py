@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import uuid
 
 import pytest
 from django.utils import timezone
@@ -11,7 +12,7 @@ from audit.models import AuditEvent
 from lineage import trail as trails
 from lineage.models import LineageEvent
 from tests.conftest import bearer
-from tests.lineage.conftest import BASE_CARD, PRODUCER, RAW
+from tests.lineage.conftest import BASE_CARD, PRODUCER, RAW, digest_of, ol_dataset, post_event, run_event
 
 pytestmark = pytest.mark.django_db
 
@@ -262,3 +263,46 @@ def test_a_trail_as_of_a_facts_own_time_holds_the_event_that_recorded_it(persona
     assert [c["revision"] for c in t["card_revisions"]] == [card.revision]
     recorded = [e for e in t["audit"]["events"] if e["subject_type"] == "registry.modelcardrevision"]
     assert [(e["action"], e["subject_id"]) for e in recorded] == [("card.revised", str(card.pk))]
+
+
+def audit_event_of(lineage_event: LineageEvent) -> AuditEvent:
+    return AuditEvent.objects.get(action="lineage.event_ingested", subject_id=str(lineage_event.pk))
+
+
+def listed(trail: dict) -> set[int]:
+    return {e["seq"] for e in trail["audit"]["events"]}
+
+
+def test_a_run_link_an_openlineage_event_made_keeps_its_event_after_an_unlink(personas, make_version):
+    """The link fact stays in run_links once unlinked, but the walk no longer reaches its run: the event that made
+    the link (it has no audit event of its own) must still be in the trail's audit range."""
+    client = personas["owner"].client()
+    make_version("churn")
+    run = uuid.uuid4()
+    post_event(
+        client, run_event("COMPLETE", run, ("pipelines", "train"), outputs=[ol_dataset("registry", "acme/churn:1")])
+    )
+    unlink = {"nodeId": "model:acme/churn:1", "runId": str(run), "linked": False, "reason": "wrong run"}
+    assert client.post("/api/v1/lineage/links", unlink, format="json").status_code == 201
+    t = get_trail(client)["trail"]
+    assert [(x["source"], x["linked"]) for x in t["run_links"]] == [("openlineage", True), ("link", False)]
+    assert audit_event_of(LineageEvent.objects.get(run__run_uuid=run)).seq in listed(t)
+
+
+def test_a_dataset_fact_another_run_stated_is_listed_with_its_event(personas, make_version):
+    """A consumer elsewhere in the graph states the schema and URI of a dataset version the trail shows: the trail
+    shows them, so its audit range lists the event that recorded them."""
+    ci, owner = personas["ci_bot"].client(), personas["owner"].client()
+    features = ol_dataset("s3://lake", "features", version=digest_of("features v1"))
+    make, train, report = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    post_event(ci, run_event("COMPLETE", make, ("etl", "make"), outputs=[features]))
+    post_event(owner, run_event("COMPLETE", train, ("pipelines", "train"), inputs=[features]))
+    make_version("churn", run_id=train)
+    stated = ol_dataset(
+        "s3://lake", "features", version=digest_of("features v1"), schema=[("ssn", "TEXT")], uri="s3://lake/elsewhere"
+    )
+    post_event(ci, run_event("COMPLETE", report, ("reports", "weekly"), inputs=[stated]))
+    t = get_trail(owner)["trail"]
+    (shown,) = [d for d in t["datasets"] if d["name"] == "features"]
+    assert shown["schema"] == [{"name": "ssn", "type": "TEXT"}] and shown["uri"] == "s3://lake/elsewhere"
+    assert audit_event_of(LineageEvent.objects.get(run__run_uuid=report)).seq in listed(t)
