@@ -39,8 +39,8 @@ class Server:
 
 @pytest.fixture
 def web(transactional_db, tmp_path):
-    """gunicorn on this test's database (one per test: a flush between tests renumbers the content types a
-    worker has cached); JSON bodies at their default limit."""
+    """gunicorn on this test's database, one per test (what a worker caches, a user's permissions say, must not
+    outlive the test's rows); JSON bodies at their default limit."""
     processes.require_postgresql()
     workdir = tmp_path
     broker = settings.CELERY_BROKER_URL  # the run's own Redis database; nothing here needs a worker
