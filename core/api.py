@@ -19,7 +19,7 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, serializers, views
 from rest_framework.response import Response
 
-from core import context
+from core import context, etags
 from core.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,10 @@ class BaseAPIView(views.APIView):
         if unknown:
             allowed = f"Allowed: {', '.join(sorted(accepted))}." if accepted else "This operation takes none."
             raise exceptions.ValidationError({name: [f"Unknown query parameter. {allowed}"] for name in unknown})
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        return etags.not_modified_if_unchanged(request, response)
 
     def _query_method(self) -> str:
         return "GET" if self.request.method == "HEAD" else self.request.method

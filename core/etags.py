@@ -1,4 +1,5 @@
-"""Entity tags for the API's mutable resources, and the If-Match check that makes a read-modify-write safe.
+"""Entity tags for the API's mutable resources, the If-Match check that makes a read-modify-write safe, and
+If-None-Match, which spares a client that polls a resource the body it already holds.
 
 A client that changes part of a resource by sending a whole field (a version's tags replace the map) reads it
 first; another writer between its read and its write would be silently undone. With `If-Match: <the ETag it
@@ -9,6 +10,7 @@ lock, else a 412 that says what to do. Without If-Match the write is uncondition
 import hashlib
 import json
 
+from django.http import HttpResponseNotModified
 from django.utils.http import parse_etags
 
 from core.errors import PreconditionFailed
@@ -46,3 +48,20 @@ def check_if_match(if_match: str | None, current: str | None, what: str) -> None
         "written. Read it again, make your change on what it holds now, and send that read's ETag.",
         detail={"etag": current},
     )
+
+
+def not_modified_if_unchanged(request, response):
+    """`response` to a GET or HEAD, or a 304 Not Modified (its ETag and caching headers, no body) when the request's
+    If-None-Match lists the response's ETag, compared weakly (RFC 9110, 13.1.2: W/"x" matches "x") or is `*`."""
+    header = request.META.get("HTTP_IF_NONE_MATCH")
+    etag = response.get("ETag")
+    if header is None or etag is None or request.method not in ("GET", "HEAD") or response.status_code != 200:
+        return response
+    tags = {tag.removeprefix("W/") for tag in parse_etags(header)}
+    if "*" not in tags and etag.removeprefix("W/") not in tags:
+        return response
+    unchanged = HttpResponseNotModified()
+    for name in ("ETag", "Cache-Control", "Vary"):
+        if name in response:
+            unchanged[name] = response[name]
+    return unchanged

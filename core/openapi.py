@@ -74,6 +74,29 @@ def document_errors(result, generator, request, public):
     return result
 
 
+def document_conditional_gets(result, generator, request, public):
+    """drf-spectacular POSTPROCESSING_HOOKS entry: a GET whose 200 carries an ETag takes If-None-Match and may answer
+    304 (core.etags.not_modified_if_unchanged, every BaseAPIView)."""
+    for path_item in result.get("paths", {}).values():
+        operation = path_item.get("get")
+        ok = (operation or {}).get("responses", {}).get("200", {})
+        if "ETag" not in ok.get("headers", {}):
+            continue
+        operation.setdefault("parameters", []).append(
+            {
+                "in": "header",
+                "name": "If-None-Match",
+                "schema": {"type": "string"},
+                "description": "the ETag of your last read: a 304 with no body if it is still so",
+            }
+        )
+        operation["responses"]["304"] = {
+            "description": "Not Modified: still as the If-None-Match ETag says",
+            "headers": {"ETag": ok["headers"]["ETag"]},
+        }
+    return result
+
+
 def etag_header(what: str) -> OpenApiParameter:
     """The ETag response header of a resource whose writes can be conditional (core.etags)."""
     return OpenApiParameter(

@@ -224,3 +224,23 @@ def _waiting_for_a_lock() -> bool:
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
         return cursor.fetchone()[0] > 0
+
+
+def test_a_read_naming_the_etag_it_holds_is_a_304_without_a_body(owner):
+    """A client polling a version sends the ETag it holds as If-None-Match: while the version is still so, a 304
+    with the ETag and no body; W/ (a compressing proxy's) and * match too (RFC 9110, 13.1.2)."""
+    etag = owner.get(VERSION)["ETag"]
+    for sent in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+        for method in (owner.get, owner.head):
+            unchanged = method(VERSION, HTTP_IF_NONE_MATCH=sent)
+            assert (unchanged.status_code, unchanged["ETag"], unchanged.content) == (304, etag, b""), sent
+    assert owner.get(VERSION, HTTP_IF_NONE_MATCH='"other"').status_code == 200
+    assert patch(owner, {"tags": {"team": "growth"}}).status_code == 200
+    changed = owner.get(VERSION, HTTP_IF_NONE_MATCH=etag)
+    assert changed.status_code == 200 and changed["ETag"] != etag and changed.json()["tags"] == {"team": "growth"}
+
+
+def test_if_none_match_never_reveals_what_the_caller_may_not_see(owner, personas):
+    etag = owner.get(VERSION)["ETag"]
+    hidden = personas["outsider"].client().get(VERSION, HTTP_IF_NONE_MATCH=etag)
+    assert hidden.status_code == 404  # not a 304 that would say the version exists and is as that ETag says
