@@ -1,4 +1,5 @@
-"""Review queue page with N pending promotion requests: server time and SQL statements per page.
+"""Review queue page with N pending promotion requests, and the page of their model (N versions): server time and
+SQL statements per page.
 
 Run by bench/run.py (`--only review`) as a script in the bench database's environment:
 
@@ -7,9 +8,10 @@ Run by bench/run.py (`--only review`) as a script in the bench database's enviro
 For each size it tops the queue up to that many pending requests (one version each, target `review`
 whose policy names the `reviewers` group; every third request already has one approval), then, as a
 reviewer logged in with a session, renders `GET /reviews/` (first page) and `GET /reviews/?after=<pk>`
-(the last page; the queue pages by position, core/keyset.py) REQUESTS times each through Django's full
-request stack in this process (middleware, view, selectors, template), and reports p50/p95 and the SQL
-statements per page. The statement count and the time must not depend on the queue length.
+(the last page; the queue pages by position, core/keyset.py), then the model's page `/models/bench/review/`
+(versions newest first) and its last page (`?after=<pk>`), REQUESTS times each through Django's full request
+stack in this process (middleware, view, selectors, template), and reports p50/p95 and the SQL statements per
+page. The statement count and the time must not depend on the queue length or the number of versions.
 """
 
 from __future__ import annotations
@@ -115,8 +117,17 @@ def main(sizes: list[int], requests: int, reps: int = 1) -> dict:
         queue = PromotionRequest.objects.filter(target=target, state="pending").order_by("created_at", "id")
         pending = queue.count()
         last_page_after = queue.values_list("pk", flat=True)[max(0, pending - 26)]  # the row before the last 25
-        per_size = {"pending": pending}
-        for label, path in (("first page", "/reviews/"), ("last page", f"/reviews/?after={last_page_after}")):
+        # The model page lists the model's versions newest first (one per request here), by position too.
+        versions = ModelVersion.objects.filter(model=model).order_by("-number")
+        oldest_page_after = versions.values_list("pk", flat=True)[max(0, model.latest_number - 26)]
+        model_page = f"/models/{model.namespace}/{model.name}/"
+        per_size = {"pending": pending, "versions": model.latest_number}
+        for label, path in (
+            ("first page", "/reviews/"),
+            ("last page", f"/reviews/?after={last_page_after}"),
+            ("model page, first", model_page),
+            ("model page, last", f"{model_page}?after={oldest_page_after}"),
+        ):
             for _ in range(5):
                 client.get(path)
             rep_figures, statements = [], set()

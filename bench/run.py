@@ -1184,11 +1184,15 @@ def print_table(results: dict) -> None:
         rows.append(("", "p95", ms(r["p95_ms"]), ms(r["server_p95_ms"]), goal))
     if "review" in results:
         for r in results["review"].values():
-            for label in ("first page", "last page"):
+            for label in ("first page", "last page", "model page, first", "model page, last"):
                 x = r[label]
+                if label.startswith("model"):
+                    what = f"model page, {r['versions']} versions, {label.removeprefix('model page, ')} page"
+                else:
+                    what = f"review queue, {r['pending']} pending, {label}"
                 rows.append(
                     (
-                        f"review queue, {r['pending']} pending, {label}",
+                        what,
                         "p50 / p95",
                         f"{x['p50_ms']:.1f} / {x['p95_ms']:.1f} ms",
                         "",
