@@ -1,11 +1,21 @@
 """Reads for the registry's server-rendered pages, permission-filtered like the API."""
 
 import yaml
-from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce, Concat
 
+from core import unicode
 from registry import cards, selectors
 from registry.models import Alias, ModelCardRevision, ModelVersion, RegisteredModel
+
+
+def models_named(*, models: QuerySet[RegisteredModel], text: str) -> QuerySet[RegisteredModel]:
+    """Of `models`, those whose "namespace/name" holds `text` (any case); all of them for no text."""
+    if not text:
+        return models
+    if unicode.unstorable(text):  # no name holds a NUL or a lone surrogate (nor can PostgreSQL compare with one)
+        return models.none()
+    return models.annotate(full_name=Concat("namespace", Value("/"), "name")).filter(full_name__icontains=text)
 
 
 def model_for(*, user, namespace: str, name: str) -> RegisteredModel | None:

@@ -10,10 +10,11 @@ from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.utils.http import urlencode
 
+from core import unicode
 from core.keyset import keyset_page
 from registry import cards, selectors, ui_selectors
 
-HOME_PAGE_SIZE = 100
+HOME_PAGE_SIZE = 50
 PAGE_SIZE = 25
 
 
@@ -27,8 +28,13 @@ def _page(request, items, param: str = "page"):
 
 @login_required
 def home(request):
-    models = list(selectors.models_visible(user=request.user)[: HOME_PAGE_SIZE + 1])
-    return render(request, "home.html", {"models": models[:HOME_PAGE_SIZE], "more": len(models) > HOME_PAGE_SIZE})
+    """The models the user may view, by namespace and name, paged by position; `q` keeps those whose
+    namespace/name holds it."""
+    visible = selectors.models_visible(user=request.user)
+    wanted = request.GET.get("q", "").strip()[:200]
+    models = ui_selectors.models_named(models=visible, text=wanted)
+    page = keyset_page(models, request.GET, positions=visible, order=("namespace", "name"), size=HOME_PAGE_SIZE)
+    return render(request, "home.html", {"page": page, "q": unicode.printable(wanted)})
 
 
 @login_required

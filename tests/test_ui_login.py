@@ -96,3 +96,37 @@ def test_a_request_past_the_proxies_or_with_a_garbled_entry_counts_under_the_con
     assert sign_in(client, REMOTE_ADDR="203.0.113.7") == 429
     assert sign_in(client, REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="not-an-address, 10.0.0.3") == 429
     assert sign_in(client, REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="198.51.100.9, 10.0.0.3") == 302
+
+
+def test_home_lists_every_visible_model_by_name_page_by_page_and_filters_by_name(client, personas):
+    import re
+
+    from guardian.shortcuts import assign_perm
+
+    from registry import services as registry
+    from registry.views import HOME_PAGE_SIZE
+
+    owner, reviewer = personas["owner"].user, personas["outsider"].user
+    names = [f"team{i % 3}/model-{i:03d}" for i in range(HOME_PAGE_SIZE + 10)]  # 6 of them hidden
+    for full in names:
+        namespace, name = full.split("/")
+        model = registry.model_create(actor=owner, namespace=namespace, name=name)
+        if not full.endswith("7"):
+            assign_perm("view_registeredmodel", reviewer, model)
+    registry.model_create(actor=owner, namespace="hidden", name="model-999")
+    visible = sorted(n for n in names if not n.endswith("7"))
+    client.force_login(reviewer)
+
+    def shown(query: str = "") -> tuple[list[str], str]:
+        page = client.get("/" + query).content.decode()
+        return re.findall(r'<td><a href="/models/[^"]+/">([^<]+)</a></td>', page), page
+
+    first, page = shown()
+    assert first == visible[:HOME_PAGE_SIZE] and f"{len(visible)} in all" in page
+    after = re.search(r'href="\?after=(\d+)" rel="next"', page)[1]
+    second, _ = shown(f"?after={after}")
+    assert second == visible[HOME_PAGE_SIZE:]
+    filtered, page = shown("?q=TEAM1/model-01")
+    assert filtered == [n for n in visible if n.startswith("team1/model-01")] and 'value="TEAM1/model-01"' in page
+    none, page = shown("?q=hidden")
+    assert none == [] and "No model you may see has" in page
