@@ -402,16 +402,21 @@ def test_command_create_user_and_expiry(db):
         (["ci_bot", "--scopes", ","], "At least one scope"),
         (["ci_bot", "--scopes", "read", "--expires-in-days", "0"], "from 1 to 3650"),
         (["ghost", "--scopes", "read"], "--create-user"),
+        # a token refused leaves no user created and no role granted behind (they were, each audited)
+        (["ghost", "--scopes", "read,admin", "--create-user", "--roles", "auditors"], "Unknown scope(s): admin"),
+        (["ci_bot", "--scopes", "read", "--expires-in-days", "0", "--roles", "auditors"], "from 1 to 3650"),
     ],
 )
 def test_command_errors(personas, args, message):
     count, start = ApiToken.objects.count(), last_seq()
+    groups = set(personas["ci_bot"].user.groups.values_list("name", flat=True))
     with pytest.raises(CommandError) as excinfo:
         run_command(*args)
     assert message in str(excinfo.value)
     assert ApiToken.objects.count() == count
     assert new_events(start) == []
     assert not get_user_model().objects.filter(username="ghost").exists()
+    assert set(personas["ci_bot"].user.groups.values_list("name", flat=True)) == groups
 
 
 # --- the hand-written look-up (accounts.authentication.token_by_hash) ----------------------------

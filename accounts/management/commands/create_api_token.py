@@ -31,18 +31,20 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown role(s): {', '.join(unknown)}. Roles: {known}.")
         User = get_user_model()
         user = User.objects.filter(username=username).first()
-        if user is None:
-            if not create_user:
-                raise CommandError(f"No user '{username}'. Pass --create-user to create it.")
-            user, _ = services.user_get_or_create(actor=ACTOR, username=username)
-        if wanted_roles:
-            groups = role_names.ensure_roles()
-            with transaction.atomic():
-                user.groups.add(*(groups[r] for r in wanted_roles))
+        if user is None and not create_user:
+            raise CommandError(f"No user '{username}'. Pass --create-user to create it.")
         try:
-            issued = services.token_create(
-                actor=ACTOR, user=user, name=name or "cli", scopes=scopes, expires_in_days=expires_in_days
-            )
+            # One transaction: a token refused (an unknown scope, an expiry out of range) leaves no user created
+            # and no role granted behind, nor their audit events.
+            with transaction.atomic():
+                if user is None:
+                    user, _ = services.user_get_or_create(actor=ACTOR, username=username)
+                if wanted_roles:
+                    groups = role_names.ensure_roles()
+                    user.groups.add(*(groups[r] for r in wanted_roles))
+                issued = services.token_create(
+                    actor=ACTOR, user=user, name=name or "cli", scopes=scopes, expires_in_days=expires_in_days
+                )
         except DomainError as exc:
             raise CommandError(exc.message) from None
         token = issued.token
