@@ -17,6 +17,7 @@ from accounts.models import ApiToken
 from audit.services import record
 from core import context
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.logging import refuse_secret
 
 MAX_EXPIRY_DAYS = 3650
 TOKEN_FIELDS = ["name", "prefix", "scopes", "expires_at", "revoked_at"]
@@ -44,6 +45,7 @@ def token_create(
 ) -> IssuedToken:
     """Issue a token for `user`. `max_scopes` and `max_expires_at` cap what a token-authenticated caller
     may grant: a token cannot mint one with more scopes than itself, or one that outlives it."""
+    refuse_secret("name", name)
     try:
         scope_list = scope_names.parse(scopes)
     except ValueError as exc:

@@ -39,6 +39,12 @@ def redact(value):
     return value
 
 
+def subject_text(text: str) -> str:
+    """An event's subject_repr: an object's name, masked as the logs are (a token pasted as a token's or webhook's
+    name would stay in the append-only log for good), cut to the column's length."""
+    return mask_secrets(text)[:SUBJECT_REPR_LENGTH]
+
+
 def _to_json_text(value) -> str:
     plain = json.loads(json.dumps(value, cls=DjangoJSONEncoder))
     return chain.canonical_json(redact(plain)).decode()
@@ -84,7 +90,7 @@ def new_event(
         action=action,
         subject_type=subject_type,
         subject_id=str(subject_id),
-        subject_repr=(subject_repr or "")[:SUBJECT_REPR_LENGTH],
+        subject_repr=subject_text(subject_repr or ""),
         before=_to_json_text(before),
         after=_to_json_text(after),
         reason=mask_secrets(reason or ""),

@@ -19,6 +19,7 @@ import traceback
 from django.utils.functional import LazyObject, empty
 
 from core import context, url_credentials
+from core.errors import InvalidInput
 from core.unicode import BEYOND_C0
 
 # mgr_<prefix>_<secret> API tokens (accounts.services.token_create) and whsec_ webhook secrets: the
@@ -30,6 +31,17 @@ MASK = "***"
 def redact(text: str) -> str:
     """API tokens and webhook secrets masked, and credentials inside URLs (core.url_credentials)."""
     return url_credentials.mask(_SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text))
+
+
+def refuse_secret(field: str, text: str) -> None:
+    """A name or description is listed, logged and kept in the append-only audit log: one holding what redact()
+    masks (an API token, a webhook secret, a credential in a URL), pasted there by mistake, is refused."""
+    if redact(text) != text:
+        message = (
+            f"The {field} holds what looks like a secret (an API token, a webhook secret or a credential in a URL); "
+            f"a {field} is shown in lists and kept in the audit log for good. Remove it."
+        )
+        raise InvalidInput(message, detail={field: [message]})
 
 
 # Control characters (C0, DEL, C1), the Unicode line and paragraph separators, which line-based readers (Python's

@@ -67,6 +67,7 @@ from audit.models import AuditEvent, format_time
 from audit.services import record
 from core.errors import Conflict, InvalidInput, NotFound
 from core.etags import check_if_match, etag_of
+from core.logging import refuse_secret
 from core.unicode import printable
 from governance.webhook_egress import ALLOW_HINT, EgressRefused, egress_refusal, host_refusal, ip_literal
 from governance.webhook_models import (
@@ -340,6 +341,8 @@ def endpoint_create(
     *, actor, name: str, url: str, event_types: list[str], description: str = "", active: bool = True
 ) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint. Returns it with its plaintext secret, which is never available again."""
+    refuse_secret("name", name)
+    refuse_secret("description", description)
     url = _validate_url(url)
     event_types = validate_event_types(event_types)
     secret = generate_secret()
@@ -383,6 +386,9 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = 
     unknown = set(changes) - allowed
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a webhook.")
+    for field in ("name", "description"):
+        if field in changes:
+            refuse_secret(field, changes[field])
     if "url" in changes:
         changes["url"] = _validate_url(changes["url"])
     if "event_types" in changes:

@@ -18,7 +18,7 @@ from guardian.shortcuts import assign_perm
 
 from accounts import access
 from audit.chain import canonical_json
-from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record
+from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record, subject_text
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.etags import check_if_match
 from registry import cards, selectors
@@ -284,7 +284,7 @@ def _insert_numbered(version: ModelVersion, actor, audit_after: dict) -> None:
     model = version.model
     event = new_event(action="version.registered", subject_type=_VERSION_LABEL, subject_id="", actor=actor)
     prefix, suffix = json_text_around(audit_after, "number")
-    repr_prefix = f"{model}:"
+    repr_prefix = subject_text(f"{model}:")
     event_sql, event_params = insert_sql(
         event,
         {
@@ -299,7 +299,7 @@ def _insert_numbered(version: ModelVersion, actor, audit_after: dict) -> None:
         version.pk, version.number, *links = cursor.fetchone()
     model.latest_number = version.number
     version._state.adding, version._state.db = False, connection.alias
-    event.subject_id, event.subject_repr = str(version.pk), str(version)[:SUBJECT_REPR_LENGTH]
+    event.subject_id, event.subject_repr = str(version.pk), f"{repr_prefix}{version.number}"[:SUBJECT_REPR_LENGTH]
     event.after = f"{prefix}{version.number}{suffix}"
     linked(event, *links)
 

@@ -482,6 +482,22 @@ def test_head_needs_the_scope_get_needs(personas, make_token, path):
     assert bearer(make_token(personas["auditor"].user, ["audit:read"])).head(path).status_code == 200
 
 
+def test_a_name_holding_a_token_is_refused_and_an_events_subject_is_masked(personas, make_token):
+    """A token's name is listed and kept in its events' subject_repr for good: one holding another token (pasted by
+    mistake) is a 400 and nothing is created; and whatever reaches an event's subject is masked as in the logs."""
+    from audit.services import new_event
+
+    ci_bot = personas["ci_bot"]
+    pasted = make_token(ci_bot.user, ["read"])
+    count, start = ApiToken.objects.count(), last_seq()
+    refused = ci_bot.client().post(TOKENS, {"name": f"copy of {pasted}", "scopes": ["read"]}, format="json")
+    assert refused.status_code == 400 and "looks like a secret" in refused.json()["error"]["message"]
+    assert pasted not in refused.content.decode()
+    assert ApiToken.objects.count() == count and new_events(start) == []
+    event = new_event(action="x.y", subject_type="a.b", subject_id=1, subject_repr=f"copy of {pasted}")
+    assert event.subject_repr == f"copy of mgr_{parts(pasted)[0]}_***"
+
+
 def test_a_token_pasted_into_a_reason_is_masked_in_the_audit_log(personas, make_token):
     """The audit log is append-only: a secret pasted into it could never be removed."""
     ci_bot = personas["ci_bot"]

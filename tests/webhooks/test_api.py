@@ -160,3 +160,19 @@ def test_an_edit_of_a_stale_read_is_a_412_and_a_retry_of_one_made_is_a_200(world
     assert retried.status_code == 200 and AuditEvent.objects.count() == events  # already so: nothing to do
     url_changed = admin.patch(f"{URL}{hook}", {"url": "https://hooks.example.com/y"}, format="json")
     assert url_changed.status_code == 200 and url_changed["ETag"] != first["ETag"]
+
+
+def test_a_name_or_description_holding_a_secret_is_refused(world):
+    """Names and descriptions are listed, logged and audited for good: a webhook secret or token pasted into one
+    is a 400, on create and on change, and nothing is written."""
+    admin = world["admin"].client()
+    secret = create(admin).json()["secret"]
+    events = AuditEvent.objects.count()
+    for body in ({"name": f"ci {secret}"}, {"description": f"signed with {secret}"}):
+        refused = create(admin, **{"name": "other", **body})
+        assert refused.status_code == 400 and "looks like a secret" in refused.json()["error"]["message"], body
+        assert secret.removeprefix("whsec_") not in refused.content.decode()
+    hook = admin.get(URL).json()["results"][0]["id"]
+    changed = admin.patch(f"{URL}{hook}", {"description": f"https://bot:pw@hooks.example.com {secret}"}, format="json")
+    assert changed.status_code == 400 and list(changed.json()["error"]["detail"]) == ["description"]
+    assert AuditEvent.objects.count() == events and [h["name"] for h in admin.get(URL).json()["results"]] == ["ci"]
