@@ -196,6 +196,11 @@ class _Chain:
         if named is None or seq < 1:
             given = "" if named is not None else f", not {json.dumps(seq)[:40]}"
             raise ChainError(named, line, f"seq must be a positive integer{given}")
+        for field in ("prev_hash", "hash"):
+            if not isinstance(event[field], str):
+                raise ChainError(
+                    seq, line, f"{field} must be a string of 64 hex digits, not {json.dumps(event[field])[:40]}"
+                )
         self._link(seq, event["prev_hash"], line)
         try:
             computed = event_hash(event["prev_hash"], event)

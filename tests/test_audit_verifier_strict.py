@@ -87,6 +87,17 @@ def test_verify_events_refuses_a_member_that_no_hash_covers():
         chain.verify_events(events, from_genesis=True)
 
 
+@pytest.mark.parametrize("value", [7, None, ["0" * 64]])
+@pytest.mark.parametrize("field", ["prev_hash", "hash"])
+def test_a_hash_that_is_no_string_fails_naming_the_line(field, value):
+    """Where a part starts (--partial, after a gap) prev_hash is taken as given: a number there was a traceback
+    (AttributeError) from the script and from verify_events, not a FAIL naming the line."""
+    events = [json.loads(line) for line in synthetic_lines(3, start=5)]
+    events[0][field] = value
+    with pytest.raises(chain.ChainError, match=rf"^sequence 5 \(line 1\): {field} must be a string of 64 hex digits"):
+        chain.verify_events(events, from_genesis=False)
+
+
 def test_parse_line_refuses_a_repeated_key_naming_the_line():
     line = synthetic_lines(1, start=7)[0].decode()
     assert chain.parse_line(line, 3) == json.loads(line)
