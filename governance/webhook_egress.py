@@ -14,6 +14,10 @@ from django.conf import settings
 
 ALLOW_HINT = "allow it with WEBHOOK_ALLOWED_NETWORKS"
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598): Python counts it neither way
+# IETF protocol assignments (RFC 6890): not globally reachable, but for the PCP and TURN anycast addresses. Python
+# before 3.12.4 calls most of the block global (192.0.0.8, say), so the rule would depend on the Python version.
+_PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")
+_GLOBAL_ANYCAST = {ipaddress.ip_address("192.0.0.9"), ipaddress.ip_address("192.0.0.10")}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are the IPv4 address reached
 
 
@@ -62,6 +66,8 @@ def _kind(address) -> str | None:
         return "a multicast address"
     if address in _SHARED:
         return "a shared (carrier-grade NAT) address"
+    if address in _PROTOCOL_ASSIGNMENTS and address not in _GLOBAL_ANYCAST:
+        return "an IETF protocol assignment address"
     if address.is_reserved:
         return "a reserved address"
     if address.is_private:

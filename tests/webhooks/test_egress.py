@@ -172,6 +172,9 @@ def test_public_literals_and_allowed_networks_are_accepted(world, production):
         ("2002:a00:5::1", "2002:a00:5::1 (10.0.0.5) is a private address"),
         ("::ffff:127.0.0.1", "::ffff:7f00:1 (127.0.0.1) is a loopback address"),
         ("fec0::1", "fec0::1 is not a public address"),  # site-local, deprecated but not global
+        ("192.0.0.8", "192.0.0.8 is an IETF protocol assignment address"),  # Python 3.11 calls it global
+        ("192.0.0.170", "192.0.0.170 is an IETF protocol assignment address"),
+        ("192.0.0.9", None),  # PCP anycast: globally reachable
     ],
 )
 def test_only_global_unicast_addresses_pass(production, address, refusal):
