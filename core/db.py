@@ -2,7 +2,9 @@
 
 `ProtectRows("registry_modelversion", columns=[...])` makes the listed columns unchangeable and the
 rows undeletable; without `columns`, the whole row is append-only. The triggers fire for raw SQL
-too, so no code path (ORM, admin, a DBA's psql session) can rewrite history.
+too, so no code path (ORM, admin, a DBA's psql session) can rewrite history. A later migration widens a
+list by applying ProtectRows again with `replaces=` the list before it, which migrating back restores (not
+no protection at all).
 """
 
 from django.db.migrations.operations.base import Operation
@@ -12,15 +14,25 @@ class ProtectRows(Operation):
     reversible = True
     reduces_to_sql = True
 
-    def __init__(self, table: str, *, columns: list[str] | None = None, message: str | None = None):
+    def __init__(
+        self,
+        table: str,
+        *,
+        columns: list[str] | None = None,
+        message: str | None = None,
+        replaces: list[str] | None = None,
+    ):
         self.table = table
         self.columns = list(columns or [])
         self.message = message or f"{table} is append-only: its rows cannot be changed or deleted"
+        self.replaces = None if replaces is None else list(replaces)  # the column list in force before this one
 
     def deconstruct(self):
         kwargs = {"columns": self.columns} if self.columns else {}
         if self.message != f"{self.table} is append-only: its rows cannot be changed or deleted":
             kwargs["message"] = self.message
+        if self.replaces is not None:
+            kwargs["replaces"] = self.replaces
         return self.__class__.__qualname__, [self.table], kwargs
 
     def state_forwards(self, app_label, state):
@@ -79,6 +91,10 @@ class ProtectRows(Operation):
             schema_editor.execute(sql, params=None)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if self.replaces is not None:  # back to the protection this one widened
+            previous = ProtectRows(self.table, columns=self.replaces, message=self.message)
+            previous.database_forwards(app_label, schema_editor, from_state, to_state)
+            return
         for sql in self._backwards_sql(schema_editor.connection.vendor):
             schema_editor.execute(sql, params=None)
 

@@ -72,3 +72,27 @@ def test_two_versions_cannot_swap_ids(personas):
         (one,), (two,) = cursor.fetchall()
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")
         cursor.execute("UPDATE registry_modelversion SET id = -id WHERE id IN (%s, %s)", [one, two])
+
+
+def test_migrating_back_restores_the_protection_a_migration_widened(sqlite_shell, tmp_path):
+    """Reversing a ProtectRows that widened a column list puts the previous list back: it dropped the triggers,
+    and the table was left with no protection at all. On the embedded default (SQLite), in a process of its own."""
+    import sqlite3
+
+    from tests import processes
+
+    _, db_file = sqlite_shell("pass")
+
+    def update_trigger() -> str:
+        with sqlite3.connect(db_file) as db:
+            (sql,) = db.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'registry_modelversion_protect_update'"
+            ).fetchone()
+        return sql
+
+    assert "OLD.id IS NOT NEW.id" in update_trigger()
+    processes._sqlite_run(tmp_path / "data", db_file, "migrate", "registry", "0007", "--noinput")
+    back = update_trigger()
+    assert "OLD.id" not in back and "OLD.run_id IS NOT NEW.run_id" in back and "OLD.digest IS NOT NEW.digest" in back
+    processes._sqlite_run(tmp_path / "data", db_file, "migrate", "--noinput")
+    assert "OLD.id IS NOT NEW.id" in update_trigger()

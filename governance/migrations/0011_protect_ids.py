@@ -2,7 +2,7 @@ from django.db import migrations
 
 from core.db import ProtectRows
 
-# The id is part of what is protected: a request's approvals and the policy version a review was bound to are named by
+# The id is part of what is protected: a request"s approvals and the policy version a review was bound to are named by
 # id, and two ids swapped in one transaction passed the deferred foreign-key checks.
 
 
@@ -13,12 +13,23 @@ class Migration(migrations.Migration):
         ProtectRows(
             "governance_policy",
             columns=["id", "target_id", "model_id", "version", "rules", "created_at"],
+            replaces=["target_id", "model_id", "version", "rules", "created_at"],
             message="policies are versioned: add a new policy version instead of changing one",
         ),
         ProtectRows(
             "governance_approval",
             columns=[
                 "id",
+                "request_id",
+                "user_id",
+                "decision",
+                "comment",
+                "digest",
+                "card_revision",
+                "policy_id",
+                "created_at",
+            ],
+            replaces=[
                 "request_id",
                 "user_id",
                 "decision",

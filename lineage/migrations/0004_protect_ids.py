@@ -4,8 +4,8 @@ from core.db import ProtectRows
 
 MESSAGE = "lineage facts are append-only: record a new fact (a later event, an unlink) instead"
 
-# The id is part of what is protected: link and unlink facts are ordered by id, so swapping a link's id with its later
-# unlink's brought a retracted producing run back without touching a protected column.
+# The id is part of what is protected: link and unlink facts are ordered by id, so swapping a link"s id with its later
+# unlink"s brought a retracted producing run back without touching a protected column.
 
 
 class Migration(migrations.Migration):
@@ -27,11 +27,24 @@ class Migration(migrations.Migration):
                 "payload_sha256",
                 "recorded_at",
             ],
+            replaces=[
+                "kind",
+                "event_type",
+                "event_time",
+                "producer",
+                "schema_url",
+                "run_id",
+                "job_id",
+                "dataset_id",
+                "payload_sha256",
+                "recorded_at",
+            ],
             message=MESSAGE,
         ),
         ProtectRows(
             "lineage_versionrunlink",
             columns=["id", "version_id", "run_uuid", "linked", "source", "reason", "event_id", "recorded_at"],
+            replaces=["version_id", "run_uuid", "linked", "source", "reason", "event_id", "recorded_at"],
             message=MESSAGE,
         ),
     ]
