@@ -66,7 +66,7 @@ def keyset_page(
     size: int = PAGE_SIZE,
     count_cap: int = COUNT_CAP,
 ) -> KeysetPage:
-    """The page of `queryset` (in `order`, "-field" for descending; its last field unique) that `params` (a
+    """The page of `queryset` (in `order`, "-field" for descending; the fields together unique) that `params` (a
     request's GET) asks for with `after` or `before`, the boundary read from `positions`; the first page when it
     asks for neither or names no row of `positions`."""
     after, before = _cursor(params.get("after")), _cursor(params.get("before"))

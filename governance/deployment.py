@@ -129,10 +129,13 @@ def check_archive(*, actor, version: ModelVersion) -> None:
     """The registry's archive check (GovernanceConfig.ready): a version a release serves, or is on its way to serve,
     is not archived (archived is final: never served again); roll the target back or promote another version first.
 
-    It runs under the version's row lock and locks the version's pending requests (lock order: version, then
-    promotion): an approval under way, which may start a release, commits before the releases are read, and one
-    that waited for this archive finds the version archived (release_start)."""
+    It runs under the version's row lock and locks the version's pending requests, then the targets it has releases
+    on (lock order: version, promotion, target): an approval or a rollback under way, which may make a release of it
+    desired, commits before the releases are read, and one that waited for this archive finds the version archived
+    (release_start, deployment_rollback)."""
     list(PromotionRequest.objects.select_for_update(no_key=True).filter(version=version, state=PromotionState.PENDING))
+    released_on = Release.objects.filter(version=version).values("target_id")
+    list(DeploymentTarget.objects.select_for_update(no_key=True).filter(pk__in=released_on).order_by("pk"))
     releases = list(
         Release.objects.filter(version=version, state__in=(*ACTIVE, ReleaseState.LIVE))
         .select_related("target")

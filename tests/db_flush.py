@@ -5,6 +5,7 @@ here, ~450 ms), then post_migrate, which creates every content type and permissi
 to a handful of tables. This flush truncates those (CASCADE: an empty table that references one of them need not
 be named), keeps the content types and permissions (post_migrate would create the same rows again) and still
 sends post_migrate, as `flush` does: guardian's anonymous user and anything else it makes comes back.
+A transactional test that creates content types or permissions of its own must delete them itself: they are kept.
 """
 
 from django.contrib.auth.models import Permission

@@ -97,3 +97,60 @@ def test_an_approval_that_waited_for_an_archive_starts_no_release(world):
     assert not Release.objects.exists()
     request = PromotionRequest.objects.get(pk=request_id)
     assert request.state == "pending" and request.approvals.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rollback_that_waited_for_an_archive_does_not_serve_the_archived_version(world):
+    """Release 2 (v2) serves, release 1 (v1) served before it. The archive of v1 locks the targets v1 has releases
+    on, so a rollback to release 1 waits for it to commit, then finds v1 archived: 409, nothing changes."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from governance.models import ServingPeriod
+    from tests.governance.conftest import register_second_version
+
+    register_second_version(world)
+    target = DeploymentTarget.objects.get(name="prod")
+    v1, v2 = ModelVersion.objects.get(number=1), ModelVersion.objects.get(number=2)
+    now = timezone.now()
+    r1 = Release.objects.create(target=target, version=v1, number=1, state="superseded", live_at=now - timedelta(2))
+    r2 = Release.objects.create(target=target, version=v2, number=2, state="live", live_at=now - timedelta(1))
+    ServingPeriod.objects.create(target=target, release=r1, started_at=r1.live_at, ended_at=r2.live_at)
+    ServingPeriod.objects.create(target=target, release=r2, started_at=r2.live_at)
+    DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
+    holding, released, outcome, roller_pid = threading.Event(), threading.Event(), {}, []
+
+    def hold_the_archive_open(*, actor, version):
+        holding.set()
+        released.wait(10)
+
+    def roll_back():
+        from django.db import connection
+
+        roller_pid.append(connection.cursor().connection.info.backend_pid)
+        return deployment.deployment_rollback(actor=world["admin"].user, target=target, reason="x", to_number=1).number
+
+    registry.register_archive_check(hold_the_archive_open)
+    try:
+        archiver = in_thread(
+            outcome,
+            "archive",
+            lambda: registry.version_update(actor=world["owner"].user, version=v1, status="archived").status,
+        )
+        assert holding.wait(10)
+        roller = in_thread(outcome, "rollback", roll_back)
+        assert comes_to_wait_on_a_lock(roller_pid), "the rollback should wait for the archive"
+        released.set()
+        archiver.join(20)
+        roller.join(20)
+    finally:
+        registry._ARCHIVE_CHECKS.remove(hold_the_archive_open)
+        released.set()
+    assert outcome["archive"] == "archived"
+    assert "archived" in outcome["rollback"], outcome
+    target.refresh_from_db()
+    assert target.desired_release == r2 and dict(target.releases.values_list("number", "state")) == {
+        1: "superseded",
+        2: "live",
+    }
