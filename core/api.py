@@ -210,6 +210,9 @@ class BaseAPIView(views.APIView):
 
     query_serializers: dict[str, type[serializers.Serializer]] = {}
     schema = QuerySchema()
+    # The ETag this view's GET sends changes whenever the object's state in the body does (not only what a write
+    # may change): a GET or HEAD naming it in If-None-Match is then a 304 (core.etags.not_modified_if_unchanged).
+    etag_validates_body = False
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -221,7 +224,7 @@ class BaseAPIView(views.APIView):
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
-        return etags.not_modified_if_unchanged(request, response)
+        return etags.not_modified_if_unchanged(request, response) if self.etag_validates_body else response
 
     def _query_method(self) -> str:
         return "GET" if self.request.method == "HEAD" else self.request.method

@@ -14,7 +14,7 @@ them in the schema:
 A status a view already documents keeps its description; it gains the error body if it had none.
 """
 
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -74,29 +74,6 @@ def document_errors(result, generator, request, public):
     return result
 
 
-def document_conditional_gets(result, generator, request, public):
-    """drf-spectacular POSTPROCESSING_HOOKS entry: a GET whose 200 carries an ETag takes If-None-Match and may answer
-    304 (core.etags.not_modified_if_unchanged, every BaseAPIView)."""
-    for path_item in result.get("paths", {}).values():
-        operation = path_item.get("get")
-        ok = (operation or {}).get("responses", {}).get("200", {})
-        if "ETag" not in ok.get("headers", {}):
-            continue
-        operation.setdefault("parameters", []).append(
-            {
-                "in": "header",
-                "name": "If-None-Match",
-                "schema": {"type": "string"},
-                "description": "the ETag of your last read: a 304 with no body if it is still so",
-            }
-        )
-        operation["responses"]["304"] = {
-            "description": "Not Modified: still as the If-None-Match ETag says",
-            "headers": {"ETag": ok["headers"]["ETag"]},
-        }
-    return result
-
-
 def etag_header(what: str) -> OpenApiParameter:
     """The ETag response header of a resource whose writes can be conditional (core.etags)."""
     return OpenApiParameter(
@@ -115,3 +92,16 @@ def if_match_header(what: str) -> OpenApiParameter:
         OpenApiParameter.HEADER,
         description=f"the ETag of your last read of {what}: changed only if it is still so (else 412, nothing written)",
     )
+
+
+def if_none_match_header(what: str) -> OpenApiParameter:
+    """For a view whose ETag validates its body (BaseAPIView.etag_validates_body): with NOT_MODIFIED."""
+    return OpenApiParameter(
+        "If-None-Match",
+        str,
+        OpenApiParameter.HEADER,
+        description=f"the ETag of your last read of {what}: a 304 with no body if it is still so",
+    )
+
+
+NOT_MODIFIED = OpenApiResponse(description="Not Modified: still as the If-None-Match ETag says (no body)")

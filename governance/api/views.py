@@ -5,7 +5,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
-from core.openapi import etag_header, if_match_header
+from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
 from governance import deployment, presenters, selectors, services
 from governance.api import serializers as s
@@ -73,6 +73,7 @@ class TargetDetailView(GovernedAPIView):
 
 
 class TargetPolicyView(GovernedAPIView):
+    etag_validates_body = True  # a policy version never changes
     required_scopes = {"GET": scopes.READ, "PUT": scopes.DEPLOYMENTS_WRITE}
 
     def _scope(self, name, namespace=None, model_name=None):
@@ -85,8 +86,8 @@ class TargetPolicyView(GovernedAPIView):
         return target, model
 
     @extend_schema(
-        responses=s.PolicyOutput,
-        parameters=[etag_header("the policy in force")],
+        responses={200: s.PolicyOutput, 304: NOT_MODIFIED},
+        parameters=[etag_header("the policy in force"), if_none_match_header("the policy in force")],
         summary="The current policy (of the target, or its override for a model)",
     )
     def get(self, request, name, namespace=None, model_name=None):

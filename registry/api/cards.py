@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from core.api import OutputModelSerializer, StrictSerializer
 from core.errors import InvalidInput, NotFound
-from core.openapi import etag_header, if_match_header
+from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.parsers import BoundedJSONParser
 from registry import cards, services
 from registry.api.parsers import MarkdownParser, MarkdownRenderer
@@ -88,6 +88,7 @@ class CardView(ModelScopedView):
     versions:write scope. Hugging Face README.md files are accepted and served as text/markdown.
     """
 
+    etag_validates_body = True  # a revision never changes
     required_scopes = {"GET": scopes.READ, "POST": scopes.VERSIONS_WRITE}
     parser_classes = [BoundedJSONParser, MarkdownParser]
     renderer_classes = [JSONRenderer, MarkdownRenderer]
@@ -101,9 +102,10 @@ class CardView(ModelScopedView):
 
     @extend_schema(
         summary="Get a version's model card (latest revision, or ?revision=K; ?format=huggingface for README.md)",
-        parameters=[etag_header("the revision")],
+        parameters=[etag_header("the revision"), if_none_match_header("the revision")],
         responses={
             (200, "application/json"): CardRevisionOutput,
+            (304, "application/json"): NOT_MODIFIED,
             (200, MARKDOWN): OpenApiResponse(OpenApiTypes.STR, description="Hugging Face README.md"),
             (404, "application/json"): OpenApiResponse(description="No such model or version, or no card yet"),
             (409, "application/json"): OpenApiResponse(

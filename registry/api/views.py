@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from accounts import access, scopes
 from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, LengthRequired, NotFound
-from core.openapi import etag_header, if_match_header
+from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
 from registry import selectors, services
 from registry.api import serializers as s
@@ -144,9 +144,14 @@ class VersionListView(ModelScopedView):
 
 
 class VersionDetailView(ModelScopedView):
+    etag_validates_body = True  # tags and status; the rest of a version never changes
     required_scopes = {"GET": scopes.READ, "PATCH": scopes.VERSIONS_WRITE}
 
-    @extend_schema(responses=s.VersionOutput, parameters=[etag_header("the version")], summary="Get a version")
+    @extend_schema(
+        responses={200: s.VersionOutput, 304: NOT_MODIFIED},
+        parameters=[etag_header("the version"), if_none_match_header("the version")],
+        summary="Get a version",
+    )
     def get(self, request, namespace, name, number):
         return self.shown(self.version())
 

@@ -240,6 +240,20 @@ def test_a_read_naming_the_etag_it_holds_is_a_304_without_a_body(owner):
     assert changed.status_code == 200 and changed["ETag"] != etag and changed.json()["tags"] == {"team": "growth"}
 
 
+def test_only_etags_that_follow_the_whole_body_answer_304(owner):
+    """A model's ETag covers what a PATCH changes (its description), not latest_number: a CI job polling the model
+    with If-None-Match must see the new version, so the model's read never answers 304. A card revision's does."""
+    model = f"{BASE}"
+    etag = owner.get(model)["ETag"]
+    assert owner.post(f"{BASE}/versions/", register_body(s3_manifest(b"w2")), format="json").status_code == 201
+    polled = owner.get(model, HTTP_IF_NONE_MATCH=etag)
+    assert polled.status_code == 200 and polled["ETag"] == etag and polled.json()["latest_number"] == 2
+    assert owner.post(f"{VERSION}/card", {"content": {"model_details": "Trees."}}, format="json").status_code == 201
+    card = owner.get(f"{VERSION}/card")
+    again = owner.get(f"{VERSION}/card", HTTP_IF_NONE_MATCH=card["ETag"])
+    assert (again.status_code, again["ETag"], again.content) == (304, card["ETag"], b"")
+
+
 def test_if_none_match_never_reveals_what_the_caller_may_not_see(owner, personas):
     etag = owner.get(VERSION)["ETag"]
     hidden = personas["outsider"].client().get(VERSION, HTTP_IF_NONE_MATCH=etag)
