@@ -80,6 +80,17 @@ def _retire(release: Release | None, state: str, now) -> None:
         release.save(update_fields=["state", "ended_at"])
 
 
+def _record_superseded(release: Release, by: Release, actor) -> None:
+    """The event of a release another replaced (a newer approval, or another release that went live): its own, so
+    a release's events say when and why it stopped. Call after the row locks (record() takes the chain head)."""
+    record(
+        action="release.superseded",
+        subject=release,
+        actor=actor,
+        after={"target": by.target.name, "number": release.number, "by": by.number},
+    )
+
+
 def release_start(*, actor, promotion: PromotionRequest) -> Release:
     """An approved promotion becomes the target's desired release. Runs inside the approval's transaction."""
     target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=promotion.target_id)
@@ -93,7 +104,8 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
         )
     now = timezone.now()
     previous = target.desired_release
-    if previous is not None and previous.state in ACTIVE:  # never went live: replaced by the newer approval
+    superseded = previous is not None and previous.state in ACTIVE
+    if superseded:  # never went live: replaced by the newer approval
         _retire(previous, ReleaseState.SUPERSEDED, now)
     release = Release.objects.create(
         target=target,
@@ -108,6 +120,8 @@ def release_start(*, actor, promotion: PromotionRequest) -> Release:
     record_deployed_edge(release)
     target.desired_release = release
     target.save(update_fields=["desired_release"])
+    if superseded:
+        _record_superseded(previous, release, actor)
     record(
         action="release.created",
         subject=release,
@@ -542,7 +556,8 @@ def _record_live(
         if target.desired_release_id != release.pk or release.state == ReleaseState.LIVE:
             return None
         now = timezone.now()
-        for other in target.releases.filter(state=ReleaseState.LIVE).exclude(pk=release.pk):
+        replaced = list(target.releases.filter(state=ReleaseState.LIVE).exclude(pk=release.pk))
+        for other in replaced:
             _retire(other, ReleaseState.SUPERSEDED, now)
         serving = ServingPeriod.objects.filter(target=target, ended_at__isnull=True)
         if list(serving.values_list("release_id", flat=True)) != [release.pk]:
@@ -570,6 +585,8 @@ def _record_live(
                 "host_release_id": release.host_release_id,
             },
         )
+        for other in replaced:
+            _record_superseded(other, release, SYSTEM)
     return target
 
 

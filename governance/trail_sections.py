@@ -49,6 +49,7 @@ _RELEASE_EFFECT = {
     "release.started": ReleaseState.DEPLOYING,
     "release.live": ReleaseState.LIVE,
     "release.failed": ReleaseState.FAILED,
+    "release.superseded": ReleaseState.SUPERSEDED,
 }
 _ACTIVE = (ReleaseState.PENDING, ReleaseState.DEPLOYING)
 
@@ -271,7 +272,7 @@ def _states_as_of(releases, events, rollbacks, newer, as_of) -> dict[int, tuple[
                 effect = ReleaseState.SUPERSEDED if state in _ACTIVE else None
             elif effect == "rolled-back-to":  # to a release still live (an abort): it stays so
                 effect = None if state == ReleaseState.LIVE else ReleaseState.PENDING
-            if effect is None:
+            if effect is None or effect == state:  # the event of what a row fact already says: the first one counts
                 continue
             state = effect
             ended = at if effect in (ReleaseState.SUPERSEDED, ReleaseState.ROLLED_BACK, ReleaseState.FAILED) else None

@@ -136,6 +136,6 @@ def test_approve_goes_live_and_rollback_restores_the_previous_version_under_traf
         ]
     assert actions == [
         "release.created", "release.started", "release.live",  # v1
-        "release.created", "release.started", "release.live",  # v2
+        "release.created", "release.started", "release.live", "release.superseded",  # v2, which replaced v1
         "release.rolled_back", "release.started", "release.live",  # back to v1
     ]  # fmt: skip

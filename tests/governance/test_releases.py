@@ -28,6 +28,19 @@ def test_approval_sets_desired_release(world):
     assert [(r["number"], r["state"], r["promotion"]) for r in body] == [(1, "pending", pk)]
 
 
+def test_a_release_a_newer_approval_replaces_records_its_own_event(world):
+    """Release 1 never went live; the approval of release 2 supersedes it, and release 1's events say so."""
+    import json
+
+    approve_all(world, promote(world["owner"]).json()["id"])
+    approve_all(world, promote(world["owner"]).json()["id"])
+    first = Release.objects.get(number=1)
+    assert first.state == "superseded" and first.ended_at is not None
+    event = AuditEvent.objects.get(action="release.superseded")
+    assert (event.subject_id, event.actor_username) == (str(first.pk), "reviewer2")
+    assert json.loads(event.after) == {"target": "prod", "number": 1, "by": 2}
+
+
 def test_rollback_needs_an_earlier_release_and_a_reason(world):
     pk = promote(world["owner"]).json()["id"]
     approve_all(world, pk)

@@ -243,8 +243,10 @@ def test_releases_section_field_by_field(personas, released):
         }
     ]
     events = trail["sections"]["releases"][0]["releases"][0]["events"]
-    assert [e["action"] for e in events] == ["release.created", "release.live", "release.live"]
-    assert [e["actor"] for e in events] == ["reviewer2", "system:reconciler", "system:reconciler"]
+    assert [e["action"] for e in events] == ["release.created", "release.live", "release.superseded", "release.live"]
+    assert [e["actor"] for e in events] == ["reviewer2", *["system:reconciler"] * 3]
+    superseded = AuditEvent.objects.get(action="release.superseded", subject_id=str(r1.pk))
+    assert json.loads(superseded.after) == {"target": "prod", "number": 1, "by": 2}  # release 2 went live
 
     (v2_target,) = get(personas["auditor"].client(), "model:acme/churn:2")["trail"]["sections"]["releases"]
     (release2,) = v2_target["releases"]
@@ -317,7 +319,7 @@ def test_as_of_replays_states_from_the_audit_events(personas, released):
     assert (release1["state"], release1["ended_at"]) == ("superseded", t(first_period.ended_at))
     assert release1["served"] == [{"started_at": t(first_period.started_at), "ended_at": t(first_period.ended_at)}]
     assert prod["rollbacks"] == []
-    assert [e["action"] for e in release1["events"]] == ["release.created", "release.live"]
+    assert [e["action"] for e in release1["events"]] == ["release.created", "release.live", "release.superseded"]
     assert v1["sections"]["promotions"]["checks"] is None  # no check "now" in a trail of the past
     assert AuditEvent.objects.get(action="release.rolled_back").seq not in {e["seq"] for e in v1["audit"]["events"]}
 
