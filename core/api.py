@@ -211,7 +211,8 @@ class BaseAPIView(views.APIView):
     query_serializers: dict[str, type[serializers.Serializer]] = {}
     schema = QuerySchema()
     # The ETag this view's GET sends changes whenever the object's state in the body does (not only what a write
-    # may change): a GET or HEAD naming it in If-None-Match is then a 304 (core.etags.not_modified_if_unchanged).
+    # may change; a user's name shown for created_by aside): a GET or HEAD naming it in If-None-Match is then a 304
+    # (core.etags.not_modified_if_unchanged).
     etag_validates_body = False
 
     def initial(self, request, *args, **kwargs):

@@ -80,7 +80,7 @@ def etag_header(what: str) -> OpenApiParameter:
         "ETag",
         str,
         OpenApiParameter.HEADER,
-        response=[200, 201],
+        response=[200, 201, 304],
         description=f"{what}'s entity tag: send it as If-Match to change it only if it is still as you read it",
     )
 

@@ -79,8 +79,9 @@ class Policy(models.Model):
 
     @property
     def etag(self) -> str:
-        """A policy never changes (a change is a new row): its id tells its rules apart. core.etags."""
-        return etag_of({"policy": self.pk})
+        """A policy never changes (a change is a new row) but for created_by, which a deleted user's SET_NULL clears:
+        its id and that tell it apart. core.etags."""
+        return etag_of({"policy": self.pk, "by": self.created_by_id})
 
 
 class PromotionRequest(models.Model):

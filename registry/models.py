@@ -89,8 +89,9 @@ class ModelVersion(models.Model):
 
     @property
     def etag(self) -> str:
-        """The version's entity tag: it changes when what can change of it does (tags, status). core.etags."""
-        return etag_of({"digest": self.digest, "tags": self.tags, "status": self.status})
+        """The version's entity tag: it changes when what can change of it does (tags, status, and created_by, which a
+        deleted user's SET_NULL clears). core.etags."""
+        return etag_of({"digest": self.digest, "tags": self.tags, "status": self.status, "by": self.created_by_id})
 
 
 class ModelCardRevision(models.Model):
@@ -111,8 +112,9 @@ class ModelCardRevision(models.Model):
 
     @property
     def etag(self) -> str:
-        """A revision never changes (a change is a new one): its id tells it apart. core.etags."""
-        return etag_of({"card_revision": self.pk})
+        """A revision never changes (a change is a new one) but for created_by, which a deleted user's SET_NULL
+        clears: its id and that tell it apart. core.etags."""
+        return etag_of({"card_revision": self.pk, "by": self.created_by_id})
 
 
 class Alias(models.Model):

@@ -94,5 +94,8 @@ def test_migrating_back_restores_the_protection_a_migration_widened(sqlite_shell
     processes._sqlite_run(tmp_path / "data", db_file, "migrate", "registry", "0007", "--noinput")
     back = update_trigger()
     assert "OLD.id" not in back and "OLD.run_id IS NOT NEW.run_id" in back and "OLD.digest IS NOT NEW.digest" in back
+    # past the migration that added run_id (an indexed column: SQLite rebuilds the table to remove it)
+    processes._sqlite_run(tmp_path / "data", db_file, "migrate", "registry", "0002", "--noinput")
+    assert "OLD.run_id" not in update_trigger() and "OLD.digest IS NOT NEW.digest" in update_trigger()
     processes._sqlite_run(tmp_path / "data", db_file, "migrate", "--noinput")
     assert "OLD.id IS NOT NEW.id" in update_trigger()

@@ -2,7 +2,7 @@ from django.db import migrations
 
 from core.db import ProtectRows
 
-# The id is part of what is protected: a request"s approvals and the policy version a review was bound to are named by
+# The id is part of what is protected: a request's approvals and the policy version a review was bound to are named by
 # id, and two ids swapped in one transaction passed the deferred foreign-key checks.
 
 

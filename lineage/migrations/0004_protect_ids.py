@@ -4,8 +4,8 @@ from core.db import ProtectRows
 
 MESSAGE = "lineage facts are append-only: record a new fact (a later event, an unlink) instead"
 
-# The id is part of what is protected: link and unlink facts are ordered by id, so swapping a link"s id with its later
-# unlink"s brought a retracted producing run back without touching a protected column.
+# The id is part of what is protected: link and unlink facts are ordered by id, so swapping a link's id with its later
+# unlink's brought a retracted producing run back without touching a protected column.
 
 
 class Migration(migrations.Migration):

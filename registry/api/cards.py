@@ -88,7 +88,13 @@ class CardView(ModelScopedView):
     versions:write scope. Hugging Face README.md files are accepted and served as text/markdown.
     """
 
-    etag_validates_body = True  # a revision never changes
+    @property
+    def etag_validates_body(self) -> bool:
+        """A revision never changes; but its README and its JSON share one ETag (If-Match takes either), so only the
+        JSON answers 304: a client holding the JSON is not told its copy is the README."""
+        markdown = isinstance(getattr(self.request, "accepted_renderer", None), MarkdownRenderer)
+        return not markdown and self.request.query_params.get("format") != "huggingface"
+
     required_scopes = {"GET": scopes.READ, "POST": scopes.VERSIONS_WRITE}
     parser_classes = [BoundedJSONParser, MarkdownParser]
     renderer_classes = [JSONRenderer, MarkdownRenderer]
@@ -135,8 +141,9 @@ class CardView(ModelScopedView):
             response["Content-Disposition"] = 'inline; filename="README.md"'
             response["X-Card-Revision"] = str(revision.revision)
             response["ETag"] = revision.etag
+            response["Vary"] = "Accept"
             return response
-        return Response(CardRevisionOutput(revision).data, headers={"ETag": revision.etag})
+        return Response(CardRevisionOutput(revision).data, headers={"ETag": revision.etag, "Vary": "Accept"})
 
     @extend_schema(
         summary="Add a model card revision (JSON {content} or a Hugging Face README.md as text/markdown)",

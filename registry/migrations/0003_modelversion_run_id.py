@@ -4,6 +4,30 @@ from django.db import migrations, models
 
 from core.db import ProtectRows
 
+BEFORE = [
+    "model_id",
+    "number",
+    "digest",
+    "manifest",
+    "artifact_uri",
+    "framework",
+    "task",
+    "params",
+    "metrics",
+    "metric_sources",
+    "source",
+    "created_at",
+]
+MESSAGE = "model versions are immutable: their content cannot be changed or deleted"
+
+
+def protect_as_before(apps, schema_editor):
+    """Migrating back, after run_id is gone: on SQLite removing an indexed column rebuilds the table, and its
+    triggers (the protection just restored) go with the old one, so it is put back once more, last."""
+    ProtectRows("registry_modelversion", columns=BEFORE, message=MESSAGE).database_forwards(
+        "registry", schema_editor, None, None
+    )
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -11,6 +35,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(migrations.RunPython.noop, protect_as_before),
         migrations.AddField(
             model_name="modelversion",
             name="run_id",
@@ -33,20 +58,7 @@ class Migration(migrations.Migration):
                 "run_id",
                 "created_at",
             ],
-            replaces=[
-                "model_id",
-                "number",
-                "digest",
-                "manifest",
-                "artifact_uri",
-                "framework",
-                "task",
-                "params",
-                "metrics",
-                "metric_sources",
-                "source",
-                "created_at",
-            ],
-            message="model versions are immutable: their content cannot be changed or deleted",
+            replaces=BEFORE,
+            message=MESSAGE,
         ),
     ]

@@ -252,6 +252,12 @@ def test_only_etags_that_follow_the_whole_body_answer_304(owner):
     card = owner.get(f"{VERSION}/card")
     again = owner.get(f"{VERSION}/card", HTTP_IF_NONE_MATCH=card["ETag"])
     assert (again.status_code, again["ETag"], again.content) == (304, card["ETag"], b"")
+    # its README shares the ETag (If-Match takes either): a client holding the JSON gets the README, not a 304
+    for readme in (
+        owner.get(f"{VERSION}/card", {"format": "huggingface"}, HTTP_IF_NONE_MATCH=card["ETag"]),
+        owner.get(f"{VERSION}/card", HTTP_ACCEPT="text/markdown", HTTP_IF_NONE_MATCH=card["ETag"]),
+    ):
+        assert readme.status_code == 200 and readme.content.startswith(b"---") and "Accept" in readme["Vary"]
 
 
 def test_if_none_match_never_reveals_what_the_caller_may_not_see(owner, personas):
