@@ -158,20 +158,15 @@ def check_archive(*, actor, version: ModelVersion) -> None:
     if not releases:
         return
     visible = set(selectors.targets_visible(user=actor).values_list("pk", flat=True))
-    named = [f"release {r.number} on {r.target.name} ({r.state})" for r in releases if r.target_id in visible]
-    hidden = len(releases) - len(named)
+    shown = [r for r in releases if r.target_id in visible]
+    hidden = len(releases) - len(shown)
+    named = [f"release {r.number} on {r.target.name} ({r.state})" for r in shown]
     where = ", ".join(named + ([f"{hidden} on targets you may not view"] if hidden else []))
     raise Conflict(
         f"Version {version} cannot be archived while it serves or is being deployed: {where}. Roll the target back "
         "or promote another version there first.",
         code="version_in_use",
-        detail={
-            "releases": [
-                {"target": r.target.name, "number": r.number, "state": r.state}
-                for r in releases
-                if r.target_id in visible
-            ]
-        },
+        detail={"releases": [{"target": r.target.name, "number": r.number, "state": r.state} for r in shown]},
     )
 
 

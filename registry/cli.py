@@ -614,6 +614,11 @@ _WHY_NO_CREDENTIALS = (
 )
 
 
+def credential_passed(option: str, value: str, problem: str) -> UsageError:
+    """The usage error for an option whose URL holds a credential, showing the URL masked."""
+    return UsageError(f"{option} '{redact_url(value)[:200]}' {problem}: remove it. {_WHY_NO_CREDENTIALS}")
+
+
 def source_from(args, environ=None) -> dict:
     """Source fields: explicit options first, then GitHub Actions or GitLab CI variables."""
     env = os.environ if environ is None else environ
@@ -659,7 +664,7 @@ def source_from(args, environ=None) -> dict:
             continue
         shown = redact_url(value)[:200]
         if given is not None:
-            raise UsageError(f"{option} '{shown}' {problem}: remove it. {_WHY_NO_CREDENTIALS}")
+            raise credential_passed(option, value, problem)
         try:
             stripped = url_without_credentials(value)
         except ValueError:  # a URL urllib cannot read: nothing to strip it from, so it is refused as it is
@@ -722,9 +727,7 @@ def cmd_register(args) -> int:
     artifact_uri = args.artifact_uri or "registry://"
     problem = url_credential_problem(artifact_uri)
     if problem:
-        raise UsageError(
-            f"--artifact-uri '{redact_url(artifact_uri)[:200]}' {problem}: remove it. {_WHY_NO_CREDENTIALS}"
-        )
+        raise credential_passed("--artifact-uri", artifact_uri, problem)
     client = client_from(args)
     manifest, where = build_manifest(args.path, log)
     digest = manifest_digest(manifest["files"])

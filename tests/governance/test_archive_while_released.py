@@ -57,43 +57,54 @@ def test_the_refusal_names_only_targets_the_archiver_may_view(world):
     assert "prod" not in owner["message"] and owner["detail"] == {"releases": []}
 
 
+def while_an_archive_holds_its_locks(archiver, version, work) -> dict:
+    """Archive `version` in one thread and, while the archive holds its locks (after governance's check, before it
+    commits), run `work` in another, which must come to wait for a lock. Returns the outcomes by "archive" and
+    "work" (a result, or the exception's repr)."""
+    holding, released, outcome, pids = threading.Event(), threading.Event(), {}, []
+
+    def hold_the_archive_open(*, actor, version):  # registered after governance's check, so it runs after it
+        holding.set()
+        released.wait(10)
+
+    def waiting_work():
+        from django.db import connection
+
+        pids.append(connection.cursor().connection.info.backend_pid)
+        return work()
+
+    registry.register_archive_check(hold_the_archive_open)
+    try:
+        archiving = in_thread(
+            outcome,
+            "archive",
+            lambda: registry.version_update(actor=archiver, version=version, status="archived").status,
+        )
+        assert holding.wait(10)
+        waiting = in_thread(outcome, "work", waiting_work)
+        assert comes_to_wait_on_a_lock(pids), "it should wait for the archive"
+        released.set()
+        archiving.join(20)
+        waiting.join(20)
+    finally:
+        registry._ARCHIVE_CHECKS.remove(hold_the_archive_open)
+        released.set()
+    return outcome
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_approval_that_waited_for_an_archive_starts_no_release(world):
     """The archive locks the version's pending requests, so the final approval waits for it to commit, and then
     finds the version archived: nothing of the approval is recorded, no release starts."""
     request_id = promote(world["owner"]).json()["id"]
     governance.promotion_approve(actor=world["reviewer"].user, request_id=request_id)  # 1 of 2
-    holding, released, outcome, approver_pid = threading.Event(), threading.Event(), {}, []
-
-    def hold_the_archive_open(*, actor, version):  # after governance's check, before the archive commits
-        holding.set()
-        released.wait(10)
-
-    def final_approval():
-        from django.db import connection
-
-        approver_pid.append(connection.cursor().connection.info.backend_pid)
-        return governance.promotion_approve(actor=world["reviewer2"].user, request_id=request_id).state
-
-    version = ModelVersion.objects.get(number=1)
-    registry.register_archive_check(hold_the_archive_open)
-    try:
-        archiver = in_thread(
-            outcome,
-            "archive",
-            lambda: registry.version_update(actor=world["owner"].user, version=version, status="archived").status,
-        )
-        assert holding.wait(10)
-        approver = in_thread(outcome, "approval", final_approval)
-        assert comes_to_wait_on_a_lock(approver_pid), "the approval should wait for the archive"
-        released.set()
-        archiver.join(20)
-        approver.join(20)
-    finally:
-        registry._ARCHIVE_CHECKS.remove(hold_the_archive_open)
-        released.set()
+    outcome = while_an_archive_holds_its_locks(
+        world["owner"].user,
+        ModelVersion.objects.get(number=1),
+        lambda: governance.promotion_approve(actor=world["reviewer2"].user, request_id=request_id).state,
+    )
     assert outcome["archive"] == "archived"
-    assert "archived" in outcome["approval"], outcome
+    assert "archived" in outcome["work"], outcome
     assert not Release.objects.exists()
     request = PromotionRequest.objects.get(pk=request_id)
     assert request.state == "pending" and request.approvals.count() == 1
@@ -119,36 +130,15 @@ def test_a_rollback_that_waited_for_an_archive_does_not_serve_the_archived_versi
     ServingPeriod.objects.create(target=target, release=r1, started_at=r1.live_at, ended_at=r2.live_at)
     ServingPeriod.objects.create(target=target, release=r2, started_at=r2.live_at)
     DeploymentTarget.objects.filter(pk=target.pk).update(desired_release=r2, last_good_release=r2)
-    holding, released, outcome, roller_pid = threading.Event(), threading.Event(), {}, []
-
-    def hold_the_archive_open(*, actor, version):
-        holding.set()
-        released.wait(10)
-
-    def roll_back():
-        from django.db import connection
-
-        roller_pid.append(connection.cursor().connection.info.backend_pid)
-        return deployment.deployment_rollback(actor=world["admin"].user, target=target, reason="x", to_number=1).number
-
-    registry.register_archive_check(hold_the_archive_open)
-    try:
-        archiver = in_thread(
-            outcome,
-            "archive",
-            lambda: registry.version_update(actor=world["owner"].user, version=v1, status="archived").status,
-        )
-        assert holding.wait(10)
-        roller = in_thread(outcome, "rollback", roll_back)
-        assert comes_to_wait_on_a_lock(roller_pid), "the rollback should wait for the archive"
-        released.set()
-        archiver.join(20)
-        roller.join(20)
-    finally:
-        registry._ARCHIVE_CHECKS.remove(hold_the_archive_open)
-        released.set()
+    outcome = while_an_archive_holds_its_locks(
+        world["owner"].user,
+        v1,
+        lambda: (
+            deployment.deployment_rollback(actor=world["admin"].user, target=target, reason="x", to_number=1).number
+        ),
+    )
     assert outcome["archive"] == "archived"
-    assert "archived" in outcome["rollback"], outcome
+    assert "archived" in outcome["work"], outcome
     target.refresh_from_db()
     assert target.desired_release == r2 and dict(target.releases.values_list("number", "state")) == {
         1: "superseded",
