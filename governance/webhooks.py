@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import random
+import re
 import secrets as pysecrets
 import socket
 import threading
@@ -179,13 +180,21 @@ decrypt_url = decrypt_secret
 REDACTED = "***"
 
 
+# A path segment shown in clear: a short lowercase word (`services`, `hooks`, `api`, `v1`, `registry-hook`). A
+# token is long, mixed-case, digit-heavy or holds other characters (Telegram's `/bot<id>:<token>/` comes first).
+_WORDLIKE_SEGMENT = re.compile(r"[a-z][a-z0-9._-]{0,23}")
+
+
 def redact_url(url: str) -> str:
-    """A receiver URL as audit events and logs hold it: scheme, host, port and the first path segment; the rest of
-    the path is *** and so is every query value. Receivers put their credential anywhere in the path (Slack's third
-    segment, Zapier's short last one), so nothing past the first segment is guessed safe; the host is kept, as where
-    the events went is what an auditor needs. No fragment (never sent), no userinfo (refused anyway)."""
+    """A receiver URL as audit events and logs hold it: scheme, host, port and the first path segment when it reads
+    as a word (else ***); the rest of the path is *** and so is every query value. Receivers put their credential
+    anywhere in the path (Slack's third segment, Zapier's short last one, Telegram's first), so nothing past a
+    first word is guessed safe; the host is kept, as where the events went is what an auditor needs. No fragment
+    (never sent), no userinfo (refused anyway)."""
     parts = urllib.parse.urlsplit(url)
     first, rest = (parts.path.lstrip("/").split("/", 1) + [""])[:2]
+    if first and not (_WORDLIKE_SEGMENT.fullmatch(first) and sum(c.isdigit() for c in first) <= 2):
+        first = REDACTED
     path = f"/{first}/{REDACTED}" if rest else f"/{first}" if first else parts.path
     query = "&".join(
         f"{pair.partition('=')[0]}={REDACTED}" if "=" in pair else REDACTED for pair in parts.query.split("&") if pair

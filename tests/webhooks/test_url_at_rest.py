@@ -42,10 +42,16 @@ def stored_row(pk: int) -> str:
         (f"http://127.0.0.1:8443/hook?{TOKEN}#frag", "http://127.0.0.1:8443/hook?***"),
         ("http://[::1]:9000/registry-hook", "http://[::1]:9000/registry-hook"),
         ("https://ci.example.com", "https://ci.example.com"),
+        ("https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage", "https://api.telegram.org/***/***"),
+        ("https://in.example.com/QmZkRtYvWxLpNsHdJcKbFgAe", "https://in.example.com/***"),
+        ("https://in.example.com/3f9a1c0e7b2d4f6a8c1e3b5d7f9a2c4e?team=ml", "https://in.example.com/***?team=***"),
+        ("https://in.example.com/a8f3k2m9q1x7", "https://in.example.com/***"),
+        ("https://in.example.com/v1/events", "https://in.example.com/v1/***"),
     ],
     ids=[
         "query token", "slack path", "slack letters-only token", "zapier short token", "discord path",
-        "bare query and fragment", "first segment kept", "no path",
+        "bare query and fragment", "first segment kept", "no path", "telegram token first", "mixed-case token first",
+        "hex token first", "digit-heavy token first", "version segment kept",
     ],
 )  # fmt: skip
 def test_redact_url(url, redacted):
