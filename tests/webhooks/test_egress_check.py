@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 
 from audit.models import AuditEvent
 from governance import webhooks
+from governance.management.commands.webhook_egress_check import Command
 from governance.webhook_models import WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
@@ -120,3 +121,18 @@ def test_debug_allows_loopback_so_nothing_is_listed(stored, settings):
     settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128", "10.0.0.0/8"]
     out, _, error = run()
     assert error is None and out.splitlines() == ["No enabled webhook is refused by the egress rule."]
+
+
+def test_disable_leaves_an_endpoint_changed_since_it_was_checked(stored, personas):
+    """The url fixed through the API between the check and the disable (while the command resolved names): the
+    endpoint as checked is gone, so it stays enabled, said so, and only the other one is disabled and audited."""
+    findings = [f for f in webhooks.egress_findings() if f.refused]
+    assert [f.endpoint.name for f in findings] == ["by-name", "literal"]
+    webhooks.endpoint_update(actor=personas["admin"].user, endpoint=stored["literal"], url="http://10.9.1.2/hook")
+    assert [Command.disable(f.endpoint) for f in findings] == [
+        "disabled",
+        "changed meanwhile, not disabled: run the check again",
+    ]
+    assert active(stored)["literal"] is True and active(stored)["by-name"] is False
+    updates = AuditEvent.objects.filter(action="webhook.updated", actor_username="cli:webhook_egress_check")
+    assert [e.subject_id for e in updates] == [str(stored["by-name"].pk)]

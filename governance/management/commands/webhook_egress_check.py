@@ -2,10 +2,11 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.errors import NotFound
+from core.errors import NotFound, PreconditionFailed
 from governance import webhooks
 
 ACTOR = "cli:webhook_egress_check"
+DISABLED = "disabled"
 
 
 class Command(BaseCommand):
@@ -20,27 +21,38 @@ class Command(BaseCommand):
 
     def handle(self, *args, disable, **options):
         findings = webhooks.egress_findings()
+        outcomes = []
         for finding in findings:
             line = f"{describe(finding)}: {finding.reason}"
             if not finding.refused:
                 self.stderr.write(line)
                 continue
             if disable:
-                line += f"; {self.disable(finding.endpoint)}"
+                outcomes.append(self.disable(finding.endpoint))
+                line += f"; {outcomes[-1]}"
             self.stdout.write(line)
         refused = sum(finding.refused for finding in findings)
         if refused:
-            then = "disabled" if disable else "change their url, allow their network, or rerun with --disable"
+            then = "change their url, allow their network, or rerun with --disable"
+            if disable:
+                left = refused - outcomes.count(DISABLED)
+                then = f"{DISABLED}" + (f", {left} changed or deleted meanwhile (not disabled)" if left else "")
             raise CommandError(f"{refused} enabled webhook(s) refused by the egress rule: {then}.")
         self.stdout.write("No enabled webhook is refused by the egress rule.")
 
     @staticmethod
     def disable(endpoint) -> str:
+        """Disable the endpoint as it was checked: one changed since (a url fixed through the API while its name
+        resolved) is left alone, like an API client's PATCH with If-Match."""
         try:
-            webhooks.endpoint_update(actor=ACTOR, endpoint=endpoint, active=False)
+            webhooks.endpoint_update(
+                actor=ACTOR, endpoint=endpoint, if_match=webhooks.endpoint_etag(endpoint), active=False
+            )
         except NotFound:
             return "deleted meanwhile"
-        return "disabled"
+        except PreconditionFailed:
+            return "changed meanwhile, not disabled: run the check again"
+        return DISABLED
 
 
 def describe(finding: webhooks.EgressFinding) -> str:
