@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.utils import timezone
 
 from core import csv_safe
 from lineage import graph as graphs
 from lineage import nodes as node_ids
 from lineage import selectors
 from lineage.choices import EdgeKind, FacetRole
-from lineage.models import DatasetVersion, Run
+from lineage.models import Dataset, DatasetVersion, Job, Run
 from lineage.openlineage import EXPORT_PRODUCER as PRODUCER
 from lineage.openlineage import SCHEMA_URL, as_exported
 
@@ -88,6 +87,15 @@ class _Subgraph:
         self.models = {
             m.pk: m for m in ModelVersion.objects.select_related("model", "created_by").filter(pk__in=ids[T_MODEL])
         }
+        self.jobs = {j.pk: j for j in Job.objects.filter(pk__in=ids[T_JOB] + [r.job_id for r in self.runs.values()])}
+        self.datasets = {d.pk: d for d in Dataset.objects.filter(pk__in=ids[T_DS])}
+        self.stated = selectors.statement_times(jobs=list(self.jobs), datasets=ids[T_DS], as_of=as_of)
+
+    def stated_at(self, key):
+        """The eventTime of a run-less event about a job or dataset: when its latest JobEvent or DatasetEvent was
+        sent, else when the registry first heard of it (never the time of the export: two exports are the same)."""
+        row = self.jobs[key[1]] if key[0] == T_JOB else self.datasets[key[1]]
+        return self.stated.get(key, row.recorded_at)
 
     def facet_set(self, subject, role=FacetRole.FACETS, run_id=None) -> dict:
         """Latest facets of a subject in a role. For a run's event (run_id): those the run sent, over those
@@ -199,7 +207,7 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
             continue
         yield _json_line(
             {
-                "eventTime": _time(timezone.now() if as_of is None else as_of),
+                "eventTime": _time(g.stated_at(key)),
                 "producer": PRODUCER,
                 "schemaURL": SCHEMA_URL + "JobEvent",
                 "job": {"namespace": job.namespace, "name": job.name, "facets": _based(facets, "JobFacet")},
@@ -213,10 +221,15 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
         covered.update(g.outputs[key])
         yield _json_line(
             {
-                "eventTime": _time(timezone.now() if as_of is None else as_of),
+                "eventTime": _time(g.stated_at(key)),
                 "producer": PRODUCER,
                 "schemaURL": SCHEMA_URL + "JobEvent",
-                "job": {"namespace": row["ns"], "name": row["name"], "facets": _based(g.facet_set(key), "JobFacet")},
+                # the job's own facets, never a run's (its code location is what that run executed)
+                "job": {
+                    "namespace": row["ns"],
+                    "name": row["name"],
+                    "facets": _based(g.facets_sent_with(key, None), "JobFacet"),
+                },
                 "inputs": [_ol_dataset(g, k, None) for k in g.job_inputs[key]],
                 "outputs": [_ol_dataset(g, k, None) for k in g.outputs[key]],
             }
@@ -227,7 +240,7 @@ def openlineage_lines(result: graphs.Walk, *, as_of=None) -> Iterator[bytes]:
         elif key[0] == T_DSV:
             when = g.versions[key[1]].created_at
         else:
-            when = timezone.now() if as_of is None else as_of
+            when = g.stated_at(key)
         yield _json_line(
             {
                 "eventTime": _time(when),

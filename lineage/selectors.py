@@ -225,6 +225,22 @@ def facets_as_of(
     return result
 
 
+def statement_times(*, jobs: list[int], datasets: list[int], as_of: datetime | None) -> dict[tuple[int, int], datetime]:
+    """{(T_JOB or T_DS, id): the eventTime of the latest event without a run about it (a JobEvent, a DatasetEvent)
+    recorded by as_of}: when what an export's run-less events restate was stated, the same at every export."""
+    if not jobs and not datasets:
+        return {}
+    events = LineageEvent.objects.filter(Q(job__in=jobs) | Q(dataset__in=datasets), run__isnull=True)
+    if as_of is not None:
+        events = events.filter(recorded_at__lte=as_of)
+    times = {}
+    for job_id, dataset_id, event_time in events.order_by("recorded_at", "id").values_list(
+        "job_id", "dataset_id", "event_time"
+    ):
+        times[(T_JOB, job_id) if job_id else (T_DS, dataset_id)] = event_time
+    return times
+
+
 def _latest(facets: dict, name: str, role: int = FacetRole.FACETS, run_id=None, any_run: bool = True):
     """The facet value sent with run_id (None: one sent without a run, a JobEvent or DatasetEvent), else (any_run,
     for shared subjects such as datasets) the latest any run sent. _deleted counts as absent.

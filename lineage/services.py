@@ -107,6 +107,7 @@ class _Writer:
         self.facet_rows: list[Facet] = []
         self.links: list[VersionRunLink] = []
         self.stored: dict[tuple, dict] = {}  # (subject type, id, role, name) -> the latest value, see load_facets
+        self.shown: dict[tuple, dict] = {}  # the same, as readers see a dataset (run-less events only)
         self.linked_now: set[int] = set()  # the run's model versions (_versions_linked_to), with links queued
         self.row: LineageEvent | None = None
 
@@ -303,30 +304,30 @@ class _Writer:
             )
         )
 
-    def load_facets(self, subjects: set[tuple[int, int]], facet_sets: list[dict], run: Run | None) -> None:
+    def load_facets(
+        self,
+        subjects: set[tuple[int, int]],
+        facet_sets: list[dict],
+        run: Run | None,
+        datasets_of: dict[tuple[int, int], tuple[int, int]] | None = None,
+    ) -> None:
         """Read the latest stored value of every facet name the event sends about these subjects, as sent with
-        `run` (None: without a run): one statement for the whole event."""
+        `run` (None: without a run): one statement for the whole event. Without a run, also what a reader sees of
+        the datasets and dataset versions among them (`shown`: the latest value whoever sent it, a version's
+        falling back to its dataset's, `datasets_of`), as the export's DatasetEvents and JobEvents state it."""
         names = {name for facets in facet_sets for name in facets}
         if not subjects or not names:
             return
-        by_type = defaultdict(list)
-        for t, pk in subjects:
-            by_type[t].append(pk)
-        of_subjects = Q()
-        for t, ids in by_type.items():
-            of_subjects |= Q(subject_type=t, subject_id__in=ids)
-        key = ["subject_type", "subject_id", "role", "name"]
-        latest = (
-            Facet.objects.filter(of_subjects, name__in=names, run=run)
-            .annotate(
-                rank=Window(
-                    RowNumber(), partition_by=[F(f) for f in key], order_by=[F("recorded_at").desc(), F("id").desc()]
-                )
-            )
-            .filter(rank=1)
-            .values_list(*key, "value")
-        )
-        self.stored = {tuple(row[:4]): row[4] for row in latest}
+        self.stored = _latest_facets(subjects, names, Q(run=run))
+        if run is None:
+            datasets_of = datasets_of or {}
+            seen = {s for s in subjects if s[0] in (NodeType.DATASET, NodeType.DATASET_VERSION)}
+            latest = _latest_facets(seen | set(datasets_of.values()), names, Q())
+            self.shown = {k: v for k, v in latest.items() if tuple(k[:2]) in seen}
+            for version, dataset in datasets_of.items():
+                for (t, pk, role, name), value in latest.items():
+                    if (t, pk) == dataset and role == FacetRole.FACETS:
+                        self.shown.setdefault((*version, role, name), value)
 
     def facets(self, subject: tuple[int, int], role: FacetRole, facets: dict, run: Run | None = None) -> None:
         """Queue the facets whose value differs from the latest one stored or queued (load_facets first), and from
@@ -338,8 +339,7 @@ class _Writer:
             if name == ENVIRONMENT_FACET:  # its shape was checked by lineage.openlineage for any subject
                 value = _redacted_environment(value)
             key = (*subject, role, name)
-            stored = self.stored.get(key)
-            if stored != value and not (isinstance(stored, dict) and as_exported(stored, base) == value):
+            if not _restates(self.stored.get(key), value, base) and not _restates(self.shown.get(key), value, base):
                 self.stored[key] = value
                 self.facet_rows.append(
                     Facet(
@@ -386,6 +386,34 @@ class _Writer:
         if self.edges:
             Edge.objects.bulk_create(self.edges, ignore_conflicts=True)
             self.counts["edges"] += Edge.objects.filter(event=self.row).count()
+
+
+def _latest_facets(subjects: set[tuple[int, int]], names: set[str], sent: Q) -> dict[tuple, dict]:
+    """{(subject type, id, role, name): value}: the latest value of each facet name `sent` selects."""
+    by_type = defaultdict(list)
+    for t, pk in subjects:
+        by_type[t].append(pk)
+    of_subjects = Q()
+    for t, ids in by_type.items():
+        of_subjects |= Q(subject_type=t, subject_id__in=ids)
+    key = ["subject_type", "subject_id", "role", "name"]
+    latest = (
+        Facet.objects.filter(of_subjects, sent, name__in=names)
+        .annotate(
+            rank=Window(
+                RowNumber(), partition_by=[F(f) for f in key], order_by=[F("recorded_at").desc(), F("id").desc()]
+            )
+        )
+        .filter(rank=1)
+        .values_list(*key, "value")
+    )
+    return {tuple(row[:4]): row[4] for row in latest}
+
+
+def _restates(stored, value, base: str) -> bool:
+    """Whether `value` says what `stored` says: the same, or the export's rendering of it (lineage.exports adds
+    `_producer`/`_schemaURL` to a facet stored without them)."""
+    return stored is not None and (stored == value or (isinstance(stored, dict) and as_exported(stored, base) == value))
 
 
 def _facet_base(subject_type: int, role: FacetRole) -> str:
@@ -534,13 +562,16 @@ def _declared_lineage(w: _Writer, job: Job) -> tuple[list[str], list[str]]:
         [(datasets[(ref.namespace, ref.name)].pk, ref.version) for ref, _ in sides if ref.version is not None]
     )
     subjects = {(NodeType.JOB, job.pk)}
+    datasets_of = {}
     for ref, _ in sides:
         ds = datasets[(ref.namespace, ref.name)]
         if ref.version is not None:
-            subjects.add((NodeType.DATASET_VERSION, versions[(ds.pk, ref.version)].pk))
+            version = (NodeType.DATASET_VERSION, versions[(ds.pk, ref.version)].pk)
+            subjects.add(version)
+            datasets_of[version] = (NodeType.DATASET, ds.pk)
         else:
             subjects.add((NodeType.DATASET, ds.pk))
-    w.load_facets(subjects, [event.job_facets] + [ref.facets for ref, _ in sides], None)
+    w.load_facets(subjects, [event.job_facets] + [ref.facets for ref, _ in sides], None, datasets_of)
     w.facets((NodeType.JOB, job.pk), FacetRole.FACETS, event.job_facets)
     inputs: list[str] = []
     outputs: list[str] = []
@@ -566,7 +597,7 @@ def _dataset_description(w: _Writer, dataset: Dataset) -> list[str]:
     if ref.version is not None:
         version = ref.version
         subject = (NodeType.DATASET_VERSION, w.versions([(dataset.pk, version)])[(dataset.pk, version)].pk)
-    w.load_facets({subject}, [ref.facets], None)
+    w.load_facets({subject}, [ref.facets], None, {subject: (NodeType.DATASET, dataset.pk)} if version else None)
     w.facets(subject, FacetRole.FACETS, ref.facets)
     return [nodes.dataset_id(dataset.namespace, dataset.name, version)]
 

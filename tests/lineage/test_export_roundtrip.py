@@ -6,6 +6,7 @@ ingest verifies it instead of refusing it; one that contradicts the registry is 
 """
 
 import json
+import uuid
 
 import pytest
 
@@ -14,7 +15,7 @@ from governance.choices import ReleaseState
 from lineage import exports
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
 from registry.models import ModelVersion
-from tests.lineage.conftest import PRODUCER
+from tests.lineage.conftest import PRODUCER, RAW, ol_dataset, post_event, run_event
 from tests.ui import builders
 
 pytestmark = pytest.mark.django_db
@@ -67,8 +68,10 @@ def versions_stated(events: list[dict]) -> int:
         # the whole lineage of the released version: every model version is in a run's event, and each dataset
         # version there carries the `version` facet the export states, whether or not the run's event sent one
         ({"nodeId": "release:prod:1", "direction": "both"}, True),
+        # a dataset version alone: its DatasetEvent restates the schema and source its producing run sent
+        ({"nodeId": f"dataset:s3://lake:raw/events#{RAW}", "direction": "both", "depth": 0}, True),
     ],
-    ids=["frontier", "base", "no-lineage", "covered"],
+    ids=["frontier", "base", "no-lineage", "covered", "dataset-alone"],
 )
 def test_an_export_sent_back_changes_nothing(personas, scenario, query, states_versions):
     owner = personas["owner"]
@@ -83,6 +86,8 @@ def test_an_export_sent_back_changes_nothing(personas, scenario, query, states_v
     model_events = [e for e in events if e.get("dataset", {}).get("namespace") == "registry"]
     assert bool(model_events) == (query["direction"] == "upstream"), text
     assert bool(versions_stated(events)) == states_versions, text
+    if query.get("depth") == 0:
+        assert [e["dataset"]["facets"].keys() for e in events] == [{"dataSource", "schema", "version"}], text
     graph = client.get("/api/v1/lineage/graph", query).json()
     before = facts()
 
@@ -139,3 +144,33 @@ def test_a_model_version_dataset_event_must_agree_with_the_registry(personas, sc
         assert response.status_code == 201, response.json()
         assert response.json()["outputs"] == ["model:acme/churn:1"]
     assert facts() == before
+
+
+def test_a_declared_job_exports_its_own_facets_at_the_time_they_were_stated(personas):
+    """A job with declared lineage (a JobEvent) whose run sent its commit: the job's JobEvent states the job's own
+    facets, not the run's code location (docs/lineage.md), dated by the JobEvent (two exports are the same file),
+    and sending the export back records nothing."""
+    ci = personas["ci_bot"].client()
+    job_type = {"_producer": PRODUCER, "_schemaURL": "https://x/JobType.json", "processingType": "BATCH",
+                "integration": "DBT", "jobType": "MODEL"}  # fmt: skip
+    raw, mart = ol_dataset("pg", "raw.orders"), ol_dataset("pg", "mart.orders")
+    post_event(ci, {
+        "eventTime": "2026-02-01T09:30:00Z", "producer": PRODUCER,
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/JobEvent",
+        "job": {"namespace": "dbt", "name": "orders", "facets": {"jobType": job_type}},
+        "inputs": [raw], "outputs": [mart],
+    })  # fmt: skip
+    run = run_event("COMPLETE", uuid.uuid4(), ("dbt", "orders"), commit="abc123", inputs=[raw], outputs=[mart])
+    post_event(ci, run)
+
+    text = export(ci, nodeId="job:dbt:orders", direction="both")
+    events = [json.loads(line) for line in text.splitlines()]
+    [job] = [e for e in events if e["schemaURL"].endswith("JobEvent")]
+    assert job["job"]["facets"] == {"jobType": job_type}
+    assert job["eventTime"] == "2026-02-01T09:30:00Z"
+    [run_line] = [e for e in events if e["schemaURL"].endswith("RunEvent")]
+    assert run_line["job"]["facets"]["sourceCodeLocation"]["version"] == "abc123"  # the run's own event says it
+    before = facts()
+    send_back(ci, events)
+    assert facts() == before
+    assert export(ci, nodeId="job:dbt:orders", direction="both") == text
