@@ -662,7 +662,7 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     credentials = resolve_credentials(target.credentials_ref)
     status = host.status(target.config, credentials)
     serving = _serving_number(status, target, release)
-    if serving == release.number:
+    if serving == release.number and not _mid_canary(release):
         _mark_live(target.pk, release.pk, status)
         return "converged"
     busy = status.busy_with if status.state == "deploying" else ""
@@ -734,7 +734,9 @@ def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus)
         return None
     beside = target.last_good_release
     serving = {s.release_number for s in status.serving if s.traffic_percent > 0}
-    if beside is None or beside.pk == release.pk or beside.number not in serving:
+    if beside is None or beside.pk == release.pk:
+        return None
+    if release.step_started_at is None and beside.number not in serving:  # mid-canary, it may be failing a check
         return None
     if beside.state != ReleaseState.LIVE:  # rolled back from (its rollback not converged yet): never beside it
         return None
@@ -744,6 +746,11 @@ def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus)
 def _canary_step(target, release: Release, canary: Canary, host, credentials, status: HostStatus) -> str:
     """Hold, advance or abort the release's canary step. The step lives on the release row, so any worker resumes it."""
     split = {s.release_number: s.traffic_percent for s in status.serving}
+    if release.step_started_at is not None and not split.get(canary.beside.number):
+        # The serving release's server fails HAProxy's check, which sends everything to the canary meanwhile:
+        # touch nothing (its slot refuses traffic) and wait for it, within DEPLOY_TIMEOUT_SECONDS of the step.
+        _give_up_if_overdue(release, status)
+        return "deploying"
     percent = release.traffic_percent if release.step_started_at else canary.rollout.steps[0]
     if release.step_started_at is None or split.get(release.number, 0) != percent:
         # Start the first step, or re-apply the current one (a worker died mid-step, or the host lost it).
@@ -766,12 +773,25 @@ def _canary_step(target, release: Release, canary: Canary, host, credentials, st
         host.set_traffic(target.config, credentials, {release.number: after, canary.beside.number: 100 - after})
         _begin_step(target, release, after, host.health(target.config, credentials, release.number), None, why)
         return "deploying"
+    # The last step passed: from here the host serving it alone is the rollout's end (_mid_canary).
+    Release.objects.filter(pk=release.pk, state=ReleaseState.DEPLOYING).update(traffic_percent=100)
     host.set_traffic(target.config, credentials, {release.number: 100})
     status = host.status(target.config, credentials)
     if _serving_number(status, target, release) == release.number:
         _mark_live(target.pk, release.pk, status)
         return "converged"
     return "deploying"
+
+
+def _mid_canary(release: Release) -> bool:
+    """A canary step below 100 % is under way: the host reporting the release alone then means the serving
+    release's server is failing its checks (HAProxy sends everything to the slots still up), not that the rollout
+    is done; only its steps' gates may make it live."""
+    return (
+        release.state == ReleaseState.DEPLOYING
+        and release.step_started_at is not None
+        and release.traffic_percent < 100
+    )
 
 
 def _begin_step(target, release: Release, percent: int, baseline: Health, result, passed: str = "") -> None:
