@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from audit.services import record
 from core.errors import Conflict, InvalidInput
-from governance import selectors
+from governance import free_text, selectors
 from governance.choices import PromotionState, ReleaseState
 from governance.hosts import HOSTS
 from governance.hosts.base import Health, HostError, HostStatus, ReleaseSpec
@@ -195,10 +195,15 @@ def previous_good(target: DeploymentTarget) -> Release | None:
     return period.release if period else None
 
 
-def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_number: int | None = None) -> Release:
-    """Point the target back at an earlier release that served (the previous one by default)."""
+def deployment_rollback(
+    *, actor, target: DeploymentTarget, reason: str, to_number: int | None = None, from_number: int | None = None
+) -> Release:
+    """Point the target back at an earlier release that served (the previous one by default). With `from_number`
+    (the desired release a rollback form showed), only if it is still the desired one: a rollback decided on a page
+    read before a newer approval must not roll back a release its operator never saw."""
     if not reason or not reason.strip():
         raise InvalidInput("A rollback needs a reason.", detail={"reason": ["Required."]})
+    free_text.check("reason", reason)
     with transaction.atomic():
         target = _lock_target(target.pk)
         current = target.desired_release
@@ -228,6 +233,13 @@ def deployment_rollback(*, actor, target: DeploymentTarget, reason: str, to_numb
                 )
         if current is not None and current.pk == to.pk:
             raise Conflict(f"Release {to.number} is already the desired release of {target}.", code="already_desired")
+        if from_number is not None and (current is None or current.number != from_number):
+            now_desired = f"release {current.number}" if current else "no release"
+            raise Conflict(
+                f"{target} changed since you read it: release {from_number} was desired then, {now_desired} is "
+                "now. Read the target again and decide on what it serves now.",
+                code="changed_since_review",
+            )
         now = timezone.now()
         _retire(current, ReleaseState.ROLLED_BACK, now)
         if to.state != ReleaseState.LIVE:

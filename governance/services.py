@@ -18,7 +18,7 @@ from accounts import access
 from audit.services import record
 from core.errors import Conflict, Forbidden, InvalidInput
 from core.etags import check_if_match
-from governance import deployment, selectors
+from governance import deployment, free_text, selectors
 from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
 from governance.hosts import HOSTS
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
@@ -159,6 +159,7 @@ def policy_set(
 
 def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget, reason: str = "") -> PromotionRequest:
     """Open a request. Failing rules don't stop it (reviewers see them); they block approval until fixed."""
+    free_text.check("reason", reason)
     # An overdue request the periodic expiry has not reached yet is expired first (in lock order: promotion,
     # then target), not answered with already_pending while its page says a new one may be opened.
     overdue = PromotionRequest.objects.filter(
@@ -279,6 +280,7 @@ def _check_seen(request: PromotionRequest, evaluation, seen: dict | None) -> Non
 
 
 def _review(*, actor, request_id: int, decision: str, comment: str, seen: dict | None) -> PromotionRequest:
+    free_text.check("comment", comment)
     unlocked = PromotionRequest.objects.select_related("version__model", "target").filter(pk=request_id).first()
     storage = None
     if unlocked is not None and unlocked.state == PromotionState.PENDING:
@@ -372,6 +374,7 @@ def promotion_reject(*, actor, request_id: int, comment: str, seen: dict | None 
 
 
 def promotion_cancel(*, actor, request_id: int, reason: str = "") -> PromotionRequest:
+    free_text.check("reason", reason)
     with transaction.atomic():
         request, expired = _locked_pending(request_id)
         if request.requester_id != actor.pk and not access.has_perm(actor, "manage_deploymenttarget", request.target):

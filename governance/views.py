@@ -16,7 +16,7 @@ from accounts import access
 from core.errors import DomainError
 from core.keyset import keyset_page
 from core.planning import custom_plans
-from governance import deployment, presenters, selectors, services, ui_compare, ui_selectors
+from governance import deployment, free_text, presenters, selectors, services, ui_compare, ui_selectors
 from governance.choices import Decision, PromotionState
 from governance.policy import failing
 from registry import selectors as registry_selectors
@@ -109,7 +109,12 @@ def promotion_detail(request, pk: int):
             "failing": failing(evaluation.checks),
             "blockers": _blockers(request.user, promotion, view),
             "seen": _shown(promotion, evaluation),
-            "may_cancel": promotion.state == PromotionState.PENDING and promotion.requester_id == request.user.pk,
+            "may_cancel": promotion.state == PromotionState.PENDING
+            and (
+                promotion.requester_id == request.user.pk
+                or access.has_perm(request.user, "manage_deploymenttarget", promotion.target)
+            ),
+            "free_text_max": free_text.MAX_CHARS,
         },
     )
 
@@ -157,6 +162,11 @@ def promotion_review(request, pk: int):
         return redirect(detail_url)
     if decision == Decision.REJECT and not comment:
         messages.error(request, "A rejection needs a comment that tells the requester what to change.")
+        return redirect(detail_url)
+    try:
+        free_text.check("comment", comment)  # before the confirmation page shows it
+    except DomainError as exc:
+        messages.error(request, exc.message)
         return redirect(detail_url)
     view = presenters.promotion_view(promotion)
     evaluation = view["evaluation"]
@@ -260,14 +270,16 @@ def target_detail(request, name: str):
             "rules": selectors.rules_of(policy),
             "pending_page": pending_page,
             "may_roll_back": may_roll_back,
+            "free_text_max": free_text.MAX_CHARS,
             "roll_back_to": roll_back_to,
         },
     )
 
 
-def _release_number(request) -> int | None:
-    """The release the button named: a second click then finds it already desired instead of picking anew."""
-    value = request.POST.get("release", "")
+def _release_number(request, field: str = "release") -> int | None:
+    """The release the button named (`from`: the one desired when the page was read): a second click then finds it
+    already desired instead of picking anew."""
+    value = request.POST.get(field, "")
     # ASCII only: isdigit() also takes "²", which int() refuses (a 500).
     return int(value) if value.isascii() and value.isdecimal() and len(value) <= 9 else None
 
@@ -284,7 +296,11 @@ def target_rollback(request, name: str):
         return redirect("ui-target", name=name)
     try:
         release = deployment.deployment_rollback(
-            actor=request.user, target=target, reason=request.POST.get("reason", ""), to_number=_release_number(request)
+            actor=request.user,
+            target=target,
+            reason=request.POST.get("reason", ""),
+            to_number=_release_number(request),
+            from_number=_release_number(request, "from"),
         )
     except DomainError as exc:
         messages.error(request, exc.message)

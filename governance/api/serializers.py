@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from core.api import StrictSerializer
+from governance import free_text
 from governance.choices import HostKind, PromotionState
 
 
@@ -16,7 +17,7 @@ class TargetCreateInput(StrictSerializer):
         default="",
         help_text="where the worker finds the credential: env:VAR_NAME or secret:name (never the value)",
     )
-    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=free_text.MAX_CHARS)
     rollout = serializers.DictField(
         required=False,
         default=dict,
@@ -96,7 +97,7 @@ class PromotionInput(StrictSerializer):
     model = serializers.RegexField(r"^[^/]+/[^/]+$", help_text="namespace/name")
     version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
     target = serializers.CharField(max_length=64)
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=free_text.MAX_CHARS)
 
 
 class CheckOutput(serializers.Serializer):
@@ -189,19 +190,19 @@ class SeenInput(StrictSerializer):
 
 
 class ApproveInput(SeenInput):
-    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=free_text.MAX_CHARS)
 
 
 class RejectInput(SeenInput):
-    comment = serializers.CharField(max_length=5000, help_text="required: what must change")
+    comment = serializers.CharField(max_length=free_text.MAX_CHARS, help_text="required: what must change")
 
 
 class CancelInput(StrictSerializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=free_text.MAX_CHARS)
 
 
 class RollbackInput(StrictSerializer):
-    reason = serializers.CharField(max_length=5000, help_text="required: why traffic goes back")
+    reason = serializers.CharField(max_length=free_text.MAX_CHARS, help_text="required: why traffic goes back")
     release = serializers.IntegerField(
         required=False,
         allow_null=True,

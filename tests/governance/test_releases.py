@@ -217,3 +217,32 @@ def test_a_canary_never_runs_beside_the_release_rolled_back_from(world):
     assert admin.post("/api/v1/targets/prod/rollback", {"reason": "bad"}, format="json").json()["number"] == 1
     assert dict(target.releases.values_list("number", "state")) == {1: "pending", 2: "rolled_back", 3: "rolled_back"}
     assert canary_of_a_new_approval() is None  # release 4
+
+
+def test_a_rollback_form_read_before_a_newer_approval_rolls_back_nothing(world, client):
+    """The form names the release desired when it was read: a release approved since (which its operator never
+    saw) is not rolled back by it; the page read again offers the rollback of what serves now."""
+    from registry.models import RegisteredModel
+    from tests.governance.conftest import FULL_CARD
+    from tests.ui import builders
+
+    target, r1 = two_serving_releases()
+    client.force_login(world["admin"].user)
+    page = client.get("/targets/prod/").content.decode()
+    assert 'name="from" value="2"' in page and 'name="release" value="1"' in page
+    model = RegisteredModel.objects.get(pk=r1.version.model_id)
+    builders.version(world["owner"].user, model, "v-newer", metrics={"auc": 0.95}, card=FULL_CARD)
+    approve_all(world, promote(world["owner"], version=model.versions.count()).json()["id"])
+    target.refresh_from_db()
+    assert target.desired_release.number == 3
+
+    stale = client.post("/targets/prod/rollback/", {"reason": "release 2 is slow", "release": "1", "from": "2"})
+    assert stale.status_code == 302
+    shown = client.get("/targets/prod/").content.decode()
+    assert "prod changed since you read it: release 2 was desired then, release 3 is now." in shown
+    target.refresh_from_db()
+    assert target.desired_release.number == 3
+    assert not AuditEvent.objects.filter(action="release.rolled_back").exists()
+    assert 'name="from" value="3"' in shown  # read again: the form is about release 3
+    done = client.post("/targets/prod/rollback/", {"reason": "3 is slow", "release": "2", "from": "3"}, follow=True)
+    assert b"Rolling back: release 2" in done.content

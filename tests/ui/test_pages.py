@@ -414,3 +414,39 @@ def test_a_card_changed_after_the_request_page_was_read_sends_the_reviewer_back(
     }
     confirm = reviewer.post(f"/promotions/{pk}/review/", {"decision": "approve", **shown})
     assert confirm.status_code == 200 and b"Confirm your approval" in confirm.content
+
+
+def test_free_text_over_the_apis_limit_is_refused_by_the_forms_too(seeded):
+    """A review comment, a cancel reason and a rollback reason have the API's bound (5,000 characters) in the UI as
+    well: the audit log would keep an oversized one for good. Refused with the field's limit, nothing recorded."""
+    from audit.models import AuditEvent
+    from governance import free_text
+
+    pk, big = seeded["promotion"].pk, "x" * (free_text.MAX_CHARS + 1)
+    events = AuditEvent.objects.count()
+    reviewer = as_user(seeded["reviewer"].user)
+    page = text(reviewer.get(f"/promotions/{pk}/"))
+    assert page.count(f'maxlength="{free_text.MAX_CHARS}"') == 2  # the approve and reject comments
+    refused = text(reviewer.post(f"/promotions/{pk}/review/", {"decision": "reject", "comment": big}, follow=True))
+    assert "Invalid comment: Ensure this field has no more than 5000 characters (it has 5001)." in refused
+    refused = text(review(reviewer, pk, "reject", big, confirm=False))  # posted straight at the confirmation step
+    assert "no more than 5000 characters" in refused
+    owner = as_user(seeded["owner"].user)
+    refused = text(owner.post(f"/promotions/{pk}/cancel/", {"reason": big}, follow=True))
+    assert "Invalid reason: Ensure this field has no more than 5000 characters" in refused
+    admin = as_user(seeded["admin"].user)
+    refused = text(admin.post("/targets/prod/rollback/", {"reason": big}, follow=True))
+    assert "Invalid reason" in refused
+    assert PromotionRequest.objects.get(pk=pk).state == "pending" and not Approval.objects.exists()
+    assert AuditEvent.objects.count() == events
+    api = seeded["reviewer"].client().post(f"/api/v1/promotions/{pk}/reject", {"comment": big}, format="json")
+    assert api.status_code == 400 and "comment" in api.json()["error"]["detail"]
+
+
+def test_a_manager_of_the_target_sees_the_cancel_form(seeded):
+    pk = seeded["promotion"].pk
+    assert "Cancel this request" in text(as_user(seeded["admin"].user).get(f"/promotions/{pk}/"))
+    assert "Cancel your request" in text(as_user(seeded["owner"].user).get(f"/promotions/{pk}/"))
+    assert f'action="/promotions/{pk}/cancel/"' not in text(as_user(seeded["reviewer"].user).get(f"/promotions/{pk}/"))
+    done = text(as_user(seeded["admin"].user).post(f"/promotions/{pk}/cancel/", {"reason": "freeze"}, follow=True))
+    assert "You cancelled promotion" in done and PromotionRequest.objects.get(pk=pk).state == "cancelled"
