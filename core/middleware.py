@@ -6,6 +6,7 @@ import uuid
 
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpResponseBadRequest
+from django.utils.cache import add_never_cache_headers
 
 from core import checks, context, metrics
 from core.views import not_found
@@ -225,4 +226,20 @@ class ReleaseResponseMiddleware:
             context.pop("response", None)
             if (view := context.get("view")) is not None:
                 vars(view).pop("response", None)
+        return response
+
+
+class PrivateResponseMiddleware:
+    """An answer to a signed-in user (a session or an API token) that says nothing of caching is `private, no-store`:
+    the back button after a logout, a shared browser or a proxy would show a reviewer's pages (cards, metrics,
+    approvals) from its cache. Answers that chose their own caching (static files, a webhook secret) keep it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if "Cache-Control" not in response and user is not None and user.is_authenticated:
+            add_never_cache_headers(response)
         return response

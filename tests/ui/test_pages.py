@@ -450,3 +450,17 @@ def test_a_manager_of_the_target_sees_the_cancel_form(seeded):
     assert f'action="/promotions/{pk}/cancel/"' not in text(as_user(seeded["reviewer"].user).get(f"/promotions/{pk}/"))
     done = text(as_user(seeded["admin"].user).post(f"/promotions/{pk}/cancel/", {"reason": "freeze"}, follow=True))
     assert "You cancelled promotion" in done and PromotionRequest.objects.get(pk=pk).state == "cancelled"
+
+
+def test_answers_to_a_signed_in_user_are_not_stored_by_caches(seeded):
+    """After a logout, the back button or a shared browser must not show a reviewer's pages from its cache."""
+    reviewer = as_user(seeded["reviewer"].user)
+    for path in PAGES:
+        response = reviewer.get(url(path, seeded))
+        assert response.status_code == 200
+        assert "no-store" in response["Cache-Control"] and "private" in response["Cache-Control"], path
+    api = seeded["reviewer"].client().get("/api/v1/models/acme/churn/versions/2")  # an API token's answer too
+    assert api.status_code == 200 and "no-store" in api["Cache-Control"]
+    anonymous = Client().get("/accounts/login/")
+    assert "no-store" in anonymous["Cache-Control"]  # Django's own, for the login form
+    assert "Cache-Control" not in Client().get("/healthz").headers  # nobody signed in: caching left as it was
