@@ -3,12 +3,13 @@ from django.template.loader import render_to_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 
 from accounts import scopes
 from core.api import BaseAPIView
-from core.errors import InvalidInput
+from core.errors import Forbidden, InvalidInput
 from lineage import exports, nodes, openlineage, selectors, services, trail
 from lineage import graph as graphs
 from lineage.api import serializers as s
@@ -108,6 +109,20 @@ class LineageExportView(BaseAPIView):
         return response
 
 
+def _refuse_cross_site(request) -> None:
+    """Issuing a trail writes an audit event in the reader's name: a signed-in browser sent here by another site's
+    link (the session cookie goes along with a top-level navigation) would write them at that site's will. A
+    browser says where a request comes from (Sec-Fetch-Site); a token's client, a typed URL or a bookmark is not
+    refused."""
+    by_session = isinstance(request.successful_authenticator, SessionAuthentication)
+    if by_session and request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        raise Forbidden(
+            "A lineage trail is issued (and audited in your name) only when asked for from the registry's own "
+            "pages or directly: this request came from a link on another site. Open the version's page here and "
+            "follow its Lineage trail link."
+        )
+
+
 class LineageTrailView(BaseAPIView):
     required_scopes = {"GET": scopes.AUDIT_READ}
     content_negotiation_class = _IgnoreAccept
@@ -124,6 +139,7 @@ class LineageTrailView(BaseAPIView):
     )
     def get(self, request):
         q = self.query()
+        _refuse_cross_site(request)
         sealed = trail.seal(trail.for_node(node_id=q["nodeId"], user=request.user, as_of=q.get("as_of")))
         seq = services.trail_issued(
             actor=request.user,

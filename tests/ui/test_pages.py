@@ -367,8 +367,27 @@ def test_version_page_links_the_lineage_trail(seeded):
     client = as_user(seeded["reviewer"].user)
     page = client.get("/models/acme/churn/versions/2/").content.decode()
     link = re.search(r'<a href="(/api/v1/lineage/trail\?[^"]+)">Lineage trail</a>', page)[1].replace("&amp;", "&")
-    r = client.get(link)
+    r = client.get(link, HTTP_SEC_FETCH_SITE="same-origin")
     assert r.status_code == 200 and r["Content-Type"].startswith("text/html"), r.content[:300]
+
+
+def test_a_trail_is_not_issued_for_a_link_on_another_site(seeded):
+    """Issuing a trail writes an audit event in the reader's name: another site's link (the session cookie goes
+    along) must not write them. A typed URL, a bookmark (Sec-Fetch-Site: none) or a token's client still may."""
+    from audit.models import AuditEvent
+
+    client = as_user(seeded["reviewer"].user)
+    link = "/api/v1/lineage/trail?nodeId=model:acme/churn:2&format=html"
+    issued = AuditEvent.objects.filter(action="lineage.trail_issued")
+    for site in ("cross-site", "same-site"):
+        refused = client.get(link, HTTP_SEC_FETCH_SITE=site)
+        assert refused.status_code == 403, refused.content[:300]
+        assert "came from a link on another site" in refused.json()["error"]["message"]
+    assert not issued.exists()
+    assert client.get(link, HTTP_SEC_FETCH_SITE="none").status_code == 200
+    token = seeded["auditor"].client().get(link, HTTP_SEC_FETCH_SITE="cross-site")  # a token is no ambient credential
+    assert token.status_code == 200
+    assert issued.count() == 2
 
 
 def test_unknown_card_revision_shows_the_latest(seeded):
