@@ -307,13 +307,17 @@ def _facets(value, path: str, check) -> dict:
     return facets
 
 
+# The spec's `format: uuid` (RFC 4122's 8-4-4-4-12 hex digits). uuid.UUID also reads `urn:uuid:…`, `{…}` and 32
+# bare digits, which the export would then send back hyphenated: a runId the producer's other consumers never saw.
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
 def _uuid(value, path: str) -> uuid.UUID:
     if not isinstance(value, str):
         _bad(path, "is required (a UUID)." if value is None else "must be a UUID string.")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        _bad(path, f"'{value}' is not a UUID.")
+    if not _UUID_TEXT.fullmatch(value):
+        _bad(path, f"'{value[:80]}' is not a UUID in its standard form (8-4-4-4-12 hex digits, as uuid4() prints).")
+    return uuid.UUID(value)
 
 
 def _dataset(value, path: str, role_key: str | None) -> DatasetRef:

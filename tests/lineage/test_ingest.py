@@ -67,6 +67,10 @@ _DELETE = object()
         ),
         (["eventType"], "DONE", "eventType", "is not one of"),
         (["run", "runId"], "run-1", "run.runId", "is not a UUID"),
+        # uuid.UUID reads these, but the spec's runId is the 8-4-4-4-12 form: stored, the export named another id
+        (["run", "runId"], "urn:uuid:0f3a9c1e-7b2d-4f6a-8c1e-3b5d7f9a2c4e", "run.runId", "not a UUID in its standard"),
+        (["run", "runId"], "{0f3a9c1e-7b2d-4f6a-8c1e-3b5d7f9a2c4e}", "run.runId", "not a UUID in its standard"),
+        (["run", "runId"], "0f3a9c1e7b2d4f6a8c1e3b5d7f9a2c4e", "run.runId", "not a UUID in its standard"),
         (["run"], "x", "run", "must be an object"),
         (["run", "facets"], [], "run.facets", "must be an object"),
         (
