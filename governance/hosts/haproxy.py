@@ -88,15 +88,24 @@ class ServerState:
 
 
 def parse_address(address: str) -> tuple[int, object]:
-    """`ipv4@127.0.0.1:9999`, `127.0.0.1:9999`, `unix@/run/haproxy.sock` or `/run/haproxy.sock`."""
+    """`ipv4@127.0.0.1:9999`, `127.0.0.1:9999`, `ipv6@::1:9999`, `[::1]:9999`, `unix@/run/haproxy.sock` or
+    `/run/haproxy.sock` (HAProxy's own spellings): (socket family, socket address)."""
     address = address.strip()
     if address.startswith("unix@") or address.startswith("/"):
         return socket.AF_UNIX, address.removeprefix("unix@")
-    address = address.removeprefix("ipv4@").removeprefix("tcp@").removeprefix("tcp4@")
-    host, sep, port = address.rpartition(":")
+    prefix, at, rest = address.partition("@")
+    if not at:
+        prefix, rest = "", address
+    elif prefix not in ("ipv4", "ipv6", "tcp", "tcp4", "tcp6"):
+        raise ValueError(f"runtime API address {address!r}: unknown prefix {prefix}@")
+    host, sep, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not sep or not port.isdecimal() or not host:
         raise ValueError(f"runtime API address {address!r}: expected host:port, ipv4@host:port or unix@/path")
-    return socket.AF_INET, (host, int(port))
+    v6 = ":" in host or prefix in ("ipv6", "tcp6")  # a host name never holds ':'
+    if v6 and prefix in ("ipv4", "tcp4"):
+        raise ValueError(f"runtime API address {address!r}: an IPv6 address after {prefix}@")
+    return (socket.AF_INET6 if v6 else socket.AF_INET), (host, int(port))
 
 
 class RuntimeAPI:

@@ -4,8 +4,9 @@ No Django here. Only validation helpers and the one retry rule every adapter fol
 5xx, 408, 429, timeouts and connection failures may pass (retryable); any other 4xx will not.
 """
 
+import contextlib
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from core.errors import InvalidInput
 from core.numbers import finite_number
@@ -14,6 +15,7 @@ from governance.hosts.base import HostError
 DEFAULT_TIMEOUT = 30.0  # seconds per HTTP request to a host's control plane
 MAX_TIMEOUT = 600.0
 LOOPBACK_NAMES = {"localhost"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def retryable_status(status: int | None) -> bool:
@@ -44,6 +46,23 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def canonical_url(url: str) -> str:
+    """One spelling per API base, to tell whether two targets use the same service: scheme and host in lower
+    case, no default port, no trailing slash (`https://API.x.com:443/v1/` is `https://api.x.com/v1`)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except (AttributeError, ValueError):
+        return url
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
+    with contextlib.suppress(ValueError):  # an IP literal: one spelling of it
+        host = ipaddress.ip_address(host).compressed
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
 def check_base_url(config: dict, key: str, *, kind: str) -> None:

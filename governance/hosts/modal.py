@@ -15,14 +15,14 @@ adapter drives its command line in a subprocess (the package's entry point `moda
 - status: `modal app info <app> --json`: state `deployed` is ready, serving `v{version}`.
 
 `host_release_id` is Modal's app version (`v7`). Credentials are `"<token id>:<token secret>"`,
-passed to the CLI as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` (never on the command line). Errors:
+passed to the CLI as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` (never on the command line), in an allow-listed
+environment (`CLI_ENV`: none of the worker's secrets nor its own Modal token). Errors:
 the CLI runs with `MODAL_TRACEBACK=1`, so its last stderr line names the `modal.exception` class;
 NotFound/Auth/PermissionDenied/Invalid/Conflict/AlreadyExists/Execution errors and usage errors
 (exit 2) are permanent, the rest (ServiceError, InternalError, ConnectionError, timeouts) retryable.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +34,7 @@ from pathlib import Path
 from core.errors import InvalidInput
 from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving
 from governance.hosts.config import check_fields
+from governance.hosts.environment import child_env
 from governance.hosts.http import check_name, config_or_host_error, host_error, pop_timeout, scrub
 
 KIND = "modal"
@@ -68,6 +69,16 @@ PERMANENT = {
     "UsageError",
 }
 DEFAULT_PACKAGES = ("fastapi[standard]",)
+# The CLI's environment: the common allow-list (governance.hosts.environment) plus how to reach Modal: its
+# server and config file (where Modal is, not who calls), proxies and CA certificates. Not the worker's own
+# Modal profile, token or environment, and none of its other secrets (other targets' tokens among them).
+CLI_ENV = (
+    "MODAL_SERVER_URL",
+    "MODAL_CONFIG_PATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    *(name for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY") for name in (proxy, proxy.lower())),
+)
 
 
 def validate_config(config: dict) -> dict:
@@ -253,10 +264,7 @@ class ModalHost:
             raise HostError(
                 "no Modal token: the target's credential must be '<token id>:<token secret>'", retryable=False
             )
-        # The worker's own Modal settings (profile, token, environment) never leak into a target's calls;
-        # MODAL_SERVER_URL / MODAL_CONFIG_PATH still apply (they say where Modal is, not who calls).
-        keep = ("MODAL_SERVER_URL", "MODAL_CONFIG_PATH")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_") or k in keep}
+        env = child_env(CLI_ENV)
         env.update(
             MODAL_TOKEN_ID=token_id.strip(),
             MODAL_TOKEN_SECRET=token_secret.strip(),

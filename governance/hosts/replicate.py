@@ -22,6 +22,7 @@ from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSp
 from governance.hosts.config import check_fields
 from governance.hosts.http import (
     DEFAULT_TIMEOUT,
+    canonical_url,
     check_base_url,
     check_name,
     check_range,
@@ -70,7 +71,7 @@ def validate_config(config: dict) -> dict:
 
 def resources(config: dict, credentials_ref: str) -> frozenset[str]:
     """What on the platform a target with this config controls: two targets must not share it."""
-    base = config.get("base_url", DEFAULT_BASE_URL).rstrip("/")
+    base = canonical_url(config.get("base_url", DEFAULT_BASE_URL))  # one service, one key however spelled
     return frozenset({f"Replicate deployment {config['owner']}/{config['deployment']} at {base}"})
 
 

@@ -24,12 +24,14 @@ No Django here.
 import contextlib
 import fcntl
 import http.client
+import ipaddress
 import json
 import logging
 import os
 import re
 import shlex
 import signal
+import socket
 import string
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from pathlib import Path
 from core.errors import InvalidInput  # the one error hierarchy (plain Python, no Django)
 from governance.hosts.base import DeployResult, Health, HostError, HostStatus, ReleaseSpec, Serving
 from governance.hosts.config import check_fields
+from governance.hosts.environment import child_env
 from governance.hosts.haproxy import RuntimeAPI, ServerState, free_port, parse_address
 
 KIND = "self_hosted"
@@ -67,10 +70,21 @@ DEFAULTS = {
     "drain_timeout": 30,
     "keep_previous": 2,
 }
+# Beyond the common allow-list: what GPU and ONNX runtimes read (libraries, devices, threads) and the reference
+# server's access-log switch. Not secrets; everything else of the worker's environment stays behind.
+SERVER_ENV = ("LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MODEL_SERVER_ACCESS_LOG")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LOCK_TIMEOUT = 300.0
 STOP_GRACE = 10.0
 UNDO_TIMEOUT = 1.0  # each runtime API call of an interrupted deploy's undo: it must end before the hard time limit
+
+
+def server_env() -> dict[str, str]:
+    """A model server's environment: the allow-list (governance.hosts.environment), never the worker's secrets,
+    and the project root on PYTHONPATH for the reference server."""
+    env = child_env(SERVER_ENV)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def validate_config(config: dict) -> dict:
@@ -137,8 +151,29 @@ def resources(config: dict, credentials_ref: str) -> frozenset[str]:
     deploy into the other's traffic."""
     settings = Settings.of(config)
     return frozenset(
-        {f"HAProxy backend {settings.backend} at {settings.admin}", f"state directory {settings.state_dir}"}
+        {
+            f"HAProxy backend {settings.backend} at {admin_key(settings.admin)}",
+            f"state directory {os.path.realpath(settings.state_dir)}",
+        }
     )
+
+
+def admin_key(address: str) -> str:
+    """One spelling per runtime API socket, so that no two spellings of one address (`127.0.0.1:9999`,
+    `ipv4@127.0.0.1:9999`, `localhost:9999`) let two targets own one backend. A unix socket by its real path."""
+    family, where = parse_address(address)
+    if family == socket.AF_UNIX:
+        return f"unix@{os.path.realpath(where)}"
+    host, port = where
+    host = host.lower().rstrip(".")
+    if host == "localhost":  # what the runtime API client connects to for it
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # another host name: compared as written (resolving it here would ask the DNS)
+        return f"{'ipv6' if family == socket.AF_INET6 else 'ipv4'}@{host}:{port}"
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return f"ipv{ip.version}@{ip.compressed}:{port}"
 
 
 @dataclass(frozen=True)
@@ -372,7 +407,7 @@ class SelfHostedHost:
             records = state.load()
             servers = self._servers(api, settings)
             with self._undone_if_interrupted(settings, state, records) as attempt:
-                record = self._ensure_process(settings, state, records, spec, model_name, attempt)
+                record = self._ensure_process(settings, state, records, servers, spec, model_name, attempt)
                 ready_at = time.monotonic()
                 slot = self._ensure_slot(api, settings, state, records, servers, record)
                 split = _check_split(dict(spec.traffic)) if spec.traffic else {record.release: 100}
@@ -421,6 +456,7 @@ class SelfHostedHost:
         settings: Settings,
         state: State,
         records: dict[int, Record],
+        servers: dict[str, ServerState],
         spec: ReleaseSpec,
         model_name: str,
         attempt: _Attempt,
@@ -431,7 +467,7 @@ class SelfHostedHost:
                 f"release {spec.release_number} already runs digest {record.digest}, not {spec.digest}", retryable=False
             )
         if record is None:
-            record = self._adopt(settings, state, records, spec, model_name)
+            record = self._adopt(settings, state, records, servers, spec, model_name)
         if record is not None and process_alive(record):
             attempt.server = record
             if probe_ready(settings.host, record.port):
@@ -448,12 +484,23 @@ class SelfHostedHost:
         return self._start(settings, state, records, spec, model_name, attempt, previous=record)
 
     def _adopt(
-        self, settings: Settings, state: State, records: dict[int, Record], spec: ReleaseSpec, model_name: str
+        self,
+        settings: Settings,
+        state: State,
+        records: dict[int, Record],
+        servers: dict[str, ServerState],
+        spec: ReleaseSpec,
+        model_name: str,
     ) -> Record | None:
-        """A rollback recorded as a new release of an old version reuses the old release's running process."""
+        """A rollback recorded as a new release of an old version reuses the old release's running process. Never
+        one that serves or is to serve (a canary of the serving version): renaming it would take that release
+        off the host, and the split naming it would be refused."""
         if not spec.digest:
             return None
+        keep = {number for number, _ in spec.traffic}
         for number, other in sorted(records.items(), reverse=True):
+            if number in keep or self._receives_traffic(settings, servers, other):
+                continue
             as_other = replace(spec, artifact_dir=other.model_dir)
             same = (
                 other.digest == spec.digest
@@ -470,6 +517,15 @@ class SelfHostedHost:
                 state.save(records)
                 return other
         return None
+
+    @staticmethod
+    def _receives_traffic(settings: Settings, servers: dict[str, ServerState], record: Record) -> bool:
+        """HAProxy sends the record's server traffic: through its slot, or a slot at its address."""
+        return any(
+            server.receives_traffic
+            for server in servers.values()
+            if server.name == record.slot or (server.addr == settings.host and server.port == record.port)
+        )
 
     def _start(
         self,
@@ -489,9 +545,7 @@ class SelfHostedHost:
             )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = str(settings.state_dir / f"release-{spec.release_number}.log")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        env.pop("DJANGO_SETTINGS_MODULE", None)
+        env = server_env()
         used_ports = {r.port for r in records.values()}
         failures = []
         for _attempt in range(2):  # a second try covers a port taken between our probe and the server's bind

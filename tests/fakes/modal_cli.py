@@ -12,13 +12,14 @@ error printing, exit codes, `MODAL_TRACEBACK`) and replaces only what talks to M
   `modal.Image…`, `@app.function`, `@modal.fastapi_endpoint` must accept it), then a fake
   `deploy_app` validates name and tag like `modal.runner._deploy_app` and records a new version.
 
-State lives in a JSON file (`FAKE_MODAL_STATE`), locked for the whole invocation, so the adapter's
-subprocesses and the test see the same apps. Credentials: `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` must
-match the state's. Faults (`fail_rate`, `timeout_rate`, seeded per call) make the first RPC raise
-`modal.exception.ServiceError` (what the client raises once its own retries on UNAVAILABLE give
-up) or sleep `fault_sleep` seconds so the caller's timeout fires. `rollback_copies_tag` decides
-whether a rollback's new history row repeats the tag of the version rolled back to (Modal's real
-behaviour here is not documented; the adapter must cope with both).
+State lives in a JSON file (its path is written into the executable by `install`, else `FAKE_MODAL_STATE`),
+locked for the whole invocation, so the adapter's subprocesses and the test see the same apps.
+Credentials: `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` must match the state's. Faults (`fail_rate`,
+`timeout_rate`, seeded per call) make the first RPC raise `modal.exception.ServiceError` (what the
+client raises once its own retries on UNAVAILABLE give up) or sleep `fault_sleep` seconds so the
+caller's timeout fires. `rollback_copies_tag` decides whether a rollback's new history row repeats
+the tag of the version rolled back to (Modal's real behaviour here is not documented; the adapter
+must cope with both).
 """
 
 import contextlib
@@ -63,7 +64,7 @@ def install(bin_dir: Path, state_path: Path, **state) -> Path:
         "import sys\n"
         f"sys.path.insert(0, {str(root)!r})\n"
         "from tests.fakes.modal_cli import main\n"
-        "main()\n"
+        f"main({str(state_path)!r})\n"  # not from the environment: the adapter passes the CLI an allow-list
     )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return exe
@@ -350,10 +351,13 @@ def _fake_deploy_app(backend: Backend):
     return deploy_app
 
 
-def main() -> None:
-    path = Path(os.environ[STATE_ENV])
+def main(state_path: str | None = None) -> None:
+    path = Path(state_path or os.environ[STATE_ENV])
     with locked(path) as state:
-        state["calls"].append({"argv": sys.argv[1:], "token_id": bool(os.environ.get("MODAL_TOKEN_ID"))})
+        # The names (never the values) of the environment the adapter gave the CLI, before modal adds any.
+        state["calls"].append(
+            {"argv": sys.argv[1:], "token_id": bool(os.environ.get("MODAL_TOKEN_ID")), "env": sorted(os.environ)}
+        )
         backend = Backend(state)
 
         import modal.cli.run

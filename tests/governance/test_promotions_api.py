@@ -93,8 +93,54 @@ def test_a_target_cannot_name_the_registrys_own_secrets_as_its_credential(world,
             {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn-v2"},
             {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn", "base_url": "https://e.example/v2"},
         ),
+        # The same resource under another spelling: HAProxy's address forms, URLs with default port, case, slash.
+        ("self_hosted", None, {"haproxy_admin": "ipv4@127.0.0.1:9999"}, {"haproxy_admin": "ipv4@127.0.0.1:9998"}),
+        ("self_hosted", None, {"haproxy_admin": "localhost:9999"}, {"haproxy_admin": "localhost:9999", "backend": "b"}),
+        (
+            "self_hosted",
+            {"haproxy_admin": "unix@/run/haproxy/admin.sock"},
+            {"haproxy_admin": "/run/haproxy/../haproxy/admin.sock"},
+            {"haproxy_admin": "/run/haproxy/other.sock"},
+        ),
+        (
+            "replicate",
+            {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
+            {
+                "owner": "acme",
+                "deployment": "churn",
+                "model": "acme/churn",
+                "base_url": "HTTPS://API.Replicate.com:443/",
+            },
+            {
+                "owner": "acme",
+                "deployment": "churn",
+                "model": "acme/churn",
+                "base_url": "https://api.replicate.com:8443",
+            },
+        ),
+        (
+            "hf_endpoint",
+            {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn", "base_url": "https://e.example/v2"},
+            {
+                "namespace": "acme",
+                "endpoint": "churn",
+                "repository": "acme/churn",
+                "base_url": "https://E.example:443/v2/",
+            },
+            {"namespace": "acme", "endpoint": "churn", "repository": "acme/churn", "base_url": "https://e.example/v3"},
+        ),
     ],
-    ids=["self-hosted-backend", "self-hosted-state-dir", "replicate", "hf"],
+    ids=[
+        "self-hosted-backend",
+        "self-hosted-state-dir",
+        "replicate",
+        "hf",
+        "self-hosted-ipv4-prefix",
+        "self-hosted-localhost",
+        "self-hosted-unix-socket",
+        "replicate-url-spelling",
+        "hf-url-spelling",
+    ],
 )
 def test_two_targets_cannot_control_one_host_resource(world, kind, first, clash, distinct):
     """A staging target on production's HAProxy backend (or Replicate deployment...) would let a staging

@@ -523,6 +523,33 @@ def test_modal_deploy_history_and_rollback_through_the_cli(modal_state, no_secre
     assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == "v3"
 
 
+def test_modal_cli_gets_its_token_and_none_of_the_workers_secrets(modal_state, monkeypatch, tmp_path):
+    """The CLI gets an allow-listed environment: the target's token and where Modal is, never the worker's secrets
+    (SECRET_KEY, DATABASE_URL, AWS_*, another target's `env:` token) nor its own Modal profile."""
+    planted = {
+        "SECRET_KEY": "planted-secret-key-0123456789",
+        "DATABASE_URL": "postgres://registry:planted@db.internal/registry",
+        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-0123456789",
+        "REPLICATE_API_TOKEN": "r8_planted_token_of_another_target",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "MODAL_ENVIRONMENT": "the-workers-own",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-such.modal.toml"))
+
+    host = ModalHost()
+    host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1))
+    assert host.status(MODAL_CONFIG, MODAL_CRED).state == "ready"
+
+    calls = modal_state.read()["calls"]
+    assert [c["argv"][0] for c in calls] == ["app", "deploy", "app", "app"]
+    for call in calls:
+        env = set(call["env"])
+        assert {"PATH", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH"} <= env, call["argv"]
+        assert not set(planted) & env, call["argv"]
+
+
 def test_modal_rollback_without_a_tag_falls_back_to_a_tagged_deploy(modal_state):
     """If a rollback's history row does not repeat the tag, the adapter deploys so the history says what serves."""
     with modal_state.edit() as data:
@@ -646,3 +673,35 @@ def test_valid_configs_pass_unchanged():
 def test_scrub_removes_credentials_from_messages():
     assert scrub(f"bad token {R_TOKEN}", R_TOKEN) == "bad token ***"
     assert MODAL_SECRET not in scrub(f"secret {MODAL_SECRET} id {MODAL_ID}", MODAL_CRED)
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "default"),
+    [
+        (replicate_module, {"owner": "acme", "deployment": "d", "model": "acme/m"}, "https://api.replicate.com"),
+        (
+            hf_module,
+            {"namespace": "acme", "endpoint": "e", "repository": "acme/m"},
+            "https://api.endpoints.huggingface.cloud/v2",
+        ),
+    ],
+    ids=["replicate", "hf"],
+)
+def test_one_api_base_under_any_spelling_is_one_resource(module, config, default):
+    """Two targets must not share a deployment or endpoint: the key holds the service's URL, not its spelling."""
+
+    def key(base_url: str | None) -> frozenset[str]:
+        return module.resources({**config, "base_url": base_url} if base_url else config, "")
+
+    scheme, _, rest = default.partition("://")
+    host, _, path = rest.partition("/")
+    path = f"/{path}" if path else ""
+    for spelling in (
+        default,
+        f"{default}/",
+        f"{scheme.upper()}://{host.upper()}{path}",
+        f"{scheme}://{host}:443{path}/",
+    ):
+        assert key(spelling) == key(None), spelling
+    assert key(f"{scheme}://{host}:8443{path}") != key(None)
+    assert key("http://127.0.0.1:80/v2/") == key("HTTP://127.0.0.1/v2") != key("http://127.0.0.1:8701/v2")

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -517,6 +518,96 @@ def test_rollback_as_a_new_release_number_reuses_the_running_server(selfhost):
     assert sorted(records) == [2, 3] and records[3].pid == pid
     assert selfhost.split() == {3: 100}
     assert versions(selfhost.fleet, 10) == Counter({"1": 10})
+
+
+def test_a_canary_of_the_serving_version_starts_its_own_server(selfhost):
+    """The serving version promoted again as a canary: release 1 keeps its server and 90%; release 2 (same digest)
+    gets a server of its own instead of taking release 1's, which would leave the split naming a release gone."""
+    selfhost.deploy(1, 1)
+    pid = selfhost.records()[1].pid
+
+    result = selfhost.adapter.deploy(replace(selfhost.spec(2, 1), traffic=((1, 90), (2, 10))))
+
+    records = selfhost.records()
+    assert sorted(records) == [1, 2] and records[1].pid == pid and records[2].pid != pid
+    assert all(process_alive(record) for record in records.values())
+    assert result.host_release_id == records[2].host_release_id == "prod/r2@" + "0" * 12
+    assert selfhost.split() == {1: 90, 2: 10}
+    assert versions(selfhost.fleet, 20) == Counter({"1": 20})  # both servers answer as version 1
+
+
+def test_the_serving_version_as_a_new_release_keeps_the_serving_server(selfhost):
+    """A whole deploy of the serving version under a new number starts a server: the serving one stays, drained,
+    as release 1 (the rollback destination), not relabelled away under the traffic it has."""
+    selfhost.deploy(1, 1)
+    pid = selfhost.records()[1].pid
+
+    selfhost.deploy(2, 1)
+
+    records = selfhost.records()
+    assert sorted(records) == [1, 2] and records[1].pid == pid and records[2].pid != pid
+    assert process_alive(records[1]) and selfhost.split() == {2: 100}
+
+
+def test_model_servers_get_none_of_the_workers_secrets(selfhost, monkeypatch):
+    """A model server runs the target's command (third-party code): it gets an allow-listed environment, not the
+    worker's, whose secrets (and every target's `env:` credential) /proc/<pid>/environ would show."""
+    planted = {
+        "SECRET_KEY": "planted-secret-key-0123456789",
+        "DATABASE_URL": "postgres://registry:planted-db-password@db.internal/registry",
+        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-0123456789",
+        "REPLICATE_API_TOKEN": "r8_planted_token_of_another_target",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+
+    selfhost.deploy(1, 1)
+
+    raw = Path(f"/proc/{selfhost.records()[1].pid}/environ").read_bytes().decode()
+    environ = dict(entry.split("=", 1) for entry in raw.split("\0") if entry)
+    assert not set(planted) & set(environ)
+    assert not [value for value in planted.values() if value in raw]
+    assert environ["PATH"] == os.environ["PATH"] and environ["LC_ALL"] == "C.UTF-8"
+    assert str(ROOT) in environ["PYTHONPATH"].split(os.pathsep)  # the reference server's package
+    assert versions(selfhost.fleet, 2) == Counter({"1": 2})
+
+
+def test_one_runtime_api_under_any_spelling_is_one_resource(tmp_path):
+    """Two targets must not share a backend: the key is the runtime API's address, not how the config spells it."""
+
+    def backend(admin: str) -> str:
+        keys = self_hosted.resources({"haproxy_admin": admin, "state_dir": "/srv/state"}, "")
+        return next(key for key in keys if key.startswith("HAProxy backend"))
+
+    loopback = backend("127.0.0.1:9999")
+    assert {backend(a) for a in ("ipv4@127.0.0.1:9999", "localhost:9999", "LocalHost:9999", "tcp@127.0.0.1:9999")} == {
+        loopback
+    }
+    assert backend("[::1]:9999") == backend("ipv6@::1:9999") == backend("ipv6@localhost:9999") != loopback
+    assert len({loopback, backend("127.0.0.1:9998"), backend("10.0.0.5:9999")}) == 3
+    (tmp_path / "run").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    assert backend(f"unix@{tmp_path}/link/admin.sock") == backend(f"{tmp_path}/run/./admin.sock")
+
+    state_dirs = [self_hosted.resources({"state_dir": d}, "") for d in ("/srv/a/state/", "/srv/b/../a/state")]
+    assert state_dirs[0] == state_dirs[1]
+
+
+def test_runtime_api_addresses_in_haproxys_spellings():
+    import socket
+
+    from governance.hosts.haproxy import parse_address
+
+    assert (
+        parse_address("ipv4@127.0.0.1:9999") == parse_address("127.0.0.1:9999") == (socket.AF_INET, ("127.0.0.1", 9999))
+    )
+    assert parse_address("ipv6@::1:9999") == parse_address("[::1]:9999") == (socket.AF_INET6, ("::1", 9999))
+    assert parse_address("unix@/run/haproxy.sock") == (socket.AF_UNIX, "/run/haproxy.sock")
+    for bad in ("ipv4@::1:9999", "abns@admin:1", "ipv6@:9999"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
 
 
 # --- configuration, registry, protocol -----------------------------------------------------------
