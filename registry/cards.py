@@ -422,30 +422,48 @@ def _body_problems(where: str, text: str, section: str | None, nested: bool = Tr
     return entries
 
 
-def _nel_at(value, path: tuple) -> tuple | None:
-    """The path of the first key or string in `value` holding U+0085 (NEL), or None."""
+def _string_at(value, path: tuple, test) -> tuple | None:
+    """The path of the first key or string in `value` that `test` holds true of, or None."""
     if isinstance(value, str):
-        return path if "\x85" in value else None
+        return path if test(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
             where = (*path, printable(key))
-            if (found := _nel_at(key, where)) or (found := _nel_at(item, where)):
+            if (found := _string_at(key, where, test)) or (found := _string_at(item, where, test)):
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            if found := _nel_at(item, (*path, index)):
+            if found := _string_at(item, (*path, index), test):
                 return found
     return None
+
+
+def _holds_nel(text: str) -> bool:
+    return "\x85" in text
+
+
+def _ends_in_unicode_space(text: str) -> bool:
+    """PyYAML writes a scalar ending in a space it does not know as one (NBSP, U+2000-U+200A, U+3000...) unquoted,
+    and huggingface_hub strips the YAML it dumps and the README it writes (str.strip knows them all): the last
+    value of the block loses it."""
+    # Below U+00A0 (ASCII, NEL) and U+2028/U+2029 (line breaks to YAML) are quoted or escaped, so kept.
+    return bool(text) and text[-1].isspace() and text[-1] >= "\xa0" and text[-1] not in "\u2028\u2029"
 
 
 def _metadata_problems(content: dict) -> list[tuple[str, str]]:
     """What a README's YAML block cannot carry back as it is (see _metadata_as_exported for what it normalizes)."""
     entries = []
     for field in ("metadata", GOVERNANCE):
-        if where := _nel_at(content.get(field), (field,)):
+        if where := _string_at(content.get(field), (field,), _holds_nel):
             # huggingface_hub writes YAML with allow_unicode: PyYAML then puts U+0085 in a quoted scalar as it
             # is, and reads it back as a line break folded into a space
             message = "holds U+0085 (NEL), which the README's YAML reads back as a space: use a space or \\n"
+            entries.append((_path(where), message))
+        if where := _string_at(content.get(field), (field,), _ends_in_unicode_space):
+            message = (
+                "ends in a Unicode space (such as U+00A0 or U+3000), which the README's YAML may drop: remove it "
+                "or end the text with something else"
+            )
             entries.append((_path(where), message))
     metadata = content.get("metadata")
     if not isinstance(metadata, dict):

@@ -398,6 +398,24 @@ def test_a_next_line_character_in_the_yaml_metadata_is_400(content, field):
     assert cards.validate({"model_details": "a\x85b"}) == {"model_details": "a\x85b"}  # Markdown keeps it
 
 
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ({"governance": {"risk_class": "high", "human_oversight": "Reviewed\u3000"}}, "governance.human_oversight"),
+        ({"metadata": {"tags": ["x\u00a0"]}}, "metadata.tags[0]"),
+        ({"metadata": {"extra": {"z": "q\u2003"}}}, "metadata.extra.z"),
+    ],
+)
+def test_yaml_metadata_ending_in_a_unicode_space_is_400(content, field):
+    """PyYAML writes such a value unquoted and huggingface_hub strips the block: the last value came back without
+    it, so a README export posted back was a new revision. ASCII spaces at the end are quoted and kept."""
+    with pytest.raises(InvalidInput, match="ends in a Unicode space") as exc:
+        cards.validate(content)
+    assert list(exc.value.detail) == [field]
+    kept = cards.validate({"metadata": {"extra": {"z": "q "}}, "model_details": "x\u3000"})  # Markdown keeps it
+    assert cards.from_huggingface(cards.to_huggingface(kept)) == kept
+
+
 # --- 4. a byte order mark --------------------------------------------------------------------------
 
 
