@@ -31,6 +31,7 @@ from tests.fakes import modal_cli
 from tests.fakes.hf_endpoints_server import HFEndpointsServer
 from tests.fakes.httpfake import Reply
 from tests.fakes.replicate_server import ReplicateServer
+from tests.hosts.test_self_hosted import plant_worker_secrets
 
 R_TOKEN = "r8_Zq3vTestTokenNeverLogged0123456789"
 HF_TOKEN = "hf_TestTokenNeverLoggedAbCdEf0123456789"
@@ -526,16 +527,7 @@ def test_modal_deploy_history_and_rollback_through_the_cli(modal_state, no_secre
 def test_modal_cli_gets_its_token_and_none_of_the_workers_secrets(modal_state, monkeypatch, tmp_path):
     """The CLI gets an allow-listed environment: the target's token and where Modal is, never the worker's secrets
     (SECRET_KEY, DATABASE_URL, AWS_*, another target's `env:` token) nor its own Modal profile."""
-    planted = {
-        "SECRET_KEY": "planted-secret-key-0123456789",
-        "DATABASE_URL": "postgres://registry:planted@db.internal/registry",
-        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-0123456789",
-        "REPLICATE_API_TOKEN": "r8_planted_token_of_another_target",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "MODAL_ENVIRONMENT": "the-workers-own",
-    }
-    for name, value in planted.items():
-        monkeypatch.setenv(name, value)
+    planted = plant_worker_secrets(monkeypatch, MODAL_ENVIRONMENT="the-workers-own")
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-such.modal.toml"))
 
     host = ModalHost()

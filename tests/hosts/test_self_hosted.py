@@ -41,6 +41,22 @@ BIAS = {1: 10.0, 2: 20.0, 3: 30.0}  # model version -> bias: the answer tells th
 # --- fixtures ----------------------------------------------------------------------------------
 
 
+def plant_worker_secrets(monkeypatch, **more: str) -> dict[str, str]:
+    """A worker's environment as production's holds it: the registry's secrets and another target's token. What a
+    process a host adapter starts must not get."""
+    planted = {
+        "SECRET_KEY": "planted-secret-key-0123456789",
+        "DATABASE_URL": "postgres://registry:planted-db-password@db.internal/registry",
+        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-0123456789",
+        "REPLICATE_API_TOKEN": "r8_planted_token_of_another_target",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        **more,
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    return planted
+
+
 @pytest.fixture(scope="session")
 def selfhost_models(tmp_path_factory) -> dict[int, str]:
     """Three versions of a tiny ONNX model y = x·w + b, differing in b."""
@@ -552,15 +568,7 @@ def test_the_serving_version_as_a_new_release_keeps_the_serving_server(selfhost)
 def test_model_servers_get_none_of_the_workers_secrets(selfhost, monkeypatch):
     """A model server runs the target's command (third-party code): it gets an allow-listed environment, not the
     worker's, whose secrets (and every target's `env:` credential) /proc/<pid>/environ would show."""
-    planted = {
-        "SECRET_KEY": "planted-secret-key-0123456789",
-        "DATABASE_URL": "postgres://registry:planted-db-password@db.internal/registry",
-        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret-0123456789",
-        "REPLICATE_API_TOKEN": "r8_planted_token_of_another_target",
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-    }
-    for name, value in planted.items():
-        monkeypatch.setenv(name, value)
+    planted = plant_worker_secrets(monkeypatch)
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
 
     selfhost.deploy(1, 1)
