@@ -6,7 +6,6 @@ import uuid
 
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpResponseBadRequest
-from django.utils.cache import add_never_cache_headers
 
 from core import checks, context, metrics
 from core.views import not_found
@@ -241,5 +240,5 @@ class PrivateResponseMiddleware:
         response = self.get_response(request)
         user = getattr(request, "user", None)
         if "Cache-Control" not in response and user is not None and user.is_authenticated:
-            add_never_cache_headers(response)
+            response["Cache-Control"] = "private, no-store"  # set as is: add_never_cache_headers costs 30 µs
         return response
