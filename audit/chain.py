@@ -392,6 +392,12 @@ def _canonical_batch(lines: list[bytes]) -> tuple[tuple, tuple, tuple] | None:
     return seqs, prev_hashes, hashes
 
 
+def _blank(text: str) -> bool:
+    """A line of ASCII spaces, tabs and line ends only. Not str.strip()'s whitespace: a line of U+00A0, U+2028 or
+    U+001C is no part of any export, and must fail as not JSON rather than be skipped."""
+    return not text.strip(" \t\r\n")
+
+
 def _checked_one_by_one(lines: list[bytes], encoding: str, errors: str) -> tuple[tuple, tuple, tuple] | None:
     """What _Chain.event() would accept, line by line, leaving out the order and links; None at the first
     line it would not accept (or a blank line): the caller then goes over the lines with _Chain itself."""
@@ -399,7 +405,7 @@ def _checked_one_by_one(lines: list[bytes], encoding: str, errors: str) -> tuple
     for raw in lines:
         try:
             text = raw.decode(encoding, errors)
-            if not text.strip():
+            if _blank(text):
                 return None
             event = _loads(text)
             seq = event["seq"]
@@ -572,7 +578,7 @@ def _verify_tasks(
                     text = raw.decode(encoding, errors) + newline
                 except UnicodeDecodeError as exc:
                     raise ChainError(None, line_no, f"not valid {encoding}: {exc.reason} at byte {exc.start}") from None
-                if not text.strip():
+                if _blank(text):
                     continue
                 chain.event(parse_line(text, line_no), chain.count + 1)
 
@@ -674,16 +680,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    # An export is UTF-8, from a file or stdin, whatever the terminal's locale (PYTHONIOENCODING, Windows' cp1252
+    # when redirected): stdin's own encoding made a valid export's non-ASCII events fail as changed.
+    encoding, errors = "utf-8", "strict"
     if args.path == "-":
-        # decoded (for lines that are not canonical) as sys.stdin would decode them, split only at "\n"
-        stream, universal, encoding, errors = sys.stdin.buffer, False, sys.stdin.encoding, sys.stdin.errors
+        stream, universal = sys.stdin.buffer, False  # split only at "\n"
     else:
         try:
             stream = open(args.path, "rb")  # noqa: SIM115
         except OSError as exc:
             print(f"cannot read {args.path}: {exc}", file=sys.stderr)
             return 2
-        universal, encoding, errors = True, "utf-8", "strict"  # as open(path, encoding="utf-8") reads it
+        universal = True  # as open(path, encoding="utf-8") reads it
     with stream:
         if stream is not sys.stdin.buffer and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             tasks = _ranges(args.path, universal)  # workers read their share themselves

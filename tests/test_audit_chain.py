@@ -397,6 +397,34 @@ def test_standalone_verifier_reads_stdin(exported, tmp_path):
     assert result.stdout.startswith(f"OK: {len(lines)} events verified".encode())
 
 
+def test_standalone_verifier_reads_stdin_as_utf8_whatever_the_locale(exported, tmp_path):
+    """An export is UTF-8: read from stdin under another encoding (PYTHONIOENCODING, Windows' cp1252), its events
+    holding non-ASCII text (the fixture's "Modèle «α» 🚀") failed as changed."""
+    lines, _ = exported
+    script = tmp_path / "chain.py"
+    shutil.copyfile(CHAIN_SCRIPT, script)
+    for encoding in ("latin-1", "cp1252"):
+        result = subprocess.run(
+            [system_python(), "-S", str(script), "-"],
+            input=b"".join(lines),
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+        )
+        assert result.returncode == 0, (encoding, result.stderr)
+        assert result.stdout.startswith(f"OK: {len(lines)} events verified".encode())
+
+
+@pytest.mark.parametrize("line", ["\u00a0\u2028\u3000\n", "\x1c\x1d\n"], ids=["unicode spaces", "separators"])
+def test_a_line_of_unicode_whitespace_is_not_skipped(exported, tmp_path, line):
+    """Only ASCII blank lines are skipped: a line str.strip() would call blank is no part of an export."""
+    lines, _ = exported
+    forged = [*lines[:2], line.encode(), *lines[2:]]
+    result = run_verifier(tmp_path, forged)
+    assert result.returncode == 1, result.stdout
+    assert "line 3" in result.stderr and "OK" not in result.stdout, result.stderr
+
+
 def _flip_hex(value: str) -> str:
     return ("1" if value[0] != "1" else "2") + value[1:]
 
