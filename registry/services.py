@@ -131,6 +131,11 @@ def _check_registry_files(manifest: dict, *, actor) -> None:
     shas = sorted({f["sha256"] for f in manifest["files"]})
     held = selectors.blobs_held(user=actor, shas=shas)
     missing, wrong = selectors.stored_file_problems(manifest, look_up=[sha for sha in shas if sha in held])
+    sizes = {f["path"]: f["size"] for f in manifest["files"]}
+    too_large = [path for path in missing if sizes[path] > settings.MAX_ARTIFACT_BYTES]
+    if too_large:  # said now: their upload would be refused (413) before a byte of it is read
+        problem = artifact_too_large(f"{sizes[too_large[0]]} bytes")
+        raise InvalidInput(f"{', '.join(too_large[:20])}: {problem}", code="too_large", detail={"too_large": too_large})
     if missing or wrong:
         parts = []
         if missing:

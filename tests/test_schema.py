@@ -42,6 +42,13 @@ def test_schema_describes_the_api(schema):
     assert "201" in create["responses"]
 
 
+def test_an_artifact_upload_documents_its_411(schema):
+    """A chunked upload is a 411 (docs/artifacts.md): a schema-driven client must find the status there."""
+    [path] = [p for p in schema["paths"] if p.endswith("/artifacts/{digest}")]
+    put = schema["paths"][path]["put"]["responses"]
+    assert put["411"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
 def test_schema_as_yaml_matches_json(schema):
     response = APIClient().get("/api/schema/")
     assert response.status_code == 200

@@ -20,7 +20,8 @@ from registry.storage import MAX_SINGLE_PUT
 
 class UploadCreateInput(StrictSerializer):
     sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", help_text="the file's sha256, 64 lowercase hex characters")
-    size = serializers.IntegerField(min_value=0, max_value=MAX_SINGLE_PUT, help_text="the file's size in bytes")
+    # Bounded only as a 64-bit size: a file over S3's one-PUT limit is the service's `too_large`, which says why.
+    size = serializers.IntegerField(min_value=0, max_value=2**63 - 1, help_text="the file's size in bytes")
 
 
 class UploadOutput(serializers.Serializer):

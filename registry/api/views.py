@@ -192,7 +192,11 @@ class ArtifactUploadView(ModelScopedView):
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={201: s.BlobOutput, 200: OpenApiResponse(s.BlobOutput, description="already stored")},
+        responses={
+            201: s.BlobOutput,
+            200: OpenApiResponse(s.BlobOutput, description="already stored"),
+            411: OpenApiResponse(description="length_required: the body has no Content-Length (a chunked upload)"),
+        },
         summary="Upload one file's bytes, addressed by its sha256 (streamed and verified while stored)",
     )
     def put(self, request, namespace, name, digest):

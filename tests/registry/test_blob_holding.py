@@ -85,3 +85,21 @@ def test_the_migration_credits_every_model_with_the_files_its_versions_name(stor
     owner, _ = stored
     assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "fork"}, format="json").status_code == 201
     assert register(owner, "acme/fork", WEIGHTS).status_code == 201
+
+
+def test_a_file_over_the_artifact_limit_is_refused_at_registration_before_any_upload(stored, settings):
+    """Its upload would be a 413 before a byte is read (the CLI saw the connection cut mid-body): registering a
+    manifest naming one the model does not hold says so first, naming it. A held file is not judged again."""
+    owner, _ = stored
+    settings.MAX_ARTIFACT_BYTES = len(WEIGHTS)
+    big = b"x" * (len(WEIGHTS) + 1)
+    manifest = {"files": [file_entry("weights.bin", WEIGHTS), file_entry("big.bin", big), file_entry("s.bin", b"s")]}
+    refused = owner.post("/api/v1/models/acme/churn/versions/", {"manifest": manifest}, format="json")
+    assert refused.status_code == 400, refused.json()
+    error = refused.json()["error"]
+    assert error["code"] == "too_large" and error["detail"] == {"too_large": ["big.bin"]}
+    assert error["message"].startswith(f"big.bin: This file is {len(big)} bytes; one artifact may be at most")
+    small = {"files": [file_entry("weights.bin", WEIGHTS), file_entry("s.bin", b"s")]}
+    missing = owner.post("/api/v1/models/acme/churn/versions/", {"manifest": small}, format="json")
+    assert missing.json()["error"]["code"] == "artifacts_missing"  # what may still be uploaded: as before
+    assert ModelVersion.objects.filter(model__name="churn").count() == 1

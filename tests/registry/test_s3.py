@@ -404,8 +404,10 @@ def test_complete_without_upload_is_404(s3, owner):
 def test_presigned_upload_input_is_validated(s3, owner):
     r = owner.post(f"{BASE}/uploads", {"sha256": "XYZ", "size": 1}, format="json")
     assert r.status_code == 400 and "sha256" in r.json()["error"]["message"]
-    r = start_upload(owner, b"x", size=5 * 1024**3 + 1)
-    assert r.status_code == 400 and "size" in r.json()["error"]["message"]
+    r = start_upload(owner, b"x", size=5 * 1024**3 + 1)  # over S3's one-PUT limit: said as such
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_large", r.json()
+    assert "S3 takes at most 5368709120 bytes in one PUT" in r.json()["error"]["message"]
+    assert list(r.json()["error"]["detail"]) == ["size"]
     r = start_upload(owner, b"x", extra=1)
     assert r.status_code == 400 and "extra" in r.json()["error"]["message"]
 
