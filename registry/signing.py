@@ -22,7 +22,6 @@ Three outcomes:
 
 import base64
 import binascii
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -175,7 +174,7 @@ def _parse(bundle) -> tuple[dict, dict]:
     payload = _b64(envelope.get("payload"), "dsseEnvelope.payload")
     try:
         statement = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nesting too deep to parse is no statement either
         _malformed("does not decode to JSON.", "dsseEnvelope.payload")
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         _malformed(f"must be an in-toto statement ({STATEMENT_TYPE}).", "dsseEnvelope.payload")
@@ -198,9 +197,12 @@ def _parse(bundle) -> tuple[dict, dict]:
     else:  # the pre-1.0 predicate lists the files as subjects
         _check_entries(statement.get("subject"), "dsseEnvelope.payload.subject", name_key="name")
     # model_signing's reader accepts these older spellings; normalize the same way.
-    normalized = copy.deepcopy(bundle)
-    key = normalized["verificationMaterial"]["publicKey"]
-    normalized["verificationMaterial"].setdefault("tlogEntries", [])
+    # Copies of the two objects changed, not of the whole bundle: a deep copy of a key nested as deep as the
+    # request parser takes (~900 levels) ran out of stack (a 500).
+    material = {**bundle["verificationMaterial"], "publicKey": {**bundle["verificationMaterial"]["publicKey"]}}
+    normalized = {**bundle, "verificationMaterial": material}
+    key = material["publicKey"]
+    material.setdefault("tlogEntries", [])
     key.setdefault("hint", None)
     for obsolete in ("rawBytes", "keyDetails"):
         key.pop(obsolete, None)

@@ -201,6 +201,9 @@ def _malformed_bundles(good: dict) -> dict[str, object]:
         "bad resource digest": changed(
             lambda b: set_statement(b, lambda s: s["predicate"]["resources"][0].update(digest="xyz"))
         ),
+        "payload nested too deep to parse": changed(
+            lambda b: b["dsseEnvelope"].update(payload=base64.b64encode(b"[" * 100_000 + b"]" * 100_000).decode())
+        ),
     }
 
 
@@ -217,6 +220,14 @@ def test_malformed_bundles_are_400_and_nothing_is_stored(owner, trusted, model_d
     assert VersionSignature.objects.count() == 0
     assert AuditEvent.objects.count() == events
     assert owner.get(SIGNATURE).status_code == 404
+
+
+def test_a_deeply_nested_extra_field_is_no_500(owner, trusted, model_dir, tmp_path):
+    """As deep as the request parser takes: the bundle's normalization copied it whole and ran out of stack."""
+    bundle = sign(model_dir, trusted, tmp_path)
+    bundle["x"] = json.loads("[" * 850 + "]" * 850)
+    r = owner.post(SIGNATURE, json.dumps(bundle), content_type="application/json")
+    assert r.status_code in (201, 400), r.content[:300]
 
 
 def test_keyless_bundle_is_named_unsupported(owner, trusted, model_dir, tmp_path):
