@@ -31,12 +31,16 @@ def assert_refused(r, *phrases, field=None):
     assert not AuditEvent.objects.filter(action="card.revised").exists()
 
 
+NOISE = 0.1  # seconds: a scheduler's time slice or two; the quadratic cases took seconds
+
+
 def grows_linearly(call_at, n: int = KB_100 // 4) -> None:
     """Run `call_at(n)` and `call_at(4 * n)` (an InvalidInput is an answer too), the fastest of three runs each, and
-    assert four times the input took less than eight times as long. Linear work takes about four times as long;
-    where the cost grew with the square of the input (sixteen times), these inputs took from two seconds to minutes
-    at the larger size. A ratio of two times taken together, not a time: a slow or loaded machine does not fail it.
-    A bound on correctness, not a benchmark."""
+    assert four times the input took less than eight times as long, give or take NOISE. Linear work takes about four
+    times as long; where the cost grew with the square of the input (sixteen times), these inputs took from two
+    seconds to minutes at the larger size. A ratio of two times taken together, not a time, with room for one
+    preemption: the runs take milliseconds, and on a loaded machine (the suite's workers beside other processes on
+    two cores) a 0.7 ms run measured 15 ms once. A bound on correctness, not a benchmark."""
 
     def fastest(size: int) -> float:
         times = []
@@ -48,7 +52,7 @@ def grows_linearly(call_at, n: int = KB_100 // 4) -> None:
         return min(times)
 
     small, large = fastest(n), fastest(4 * n)
-    assert large < 8 * small, f"{n} took {small * 1000:.1f} ms, {4 * n} took {large * 1000:.1f} ms"
+    assert large < 8 * small + NOISE, f"{n} took {small * 1000:.1f} ms, {4 * n} took {large * 1000:.1f} ms"
 
 
 # --- 1. linear parsing: completeness runs on every read of a card ------------------------------------
