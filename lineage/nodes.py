@@ -4,10 +4,13 @@ Ids follow Marquez: `dataset:{namespace}:{name}`, `job:{namespace}:{name}`, `run
 `dataset:{namespace}:{name}#{version}` for a dataset version; plus `model:{namespace}/{name}:{number}`
 for a model version and `release:{target}:{number}` (governance registers that handler).
 
-Namespaces often contain colons (`postgres://db:5432`), so a dataset or job id is resolved against
-the database: every split of the text at a colon is a candidate (namespace, name) and the one that
-exists wins (the longest namespace first, as Marquez's parser prefers not to split `scheme://` or
-`host:port`).
+Namespaces often contain colons (`postgres://db:5432`), names seldom do. So the ids written here escape
+'%', ':' and '#' in names ('#' only in dataset names) and '%' and '#' in dataset namespaces: an id splits one
+way only (the last ':' before the first '#' ends the namespace) and two datasets never share one, while the
+ids of names without those characters are what they always were. Resolving reads an id that way first;
+when that names no node, the ids written before escaping still resolve as they did, against the database:
+every split of the text at a colon is a candidate (namespace, name) and the one that exists wins (the
+longest namespace first, as Marquez's parser prefers not to split `scheme://` or `host:port`).
 Candidates the fields cannot hold are skipped, and an id with more candidates than MAX_CANDIDATES is
 refused: real ids have a few colons, and every candidate costs a condition in the lookup.
 """
@@ -49,13 +52,34 @@ class Start:
     params: dict = field(default_factory=dict)
 
 
+# Characters percent-encoded in (namespace, name) of an id: without a raw ':' in names and a raw '#' in either
+# part, an id splits one way only. Namespaces keep their colons (`s3://lake`), so normal ids do not change.
+_ESCAPES = {"%": "%25", ":": "%3A", "#": "%23"}
+DATASET_ESCAPED = ("%#", "%:#")
+JOB_ESCAPED = ("", "%:")  # a job id has no version: '#' needs no escaping
+
+
+def _escape(text: str, chars: str) -> str:
+    return "".join(_ESCAPES[ch] if ch in chars else ch for ch in text)
+
+
+def _unescape(text: str, chars: str) -> str | None:
+    """The text that _escape(text, chars) wrote, or None when no text escapes to `text` (a raw ':', '%3a')."""
+    if not chars:
+        return text
+    codes = "|".join(_ESCAPES[ch][1:] for ch in chars)
+    plain = re.sub(f"%({codes})", lambda m: chr(int(m[1], 16)), text)
+    return plain if _escape(plain, chars) == text else None
+
+
 def dataset_id(namespace: str, name: str, version: str | None = None) -> str:
-    base = f"dataset:{namespace}:{name}"
+    ns_chars, name_chars = DATASET_ESCAPED
+    base = f"dataset:{_escape(namespace, ns_chars)}:{_escape(name, name_chars)}"
     return base if version is None else f"{base}#{version}"
 
 
 def job_id(namespace: str, name: str) -> str:
-    return f"job:{namespace}:{name}"
+    return f"job:{namespace}:{_escape(name, JOB_ESCAPED[1])}"  # the last ':' ends the namespace
 
 
 def run_id(run_uuid) -> str:
@@ -75,13 +99,16 @@ def _bad_id(node_id: str, message: str, reason: str):
     raise InvalidInput(f"nodeId '{shown}': {message}", detail={"nodeId": [reason]})
 
 
+def _limits(model) -> tuple[int, int]:
+    return model._meta.get_field("namespace").max_length, model._meta.get_field("name").max_length
+
+
 def _candidates(node_id: str, rest: str, model, *, versions: bool) -> list[tuple[str, str, str | None]]:
     """(namespace, name, version) readings of `rest` in the order they are preferred: "ns:name" split at a
     colon, the longest namespace first; then, with `versions`, "ns:name#version" split at each '#' from the
     left (the version may itself hold '#' or ':'). Splits whose namespace or name the fields cannot hold are
     skipped (nothing can match them); more than MAX_CANDIDATES is a 400."""
-    namespace_max = model._meta.get_field("namespace").max_length
-    name_max = model._meta.get_field("name").max_length
+    namespace_max, name_max = _limits(model)
     colons = [i for i, ch in enumerate(rest) if ch == ":"]
     ends = [len(rest)] + ([at for at, ch in enumerate(rest) if ch == "#"] if versions else [])
     found = []
@@ -100,17 +127,33 @@ def _candidates(node_id: str, rest: str, model, *, versions: bool) -> list[tuple
     return found
 
 
-def _named(model, candidates: list[tuple[str, str, str | None]], as_of: datetime | None):
-    """The first candidate that exists (as of `as_of`), with its version text; one query for all of them."""
-    if not candidates:
-        return None, None
+def _canonical(rest: str, model, escaped: tuple[str, str], *, versions: bool) -> tuple[str, str, str | None] | None:
+    """The (namespace, name, version) that dataset_id/job_id wrote as `rest`, or None when they wrote no such id
+    (or one the fields cannot hold): the first '#' starts the version, the last ':' before it ends the namespace."""
+    base, sep, version = rest.partition("#") if versions else (rest, "", "")
+    namespace, colon, name = base.rpartition(":")
+    namespace, name = _unescape(namespace, escaped[0]), _unescape(name, escaped[1])
+    namespace_max, name_max = _limits(model)
+    if not (colon and namespace and name) or len(namespace) > namespace_max or len(name) > name_max:
+        return None
+    return namespace, name, version if sep else None
+
+
+def _existing(model, readings: list[tuple[str, str, str | None]], as_of: datetime | None) -> dict:
+    """{(namespace, name): object} for the readings that exist (as of `as_of`); one query for all of them."""
+    if not readings:
+        return {}
     query = Q()
-    for namespace, name, _ in candidates:
+    for namespace, name, _ in readings:
         query |= Q(namespace=namespace, name=name)
-    found = {(o.namespace, o.name): o for o in model.objects.filter(query)}
-    for namespace, name, version in candidates:
-        obj = found.get((namespace, name))
-        if obj is not None and (as_of is None or obj.recorded_at <= as_of):
+    return {(o.namespace, o.name): o for o in model.objects.filter(query) if as_of is None or o.recorded_at <= as_of}
+
+
+def _first(readings: list[tuple[str, str, str | None]], existing: dict):
+    """The first reading that exists, with its version text."""
+    for namespace, name, version in readings:
+        obj = existing.get((namespace, name))
+        if obj is not None:
             return obj, version
     return None, None
 
@@ -123,7 +166,7 @@ def _existed(obj, as_of: datetime | None, node_id: str):
 
 
 def _longest(node_id: str, rest: str, longest: int, form: str) -> None:
-    if len(rest) > longest:
+    if len(rest) - 2 * rest.count("%") > longest:  # an escape ("%3A") stands for one character
         _bad_id(
             node_id,
             f"{form} is at most {longest} characters after its prefix, not {len(rest)}.",
@@ -138,9 +181,22 @@ def _resolve_dataset(node_id: str, rest: str, user, as_of) -> Start:
     longest = field("namespace").max_length + 1 + field("name").max_length
     longest += 1 + DatasetVersion._meta.get_field("version").max_length
     _longest(node_id, rest, longest, "dataset:{namespace}:{name}[#{version}]")
-    dataset, version_text = _named(Dataset, _candidates(node_id, rest, Dataset, versions=True), as_of)
+    canonical = _canonical(rest, Dataset, DATASET_ESCAPED, versions=True)
+    readings = _candidates(node_id, rest, Dataset, versions=True)
+    existing = _existing(Dataset, ([canonical] if canonical else []) + readings, as_of)
+    # the id as dataset_id writes it, when it names a node; else an id written before escaping, as it was read
+    if canonical and (start := _dataset_start(node_id, existing.get(canonical[:2]), canonical[2], as_of)):
+        return start
+    dataset, version_text = _first(readings, existing)
+    return _dataset_start(node_id, dataset, version_text, as_of) or _existed(None, as_of, node_id)
+
+
+def _dataset_start(node_id: str, dataset, version_text: str | None, as_of) -> Start | None:
+    """The dataset, or its version named `version_text`; None when that version does not exist (as of)."""
+    from lineage.models import DatasetVersion
+
     if dataset is None:
-        return _existed(None, as_of, node_id)
+        return None
     if version_text is None:
         return Start(
             node_id,
@@ -151,8 +207,9 @@ def _resolve_dataset(node_id: str, rest: str, user, as_of) -> Start:
             f" UNION ALL SELECT {NodeType.DATASET:d} AS t, %(start_pk)s AS id",
             {"start_pk": dataset.pk},
         )
-    # dataset:{namespace}:{name}#{version}: the first '#' whose left side names a dataset decides
-    version = _existed(DatasetVersion.objects.filter(dataset=dataset, version=version_text).first(), as_of, node_id)
+    version = DatasetVersion.objects.filter(dataset=dataset, version=version_text).first()
+    if version is None or (as_of is not None and version.recorded_at > as_of):
+        return None
     return Start(
         node_id,
         "datasetVersion",
@@ -167,7 +224,9 @@ def _resolve_job(node_id: str, rest: str, user, as_of) -> Start:
 
     longest = Job._meta.get_field("namespace").max_length + 1 + Job._meta.get_field("name").max_length
     _longest(node_id, rest, longest, "job:{namespace}:{name}")
-    job, _ = _named(Job, _candidates(node_id, rest, Job, versions=False), as_of)
+    canonical = _canonical(rest, Job, JOB_ESCAPED, versions=False)
+    readings = ([canonical] if canonical else []) + _candidates(node_id, rest, Job, versions=False)
+    job, _ = _first(readings, _existing(Job, readings, as_of))
     job = _existed(job, as_of, node_id)
     return Start(
         node_id,

@@ -7,7 +7,8 @@ from lineage.exports import FORMATS
 
 NODE_ID_HELP = (
     "dataset:{namespace}:{name}, dataset:{namespace}:{name}#{version}, job:{namespace}:{name}, run:{uuid}, "
-    "model:{namespace}/{name}:{number} or release:{target}:{number}"
+    "model:{namespace}/{name}:{number} or release:{target}:{number}; in a name '%', ':' and '#' are written %25, "
+    "%3A and %23 (a job name's '#' as it is), in a dataset namespace '%' and '#' (docs/lineage.md \"Node ids\")"
 )
 
 

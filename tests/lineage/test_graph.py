@@ -174,9 +174,11 @@ def test_node_ids_with_colons_in_namespaces(personas):
     assert ids(body) == [
         "dataset:postgres://db.internal:5432:shop.public.orders",
         "job:airflow://prod:8080:dag.task",
-        "dataset:postgres://db.internal:5432:shop.public.orders:daily",
+        "dataset:postgres://db.internal:5432:shop.public.orders%3Adaily",  # a name's ':' is escaped in its id
     ]
     assert graph(client, "job:airflow://prod:8080:dag.task")["nodes"][0]["namespace"] == "airflow://prod:8080"
+    old_id = graph(client, "dataset:postgres://db.internal:5432:shop.public.orders:daily")  # unescaped: one reading
+    assert old_id["nodes"][0]["id"] == "dataset:postgres://db.internal:5432:shop.public.orders%3Adaily"
 
 
 @pytest.mark.parametrize(
