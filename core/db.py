@@ -101,8 +101,11 @@ class ProtectRows(Operation):
 
 class BlockTruncate(Operation):
     """PostgreSQL: refuse TRUNCATE of `table` (row triggers do not fire for it), unless the session has
-    said `SET registry.allow_truncate = on`. The test suite says so on its own connections, because
-    Django's test flush truncates every table; nothing in the service does. SQLite has no TRUNCATE."""
+    said `SET registry.allow_truncate = on` and its role owns the table (or is a superuser). The test suite
+    says so on its own connections, because Django's test flush truncates every table; nothing in the service
+    does. The owner could disable the trigger anyway; a role granted only TRUNCATE could, with the setting
+    alone (any session may set it, even in its connection string), empty the audit log and have its chain
+    start again at genesis. SQLite has no TRUNCATE."""
 
     reversible = True
     reduces_to_sql = True
@@ -125,19 +128,26 @@ class BlockTruncate(Operation):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor != "postgresql":
             return
-        name, msg = f"{self.table}_no_truncate", self.message.replace("'", "''")
+        name = f"{self.table}_no_truncate"
         for sql in (
-            f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF current_setting('{self.SETTING}', true) IS DISTINCT FROM 'on' THEN
-                    RAISE EXCEPTION '{msg}' USING ERRCODE = 'restrict_violation';
-                END IF;
-                RETURN NULL;
-            END $$""",
+            self._function_sql(),
             f"DROP TRIGGER IF EXISTS {name} ON {self.table}",
             f"CREATE TRIGGER {name} BEFORE TRUNCATE ON {self.table} FOR EACH STATEMENT EXECUTE FUNCTION {name}()",
         ):
             schema_editor.execute(sql, params=None)
+
+    def _function_sql(self) -> str:
+        name, msg = f"{self.table}_no_truncate", self.message.replace("'", "''")
+        # pg_has_role(..., 'MEMBER') is true for a superuser too
+        return f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF current_setting('{self.SETTING}', true) IS DISTINCT FROM 'on'
+                   OR NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER')
+                THEN
+                    RAISE EXCEPTION '{msg}' USING ERRCODE = 'restrict_violation';
+                END IF;
+                RETURN NULL;
+            END $$"""  # noqa: S608 - the table and message come from migrations, not from input
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor != "postgresql":
@@ -145,3 +155,18 @@ class BlockTruncate(Operation):
         name = f"{self.table}_no_truncate"
         schema_editor.execute(f"DROP TRIGGER IF EXISTS {name} ON {self.table}", params=None)
         schema_editor.execute(f"DROP FUNCTION IF EXISTS {name}()", params=None)
+
+
+class RenewTruncateGuard(BlockTruncate):
+    """Replace the function of an existing BlockTruncate with the current one (the setting alone no longer allows a
+    TRUNCATE: the table's owner must ask). Migrating back keeps the stricter function: nothing to undo."""
+
+    def describe(self):
+        return f"Renew the TRUNCATE guard of {self.table}"
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(self._function_sql(), params=None)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        pass

@@ -1,6 +1,8 @@
 """Every table whose rows the database protects (core.db.ProtectRows: UPDATE/DELETE triggers) also
 refuses TRUNCATE, which fires no row trigger (core.db.BlockTruncate)."""
 
+import os
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 
@@ -99,3 +101,26 @@ def test_migrating_back_restores_the_protection_a_migration_widened(sqlite_shell
     assert "OLD.run_id" not in update_trigger() and "OLD.digest IS NOT NEW.digest" in update_trigger()
     processes._sqlite_run(tmp_path / "data", db_file, "migrate", "--noinput")
     assert "OLD.id IS NOT NEW.id" in update_trigger()
+
+
+def test_the_setting_allows_a_truncate_only_to_the_tables_owner():
+    """Any session may set registry.allow_truncate (even in its connection string): a role granted only TRUNCATE
+    emptied the audit log with it, and the chain started again at genesis. Now the role must own the table (the
+    owner could disable the trigger anyway); the suite's own flush, as the owner, still may."""
+    role = f"truncate_only_{os.getpid()}"  # roles are the cluster's: one per test process
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP ROLE IF EXISTS {role}")
+        cursor.execute(f"CREATE ROLE {role}")
+        try:
+            cursor.execute(f"GRANT TRUNCATE ON audit_auditevent, audit_auditchainhead TO {role}")
+            with pytest.raises(IntegrityError, match="audit log is append-only"), transaction.atomic():
+                cursor.execute(f"SET LOCAL ROLE {role}")
+                cursor.execute("SET LOCAL registry.allow_truncate = on")
+                cursor.execute("TRUNCATE audit_auditevent, audit_auditchainhead")
+            with transaction.atomic():  # the owner (here a superuser), with the setting: allowed, then undone
+                cursor.execute("SET LOCAL registry.allow_truncate = on")
+                cursor.execute("TRUNCATE audit_auditevent, audit_auditchainhead")
+                transaction.set_rollback(True)
+        finally:
+            cursor.execute(f"REVOKE ALL ON audit_auditevent, audit_auditchainhead FROM {role}")
+            cursor.execute(f"DROP ROLE {role}")
