@@ -33,7 +33,8 @@ Messages show such URLs with the credential replaced by ***.
 
 Exit status: 0 success; 1 the server refused a request (its error code and message are printed on
 stderr); 2 usage error (bad arguments, missing token or URL, unreadable files); 3 the server could
-not be reached or did not answer (network error, timeout): safe to retry, every step is idempotent.
+not be reached or did not answer (network error, timeout, a 502/503/504 that outlasted the retries): safe to
+retry, every step is idempotent.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
 
 import argparse
+import functools
 import hashlib
 import http.client
 import json
@@ -87,7 +89,14 @@ class UsageError(CliError):
 
 
 class NetworkError(CliError):
+    """The registry could not be reached or did not answer: retried, then exit 3. `note` is the short reason logged
+    before a retry."""
+
     exit_code = EXIT_NETWORK
+
+    def __init__(self, message: str, note: str = ""):
+        super().__init__(message)
+        self.note = note
 
 
 class ServerError(CliError):
@@ -256,6 +265,63 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+# A server may answer a request before reading its body (a 413 on the declared size of an upload) and hang up: the
+# rest of the body then fails to send. urllib raises that send error and drops the answer already received, which
+# made a refusal look like a network error, retried by sending the whole file again.
+_CUT_OFF = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _EarlyAnswer:
+    """Mixin for http.client connections: when the server cuts the request off, read the answer it sent anyway.
+    Only an error answer counts (it can be about the request's head alone); without one, the send error stands."""
+
+    _cut_off = None
+
+    def request(self, *args, **kwargs):
+        try:
+            super().request(*args, **kwargs)
+        except _CUT_OFF as exc:
+            self._cut_off = exc
+
+    def getresponse(self):
+        if self._cut_off is None:
+            return super().getresponse()
+        try:
+            answer = super().getresponse()
+        except (OSError, http.client.HTTPException):  # nothing came before the hang-up (Linux keeps what did)
+            raise self._cut_off from None
+        if answer.status < 400:  # a success cannot be about a body the server did not get
+            answer.close()
+            raise self._cut_off
+        return answer
+
+
+@functools.lru_cache(maxsize=None)  # noqa: UP033 (functools.cache is Python 3.9+; this file runs on 3.8)
+def _with_early_answer(connection_class: type) -> type:
+    return type(connection_class.__name__, (_EarlyAnswer, connection_class), {})
+
+
+class _EarlyAnswerHandler:
+    """Mixin for urllib's HTTP(S) handlers. It swaps the connection class in do_open, whose callers pass arguments
+    that differ between Python versions (https_open's check_hostname)."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_with_early_answer(http_class), req, **kwargs)
+
+
+class _HTTPHandler(_EarlyAnswerHandler, urllib.request.HTTPHandler):
+    pass
+
+
+_HANDLERS = [_HTTPHandler]
+if hasattr(urllib.request, "HTTPSHandler"):  # Python built without ssl: http:// only, as urllib itself
+
+    class _HTTPSHandler(_EarlyAnswerHandler, urllib.request.HTTPSHandler):
+        pass
+
+    _HANDLERS.append(_HTTPSHandler)
+
+
 class Client:
     def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2, log=None):
         self.base = base_url
@@ -263,57 +329,86 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.log = log or (lambda message: None)
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._opener = urllib.request.build_opener(_NoRedirect(), *(handler() for handler in _HANDLERS))
 
     def url(self, *segments: str, trailing_slash: bool = False) -> str:
         path = "/".join(urllib.parse.quote(s, safe=":") for s in segments)
         return f"{self.base}/api/v1/{path}" + ("/" if trailing_slash else "")
 
     def request(self, method: str, url: str, *, json_body=None, body=None, content_type=None, length=None, retry=True):
-        """Send a request; return (status, parsed JSON body or None). `body` may be a callable
-        returning an iterable of bytes (called again on each retry, for streamed uploads).
+        """Send a request; return (status, parsed JSON body or None). `body` may be a callable returning an iterable
+        of bytes (called again on each retry, for streamed uploads; closed after each attempt if it has close()).
         `retry=False` for requests that are not idempotent."""
         short = urllib.parse.urlsplit(url).path
         attempt, retries = 0, self.retries if retry else 0
         while True:
             attempt += 1
-            data = body() if callable(body) else body
+            data = body() if callable(body) else body  # a file body opens its file here, before any network
             if json_body is not None:
                 data, content_type = canonical_json(json_body), "application/json"
-            req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (base_url allows http(s) only)
-            req.add_header("Accept", "application/json")
-            req.add_header("User-Agent", f"{PROG}/{__version__} python/{sys.version.split()[0]}")
-            req.add_unredirected_header("Authorization", f"Bearer {self._token}")
-            if data is not None:
-                req.add_header("Content-Type", content_type or "application/octet-stream")
-                req.add_header("Content-Length", str(length if length is not None else len(data)))
             try:
-                try:
-                    with self._opener.open(req, timeout=self.timeout) as resp:
-                        return resp.status, _parse_json(resp.read())
-                except urllib.error.HTTPError as exc:
-                    refused, raw = exc, exc.read()  # reading the error body can fail like any other read
-            except http.client.InvalidURL as exc:
-                raise UsageError(f"registry URL {self.base}: {exc}.") from None
-            except (OSError, http.client.HTTPException) as exc:
-                # OSError: URLError, connection errors, timeouts (RemoteDisconnected is one too). HTTPException:
-                # an answer cut short (IncompleteRead) or garbled (BadStatusLine, LineTooLong).
-                if isinstance(exc, OSError):
-                    failed, reason = "could not reach", getattr(exc, "reason", exc)
-                else:
-                    text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
-                    failed, reason = "got no complete answer from", f"cut short or malformed ({text})"
-                if attempt <= retries:
-                    self._pause(attempt, f"{method} {short}: {reason}")
-                    continue
-                raise NetworkError(
-                    f"{failed} the registry at {self.base} ({method} {short}): {reason}. "
-                    "Check REGISTRY_URL / --url and the network; the command is safe to re-run."
-                ) from None
-            if refused.code in RETRY_STATUSES and attempt <= retries:
-                self._pause(attempt, f"{method} {short}: HTTP {refused.code}")
-                continue
-            raise _server_error(method, short, refused, raw)
+                return self._exchange(self._prepare(method, url, data, content_type, length), short)
+            except NetworkError as exc:
+                if attempt > retries:
+                    raise
+                self._pause(attempt, exc.note)
+            finally:
+                if hasattr(data, "close"):
+                    data.close()
+
+    def _prepare(self, method: str, url: str, data, content_type, length) -> urllib.request.Request:
+        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (base_url allows http(s) only)
+        req.add_header("Accept", "application/json")
+        req.add_header("User-Agent", f"{PROG}/{__version__} python/{sys.version.split()[0]}")
+        req.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        if data is not None:
+            req.add_header("Content-Type", content_type or "application/octet-stream")
+            req.add_header("Content-Length", str(length if length is not None else len(data)))
+        return req
+
+    def _exchange(self, req: urllib.request.Request, short: str) -> tuple:
+        """One attempt: (status, parsed JSON body) for a success; ServerError for a refusal, NetworkError (retried)
+        for no answer or a 502/503/504."""
+        method = req.get_method()
+        try:
+            try:
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    return resp.status, _parse_json(resp.read())
+            except urllib.error.HTTPError as exc:
+                refused, raw = exc, exc.read()  # reading the error body can fail like any other read
+        except http.client.InvalidURL as exc:
+            raise UsageError(f"registry URL {self.base}: {exc}.") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(method, short, exc) from None
+        error = _server_error(method, short, refused, raw)
+        if refused.code in RETRY_STATUSES:
+            raise self._no_answer_in_time(error)
+        raise error
+
+    def _unreachable(self, method: str, short: str, exc: Exception) -> NetworkError:
+        # OSError: URLError, connection errors, timeouts (RemoteDisconnected is one too). HTTPException: an answer
+        # cut short (IncompleteRead) or garbled (BadStatusLine, LineTooLong).
+        if isinstance(exc, OSError):
+            failed, reason = "could not reach", getattr(exc, "reason", exc)
+        else:
+            text = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            failed, reason = "got no complete answer from", f"cut short or malformed ({text})"
+        return NetworkError(
+            f"{failed} the registry at {self.base} ({method} {short}): {reason}. "
+            "Check REGISTRY_URL / --url and the network; the command is safe to re-run.",
+            note=f"{method} {short}: {reason}",
+        )
+
+    def _no_answer_in_time(self, error: ServerError) -> NetworkError:
+        # A 502/503/504 comes from a proxy or gateway whose registry is down, restarting or too slow: the registry
+        # itself refused nothing, so once the retries are spent it is a network error (exit 3: retry the job).
+        request_id = f" (request id {error.request_id})" if error.request_id else ""
+        return NetworkError(
+            f"the registry at {self.base} did not answer in time ({error.method} {error.path}): "
+            f"HTTP {error.status} {error.code}: {error.message.rstrip('.')}{request_id}. "
+            "The command is safe to re-run.",
+            note=f"{error.method} {error.path}: HTTP {error.status}",
+        )
 
     def _pause(self, attempt: int, why: str) -> None:
         delay = min(2 ** (attempt - 1), 30)
@@ -358,26 +453,50 @@ def _server_error(method: str, path: str, exc: urllib.error.HTTPError, raw: byte
     return ServerError(method, path, exc.code, "http_error", message)
 
 
-def _file_chunks(path: str, size: int):
-    """The file's bytes, as declared when it was hashed: a file that has since grown or shrunk is a usage error
-    (the request declared `size` bytes; sending fewer left the server waiting until the timeout)."""
+def _file_body(path: str, size: int):
+    """A callable giving the upload body of the file at `path` (hashed as `size` bytes), for Client.request."""
+    return lambda: _FileBody(path, size)
 
-    def chunks():
+
+class _FileBody:
+    """A file's bytes, as declared when it was hashed. The file is opened before the request is sent, so one deleted
+    or unreadable since hashing is a usage error (exit 2), not a network error; one that has since grown or shrunk
+    is a usage error too (the request declared `size` bytes; sending fewer left the server waiting until the
+    timeout)."""
+
+    def __init__(self, path: str, size: int):
+        self.path, self.size = path, size
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 (Client.request closes it after the attempt)
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+
+    def __iter__(self):
         sent = 0
-        with open(path, "rb") as f:
-            while sent < size:
-                chunk = f.read(min(CHUNK, size - sent))
-                if not chunk:
-                    break
-                sent += len(chunk)
-                yield chunk
-            if sent < size or f.read(1):
-                now = os.fstat(f.fileno()).st_size
-                raise UsageError(
-                    f"{path} changed while it was being registered ({size} bytes when hashed, {now} now); run again."
-                )
+        while sent < self.size:
+            chunk = self._read(min(CHUNK, self.size - sent))
+            if not chunk:
+                break
+            sent += len(chunk)
+            yield chunk
+        if sent < self.size or self._read(1):
+            now = os.fstat(self._file.fileno()).st_size
+            raise UsageError(
+                f"{self.path} changed while it was being registered ({self.size} bytes when hashed, {now} now); "
+                "run again."
+            )
 
-    return chunks
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._file.read(n)
+        except OSError as exc:  # raised inside urllib's send, it would pass for a network error
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: OSError) -> UsageError:
+        return UsageError(f"cannot read {self.path} after it was hashed: {exc.strerror}; run again.")
+
+    def close(self) -> None:
+        self._file.close()
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -694,13 +813,30 @@ def cmd_digest(args) -> int:
     return EXIT_OK
 
 
+def _api_object(status: int, body, method: str, url: str, key: str) -> dict:
+    """`body`, a success's answer, when it is the JSON object holding `key` that the API sends. Anything else (a
+    login page or another site at a wrong URL, which answer 200 too) is a bad answer (exit 1), not a traceback."""
+    if isinstance(body, dict) and key in body:
+        return body
+    raise ServerError(
+        method,
+        urllib.parse.urlsplit(url).path,
+        status,
+        "bad_response",
+        f"the registry's answer is not the API's JSON (an object with '{key}'); "
+        "check that REGISTRY_URL / --url is the registry's address.",
+    )
+
+
 def cmd_resolve(args) -> int:
     namespace, name = parse_model(args.model)
     _utf8(args.alias, "--alias")
     client = client_from(args)
     for _ in range(3):  # the alias may move between the two reads; resolve again if it did
-        _, alias = client.request("GET", client.url("models", namespace, name, "aliases", args.alias))
-        _, version = client.request("GET", client.url("models", namespace, name, "versions", str(alias["version"])))
+        alias_url = client.url("models", namespace, name, "aliases", args.alias)
+        alias = _api_object(*client.request("GET", alias_url), "GET", alias_url, "version")
+        version_url = client.url("models", namespace, name, "versions", str(alias["version"]))
+        version = _api_object(*client.request("GET", version_url), "GET", version_url, "digest")
         if version.get("digest") == alias.get("digest"):
             break
     print(json.dumps(version, ensure_ascii=False))
@@ -760,8 +896,7 @@ def cmd_register(args) -> int:
             raise
         upload(client, namespace, name, manifest, where, exc.detail, args.jobs, log)
         status, version = client.request("POST", versions_url, json_body=body)
-    if not isinstance(version, dict) or "number" not in version:
-        raise ServerError("POST", versions_path, status, "bad_response", "the registry's answer has no version number.")
+    version = _api_object(status, version, "POST", versions_url, "number")
     number, created = version["number"], status == 201
     if version.get("digest") != digest:
         raise ServerError(
@@ -812,7 +947,7 @@ def upload(client: Client, namespace: str, name: str, manifest: dict, where: dic
 
     def put(entry):
         url = client.url("models", namespace, name, "artifacts", "sha256:" + entry["sha256"])
-        client.request("PUT", url, body=_file_chunks(where[entry["path"]], entry["size"]), length=entry["size"])
+        client.request("PUT", url, body=_file_body(where[entry["path"]], entry["size"]), length=entry["size"])
         log(f"uploaded {entry['path']} ({_human(entry['size'])})")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
