@@ -8,6 +8,7 @@ records the outcome. Host calls happen outside database transactions; every stat
 that the desired release is still the one it worked on.
 """
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -285,34 +286,76 @@ def _unclaim(target_id: int, owner: str) -> None:
     DeploymentTarget.objects.filter(pk=target_id, lease_owner=owner).update(lease_owner="", lease_until=None)
 
 
+class LeaseLost(Exception):
+    """The reconcile's claim on its target ran out or passed to another worker: it stops before its next write."""
+
+
 class _LeaseKeeper(threading.Thread):
     """Renews a held claim every third of the lease while the reconcile runs: a host call (a large
     self-hosted copy, a slow platform) may outlast the lease, and a second worker would then claim the
     target and deploy beside the first. A killed worker takes this thread with it, so its claim still runs
-    out; a hung one stops being renewed after RECONCILE_MAX_HOLD_SECONDS, so a rollback is not locked out."""
+    out; a hung one stops being renewed after RECONCILE_MAX_HOLD_SECONDS, so a rollback is not locked out.
 
-    def __init__(self, target_id: int, owner: str):
+    A renewal that fails (a connection reset, a failover) is retried on a fresh connection until the reconcile
+    ends. Once the claim is gone (another worker holds it, or it ran out before a renewal got through) `lost`
+    says why, and the reconcile checks it (`check()`) before each write it makes after a host call."""
+
+    def __init__(self, target_id: int, owner: str, claimed_at: float):
         super().__init__(name=f"lease-{target_id}", daemon=True)
         self.target_id, self.owner, self.done = target_id, owner, threading.Event()
+        self.lease = settings.RECONCILE_LEASE_SECONDS
+        # Local monotonic time read before the UPDATE that stamped the lease: never later than the database's
+        # expiry. The margin leaves a write checked just before that time room to commit before it.
+        self.held_until = claimed_at + self.lease
+        self.margin = min(5.0, self.lease / 10)
+        self.taken = False
+
+    @property
+    def lost(self) -> str:
+        """Why the claim is no longer this reconcile's; empty while it holds."""
+        if self.taken:
+            return "another worker took its claim on the target"
+        if time.monotonic() >= self.held_until - self.margin:
+            return "its claim on the target ran out before it could be renewed"
+        return ""
+
+    def check(self) -> None:
+        if why := self.lost:
+            raise LeaseLost(why)
 
     def run(self) -> None:
-        lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+        period = self.lease / 3
         give_up = time.monotonic() + settings.RECONCILE_MAX_HOLD_SECONDS
+        wait = period
         try:
-            while not self.done.wait(lease.total_seconds() / 3):
+            while not self.done.wait(wait):
                 if time.monotonic() > give_up:
                     log.warning("reconcile of target %s still running; its claim is no longer renewed", self.target_id)
                     return
-                renewed = DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
-                    lease_until=Now() + lease
-                )
-                if not renewed:
-                    log.warning("reconcile of target %s lost its claim to another worker", self.target_id)
+                renewed = self._renew()
+                if why := self.lost:
+                    log.warning("reconcile of target %s: %s; it stops before its next write", self.target_id, why)
                     return
-        except Exception:  # noqa: BLE001 - a failed renewal must not go unnoticed; the claim then runs out
-            log.exception("could not renew the claim on target %s", self.target_id)
+                wait = period if renewed else period / 4  # try again well before the lease runs out
         finally:
             connection.close()  # this thread's own connection
+
+    def _renew(self) -> bool:
+        started = time.monotonic()
+        try:
+            renewed = DeploymentTarget.objects.filter(pk=self.target_id, lease_owner=self.owner).update(
+                lease_until=Now() + timedelta(seconds=self.lease)
+            )
+        except Exception as exc:  # noqa: BLE001 - a transient database error must not end the renewals
+            log.warning("could not renew the claim on target %s, retrying: %s", self.target_id, exc)
+            with contextlib.suppress(Exception):
+                connection.close()  # the next attempt opens a fresh connection
+            return False
+        if renewed:
+            self.held_until = started + self.lease
+        else:
+            self.taken = True
+        return bool(renewed)
 
     def stop(self) -> None:
         self.done.set()
@@ -631,17 +674,22 @@ def release_fail(*, target_id: int, release_id: int, reason: str) -> None:
         transaction.on_commit(lambda: _enqueue(target_id))
 
 
+LEASE_LOST = "lease_lost"
+
+
 def reconcile(target_id: int, *, owner: str) -> str:
     """Converge one target. Returns converged | deploying | settling (the host is busy with the live release) |
-    idle | busy. Raises HostError from the host, naming the release it was converging (`release_id`) for
-    release_fail."""
+    idle | busy | lease_lost (its claim ran out or passed to another worker: it stopped without writing, and the
+    task or the periodic reconcile takes the target up again). Raises HostError from the host, naming the release
+    it was converging (`release_id`) for release_fail."""
     # Each run holds the lease under a name of its own. A message the broker hands out again while its first
     # delivery still runs (Redis's visibility timeout, a lost connection) carries the same task id, and a
     # lease by task id let that second run in beside the first.
     owner = f"{owner[:51]}:{uuid.uuid4().hex[:12]}"  # lease_owner holds 64
+    claimed_at = time.monotonic()
     if not _claim(target_id, owner):
         return "busy"
-    keeper = _LeaseKeeper(target_id, owner)
+    keeper = _LeaseKeeper(target_id, owner, claimed_at)
     keeper.start()
     try:
         target = DeploymentTarget.objects.select_related("desired_release__version__model").get(pk=target_id)
@@ -649,11 +697,17 @@ def reconcile(target_id: int, *, owner: str) -> str:
         if release is None or release.state == ReleaseState.FAILED:
             return "idle"
         try:
-            return _converge(target, release)
+            return _converge(target, release, keeper)
+        except LeaseLost as exc:
+            return _lease_lost(target, release, str(exc))
         except HostError as exc:
+            if why := _lost_meanwhile(keeper, exc):  # not ours to record: the worker holding the target decides
+                return _lease_lost(target, release, f"{why} (the host said: {exc})")
             exc.release_id = release.pk
             raise
         except Exception as exc:
+            if why := _lost_meanwhile(keeper, exc):
+                return _lease_lost(target, release, f"{why} ({type(exc).__name__})")
             # Anything else (a storage outage while copying files, a bug) retries like a host error, then fails the
             # release with a reason: escaping, it left the release deploying with none, and no deadline applied.
             log.exception("converging release %s of target %s failed", release.number, target.name)
@@ -668,13 +722,33 @@ def reconcile(target_id: int, *, owner: str) -> str:
         _unclaim(target_id, owner)
 
 
-def _converge(target: DeploymentTarget, release: Release) -> str:
-    """Ask the host what it serves and deploy the release if that differs (outside any transaction)."""
+def _lost_meanwhile(keeper: _LeaseKeeper, exc: BaseException) -> str:
+    """Why an error is not this reconcile's to record (its claim is gone), or empty. The soft time limit is always
+    recorded: it fails the release while the claim still holds (the hard limit comes before the claim runs out)."""
+    if isinstance(exc, SoftTimeLimitExceeded) or isinstance(exc.__cause__, SoftTimeLimitExceeded):
+        return ""
+    return keeper.lost
+
+
+def _lease_lost(target: DeploymentTarget, release: Release, why: str) -> str:
+    log.warning(
+        "reconcile of target %s stopped without recording anything for release %s: %s; it will be reconciled again",
+        target.name,
+        release.number,
+        why,
+    )
+    return LEASE_LOST
+
+
+def _converge(target: DeploymentTarget, release: Release, lease: _LeaseKeeper) -> str:
+    """Ask the host what it serves and deploy the release if that differs (outside any transaction). Every write
+    after a host call, and every deploy, first checks the claim still holds (`lease.check()` raises LeaseLost)."""
     host = HOSTS[target.kind].adapter()
     credentials = resolve_credentials(target.credentials_ref)
     status = host.status(target.config, credentials)
     serving = _serving_number(status, target, release)
     if serving == release.number and not _mid_canary(release):
+        lease.check()
         _mark_live(target.pk, release.pk, status)
         return "converged"
     busy = status.busy_with if status.state == "deploying" else ""
@@ -683,6 +757,7 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
         # Busy with anything else (a change made in the host's console, a failed release's update still under
         # way after its fallback) is drift.
         return "settling"
+    lease.check()
     if release.state == ReleaseState.LIVE:  # the host drifted away from what we know is live
         drift = {"desired": release.number, "host_serving": serving, "host_state": status.state}
         if not _mark_drifted(target.pk, release.pk, drift):
@@ -692,9 +767,11 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     else:
         canary = _canary_plan(target, release, status)
         if canary is not None:
-            return _canary_step(target, release, canary, host, credentials, status)
+            return _canary_step(target, release, canary, host, credentials, status, lease)
     _give_up_if_overdue(release, status)
+    lease.check()  # never deploy beside a worker that took the target meanwhile
     result = host.deploy(_spec(target, release, credentials))
+    lease.check()
     Release.objects.filter(pk=release.pk).update(
         # A host that did not name the URL this time (Modal's rollback) keeps the one it named before.
         host_release_id=result.host_release_id,
@@ -703,6 +780,7 @@ def _converge(target: DeploymentTarget, release: Release) -> str:
     if result.ready:
         status = host.status(target.config, credentials)
         if _serving_number(status, target, release) == release.number:
+            lease.check()
             _mark_live(target.pk, release.pk, status, result.host_release_id)
             return "converged"
     return "deploying"
@@ -755,8 +833,11 @@ def _canary_plan(target: DeploymentTarget, release: Release, status: HostStatus)
     return Canary(rollout, beside)
 
 
-def _canary_step(target, release: Release, canary: Canary, host, credentials, status: HostStatus) -> str:
-    """Hold, advance or abort the release's canary step. The step lives on the release row, so any worker resumes it."""
+def _canary_step(
+    target, release: Release, canary: Canary, host, credentials, status: HostStatus, lease: _LeaseKeeper
+) -> str:
+    """Hold, advance or abort the release's canary step. The step lives on the release row, so any worker resumes it.
+    Each host change and each write after a host call first checks the claim on the target still holds."""
     split = {s.release_number: s.traffic_percent for s in status.serving}
     if release.step_started_at is not None and not split.get(canary.beside.number):
         # The serving release's server fails HAProxy's check, which sends everything to the canary meanwhile:
@@ -766,30 +847,38 @@ def _canary_step(target, release: Release, canary: Canary, host, credentials, st
     percent = release.traffic_percent if release.step_started_at else canary.rollout.steps[0]
     if release.step_started_at is None or split.get(release.number, 0) != percent:
         # Start the first step, or re-apply the current one (a worker died mid-step, or the host lost it).
+        lease.check()
         result = host.deploy(
             _spec(target, release, credentials, {release.number: percent, canary.beside.number: 100 - percent})
         )
-        _begin_step(target, release, percent, host.health(target.config, credentials, release.number), result)
+        baseline = host.health(target.config, credentials, release.number)
+        lease.check()
+        _begin_step(target, release, percent, baseline, result)
         return "deploying"
     held = (timezone.now() - release.step_started_at).total_seconds()
     health = host.health(target.config, credentials, release.number)
     verdict, why = judge(canary.rollout, percent, Health(**release.step_baseline), health, held)
     if verdict == "wait":
         return "deploying"
+    lease.check()
     if verdict == "fail":
         host.set_traffic(target.config, credentials, {canary.beside.number: 100})
+        lease.check()
         release_fail(target_id=target.pk, release_id=release.pk, reason=why)
         return "failed"
     after = canary.rollout.next_step(percent)
     if after < 100:
         host.set_traffic(target.config, credentials, {release.number: after, canary.beside.number: 100 - after})
-        _begin_step(target, release, after, host.health(target.config, credentials, release.number), None, why)
+        baseline = host.health(target.config, credentials, release.number)
+        lease.check()
+        _begin_step(target, release, after, baseline, None, why)
         return "deploying"
     # The last step passed: from here the host serving it alone is the rollout's end (_mid_canary).
     Release.objects.filter(pk=release.pk, state=ReleaseState.DEPLOYING).update(traffic_percent=100)
     host.set_traffic(target.config, credentials, {release.number: 100})
     status = host.status(target.config, credentials)
     if _serving_number(status, target, release) == release.number:
+        lease.check()
         _mark_live(target.pk, release.pk, status)
         return "converged"
     return "deploying"

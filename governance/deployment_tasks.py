@@ -59,7 +59,8 @@ def reconcile_target(self, target_id: int, failures: int = 0, failing_release: i
             )
         deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=reason)
         return "failed"
-    if outcome in ("deploying", "busy") and self.request.retries < POLLS:
+    # A run that lost its claim mid-way recorded nothing: look again, as for a target another worker holds.
+    if outcome in ("deploying", "busy", deployment.LEASE_LOST) and self.request.retries < POLLS:
         raise self.retry(args=(target_id, failures, failing_release), countdown=1, expires=None)
     return outcome
 

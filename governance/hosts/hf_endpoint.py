@@ -6,6 +6,9 @@ pointer is `ReleaseSpec.host_revision`: the 40-hex repo commit (the reconciler t
 first time, then `update_inference_endpoint(..., revision=commit)` (`PUT {"model": {"revision": …}}`);
 rollback is the same update back to the earlier commit. Nothing is sent when the endpoint already
 serves that repository at that commit. `host_release_id` is the commit (HF does not number releases).
+A create answered 409 (created meanwhile: a concurrent create, or ours whose answer was lost) reads the
+endpoint again and converges it like an existing one. An endpoint in the `failed` state cannot be
+updated (HF: create a new one): when another commit is wanted it is deleted and created again.
 
 Readiness follows `InferenceEndpoint.wait()`: failed/updateFailed are failures; ready only when the
 state is running, `status.url` is set and `GET {status.url}{healthRoute}` answers 200. `deploy()`
@@ -18,7 +21,9 @@ process-wide lock that sets the base URL (config `base_url`, default the public 
 request hook that applies `timeout_seconds` to the requests made inside the lock only.
 """
 
+import contextlib
 import contextvars
+import logging
 import re
 import threading
 from contextlib import contextmanager
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 import httpx2
 from huggingface_hub import constants
 from huggingface_hub import create_inference_endpoint as hf_create
+from huggingface_hub import delete_inference_endpoint as hf_delete
 from huggingface_hub import get_inference_endpoint as hf_get
 from huggingface_hub import update_inference_endpoint as hf_update
 from huggingface_hub.errors import HfHubHTTPError, InferenceEndpointError, InferenceEndpointTimeoutError
@@ -45,6 +51,8 @@ from governance.hosts.http import (
     retryable_status,
     scrub,
 )
+
+log = logging.getLogger(__name__)
 
 KIND = "hf_endpoint"
 CAPABILITIES = frozenset({"deploy", "rollback"})
@@ -155,22 +163,12 @@ class HFEndpointHost:
         cfg = config_or_host_error(validate_config, spec.config)
         token = self._token(spec.credentials)
         commit = self._commit(spec, cfg)
-        ns, name, repo = cfg["namespace"], cfg["endpoint"], cfg["repository"]
         with _session(cfg):
             endpoint = self._get(cfg, token)
-            if endpoint is not None and endpoint.status == "paused":  # whatever it serves: nobody can reach it
-                raise HostError(
-                    f"Inference Endpoint {ns}/{name} is paused; resume it before deploying to it", retryable=False
-                )
             if endpoint is None:
-                endpoint = self._guard(token, lambda: self._create(cfg, token, commit))
-            elif endpoint.repository != repo or endpoint.revision != commit:
-                changes = {"revision": commit}
-                if endpoint.repository != repo:
-                    changes["repository"] = repo
-                endpoint = self._guard(
-                    token, lambda: hf_update(name, namespace=ns, token=token, **changes), what="update"
-                )
+                endpoint = self._create(cfg, token, commit)
+            else:
+                endpoint = self._converge(endpoint, cfg, token, commit)
             ready, detail = self._ready(endpoint, token, cfg.get("wait_seconds", 0))
         return DeployResult(host_release_id=commit, endpoint_url=endpoint.url or "", ready=ready)
 
@@ -227,7 +225,42 @@ class HFEndpointHost:
             )
         return commit
 
+    def _converge(self, endpoint, cfg: dict, token: str, commit: str, *, may_recreate: bool = True):
+        """Bring an existing endpoint to the commit: nothing when it serves it, else an update (a failed endpoint
+        is replaced instead: it takes no update)."""
+        ns, name, repo = cfg["namespace"], cfg["endpoint"], cfg["repository"]
+        if endpoint.status == "paused":  # whatever it serves: nobody can reach it
+            raise HostError(
+                f"Inference Endpoint {ns}/{name} is paused; resume it before deploying to it", retryable=False
+            )
+        if endpoint.repository == repo and endpoint.revision == commit:
+            return endpoint  # a failed one at this commit is reported by _ready, with its message
+        if endpoint.status == "failed":
+            if not may_recreate:  # just created by someone else, or still being deleted: decide on the next attempt
+                raise HostError(
+                    f"Inference Endpoint {ns}/{name} was created (or is being deleted) meanwhile and is failed",
+                    retryable=True,
+                )
+            return self._recreate(endpoint, cfg, token, commit)
+        changes = {"revision": commit}
+        if endpoint.repository != repo:
+            changes["repository"] = repo
+        return self._guard(token, lambda: hf_update(name, namespace=ns, token=token, **changes), what="update")
+
     def _create(self, cfg: dict, token: str, commit: str):
+        ns, name = cfg["namespace"], cfg["endpoint"]
+        try:
+            return self._guard(token, lambda: self._post(cfg, token, commit), expect=409, what="create")
+        except _Expected:  # created meanwhile: a concurrent create, or ours whose answer was lost and was retried
+            endpoint = self._get(cfg, token)
+            if endpoint is None:  # deleted again since (or its deletion not finished): the next attempt creates it
+                raise HostError(
+                    f"Inference Endpoints API 409: Inference Endpoint {ns}/{name} exists, yet reading it finds none",
+                    retryable=True,
+                ) from None
+            return self._converge(endpoint, cfg, token, commit, may_recreate=False)
+
+    def _post(self, cfg: dict, token: str, commit: str):
         params = {key: cfg.get(key, default) for key, default in DEFAULTS.items()}
         if "max_replica" not in cfg:
             params["max_replica"] = max(params["max_replica"], params["min_replica"])
@@ -240,6 +273,24 @@ class HFEndpointHost:
             token=token,
             **params,
         )
+
+    def _recreate(self, endpoint, cfg: dict, token: str, commit: str):
+        """HF takes no update of a failed endpoint ("create a new Endpoint"). It serves nothing and only this
+        target controls it (`resources`), so it is deleted and created again at the commit with the target's
+        config. What deletion loses (its build logs) is logged first; one still reporting ready replicas is kept."""
+        ns, name = cfg["namespace"], cfg["endpoint"]
+        replicas = (endpoint.raw.get("status") or {}).get("readyReplica") or 0
+        if replicas:
+            raise HostError(
+                f"Inference Endpoint {ns}/{name} is failed yet reports {replicas} ready replica(s); not deleting it: "
+                f"delete {ns}/{name} yourself (or repair it), then retry",
+                retryable=False,
+            )
+        said = scrub(self._describe(endpoint), token)  # the server's words, which may echo the token
+        log.warning("Inference Endpoint %s takes no update; deleting it to create it at %s", said, commit)
+        with contextlib.suppress(_Expected):  # a 404: already gone
+            self._guard(token, lambda: hf_delete(name, namespace=ns, token=token), expect=404, what="delete")
+        return self._create(cfg, token, commit)
 
     def _get(self, cfg: dict, token: str):
         try:

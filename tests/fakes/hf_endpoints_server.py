@@ -13,6 +13,10 @@ running, or failed if the revision is in `bad_revisions`; a PUT that changes the
 endpoint answers its health route there (`GET {status.url}{healthRoute}`, Bearer token required):
 200 when running and `healthy`, 503 otherwise.
 
+A PUT to a `failed` endpoint is refused (400): HF's docs say a failed endpoint must be created anew; the
+platform's exact answer to such a PUT (status, words) is not documented, so this one is assumed. DELETE removes
+an endpoint at once (the platform's may take a while).
+
 Repositories and commits must be registered (`add_revision("acme/clf", "<40 hex>")`). `releases_created`
 counts creates plus model changes. Faults (see httpfake.py) apply to the API routes, not the health route.
 """
@@ -251,6 +255,8 @@ class HFEndpointsServer(FakeServer):
         state, _ = self._state(record)
         if state == "paused":
             self.fail(400, "Endpoint is paused: resume it first")
+        if state == "failed":
+            self.fail(400, "Endpoint is in a failed state and cannot be updated: delete it and create a new one")
         stored = record["body"]
         model_change = {k: v for k, v in (body.get("model") or {}).items() if stored["model"].get(k) != v}
         if model_change:

@@ -126,6 +126,23 @@ def test_a_paused_live_endpoint_fails_the_release_with_the_reason(world, hf, hfp
     assert "is paused; resume it before deploying to it" in live.reason
 
 
+def test_a_release_after_one_whose_endpoint_failed_replaces_the_endpoint(world, hf, hfp):
+    """Release 1's commit never starts (the endpoint is `failed`) and the release fails. HF takes no update of a
+    failed endpoint, so release 2 (another commit) failed too when its deploy PUT to it; the endpoint is now
+    deleted and created at release 2's commit, which goes live."""
+    hf.bad_revisions.add(COMMIT[1])
+    first = approved_release(world, hfp, 1)
+    assert deployment_tasks.reconcile_target.apply(args=(hfp.pk,)).get() == "failed"
+    first.refresh_from_db()
+    assert first.state == ReleaseState.FAILED and "failed to deploy" in first.reason
+    second = approved_release(world, hfp, 2)
+    assert converge(hfp) == "converged"
+    second.refresh_from_db()
+    assert second.state == ReleaseState.LIVE and second.host_release_id == COMMIT[2]
+    assert hf.endpoint("acme", "churn")["model"]["revision"] == COMMIT[2]
+    assert [r["method"] for r in hf.requests if r["method"] != "GET"] == ["POST", "DELETE", "POST"]
+
+
 # --- Modal ----------------------------------------------------------------------------------------
 
 MODAL_ID, MODAL_SECRET = "ak-ManagedReconcile01234", "as-ManagedReconcileSecret0123456"

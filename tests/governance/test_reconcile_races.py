@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -430,6 +430,124 @@ def test_a_hung_reconcile_stops_holding_the_target(world, rep, replicate, settin
     reconcile(rep)
     assert outcome == {"second worker": "converged"}
     assert "is no longer renewed" in caplog.text
+
+
+RENEWAL = 'UPDATE "governance_deploymenttarget" SET "lease_until"%'
+
+
+def renewing_backend(seconds: float = 3.0) -> int:
+    """The PostgreSQL backend of the claim's renewing thread (its last statement was a renewal), once it renewed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND query LIKE %s",
+                [RENEWAL],
+            )
+            pids = [row[0] for row in cursor.fetchall()]
+        if pids:
+            assert len(pids) == 1, pids
+            return pids[0]
+        time.sleep(0.05)
+    raise AssertionError("the claim was never renewed")
+
+
+def take_claim(target: DeploymentTarget, owner: str) -> None:
+    """What a second worker's claim does once it finds the first one's lease run out."""
+    DeploymentTarget.objects.filter(pk=target.pk).update(lease_owner=owner, lease_until=Now() + timedelta(minutes=5))
+
+
+def actions_since(seq: int) -> list[str]:
+    return list(AuditEvent.objects.filter(seq__gt=seq).order_by("seq").values_list("action", flat=True))
+
+
+def test_a_renewal_that_fails_once_is_retried_and_the_target_stays_claimed(world, rep, replicate, settings, caplog):
+    """A transient database error (here the renewing connection is terminated, as a failover or a reset does) ended
+    the renewals for good: the claim ran out under a slow host call and a second worker deployed beside the first.
+    The renewal is retried on a fresh connection instead."""
+    settings.RECONCILE_LEASE_SECONDS = 1
+    approved_release(world, rep, 1)
+    outcome = {}
+
+    def connection_lost_during_the_create(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [renewing_backend()])
+                time.sleep(2.5)  # two and a half leases
+                outcome["second worker"] = deployment.reconcile(rep.pk, owner="second-worker")
+            finally:
+                connection.close()
+
+    replicate.intercept = connection_lost_during_the_create
+    assert reconcile(rep) == "converged"
+    assert outcome == {"second worker": "busy"}
+    assert replicate.releases_created == 1
+    assert "could not renew the claim on target" in caplog.text
+    rep.refresh_from_db()
+    assert (rep.lease_owner, rep.lease_until) == ("", None)
+
+
+def test_a_reconcile_whose_claim_was_taken_records_nothing_after_its_host_call(world, rep, replicate, settings, caplog):
+    """Another worker holds the target by the time the host answers: the first records nothing (no host release id,
+    no `release.live`), leaves the other's claim alone and says why; it is the other worker's target now."""
+    settings.RECONCILE_LEASE_SECONDS = 1
+    release = approved_release(world, rep, 1)
+    before = AuditEvent.objects.latest("seq").seq
+
+    def claim_taken_during_the_create(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            try:
+                take_claim(rep, "second-worker:0")
+                time.sleep(0.8)  # the renewal, every third of a lease, finds another owner
+            finally:
+                connection.close()
+
+    replicate.intercept = claim_taken_during_the_create
+    assert deployment.reconcile(rep.pk, owner="first-worker") == "lease_lost"
+    assert replicate.releases_created == 1  # the host call was under way when the claim was taken
+    release.refresh_from_db()
+    assert (release.state, release.host_release_id, release.live_at) == ("deploying", "", None)
+    assert actions_since(before) == ["release.started"]  # written before the host call; nothing after it
+    rep.refresh_from_db()
+    assert (rep.lease_owner, rep.last_good_release) == ("second-worker:0", None)
+    assert "another worker took its claim on the target" in caplog.text
+    assert "stopped without recording anything for release 1" in caplog.text
+
+    DeploymentTarget.objects.filter(pk=rep.pk).update(lease_owner="", lease_until=None)  # the other worker is done
+    assert reconcile(rep) == "converged"
+    assert replicate.releases_created == 1 and states(rep) == {1: "live"}
+
+
+def test_a_claim_that_ran_out_while_its_renewal_waited_stops_the_reconcile(world, rep, replicate, settings, caplog):
+    """The renewal cannot get through (a lock held on the target row, as a stalled database holds it) until the
+    lease has run out: the reconcile does not write once the host answers, however the renewal ends; the task looks
+    again and converges without a second host release."""
+    settings.RECONCILE_LEASE_SECONDS = 1
+    release = approved_release(world, rep, 1)
+
+    def renewal_blocked_during_the_create(method, path, body):
+        if method == "POST" and path == "/v1/deployments":
+            replicate.intercept = None
+            try:
+                renewing_backend()
+                with transaction.atomic():
+                    list(DeploymentTarget.objects.select_for_update().filter(pk=rep.pk))
+                    time.sleep(1.5)  # a lease and a half
+            finally:
+                connection.close()
+
+    replicate.intercept = renewal_blocked_during_the_create
+    assert reconcile(rep) == "converged"  # the task's second run
+    assert "ran out before it could be renewed" in caplog.text
+    assert "stopped without recording anything for release 1" in caplog.text
+    release.refresh_from_db()
+    assert release.state == "live" and release.host_release_id == "1"
+    assert replicate.releases_created == 1
+    assert AuditEvent.objects.filter(action="release.live").count() == 1
 
 
 def test_an_unexpected_error_is_retried_then_fails_the_release_with_a_reason(world, rep, replicate, settings):

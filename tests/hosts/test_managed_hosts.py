@@ -387,6 +387,78 @@ def test_hf_paused_endpoint_is_a_permanent_error_even_at_the_wanted_revision(hf_
     assert host.status(hf_config, HF_TOKEN).state == "failed"
 
 
+@pytest.mark.parametrize("meanwhile", [C1, C2], ids=["same-commit", "other-commit"])
+def test_hf_endpoint_created_between_status_and_create_is_converged(hf_server, hf_config, meanwhile):
+    """Another worker (or our own create, whose answer was lost) creates the endpoint after the adapter found none:
+    the create's 409 was a permanent failure. The adapter reads the endpoint and converges it instead."""
+    hf_server.pending_delay = hf_server.init_delay = hf_server.update_delay = 0.0
+    host = HFEndpointHost()
+
+    def created_meanwhile(method, path, body):
+        if method == "POST" and path == "/v2/endpoint/acme":
+            hf_server.intercept = None
+            with hf_server.lock:
+                hf_server.create("acme", {**body, "model": {**body["model"], "revision": meanwhile}})
+
+    hf_server.intercept = created_meanwhile
+    result = host.deploy(hf_spec(hf_config, 1, C1))
+    assert result.host_release_id == C1
+    sent = writes(hf_server)
+    assert sent == [("POST", "/v2/endpoint/acme")] + ([("PUT", "/v2/endpoint/acme/clf-prod")] * (meanwhile != C1))
+    assert poll(lambda: host.status(hf_config, HF_TOKEN), ready).serving[0].host_release_id == C1
+    assert hf_server.releases_created == (1 if meanwhile == C1 else 2)  # the other create, and our update if any
+
+
+def test_hf_failed_endpoint_is_deleted_and_created_again_for_another_commit(hf_server, hf_config, no_secrets_logged):
+    """HF takes no update of a failed endpoint (its docs: create a new one; the fake refuses the PUT). The adapter
+    PUT the new commit to it anyway; now it deletes the endpoint and creates it at that commit. Deploying the commit
+    that failed again reports the failure and deletes nothing."""
+    hf_server.pending_delay = hf_server.init_delay = 0.0
+    host = HFEndpointHost()
+    for _ in range(2):  # created, then found failed at that commit
+        with pytest.raises(HostError) as same_commit:
+            host.deploy(hf_spec(hf_config, 1, C_BAD))
+        assert same_commit.value.retryable is False and "failed to deploy" in str(same_commit.value)
+    failed = host.status(hf_config, HF_TOKEN)
+    assert failed.state == "failed" and "Container failed to start" in failed.detail
+    assert [m for m, _ in writes(hf_server)] == ["POST"]
+
+    refused = httpx.put(
+        f"{hf_server.api_url}/endpoint/acme/clf-prod",
+        json={"model": {"revision": C1}},
+        headers={"Authorization": f"Bearer {HF_TOKEN}"},
+    )
+    assert refused.status_code == 400 and "create a new one" in refused.json()["error"]
+
+    hf_server.requests.clear()
+    result = host.deploy(hf_spec(hf_config, 2, C1))
+    assert result.host_release_id == C1
+    assert writes(hf_server) == [("DELETE", "/v2/endpoint/acme/clf-prod"), ("POST", "/v2/endpoint/acme")]
+    assert poll(lambda: host.status(hf_config, HF_TOKEN), ready).serving[0].host_release_id == C1
+    assert hf_server.endpoint("acme", "clf-prod")["compute"]["instanceType"] == "intel-icl"  # the target's config
+    assert "takes no update; deleting it to create it at " + C1 in no_secrets_logged.text
+
+
+def test_hf_failed_endpoint_still_serving_is_not_deleted(hf_server, hf_config):
+    """Only an endpoint that serves nothing is replaced: one reported failed with ready replicas is left alone,
+    with a reason naming it."""
+    hf_server.pending_delay = hf_server.init_delay = 0.0
+    host = HFEndpointHost()
+    with pytest.raises(HostError):
+        host.deploy(hf_spec(hf_config, 1, C_BAD))
+
+    def replicas_ready(method, path, body):
+        if method == "GET" and path == "/v2/endpoint/acme/clf-prod":
+            shown = hf_server.endpoint("acme", "clf-prod")
+            raise Reply(200, {**shown, "status": {**shown["status"], "readyReplica": 1}})
+
+    hf_server.intercept = replicas_ready
+    with pytest.raises(HostError) as kept:
+        host.deploy(hf_spec(hf_config, 2, C1))
+    assert kept.value.retryable is False and "delete acme/clf-prod yourself" in str(kept.value)
+    assert [m for m, _ in writes(hf_server)] == ["POST"]
+
+
 def test_hf_client_errors_are_permanent_with_the_platform_message(hf_server, hf_config, no_secrets_logged):
     host = HFEndpointHost()
     with pytest.raises(HostError) as unknown:
