@@ -40,16 +40,17 @@ def _take_request_id(task_id=None, task=None, **_):
 
     # An eagerly run task has no header: it keeps its caller's request id.
     given = getattr(task.request, REQUEST_ID_HEADER, None) or context.request_id.get()
-    _request_id_tokens[task_id] = context.request_id.set(given)
+    _request_id_tokens[task_id] = (context.request_id.set(given), context.task.set((task.name, task_id)))
 
 
 @signals.task_postrun.connect
 def _restore_request_id(task_id=None, **_):
     from core import context
 
-    token = _request_id_tokens.pop(task_id, None)
-    if token is not None:
-        context.request_id.reset(token)
+    tokens = _request_id_tokens.pop(task_id, None)
+    if tokens is not None:
+        context.task.reset(tokens[1])
+        context.request_id.reset(tokens[0])
 
 
 # --- Metrics: task outcomes and durations (core.metrics; docs/operations.md) ------------------------

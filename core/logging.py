@@ -99,12 +99,16 @@ class RequestIdFilter(logging.Filter):
         record.request_id = context.request_id.get() or "-"
         record.actor = _actor_name()
         record.token_id = context.token_id.get()
-        task = _current_task()
-        if task is not None and getattr(task, "request", None) is not None and task.request.id:
-            record.task_name, record.task_id = task.name, task.request.id
-        else:
-            record.task_name = record.task_id = None
+        record.task_name, record.task_id = context.task.get() or _celery_task()
         return True
+
+
+def _celery_task() -> tuple[str | None, str | None]:
+    """Celery's current task (a thread-local): for a task run where the prerun signal set no context."""
+    task = _current_task()
+    if task is not None and getattr(task, "request", None) is not None and task.request.id:
+        return task.name, task.request.id
+    return None, None
 
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` (or our filter).

@@ -9,6 +9,7 @@ that the desired release is still the one it worked on.
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import hashlib
@@ -303,6 +304,7 @@ class _LeaseKeeper(threading.Thread):
     def __init__(self, target_id: int, owner: str, claimed_at: float):
         super().__init__(name=f"lease-{target_id}", daemon=True)
         self.target_id, self.owner, self.done = target_id, owner, threading.Event()
+        self.context = contextvars.copy_context()  # its log lines name the task and request id, as the reconcile's
         self.lease = settings.RECONCILE_LEASE_SECONDS
         # Local monotonic time read before the UPDATE that stamped the lease: never later than the database's
         # expiry. The margin leaves a write checked just before that time room to commit before it.
@@ -324,6 +326,9 @@ class _LeaseKeeper(threading.Thread):
             raise LeaseLost(why)
 
     def run(self) -> None:
+        self.context.run(self._keep)
+
+    def _keep(self) -> None:
         period = self.lease / 3
         give_up = time.monotonic() + settings.RECONCILE_MAX_HOLD_SECONDS
         wait = period

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,8 +23,10 @@ from django.test import Client
 
 from accounts.models import ApiToken
 from audit.models import AuditEvent
+from config.celery import app as celery_app
+from core import context
+from governance import deployment, webhooks
 from governance import tasks as governance_tasks
-from governance import webhooks
 from registry import services as registry_services
 from tests.webhooks.conftest import register
 
@@ -292,3 +295,28 @@ def test_http_client_loggers_stay_at_info_when_log_level_is_debug():
     assert not chatty, chatty[:3]
     for secret in ("PinnedLoggersSessionToken", "Signature=", "pinned-loggers-httpx-token"):
         assert secret not in result.stderr
+
+
+@celery_app.task(name="tests.lease_keeper_logs")
+def _task_with_a_lease_keeper():
+    """A reconcile's lease keeper for a target no worker holds (its first renewal finds the claim gone)."""
+    keeper = deployment._LeaseKeeper(target_id=2_000_000_000, owner="test:lease", claimed_at=time.monotonic())
+    keeper.start()
+    keeper.join(10)
+    return keeper.lost
+
+
+@pytest.mark.django_db(transaction=True)  # the keeper's thread has a connection of its own
+def test_a_thread_a_task_starts_logs_with_its_task_and_request_id(log_lines, settings):
+    """The lease keeper's warnings (a contested or hung deploy) named no task and no request: Celery's current task
+    is a thread-local, and the request id a contextvar a new thread does not inherit."""
+    settings.RECONCILE_LEASE_SECONDS = 0.3
+    token = context.request_id.set("req-lease-0001")
+    try:
+        result = _task_with_a_lease_keeper.apply()
+    finally:
+        context.request_id.reset(token)
+    assert result.get() == "another worker took its claim on the target"
+    [line] = [line for line in log_lines() if "it stops before its next write" in line["message"]]
+    assert line["task_name"] == "tests.lease_keeper_logs" and line["task_id"] == result.id
+    assert line["request_id"] == "req-lease-0001"
