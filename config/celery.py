@@ -71,6 +71,27 @@ def _task_postrun(task_id=None, task=None, state=None, **_):
     metrics.task_finished(getattr(task, "name", "unknown"), task_id, state)
 
 
+@signals.task_failure.connect
+def _task_ended_by_the_worker(sender=None, task_id=None, exception=None, **_):
+    """A run the worker's main process ended: the hard time limit killed its child, or the child died and its message
+    is not run again. No task_postrun comes from the dead child, so without this such a run was in no outcome (the
+    documented failure alert could not see a reconcile killed at its hard limit). A failure inside the child is
+    counted by its postrun: not here."""
+    from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+    from core import metrics
+
+    if isinstance(exception, TimeLimitExceeded | WorkerLostError) and task_id not in _ended_by_the_worker:
+        _ended_by_the_worker[task_id] = None  # Celery sends it twice for a hard limit (on_timeout, then on_failure)
+        while len(_ended_by_the_worker) > 1000:
+            _ended_by_the_worker.pop(next(iter(_ended_by_the_worker)))
+        outcome = "time_limit" if isinstance(exception, TimeLimitExceeded) else "lost"
+        metrics.task_finished(getattr(sender, "name", "unknown"), task_id, outcome)
+
+
+_ended_by_the_worker: dict[str, None] = {}  # the task ids counted there lately, oldest first
+
+
 @signals.worker_ready.connect
 def _serve_worker_metrics(**_):
     """WORKER_METRICS_PORT set: the worker's main process serves its children's task metrics over HTTP."""

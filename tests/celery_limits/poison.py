@@ -5,6 +5,7 @@ the file it is given before dying, so the test counts the runs."""
 
 import os
 import signal
+import time
 
 from celery import shared_task
 
@@ -14,3 +15,16 @@ def kill_own_process(runs_file: str) -> None:
     with open(runs_file, "a") as runs:
         runs.write("run\n")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.celery_limits.poison.outlive_the_hard_limit")
+def outlive_the_hard_limit(runs_file: str) -> None:
+    """Ignores its soft time limit (a blocking call that swallows the exception) until the hard limit kills it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    with open(runs_file, "a") as runs:
+        runs.write("run\n")
+    try:
+        time.sleep(60)
+    except SoftTimeLimitExceeded:
+        time.sleep(60)
