@@ -133,6 +133,13 @@ class Alias(models.Model):
     def __str__(self) -> str:
         return f"{self.model}@{self.name}"
 
+    @property
+    def etag(self) -> str:
+        """The alias's entity tag: it changes with every move (version, protection, who and when). core.etags."""
+        at = self.updated_at.isoformat() if self.updated_at else None
+        moved = {"version": self.version_id, "protected": self.protected, "by": self.updated_by_id, "at": at}
+        return etag_of({"alias": self.pk, **moved})
+
 
 class BlobHolding(models.Model):
     """A model that has shown it holds a stored blob: the bytes were sent for it and verified against their

@@ -483,9 +483,11 @@ def version_update(
 
 
 def alias_set(
-    *, actor, model: RegisteredModel, name: str, number: int, protected: bool | None = None
+    *, actor, model: RegisteredModel, name: str, number: int, protected: bool | None = None, if_match: str | None = None
 ) -> tuple[Alias, bool]:
-    """Point alias `name` at version `number`. Protected aliases move only for model managers."""
+    """Point alias `name` at version `number`. Protected aliases move only for model managers. With `if_match` (an
+    If-Match header) only if the alias is still the one that ETag was read from, or already as asked: two CI jobs
+    moving one alias, the slower one would otherwise move it back to its older version unseen."""
     _validate_slug(name, "alias")
     with transaction.atomic():
         # The model row serializes alias writes of the model: two first PUTs of one name would both find no
@@ -503,6 +505,7 @@ def alias_set(
         before = None if created else {"version": alias.version.number, "protected": alias.protected}
         if before == {"version": number, "protected": wanted}:
             return alias, False  # already so: nothing written, nothing to audit (not even updated_by)
+        check_if_match(if_match, None if created else alias.etag, f"Alias '{name}' of {model}")
         if version.status == VersionStatus.ARCHIVED:
             raise Conflict(f"Version {version} is archived; an alias cannot point at it.", code="version_archived")
         if created:
@@ -521,8 +524,9 @@ def alias_set(
     return alias, created
 
 
-def alias_delete(*, actor, model: RegisteredModel, name: str) -> None:
-    """Remove an alias (before archiving the only version it could point at, say). Protected: managers only."""
+def alias_delete(*, actor, model: RegisteredModel, name: str, if_match: str | None = None) -> None:
+    """Remove an alias (before archiving the only version it could point at, say). Protected: managers only. With
+    `if_match`, only if the alias is still the one that ETag was read from."""
     with transaction.atomic():
         alias = Alias.objects.select_for_update(no_key=True).select_related("version").filter(model=model, name=name)
         alias = alias.first()
@@ -530,6 +534,7 @@ def alias_delete(*, actor, model: RegisteredModel, name: str) -> None:
             raise NotFound(f"{model} has no alias '{name}'.", code="no_alias")
         if alias.protected and not access.has_perm(actor, ModelPerm.MANAGE, model):
             raise Forbidden(f"Alias '{name}' is protected: only managers of {model} may remove it.")
+        check_if_match(if_match, alias.etag, f"Alias '{name}' of {model}")
         record(
             action="alias.deleted",
             subject=alias,

@@ -240,19 +240,34 @@ class AliasListView(ModelScopedView):
 
 
 class AliasDetailView(ModelScopedView):
+    etag_validates_body = True  # every move changes it
     required_scopes = {"GET": scopes.READ, "PUT": scopes.MODELS_WRITE, "DELETE": scopes.MODELS_WRITE}
 
-    @extend_schema(responses=s.AliasOutput, summary="Resolve an alias to a version")
+    @extend_schema(
+        responses={200: s.AliasOutput, 304: NOT_MODIFIED},
+        parameters=[etag_header("the alias"), if_none_match_header("the alias")],
+        summary="Resolve an alias to a version",
+    )
     def get(self, request, namespace, name, alias):
         found = self.below(
             selectors.alias_at(namespace, name, alias, user=request.user), None, f"has no alias '{alias}'"
         )
-        return Response(s.AliasOutput(found).data)
+        return self.shown(found)
 
     @extend_schema(
         request=s.AliasSetInput,
-        responses={200: s.AliasOutput, 201: s.AliasOutput},
+        responses={
+            200: s.AliasOutput,
+            201: s.AliasOutput,
+            412: OpenApiResponse(description="precondition_failed: If-Match names another state of the alias"),
+        },
+        parameters=[if_match_header("the alias"), etag_header("the alias")],
         summary="Point an alias at a version (protected aliases: managers only)",
+        description=(
+            "To move an alias only if nobody moved it since you read it (two CI jobs promoting candidates), send the "
+            "ETag you read as If-Match: else 412, nothing written. A move to where the alias already points is a 200 "
+            "whatever If-Match says."
+        ),
     )
     def put(self, request, namespace, name, alias):
         model = self.model(ModelPerm.REGISTER)
@@ -264,10 +279,23 @@ class AliasDetailView(ModelScopedView):
             name=alias,
             number=data.validated_data["version"],
             protected=data.validated_data["protected"],
+            if_match=request.headers.get("If-Match"),
         )
-        return Response(s.AliasOutput(found).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return self.shown(found, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses={204: None}, summary="Remove an alias (protected aliases: managers only)")
+    @extend_schema(
+        responses={
+            204: None,
+            412: OpenApiResponse(description="precondition_failed: If-Match names another state of the alias"),
+        },
+        parameters=[if_match_header("the alias")],
+        summary="Remove an alias (protected aliases: managers only)",
+    )
     def delete(self, request, namespace, name, alias):
-        services.alias_delete(actor=request.user, model=self.model(ModelPerm.REGISTER), name=alias)
+        model = self.model(ModelPerm.REGISTER)
+        services.alias_delete(actor=request.user, model=model, name=alias, if_match=request.headers.get("If-Match"))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @staticmethod
+    def shown(alias, code: int = status.HTTP_200_OK) -> Response:
+        return Response(s.AliasOutput(alias).data, status=code, headers={"ETag": alias.etag})

@@ -203,6 +203,33 @@ def test_alias_contract(owner):
     assert owner.get(f"{BASE}/aliases/nope").status_code == 404
 
 
+def test_an_alias_moves_under_if_match_only_from_the_state_read(owner):
+    """Two CI jobs moving `candidate`: the slower one, holding the ETag it read, is refused (412) instead of moving
+    it back unseen; a retry of a move that was made is a 200 whatever it holds; a delete is conditional too."""
+    for content in (b"w1", b"w2", b"w3"):
+        assert owner.post(f"{BASE}/versions/", register_body(s3_manifest(content)), format="json").status_code == 201
+    made = owner.put(f"{BASE}/aliases/candidate", {"version": 1}, format="json")
+    assert made.status_code == 201 and made["ETag"]
+    read = owner.get(f"{BASE}/aliases/candidate")
+    assert read["ETag"] == made["ETag"]
+    assert owner.get(f"{BASE}/aliases/candidate", HTTP_IF_NONE_MATCH=read["ETag"]).status_code == 304
+
+    first = owner.put(f"{BASE}/aliases/candidate", {"version": 3}, format="json", HTTP_IF_MATCH=read["ETag"])
+    assert first.status_code == 200 and first["ETag"] != read["ETag"]
+    slower = owner.put(f"{BASE}/aliases/candidate", {"version": 2}, format="json", HTTP_IF_MATCH=read["ETag"])
+    assert slower.status_code == 412, slower.json()
+    assert slower.json()["error"]["code"] == "precondition_failed"
+    assert owner.get(f"{BASE}/aliases/candidate").json()["version"] == 3
+    again = owner.put(f"{BASE}/aliases/candidate", {"version": 3}, format="json", HTTP_IF_MATCH=read["ETag"])
+    assert again.status_code == 200  # already so: the retry of the first job's move
+    assert AuditEvent.objects.filter(action="alias.moved").count() == 1
+    refused = owner.put(f"{BASE}/aliases/new", {"version": 1}, format="json", HTTP_IF_MATCH=read["ETag"])
+    assert refused.status_code == 412  # no such alias yet: no ETag matches it
+
+    assert owner.delete(f"{BASE}/aliases/candidate", HTTP_IF_MATCH=read["ETag"]).status_code == 412
+    assert owner.delete(f"{BASE}/aliases/candidate", HTTP_IF_MATCH=first["ETag"]).status_code == 204
+
+
 def test_protected_alias_needs_manager(owner, personas):
     from accounts.services import permission_grant
 
