@@ -880,7 +880,7 @@ def cmd_register(args) -> int:
         except ServerError as exc:
             if exc.status != 409:
                 raise
-            log(f"model {args.model} already exists")
+            log(f"model {args.model}: {exc.message}")  # exists, or a name taken by a model this token may not view
 
     body = {"artifact_uri": artifact_uri, "manifest": manifest}
     for key, value in (("metrics", metrics), ("params", params), ("source", source), ("tags", tags)):

@@ -79,8 +79,20 @@ def model_create(*, actor, namespace: str, name: str, description: str = "", own
                 },
             )
     except IntegrityError:
-        raise Conflict(f"A model named {namespace}/{name} already exists.", code="already_exists") from None
+        raise _name_taken(actor, namespace, name) from None
     return model
+
+
+def _name_taken(actor, namespace: str, name: str) -> Conflict:
+    """Names are unique across the registry, so taken is taken; one taken by a model the actor may not view says
+    so, or registry-cli's --create-model went on to a 404 whose remedy is to create the model."""
+    if selectors.model_at(namespace, name, user=actor) is not None:
+        return Conflict(f"A model named {namespace}/{name} already exists.", code="already_exists")
+    return Conflict(
+        f"The name {namespace}/{name} is taken by a model you may not view: ask its owners for access, or choose "
+        "another name.",
+        code="already_exists",
+    )
 
 
 def model_update(*, actor, model: RegisteredModel, description: str, if_match: str | None = None) -> RegisteredModel:

@@ -30,6 +30,18 @@ def test_create_model_then_duplicate_is_409(owner):
     assert again.json()["error"]["code"] == "already_exists"
 
 
+def test_a_name_taken_by_a_model_one_may_not_view_says_so(owner, personas):
+    """Names are unique, so the 409 tells a name is taken either way; to one who may not view the model it says what
+    to do, instead of "already exists" (registry-cli --create-model then went on to a 404 saying to create it)."""
+    bot = personas["ci_bot"].client()  # the owner fixture made acme/churn
+    assert bot.get(BASE).status_code == 404
+    taken = bot.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json")
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "already_exists"
+    assert taken.json()["error"]["message"] == (
+        "The name acme/churn is taken by a model you may not view: ask its owners for access, or choose another name."
+    )
+
+
 def test_invalid_model_name_is_400_naming_field(owner):
     r = owner.post("/api/v1/models/", {"namespace": "Acme Corp", "name": "x"}, format="json")
     assert r.status_code == 400
