@@ -86,7 +86,8 @@ def model_create(*, actor, namespace: str, name: str, description: str = "", own
 def _name_taken(actor, namespace: str, name: str) -> Conflict:
     """Names are unique across the registry, so taken is taken; one taken by a model the actor may not view says
     so, or registry-cli's --create-model went on to a 404 whose remedy is to create the model."""
-    if selectors.model_at(namespace, name, user=actor) is not None:
+    taken = selectors.model_at(namespace, name, user=actor)
+    if taken is None or access.has_perm(actor, ModelPerm.VIEW, taken):
         return Conflict(f"A model named {namespace}/{name} already exists.", code="already_exists")
     return Conflict(
         f"The name {namespace}/{name} is taken by a model you may not view: ask its owners for access, or choose "
