@@ -844,9 +844,15 @@ def _canary_step(
     """Hold, advance or abort the release's canary step. The step lives on the release row, so any worker resumes it.
     Each host change and each write after a host call first checks the claim on the target still holds."""
     split = {s.release_number: s.traffic_percent for s in status.serving}
-    if release.step_started_at is not None and not split.get(canary.beside.number):
+    if (
+        release.step_started_at is not None
+        and not split.get(canary.beside.number)
+        and not host.health(target.config, credentials, canary.beside.number).up
+    ):
         # The serving release's server fails HAProxy's check, which sends everything to the canary meanwhile:
-        # touch nothing (its slot refuses traffic) and wait for it, within DEPLOY_TIMEOUT_SECONDS of the step.
+        # touch nothing (its slot refuses traffic) and wait for it, within DEPLOY_TIMEOUT_SECONDS of the step. Up
+        # but out of the split (HAProxy reloaded with its file's weights, a weight set by hand), the step is put
+        # back below.
         _give_up_if_overdue(release, status)
         return "deploying"
     percent = release.traffic_percent if release.step_started_at else canary.rollout.steps[0]

@@ -5,6 +5,7 @@ current state does not allow (Conflict -> 409) or the actor may not make (Forbid
 writes its audit event in the same transaction.
 """
 
+import logging
 import re
 from datetime import timedelta
 
@@ -21,11 +22,14 @@ from core.etags import check_if_match
 from governance import deployment, free_text, selectors
 from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
 from governance.hosts import HOSTS
+from governance.hosts.base import HostError
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
 from governance.policy import failing, parse_new_rules
 from governance.rollout import parse_rollout
 from registry.models import ModelVersion, RegisteredModel
 from registry.services import _validate_slug
+
+log = logging.getLogger(__name__)
 
 CREDENTIALS_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 TARGET_OWNER_PERMS = ("view_deploymenttarget", "manage_deploymenttarget", "deploy_deploymenttarget")
@@ -115,7 +119,14 @@ def _check_resources_free(kind: str, config: dict, credentials_ref: str) -> None
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('governance.target_create'))")
     wanted = HOSTS[kind].resources(config, credentials_ref)
     for other in DeploymentTarget.objects.filter(kind=kind).only("name", "config", "credentials_ref"):
-        shared = wanted & HOSTS[kind].resources(other.config, other.credentials_ref)
+        try:
+            held = HOSTS[kind].resources(other.config, other.credentials_ref)
+        except (HostError, InvalidInput, ValueError) as exc:
+            # Saved before a check its config now fails (an address the stricter parser refuses): it cannot deploy
+            # as it is, and it must not make every later target's creation fail.
+            log.warning("target %s: its config no longer validates (%s); not compared for shared resources", other, exc)
+            continue
+        shared = wanted & held
         if shared:
             raise Conflict(
                 f"Target {other.name} already controls the {min(shared)}; two targets on it would deploy over "

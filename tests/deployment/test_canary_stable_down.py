@@ -83,6 +83,14 @@ def test_the_stable_server_failing_its_check_mid_canary_does_not_make_the_canary
         processes.wait(lambda: split(config) == {1: 90, 2: 10}, 15, "the 10 % step again")
         assert deployment.reconcile(target.pk, owner="test") == "deploying"  # the step goes on, as it began
         assert Release.objects.get(pk=second.pk).step_started_at == second.step_started_at
+
+        # Up but out of the split (a weight set by hand; HAProxy reloaded with its file's weights): the host lost the
+        # step, which is put back, not waited for.
+        slot = State(state_dir).load()[1].slot
+        selfhost_fleet.api().set_weight(config.get("backend", "models"), slot, 0)
+        processes.wait(lambda: split(config) == {2: 100}, 15, "the stable release out of the split")
+        assert deployment.reconcile(target.pk, owner="test") == "deploying"
+        assert split(config) == {1: 90, 2: 10}
     finally:
         if stable_pid is not None:
             os.kill(stable_pid, signal.SIGCONT)

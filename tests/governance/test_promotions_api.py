@@ -160,6 +160,22 @@ def test_two_targets_cannot_control_one_host_resource(world, kind, first, clash,
     assert create("staging", distinct).status_code == 201
 
 
+def test_a_target_saved_under_an_older_config_check_does_not_block_new_ones(world, tmp_path, caplog):
+    """An address the runtime API parser now refuses, stored before it was stricter: comparing it raised, and every
+    later self-hosted target's creation was a 500. It is skipped, with a warning naming it."""
+    from governance.models import DeploymentTarget
+
+    DeploymentTarget.objects.create(
+        name="legacy", kind="self_hosted", stage="staging", config={"haproxy_admin": "abns@admin:1"}
+    )
+    config = {"haproxy_admin": "127.0.0.1:9998", "state_dir": str(tmp_path / "state")}
+    made = create_target(
+        world["admin"], name="fresh", kind="self_hosted", stage="staging", config=config, policy=POLICY
+    )
+    assert made.status_code == 201, made.json()
+    assert "target legacy: its config no longer validates" in caplog.text
+
+
 def test_only_admins_create_targets(world):
     r = create_target(world["owner"], name="x", kind="modal", stage="s", config={"app_name": "a"})
     assert r.status_code == 403
