@@ -23,6 +23,7 @@ from audit.models import AuditEvent
 from governance import deployment, deployment_tasks
 from governance.models import DeploymentTarget, Release
 from registry.models import ModelVersion
+from tests import processes
 from tests.fakes.httpfake import Reply
 from tests.fakes.replicate_server import ReplicateServer
 from tests.governance.conftest import approved_release, create_target, register_second_version
@@ -466,7 +467,7 @@ def test_a_renewal_that_fails_once_is_retried_and_the_target_stays_claimed(world
     """A transient database error (here the renewing connection is terminated, as a failover or a reset does) ended
     the renewals for good: the claim ran out under a slow host call and a second worker deployed beside the first.
     The renewal is retried on a fresh connection instead."""
-    settings.RECONCILE_LEASE_SECONDS = 1
+    settings.RECONCILE_LEASE_SECONDS = 3
     approved_release(world, rep, 1)
     outcome = {}
 
@@ -474,9 +475,12 @@ def test_a_renewal_that_fails_once_is_retried_and_the_target_stays_claimed(world
         if method == "POST" and path == "/v1/deployments":
             replicate.intercept = None
             try:
+                terminated = renewing_backend()
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_terminate_backend(%s)", [renewing_backend()])
-                time.sleep(2.5)  # two and a half leases
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [terminated])
+                processes.wait(lambda: "could not renew the claim on target" in caplog.text, 10, "a failed renewal")
+                # then one on a fresh connection (no sleep standing for it: a loaded machine delays the thread)
+                processes.wait(lambda: renewing_backend() != terminated, 10, "a renewal on a fresh connection")
                 outcome["second worker"] = deployment.reconcile(rep.pk, owner="second-worker")
             finally:
                 connection.close()
@@ -502,7 +506,8 @@ def test_a_reconcile_whose_claim_was_taken_records_nothing_after_its_host_call(w
             replicate.intercept = None
             try:
                 take_claim(rep, "second-worker:0")
-                time.sleep(0.8)  # the renewal, every third of a lease, finds another owner
+                # the renewal, every third of a lease, finds another owner
+                processes.wait(lambda: "another worker took its claim" in caplog.text, 10, "the renewal to notice")
             finally:
                 connection.close()
 
