@@ -139,14 +139,19 @@ def _canonical(rest: str, model, escaped: tuple[str, str], *, versions: bool) ->
     return namespace, name, version if sep else None
 
 
-def _existing(model, readings: list[tuple[str, str, str | None]], as_of: datetime | None) -> dict:
-    """{(namespace, name): object} for the readings that exist (as of `as_of`); one query for all of them."""
+def _existing(model, readings: list[tuple[str, str, str | None]]) -> dict:
+    """{(namespace, name): object} for the readings that exist, whenever they began; one query for all of them."""
     if not readings:
         return {}
     query = Q()
     for namespace, name, _ in readings:
         query |= Q(namespace=namespace, name=name)
-    return {(o.namespace, o.name): o for o in model.objects.filter(query) if as_of is None or o.recorded_at <= as_of}
+    return {(o.namespace, o.name): o for o in model.objects.filter(query)}
+
+
+def _as_of(existing: dict, as_of: datetime | None) -> dict:
+    """`existing` without the objects recorded after `as_of`."""
+    return {k: o for k, o in existing.items() if as_of is None or o.recorded_at <= as_of}
 
 
 def _first(readings: list[tuple[str, str, str | None]], existing: dict):
@@ -183,11 +188,13 @@ def _resolve_dataset(node_id: str, rest: str, user, as_of) -> Start:
     _longest(node_id, rest, longest, "dataset:{namespace}:{name}[#{version}]")
     canonical = _canonical(rest, Dataset, DATASET_ESCAPED, versions=True)
     readings = _candidates(node_id, rest, Dataset, versions=True)
-    existing = _existing(Dataset, ([canonical] if canonical else []) + readings, as_of)
-    # the id as dataset_id writes it, when it names a node; else an id written before escaping, as it was read
-    if canonical and (start := _dataset_start(node_id, existing.get(canonical[:2]), canonical[2], as_of)):
+    existing = _existing(Dataset, ([canonical] if canonical else []) + readings)
+    # the id as dataset_id writes it, when it names a node (one that did not exist yet as of is no other node's
+    # id then); else an id written before escaping, as it was read
+    named = existing.get(canonical[:2]) if canonical else None
+    if named is not None and (start := _dataset_start(node_id, _existed(named, as_of, node_id), canonical[2], as_of)):
         return start
-    dataset, version_text = _first(readings, existing)
+    dataset, version_text = _first(readings, _as_of(existing, as_of))
     return _dataset_start(node_id, dataset, version_text, as_of) or _existed(None, as_of, node_id)
 
 
@@ -226,7 +233,9 @@ def _resolve_job(node_id: str, rest: str, user, as_of) -> Start:
     _longest(node_id, rest, longest, "job:{namespace}:{name}")
     canonical = _canonical(rest, Job, JOB_ESCAPED, versions=False)
     readings = ([canonical] if canonical else []) + _candidates(node_id, rest, Job, versions=False)
-    job, _ = _first(readings, _existing(Job, readings, as_of))
+    existing = _existing(Job, readings)
+    named = existing.get(canonical[:2]) if canonical else None  # as for datasets: this id's node, whenever it began
+    job = named if named is not None else _first(readings, _as_of(existing, as_of))[0]
     job = _existed(job, as_of, node_id)
     return Start(
         node_id,

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import pytest
 from prov.model import ProvDocument, ProvEntity
 
+from core.errors import NotFound
 from lineage import nodes
 from lineage.models import Dataset, DatasetVersion, Job
 from tests.lineage.conftest import digest_of, ol_dataset, post_event, run_event
@@ -178,6 +179,19 @@ def test_ids_written_before_escaping_resolve_while_they_name_one_node(personas):
     assert nodes.resolve("dataset:a:b:c", user).pk == Dataset.objects.get(namespace="a:b", name="c").pk
     assert nodes.resolve("dataset:a:b%3Ac", user).pk == alone.pk
     assert nodes.resolve("dataset:a:b%3Ac#v1", user).pk == alone.versions.get(version="v1").pk
+
+
+def test_an_id_naming_a_node_that_began_later_is_not_found_as_of_before(personas):
+    """As of a time before (a:b, c) existed, its id names no node then, not the older (a, b:c) that an id written
+    before escaping also read as."""
+    ci, user = personas["ci_bot"].client(), personas["reviewer"].user
+    post_event(ci, run_event("COMPLETE", uuid.uuid4(), ("j", "x"), inputs=[ol_dataset("a", "b:c")]))
+    between = Dataset.objects.get(namespace="a", name="b:c").recorded_at
+    post_event(ci, run_event("COMPLETE", uuid.uuid4(), ("j", "y"), inputs=[ol_dataset("a:b", "c")]))
+    with pytest.raises(NotFound):
+        nodes.resolve("dataset:a:b:c", user, between)
+    assert nodes.resolve("dataset:a:b%3Ac", user, between).pk == Dataset.objects.get(namespace="a", name="b:c").pk
+    assert nodes.resolve("dataset:a:b:c", user).pk == Dataset.objects.get(namespace="a:b", name="c").pk
 
 
 # Names holding the separators and escapes, and the namespaces that share their text.
