@@ -878,9 +878,9 @@ def cmd_register(args) -> int:
             client.request("POST", client.url("models", trailing_slash=True), json_body=model_body)
             log(f"created model {args.model}")
         except ServerError as exc:
-            if exc.status != 409:
+            if exc.status != 409 or exc.code == "name_taken":  # taken by a model this token may not view: stop here
                 raise
-            log(f"model {args.model}: {exc.message}")  # exists, or a name taken by a model this token may not view
+            log(f"model {args.model} already exists")
 
     body = {"artifact_uri": artifact_uri, "manifest": manifest}
     for key, value in (("metrics", metrics), ("params", params), ("source", source), ("tags", tags)):

@@ -92,7 +92,7 @@ def _name_taken(actor, namespace: str, name: str) -> Conflict:
     return Conflict(
         f"The name {namespace}/{name} is taken by a model you may not view: ask its owners for access, or choose "
         "another name.",
-        code="already_exists",
+        code="name_taken",  # not already_exists: a "create unless it exists" client must not go on to use it
     )
 
 

@@ -187,6 +187,20 @@ def test_rerun_is_idempotent_and_uploads_nothing(live_server, ci, model_dir, tmp
 
 
 @live
+def test_create_model_stops_at_a_name_taken_by_a_model_it_may_not_view(live_server, ci, model_dir, personas):
+    """It went on as if the model existed, to a 404 whose remedy was --create-model: now the 409 is the answer."""
+    from registry import services
+
+    services.model_create(actor=personas["owner"].user, namespace="acme", name="hidden")
+    args = ("register", "--model", "acme/hidden", "--path", str(model_dir), "--create-model")
+    result = run(*args, url=live_server.url, token=ci)
+    assert result.returncode == 1, result.stderr
+    assert "refused: HTTP 409 name_taken: The name acme/hidden is taken by a model you may not view" in result.stderr
+    assert "versions" not in result.stderr  # no registration was tried
+    assert ModelVersion.objects.count() == 0
+
+
+@live
 def test_same_files_other_metrics_is_refused_with_servers_message(live_server, ci, model_dir, tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text('{"auc": 0.91}')

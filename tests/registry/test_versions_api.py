@@ -36,7 +36,7 @@ def test_a_name_taken_by_a_model_one_may_not_view_says_so(owner, personas):
     bot = personas["ci_bot"].client()  # the owner fixture made acme/churn
     assert bot.get(BASE).status_code == 404
     taken = bot.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json")
-    assert taken.status_code == 409 and taken.json()["error"]["code"] == "already_exists"
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "name_taken"
     assert taken.json()["error"]["message"] == (
         "The name acme/churn is taken by a model you may not view: ask its owners for access, or choose another name."
     )
