@@ -624,12 +624,14 @@ def card_revision_add(
 # --- Signatures --------------------------------------------------------------------------------
 
 
-def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSignature:
-    """Verify a model-signing bundle against the version's manifest and record the verdict.
+def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> tuple[VersionSignature, bool]:
+    """Verify a model-signing bundle against the version's manifest and record the verdict: (record, created).
 
     A malformed or unsupported bundle raises InvalidInput and nothing is stored. A well-formed one is
     always recorded, verified or not: the result is a fact about the version. The audit event names
-    the verdict and the bundle's sha256, never the bundle itself.
+    the verdict and the bundle's sha256, never the bundle itself. The bundle of the latest record again, with
+    the same verdict, is that record (a CI job's retry after a lost answer); the same bundle judged otherwise
+    (the trusted keys changed) is a new fact, recorded.
     """
     from registry import signing  # model-signing and sigstore are imported on use (tens of MB)
 
@@ -639,6 +641,10 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSi
     with transaction.atomic():
         # The version row lock orders concurrent attaches to one version: the latest is well defined.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
+        latest = selectors.latest_signature(locked)
+        verdict = (result.verified, result.reason, result.key_id, result.files_checked, result.problems)
+        if latest is not None and latest.bundle_sha256 == bundle_sha256 and verdict == _verdict(latest):
+            return latest, False
         signature = VersionSignature.objects.create(
             version=locked,
             bundle=bundle,
@@ -666,4 +672,8 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> VersionSi
                 "bundle_sha256": bundle_sha256,
             },
         )
-    return signature
+    return signature, True
+
+
+def _verdict(signature: VersionSignature) -> tuple:
+    return (signature.verified, signature.reason, signature.key_id, signature.files_checked, signature.problems)

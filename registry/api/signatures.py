@@ -112,6 +112,7 @@ class SignatureView(ModelScopedView):
         request={"application/json": BUNDLE_SCHEMA},
         responses={
             201: SignatureOutput,
+            200: OpenApiResponse(SignatureOutput, description="the latest record's bundle again, judged the same"),
             400: OpenApiResponse(description="Malformed or unsupported bundle; nothing stored"),
         },
         examples=[
@@ -132,5 +133,6 @@ class SignatureView(ModelScopedView):
     )
     def post(self, request, namespace, name, number):
         version = self.version(ModelPerm.REGISTER)
-        signature = services.signature_attach(actor=request.user, version=version, bundle=request.data)
-        return Response(SignatureOutput(signature).data, status=status.HTTP_201_CREATED)
+        signature, created = services.signature_attach(actor=request.user, version=version, bundle=request.data)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(SignatureOutput(signature).data, status=code)

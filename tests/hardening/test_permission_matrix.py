@@ -150,7 +150,9 @@ def matrix(world) -> dict[str, Row]:
         ),
         "GET /api/v1/models/{namespace}/{name}/versions/{number}/signature/": Row(f"{v}/signature/", model_read()),
         "POST /api/v1/models/{namespace}/{name}/versions/{number}/signature/": Row(
-            f"{v}/signature/", model_write(201), world.extra["bundle"]
+            f"{v}/signature/",
+            model_write(200),
+            world.extra["bundle"],  # v1's latest bundle again: that record
         ),
         # --- governance: targets and policies
         "GET /api/v1/targets/": Row("/api/v1/targets/", everyone(200)),

@@ -158,6 +158,22 @@ def test_tampered_statement_does_not_verify(owner, trusted, model_dir, tmp_path)
     assert body["verified"] is False and "does not verify" in body["reason"]
 
 
+def test_the_latest_bundle_again_is_that_record_unless_judged_otherwise(owner, trusted, model_dir, tmp_path, settings):
+    """A CI job's retry after a lost answer stored a second record and audit event; the same bundle judged anew
+    (the trusted keys changed) is a new fact, recorded."""
+    bundle = sign(model_dir, trusted, tmp_path)
+    first = attach(owner, bundle)
+    events = AuditEvent.objects.count()
+    again = attach(owner, bundle)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert VersionSignature.objects.count() == 1 and AuditEvent.objects.count() == events
+    settings.MODEL_SIGNING_PUBLIC_KEYS = []
+    rejudged = attach(owner, bundle)
+    assert rejudged.status_code == 201 and rejudged.json()["verified"] is False
+    assert VersionSignature.objects.count() == 2
+
+
 def test_second_key_in_the_list_is_used(owner, trusted, model_dir, tmp_path, settings):
     second = KeyPair(tmp_path / "keys", "second")
     settings.MODEL_SIGNING_PUBLIC_KEYS = [str(trusted.public), str(second.public)]
