@@ -87,7 +87,8 @@ class _Subgraph:
         self.models = {
             m.pk: m for m in ModelVersion.objects.select_related("model", "created_by").filter(pk__in=ids[T_MODEL])
         }
-        self.jobs = {j.pk: j for j in Job.objects.filter(pk__in=ids[T_JOB] + [r.job_id for r in self.runs.values()])}
+        self.jobs = {r.job_id: r.job for r in self.runs.values()}  # read with the runs already
+        self.jobs |= {j.pk: j for j in Job.objects.filter(pk__in=[pk for pk in ids[T_JOB] if pk not in self.jobs])}
         self.datasets = {d.pk: d for d in Dataset.objects.filter(pk__in=ids[T_DS])}
         self.stated = selectors.statement_times(jobs=list(self.jobs), datasets=ids[T_DS], as_of=as_of)
 

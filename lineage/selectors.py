@@ -189,6 +189,17 @@ def graph(*, user, query: GraphQuery) -> dict:
 # --- attributes as of a time (facets and run events) ---------------------------------------------
 
 
+def of_subjects(subjects) -> Q:
+    """The facets (or any rows keyed so) of these (subject type, id) subjects: one condition per type."""
+    by_type = defaultdict(list)
+    for t, pk in subjects:
+        by_type[t].append(pk)
+    query = Q()
+    for t, ids in by_type.items():
+        query |= Q(subject_type=t, subject_id__in=ids)
+    return query
+
+
 def facets_as_of(
     subjects: list[tuple[int, int]], as_of: datetime | None, *, runs, events: set[int] | None = None
 ) -> dict[tuple[int, int], dict]:
@@ -201,13 +212,7 @@ def facets_as_of(
     dataset read by thousands of runs costs a row per facet name, not one per run and name."""
     if not subjects:
         return {}
-    query = Q()
-    by_type = defaultdict(list)
-    for t, pk in subjects:
-        by_type[t].append(pk)
-    for t, ids in by_type.items():
-        query |= Q(subject_type=t, subject_id__in=ids)
-    qs = Facet.objects.filter(query)
+    qs = Facet.objects.filter(of_subjects(subjects))
     if as_of is not None:
         qs = qs.filter(recorded_at__lte=as_of)
     name_key = [F("subject_type"), F("subject_id"), F("role"), F("name")]

@@ -9,7 +9,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 
 from django.contrib.postgres.fields import ArrayField
@@ -23,7 +22,7 @@ from accounts import access
 from audit.services import record as audit_record
 from audit.services import redact
 from core.errors import Conflict, Forbidden, InvalidInput
-from lineage import nodes
+from lineage import nodes, selectors
 from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
 from lineage.openlineage import ENVIRONMENT_FACET, DatasetRef, ModelRef, ParsedEvent, as_exported, dataset_digest
@@ -390,15 +389,9 @@ class _Writer:
 
 def _latest_facets(subjects: set[tuple[int, int]], names: set[str], sent: Q) -> dict[tuple, dict]:
     """{(subject type, id, role, name): value}: the latest value of each facet name `sent` selects."""
-    by_type = defaultdict(list)
-    for t, pk in subjects:
-        by_type[t].append(pk)
-    of_subjects = Q()
-    for t, ids in by_type.items():
-        of_subjects |= Q(subject_type=t, subject_id__in=ids)
     key = ["subject_type", "subject_id", "role", "name"]
     latest = (
-        Facet.objects.filter(of_subjects, sent, name__in=names)
+        Facet.objects.filter(selectors.of_subjects(subjects), sent, name__in=names)
         .annotate(
             rank=Window(
                 RowNumber(), partition_by=[F(f) for f in key], order_by=[F("recorded_at").desc(), F("id").desc()]

@@ -642,8 +642,7 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> tuple[Ver
         # The version row lock orders concurrent attaches to one version: the latest is well defined.
         locked = ModelVersion.objects.select_for_update(no_key=True).select_related("model").get(pk=version.pk)
         latest = selectors.latest_signature(locked)
-        verdict = (result.verified, result.reason, result.key_id, result.files_checked, result.problems)
-        if latest is not None and latest.bundle_sha256 == bundle_sha256 and verdict == _verdict(latest):
+        if latest is not None and latest.bundle_sha256 == bundle_sha256 and _verdict(latest) == _verdict(result):
             return latest, False
         signature = VersionSignature.objects.create(
             version=locked,
@@ -675,5 +674,6 @@ def signature_attach(*, actor, version: ModelVersion, bundle: dict) -> tuple[Ver
     return signature, True
 
 
-def _verdict(signature: VersionSignature) -> tuple:
-    return (signature.verified, signature.reason, signature.key_id, signature.files_checked, signature.problems)
+def _verdict(judged) -> tuple:
+    """What a verification said: of a stored VersionSignature, or of signing's result (the same names)."""
+    return (judged.verified, judged.reason, judged.key_id, judged.files_checked, judged.problems)

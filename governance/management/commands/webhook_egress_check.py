@@ -36,7 +36,7 @@ class Command(BaseCommand):
             then = "change their url, allow their network, or rerun with --disable"
             if disable:
                 left = refused - outcomes.count(DISABLED)
-                then = f"{DISABLED}" + (f", {left} changed or deleted meanwhile (not disabled)" if left else "")
+                then = DISABLED + (f", {left} changed or deleted meanwhile (not disabled)" if left else "")
             raise CommandError(f"{refused} enabled webhook(s) refused by the egress rule: {then}.")
         self.stdout.write("No enabled webhook is refused by the egress rule.")
 
