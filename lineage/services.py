@@ -22,6 +22,7 @@ from accounts import access
 from audit.services import record as audit_record
 from audit.services import redact
 from core.errors import Conflict, Forbidden, InvalidInput
+from core.locks import lock_names
 from lineage import nodes, selectors
 from lineage.choices import EdgeKind, EventKind, FacetRole, LinkSource, NodeType
 from lineage.models import Dataset, DatasetVersion, Edge, Facet, Job, LineageEvent, Run, VersionRunLink
@@ -465,16 +466,9 @@ def _lock_run(run_uuid: uuid.UUID) -> None:
     """Serialize the claims on a run until commit. Naming a run as a version's producer (an event's model output, a
     link, a registration's run_id), and adding to its lineage, is allowed by what the run produced so far
     (_check_may_speak_for): two teams claiming a fresh run at once would each see none of the other's uncommitted
-    claim, and both pass. A run may be
-    named before its first event, with no Run row to lock, so the lock is an advisory one on its UUID (the
-    two-key space, apart from governance's one-key locks). It comes before any row lock of the transaction
-    (docs/lineage.md, "Run claims"). SQLite needs none: a write transaction takes the database's write lock
-    when it begins (transaction_mode IMMEDIATE)."""
-    if not connection.in_atomic_block:
-        raise RuntimeError("A run claim must be checked inside the transaction that records it.")
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('lineage.run_claim'), hashtext(%s))", [str(run_uuid)])
+    claim, and both pass. A run may be named before its first event, with no Run row to lock, so the lock is on its
+    UUID (core.locks). It comes before any row lock of the transaction (docs/lineage.md, "Run claims")."""
+    lock_names("lineage.run_claim", [str(run_uuid)])
 
 
 def check_may_claim_run(*, actor, run_uuid: uuid.UUID, claimed_for: str) -> None:

@@ -149,6 +149,9 @@ class BlobHolding(models.Model):
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
     sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When the bytes were last sent for the model again (null: only at created_at). A blob no version names is
+    # pruned once every holding of it was last sent before the cutoff (registry.pruning).
+    sent_again_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["model", "sha256"], name="registry_blobholding_unique")]

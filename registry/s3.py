@@ -13,8 +13,9 @@ and found to match the declared sha256 (and size).
   precondition), and deletes the staging object. No database state: the upload id is the staging
   key's last segment, which carries the declared sha256 and size.
 
-Keys under tmp/ and staging/ are scratch space: give the bucket a lifecycle rule that expires them
-after a day or two to clean up uploads that were abandoned half-way.
+Keys under tmp/ and staging/ are scratch space: `manage.py prune_artifacts` deletes old ones, and a
+bucket lifecycle rule that expires them after a day or two does too (abandoned multipart uploads, which
+no listing of objects shows, only the rule can clean up).
 """
 
 import copy
@@ -22,7 +23,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,11 +35,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import Conflict, InvalidInput, NotFound
-from registry.storage import CHUNK, MAX_SINGLE_PUT, StoredBlob, blob_key, check_received
+from registry.storage import CHUNK, MAX_SINGLE_PUT, SHA256_HEX, ListedBlob, StoredBlob, blob_key, check_received
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "tmp/"
+BLOB_PREFIX = "blobs/sha256/"
 STAGING_PREFIX = "staging/"
 PRESIGN_EXPIRES_SECONDS = 3600
 PART_SIZE = 8 * 1024 * 1024
@@ -186,6 +188,27 @@ class S3BlobStore:
                 raise FileNotFoundError(blob_key(sha256)) from None
             raise
 
+    def listing(self) -> Iterator[ListedBlob]:
+        """Every stored blob."""
+        for obj in self._objects(BLOB_PREFIX):
+            sha256 = obj["Key"].rsplit("/", 1)[-1]
+            if SHA256_HEX.match(sha256):
+                yield ListedBlob(sha256, obj["Size"], obj["LastModified"])
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=blob_key(sha256))
+
+    def delete_scratch(self, *, before: datetime) -> int:
+        """Delete scratch objects (tmp/, staging/) last written before `before`: uploads abandoned half-way, presigned
+        uploads never completed. The number deleted."""
+        deleted = 0
+        for prefix in (TMP_PREFIX, STAGING_PREFIX):
+            old = [{"Key": obj["Key"]} for obj in self._objects(prefix) if obj["LastModified"] < before]
+            for start in range(0, len(old), 1000):  # DeleteObjects takes at most 1,000 keys
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": old[start : start + 1000]})
+                deleted += len(answer.get("Deleted", []))
+        return deleted
+
     # --- presigned uploads ------------------------------------------------------------------------
 
     def presign_put(self, *, sha256: str, size: int) -> PresignedUpload:
@@ -269,6 +292,10 @@ class S3BlobStore:
         return StoredBlob(sha256, received, created=created)
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _objects(self, prefix: str) -> Iterator[dict]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
 
     def _head_size(self, key: str) -> int | None:
         try:

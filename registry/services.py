@@ -21,6 +21,7 @@ from audit.chain import canonical_json
 from audit.services import SUBJECT_REPR_LENGTH, insert_sql, json_text_around, linked, new_event, record, subject_text
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.etags import check_if_match
+from core.locks import lock_names
 from registry import cards, selectors
 from registry import manifest as manifests
 from registry.choices import STATUS_TRANSITIONS, VersionStatus
@@ -140,8 +141,11 @@ def _split_metrics(metrics: dict) -> tuple[dict, dict]:
 def _check_registry_files(manifest: dict, *, actor) -> None:
     """For the registry's own storage: every file must be stored, with the declared size, and held by a model
     the registrant may view (BlobHolding): a stored blob another model holds counts as not uploaded until its
-    bytes are sent for this one, so a sha256 learnt elsewhere opens no file."""
+    bytes are sent for this one, so a sha256 learnt elsewhere opens no file. Run in the transaction that inserts
+    the version: the blobs' locks (lock_blobs) keep the pruning from deleting what was found here until the version
+    naming them commits."""
     shas = sorted({f["sha256"] for f in manifest["files"]})
+    lock_blobs(shas, shared=True)
     held = selectors.blobs_held(user=actor, shas=shas)
     missing, wrong = selectors.stored_file_problems(manifest, look_up=[sha for sha in shas if sha in held])
     sizes = {f["path"]: f["size"] for f in manifest["files"]}
@@ -172,14 +176,35 @@ def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None
     return blob
 
 
+def lock_blobs(shas, *, shared: bool) -> None:
+    """Lock stored blobs by sha256 until the transaction ends: shared by whoever relies on their bytes staying
+    stored (a holding recorded, a version registered), exclusive by the pruning that deletes them
+    (registry.pruning)."""
+    lock_names("registry.blob", shas, shared=shared)
+
+
 def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> None:
     """Record that `model` holds a blob whose bytes were just sent for it (and verified). A model's first upload of
     some bytes is audited (`artifact.uploaded`: sha256, size and whether the store already had them, never the
-    bytes), since holding them lets its viewers use them; sending them again for it changes nothing."""
+    bytes), since holding them lets its viewers use them; sending them again for it is noted (sent_again_at, which
+    keeps an unnamed blob from the pruning a while longer) but not audited: it changes no one's access.
+
+    Bytes found already stored may have been pruned since (registry.pruning deletes a blob no version names once
+    its holdings are old): under the blob's lock the store is asked again, and a 409 asks for the file again
+    rather than a holding of nothing."""
     if not blob.received:
         return
     with transaction.atomic():
-        _, held_now = BlobHolding.objects.get_or_create(model=model, sha256=blob.sha256)
+        lock_blobs([blob.sha256], shared=True)
+        if not blob.created and blob_store().size(blob.sha256) is None:
+            raise Conflict(
+                f"The registry deleted the stored copy of {blob.sha256} (no version named it) while these bytes "
+                "were being received; nothing was recorded. Send the file again.",
+                code="artifact_pruned",
+            )
+        holding, held_now = BlobHolding.objects.get_or_create(model=model, sha256=blob.sha256)
+        if not held_now:
+            BlobHolding.objects.filter(pk=holding.pk).update(sent_again_at=timezone.now())
         if held_now:
             after = {"sha256": blob.sha256, "size": blob.size, "new_to_store": blob.created}
             record(action="artifact.uploaded", subject=model, actor=actor, after=after)
@@ -378,8 +403,7 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     digest = manifests.digest(manifest)
     metrics, metric_sources = _split_metrics(content.metrics or {})
     artifact_uri = _normalize_uri(content.artifact_uri, model, digest)
-    if artifact_uri.startswith(REGISTRY_URI):
-        _check_registry_files(manifest, actor=actor)
+    stored_here = artifact_uri.startswith(REGISTRY_URI)
     fields = {
         "manifest": manifest,
         "artifact_uri": artifact_uri,
@@ -408,14 +432,15 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
         if connection.vendor == "postgresql":
             # One statement: in autocommit mode it is its own transaction, with no BEGIN and COMMIT round
             # trips; inside a caller's transaction (atomic() turns autocommit off), a savepoint keeps that
-            # one usable when the digest repeats. A run_id's claim is checked in the same transaction.
-            alone = connection.get_autocommit() and content.run_id is None
+            # one usable when the digest repeats. A run_id's claim and the registry's own files are checked in
+            # the same transaction (both take locks that must last until the version commits).
+            alone = connection.get_autocommit() and content.run_id is None and not stored_here
             with contextlib.nullcontext() if alone else transaction.atomic():
-                _check_run_claim(actor, model, content.run_id)
+                _check_before_insert(actor, model, manifest, stored_here, content.run_id)
                 _insert_numbered(version, actor, audit_after)
         else:
             with transaction.atomic():
-                _check_run_claim(actor, model, content.run_id)
+                _check_before_insert(actor, model, manifest, stored_here, content.run_id)
                 model.latest_number = version.number = _next_number(model)
                 version.save(force_insert=True)
                 record(
@@ -435,7 +460,9 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
     return version, True
 
 
-def _check_run_claim(actor, model: RegisteredModel, run_id: uuid.UUID | None) -> None:
+def _check_before_insert(actor, model: RegisteredModel, manifest: dict, stored_here: bool, run_id) -> None:
+    if stored_here:
+        _check_registry_files(manifest, actor=actor)
     if run_id is not None:
         for check in _RUN_CLAIM_CHECKS:  # lineage: who may name a run as a model's producer
             check(actor=actor, run_uuid=run_id, claimed_for=f"a version of {model}")

@@ -5,11 +5,14 @@ they are written to a temporary place and only moved into the blob namespace whe
 size, where declared) match, so a tampered upload leaves nothing behind.
 """
 
+import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -27,6 +30,16 @@ class StoredBlob:
     size: int
     created: bool  # False when the blob was already stored
     received: bool = True  # False when no bytes came with the request (a presigned upload of stored bytes)
+
+
+@dataclass(frozen=True)
+class ListedBlob:
+    sha256: str
+    size: int
+    modified: datetime  # when its bytes were stored (aware, UTC)
+
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def blob_key(sha256: str) -> str:
@@ -119,6 +132,28 @@ class LocalBlobStore:
 
     def open(self, sha256: str):
         return self._path(sha256).open("rb")
+
+    def listing(self) -> Iterator[ListedBlob]:
+        """Every stored blob. (A file listed may be gone a moment later: a pruning, an upload's end.)"""
+        for path in (self.root / "blobs" / "sha256").glob("*/*"):
+            if SHA256_HEX.match(path.name):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    yield ListedBlob(path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def delete(self, sha256: str) -> None:
+        self._path(sha256).unlink(missing_ok=True)
+
+    def delete_scratch(self, *, before: datetime) -> int:
+        """Delete what uploads left in scratch space (tmp/) untouched since `before`: an upload's scratch copy goes
+        when it ends, but not when its process is killed. The number deleted."""
+        deleted = 0
+        for path in (self.root / "tmp").glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                if datetime.fromtimestamp(path.stat().st_mtime, UTC) < before:
+                    path.unlink()
+                    deleted += 1
+        return deleted
 
 
 @cache

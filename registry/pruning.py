@@ -1,0 +1,142 @@
+"""Deleting stored artifacts no version names: uploads CI sent for a registration that never came (a failed job,
+a retry under another digest), and scratch copies of uploads that were cut off.
+
+A blob is pruned when no version of any model names it in its manifest and every holding of it (the models its
+bytes were sent for, registry.models.BlobHolding) was last sent before the cutoff; a stored blob no model holds
+(its upload ended before the holding was recorded), when it was stored before the cutoff. Its holdings go with it,
+each audited (`artifact.released`, on the model), then its bytes (`artifact.deleted`).
+
+Each blob is decided and deleted under its exclusive lock (registry.services.lock_blobs), which waits for the
+registrations and uploads that rely on it and holds off new ones until the deletion commits: a registration checks
+its files under the shared lock, so the version naming a blob commits before the pruning looks (and the blob is
+kept), or the registration finds the blob gone (400 artifacts_missing); an upload whose bytes were found stored
+looks again under the lock (409 artifact_pruned). The bytes are deleted last, before the commit: if deleting fails,
+the holdings and audit events roll back.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.db.models.functions import Coalesce
+
+from audit.services import record_many
+from registry.models import BlobHolding, ModelVersion
+from registry.services import lock_blobs
+from registry.storage import blob_store
+
+log = logging.getLogger(__name__)
+
+ACTOR = "cli:prune_artifacts"
+_CHECK_BATCH = 1000
+
+# The sha256 of every file every version names, as one column `sha256`.
+_NAMED = {
+    "postgresql": "SELECT f->>'sha256' FROM registry_modelversion, jsonb_array_elements(manifest->'files') f",
+    "sqlite": "SELECT json_extract(f.value, '$.sha256') FROM registry_modelversion, json_each(manifest, '$.files') f",
+}
+
+
+@dataclass
+class PruneReport:
+    blobs: list[str] = field(default_factory=list)  # sha256s deleted (or, in a dry run, that would be)
+    bytes: int = 0
+    holdings: int = 0
+    scratch: int = 0
+
+
+def prune_artifacts(*, before: datetime, dry_run: bool = False) -> PruneReport:
+    """Delete the blobs no version names that were last sent (or, unheld, stored) before `before`, and scratch
+    space older than that. With dry_run, only say what would go."""
+    store = blob_store()
+    report = PruneReport()
+    for sha256 in sorted(_unnamed_held(before) | _unheld_stored(store, before)):
+        _prune_blob(store, sha256, before, dry_run, report)
+    if not dry_run:
+        report.scratch = store.delete_scratch(before=before)
+    return report
+
+
+def _unnamed_held(before: datetime) -> set[str]:
+    """Blobs every holding of which was last sent before `before`, that no version names."""
+    with connection.cursor() as cursor:
+        last_sent = "max(coalesce(sent_again_at, created_at))"
+        held = f"SELECT sha256 FROM registry_blobholding GROUP BY sha256 HAVING {last_sent} < %s"  # noqa: S608
+        cursor.execute(f"{held} EXCEPT {_NAMED[connection.vendor]}", [before])
+        return {sha256 for (sha256,) in cursor.fetchall()}
+
+
+def _unheld_stored(store, before: datetime) -> set[str]:
+    """Stored blobs no model holds, stored before `before`."""
+    found: set[str] = set()
+    batch: list[str] = []
+    for listed in store.listing():
+        if listed.modified < before:
+            batch.append(listed.sha256)
+        if len(batch) == _CHECK_BATCH:
+            found |= _unheld(batch)
+            batch = []
+    return found | _unheld(batch)
+
+
+def _unheld(shas: list[str]) -> set[str]:
+    return set(shas) - set(BlobHolding.objects.filter(sha256__in=shas).values_list("sha256", flat=True))
+
+
+def _named(sha256: str) -> bool:
+    if connection.vendor == "postgresql":
+        return ModelVersion.objects.filter(manifest__files__contains=[{"sha256": sha256}]).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS ({_NAMED['sqlite']} WHERE json_extract(f.value, '$.sha256') = %s)", [sha256])  # noqa: S608
+        return bool(cursor.fetchone()[0])
+
+
+def _prune_blob(store, sha256: str, before: datetime, dry_run: bool, report: PruneReport) -> None:
+    """Decide again under the blob's exclusive lock (what was read before it may have changed), then delete."""
+    with transaction.atomic():
+        lock_blobs([sha256], shared=False)
+        if _named(sha256):
+            return
+        holdings = list(
+            BlobHolding.objects.filter(sha256=sha256)
+            .select_related("model")
+            .annotate(sent=Coalesce("sent_again_at", "created_at"))
+        )
+        if any(holding.sent >= before for holding in holdings):
+            return
+        size = store.size(sha256)
+        if size is None and not holdings:
+            return
+        report.blobs.append(sha256)
+        report.bytes += size or 0
+        report.holdings += len(holdings)
+        if dry_run:
+            return
+        events = [
+            {
+                "action": "artifact.released",
+                "subject": holding.model,
+                "actor": ACTOR,
+                "before": {"sha256": sha256, "held_since": holding.created_at.isoformat()},
+                "reason": "no version names it and its bytes were last sent before the cutoff",
+            }
+            for holding in holdings
+        ]
+        if size is not None:
+            events.append(
+                {
+                    "action": "artifact.deleted",
+                    "subject_type": "registry.blob",
+                    "subject_id": sha256,
+                    "subject_repr": f"sha256:{sha256}",
+                    "actor": ACTOR,
+                    "before": {"sha256": sha256, "size": size},
+                    "reason": f"no version names it; pruned with cutoff {before.isoformat()}",
+                }
+            )
+        BlobHolding.objects.filter(pk__in=[holding.pk for holding in holdings]).delete()
+        record_many(events)
+        if size is not None:
+            store.delete(sha256)
+        log.info("pruned blob %s (%s bytes, %d holdings)", sha256, size, len(holdings))
