@@ -172,8 +172,7 @@ def blob_upload(*, model: RegisteredModel, chunks, sha256: str, size: int | None
     record that it holds them (_blob_received). `actor` defaults to the one the request context names
     (audit.services.new_event)."""
     blob = blob_store().put(bounded_upload(chunks, expected_size=size), expected_sha256=sha256, expected_size=size)
-    _blob_received(model=model, blob=blob, actor=actor)
-    return blob
+    return _blob_received(model=model, blob=blob, actor=actor)
 
 
 def lock_blobs(shas, *, shared: bool) -> None:
@@ -183,17 +182,26 @@ def lock_blobs(shas, *, shared: bool) -> None:
     lock_names("registry.blob", shas, shared=shared)
 
 
-def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> None:
+def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> StoredBlob:
     """Record that `model` holds a blob whose bytes were just sent for it (and verified). A model's first upload of
     some bytes is audited (`artifact.uploaded`: sha256, size and whether the store already had them, never the
     bytes), since holding them lets its viewers use them; sending them again for it is noted (sent_again_at, which
     keeps an unnamed blob from the pruning a while longer) but not audited: it changes no one's access.
 
+    Returns the blob as the sender is told of it: `created` (201) unless a model the sender may view held these
+    bytes before. Whether a model hidden from them holds a file they have is not told (the store's "already had
+    them" said so), as upload_start does not; the audit event's `new_to_store` keeps the store's answer.
+
     Bytes found already stored may have been pruned since (registry.pruning deletes a blob no version names once
     its holdings are old): under the blob's lock the store is asked again, and a 409 asks for the file again
     rather than a holding of nothing."""
     if not blob.received:
-        return
+        return blob
+    told = (
+        blob
+        if blob.created
+        else dataclasses.replace(blob, created=not selectors.blobs_held(user=actor, shas=[blob.sha256]))
+    )
     with transaction.atomic():
         lock_blobs([blob.sha256], shared=True)
         if not blob.created and blob_store().size(blob.sha256) is None:
@@ -208,6 +216,7 @@ def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> None:
         if held_now:
             after = {"sha256": blob.sha256, "size": blob.size, "new_to_store": blob.created}
             record(action="artifact.uploaded", subject=model, actor=actor, after=after)
+    return told
 
 
 def _s3_store():
@@ -244,8 +253,7 @@ def upload_complete(*, user, model: RegisteredModel, upload_id: str) -> StoredBl
         from registry.s3 import nothing_uploaded
 
         raise nothing_uploaded(upload_id)  # the answer for bytes no model holds: whether one does is not told
-    _blob_received(model=model, blob=blob, actor=user)
-    return blob
+    return _blob_received(model=model, blob=blob, actor=user)
 
 
 def _normalize_uri(uri: str, model: RegisteredModel, digest: str) -> str:

@@ -4,9 +4,11 @@ Before, anyone who could register a version of any model could name another mode
 (public for mirrored weights) and deploy a copy of it."""
 
 import hashlib
+import json
 
 import pytest
 
+from audit.models import AuditEvent
 from registry.models import BlobHolding, ModelVersion
 from tests.registry.helpers import file_entry
 
@@ -47,11 +49,23 @@ def test_a_stored_blob_of_a_model_one_may_not_view_counts_as_not_uploaded(stored
     assert refused.json()["error"]["detail"]["missing"] == ["weights.bin"]
     assert not ModelVersion.objects.filter(model__name="other").exists()
 
-    # Sending the bytes shows the model holds them (stored once: 200), and then it may name them.
+    # Sending the bytes shows the model holds them, and then it may name them. They are stored once still, but the
+    # bot is told 201 as for new bytes: "already stored" would tell it that a model hidden from it has this file.
     again = put(bot, "ci/other", WEIGHTS)
-    assert (again.status_code, again.json()["created"]) == (200, False)
+    assert (again.status_code, again.json()["created"]) == (201, True)
     assert register(bot, "ci/other", WEIGHTS).status_code == 201
     assert BlobHolding.objects.filter(sha256=hashlib.sha256(WEIGHTS).hexdigest()).count() == 2
+    # ... and once its own model holds them, sending them again is "already stored".
+    assert put(bot, "ci/other", WEIGHTS).status_code == 200
+    uploaded = AuditEvent.objects.filter(action="artifact.uploaded").order_by("seq")
+    assert [json.loads(e.after)["new_to_store"] for e in uploaded] == [True, False]  # the auditor's truth
+
+
+def test_bytes_a_visible_model_holds_are_already_stored(stored):
+    owner, _ = stored
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "fork"}, format="json").status_code == 201
+    sent = put(owner, "acme/fork", WEIGHTS)
+    assert (sent.status_code, sent.json()["created"]) == (200, False)
 
 
 def test_a_blob_a_visible_model_holds_needs_no_upload(stored, personas):
