@@ -25,11 +25,23 @@ def _finite(text: str) -> float:
 def _loads(text: str):
     """JSON text as data, refusing what json.loads lets through and nothing downstream can store: NaN and
     Infinity (as DRF's strict mode does), a number too large for a double (json.loads makes it infinite),
-    and nesting too deep to parse (a RecursionError, e.g. [[[[...]]]] a hundred thousand deep)."""
+    nesting too deep to parse (a RecursionError, e.g. [[[[...]]]] a hundred thousand deep), and a name repeated
+    in one object."""
     try:
-        return json.loads(text, parse_constant=strict_constant, parse_float=_finite)
+        return json.loads(text, parse_constant=strict_constant, parse_float=_finite, object_pairs_hook=_object)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _object(pairs: list) -> dict:
+    """A JSON object whose names are unique: json.loads keeps the last of repeated names, so `{"name": "a",
+    "name": "b"}` would act on a value the sender may not have meant (and a reviewer reading the body, another)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise ValueError(f"the name {printable(repeated)[:100]!r} appears more than once in one object")
+    return value
 
 
 def parse_body(raw: bytes, encoding: str = "utf-8"):

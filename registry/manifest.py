@@ -7,6 +7,7 @@ for these string and integer values). Anyone can recompute it from the files alo
 
 import hashlib
 import re
+import unicodedata
 from pathlib import PurePosixPath
 
 from audit.chain import canonical_json
@@ -44,7 +45,7 @@ def normalize(manifest) -> dict:
         _fail("manifest.files must be a non-empty list.", "manifest.files")
     if len(files) > MAX_FILES:
         _fail(f"manifest.files has {len(files)} entries; at most {MAX_FILES} are allowed.", "manifest.files")
-    seen, result = set(), []
+    seen, result, spelled = set(), [], {}
     for i, entry in enumerate(files):
         where = f"manifest.files[{i}]"
         if not isinstance(entry, dict) or set(entry) != {"path", "size", "sha256"}:
@@ -57,6 +58,15 @@ def normalize(manifest) -> dict:
             _fail("sha256 must be 64 lowercase hexadecimal characters.", f"{where}.sha256")
         if path in seen:
             _fail(f"path '{path}' appears more than once.", f"{where}.path")
+        # 'café' written precomposed and decomposed: two paths here, one file where names are normalized (macOS
+        # file systems, many archive tools) or shown (a reviewer sees two identical names).
+        other = spelled.setdefault(unicodedata.normalize("NFC", path), path)
+        if other != path:
+            _fail(
+                f"paths {other!r} and {path!r} differ only in how their Unicode characters are composed (they are "
+                "the same name in NFC); use one spelling.",
+                f"{where}.path",
+            )
         seen.add(path)
         result.append({"path": path, "size": size, "sha256": sha})
     folders = {str(parent) for path in seen for parent in PurePosixPath(path).parents} - {"."}

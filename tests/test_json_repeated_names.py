@@ -1,0 +1,43 @@
+"""A JSON body naming one member twice is refused: json.loads keeps the last, so `{"name": "a", "name": "b"}`
+created a model the sender (or a reviewer reading the body) may not have meant."""
+
+import json
+
+import pytest
+
+from registry.models import RegisteredModel
+
+pytestmark = pytest.mark.django_db
+
+
+def post_raw(client, path: str, body: str):
+    return client.post(path, data=body, content_type="application/json")
+
+
+def test_a_repeated_name_is_refused_and_nothing_is_written(personas):
+    client = personas["owner"].client()
+    sent = post_raw(client, "/api/v1/models/", '{"namespace": "acme", "name": "churn", "name": "other"}')
+    assert sent.status_code == 400, sent.json()
+    assert "'name' appears more than once" in sent.json()["error"]["message"]
+    assert not RegisteredModel.objects.exists()
+
+
+def test_a_repeated_name_deep_inside_is_refused_too(personas):
+    client = personas["owner"].client()
+    assert post_raw(client, "/api/v1/models/", '{"namespace": "acme", "name": "churn"}').status_code == 201
+    body = '{"manifest": {"files": [{"path": "a", "size": 1, "size": 2, "sha256": "' + "0" * 64 + '"}]}}'
+    sent = post_raw(client, "/api/v1/models/acme/churn/versions/", body)
+    assert sent.status_code == 400 and "'size' appears more than once" in sent.json()["error"]["message"]
+
+
+def test_the_same_name_in_sibling_objects_is_fine(personas):
+    client = personas["owner"].client()
+    body = '{"namespace": "acme", "name": "churn", "description": "x"}'
+    assert post_raw(client, "/api/v1/models/", body).status_code == 201
+    files = [{"path": f"f{i}", "size": 0, "sha256": "0" * 64} for i in range(2)]  # "path" in each: fine
+    sent = post_raw(
+        client,
+        "/api/v1/models/acme/churn/versions/",
+        json.dumps({"artifact_uri": "s3://b/p", "manifest": {"files": files}}),
+    )
+    assert sent.status_code == 201, sent.json()
