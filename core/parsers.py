@@ -7,7 +7,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser, get_encoding
 from rest_framework.utils.json import strict_constant
 
-from core.errors import PayloadTooLarge
+from core.errors import InvalidInput, PayloadTooLarge
 from core.unicode import printable, unstorable, unstorable_message
 
 # JSON can only carry what cannot be stored (core.unicode) as an escape: UTF-8 cannot encode a surrogate,
@@ -100,6 +100,12 @@ class BoundedJSONParser(BaseParser):
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
         request = (parser_context or {}).get("request")
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip() if request is not None else ""
+        if encoding.lower() not in ("", "identity"):  # compressed bytes read as JSON: a baffling "can't decode 0x8b"
+            raise InvalidInput(
+                f"Content-Encoding '{printable(encoding)[:40]}' is not supported here; send the JSON uncompressed.",
+                code="unsupported_encoding",
+            )
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         if declared > limit:
             raise _too_large(f"{declared} bytes", limit)

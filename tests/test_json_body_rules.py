@@ -1,5 +1,5 @@
-"""A JSON body naming one member twice is refused: json.loads keeps the last, so `{"name": "a", "name": "b"}`
-created a model the sender (or a reviewer reading the body) may not have meant."""
+"""JSON body rules beyond the syntax: a body naming one member twice is refused (json.loads keeps the last, so
+`{"name": "a", "name": "b"}` created a model the sender may not have meant), and so is a compressed body."""
 
 import json
 
@@ -41,3 +41,21 @@ def test_the_same_name_in_sibling_objects_is_fine(personas):
         json.dumps({"artifact_uri": "s3://b/p", "manifest": {"files": files}}),
     )
     assert sent.status_code == 201, sent.json()
+
+
+def test_a_compressed_body_is_refused_as_such(personas):
+    """Content-Encoding other than identity, where only lineage ingest takes gzip: a 400 saying so, not a JSON
+    error about byte 0x8b (gzip) nor a body read as if plain (br)."""
+    import gzip
+
+    client = personas["owner"].client()
+    body = json.dumps({"namespace": "acme", "name": "churn"}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("br", body)):
+        sent = client.post(
+            "/api/v1/models/", data=data, content_type="application/json", HTTP_CONTENT_ENCODING=encoding
+        )
+        assert (sent.status_code, sent.json()["error"]["code"]) == (400, "unsupported_encoding"), sent.json()
+        assert f"Content-Encoding '{encoding}'" in sent.json()["error"]["message"]
+    assert not RegisteredModel.objects.exists()
+    plain = client.post("/api/v1/models/", data=body, content_type="application/json", HTTP_CONTENT_ENCODING="identity")
+    assert plain.status_code == 201
