@@ -32,6 +32,50 @@ def _names(model, pks) -> list[str]:
     return sorted(str(o) for o in model.objects.filter(pk__in=pks))
 
 
+def _column(through, model) -> str:
+    """The through table's column naming rows of `model` (auth's through tables relate two different models)."""
+    concrete = model._meta.concrete_model
+    return next(f.attname for f in through._meta.concrete_fields if f.is_relation and f.related_model is concrete)
+
+
+def _lock_holders(through, instance, action: str, model, pk_set, holder, using) -> None:
+    """Before an add, a remove or a clear: lock the rows of the holders whose access changes (`holder`: the users of
+    memberships and of users' permissions, the groups of groups' permissions), whichever side the change is made
+    from, so that concurrent changes of one row take turns; then narrow pk_set to what really changes.
+
+    Django reads the ids an add() misses (a remove() takes the ids it is given) before anything is locked, inserts
+    ignoring conflicts, and sends post_add / post_remove with the ids it started from: two concurrent adds of one
+    membership each recorded it. pk_set is the very set Django then inserts or deletes and sends on, so it is narrowed
+    in place, read again after the lock (its own statement: a read joined to a locked row that had to be waited for
+    would keep the joined rows as they were before the wait): an add keeps the ids still missing, a remove those still
+    there. A clear reads what it removes itself, after this lock (_audit_m2m)."""
+    if action not in ("pre_add", "pre_remove", "pre_clear") or (action != "pre_clear" and not pk_set):
+        return
+    own, other = _column(through, type(instance)), _column(through, model)
+    rows = through._base_manager.using(using).filter(**{own: instance.pk})
+    if isinstance(instance, holder):
+        holders = [instance.pk]
+    elif action == "pre_clear":  # group.user_set.clear(), perm.user_set.clear(): the holders are the rows it removes
+        holders = list(rows.values_list(other, flat=True))
+    else:
+        holders = pk_set
+    # FOR NO KEY UPDATE, in pk order: concurrent changes naming several holders queue instead of deadlocking.
+    list(
+        holder._base_manager.using(using)
+        .select_for_update(no_key=True)
+        .filter(pk__in=holders)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if action == "pre_clear":
+        return
+    present = set(rows.filter(**{f"{other}__in": pk_set}).values_list(other, flat=True))
+    if action == "pre_add":
+        pk_set.difference_update(present)
+    else:
+        pk_set.intersection_update(present)
+
+
 def _audit_m2m(kind: str, instance, action: str, model, pk_set, field: str):
     if action not in _ACTIONS:
         return
@@ -63,7 +107,8 @@ def _audit_m2m_from_permission(kind: str, permission, action: str, model, pk_set
 
 
 @receiver(m2m_changed, sender=get_user_model().groups.through)
-def user_groups_changed(sender, instance, action, reverse, model, pk_set, **kwargs):
+def user_groups_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs):
+    _lock_holders(sender, instance, action, model, pk_set, get_user_model(), using)
     if reverse:  # group.user_set.add(...): the subject is the group
         _audit_m2m("membership", instance, action, model, pk_set, "user_set")
     else:
@@ -71,7 +116,8 @@ def user_groups_changed(sender, instance, action, reverse, model, pk_set, **kwar
 
 
 @receiver(m2m_changed, sender=get_user_model().user_permissions.through)
-def user_permissions_changed(sender, instance, action, reverse, model, pk_set, **kwargs):
+def user_permissions_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs):
+    _lock_holders(sender, instance, action, model, pk_set, get_user_model(), using)
     if reverse:
         _audit_m2m_from_permission("permission", instance, action, model, pk_set, "user_set", "user_permissions")
     else:
@@ -79,7 +125,8 @@ def user_permissions_changed(sender, instance, action, reverse, model, pk_set, *
 
 
 @receiver(m2m_changed, sender=Group.permissions.through)
-def group_permissions_changed(sender, instance, action, reverse, model, pk_set, **kwargs):
+def group_permissions_changed(sender, instance, action, reverse, model, pk_set, using, **kwargs):
+    _lock_holders(sender, instance, action, model, pk_set, Group, using)
     if reverse:
         _audit_m2m_from_permission("permission", instance, action, model, pk_set, "group_set", "permissions")
     else:

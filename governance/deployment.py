@@ -64,11 +64,14 @@ def _enqueue(target_id: int) -> None:
 
 
 def _lock_target(target_id: int) -> DeploymentTarget:
-    return (
-        DeploymentTarget.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("desired_release")
-        .get(pk=target_id)
-    )
+    """The target and its desired release, each locked and read by a statement of its own (lock order: target, then
+    release). Not one statement joining the release: one that waits for the target's lock rereads the target
+    (PostgreSQL's EvalPlanQual) but keeps the release row it joined before the wait, so a desired release changed
+    meanwhile (a final approval, a release going live) came back as None beside the new desired_release_id."""
+    target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target_id)
+    if target.desired_release_id is not None:
+        target.desired_release = Release.objects.select_for_update(no_key=True).get(pk=target.desired_release_id)
+    return target
 
 
 def _next_number(target: DeploymentTarget) -> int:
@@ -95,7 +98,7 @@ def _record_superseded(release: Release, by: Release, actor) -> None:
 
 def release_start(*, actor, promotion: PromotionRequest) -> Release:
     """An approved promotion becomes the target's desired release. Runs inside the approval's transaction."""
-    target = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=promotion.target_id)
+    target = _lock_target(promotion.target_id)  # and the desired release it may supersede
     # Read again, not from the request's row: an archive that committed while this approval waited for the request's
     # lock (check_archive takes it) is not in the version read with that row. Raising rolls the approval back.
     if ModelVersion.objects.filter(pk=promotion.version_id, status=VersionStatus.ARCHIVED).exists():
