@@ -16,9 +16,11 @@ patterns, since completeness() runs on every read of a card.
 
 import copy
 import datetime
+import html
 import json
 import math
 import re
+import unicodedata
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,6 +154,10 @@ _HEADING = re.compile(r"^(#{1,6})(?:[ \t](.*))?$")
 # same character, at least as many, up to 3 spaces of indent and nothing after it but spaces or tabs.
 _FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}(?=[^`]*$)|~{3,})")
 _FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
+# HTML comments. A line starting (up to 3 spaces of indent) with `<!--` opens an HTML comment block, as
+# CommonMark has it (see _code_blocks); `<!--` elsewhere opens an inline comment (see _strip_comments).
+COMMENT_OPEN, COMMENT_CLOSE = "<!--", "-->"
+_COMMENT_BLOCK = re.compile(r"^ {0,3}<!--")
 # A setext heading's underline: up to 3 spaces of indent, then a run of '=' or of '-'.
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
 # A line of '-', '=', '*' or '_' alone (a setext underline or a thematic break): no content.
@@ -194,12 +200,13 @@ def _heading_line(level: int, title: str) -> str:
 
 
 def _strip_comments(text: str) -> str:
-    """`text` without HTML comments (`<!--` to the next `-->`; an unclosed one runs to the end). A find loop,
-    linear in the text: the pattern `<!--.*?-->` rescans to the end from every unclosed `<!--`."""
+    """`text` without HTML comments (`<!--` to the next `-->`; an unclosed one runs to the end; `<!-->` and
+    `<!--->` are empty ones, as in HTML and CommonMark). A find loop, linear in the text: the pattern
+    `<!--.*?-->` rescans to the end from every unclosed `<!--`."""
     out, pos = [], 0
-    while (start := text.find("<!--", pos)) != -1:
+    while (start := text.find(COMMENT_OPEN, pos)) != -1:
         out.append(text[pos:start])
-        end = text.find("-->", start + 4)
+        end = text.find(COMMENT_CLOSE, start + 2)
         if end == -1:
             return "".join(out)
         pos = end + 3
@@ -395,12 +402,20 @@ def _imported_text(section: str | None, text: str) -> str:
 
 def _body_problems(where: str, text: str, section: str | None, nested: bool = True) -> list[tuple[str, str]]:
     """What keeps Markdown body text (trimmed) from coming back from a README as it is: a heading of its own
-    level, a code block left open (it would take the sections after it in), a subheading naming another
-    section (`nested`: import moves those; the summary keeps deeper headings as text)."""
+    level, a code block or HTML comment left open (it would take the sections after it in), a subheading
+    naming another section (`nested`: import moves those; the summary keeps deeper headings as text)."""
     if line := _has_outer_heading(text):
         return [(where, f"contains the heading {line[:80]!r}; use ### or deeper inside a section")]
     entries = []
-    if opened := _open_fence(text):
+    if (opened := _open_block(text)) and opened[1] == COMMENT_OPEN:
+        entries.append(
+            (
+                where,
+                f"ends inside the HTML comment opened on its line {opened[0]} by '<!--', which is never closed: "
+                "close it with '-->' (in a README the sections after it would be hidden in the comment)",
+            )
+        )
+    elif opened:
         line_number, fence = opened
         entries.append(
             (
@@ -550,24 +565,122 @@ def validate(content, version: str = SCHEMA_VERSION) -> dict:
 # --- completeness ------------------------------------------------------------------------------
 
 
+# HTML tags, as CommonMark reads raw HTML: an open tag (a name, attributes with an unquoted, '...' or "..." value
+# or none, an optional '/') or a closing tag. What each part may hold excludes what ends it, so a failed match
+# gives back one character at a time, and one starting at a '<' ends by the next '<' or quote: linear.
+_HTML_TAG = re.compile(
+    r"<([A-Za-z][A-Za-z0-9-]*)(?:\s+[A-Za-z_:][A-Za-z0-9_.:-]*(?:\s*=\s*(?:[^\s\"'=<>`]+|'[^']*'|\"[^\"]*\"))?)*\s*/?>"
+    r"|</[A-Za-z][A-Za-z0-9-]*\s*>"
+)
+# Tags that show something of their own (an image, a video, a form control...). Any other tag shows only the
+# text it holds: `<br>`, `<p></p>` or `<span></span>` alone show nothing.
+_CONTENT_TAGS = frozenset(
+    {
+        "audio",
+        "button",
+        "canvas",
+        "embed",
+        "iframe",
+        "image",
+        "img",
+        "input",
+        "math",
+        "meter",
+        "object",
+        "picture",
+        "progress",
+        "select",
+        "svg",
+        "textarea",
+        "video",
+    }
+)
+# An HTML character reference as CommonMark reads one (named, decimal or hex, with its ';').
+_CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{0,31});")
+# A link reference definition (`[label]: destination "title"`) on one line, or its label line when the
+# destination is on the next (_LINK_DESTINATION): a README shows nothing of it. Bounded label, and what
+# each part may hold excludes what ends it: linear.
+_LINK_DEFINITION = re.compile(
+    r" {0,3}\[(?:[^\[\]\\]|\\.){1,999}\]:[ \t]*"
+    r"(?:(?P<destination><[^<>]*>|[^\s<]\S*)(?:[ \t]+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?[ \t]*)?$"
+)
+_LINK_DESTINATION = re.compile(r"[ \t]*(?:<[^<>]*>|[^\s<]\S*)(?:[ \t]+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?[ \t]*$")
+# Characters a reader does not see, besides whitespace and categories Cc and Cf (format characters such as
+# U+200B ZERO WIDTH SPACE, U+2060 WORD JOINER, U+FEFF, U+00AD SOFT HYPHEN): Unicode's other Default_Ignorable
+# code points (variation selectors, Hangul fillers, U+034F...) and U+2800 BRAILLE PATTERN BLANK.
+_IGNORABLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2065\u2800\u3164\ufe00-\ufe0f\uffa0\ufff0-\ufff8"
+    "\U000e0000-\U000e0fff]+"
+)
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+_PLACEHOLDER_LENGTH = max(len(p) for p in PLACEHOLDERS)
+
+
+def _tag_text(match: re.Match) -> str:
+    """What an HTML tag shows of its own: itself for a tag of _CONTENT_TAGS (it counts as content), else nothing."""
+    name = match.group(1)
+    return match.group(0) if name and name.lower() in _CONTENT_TAGS else ""
+
+
+def _without_link_definitions(lines: list[str]):
+    """`lines`, each line of a link reference definition made blank (a label line only with the destination
+    line after it: without one it is text)."""
+    label = None  # a label line whose destination may be on the next line
+    for line in lines:
+        if label is not None:
+            if _LINK_DESTINATION.match(line):
+                yield from ("", "")
+                label = None
+                continue
+            yield label
+            label = None
+        match = _LINK_DEFINITION.match(line)
+        if match and match.group("destination") is None:
+            label = line
+            continue
+        yield "" if match else line
+    if label is not None:
+        yield label
+
+
+def _is_placeholder(text: str) -> bool:
+    """Whether `text`, with its character references decoded, is a placeholder (see PLACEHOLDERS) once what a
+    reader does not see is dropped: whitespace (as one space) and invisible characters (categories Cc and Cf,
+    and _IGNORABLE)."""
+    text = _IGNORABLE.sub("", _CHARACTER_REFERENCE.sub(lambda m: html.unescape(m.group(0)), text))
+    kept, letters = [], 0
+    for char in text:
+        if char.isspace():
+            kept.append(" ")
+        elif unicodedata.category(char) not in _INVISIBLE_CATEGORIES:
+            kept.append(char)
+            if char not in "*_.":
+                letters += 1
+                if letters > _PLACEHOLDER_LENGTH:
+                    return False  # more than any placeholder holds: no need to read the rest
+    return " ".join("".join(kept).split()).lower().strip("*_ .") in PLACEHOLDERS
+
+
 def _is_blank_text(text: str) -> bool:
-    """Whether Markdown text holds nothing but whitespace, HTML comments, headings, rules and placeholders.
+    """Whether Markdown text holds nothing a reader sees but headings, rules and placeholders: only whitespace,
+    HTML comments (and stray `-->`s), HTML tags that show nothing of their own (`<br>`, `<p></p>`), link
+    reference definitions, invisible characters (format characters such as U+200B, written as they are or as
+    character references such as `&nbsp;` or `&#x200B;`), headings, rules and placeholders.
 
     Headings are ATX (`### Uses`) and setext ones: the paragraph directly above a `===` or `---`
     underline. A line of `-`, `=`, `*` or `_` alone (an underline, or a thematic break) carries nothing.
     """
-    text = _strip_comments(text)
+    text = _strip_comments(text).replace(COMMENT_CLOSE, "")
+    text = _HTML_TAG.sub(_tag_text, text)
     text = re.sub(r"\[more information needed\]", "", text, flags=re.IGNORECASE)
-    kept: list[str] = []  # "" for a blank line, a heading or a rule: each ends a paragraph
-    for line in text.splitlines():
+    kept: list[str] = []  # "" for a blank line, a heading, a rule or a definition: each ends a paragraph
+    for line in _without_link_definitions(text.splitlines()):
         if _SETEXT_UNDERLINE.match(line):
             while kept and kept[-1] and not _NOT_PARAGRAPH.match(kept[-1]):
                 kept.pop()  # the paragraph above the underline is the heading's text
         stripped = line.strip()
         kept.append("" if not stripped or _heading(stripped) or _RULE.match(line) else line)
-    lines = [line for line in kept if line]
-    remaining = re.sub(r"\s+", " ", " ".join(lines)).strip().lower()
-    return remaining.strip("*_ .") in PLACEHOLDERS
+    return _is_placeholder(" ".join(line for line in kept if line))
 
 
 def _is_blank(value) -> bool:
@@ -608,18 +721,35 @@ def section_for_heading(title: str) -> str | None:
 
 
 def _code_blocks(text: str):
-    """(line, is_code, still_open) for each line of `text`: is_code for fence lines and the lines between
-    them; still_open is (index of the opening line, its fence) while a block is open after the line.
+    """(line, is_code, still_open) for each line of `text`: is_code for the lines of fenced code blocks and of
+    HTML comment blocks (fence lines, comment delimiters and what is between them: no heading in them is one);
+    still_open is (index of the opening line, its opener: the fence, or COMMENT_OPEN) while a block is open
+    after the line.
 
-    The one place for the fence rule (see _FENCE_OPEN/_FENCE_CLOSE): a block closes only on a fence of
-    its own character at least as long as the opening one; an unclosed block runs to the end.
+    The one place for the block rules. A fenced block (see _FENCE_OPEN/_FENCE_CLOSE) closes only on a fence of
+    its own character at least as long as the opening one. An HTML comment block, as CommonMark has it, opens
+    on a line starting (up to 3 spaces of indent) with `<!--` and closes on the first line holding `-->`, that
+    line included (`<!-->` and `<!--->` close where they open), unless that line opens another comment after
+    it: CommonMark ends the block there, but passes the line on as raw HTML, so a browser hides what follows
+    in that comment. An unclosed block runs to the end. A `<!--` inside a code block, or a fence inside a
+    comment, is text of that block.
     """
-    opened = None  # (index of the opening line, the fence: its run of backticks or tildes)
+    opened = None  # (index of the opening line, the opener: a fence's run of backticks or tildes, or COMMENT_OPEN)
     for index, line in enumerate(text.split("\n")):
         if opened is None:
             if match := _FENCE_OPEN.match(line):
                 opened = (index, match.group(1))
+            elif match := _COMMENT_BLOCK.match(line):
+                if _ends_in_comment(line, match.end() - 2):
+                    opened = (index, COMMENT_OPEN)
+                yield line, True, opened
+                continue
             yield line, opened is not None, opened
+            continue
+        if opened[1] == COMMENT_OPEN:
+            if not _ends_in_comment(line, 0):
+                opened = None
+            yield line, True, opened
             continue
         match = _FENCE_CLOSE.match(line)
         if match and match.group(1)[0] == opened[1][0] and len(match.group(1)) >= len(opened[1]):
@@ -627,29 +757,42 @@ def _code_blocks(text: str):
         yield line, True, opened
 
 
+def _ends_in_comment(line: str, pos: int) -> bool:
+    """Whether `line`, inside an HTML comment from `pos` on, ends inside one (the same one, or another opened
+    after it closes). A find loop, linear in the line."""
+    while (end := line.find(COMMENT_CLOSE, pos)) != -1:
+        start = line.find(COMMENT_OPEN, end + 3)
+        if start == -1:
+            return False
+        pos = start + 2  # `<!-->` closes where it opens
+    return True
+
+
 def _lines_and_code(text: str):
     """(line, is_code) for each line of `text` (see _code_blocks)."""
     return ((line, is_code) for line, is_code, _ in _code_blocks(text))
 
 
-def _open_fence(text: str) -> tuple[int, str] | None:
-    """(line number, fence) of the code block `text` leaves open at its end, or None. Followed by more
-    Markdown (the next section of a README), such a block would take that in as code."""
+def _open_block(text: str) -> tuple[int, str] | None:
+    """(line number, opener) of the code block or HTML comment `text` leaves open at its end, or None. Followed
+    by more Markdown (the next section of a README), such a block would take that in: as code, or hidden."""
     opened = None
     for _line, _is_code, still_open in _code_blocks(text):
         opened = still_open
     return (opened[0] + 1, opened[1]) if opened else None
 
 
-def _close_fence(text: str) -> str:
-    """`text` with a code block it leaves open closed at its end: where it ends anyway in a README whose
-    last section it is, so it reads the same, and can be followed by other sections."""
-    opened = _open_fence(text)
-    return f"{text}\n{opened[1]}" if opened else text
+def _close_block(text: str) -> str:
+    """`text` with a code block or HTML comment it leaves open closed at its end: where it ends anyway in a
+    README whose last section it is, so it reads the same, and can be followed by other sections."""
+    opened = _open_block(text)
+    if opened is None:
+        return text
+    return f"{text}\n{COMMENT_CLOSE if opened[1] == COMMENT_OPEN else opened[1]}"
 
 
 def _unfenced_lines(text: str):
-    """Lines outside fenced code blocks."""
+    """Lines outside fenced code blocks and HTML comment blocks."""
     return (line for line, is_code in _lines_and_code(text) if not is_code)
 
 
@@ -662,7 +805,7 @@ def _parse_markdown(text: str) -> tuple[str | None, list[str], list[_Node]]:
     """Split a Markdown body into (title, preamble lines, top-level nodes with nested subsections).
 
     Levels 1 and 2 start top-level nodes (the first H1 before any H2 is the title); deeper headings
-    nest. Headings inside fenced code blocks are text.
+    nest. Headings inside fenced code blocks and HTML comment blocks are text (see _code_blocks).
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     title, preamble, top, stack = None, [], [], []
@@ -1129,9 +1272,9 @@ def from_huggingface(readme_text: str) -> dict:
     title, preamble, top = _parse_markdown(body)
     if title is not None:
         content["title"] = title
-    # A code block left open runs to the end of the README, so only its last text can end in one: closed
-    # there, it reads the same and stays code when export writes other sections after it.
-    summary = _close_fence(_trim("\n".join(preamble)))
+    # A code block or HTML comment left open runs to the end of the README, so only its last text can end in
+    # one: closed there, it reads the same and stays code (or hidden) when export writes other sections after it.
+    summary = _close_block(_trim("\n".join(preamble)))
     if summary:
         content["summary"] = summary
     parts: dict[str, list[str]] = {}
@@ -1139,10 +1282,10 @@ def from_huggingface(readme_text: str) -> dict:
     for node in top:
         text = _collect(node, None, parts, True)
         if section_for_heading(node.title) is None and (text or not node.children):
-            others.append({"title": node.title, "text": _close_fence(text)})
+            others.append({"title": node.title, "text": _close_block(text)})
     for section in MITCHELL_SECTIONS:
         if section in parts:
-            content[section] = _close_fence("\n\n".join(p for p in parts[section] if p))
+            content[section] = _close_block("\n\n".join(p for p in parts[section] if p))
     content.update(_card_fields(data))
     if others:
         content["other_sections"] = others
@@ -1174,18 +1317,18 @@ def to_huggingface(content: dict) -> str:
             message = _card_data_name_message(key)
             raise not_exportable(f"metadata.extra.{printable(key)}: {message}.", {f"metadata.extra.{key}": [message]})
 
-    # Text stored before a code block had to be closed is closed at its end, as import would have.
+    # Text stored before a code block (or HTML comment) had to be closed is closed at its end, as import would have.
     blocks = []
     if content.get("title"):
         blocks.append(_heading_line(1, content["title"]))
     if content.get("summary"):
-        blocks.append(_close_fence(content["summary"]))
+        blocks.append(_close_block(content["summary"]))
     for section in MITCHELL_SECTIONS:
         if section in content:
-            text = _close_fence(content[section])
+            text = _close_block(content[section])
             blocks.append(f"## {HEADINGS[section]}" + (f"\n\n{text}" if text else ""))
     for other in content.get("other_sections") or []:
-        text = _close_fence(other["text"])
+        text = _close_block(other["text"])
         blocks.append(_heading_line(2, other["title"]) + (f"\n\n{text}" if text else ""))
     body = "\n\n".join(blocks) + "\n"
     from huggingface_hub import ModelCard

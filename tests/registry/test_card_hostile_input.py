@@ -375,7 +375,7 @@ def test_what_a_readme_would_move_or_merge_is_400_naming_it(owner, content, fiel
         {"other_sections": [{"title": "## x", "text": "````\n```\n## Intended Use\n```\n````"}]},
         {"metadata": {"extra": {"": 1, "<<": {"a": None}, "---": "2024-01-01", "y": ["\u2028", "\ufeff", "\r"]}}},
         {"metadata": {"language": "en", "datasets": "d", "tags": [], "license_name": ""}, "governance": {}},
-        {"caveats_and_recommendations": "<!-- unclosed\n\n### Recommendations\n\nx"},
+        {"caveats_and_recommendations": "<!-- a comment\n\n### Recommendations\n\nx\n-->"},
     ],
     ids=["summary", "subsections", "fenced", "extra-yaml", "metadata-shapes", "comment"],
 )
