@@ -255,6 +255,10 @@ def target_detail(request, name: str):
     shown = [*releases, *(r for r in (release, roll_back_to) if r is not None)]
     visible = selectors.visible_model_ids(user=request.user, model_ids=[r.version.model_id for r in shown])
     policy = selectors.current_policy(target=target)
+    # An override replaces the target's policy outright for its model: the page says which models have one.
+    overrides_page = paginate(
+        request, ui_selectors.policy_overrides(user=request.user, targets=[target]), "overrides_page"
+    )
     pending = ui_selectors.pending_for_target(user=request.user, target=target)
     pending_page = paginate(request, pending, "pending_page")
     return render(
@@ -268,6 +272,8 @@ def target_detail(request, name: str):
             "visible_models": visible,
             "policy": policy,
             "rules": selectors.rules_of(policy),
+            "overrides_page": overrides_page,
+            "overrides": [(o, selectors.rules_of(o)) for o in overrides_page.object_list],
             "pending_page": pending_page,
             "may_roll_back": may_roll_back,
             "free_text_max": free_text.MAX_CHARS,

@@ -7,7 +7,7 @@ from accounts.api.base import GovernedAPIView
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
-from governance import deployment, presenters, selectors, services
+from governance import deployment, presenters, selectors, services, ui_selectors
 from governance.api import serializers as s
 from governance.hosts import HOSTS
 from governance.models import DeploymentTarget, PromotionRequest
@@ -21,11 +21,12 @@ def releases_context(user, releases) -> dict:
 
 
 def targets_output(user, targets: list[DeploymentTarget]) -> list:
-    views = [target_view(t) for t in targets]
+    overrides = ui_selectors.policy_overrides_by_target(user=user, targets=targets)  # one query for the list
+    views = [target_view(t, overrides[t.pk]) for t in targets]
     return s.TargetOutput(views, many=True, context=releases_context(user, [v["live_release"] for v in views])).data
 
 
-def target_view(target: DeploymentTarget) -> dict:
+def target_view(target: DeploymentTarget, overrides: list) -> dict:
     return {
         "name": target.name,
         "kind": target.kind,
@@ -36,6 +37,7 @@ def target_view(target: DeploymentTarget) -> dict:
         "description": target.description,
         "capabilities": sorted(HOSTS[target.kind].capabilities),
         "policy": selectors.current_policy(target=target),
+        "policy_overrides": overrides,
         "live_release": selectors.live_release(target=target),
         "created_at": target.created_at,
     }
@@ -67,7 +69,9 @@ class TargetListView(GovernedAPIView):
 
 
 class TargetDetailView(GovernedAPIView):
-    @extend_schema(responses=s.TargetOutput, summary="Get a deployment target, its policy and live release")
+    @extend_schema(
+        responses=s.TargetOutput, summary="Get a deployment target, its policy, its model overrides and live release"
+    )
     def get(self, request, name):
         return Response(targets_output(request.user, [self.governed(DeploymentTarget.objects, name=name)])[0])
 
@@ -95,7 +99,7 @@ class TargetPolicyView(GovernedAPIView):
         return self.shown(selectors.current_policy(target=target, model=model))
 
     @extend_schema(
-        request={"application/json": {"type": "object"}},
+        request=s.PolicyRulesSchema,
         responses={
             200: s.PolicyOutput,
             412: OpenApiResponse(description="precondition_failed: another policy is in force than If-Match names"),
@@ -104,7 +108,8 @@ class TargetPolicyView(GovernedAPIView):
         summary="Set a new policy version (earlier approvals stop counting)",
         description=(
             "The rules are sent whole. To edit the policy you read without undoing a change made since, send "
-            "the ETag of your GET as If-Match: the new version is made only if that policy is still in force."
+            "the ETag of your GET as If-Match: the new version is made only if that policy is still in force. "
+            "A rule not named in the schema is refused (400 naming it)."
         ),
     )
     def put(self, request, name, namespace=None, model_name=None):
@@ -275,6 +280,8 @@ class TargetRollbackView(GovernedAPIView):
         request=s.RollbackInput,
         responses={202: s.ReleaseOutput},
         summary="Roll traffic back to the previous (or a named) release; the reconciler executes it",
+        description="Send `from`, the release desired when you read the target, to have the rollback refused with "
+        "409 changed_since_review if another release became desired since (as the web UI's rollback form does).",
     )
     def post(self, request, name):
         target = self.governed(DeploymentTarget.objects, "deploy_deploymenttarget", name=name)
@@ -285,6 +292,7 @@ class TargetRollbackView(GovernedAPIView):
             target=target,
             reason=data.validated_data["reason"],
             to_number=data.validated_data["release"],
+            from_number=data.validated_data["from"],
         )
         context = releases_context(request.user, [release])
         return Response(s.ReleaseOutput(release, context=context).data, status=status.HTTP_202_ACCEPTED)
