@@ -1,7 +1,7 @@
 """Policies as data, and the one pure function that checks a version against them.
 
-`evaluate(rules, facts)` returns every enabled rule with pass/fail and a reason a reviewer can act
-on. It does no I/O: `governance.selectors.facts_many()` gathers the facts. The API
+`evaluate(rules, facts, target_kind=...)` returns every enabled rule with pass/fail and a reason a reviewer can
+act on. It does no I/O: `governance.selectors.facts_many()` gathers the facts. The API
 (dry-run, create, get) and the review page show the same list; a failing rule blocks approval.
 The approval quorum is not a rule here: it is what approvals are for (see services).
 """
@@ -11,10 +11,15 @@ from datetime import datetime
 
 from core.errors import InvalidInput
 from core.numbers import finite_number
-from governance.choices import MetricOp
+from governance.choices import HostKind, MetricOp
 from registry.cards import SECTIONS
 
 MAX_SOAK_HOURS = 24 * 365 * 10
+
+# The kinds that deploy the registry's stored bytes: a self-hosted release copies the version's files from the
+# artifact store, hashing each against the manifest (deployment.materialize). Every other kind deploys what its
+# platform holds under the release's host revision (deployment.host_revision_of), which the registry never sees.
+REGISTRY_BYTES_KINDS = frozenset({HostKind.SELF_HOSTED.value})
 
 _COMPARE = {
     MetricOp.GTE: lambda a, b: a >= b,
@@ -168,7 +173,8 @@ class Facts:
     metric_sources: dict
     card_revision: int | None = None
     card_sections_filled: frozenset[str] = frozenset()
-    card_license: str | None = None
+    card_license: str | None = None  # governance.license, else the README's (metadata.license)
+    card_readme_license: str | None = None  # the README's license when it names another than governance.license
     digest_verified: bool | None = None  # None: outside the registry's storage, cannot be checked
     digest_detail: str = ""
     lineage_datasets_with_digest: int = 0
@@ -206,7 +212,22 @@ def _gate(gate: MetricGate, facts: Facts) -> Check:
     return Check(name, passed, f"{gate.metric} = {value:g}; needs {target}.")
 
 
-def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
+def _host_revision_deployed(kind: str) -> str | None:
+    """Why the registry cannot vouch for what a target of this kind deploys (None: it deploys the stored bytes)."""
+    if kind in REGISTRY_BYTES_KINDS:
+        return None
+    return (
+        f"target kind {kind} deploys the host revision named by the version's host_revision tag (or pinned by its "
+        "artifact_uri), not the registry's stored files, and the registry cannot check that revision against the "
+        "version's digest; this rule can only pass on a self-hosted target, which copies the stored files."
+    )
+
+
+def evaluate(rules: PolicyRules, facts: Facts, *, target_kind: str) -> list[Check]:
+    """`target_kind`: the kind of the target the version would deploy to (no default: every caller must say). The
+    verified-digest and signature rules vouch for the registry's files, so they fail on a kind that deploys
+    something else."""
+    elsewhere = _host_revision_deployed(target_kind)
     checks = [
         Check(
             "version_status",
@@ -216,12 +237,13 @@ def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
         )
     ]
     if rules.require_verified_digest:
-        ok = facts.digest_verified is True
+        ok = facts.digest_verified is True and not elsewhere
         checks.append(
             Check(
                 "digest_verified",
                 ok,
-                facts.digest_detail
+                elsewhere
+                or facts.digest_detail
                 or ("every file is stored with its declared sha256." if ok else "the artifacts could not be verified."),
             )
         )
@@ -249,17 +271,28 @@ def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
     checks.extend(_gate(g, facts) for g in rules.metric_gates)
     if rules.allowed_licenses:
         lic = facts.card_license
-        ok = lic in rules.allowed_licenses
         allowed = ", ".join(rules.allowed_licenses)
-        checks.append(
-            Check(
-                "license",
-                ok,
-                f"license {lic} is allowed."
-                if ok
-                else f"license is {lic or 'not stated in the card'}; allowed: {allowed}.",
+        if facts.card_readme_license:  # which one binds is not for the registry to guess
+            checks.append(
+                Check(
+                    "license",
+                    False,
+                    f"the card states two licenses: {lic} (governance.license) and {facts.card_readme_license} "
+                    "(metadata.license, the README's); make them agree, or drop metadata.license to have the README "
+                    f"state governance.license. Allowed: {allowed}.",
+                )
             )
-        )
+        else:
+            ok = lic in rules.allowed_licenses
+            checks.append(
+                Check(
+                    "license",
+                    ok,
+                    f"license {lic} is allowed."
+                    if ok
+                    else f"license is {lic or 'not stated in the card'}; allowed: {allowed}.",
+                )
+            )
     if rules.require_lineage:
         problems = []
         if facts.lineage_datasets_with_digest < 1:
@@ -278,11 +311,12 @@ def evaluate(rules: PolicyRules, facts: Facts) -> list[Check]:
             )
         )
     if rules.require_signature:
-        ok = facts.signature_verified is True
+        ok = facts.signature_verified is True and not elsewhere
         reason = (
             ("signature verified" + (f": {facts.signature_reason}" if facts.signature_reason else "."))
             if ok
-            else (
+            else elsewhere
+            or (
                 "no signature is attached."
                 if facts.signature_verified is None
                 else f"signature does not verify: {facts.signature_reason}"

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import F, Min, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
@@ -12,7 +13,7 @@ from django.utils import timezone
 from accounts import access
 from governance.choices import Decision, PromotionState, ReleaseState
 from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest, Release
-from governance.policy import Check, Facts, PolicyRules, evaluate, parse_rules
+from governance.policy import REGISTRY_BYTES_KINDS, Check, Facts, PolicyRules, evaluate, parse_rules
 from lineage import selectors as lineage_selectors
 from registry import cards
 from registry import selectors as registry_selectors
@@ -68,7 +69,7 @@ def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, digest_
     result = {}
     for pk, version in versions.items():
         card, signature = latest_cards.get(pk), signatures.get(pk)
-        filled, license_ = _card_facts(card)
+        filled, license_, readme_license = _card_facts(card)
         verified, detail = None, ""
         if pk in digest_for:
             verified, detail = digest_check(version)
@@ -81,6 +82,7 @@ def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, digest_
             card_revision=card.revision if card else None,
             card_sections_filled=filled,
             card_license=license_,
+            card_readme_license=readme_license,
             digest_verified=verified,
             digest_detail=detail,
             lineage_datasets_with_digest=summary["datasets_with_digest"],
@@ -93,14 +95,21 @@ def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, digest_
     return result
 
 
-def _card_facts(card: ModelCardRevision | None) -> tuple[frozenset[str], str | None]:
-    """The sections a card fills in, and the license it states."""
+def _card_facts(card: ModelCardRevision | None) -> tuple[frozenset[str], str | None, str | None]:
+    """The sections a card fills in, the license it states (governance.license, else the README's), and the
+    README's license when it names another one than governance.license (None when they agree)."""
     if card is None:
-        return frozenset(), None
+        return frozenset(), None, None
     report = cards.completeness(card.content)
     filled = frozenset(s for s in cards.SECTIONS if s not in report["missing"] and s not in report["empty"])
     stated = (card.content.get("governance") or {}).get("license")
-    return filled, stated or (card.content.get("metadata") or {}).get("license")
+    metadata = card.content.get("metadata") or {}
+    readme = named = metadata.get("license")
+    if named == "other" and metadata.get("license_name"):  # the Hub's way to name a license not on its list
+        named = metadata["license_name"]
+    # SPDX ids are case-insensitive: Apache-2.0 in one place and the Hub's apache-2.0 in the other agree.
+    conflict = named if stated and named and named.casefold() != stated.casefold() else None
+    return filled, stated or readme, conflict
 
 
 def _latest_cards(version_ids: list[int]) -> dict[int, ModelCardRevision]:
@@ -159,8 +168,9 @@ def registered_digest_check(version: ModelVersion) -> tuple[bool | None, str]:
 
 def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revision: int | None) -> list[Approval]:
     """Approvals that still count: bound to the current digest, card revision and policy version, and
-    given by someone who may still review under that policy (active, in one of its approver groups): an
-    approver who leaves the group or is deactivated takes their approval with them."""
+    given by someone who may still review under that policy (active, in one of its approver groups, may view
+    the model and the target): an approver who leaves the group, is deactivated or loses view of either takes
+    their approval with them."""
     current = (request.version.digest, card_revision, policy.pk)
     bound = [
         a
@@ -177,18 +187,48 @@ def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revisio
 
 
 def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: PolicyRules) -> set[int]:
-    """Of these users, those who may review the request under the rules (one query for all of them): active,
-    in one of the policy's approver groups, and not its requester unless the policy allows that. The one
-    place the rule lives: may_review() asks it too, and only explains a refusal."""
+    """Of these users, those who may review the request under the rules (two queries for all of them): active,
+    in one of the policy's approver groups, not its requester unless the policy allows that, and allowed to view
+    its model and its target (as the request itself: promotions_visible). The one place the rule lives:
+    may_review() asks it too, and only explains a refusal."""
     if not rules.requester_can_approve:
         user_ids = user_ids - {request.requester_id}
     if not user_ids or not rules.approver_groups:
         return set()
-    return set(
+    members = (
         get_user_model()
         .objects.filter(pk__in=user_ids, is_active=True, groups__name__in=rules.approver_groups)
-        .values_list("pk", flat=True)
+        .distinct()
+        .only("pk", "is_active", "is_superuser")
     )
+    return _may_view(list(members), (request.version.model, request.target))
+
+
+def _may_view(users: list, objects: tuple) -> set[int]:
+    """The ids of the users who may view every one of the objects, as access.has_perm() decides it. Their grants
+    are read for all of them in one statement (access.codenames_column per user and object, handed to
+    access.remember()), so a request's page costs the same however many approvals it has. Users it asks nothing
+    of (superusers; every user on SQLite) are answered by has_perm() itself."""
+    user_meta = get_user_model()._meta
+    pks = [f"o{i}.{o._meta.pk.column}" for i, o in enumerate(objects)]
+    tables = ", ".join([f"{user_meta.db_table} u", *(f"{o._meta.db_table} o{i}" for i, o in enumerate(objects))])
+    where = " AND ".join(f"{column} = %s" for column in [f"u.{user_meta.pk.column}", *pks])
+    statements, params, asked = [], [], {}
+    for user in users:
+        columns = [access.codenames_column(user, type(o), pk) for o, pk in zip(objects, pks, strict=True)]
+        if None in columns:
+            continue
+        arrays = ", ".join(sql for sql, _ in columns)
+        statements.append(f"SELECT u.{user_meta.pk.column}, {arrays} FROM {tables} WHERE {where}")  # noqa: S608 - names from the models, values bound
+        params.extend([*(p for _, column_params in columns for p in column_params), user.pk, *(o.pk for o in objects)])
+        asked[user.pk] = user
+    if statements:
+        with connection.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join(statements), params)
+            for user_pk, *held in cursor.fetchall():
+                for obj, codenames in zip(objects, held, strict=True):
+                    access.remember(asked[user_pk], obj, codenames)
+    return {u.pk for u in users if all(access.has_perm(u, access.view_codename(o), o) for o in objects)}
 
 
 def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[bool, str]:
@@ -201,7 +241,9 @@ def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[
         return False, "You requested this promotion; the policy does not let requesters review their own."
     if not rules.approver_groups:
         return False, "The policy names no approver groups, so nobody may approve on this target."
-    return False, f"Only members of {', '.join(rules.approver_groups)} may review promotions to this target."
+    if not user.groups.filter(name__in=rules.approver_groups).exists():
+        return False, f"Only members of {', '.join(rules.approver_groups)} may review promotions to this target."
+    return False, "You may no longer view this request's model or target, so you may not review it."
 
 
 def promotions_visible(*, user) -> QuerySet[PromotionRequest]:
@@ -282,8 +324,15 @@ def promotion_evaluate(
     policy = current_policy(target=target, model=version.model)
     rules = rules_of(policy)
     check = stored_digest_check if storage is None else lambda _: storage
+    if target.kind not in REGISTRY_BYTES_KINDS:  # the rule fails there whatever the storage holds: ask it nothing
+        check = _not_asked
     facts = facts_many([(version, rules)], digest_check=check)[version.pk]
-    return Evaluation(policy=policy, checks=evaluate(rules, facts), card_revision=facts.card_revision)
+    checks = evaluate(rules, facts, target_kind=target.kind)
+    return Evaluation(policy=policy, checks=checks, card_revision=facts.card_revision)
+
+
+def _not_asked(version: ModelVersion) -> tuple[bool | None, str]:
+    return None, ""
 
 
 def storage_before_locks(*, version: ModelVersion, target: DeploymentTarget) -> tuple[bool | None, str] | None:
@@ -291,5 +340,7 @@ def storage_before_locks(*, version: ModelVersion, target: DeploymentTarget) -> 
     current policy looks at it (else None): the blobs do not change with the rows those locks protect, and a
     HEAD per file under the target's lock held back its reconciler and every other review of it. A policy
     changed in between is read again under the locks, where promotion_evaluate asks for itself if it must."""
+    if target.kind not in REGISTRY_BYTES_KINDS:  # promotion_evaluate asks nothing of the storage there
+        return None
     rules = rules_of(current_policy(target=target, model=version.model))
     return stored_digest_check(version) if rules.require_verified_digest else None

@@ -20,10 +20,10 @@ from audit.services import record
 from core.errors import Conflict, Forbidden, InvalidInput
 from core.etags import check_if_match
 from governance import deployment, free_text, selectors
-from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState
+from governance.choices import PROMOTION_TRANSITIONS, Decision, PromotionState, ReleaseState
 from governance.hosts import HOSTS
 from governance.hosts.base import HostError
-from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest
+from governance.models import Approval, DeploymentTarget, Policy, PromotionRequest, Release
 from governance.policy import failing, parse_new_rules
 from governance.rollout import parse_rollout
 from registry.models import ModelVersion, RegisteredModel
@@ -140,16 +140,18 @@ def policy_set(
     *, actor, target: DeploymentTarget, rules: dict, model: RegisteredModel | None = None, if_match: str | None = None
 ) -> Policy:
     """A new version of the target's policy (or of its override for one model). Old approvals stop counting.
-    With `if_match` (an If-Match header) only if the policy in force there is still the one that ETag was read
-    from, or already has these rules: rules are sent whole, so an edit of an older read would undo the change made
-    since. (Without If-Match the same rules again make a new version, as they always did.)"""
+    The rules already in force there are that policy, returned as it is: nothing is written, and the approvals
+    given under it keep counting (a retry whose first answer was lost, or a deploy script that puts its policy
+    every run). With `if_match` (an If-Match header) other rules only if the policy in force there is still the
+    one that ETag was read from: rules are sent whole, so an edit of an older read would undo the change made since."""
     rules = _validate_rules(rules)
     with transaction.atomic():
         DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)  # serializes version numbers
-        if if_match is not None:  # every target has a policy from its creation on
-            in_force = selectors.current_policy(target=target, model=model)
-            if in_force.model_id == (model.pk if model else None) and selectors.rules_of(in_force).as_dict() == rules:
-                return in_force  # a retry whose first answer was lost: already the policy (RFC 9110, 13.1.1)
+        in_force = selectors.current_policy(target=target, model=model)  # every target has one from its creation on
+        # Only the scope's own: the target's rules put as a model's override make the override (a policy of its own).
+        if in_force.model_id == (model.pk if model else None) and selectors.rules_of(in_force).as_dict() == rules:
+            return in_force  # already the policy (RFC 9110, 13.1.1 for If-Match)
+        if if_match is not None:
             check_if_match(if_match, in_force.etag, f"The policy of {target}" + (f" for {model}" if model else ""))
         previous = Policy.objects.filter(target=target, model=model).order_by("-version").first()
         # Numbered per target, overrides included: a reviewer's `seen.policy_version` then names one policy,
@@ -186,7 +188,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
         )  # one open request per version and target
         # The target too, before the audit event below takes the chain head: a policy that needs no
         # approvals starts a release on the target at once (lock order in docs/architecture.md).
-        DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)
+        locked = DeploymentTarget.objects.select_for_update(no_key=True).get(pk=target.pk)
         open_request = PromotionRequest.objects.filter(
             version=version, target=target, state=PromotionState.PENDING
         ).first()
@@ -196,6 +198,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
                 code="already_pending",
                 detail={"id": open_request.pk},
             )
+        _check_not_desired(version, target, desired_release_id=locked.desired_release_id)
         evaluation = selectors.promotion_evaluate(version=version, target=target, storage=storage)
         rules = evaluation.rules
         request = PromotionRequest.objects.create(
@@ -224,6 +227,32 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
         if rules.approvals_required == 0 and not failing(evaluation.checks):
             _transition(request, PromotionState.APPROVED, actor=actor, reason="policy requires no approvals")
     return request
+
+
+def _check_not_desired(version: ModelVersion, target: DeploymentTarget, *, desired_release_id: int | None) -> None:
+    """Refuse to request what the target is already set to serve: the same version with the same host revision as
+    its desired release on its way or live. Asked under the target's lock, so a retry whose first answer was lost
+    (approved at once, under a policy needing no approvals) is answered with that request and does not release the
+    version a second time. A failed release, or another host revision (tags are editable), may be requested."""
+    if desired_release_id is None:
+        return
+    desired = (
+        Release.objects.filter(
+            pk=desired_release_id,
+            version=version,
+            state__in=(ReleaseState.PENDING, ReleaseState.DEPLOYING, ReleaseState.LIVE),
+        )
+        .only("number", "state", "host_revision", "promotion_id")
+        .first()
+    )
+    if desired is None or desired.promotion_id is None or desired.host_revision != deployment.host_revision_of(version):
+        return
+    raise Conflict(
+        f"{version} is already the desired release of {target} (release {desired.number}, {desired.state}), made by "
+        f"promotion #{desired.promotion_id}; nothing was requested.",
+        code="already_desired",
+        detail={"id": desired.promotion_id, "release": desired.number, "state": desired.state},
+    )
 
 
 def _transition(request: PromotionRequest, state: str, *, actor, reason: str = "", extra: dict | None = None):

@@ -203,7 +203,7 @@ def promotions_section(ctx: lineage_trail.TrailContext) -> lineage_trail.Section
                     "evaluated_at": _time(facts.now),
                     "results": [
                         {"rule": c.rule, "passed": c.passed, "reason": c.reason}
-                        for c in evaluate(selectors.rules_of(policy), facts)
+                        for c in evaluate(selectors.rules_of(policy), facts, target_kind=target.kind)
                     ],
                 }
             )

@@ -69,7 +69,11 @@ def evaluate_many(pairs: list[tuple[ModelVersion, DeploymentTarget]]) -> dict[tu
     facts = selectors.facts_many(
         [(v, rules[(v.pk, t.pk)]) for v, t in pairs], digest_check=selectors.registered_digest_check
     )
-    return {(version_id, target_id): evaluate(r, facts[version_id]) for (version_id, target_id), r in rules.items()}
+    kinds = {t.pk: t.kind for _, t in pairs}
+    return {
+        (version_id, target_id): evaluate(r, facts[version_id], target_kind=kinds[target_id])
+        for (version_id, target_id), r in rules.items()
+    }
 
 
 def queue_rows(requests: list[PromotionRequest]) -> list[dict]:

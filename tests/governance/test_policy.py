@@ -22,7 +22,7 @@ def facts(**overrides) -> Facts:
 
 
 def check(rules: dict, **fact_overrides):
-    results = {c.rule: c for c in evaluate(parse_rules(rules), facts(**fact_overrides))}
+    results = {c.rule: c for c in evaluate(parse_rules(rules), facts(**fact_overrides), target_kind="self_hosted")}
     return results
 
 

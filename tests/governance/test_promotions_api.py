@@ -272,7 +272,7 @@ def test_card_change_invalidates_earlier_approvals(world):
 def test_policy_change_invalidates_earlier_approvals(world):
     pk = promote(world["owner"]).json()["id"]
     approve(world["reviewer"], pk)
-    r = world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "approvals_required": 2}, format="json")
+    r = world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "approvals_required": 3}, format="json")
     assert r.status_code == 200 and r.json()["version"] == 2
     after = approve(world["reviewer2"], pk).json()
     assert after["approvals_counted"] == 1 and after["state"] == "pending"
@@ -312,7 +312,7 @@ def test_an_approval_naming_what_was_reviewed_is_refused_when_it_changed(world):
     ok = reviewer.post(f"/api/v1/promotions/{pk}/approve", {**seen, "card_revision": 2}, format="json")
     assert ok.status_code == 200 and ok.json()["approvals_counted"] == 1
     # a policy change between looking and rejecting is refused the same way
-    world["admin"].client().put("/api/v1/targets/prod/policy", POLICY, format="json")
+    world["admin"].client().put("/api/v1/targets/prod/policy", {**POLICY, "request_expiry_hours": 100}, format="json")
     reject = (
         world["reviewer2"]
         .client()

@@ -6,8 +6,9 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from governance.models import DeploymentTarget, Release, ServingPeriod
+from tests.governance.conftest import FULL_CARD, promote, two_serving_releases
 from tests.governance.conftest import MODEL as MODEL_PATH
-from tests.governance.conftest import promote, two_serving_releases
+from tests.registry.helpers import register_body, s3_manifest
 
 
 def approve_all(world, pk):
@@ -33,7 +34,14 @@ def test_a_release_a_newer_approval_replaces_records_its_own_event(world):
     import json
 
     approve_all(world, promote(world["owner"]).json()["id"])
-    approve_all(world, promote(world["owner"]).json()["id"])
+    second = (
+        world["owner"]
+        .client()
+        .post(f"{MODEL_PATH}/versions/", register_body(s3_manifest(b"v2"), metrics={"auc": 0.91}), format="json")
+    )
+    assert second.status_code == 201, second.json()
+    world["owner"].client().post(f"{MODEL_PATH}/versions/2/card", {"content": FULL_CARD}, format="json")
+    approve_all(world, promote(world["owner"], version=2).json()["id"])
     first = Release.objects.get(number=1)
     assert first.state == "superseded" and first.ended_at is not None
     event = AuditEvent.objects.get(action="release.superseded")
