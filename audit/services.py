@@ -23,6 +23,14 @@ _SECRET_KEY = re.compile(
     r"|(^|_)token)$",
     re.IGNORECASE,
 )
+
+
+def secret_name(key) -> bool:
+    """Whether a key names a secret (its value is never kept: redact()). A '.' separates words as '_' does, as in
+    property names (spark.hadoop.fs.s3a.secret.key)."""
+    return isinstance(key, str) and _SECRET_KEY.search(key.replace(".", "_")) is not None
+
+
 _SECRET_VALUE = re.compile(r"^(mgr_[A-Za-z0-9]+_[A-Za-z0-9_-]{16,}|whsec_\S+|Bearer\s+\S+)$")
 
 
@@ -31,7 +39,7 @@ def redact(value):
     or webhook secret inside longer text is masked as the logs mask it (the audit log is append-only: a secret
     pasted into it could never be removed)."""
     if isinstance(value, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()}
+        return {k: (REDACTED if secret_name(str(k)) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
@@ -146,7 +154,7 @@ def record_many(events: list[dict]) -> list[AuditEvent]:
 def json_text_around(value: dict, key: str) -> tuple[str, str]:
     """The canonical JSON text of `value` (as new_event() writes a payload) cut where value[key] goes: for a
     statement that fills in a value only the database knows (prefix || value || suffix)."""
-    if _SECRET_KEY.search(key):  # redact() would drop the value, and the hole with it
+    if secret_name(key):  # redact() would drop the value, and the hole with it
         raise ValueError(f"json_text_around: '{key}' names a secret, whose value the audit log never holds")
     hole = f"hole-{secrets.token_hex(16)}"
     prefix, suffix = _to_json_text({**value, key: hole}).split(f'"{hole}"')

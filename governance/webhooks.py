@@ -830,11 +830,8 @@ def _post(url: str, body: str, headers: dict[str, str], timeout: float) -> HttpR
     receiver (or the network) does: every such outcome is a failed attempt with its reason."""
     request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")  # noqa: S310
     with _Deadline(timeout) as deadline:
-        # No proxy, whatever the environment names (HTTPS_PROXY, ...): the egress rule checks the address connected
-        # to, which through a proxy is the proxy's, and the receiver behind it would go unchecked.
-        no_proxy = urllib.request.ProxyHandler({})
         opener = urllib.request.build_opener(
-            no_proxy, _NoRedirect, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+            _NoRedirect, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
         )
         timed_out = HttpResult(None, f"TimeoutError: no complete answer within {timeout:g}s", "", None)
         try:

@@ -5,6 +5,7 @@ facets only when they changed, and everything carries the same `recorded_at` (th
 write), which is what `as_of` reads.
 """
 
+import json
 import logging
 import secrets
 import time
@@ -19,8 +20,9 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from accounts import access
+from audit.models import AuditEvent
+from audit.services import REDACTED, redact, secret_name
 from audit.services import record as audit_record
-from audit.services import redact
 from core.errors import Conflict, Forbidden, InvalidInput
 from core.locks import lock_names
 from lineage import nodes, selectors
@@ -40,6 +42,7 @@ class IngestResult:
     inputs: list[str]
     outputs: list[str]
     created: dict
+    recorded: bool = True  # False: the same event was stored before (event_ingest), and this one records nothing
 
 
 def _read(model, fields: tuple[str, ...], keys) -> dict:
@@ -338,6 +341,7 @@ class _Writer:
         for name, value in facets.items():
             if name == ENVIRONMENT_FACET:  # its shape was checked by lineage.openlineage for any subject
                 value = _redacted_environment(value)
+            value = _redacted_keys(value)  # before comparing: the export's rendering of it is redacted too
             key = (*subject, role, name)
             if not _restates(self.stored.get(key), value, base) and not _restates(self.shown.get(key), value, base):
                 self.stored[key] = value
@@ -439,6 +443,30 @@ def _redacted_environment(facet: dict) -> dict:
     }
 
 
+# Maps keyed by column name (columnLineage's `fields`, dataQualityMetrics' `columnMetrics`): a column called
+# `token` or `password` holds lineage and statistics, not a secret.
+_COLUMN_MAPS = ("fields", "columnMetrics")
+
+
+def _redacted_keys(value, columns: bool = False):
+    """A facet with the value under every key named like a secret stored as [redacted], at any depth, and so the
+    value of a {"name" or "key": <such a name>, "value": …} item (environment variables, execution parameters,
+    property lists). By key name only: a digest or any other value under an ordinary key is kept as sent, and so
+    are the keys of a map of columns (`columns`). Every reader may see a facet (docs/lineage.md), and the tables
+    are append-only: a secret stored could never go."""
+    if isinstance(value, dict):
+        named = value.get("name", value.get("key"))
+        return {
+            k: REDACTED
+            if not columns and (secret_name(k) or (k == "value" and secret_name(named)))
+            else _redacted_keys(v, columns=not columns and k in _COLUMN_MAPS and isinstance(v, dict))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted_keys(v) for v in value]
+    return value
+
+
 def _check_may_speak_for(
     actor, run_uuid: uuid.UUID, doing: str = "adding to its lineage", hint: str = "", produced: set[int] | None = None
 ) -> None:
@@ -501,10 +529,15 @@ def _linked_now(version: ModelVersion, run_uuid: uuid.UUID) -> bool:
     return version.pk in _versions_linked_to(run_uuid)
 
 
+def _sides(event: ParsedEvent) -> list[tuple[DatasetRef, bool]]:
+    """An event's datasets, inputs then outputs, each with whether it is an output."""
+    return [(ref, False) for ref in event.inputs] + [(ref, True) for ref in event.outputs]
+
+
 def _run_lineage(w: _Writer, run: Run, job: Job) -> tuple[list[str], list[str]]:
     """A RunEvent's facets, inputs and outputs: returns the input and output node ids."""
     event = w.parsed
-    sides = [(ref, False) for ref in event.inputs] + [(ref, True) for ref in event.outputs]
+    sides = _sides(event)
     model_versions = w.model_versions([(ref, output) for ref, output in sides if ref.model is not None])
     datasets = w.datasets([ref for ref, _ in sides if ref.model is None])
     data_sides = [(datasets[(ref.namespace, ref.name)], ref, output) for ref, output in sides if ref.model is None]
@@ -641,8 +674,11 @@ def _ingest(*, actor, event: ParsedEvent) -> IngestResult:
             job = w.job(*event.job)
             job_node = nodes.job_id(job.namespace, job.name)
         if event.run_uuid is not None:
-            run = w.run(event.run_uuid, job)
+            run = w.run(event.run_uuid, job)  # checks that the sender may speak for the run, a re-send's too
             run_node = nodes.run_id(run.run_uuid)
+            stored = _stored_copy(run, event)
+            if stored is not None:
+                return _resent(w, stored, job_node, run_node)
         if event.dataset is not None and event.dataset.model is None:
             dataset = w.datasets([event.dataset])[(event.dataset.namespace, event.dataset.name)]
         w.row = LineageEvent.objects.create(
@@ -686,6 +722,49 @@ def _ingest(*, actor, event: ParsedEvent) -> IngestResult:
             },
         )
     return IngestResult(event=w.row, job=job_node, run=run_node, inputs=inputs, outputs=outputs, created=w.counts)
+
+
+def _stored_copy(run: Run, event: ParsedEvent) -> LineageEvent | None:
+    """The RunEvent stored before that this one repeats: the same run, eventType, eventTime and canonical body (its
+    sha256). The run's claim lock, held by the caller, serializes the run's events, so of two copies sent at once
+    the second finds the first. One look-up by the run's index."""
+    return (
+        LineageEvent.objects.filter(
+            run=run,
+            kind=EventKind.RUN,
+            event_type=event.event_type,
+            event_time=event.event_time,
+            payload_sha256=event.payload_sha256,
+        )
+        .order_by("id")
+        .first()
+    )
+
+
+def _resent(w: _Writer, stored: LineageEvent, job_node: str | None, run_node: str | None) -> IngestResult:
+    """A RunEvent sent again (OpenLineage clients retry a POST whose answer was lost) records nothing, no event row
+    nor audit event: its answer is the stored event's, with the node ids its audit event named. The sender must
+    still be one who may send it: the run's check is done (_Writer.run), and the model versions it names are
+    checked as for a new event (a version's number is not told to whoever may not view its model)."""
+    event = w.parsed
+    w.model_versions([(ref, output) for ref, output in _sides(event) if ref.model is not None])
+    after = (
+        AuditEvent.objects.filter(
+            action="lineage.event_ingested", subject_type=LineageEvent._meta.label_lower, subject_id=str(stored.pk)
+        )
+        .values_list("after", flat=True)
+        .first()
+    )
+    named = json.loads(after) if after else {}
+    return IngestResult(
+        event=stored,
+        job=job_node,
+        run=run_node,
+        inputs=named.get("inputs", []),
+        outputs=named.get("outputs", []),
+        created={name: 0 for name in w.counts},
+        recorded=False,
+    )
 
 
 def version_link(

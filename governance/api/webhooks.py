@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
+from accounts.permissions import InsufficientScope, token_scopes
 from core.api import StrictSerializer
 from core.errors import Forbidden, NotFound
 from core.openapi import etag_header, if_match_header
@@ -140,7 +141,15 @@ class DeliveryListQuery(StrictSerializer):
 
 class WebhookBase(GovernedAPIView):
     def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)  # authentication and token scopes first
+        super().initial(request, *args, **kwargs)  # authentication and the method's own token scope first
+        # A delivery payload is an audit event and a subscription a live copy of the audit log: a token
+        # reaches any of it only with the scope the audit log itself needs, on top of the method's scope.
+        granted = token_scopes(request)
+        if granted is not None and scopes.AUDIT_READ not in granted and hasattr(self, request.method.lower()):
+            raise InsufficientScope(
+                f"This API token lacks the scope '{scopes.AUDIT_READ}' needed for {request.method} "
+                f"{request.path} (webhooks carry audit events). Its scopes: {', '.join(granted)}."
+            )
         if not webhooks.may_manage(request.user):
             raise Forbidden(
                 f"Managing webhooks needs the {webhooks.MANAGE_PERMISSION} and {webhooks.AUDIT_PERMISSION} "

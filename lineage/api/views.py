@@ -1,7 +1,7 @@
 from django.http import HttpResponse, StreamingHttpResponse
 from django.template.loader import render_to_string
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
@@ -32,12 +32,20 @@ class LineageIngestView(BaseAPIView):
 
     @extend_schema(
         request={"application/json": OpenApiTypes.OBJECT},
-        responses={201: s.IngestOutput},
+        responses={
+            201: OpenApiResponse(s.IngestOutput, description="the event was stored"),
+            200: OpenApiResponse(
+                s.IngestOutput,
+                description="a RunEvent identical to one stored (same run, eventType, eventTime and body: a "
+                "client's retry) records nothing; the answer names the stored event",
+            ),
+        },
         summary="Send an OpenLineage event (RunEvent, DatasetEvent or JobEvent, spec 2-0-2)",
         description=(
             "The endpoint any OpenLineage producer posts to (the openlineage-python HTTP transport's default "
             "endpoint is api/v1/lineage). A malformed event is a 400 naming the bad field; nothing of it is "
             "stored. Datasets in namespace `registry` name model versions ({namespace}/{name}:{number}). "
+            "Sending a RunEvent again (a retry) records nothing and answers 200 with the stored event's id. "
             "The body may be gzip-compressed (Content-Encoding: gzip). See docs/lineage.md."
         ),
     )
@@ -53,7 +61,7 @@ class LineageIngestView(BaseAPIView):
             "inputs": result.inputs,
             "outputs": result.outputs,
         }
-        return Response(body, status=status.HTTP_201_CREATED)
+        return Response(body, status=status.HTTP_201_CREATED if result.recorded else status.HTTP_200_OK)
 
 
 class LineageGraphView(BaseAPIView):
@@ -86,13 +94,32 @@ class LineageExportView(BaseAPIView):
 
     @extend_schema(
         responses={
-            200: OpenApiResponse(
-                OpenApiTypes.STR,
-                description="openlineage: NDJSON, one OpenLineage event per line; prov-json: a W3C PROV-JSON "
-                "document; csv: one row per node, then per edge",
-            )
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR, description="format=openlineage: NDJSON, one OpenLineage event per line"
+            ),
+            (200, "application/json"): OpenApiResponse(
+                OpenApiTypes.OBJECT, description="format=prov-json: a W3C PROV-JSON document"
+            ),
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="format=csv: one row per node, then one per edge"
+            ),
         },
+        parameters=[
+            OpenApiParameter(
+                "X-Lineage-Truncated",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true", "false"],
+                description="true when nodes lie beyond the depth limit or the walk hit its row budget",
+            ),
+            OpenApiParameter(
+                "X-Lineage-Nodes", int, OpenApiParameter.HEADER, response=[200], description="the nodes exported"
+            ),
+        ],
         summary="Stream a subgraph as OpenLineage NDJSON, PROV-JSON or CSV",
+        description="The media type follows `format` (an Accept header does not change it); the file is sent as an "
+        "attachment (Content-Disposition: lineage.ndjson, lineage.prov.json or lineage.csv).",
     )
     def get(self, request):
         q = self.query()
@@ -129,32 +156,57 @@ class LineageTrailView(BaseAPIView):
     query_serializers = {"GET": s.TrailQuery}
 
     @extend_schema(
-        responses={200: OpenApiResponse(s.TrailOutput, description="format=json; format=html gives a printable page")},
+        responses={
+            (200, "application/json"): OpenApiResponse(s.TrailOutput, description="format=json (the default)"),
+            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="format=html: a printable page"),
+        },
+        parameters=[
+            OpenApiParameter(
+                "X-Trail-SHA256",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="sha256 of the trail's canonical JSON (the `sha256` of format=json)",
+            ),
+            OpenApiParameter(
+                "X-Trail-Audit-Seq",
+                int,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="seq of the lineage.trail_issued audit event that records this sha256 (not sent in "
+                "answer to HEAD, which issues nothing)",
+            ),
+        ],
         summary="The lineage trail of a model version or a release, with its sha256 and the audit events it covers",
         description=(
             "datasets (with digests) -> runs (with code commits) -> version (digest, signature results) -> card "
             "revisions -> sections other apps add (governance: policy results, approvals, releases). Needs view "
-            "permission on the model (and the audit:read scope for tokens)."
+            "permission on the model (and the audit:read scope for tokens). Each GET issues the trail: a "
+            "lineage.trail_issued audit event records its sha256. HEAD answers the same headers but "
+            "X-Trail-Audit-Seq, and issues and records nothing."
         ),
     )
     def get(self, request):
         q = self.query()
-        _refuse_cross_site(request)
+        issuing = request.method != "HEAD"  # Django answers HEAD with get(); a HEAD must change nothing
+        if issuing:
+            _refuse_cross_site(request)
         sealed = trail.seal(trail.for_node(node_id=q["nodeId"], user=request.user, as_of=q.get("as_of")))
-        seq = services.trail_issued(
-            actor=request.user,
-            node_id=q["nodeId"],
-            sha256=sealed["sha256"],
-            as_of=q.get("as_of"),
-            chain_head=sealed["trail"]["audit"]["chain_head"],
-        )
         if q["format"] == "html":
             html = render_to_string("lineage/trail.html", {"trail": sealed["trail"], "sha256": sealed["sha256"]})
             response = HttpResponse(html, content_type="text/html; charset=utf-8")
         else:
             response = Response(sealed)
         response["X-Trail-SHA256"] = sealed["sha256"]
-        response["X-Trail-Audit-Seq"] = str(seq)  # the lineage.trail_issued event naming this sha256
+        if issuing:
+            seq = services.trail_issued(
+                actor=request.user,
+                node_id=q["nodeId"],
+                sha256=sealed["sha256"],
+                as_of=q.get("as_of"),
+                chain_head=sealed["trail"]["audit"]["chain_head"],
+            )
+            response["X-Trail-Audit-Seq"] = str(seq)  # the lineage.trail_issued event naming this sha256
         return response
 
 

@@ -100,13 +100,14 @@ def test_only_admins_manage_webhooks(world, make_token):
     assert owner.client().get(URL).status_code == 200
     assert create(owner.client(), name="owner-hook").status_code == 201
 
-    # Tokens: reads need read, writes need deployments:write.
+    # Tokens: reads need read, writes need deployments:write, and every operation audit:read
+    # (tests/webhooks/test_webhook_token_scope.py).
     admin_user = world["admin"].user
-    read_only = bearer(make_token(admin_user, [scopes.READ]))
+    read_only = bearer(make_token(admin_user, [scopes.READ, scopes.AUDIT_READ]))
     assert read_only.get(URL).status_code == 200
     assert create(read_only, name="x").status_code == 403
     assert read_only.delete(f"{URL}{hook}").status_code == 403
-    writer = bearer(make_token(admin_user, [scopes.READ, scopes.DEPLOYMENTS_WRITE]))
+    writer = bearer(make_token(admin_user, [scopes.READ, scopes.DEPLOYMENTS_WRITE, scopes.AUDIT_READ]))
     assert create(writer, name="y").status_code == 201
 
 
