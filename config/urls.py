@@ -38,5 +38,8 @@ urlpatterns = [
     path("", registry_views.home, name="home"),
 ]
 
+# With DEBUG off Django answers errors raised outside a view (a disallowed Host: 400) through these: JSON under /api/.
+handler400 = "core.views.bad_request"
+handler403 = "core.views.permission_denied"
 handler404 = "core.views.not_found"
 handler500 = "core.views.server_error"

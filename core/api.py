@@ -6,7 +6,9 @@ anything the client sent; a 5xx only for our own faults, and then without intern
 """
 
 import functools
+import inspect
 import logging
+from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -14,12 +16,16 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from django.urls import URLResolver, path, re_path
 from django.urls.resolvers import RoutePattern
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.settings import spectacular_settings
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, serializers, views
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
-from core import context, etags
+from core import context, etags, openapi
 from core.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -135,8 +141,44 @@ class OutputModelSerializer(SharedFields, serializers.ModelSerializer):
     """A ModelSerializer for responses, with fields shared per class (SharedFields)."""
 
 
+class OffsetDateTimeField(serializers.DateTimeField):
+    """A time a client sends, which must name its offset from UTC (RFC 3339): DRF reads one without an offset as
+    UTC, so a CI runner's local ?created_after=2026-12-07T23:00:00 (or a bare date) was silently hours off."""
+
+    NO_OFFSET = (
+        "Give the time's offset from UTC: add Z (UTC) or ±HH:MM, e.g. 2026-12-07T23:00:00Z or "
+        "2026-12-07T23:00:00-05:00 (a time without one is not read as anyone's local time)."
+    )
+    # "+" in a query string is form-encoding for a space: 23:00:00+01:00 arrives as "23:00:00 01:00".
+    PLUS_AS_SPACE = " A '+' in a query string arrives as a space: percent-encode it as %2B (23:00:00%2B01:00)."
+
+    def to_internal_value(self, value):
+        spaced = isinstance(value, str) and " " in value
+        try:
+            if isinstance(value, datetime) and timezone.is_naive(value):
+                raise serializers.ValidationError(self.NO_OFFSET)
+            parsed = super().to_internal_value(value)
+            as_given = parse_datetime(value) if isinstance(value, str) else None  # as DRF parsed it (ISO 8601)
+            if as_given is not None and timezone.is_naive(as_given):
+                raise serializers.ValidationError(self.NO_OFFSET)
+        except serializers.ValidationError as exc:
+            if spaced:
+                raise serializers.ValidationError([message + self.PLUS_AS_SPACE for message in exc.detail]) from None
+            raise
+        return parsed
+
+
 class StrictSerializer(SharedFields, serializers.Serializer):
-    """Input serializer that rejects fields it does not know, naming them; fields shared per class (SharedFields)."""
+    """Input serializer that rejects fields it does not know, naming them; fields shared per class (SharedFields).
+    Its DateTimeFields are OffsetDateTimeFields: a time sent without its offset from UTC is a 400, in one place for
+    every query serializer (and every page or command that reads a time through one)."""
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, field in fields.items():
+            if type(field) is serializers.DateTimeField:
+                fields[name] = OffsetDateTimeField(*field._args, **field._kwargs)  # as declared (DRF keeps them)
+        return fields
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -176,9 +218,9 @@ def pagination_parameters(pagination_class) -> list[OpenApiParameter]:
 
 
 @functools.cache
-def _declared_query(view_class: type, method: str) -> tuple[list, frozenset[str]]:
-    """What `view_class` declares it takes in the query string of `method`: the OpenAPI parameters (for the schema)
-    and their names (for the check)."""
+def _declared_query(view_class: type, method: str) -> tuple[list, frozenset[str], frozenset[str]]:
+    """What `view_class` declares it takes in the query string of `method`: the OpenAPI parameters (for the schema),
+    their names (for the check) and the names of those that take several values (a ListField: ?tag=a&tag=b)."""
     declared = []
     pagination_class = getattr(view_class, "pagination_class", None)
     if method == "GET" and pagination_class is not None:
@@ -186,27 +228,53 @@ def _declared_query(view_class: type, method: str) -> tuple[list, frozenset[str]
     serializer_class = view_class.query_serializers.get(method)
     if serializer_class is not None:
         declared.append(serializer_class)
-    names = set()
+    names, many = set(), set()
     for item in declared:
         if isinstance(item, OpenApiParameter):
             names.add(item.name)
-        else:
-            names |= {name for name, field in item().fields.items() if not field.read_only}
-    return declared, frozenset(names)
+            continue
+        for name, field in item().fields.items():
+            if not field.read_only:
+                names.add(name)
+                if isinstance(field, serializers.ListField):
+                    many.add(name)
+    return declared, frozenset(names), frozenset(many)
 
 
 class QuerySchema(AutoSchema):
-    """drf-spectacular's AutoSchema, documenting the query parameters the view declares (BaseAPIView)."""
+    """drf-spectacular's AutoSchema, documenting the query parameters the view declares (BaseAPIView), the 406 of a
+    view that negotiates its response's media type, and only the view's own docstrings as descriptions."""
 
     def get_override_parameters(self):
         return super().get_override_parameters() + _declared_query(type(self.view), self.method)[0]
+
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        # DRF's negotiation answers an Accept it cannot meet (application/xml) with 406; a view that picks its media
+        # type otherwise (the audit and lineage exports, by `format`) never does. core.openapi adds the error body.
+        if operation is not None and issubclass(self.view.content_negotiation_class, DefaultContentNegotiation):
+            operation["responses"].setdefault("406", {"description": openapi.DESCRIPTIONS["406"]})
+        return operation
+
+    def get_description(self) -> str:
+        """The handler's own docstring, else the view class's own: never one inherited (drf-spectacular walks the
+        bases, so operations were described by BaseAPIView's, GovernedAPIView's or ModelScopedView's notes for
+        developers). extend_schema(description=...) still wins."""
+        if spectacular_settings.DISABLE_DOCSTRING_DESCRIPTIONS:
+            return ""
+        handler = getattr(self.view, getattr(self.view, "action", self.method.lower()), None)
+        for doc in (getattr(handler, "__doc__", None), type(self.view).__dict__.get("__doc__")):
+            if doc:
+                return "\n".join(line.rstrip() for line in inspect.cleandoc(doc).rstrip().split("\n"))
+        return ""
 
 
 class BaseAPIView(views.APIView):
     """Base of every API view. It takes only the query parameters it declares, for the schema and for the check alike:
     `query_serializers` maps an HTTP method to the serializer whose fields are its query parameters, and a view with
     a `pagination_class` also takes that paginator's cursor and page_size on GET. Any other query parameter is a
-    400 naming it (a typo such as ?fromat= must not be ignored), after authentication and permissions."""
+    400 naming it (a typo such as ?fromat= must not be ignored), after authentication and permissions; so is one
+    given twice that takes one value (?status=a&status=b: which one was meant?), only a ListField taking several."""
 
     query_serializers: dict[str, type[serializers.Serializer]] = {}
     schema = QuerySchema()
@@ -217,11 +285,19 @@ class BaseAPIView(views.APIView):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        accepted = self.accepted_query_parameters()
-        unknown = sorted(set(request.query_params) - accepted)
+        _, accepted, many = _declared_query(type(self), self._query_method())
+        params = request.query_params
+        unknown = sorted(set(params) - accepted)
         if unknown:
             allowed = f"Allowed: {', '.join(sorted(accepted))}." if accepted else "This operation takes none."
             raise exceptions.ValidationError({name: [f"Unknown query parameter. {allowed}"] for name in unknown})
+        repeated = {name: len(params.getlist(name)) for name in sorted(set(params) - many)}
+        repeated = {name: times for name, times in repeated.items() if times > 1}
+        if repeated:
+            message = "Given {} times; it takes one value: send it once" + (
+                f" ({', '.join(sorted(many))} may be repeated)." if many else "."
+            )
+            raise exceptions.ValidationError({name: [message.format(times)] for name, times in repeated.items()})
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -230,18 +306,14 @@ class BaseAPIView(views.APIView):
     def _query_method(self) -> str:
         return "GET" if self.request.method == "HEAD" else self.request.method
 
-    def accepted_query_parameters(self) -> frozenset[str]:
-        return _declared_query(type(self), self._query_method())[1]
-
     def query(self) -> dict:
-        """The request's query, validated by the method's declared serializer (a ListField takes every value given)."""
-        serializer_class = self.query_serializers[self._query_method()]
+        """The request's query, validated by the method's declared serializer (a ListField takes every value given;
+        any other parameter was given once, as `initial` checked)."""
+        method = self._query_method()
+        serializer_class = self.query_serializers[method]
         params = self.request.query_params
-        fields = serializer_class().fields
-        data = {
-            key: params.getlist(key) if isinstance(fields.get(key), serializers.ListField) else params[key]
-            for key in params
-        }
+        many = _declared_query(type(self), method)[2]
+        data = {key: params.getlist(key) if key in many else params[key] for key in params}
         query = serializer_class(data=data)
         query.is_valid(raise_exception=True)
         return query.validated_data

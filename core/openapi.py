@@ -8,8 +8,12 @@ them in the schema:
 - 400 (invalid input: a query parameter the operation does not take, core.api.BaseAPIView), 401 (no or
   bad credentials), 403 (token scope or permission), 404 (hidden or missing object, or an unknown
   pagination cursor): every operation;
+- 406 (an Accept header the operation cannot meet, e.g. application/xml): every operation whose view negotiates
+  its media type (core.api.QuerySchema adds it; the exports that pick theirs by `format` never answer 406);
 - 409 (the current state refuses the change): every unsafe method;
 - 413 (body too large) and 415 (unsupported Content-Type): operations that take a body.
+
+A 405 (a method the path does not take) is not listed: it answers a method no operation of the path has.
 
 A status a view already documents keeps its description; it gains the error body if it had none.
 """
@@ -39,6 +43,7 @@ DESCRIPTIONS = {
     "401": "Missing, malformed, expired or revoked credentials",
     "403": "The token's scopes or the user's permissions do not allow this",
     "404": "No such object, or one the caller may not see",
+    "406": "The Accept header names no media type this operation answers in (those of its responses)",
     "409": "The object's current state does not allow this",
     "412": "If-Match names another state of the object: read it again",
     "413": "Request body too large",

@@ -1,5 +1,7 @@
+from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import JsonResponse
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
 from config.celery import app as celery_app
@@ -28,6 +30,29 @@ def readyz(request):
         checks["broker"] = f"error: {exc.__class__.__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def _under_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    """handler400 (with DEBUG off): a request Django itself refuses before any view, such as a Host header not in
+    ALLOWED_HOSTS. Under /api/ the one JSON error body, as every API error is; elsewhere Django's page."""
+    if not _under_api(request):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):  # not request.get_host(): it raises again
+        message = "The Host header names a host this server does not answer for: call it by one of its own names."
+    else:
+        message = "Bad request: the server could not read it."
+    return JsonResponse(error_body("bad_request", message), status=400)
+
+
+def permission_denied(request, exception=None):
+    """handler403: a PermissionDenied raised outside DRF (DRF's own are core.api's JSON). JSON under /api/."""
+    if not _under_api(request):
+        return defaults.permission_denied(request, exception)
+    return JsonResponse(error_body("forbidden", "You do not have permission to perform this action."), status=403)
 
 
 def not_found(request, exception=None):

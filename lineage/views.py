@@ -56,8 +56,8 @@ def _options(request) -> tuple[dict, list[str]]:
             as_of = api_serializers.as_of(raw_as_of)
         except ValidationError as exc:
             problems.append(
-                "as_of must be an RFC 3339 time within years 1-9999 in UTC, e.g. 2026-01-31T12:00:00Z: "
-                + " ".join(exc.detail)
+                "as_of must be an RFC 3339 time with its offset (Z or ±HH:MM), within years 1-9999 in UTC, "
+                "e.g. 2026-01-31T12:00:00Z: " + " ".join(exc.detail)
             )
     return {
         "direction": direction,

@@ -1,9 +1,11 @@
 """Reads for the registry, always permission-filtered for the asking user."""
 
+import json
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import NoReturn
 
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
@@ -12,6 +14,7 @@ from django.db.models.fields.json import KeyTransform
 from accounts import access
 from core.errors import InvalidInput
 from core.rows import SelectedColumns, fetch_one
+from registry.cli import tag_key_problem
 from registry.models import (
     Alias,
     BlobHolding,
@@ -119,7 +122,7 @@ def versions(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> QuerySet[ModelVersion]:
-    """Versions of a model the caller already may view. tags: "key" or "key:value";
+    """Versions of a model the caller already may view. tags: "key", "key=value" or "key:value" (_tag_filter);
     metrics: "name>=0.9" style thresholds (>=, <=, >, <, =)."""
     qs = ModelVersion.objects.filter(model=model).select_related("model", "created_by")
     if status:
@@ -127,8 +130,8 @@ def versions(
     # Keys go in as KeyTransform, never spliced into a lookup string: a tag or metric named "a__gt" is that key,
     # not key "a" with lookup "gt" (which gave wrong matches, or a 500 for a lookup jsonb lacks).
     for i, tag in enumerate(tags or []):
-        key, sep, value = tag.partition(":")
-        if sep:
+        key, value = _tag_filter(tag)
+        if value is not None:
             qs = qs.alias(**{f"_tag{i}": KeyTransform(key, "tags")}).filter(**{f"_tag{i}": value})
         else:
             qs = qs.filter(tags__has_key=key)
@@ -140,6 +143,49 @@ def versions(
     if created_before:
         qs = qs.filter(created_at__lt=created_before)
     return qs
+
+
+TAG_FORMS = (
+    'key (has the tag), key=value (as registry-cli --tag writes it) or key:value; a key holding ":" or "=" or '
+    'starting with \'"\' is written as a JSON string: "k8s:ns"=prod, "k8s:ns"'
+)
+
+
+def _tag_filter(text: str) -> tuple[str, str | None]:
+    """A tag filter as (key, value), value None for "has the key"; InvalidInput naming the accepted forms for one
+    that reads two ways or not at all. `key=value` splits at the first "=" (the CLI's --tag), `key:value` at the
+    first ":" (the older form, kept); `a:b=c` is both (key a:b, or key a with value b=c), so it is refused."""
+    if text.startswith('"'):  # a JSON string key, then nothing, or "=" or ":" and the value
+        try:
+            key, end = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            key, end = None, 0
+        rest = text[end:]
+        if key is None or (rest and rest[0] not in "=:"):
+            _bad_tag(text, "has a quoted key that is not one JSON string followed by nothing, = or :")
+        value = rest[1:] if rest else None
+    else:
+        equals, colon = text.find("="), text.find(":")
+        key_a, _, value_a = text.partition(":")
+        if equals >= 0 and 0 <= colon < equals and not tag_key_problem(key_a):
+            key_b, _, value_b = text.partition("=")
+            _bad_tag(
+                text,
+                f"reads two ways: write {key_a}={value_a} for key {key_a!r} with value {value_a!r}, or "
+                f"{json.dumps(key_b, ensure_ascii=False)}={value_b} for key {key_b!r} with value {value_b!r}",
+            )
+        separator = "=" if equals >= 0 else ":" if colon >= 0 else None
+        key, _, value = text.partition(separator) if separator else (text, None, None)
+    problem = tag_key_problem(key)
+    if problem:
+        _bad_tag(text, f"names no key a tag can have ({problem})")
+    return key, value
+
+
+def _bad_tag(text: str, problem: str) -> NoReturn:
+    raise InvalidInput(
+        f"tag filter '{text[:200]}' {problem}. Accepted: {TAG_FORMS}.", detail={"tag": [f"Bad filter '{text[:200]}'."]}
+    )
 
 
 def _metric_threshold(expr: str) -> tuple[str, str, float]:

@@ -200,7 +200,10 @@ class VersionOutput(OutputModelSerializer):
 class VersionListQuery(StrictSerializer):
     status = serializers.ChoiceField(choices=VersionStatus.choices, required=False)
     tag = serializers.ListField(
-        child=serializers.CharField(), required=False, help_text="key or key:value; repeat for several"
+        child=serializers.CharField(),
+        required=False,
+        help_text='key (has the tag), key=value (as registry-cli --tag writes it) or key:value; a key holding ":" '
+        'or "=" as a JSON string, "k8s:ns"=prod (a:b=c, which reads two ways, is a 400); repeat for several',
     )
     metric = serializers.ListField(
         child=serializers.CharField(),
