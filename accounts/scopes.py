@@ -29,7 +29,7 @@ DESCRIPTIONS = {
     PROMOTIONS_WRITE: "request, dry-run and cancel promotions",
     APPROVALS_WRITE: "approve or reject promotion requests",
     DEPLOYMENTS_WRITE: "roll back and change deployment targets",
-    AUDIT_READ: "export the audit log and lineage trails",
+    AUDIT_READ: "export the audit log and lineage trails, and use the webhook API (its deliveries are audit events)",
     TOKENS_WRITE: "create and revoke the user's own API tokens",
 }
 
