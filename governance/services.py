@@ -225,7 +225,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
             },
         )
         if rules.approvals_required == 0 and not failing(evaluation.checks):
-            _transition(request, PromotionState.APPROVED, actor=actor, reason="policy requires no approvals")
+            _approve(request, evaluation, actor=actor, counted=0, reason="policy requires no approvals")
     return request
 
 
@@ -365,7 +365,7 @@ def _review_locked(
                 raise Conflict(f"You already approved promotion #{request.pk}.", code="already_approved")
             # The quorum came back without a new approval (an approver rejoined an approver group or was
             # reactivated): nothing would ever decide the request, so a counted approver's approve settles it.
-            _approve(request, actor=actor, counted=len(counted), required=rules.approvals_required, reason=comment)
+            _approve(request, evaluation, actor=actor, counted=len(counted), reason=comment)
             return
     Approval.objects.create(
         request=request,
@@ -391,11 +391,14 @@ def _review_locked(
     if decision == Decision.REJECT:
         _transition(request, PromotionState.REJECTED, actor=actor, reason=comment)
     elif len(counted) + 1 >= rules.approvals_required:
-        _approve(request, actor=actor, counted=len(counted) + 1, required=rules.approvals_required)
+        _approve(request, evaluation, actor=actor, counted=len(counted) + 1)
 
 
-def _approve(request: PromotionRequest, *, actor, counted: int, required: int, reason: str = "") -> None:
-    extra = {"approvals": counted, "required": required}
+def _approve(request: PromotionRequest, evaluation, *, actor, counted: int, reason: str = "") -> None:
+    """Approved, audited with the quorum and the policy version it was reached under (the approvals name theirs,
+    but a quorum that came back, or no approval needed, has no approval of its own to name it)."""
+    required, version = evaluation.rules.approvals_required, evaluation.policy.version
+    extra = {"approvals": counted, "required": required, "policy_version": version}
     _transition(request, PromotionState.APPROVED, actor=actor, reason=reason, extra=extra)
 
 

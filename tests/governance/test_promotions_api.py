@@ -483,7 +483,8 @@ def test_a_quorum_that_comes_back_is_decided_by_a_counted_approvers_approve(worl
     assert Approval.objects.filter(request_id=pk).count() == 2
     event = AuditEvent.objects.filter(action="promotion.approved", subject_id=str(pk)).get()
     assert event.actor_username == "reviewer2" and event.reason == "quorum is back"
-    assert json.loads(event.after) == {"state": "approved", "approvals": 2, "required": 2}
+    # the policy version the quorum was reached under: no approval of this decision names it
+    assert json.loads(event.after) == {"state": "approved", "approvals": 2, "required": 2, "policy_version": 1}
     closed = approve(world["reviewer"], pk)
     assert closed.status_code == 409 and closed.json()["error"]["code"] == "invalid_state"
 
