@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from core import metrics
 from core import views as core_views
 from core.api import slash_optional
+from core.openapi import SchemaView
 from registry import views as registry_views
 
 api_v1 = [
@@ -24,7 +25,7 @@ urlpatterns = [
     *slash_optional(
         [
             path("api/v1/", include(api_v1)),
-            path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+            path("api/schema/", SchemaView.as_view(), name="schema"),
             path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
         ]
     ),

@@ -19,6 +19,9 @@ A status a view already documents keeps its description; it gains the error body
 """
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from drf_spectacular.views import SpectacularAPIView
+
+from core.errors import InvalidInput
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -110,3 +113,22 @@ def if_none_match_header(what: str) -> OpenApiParameter:
 
 
 NOT_MODIFIED = OpenApiResponse(description="Not Modified: still as the If-None-Match ETag says (no body)")
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema, YAML unless asked otherwise: `?format=json` (or `yaml`) picks the format as an Accept
+    header does. DRF's own `format` switch is off in this project (URL_FORMAT_OVERRIDE: `format` picks an export's
+    format elsewhere), so `?format=json` answered YAML."""
+
+    def perform_content_negotiation(self, request, force=False):
+        wanted = request.query_params.get("format")
+        if wanted is None:
+            return super().perform_content_negotiation(request, force)
+        renderers = self.get_renderers()
+        for renderer in renderers:
+            if renderer.format == wanted:
+                return renderer, renderer.media_type
+        if force:  # rendering the refusal below: as JSON, as every API error is
+            renderer = next(r for r in renderers if r.media_type == "application/json")
+            return renderer, renderer.media_type
+        raise InvalidInput(f"format '{wanted[:40]}' is not one of: json, yaml.", detail={"format": ["json or yaml"]})

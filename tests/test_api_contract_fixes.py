@@ -4,6 +4,7 @@ offset from UTC."""
 
 import inspect
 import io
+import json
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -226,3 +227,15 @@ def test_times_with_an_offset_still_read(owner):
 def test_the_audit_export_command_refuses_a_time_without_an_offset(db):
     with pytest.raises(CommandError, match=r"--since: Give the time's offset from UTC"):
         call_command("audit_export", since="2026-12-07T23:00:00", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_the_schema_answers_the_format_asked_for(client):
+    """`?format=json` answered YAML: the project's `format` is not DRF's renderer switch (URL_FORMAT_OVERRIDE)."""
+    as_json = client.get("/api/schema/?format=json")
+    assert as_json.status_code == 200 and as_json["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    assert json.loads(as_json.content)["openapi"].startswith("3.")
+    as_yaml = client.get("/api/schema/?format=yaml")
+    assert as_yaml["Content-Type"].startswith("application/vnd.oai.openapi") and as_yaml.content.startswith(b"openapi:")
+    assert client.get("/api/schema/").content.startswith(b"openapi:")  # YAML unless asked otherwise
+    refused = client.get("/api/schema/?format=xml")
+    assert refused.status_code == 400 and "json, yaml" in refused.json()["error"]["message"]
