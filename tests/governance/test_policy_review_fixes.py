@@ -47,6 +47,18 @@ def stored_version(owner, model, seed: str, tags=None) -> ModelVersion:
     return version
 
 
+def replicate_target(admin, policy: dict):
+    return services.target_create(
+        actor=admin,
+        name="rep",
+        kind="replicate",
+        stage="production",
+        config=REPLICATE,
+        credentials_ref="env:REPLICATE_API_TOKEN",
+        policy=policy,
+    )
+
+
 def checks_of(version, target) -> dict:
     return {c.rule: c for c in selectors.promotion_evaluate(version=version, target=target).checks}
 
@@ -57,15 +69,7 @@ def checks_of(version, target) -> dict:
 def test_verified_digest_fails_on_a_replicate_target_that_deploys_the_host_revision_tag(personas):
     admin, owner = personas["admin"].user, personas["owner"].user
     churn = builders.model(owner)
-    replicate = services.target_create(
-        actor=admin,
-        name="rep",
-        kind="replicate",
-        stage="production",
-        config=REPLICATE,
-        credentials_ref="env:REPLICATE_API_TOKEN",
-        policy=DIGEST_POLICY,
-    )
+    replicate = replicate_target(admin, DIGEST_POLICY)
     self_hosted = builders.target(admin, name="fleet", policy=DIGEST_POLICY)
     unrelated = "acme/churn:" + "f" * 64  # any Replicate version: nothing ties it to the registered bytes
     version = stored_version(owner, churn, "a", tags={"host_revision": unrelated})
@@ -86,15 +90,7 @@ def test_verified_digest_fails_on_a_replicate_target_that_deploys_the_host_revis
 def test_a_policy_needing_no_approvals_does_not_deploy_an_unchecked_host_revision(personas):
     admin, owner = personas["admin"].user, personas["owner"].user
     churn = builders.model(owner)
-    replicate = services.target_create(
-        actor=admin,
-        name="rep",
-        kind="replicate",
-        stage="production",
-        config=REPLICATE,
-        credentials_ref="env:REPLICATE_API_TOKEN",
-        policy={**DIGEST_POLICY, "approvals_required": 0},
-    )
+    replicate = replicate_target(admin, {**DIGEST_POLICY, "approvals_required": 0})
     version = stored_version(owner, churn, "b", tags={"host_revision": "acme/churn:" + "e" * 64})
     request = services.promotion_request(actor=owner, version=version, target=replicate)
     assert request.state == "pending" and not Release.objects.exists()
