@@ -16,6 +16,21 @@ app.autodiscover_tasks()
 log = logging.getLogger(__name__)
 
 
+# --- Refuse to start where the web would (core.checks) ------------------------------------------------
+# Celery runs Django's system checks at worker start and discards what they find: with debug off and no DATABASE_URL
+# a worker consumed real tasks against an empty SQLite file. A worker or beat now stops at start with the check's
+# message, as `manage.py check` and the web do. (Celery logs and swallows a receiver's exception: hence SystemExit.)
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _refuse_embedded_backends(sender=None, **_):
+    from core import checks
+
+    errors = checks.embedded_backends()
+    if errors:
+        log.critical("refusing to start: %s", checks.refusal(errors))
+        raise SystemExit(1)
+
+
 # --- Request id: a task carries the id of the request that queued it ------------------------------
 # So the audit events and log lines a worker writes for an approval or a rollback name the same request
 # as the API call's own (core.context; docs/operations.md). Beat's tasks carry none.

@@ -6,6 +6,7 @@ turns on DJANGO_DEBUG=1, which also lets a SECRET_KEY be generated and kept unde
 
 import ipaddress
 import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -62,6 +63,14 @@ def env_int(name: str, default: int) -> int:
 
 def env_float(name: str, default: float) -> float:
     return _env_number(name, default, float, "a number")
+
+
+def positive(name: str, value, unit: str = ""):
+    """The one range rule for counts, sizes, intervals and timeouts: more than 0 (and finite). 0 or less was taken:
+    RECONCILE_INTERVAL_SECONDS=0 had beat send the reconcile as fast as it could, a 0 timeout failed every call."""
+    if not (value > 0 and math.isfinite(value)):  # NaN fails the first test
+        raise ImproperlyConfigured(f"{name} must be more than 0{unit}, got {_read(name)!r}.")
+    return value
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -159,6 +168,10 @@ TEMPLATES = [
 # are refused by a system check (core.checks: `check`, `migrate` and the web's start stop on it) unless
 # ALLOW_EMBEDDED_BACKENDS=1 says a single-machine deployment means them.
 ALLOW_EMBEDDED_BACKENDS = env_bool("ALLOW_EMBEDDED_BACKENDS", False)
+# PostgreSQL: seconds to wait for a connection (TCP and the server's startup answer; libpq counts less than 2 as 2).
+# Without it a server that accepts and never answers held each request, /readyz, workers and beat for minutes.
+# A connect_timeout in DATABASE_URL wins.
+DATABASE_CONNECT_TIMEOUT = positive("DATABASE_CONNECT_TIMEOUT", env_int("DATABASE_CONNECT_TIMEOUT", 5), " seconds")
 DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'registry.sqlite3'}"),
@@ -174,9 +187,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     # Django's backend, with a health check that polls the socket instead of a SELECT 1 round trip
     DATABASES["default"]["ENGINE"] = "core.postgres"
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options.setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     # JIT compilation costs ~1.9 s on the recursive lineage CTE of a large registry (12 ms without, see
-    # bench/README.md); the service's queries are short OLTP ones that never gain from it.
-    DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
+    # bench/README.md); the service's queries are short OLTP ones that never gain from it. Put before libpq's
+    # PGOPTIONS (which an `options` parameter replaces, so it is passed on here: `PGOPTIONS='-c lock_timeout=5s'
+    # manage.py migrate`) and the URL's own `options` (`?options=-c%20statement_timeout%3D5000`), which this
+    # used to replace: the later -c wins.
+    _given = (env("PGOPTIONS") or "", _options.get("options") or "")
+    _options["options"] = " ".join(["-c jit=off", *filter(None, (given.strip() for given in _given))])
     if env_bool("DATABASE_PREPARED_STATEMENTS", True):
         # Server-side binding lets psycopg prepare a statement once it has run 5 times on a connection,
         # so the hot ones (token, model/version/alias by path, registration) stop being parsed and,
@@ -253,7 +272,7 @@ if env_bool("USE_X_FORWARDED_PROTO", False):
 
 # Request bodies. An API JSON body above MAX_JSON_BODY_BYTES gets a 413 naming the limit (core.parsers); the
 # default holds a registration of registry.manifest.MAX_FILES files with 1,024-character ASCII paths (~11.5 MB).
-MAX_JSON_BODY_BYTES = env_int("MAX_JSON_BODY_BYTES", 16 * 1024 * 1024)
+MAX_JSON_BODY_BYTES = positive("MAX_JSON_BODY_BYTES", env_int("MAX_JSON_BODY_BYTES", 16 * 1024 * 1024), " bytes")
 # What Django reads whole itself (the web forms); API JSON bodies never pass through it (core.parsers).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 # One artifact upload (PUT …/artifacts/sha256:<hex>) larger than this gets a 413. There is always a limit.
@@ -265,13 +284,25 @@ if MAX_ARTIFACT_BYTES < 1:
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
 # Case-insensitive; anything else is refused (`S3` or a typo used to fall back to local disk silently).
-ARTIFACT_STORAGE = (env("ARTIFACT_STORAGE") or "local").strip().lower()
+ARTIFACT_STORAGE = (env("ARTIFACT_STORAGE") or "").strip().lower()
+# Local disk named outright is a choice (ARTIFACT_ROOT on a volume every web and worker process shares), and so is
+# DJANGO_DEBUG=1 (the demo's defaults; read here, as the process starts: Django's test runner turns DEBUG off later).
+# Left to the default with debug off, a system check refuses it (core.checks, core.E003) unless ALLOW_EMBEDDED_BACKENDS.
+ARTIFACT_STORAGE_CHOSEN = bool(ARTIFACT_STORAGE) or DEBUG
+ARTIFACT_STORAGE = ARTIFACT_STORAGE or "local"
 if ARTIFACT_STORAGE not in {"local", "s3"}:
     raise ImproperlyConfigured(f"ARTIFACT_STORAGE must be local or s3, got {env('ARTIFACT_STORAGE')!r}.")
 ARTIFACT_ROOT = Path(env("ARTIFACT_ROOT", str(DATA_DIR / "artifacts")))
-S3_BUCKET = env("S3_BUCKET", "")
+S3_BUCKET = (env("S3_BUCKET") or "").strip()
+if ARTIFACT_STORAGE == "s3" and not S3_BUCKET:  # it was the first upload's 500
+    raise ImproperlyConfigured("ARTIFACT_STORAGE=s3 needs S3_BUCKET (and S3_ENDPOINT_URL for servers other than AWS).")
 S3_ENDPOINT_URL = env("S3_ENDPOINT_URL", "") or None
 S3_REGION = env("S3_REGION", "us-east-1")
+# botocore's defaults (60 s, 5 attempts) held a request for minutes on an endpoint that does not answer. The read
+# timeout bounds each wait for the server (its answer, or room to send more), not a whole transfer: a large part
+# streams as long as it moves, and S3 answers a part once its last byte is in. 3 attempts (standard retry mode).
+S3_CONNECT_TIMEOUT = positive("S3_CONNECT_TIMEOUT", env_float("S3_CONNECT_TIMEOUT", 5.0), " seconds")
+S3_READ_TIMEOUT = positive("S3_READ_TIMEOUT", env_float("S3_READ_TIMEOUT", 60.0), " seconds")
 # Trusted public keys (PEM file paths, comma-separated) for model-signing signatures: docs/signing.md
 MODEL_SIGNING_PUBLIC_KEYS = env_list("MODEL_SIGNING_PUBLIC_KEYS", "")
 STORAGES = {
@@ -358,11 +389,17 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Deployment engine ----------------------------------------------------------------------
-RECONCILE_INTERVAL_SECONDS = env_int("RECONCILE_INTERVAL_SECONDS", 30)  # periodic drift check
-RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120)  # a crashed worker's claim runs out
-RECONCILE_MAX_HOLD_SECONDS = env_int("RECONCILE_MAX_HOLD_SECONDS", 3600)  # a hung worker's claim runs out too
+_SECONDS = " seconds"
+RECONCILE_INTERVAL_SECONDS = positive("RECONCILE_INTERVAL_SECONDS", env_int("RECONCILE_INTERVAL_SECONDS", 30), _SECONDS)
+# a crashed worker's claim runs out
+RECONCILE_LEASE_SECONDS = positive("RECONCILE_LEASE_SECONDS", env_int("RECONCILE_LEASE_SECONDS", 120), _SECONDS)
+# a hung worker's claim runs out too
+RECONCILE_MAX_HOLD_SECONDS = positive(
+    "RECONCILE_MAX_HOLD_SECONDS", env_int("RECONCILE_MAX_HOLD_SECONDS", 3600), _SECONDS
+)
 RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6)  # host errors, with exponential backoff
-DEPLOY_TIMEOUT_SECONDS = env_int("DEPLOY_TIMEOUT_SECONDS", 3600)  # a release not live by then fails, with why
+# a release not live by then fails, with why
+DEPLOY_TIMEOUT_SECONDS = positive("DEPLOY_TIMEOUT_SECONDS", env_int("DEPLOY_TIMEOUT_SECONDS", 3600), _SECONDS)
 SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name" reads SECRETS_DIR/name
 
 # Periodic tasks (run `celery -A config beat` once per deployment). Outgoing webhooks: the dispatcher
@@ -371,13 +408,18 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 # them), judged by the broker's clock: Celery's `expires`, judged by beat's clock against the worker's, dropped
 # every run on a worker whose clock ran ahead by more than the allowance.
 # Webhook delivery (docs/webhooks.md): with these defaults a dead receiver is tried for about three hours.
-WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10)
-WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)  # one attempt, whole
+WEBHOOK_MAX_ATTEMPTS = positive("WEBHOOK_MAX_ATTEMPTS", env_int("WEBHOOK_MAX_ATTEMPTS", 10))
+# one attempt, whole
+WEBHOOK_TIMEOUT_SECONDS = positive("WEBHOOK_TIMEOUT_SECONDS", env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0), _SECONDS)
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0)
 WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
 WEBHOOK_SWEEP_GRACE_SECONDS = env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0)
-_WEBHOOK_DISPATCH_EVERY = env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0)
-_WEBHOOK_SWEEP_EVERY = env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0)
+_WEBHOOK_DISPATCH_EVERY = positive(
+    "WEBHOOK_DISPATCH_INTERVAL_SECONDS", env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0), _SECONDS
+)
+_WEBHOOK_SWEEP_EVERY = positive(
+    "WEBHOOK_SWEEP_INTERVAL_SECONDS", env_float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 30.0), _SECONDS
+)
 
 
 def _networks(name: str) -> list[str]:
@@ -430,19 +472,21 @@ CELERY_BEAT_SCHEDULE = {
 # message acknowledged (not redelivered). A host call or a receiver that hangs no longer holds a worker for good.
 # These apply to the periodic tasks; a reconcile and a webhook delivery have their own, derived from
 # RECONCILE_MAX_HOLD_SECONDS and WEBHOOK_TIMEOUT_SECONDS (governance/deployment_tasks.py, governance/tasks.py).
-CELERY_TASK_SOFT_TIME_LIMIT = env_float("CELERY_TASK_SOFT_TIME_LIMIT", 120.0)
-if not CELERY_TASK_SOFT_TIME_LIMIT > 0:  # refuses NaN too
-    raise ImproperlyConfigured(
-        f"CELERY_TASK_SOFT_TIME_LIMIT must be more than 0 seconds, got {env('CELERY_TASK_SOFT_TIME_LIMIT')!r}."
-    )
+CELERY_TASK_SOFT_TIME_LIMIT = positive(
+    "CELERY_TASK_SOFT_TIME_LIMIT", env_float("CELERY_TASK_SOFT_TIME_LIMIT", 120.0), _SECONDS
+)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # Redis hands a message out again once it is this long unacknowledged, even while its first run goes on:
-    # longer than any task may run (a reconcile: RECONCILE_MAX_HOLD_SECONDS and a third of a lease), and than the
-    # longest countdown a worker holds a message for (300 s).
-    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = max(
-        3600, RECONCILE_MAX_HOLD_SECONDS + RECONCILE_LEASE_SECONDS + 300
+    # Redis hands a message out again once it is this long unacknowledged, even while its first run goes on: longer
+    # than the longest countdown a worker holds a message for (300 s: governance.tasks; a reconcile's backoff is
+    # less) plus the longest any task may run, i.e. the largest hard limit: a reconcile's (RECONCILE_MAX_HOLD_SECONDS
+    # and a third of a lease; counted here with the whole lease), a webhook delivery's (inside its claim,
+    # WEBHOOK_TIMEOUT_SECONDS + 60), every other task's (CELERY_TASK_TIME_LIMIT); and a minute to spare. At least an
+    # hour. It was RECONCILE_MAX_HOLD_SECONDS + RECONCILE_LEASE_SECONDS + 300 alone: below a longer periodic limit.
+    _LONGEST_RUN = max(
+        RECONCILE_MAX_HOLD_SECONDS + RECONCILE_LEASE_SECONDS, WEBHOOK_TIMEOUT_SECONDS + 60, CELERY_TASK_TIME_LIMIT
     )
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = max(3600, math.ceil(_LONGEST_RUN + 300 + 60))
 # A message whose runs never end (each kills its worker process) is rejected at its next start after this many
 # (config/celery.py); with another broker than Redis there is no count.
 TASK_MAX_DELIVERIES = env_int("TASK_MAX_DELIVERIES", 3)

@@ -1,11 +1,12 @@
 """System checks on the configuration that settings import cannot refuse outright.
 
-With DJANGO_DEBUG off, the embedded SQLite database and file broker are the demo's defaults that a
-production deployment got silently when DATABASE_URL or CELERY_BROKER_URL was missing (and /readyz said
-ok). Refused here rather than at settings import, because the image's build step (`collectstatic` with
-DJANGO_DEBUG=0 and no database) must still run: `collectstatic` runs only the staticfiles checks, while
-`check`, `migrate` and the other commands run this one, and the web refuses to start on it
-(core.middleware.StartupCheckMiddleware), gunicorn running no system checks.
+With DJANGO_DEBUG off, the embedded SQLite database, file broker and local artifact directory are the demo's
+defaults that a production deployment got silently when DATABASE_URL, CELERY_BROKER_URL or ARTIFACT_STORAGE was
+missing (and /readyz said ok). Refused here rather than at settings import, because the image's build step
+(`collectstatic` with DJANGO_DEBUG=0 and no database) must still run: `collectstatic` runs only the staticfiles
+checks, while `check`, `migrate` and the other commands run this one, the web refuses to start on it
+(core.middleware.StartupCheckMiddleware), gunicorn running no system checks, and so do Celery workers and beat
+(config.celery, at worker_init and beat_init: Celery runs the system checks but ignores what they find).
 """
 
 from django.conf import settings
@@ -39,4 +40,21 @@ def embedded_backends(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
                 id="core.E002",
             )
         )
+    if settings.ARTIFACT_STORAGE == "local" and not settings.ARTIFACT_STORAGE_CHOSEN:
+        errors.append(
+            checks.Error(
+                "ARTIFACT_STORAGE is not set while DJANGO_DEBUG is off: uploaded artifacts would be kept on this "
+                f"machine's disk, under {settings.ARTIFACT_ROOT} (lost when a container is recreated, unseen by "
+                "workers on other machines).",
+                hint="Set ARTIFACT_STORAGE=s3 with S3_BUCKET (docs/operations.md), or ARTIFACT_STORAGE=local with "
+                f"ARTIFACT_ROOT on persistent storage every web and worker process shares, or {OPT_OUT}=1 for a "
+                "single-machine deployment on the demo's defaults.",
+                id="core.E003",
+            )
+        )
     return errors
+
+
+def refusal(errors: list[checks.CheckMessage]) -> str:
+    """The errors as one message for a process that stops on them."""
+    return " ".join(f"{error.msg} {error.hint} ({error.id})" for error in errors)

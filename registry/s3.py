@@ -138,11 +138,17 @@ class S3BlobStore:
         # (bucket.s3.<region>.amazonaws.com) rather than the global one, which redirects for buckets outside
         # us-east-1. S3-compatible servers (MinIO, moto) keep boto3's choice for them: path style.
         addressing = None if endpoint else {"addressing_style": "virtual"}
+        # Bounded waits (S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT; config/settings.py says why): botocore's defaults held
+        # a call on an endpoint that accepts and never answers for minutes, and a web thread with it.
+        config = Config(
+            signature_version="s3v4",
+            s3=addressing,
+            connect_timeout=settings.S3_CONNECT_TIMEOUT,
+            read_timeout=settings.S3_READ_TIMEOUT,
+            retries={"total_max_attempts": 3, "mode": "standard"},  # 3 in all (`max_attempts` counts retries only)
+        )
         client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=settings.S3_REGION or None,
-            config=Config(signature_version="s3v4", s3=addressing),
+            "s3", endpoint_url=endpoint, region_name=settings.S3_REGION or None, config=config
         )
         return cls(
             client=client,

@@ -13,8 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PRINT = "import django, json; django.setup(); from django.conf import settings as s; print(json.dumps({names}))"
 # A PostgreSQL and a Redis that nobody connects to: `check` (without --database) and loading the WSGI
-# application never open a connection.
-SERVERS = {"DATABASE_URL": "postgres://registry@127.0.0.1:9/registry", "CELERY_BROKER_URL": "redis://127.0.0.1:9/0"}
+# application never open a connection. Artifacts on local disk, named outright (unnamed, core.E003 refuses it).
+SERVERS = {
+    "DATABASE_URL": "postgres://registry@127.0.0.1:9/registry",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
+    "ARTIFACT_STORAGE": "local",
+}
 PRODUCTION = {"DJANGO_DEBUG": "0", "SECRET_KEY": "settings-validation-" + "x" * 40}
 
 
@@ -126,7 +130,7 @@ def test_webhook_allowed_networks_are_cidrs_and_debug_adds_loopback(run):
 
 
 def test_artifact_storage_is_case_insensitive(run):
-    assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE="S3") == {"ARTIFACT_STORAGE": "s3"}
+    assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE="S3", S3_BUCKET="b") == {"ARTIFACT_STORAGE": "s3"}
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE=" Local ") == {"ARTIFACT_STORAGE": "local"}
     assert settings_of(run, "ARTIFACT_STORAGE", ARTIFACT_STORAGE="") == {"ARTIFACT_STORAGE": "local"}
 
@@ -185,7 +189,7 @@ def test_eager_tasks_need_no_broker(run):
         unset=("CELERY_BROKER_URL",),
         CELERY_TASK_ALWAYS_EAGER="1",
         **PRODUCTION,
-        **{"DATABASE_URL": SERVERS["DATABASE_URL"]},
+        **{"DATABASE_URL": SERVERS["DATABASE_URL"], "ARTIFACT_STORAGE": "local"},
     )
     assert eager.returncode == 0, eager.stderr[-2000:]
 
