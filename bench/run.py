@@ -283,6 +283,7 @@ def django_env(data_dir: Path) -> dict:
         DATABASE_URL=DATABASE_URL,
         CELERY_BROKER_URL=BROKER_URL,
         DATA_DIR=str(data_dir),
+        ARTIFACT_STORAGE="local",  # one machine: its disk, chosen (core.E003 refuses it left to the default)
         PYTHONUNBUFFERED="1",
     )
     return env
