@@ -9,6 +9,8 @@ worker's main loop keeps reporting while its threads serve; a slow upload holds 
 
 import os
 
+from gunicorn.glogging import Logger
+
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 
@@ -20,27 +22,20 @@ def _log_format() -> str:
     return os.environ.get("LOG_FORMAT") or ("text" if debug else "json")
 
 
-# With LOG_FORMAT=json, gunicorn's own lines (boot, worker start and exit, a worker killed at its timeout) go through
-# the project's JSON formatter too: in plain text they were the lines of the stream a log pipeline could not parse.
-# gunicorn.error has no `level` here, so it keeps gunicorn's --log-level. gunicorn.access stays off (a logging config
-# turns it on in gunicorn): core.access already writes one JSON line per request, without the query string.
+class JsonLogger(Logger):
+    """gunicorn's logger, its own lines (boot, worker start and exit, a worker killed at its timeout) written by the
+    project's JSON formatter: in plain text they were the lines of a LOG_FORMAT=json stream a log pipeline could not
+    parse. The access log, only when asked for (--access-logfile, as bench/ does), keeps its own format; core.access
+    already writes one JSON line per request, without the query string."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from core.logging import JsonFormatter, RequestIdFilter
+
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+            handler.addFilter(RequestIdFilter())
+
+
 if _log_format() == "json":
-    logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
-        "formatters": {"json": {"()": "core.logging.JsonFormatter"}},
-        "handlers": {
-            "json": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "filters": ["request_id"],
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "root": {"level": "INFO", "handlers": ["json"]},  # until Django's LOGGING replaces it in each worker
-        "loggers": {
-            "gunicorn.error": {"handlers": ["json"], "propagate": False},
-            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
-        },
-    }
+    logger_class = JsonLogger
