@@ -276,9 +276,7 @@ MAX_JSON_BODY_BYTES = positive("MAX_JSON_BODY_BYTES", env_int("MAX_JSON_BODY_BYT
 # What Django reads whole itself (the web forms); API JSON bodies never pass through it (core.parsers).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 # One artifact upload (PUT …/artifacts/sha256:<hex>) larger than this gets a 413. There is always a limit.
-MAX_ARTIFACT_BYTES = env_int("MAX_ARTIFACT_BYTES", 100 * 1024**3)
-if MAX_ARTIFACT_BYTES < 1:
-    raise ImproperlyConfigured(f"MAX_ARTIFACT_BYTES must be at least 1 (a number of bytes), got {MAX_ARTIFACT_BYTES}.")
+MAX_ARTIFACT_BYTES = positive("MAX_ARTIFACT_BYTES", env_int("MAX_ARTIFACT_BYTES", 100 * 1024**3), " bytes")
 
 # --- Static and media storage ---------------------------------------------------------------
 STATIC_URL = "/static/"
@@ -411,9 +409,15 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 WEBHOOK_MAX_ATTEMPTS = positive("WEBHOOK_MAX_ATTEMPTS", env_int("WEBHOOK_MAX_ATTEMPTS", 10))
 # one attempt, whole
 WEBHOOK_TIMEOUT_SECONDS = positive("WEBHOOK_TIMEOUT_SECONDS", env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0), _SECONDS)
-WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0)
-WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
-WEBHOOK_SWEEP_GRACE_SECONDS = env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0)
+WEBHOOK_RETRY_BASE_SECONDS = positive(
+    "WEBHOOK_RETRY_BASE_SECONDS", env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0), _SECONDS
+)
+WEBHOOK_RETRY_MAX_SECONDS = positive(
+    "WEBHOOK_RETRY_MAX_SECONDS", env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0), _SECONDS
+)
+WEBHOOK_SWEEP_GRACE_SECONDS = positive(
+    "WEBHOOK_SWEEP_GRACE_SECONDS", env_float("WEBHOOK_SWEEP_GRACE_SECONDS", 30.0), _SECONDS
+)
 _WEBHOOK_DISPATCH_EVERY = positive(
     "WEBHOOK_DISPATCH_INTERVAL_SECONDS", env_float("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 5.0), _SECONDS
 )
@@ -489,9 +493,7 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = max(3600, math.ceil(_LONGEST_RUN + 300 + 60))
 # A message whose runs never end (each kills its worker process) is rejected at its next start after this many
 # (config/celery.py); with another broker than Redis there is no count.
-TASK_MAX_DELIVERIES = env_int("TASK_MAX_DELIVERIES", 3)
-if TASK_MAX_DELIVERIES < 1:
-    raise ImproperlyConfigured(f"TASK_MAX_DELIVERIES must be at least 1, got {TASK_MAX_DELIVERIES}.")
+TASK_MAX_DELIVERIES = positive("TASK_MAX_DELIVERIES", env_int("TASK_MAX_DELIVERIES", 3))
 CELERY_IMPORTS = ["governance.deployment_tasks"]
 
 

@@ -100,12 +100,7 @@ class BoundedJSONParser(BaseParser):
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_JSON_BODY_BYTES
         request = (parser_context or {}).get("request")
-        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip() if request is not None else ""
-        if encoding.lower() not in ("", "identity"):  # compressed bytes read as JSON: a baffling "can't decode 0x8b"
-            raise InvalidInput(
-                f"Content-Encoding '{printable(encoding)[:40]}' is not supported here; send the JSON uncompressed.",
-                code="unsupported_encoding",
-            )
+        content_encoding(request)
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         if declared > limit:
             raise _too_large(f"{declared} bytes", limit)
@@ -113,6 +108,21 @@ class BoundedJSONParser(BaseParser):
         if len(raw) > limit:  # under ASGI the body is not cut at the declared length
             raise _too_large(f"more than {limit} bytes", limit)
         return parse_body(raw, get_encoding(parser_context or {}))
+
+
+def content_encoding(request, also: tuple[str, ...] = ()) -> str:
+    """The body's Content-Encoding ("" for none or identity), refused (400 unsupported_encoding) unless one of
+    `also`: compressed bytes read as the body's media type were a baffling "can't decode byte 0x8b"."""
+    sent = request.META.get("HTTP_CONTENT_ENCODING", "").strip() if request is not None else ""
+    encoding = "" if sent.lower() == "identity" else sent.lower()
+    if encoding and encoding not in also:
+        accepted = ", ".join(("identity", *also))
+        raise InvalidInput(
+            f"Content-Encoding '{printable(sent)[:40]}' is not supported here (accepted: {accepted}); send the body "
+            "uncompressed" + (" or in one of those." if also else "."),
+            code="unsupported_encoding",
+        )
+    return encoding
 
 
 def _too_large(size: str, limit: int) -> PayloadTooLarge:

@@ -10,8 +10,8 @@ Each blob is decided and deleted under its exclusive lock (registry.services.loc
 registrations and uploads that rely on it and holds off new ones until the deletion commits: a registration checks
 its files under the shared lock, so the version naming a blob commits before the pruning looks (and the blob is
 kept), or the registration finds the blob gone (400 artifacts_missing); an upload whose bytes were found stored
-looks again under the lock (409 artifact_pruned). The bytes are deleted last, before the commit: if deleting fails,
-the holdings and audit events roll back.
+looks again under the lock (409 artifact_pruned). The bytes are deleted before the audit events are appended (which
+hold the chain's head until commit, not through a storage call): if deleting fails, nothing is recorded.
 """
 
 import logging
@@ -136,7 +136,7 @@ def _prune_blob(store, sha256: str, before: datetime, dry_run: bool, report: Pru
                 }
             )
         BlobHolding.objects.filter(pk__in=[holding.pk for holding in holdings]).delete()
-        record_many(events)
-        if size is not None:
+        if size is not None:  # before the audit events, which hold the chain's head to commit: not during an S3 call
             store.delete(sha256)
+        record_many(events)
         log.info("pruned blob %s (%s bytes, %d holdings)", sha256, size, len(holdings))

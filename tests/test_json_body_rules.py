@@ -59,3 +59,21 @@ def test_a_compressed_body_is_refused_as_such(personas):
     assert not RegisteredModel.objects.exists()
     plain = client.post("/api/v1/models/", data=body, content_type="application/json", HTTP_CONTENT_ENCODING="identity")
     assert plain.status_code == 201
+
+
+def test_a_compressed_readme_is_refused_as_such(personas):
+    """A gzip README for a card import was 'not valid utf-8 text': the same rule as JSON bodies (one place)."""
+    import gzip
+
+    client = personas["owner"].client()
+    assert client.post("/api/v1/models/", {"namespace": "acme", "name": "churn"}, format="json").status_code == 201
+    files = [{"path": "f", "size": 0, "sha256": "0" * 64}]
+    body = {"artifact_uri": "s3://b/p", "manifest": {"files": files}}
+    assert client.post("/api/v1/models/acme/churn/versions/", body, format="json").status_code == 201
+    sent = client.post(
+        "/api/v1/models/acme/churn/versions/1/card",
+        data=gzip.compress(b"---\nlicense: mit\n---\n# Model card\n"),
+        content_type="text/markdown",
+        HTTP_CONTENT_ENCODING="gzip",
+    )
+    assert (sent.status_code, sent.json()["error"]["code"]) == (400, "unsupported_encoding"), sent.json()

@@ -301,6 +301,11 @@ POSITIVE = [
     ("DATABASE_CONNECT_TIMEOUT", "0", " seconds"),
     ("S3_CONNECT_TIMEOUT", "0", " seconds"),
     ("S3_READ_TIMEOUT", "-1", " seconds"),
+    ("WEBHOOK_RETRY_BASE_SECONDS", "nan", " seconds"),  # timedelta(seconds=nan) broke retry_delay
+    ("WEBHOOK_RETRY_MAX_SECONDS", "0", " seconds"),
+    ("WEBHOOK_SWEEP_GRACE_SECONDS", "-1", " seconds"),
+    ("TASK_MAX_DELIVERIES", "0", ""),
+    ("MAX_ARTIFACT_BYTES", "0", " bytes"),
 ]
 
 

@@ -5,8 +5,8 @@ import zlib
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 
-from core.errors import InvalidInput, PayloadTooLarge
-from core.parsers import BoundedJSONParser, parse_body
+from core.errors import PayloadTooLarge
+from core.parsers import BoundedJSONParser, content_encoding, parse_body
 
 
 class OpenLineageParser(BoundedJSONParser):
@@ -14,15 +14,8 @@ class OpenLineageParser(BoundedJSONParser):
     `compression: gzip`). The decompressed body is bounded by MAX_JSON_BODY_BYTES as well."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        request = (parser_context or {}).get("request")
-        encoding = (request.META.get("HTTP_CONTENT_ENCODING", "") if request is not None else "").strip().lower()
-        if encoding in ("", "identity"):
+        if content_encoding((parser_context or {}).get("request"), also=("gzip",)) == "":
             return super().parse(stream, media_type, parser_context)
-        if encoding != "gzip":
-            raise InvalidInput(
-                f"Content-Encoding '{encoding}' is not supported; send JSON, or gzip-compressed JSON.",
-                code="unsupported_encoding",
-            )
         limit = settings.MAX_JSON_BODY_BYTES
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:

@@ -3,6 +3,7 @@ from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 
 from core.errors import InvalidInput, PayloadTooLarge
+from core.parsers import content_encoding
 
 
 class MarkdownParser(BaseParser):
@@ -14,6 +15,7 @@ class MarkdownParser(BaseParser):
         limit = settings.MAX_JSON_BODY_BYTES
         context = parser_context or {}
         request = context.get("request")
+        content_encoding(request)
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         too_large = PayloadTooLarge(
             f"Request body is larger than the limit of {limit} bytes for Markdown bodies.",
