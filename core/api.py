@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from django.urls import URLResolver, path, re_path
+from django.urls import URLResolver, path, re_path, reverse
 from django.urls.resolvers import RoutePattern
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -42,6 +42,11 @@ _DRF_CODES = {
     exceptions.ValidationError: "invalid",
     exceptions.PermissionDenied: "forbidden",
 }
+
+
+def location(view_name: str, query: str = "", **kwargs) -> str:
+    """A 201's Location header (RFC 9110, 10.2.2): the path the new resource is read at."""
+    return reverse(view_name, kwargs=kwargs) + query
 
 
 def error_body(code: str, message: str, detail: object = None) -> dict:

@@ -239,3 +239,44 @@ def test_the_schema_answers_the_format_asked_for(client):
     assert client.get("/api/schema/").content.startswith(b"openapi:")  # YAML unless asked otherwise
     refused = client.get("/api/schema/?format=xml")
     assert refused.status_code == 400 and "json, yaml" in refused.json()["error"]["message"]
+
+
+def test_every_201_says_where_the_new_resource_is_read(personas):
+    """Location (RFC 9110, 10.2.2) on each 201 of a POST, a path that reads the resource; a 200 for one that
+    existed already names none."""
+    from governance.models import DeploymentTarget
+    from tests.governance.conftest import FULL_CARD
+
+    admin, owner = personas["admin"].client(), personas["owner"].client()
+
+    def created(client, path, body):
+        answer = client.post(path, body, format="json")
+        assert answer.status_code == 201, answer.json()
+        where = answer["Location"]
+        assert where.startswith("/api/v1/"), where
+        read = client.get(where)
+        assert read.status_code == 200, (where, read.json())
+        return where, read
+
+    where, _ = created(owner, "/api/v1/models/", {"namespace": "acme", "name": "churn"})
+    assert where == "/api/v1/models/acme/churn"
+    body = register_body(s3_manifest(b"located"))
+    where, read = created(owner, f"{BASE}/versions/", body)
+    assert where == f"{BASE}/versions/1" and read.json()["number"] == 1
+    assert "Location" not in owner.post(f"{BASE}/versions/", body, format="json")  # 200: it existed
+    where, read = created(owner, f"{BASE}/versions/1/card", {"content": FULL_CARD})
+    assert where == f"{BASE}/versions/1/card?revision=1" and read.json()["revision"] == 1
+    target = {
+        "name": "stg",
+        "kind": "self_hosted",
+        "stage": "staging",
+        "config": {},
+        "policy": {"approvals_required": 1},
+    }
+    where, _ = created(admin, "/api/v1/targets/", target)
+    assert where == "/api/v1/targets/stg" and DeploymentTarget.objects.filter(name="stg").exists()
+    where, read = created(owner, "/api/v1/promotions/", {"model": "acme/churn", "version": 1, "target": "stg"})
+    assert where == f"/api/v1/promotions/{read.json()['id']}"
+    hook = {"name": "ci", "url": "http://127.0.0.1:9/hook", "event_types": ["*"]}
+    where, read = created(admin, "/api/v1/webhooks/", hook)
+    assert where == f"/api/v1/webhooks/{read.json()['id']}" and "secret" not in read.json()

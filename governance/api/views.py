@@ -4,6 +4,7 @@ from rest_framework.response import Response
 
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
+from core.api import location
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
@@ -65,7 +66,8 @@ class TargetListView(GovernedAPIView):
         data = s.TargetCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         target = services.target_create(actor=request.user, **data.validated_data)
-        return Response(targets_output(request.user, [target])[0], status=status.HTTP_201_CREATED)
+        where = {"Location": location("api-target", name=target.name)}
+        return Response(targets_output(request.user, [target])[0], status=status.HTTP_201_CREATED, headers=where)
 
 
 class TargetDetailView(GovernedAPIView):
@@ -216,7 +218,9 @@ class PromotionListView(PromotionBase):
         promotion = services.promotion_request(
             actor=request.user, version=version, target=target, reason=data.validated_data["reason"]
         )
-        return self.detail(promotion.pk, status.HTTP_201_CREATED)
+        response = self.detail(promotion.pk, status.HTTP_201_CREATED)
+        response["Location"] = location("api-promotion", pk=promotion.pk)
+        return response
 
 
 class PromotionDetailView(PromotionBase):

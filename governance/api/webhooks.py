@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from accounts import scopes
 from accounts.api.base import GovernedAPIView
 from accounts.permissions import InsufficientScope, token_scopes
-from core.api import StrictSerializer
+from core.api import StrictSerializer, location
 from core.errors import Forbidden, NotFound
 from core.openapi import etag_header, if_match_header
 from core.pagination import cursor, paginated
@@ -186,7 +186,9 @@ class WebhookListView(WebhookBase):
         data = WebhookCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         endpoint, secret = webhooks.endpoint_create(actor=request.user, **data.validated_data)
-        return with_secret(endpoint, secret, status.HTTP_201_CREATED)
+        response = with_secret(endpoint, secret, status.HTTP_201_CREATED)
+        response["Location"] = location("api-webhook", pk=endpoint.pk)
+        return response
 
 
 class WebhookDetailView(WebhookBase):

@@ -8,7 +8,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from accounts import scopes
-from core.api import OutputModelSerializer, StrictSerializer
+from core.api import OutputModelSerializer, StrictSerializer, location
 from core.errors import InvalidInput, NotFound
 from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.parsers import BoundedJSONParser
@@ -178,8 +178,12 @@ class CardView(ModelScopedView):
         revision, created = services.card_revision_add(
             actor=request.user, version=version, content=content, if_match=if_match
         )
+        headers = {"ETag": revision.etag}
+        if created:
+            kwargs = {"namespace": namespace, "name": name, "number": number}
+            headers["Location"] = location("api-card", query=f"?revision={revision.revision}", **kwargs)
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(CardRevisionOutput(revision).data, status=code, headers={"ETag": revision.etag})
+        return Response(CardRevisionOutput(revision).data, status=code, headers=headers)
 
 
 class CardRevisionListView(ModelScopedView):

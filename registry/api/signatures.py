@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts import scopes
-from core.api import OutputModelSerializer
+from core.api import OutputModelSerializer, location
 from core.errors import NotFound
 from registry import services
 from registry.api.views import ModelScopedView
@@ -134,5 +134,7 @@ class SignatureView(ModelScopedView):
     def post(self, request, namespace, name, number):
         version = self.version(ModelPerm.REGISTER)
         signature, created = services.signature_attach(actor=request.user, version=version, bundle=request.data)
-        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(SignatureOutput(signature).data, status=code)
+        if not created:
+            return Response(SignatureOutput(signature).data)
+        where = {"Location": location("api-version-signature", namespace=namespace, name=name, number=number)}
+        return Response(SignatureOutput(signature).data, status=status.HTTP_201_CREATED, headers=where)

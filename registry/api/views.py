@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from accounts import access, scopes
 from accounts.api.base import GovernedAPIView
+from core.api import location
 from core.errors import Forbidden, InvalidInput, LengthRequired, NotFound
 from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
@@ -69,7 +70,8 @@ class ModelListView(GovernedAPIView):
         data = s.ModelCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         model = services.model_create(actor=request.user, **data.validated_data)
-        return Response(s.ModelOutput(model).data, status=status.HTTP_201_CREATED)
+        where = {"Location": location("api-model", namespace=model.namespace, name=model.name)}
+        return Response(s.ModelOutput(model).data, status=status.HTTP_201_CREATED, headers=where)
 
 
 class ModelDetailView(ModelScopedView):
@@ -138,9 +140,10 @@ class VersionListView(ModelScopedView):
         version, created = services.version_register(
             actor=request.user, model=model, content=services.VersionContent(**fields), tags=tags
         )
-        return Response(
-            s.VersionOutput(version).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        )
+        if not created:
+            return Response(s.VersionOutput(version).data)
+        where = {"Location": location("api-version", namespace=namespace, name=name, number=version.number)}
+        return Response(s.VersionOutput(version).data, status=status.HTTP_201_CREATED, headers=where)
 
 
 class VersionDetailView(ModelScopedView):
