@@ -8,12 +8,10 @@ that accepts connections and never answers (a database or an S3 endpoint that ha
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -202,20 +200,16 @@ def test_a_worker_on_an_accepted_configuration_starts(tmp_path, database_url, na
     if "DATABASE_URL" not in unset:
         env = {**env, "DATABASE_URL": database_url()}
     proc, log = start_worker(tmp_path, name, unset, **env)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
+        return "ready." in log.read_text()
+
     try:
-        deadline = time.monotonic() + 90
-        while "ready." not in log.read_text():
-            assert proc.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the worker was not ready after 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
+        processes.wait(ready, 90, "the worker to be ready", interval=0.2)
         assert "refusing to start" not in log.read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        processes.stop(proc)
 
 
 def test_production_refuses_artifacts_on_local_disk_by_default(run, database_url):
@@ -421,9 +415,7 @@ def test_compose_web_health_check_passes_with_an_operators_allowed_hosts(run, tm
 def test_every_gunicorn_log_line_is_json_in_production(tmp_path, database_url):
     """Boot, worker start and exit were plain text lines in a stream of JSON ones. An access log asked for
     (--access-logfile, as bench/ reads server times from) keeps its own format: it went missing for a while."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = processes.free_port()
     env = {
         **os.environ,
         **PRODUCTION,
@@ -438,24 +430,19 @@ def test_every_gunicorn_log_line_is_json_in_production(tmp_path, database_url):
     command = [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"]
     command += ["--access-logfile", str(access), "--access-logformat", "%(m)s %(U)s %(s)s"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout.open("w"), stderr=stderr.open("w"))  # noqa: S603
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:  # noqa: S310
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, f"gunicorn exited:\n{stderr.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"gunicorn did not answer:\n{stderr.read_text()[-3000:]}"
-                time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+
+    def up() -> bool:
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:  # noqa: S310
+                return answer.status == 200
+        except OSError:
+            assert proc.poll() is None, f"gunicorn exited:\n{stderr.read_text()[-3000:]}"
+            return False
+
+    try:
+        processes.wait(up, 60, "gunicorn to answer /healthz", interval=0.2)
+    finally:
+        processes.stop(proc)
     lines = [line for line in stderr.read_text().splitlines() if line.strip()]
     for line in lines:
         try:
