@@ -7,14 +7,12 @@ transaction open until the second waits for a row lock (pg_stat_activity), then 
 """
 
 import json
-import threading
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import connection, transaction
 
-from tests.governance.test_lock_order import comes_to_wait_on_a_lock, in_thread
+from tests.governance.test_lock_order import while_held
 from tests.test_access_audit import NewEvents, perm
 from tests.test_account_audit import _no_actor_left_from_an_earlier_request  # noqa: F401 - autouse fixture
 
@@ -33,34 +31,19 @@ def interns(db):
     return Group.objects.create(name="interns")
 
 
-def one_after_the_other(first, second) -> dict:
+def one_after_the_other(first, second) -> None:
     """Run `first()` in a transaction held open until `second()`, on its own connection, waits for a row lock; then
-    commit it. Returns both outcomes ("first", "second"): what each returned, or its exception's repr."""
-    holding, go, outcome, pids = threading.Event(), threading.Event(), {}, []
+    commit it. Both must end without an exception."""
 
-    def held():
-        with transaction.atomic():
-            first()
-            holding.set()
-            go.wait(20)
-        return "ok"
+    def ok(change):
+        def run():
+            change()
+            return "ok"
 
-    def waiting():
-        pids.append(connection.cursor().connection.info.backend_pid)
-        second()
-        return "ok"
+        return run
 
-    a = in_thread(outcome, "first", held)
-    assert holding.wait(20), outcome
-    b = in_thread(outcome, "second", waiting)
-    try:
-        assert comes_to_wait_on_a_lock(pids), "the second change never waited for the first"
-    finally:
-        go.set()
-        a.join(20)
-        b.join(20)
-    assert outcome == {"first": "ok", "second": "ok"}, outcome
-    return outcome
+    outcome = while_held(ok(first), ok(second))
+    assert outcome == {"held": "ok", "waiter": "ok"}, outcome
 
 
 def fresh(model, pk):

@@ -11,10 +11,9 @@ commit.
 # ruff: noqa: F811 - tests take the imported `world` fixture as an argument
 
 import json
-import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from audit.models import AuditEvent
 from core.errors import Conflict
@@ -23,7 +22,7 @@ from governance import services as governance
 from governance.hosts.base import HostStatus
 from governance.models import DeploymentTarget, Release, ServingPeriod
 from tests.governance.conftest import promote, reviewer2, two_serving_releases, world  # noqa: F401 - fixtures
-from tests.governance.test_lock_order import comes_to_wait_on_a_lock, in_thread
+from tests.governance.test_lock_order import in_thread, while_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,34 +32,6 @@ def one_approval_to_go(world) -> int:
     request_id = promote(world["owner"]).json()["id"]
     governance.promotion_approve(actor=world["reviewer"].user, request_id=request_id)
     return request_id
-
-
-def while_held(work_in_transaction, waiter) -> dict:
-    """Run `work_in_transaction` in a transaction held open until `waiter`, on its own connection, waits for a row
-    lock; then commit it and let `waiter` go on. Returns both outcomes ("held", "waiter")."""
-    holding, go, outcome, pids = threading.Event(), threading.Event(), {}, []
-
-    def held():
-        with transaction.atomic():
-            result = work_in_transaction()
-            holding.set()
-            go.wait(20)
-        return result
-
-    def waiting():
-        pids.append(connection.cursor().connection.info.backend_pid)
-        return waiter()
-
-    first = in_thread(outcome, "held", held)
-    assert holding.wait(20), outcome
-    second = in_thread(outcome, "waiter", waiting)
-    try:
-        assert comes_to_wait_on_a_lock(pids), "the second transaction never waited for the target's lock"
-    finally:
-        go.set()
-        first.join(20)
-        second.join(20)
-    return outcome
 
 
 def test_a_rollback_that_waited_for_a_final_approval_rolls_back_the_release_it_made_desired(world):

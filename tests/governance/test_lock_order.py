@@ -51,6 +51,34 @@ def in_thread(outcome: dict, key: str, work) -> threading.Thread:
     return thread
 
 
+def while_held(work_in_transaction, waiter) -> dict:
+    """Run `work_in_transaction` in a transaction held open until `waiter`, on its own connection, waits for a row
+    lock; then commit it and let `waiter` go on. Returns both outcomes ("held", "waiter")."""
+    holding, go, outcome, pids = threading.Event(), threading.Event(), {}, []
+
+    def held():
+        with transaction.atomic():
+            result = work_in_transaction()
+            holding.set()
+            go.wait(20)
+        return result
+
+    def waiting():
+        pids.append(connection.cursor().connection.info.backend_pid)
+        return waiter()
+
+    first = in_thread(outcome, "held", held)
+    assert holding.wait(20), outcome
+    second = in_thread(outcome, "waiter", waiting)
+    try:
+        assert comes_to_wait_on_a_lock(pids), "the second transaction never waited for the first's lock"
+    finally:
+        go.set()
+        first.join(20)
+        second.join(20)
+    return outcome
+
+
 def reconcile_like(target, holding: threading.Event, released: threading.Event) -> str:
     """What the reconciler does: lock the target, work, append an audit event, commit."""
     with transaction.atomic():

@@ -4,8 +4,6 @@ holdings, audited; and never from under a registration or an upload that relies 
 import hashlib
 import io
 import os
-import threading
-import time
 from datetime import timedelta
 
 import psycopg
@@ -18,6 +16,8 @@ from audit.models import AuditEvent
 from registry.models import BlobHolding, ModelVersion
 from registry.pruning import prune_artifacts
 from registry.storage import blob_key, blob_store
+from tests import processes
+from tests.governance.test_lock_order import in_thread
 from tests.registry.helpers import file_entry
 from tests.registry.test_s3 import BUCKET, moto_server, s3  # noqa: F401
 
@@ -188,27 +188,6 @@ def waiting_on_an_advisory_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
-
-
-def in_thread(work, results: list) -> threading.Thread:
-    def run():
-        try:
-            results.append(work())
-        except Exception as exc:  # noqa: BLE001 (handed to the test to assert on)
-            results.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 @pytest.fixture
 def postgres():
     if connection.vendor != "postgresql":
@@ -221,19 +200,19 @@ def test_a_registration_under_way_keeps_the_blob_it_names(postgres, owner, perso
     then sees the version and keeps the blob."""
     age_everything(artifact_root)
     model_row = holding_the_lock("registry_registeredmodel", ModelVersion.objects.get().model_id)
-    registered, pruned = [], []
+    outcome = {}
     try:
-        registration = in_thread(lambda: register(personas["owner"].client(), UNNAMED), registered)
-        wait_until(waiting_on_a_row, "the registration waits for the model row")
-        pruning = in_thread(lambda: prune_artifacts(before=timezone.now() - timedelta(days=7)), pruned)
-        wait_until(waiting_on_an_advisory_lock, "the pruning waits for the registration's lock")
+        registration = in_thread(outcome, "registered", lambda: register(personas["owner"].client(), UNNAMED))
+        processes.wait(waiting_on_a_row, 20, "the registration waits for the model row", interval=0.02)
+        pruning = in_thread(outcome, "pruned", lambda: prune_artifacts(before=timezone.now() - timedelta(days=7)))
+        processes.wait(waiting_on_an_advisory_lock, 20, "the pruning waits for the registration's lock", interval=0.02)
     finally:
         model_row.rollback()
         model_row.close()
     registration.join(20), pruning.join(20)
 
-    assert registered[0].status_code == 201, registered
-    assert pruned[0].blobs == []
+    assert outcome["registered"].status_code == 201, outcome
+    assert outcome["pruned"].blobs == []
     assert (artifact_root / blob_key(sha(UNNAMED))).read_bytes() == UNNAMED
     assert ModelVersion.objects.count() == 2
 
@@ -254,21 +233,21 @@ def test_a_registration_or_upload_arriving_mid_pruning_is_told_the_blob_went(
     written)."""
     age_everything(artifact_root)
     head = holding_the_lock("registry_blobholding", BlobHolding.objects.get(sha256=sha(UNNAMED)).pk)
-    pruned, answered = [], []
+    outcome = {}
     client = personas["owner"].client()
     act = (lambda: register(client, UNNAMED)) if then == "register" else (lambda: upload(client, UNNAMED))
     try:
-        pruning = in_thread(lambda: prune_artifacts(before=timezone.now() - timedelta(days=7)), pruned)
-        wait_until(waiting_on_a_row, "the pruning waits for the holding's row")
-        arriving = in_thread(act, answered)
-        wait_until(waiting_on_an_advisory_lock, f"the {then} waits for the pruning's lock")
+        pruning = in_thread(outcome, "pruned", lambda: prune_artifacts(before=timezone.now() - timedelta(days=7)))
+        processes.wait(waiting_on_a_row, 20, "the pruning waits for the holding's row", interval=0.02)
+        arriving = in_thread(outcome, "answered", act)
+        processes.wait(waiting_on_an_advisory_lock, 20, f"the {then} waits for the pruning's lock", interval=0.02)
     finally:
         head.rollback()
         head.close()
     pruning.join(20), arriving.join(20)
 
-    assert pruned[0].blobs == [sha(UNNAMED)]
-    answer = answered[0]
+    assert outcome["pruned"].blobs == [sha(UNNAMED)]
+    answer = outcome["answered"]
     expected = (400, "artifacts_missing") if then == "register" else (409, "artifact_pruned")
     assert (answer.status_code, answer.json()["error"]["code"]) == expected, answer.json()
     assert blob_store().size(sha(UNNAMED)) is None
@@ -289,10 +268,12 @@ def test_a_registration_of_many_files_takes_a_bounded_number_of_locks(postgres, 
     for content in contents:
         services.blob_upload(model=model, chunks=[content], sha256=sha(content), size=len(content), actor=None)
     model_row = holding_the_lock("registry_registeredmodel", model.pk)
-    registered = []
+    outcome = {}
     try:
-        registration = in_thread(lambda: register(personas["owner"].client(), *contents), registered)
-        wait_until(waiting_on_a_row, "the registration waits for the model row, its blob locks held")
+        registration = in_thread(outcome, "registered", lambda: register(personas["owner"].client(), *contents))
+        processes.wait(
+            waiting_on_a_row, 20, "the registration waits for the model row, its blob locks held", interval=0.02
+        )
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
             held = cursor.fetchone()[0]
@@ -302,4 +283,4 @@ def test_a_registration_of_many_files_takes_a_bounded_number_of_locks(postgres, 
     registration.join(20)
 
     assert 0 < held <= 256, held
-    assert registered[0].status_code == 201, registered[0].json()
+    assert outcome["registered"].status_code == 201, outcome["registered"].json()
