@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models import Max
 from django.db.models.functions import Coalesce
 
 from audit.services import record_many
-from registry.models import BlobHolding, ModelVersion
+from registry.models import BlobHolding
 from registry.services import lock_blobs
 from registry.storage import blob_store
 
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 ACTOR = "cli:prune_artifacts"
 _CHECK_BATCH = 1000
 
-# The sha256 of every file every version names, as one column `sha256`.
-_NAMED = {
-    "postgresql": "SELECT f->>'sha256' FROM registry_modelversion, jsonb_array_elements(manifest->'files') f",
-    "sqlite": "SELECT json_extract(f.value, '$.sha256') FROM registry_modelversion, json_each(manifest, '$.files') f",
+# The files every version names, one row each (FROM), and the sha256 of one (the expression).
+_NAMED_FILES = {
+    "postgresql": ("registry_modelversion, jsonb_array_elements(manifest->'files') f", "f->>'sha256'"),
+    "sqlite": ("registry_modelversion, json_each(manifest, '$.files') f", "json_extract(f.value, '$.sha256')"),
 }
+# When a holding's bytes were last sent for its model.
+_LAST_SENT = Coalesce("sent_again_at", "created_at")
 
 
 @dataclass
@@ -60,11 +63,17 @@ def prune_artifacts(*, before: datetime, dry_run: bool = False) -> PruneReport:
 
 def _unnamed_held(before: datetime) -> set[str]:
     """Blobs every holding of which was last sent before `before`, that no version names."""
+    held = (
+        BlobHolding.objects.values("sha256")
+        .annotate(last_sent=Max(_LAST_SENT))
+        .filter(last_sent__lt=before)
+        .values_list("sha256", flat=True)
+    )
+    held_sql, params = held.query.sql_with_params()
+    files, sha256 = _NAMED_FILES[connection.vendor]
     with connection.cursor() as cursor:
-        last_sent = "max(coalesce(sent_again_at, created_at))"
-        held = f"SELECT sha256 FROM registry_blobholding GROUP BY sha256 HAVING {last_sent} < %s"  # noqa: S608
-        cursor.execute(f"{held} EXCEPT {_NAMED[connection.vendor]}", [before])
-        return {sha256 for (sha256,) in cursor.fetchall()}
+        cursor.execute(f"{held_sql} EXCEPT SELECT {sha256} FROM {files}", params)  # noqa: S608
+        return {found for (found,) in cursor.fetchall()}
 
 
 def _unheld_stored(store, before: datetime) -> set[str]:
@@ -85,10 +94,9 @@ def _unheld(shas: list[str]) -> set[str]:
 
 
 def _named(sha256: str) -> bool:
-    if connection.vendor == "postgresql":
-        return ModelVersion.objects.filter(manifest__files__contains=[{"sha256": sha256}]).exists()
+    files, named = _NAMED_FILES[connection.vendor]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT EXISTS ({_NAMED['sqlite']} WHERE json_extract(f.value, '$.sha256') = %s)", [sha256])  # noqa: S608
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {files} WHERE {named} = %s)", [sha256])  # noqa: S608
         return bool(cursor.fetchone()[0])
 
 
@@ -98,11 +106,7 @@ def _prune_blob(store, sha256: str, before: datetime, dry_run: bool, report: Pru
         lock_blobs([sha256], shared=False)
         if _named(sha256):
             return
-        holdings = list(
-            BlobHolding.objects.filter(sha256=sha256)
-            .select_related("model")
-            .annotate(sent=Coalesce("sent_again_at", "created_at"))
-        )
+        holdings = list(BlobHolding.objects.filter(sha256=sha256).select_related("model").annotate(sent=_LAST_SENT))
         if any(holding.sent >= before for holding in holdings):
             return
         size = store.size(sha256)
