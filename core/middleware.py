@@ -22,7 +22,7 @@ class StartupCheckMiddleware:
     def __init__(self, get_response):
         errors = checks.embedded_backends()
         if errors:
-            raise ImproperlyConfigured(" ".join(f"{error.msg} {error.hint}" for error in errors))
+            raise ImproperlyConfigured(checks.refusal(errors))
         raise MiddlewareNotUsed
 
 
