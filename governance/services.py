@@ -198,7 +198,7 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
                 code="already_pending",
                 detail={"id": open_request.pk},
             )
-        _check_not_desired(version, target, desired_release_id=locked.desired_release_id)
+        _check_not_desired(version, locked)
         evaluation = selectors.promotion_evaluate(version=version, target=target, storage=storage)
         rules = evaluation.rules
         request = PromotionRequest.objects.create(
@@ -229,16 +229,17 @@ def promotion_request(*, actor, version: ModelVersion, target: DeploymentTarget,
     return request
 
 
-def _check_not_desired(version: ModelVersion, target: DeploymentTarget, *, desired_release_id: int | None) -> None:
+def _check_not_desired(version: ModelVersion, target: DeploymentTarget) -> None:
     """Refuse to request what the target is already set to serve: the same version with the same host revision as
-    its desired release on its way or live. Asked under the target's lock, so a retry whose first answer was lost
-    (approved at once, under a policy needing no approvals) is answered with that request and does not release the
-    version a second time. A failed release, or another host revision (tags are editable), may be requested."""
-    if desired_release_id is None:
+    its desired release on its way or live. Asked of `target` as read under its lock, so a retry whose first answer
+    was lost (approved at once, under a policy needing no approvals) is answered with that request and does not
+    release the version a second time. A failed release, or another host revision (tags are editable), may be
+    requested."""
+    if target.desired_release_id is None:
         return
     desired = (
         Release.objects.filter(
-            pk=desired_release_id,
+            pk=target.desired_release_id,
             version=version,
             state__in=(ReleaseState.PENDING, ReleaseState.DEPLOYING, ReleaseState.LIVE),
         )

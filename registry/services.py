@@ -214,11 +214,11 @@ def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> Stored
                 code="artifact_pruned",
             )
         holding, held_now = BlobHolding.objects.get_or_create(model=model, sha256=blob.sha256)
-        if not held_now:
-            BlobHolding.objects.filter(pk=holding.pk).update(sent_again_at=timezone.now())
         if held_now:
             after = {"sha256": blob.sha256, "size": blob.size, "new_to_store": blob.created}
             record(action="artifact.uploaded", subject=model, actor=actor, after=after)
+        else:
+            BlobHolding.objects.filter(pk=holding.pk).update(sent_again_at=timezone.now())
     return told
 
 
