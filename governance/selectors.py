@@ -5,7 +5,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.db.models import F, Min, OuterRef, Prefetch, Q, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
@@ -201,34 +200,7 @@ def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: Po
         .distinct()
         .only("pk", "is_active", "is_superuser")
     )
-    return _may_view(list(members), (request.version.model, request.target))
-
-
-def _may_view(users: list, objects: tuple) -> set[int]:
-    """The ids of the users who may view every one of the objects, as access.has_perm() decides it. Their grants
-    are read for all of them in one statement (access.codenames_column per user and object, handed to
-    access.remember()), so a request's page costs the same however many approvals it has. Users it asks nothing
-    of (superusers; every user on SQLite) are answered by has_perm() itself."""
-    user_meta = get_user_model()._meta
-    pks = [f"o{i}.{o._meta.pk.column}" for i, o in enumerate(objects)]
-    tables = ", ".join([f"{user_meta.db_table} u", *(f"{o._meta.db_table} o{i}" for i, o in enumerate(objects))])
-    where = " AND ".join(f"{column} = %s" for column in [f"u.{user_meta.pk.column}", *pks])
-    statements, params, asked = [], [], {}
-    for user in users:
-        columns = [access.codenames_column(user, type(o), pk) for o, pk in zip(objects, pks, strict=True)]
-        if None in columns:
-            continue
-        arrays = ", ".join(sql for sql, _ in columns)
-        statements.append(f"SELECT u.{user_meta.pk.column}, {arrays} FROM {tables} WHERE {where}")  # noqa: S608 - names from the models, values bound
-        params.extend([*(p for _, column_params in columns for p in column_params), user.pk, *(o.pk for o in objects)])
-        asked[user.pk] = user
-    if statements:
-        with connection.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join(statements), params)
-            for user_pk, *held in cursor.fetchall():
-                for obj, codenames in zip(objects, held, strict=True):
-                    access.remember(asked[user_pk], obj, codenames)
-    return {u.pk for u in users if all(access.has_perm(u, access.view_codename(o), o) for o in objects)}
+    return access.may_view_all(list(members), (request.version.model, request.target))
 
 
 def may_review(*, user, request: PromotionRequest, rules: PolicyRules) -> tuple[bool, str]:
