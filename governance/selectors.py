@@ -270,6 +270,32 @@ def newest_policies() -> QuerySet[Policy]:
     return Policy.objects.annotate(newest=newest_first).filter(newest=1)
 
 
+def policy_overrides(*, user, targets: Iterable[DeploymentTarget]) -> QuerySet[Policy]:
+    """The model overrides in force on these targets (the newest version of each), of models the user may view
+    only: an override names its model, so one the user may not view is neither shown nor counted. One query for
+    any number of targets (the API's target list), by target then model name. An override wins outright over the
+    target's policy for its model (current_policy), so the target's readers must see it there."""
+    return (
+        newest_policies()
+        # Both filters keep or drop whole (target, model) groups, as newest_policies() requires.
+        .filter(
+            target_id__in=[t.pk for t in targets],
+            model__in=access.visible(user, RegisteredModel.objects.all()),
+        )
+        .select_related("model", "created_by")
+        .order_by("target_id", "model__namespace", "model__name")
+    )
+
+
+def policy_overrides_by_target(*, user, targets: list[DeploymentTarget]) -> dict[int, list[Policy]]:
+    """target id -> policy_overrides() of it, for every target given (an empty list where there are none)."""
+    result: dict[int, list[Policy]] = {t.pk: [] for t in targets}
+    if targets:
+        for policy in policy_overrides(user=user, targets=targets):
+            result[policy.target_id].append(policy)
+    return result
+
+
 def live_release(*, target: DeploymentTarget) -> Release | None:
     return target.releases.filter(state=ReleaseState.LIVE).select_related("version__model").order_by("-number").first()
 

@@ -257,7 +257,7 @@ def target_detail(request, name: str):
     policy = selectors.current_policy(target=target)
     # An override replaces the target's policy outright for its model: the page says which models have one.
     overrides_page = paginate(
-        request, ui_selectors.policy_overrides(user=request.user, targets=[target]), "overrides_page"
+        request, selectors.policy_overrides(user=request.user, targets=[target]), "overrides_page"
     )
     pending = ui_selectors.pending_for_target(user=request.user, target=target)
     pending_page = paginate(request, pending, "pending_page")

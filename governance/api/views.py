@@ -8,7 +8,7 @@ from core.api import location
 from core.errors import Forbidden, InvalidInput, NotFound
 from core.openapi import NOT_MODIFIED, etag_header, if_match_header, if_none_match_header
 from core.pagination import cursor, paginated
-from governance import deployment, presenters, selectors, services, ui_selectors
+from governance import deployment, presenters, selectors, services
 from governance.api import serializers as s
 from governance.hosts import HOSTS
 from governance.models import DeploymentTarget, PromotionRequest
@@ -22,7 +22,7 @@ def releases_context(user, releases) -> dict:
 
 
 def targets_output(user, targets: list[DeploymentTarget]) -> list:
-    overrides = ui_selectors.policy_overrides_by_target(user=user, targets=targets)  # one query for the list
+    overrides = selectors.policy_overrides_by_target(user=user, targets=targets)  # one query for the list
     views = [target_view(t, overrides[t.pk]) for t in targets]
     return s.TargetOutput(views, many=True, context=releases_context(user, [v["live_release"] for v in views])).data
 
