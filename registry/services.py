@@ -187,10 +187,12 @@ def lock_blobs(shas, *, shared: bool) -> None:
 
 
 def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> StoredBlob:
-    """Record that `model` holds a blob whose bytes were just sent for it (and verified). A model's first upload of
-    some bytes is audited (`artifact.uploaded`: sha256, size and whether the store already had them, never the
-    bytes), since holding them lets its viewers use them; sending them again for it is noted (sent_again_at, which
-    keeps an unnamed blob from the pruning a while longer) but not audited: it changes no one's access.
+    """Record that `model` holds a blob whose bytes were just sent for it (and verified), or, for a presigned
+    upload completed with nothing PUT, whose bytes a model the sender may view holds (upload_complete checks). A
+    model's first upload of some bytes is audited (`artifact.uploaded`: sha256, size and whether the store already
+    had them, never the bytes), since holding them lets its viewers use them; sending them again for it is noted
+    (sent_again_at, which keeps an unnamed blob from the pruning a while longer: a CI job that skipped the PUT
+    because the bytes were stored is about to name them) but not audited: it changes no one's access.
 
     Returns the blob as the sender is told of it: `created` (201) unless a model the sender may view held these
     bytes before. Whether a model hidden from them holds a file they have is not told (the store's "already had
@@ -199,8 +201,6 @@ def _blob_received(*, model: RegisteredModel, blob: StoredBlob, actor) -> Stored
     Bytes found already stored may have been pruned since (registry.pruning deletes a blob no version names once
     its holdings are old): under the blob's lock the store is asked again, and a 409 asks for the file again
     rather than a holding of nothing."""
-    if not blob.received:
-        return blob
     told = blob  # new to the store is new to the sender; else it is new unless a model they may view had it
     if not blob.created:
         sender = actor if actor is not None else context.actor.get()

@@ -172,6 +172,31 @@ def test_pruning_an_s3_bucket(s3, owner):  # noqa: F811
     assert keys == [blob_key(sha(NAMED))]
 
 
+@pytest.mark.django_db
+def test_a_presigned_upload_completed_without_a_put_counts_as_sent(s3, owner):  # noqa: F811
+    """A CI job told `already_stored` skips the PUT and completes: that is the bytes sent again (for its own
+    model, a first holding, audited), so the pruning keeps them for the registration that follows; it deleted
+    them before, and the registration was refused `artifacts_missing`."""
+    assert owner.post("/api/v1/models/", {"namespace": "acme", "name": "fork"}, format="json").status_code == 201
+    BlobHolding.objects.update(created_at=WEEK_AGO)
+    cutoff = timezone.now()  # S3 sets LastModified itself: the blobs were stored before it, the completes come after
+    events = AuditEvent.objects.count()
+    for model in ("acme/churn", "acme/fork"):
+        body = {"sha256": sha(UNNAMED), "size": len(UNNAMED)}
+        started = owner.post(f"/api/v1/models/{model}/uploads", body, format="json").json()
+        assert started["already_stored"] is True
+        done = owner.post(f"/api/v1/models/{model}/uploads/{started['upload_id']}/complete")
+        assert (done.status_code, done.json()["created"]) == (200, False)
+
+    report = prune_artifacts(before=cutoff)
+
+    assert report.blobs == []
+    [uploaded] = AuditEvent.objects.order_by("seq")[events:]
+    assert (uploaded.action, uploaded.subject_repr) == ("artifact.uploaded", "acme/fork")
+    assert '"new_to_store":false' in uploaded.after
+    assert register(owner, UNNAMED, model="acme/fork").status_code == 201
+
+
 # --- beside registrations and uploads: the blob's lock (PostgreSQL) --------------------------------------------
 
 
