@@ -3,16 +3,19 @@
 
 Standard library only (Python 3.8 or later), so an auditor can run it on an exported file without the project:
 
-    python3 chain.py audit-export.ndjson [--allow-gaps] [--expect-start SEQ:PREV_HASH] [--expect-head HASH] [--jobs N]
+    python3 chain.py audit-export.ndjson [--allow-gaps] [--expect-start SEQ:PREV_HASH] [--expect-head HASH]
+                     [--expect-count N] [--jobs N]
 
 A whole export must start at sequence 1. Pass --expect-start with the X-Audit-First-Seq and X-Audit-First-Prev-Hash
 the registry sent (as SEQ:PREV_HASH) to detect events missing from the start: the first line must be that sequence
 number and link to that hash (0 and the genesis hash: the export holds no event); --expect-head with the
-X-Audit-Last-Hash it sent detects events missing from the end. --allow-gaps is for an export filtered by subject or
+X-Audit-Last-Hash it sent detects events missing from the end; --expect-count with the X-Audit-Count it sent, events
+removed or added anywhere (the file must hold that many events). --allow-gaps is for an export filtered by subject or
 actor; --partial accepts a contiguous export that starts later without checking where (if those headers were lost).
---allow-gaps proves less: an event whose successor was filtered out links to nothing in the file, so
-whoever rewrote it could have recomputed its hash. For evidence, verify a contiguous export (a time or
-sequence range) and filter it afterwards.
+--allow-gaps proves less. Sequence numbers then only have to increase, so an event deleted from between the first
+and the last goes unseen unless --expect-count is given. And even with it, an event whose successor was filtered
+out links to nothing in the file, so whoever rewrote it could have recomputed its hash. For evidence, verify a
+contiguous export (a time or sequence range) and filter it afterwards.
 
 Rule: hash = sha256(prev_hash || canonical_json(event)), where prev_hash is the previous event's
 hash as 64 lowercase hex ASCII characters (64 zeros before the first event), and canonical JSON is
@@ -26,8 +29,8 @@ re-serialized; any other line is parsed, re-serialized and checked on its own, w
 --jobs N (default: the number of CPUs, at most 8) shares the blocks of lines among N worker processes.
 
 Exit status: 0 when every line verifies, 1 naming the first bad sequence number (or line, for one that is not
-JSON this verifier can read: broken, nested too deeply, or an integer of more than 4,300 digits), 2 on usage
-errors.
+JSON this verifier can read: broken, nested too deeply, or an integer of more than 4,300 digits) or saying how many
+events the file holds when --expect-count expects another number, 2 on usage errors.
 """
 
 from __future__ import annotations  # annotations stay unevaluated: this file runs on Python 3.8
@@ -653,6 +656,13 @@ def _expected_start(value: str) -> tuple[int, str]:
     return seq, prev_hash
 
 
+def _expected_count(value: str) -> int:
+    """--expect-count N, as the export's X-Audit-Count header gives it."""
+    if not re.fullmatch(r"0|[1-9][0-9]*", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of events (the export's X-Audit-Count)")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify an exported audit log (NDJSON) offline.")
     parser.add_argument("path", help="NDJSON export file, or - for standard input")
@@ -670,6 +680,13 @@ def main(argv: list[str] | None = None) -> int:
         "X-Audit-First-Prev-Hash; 0 and the genesis hash for an empty export)",
     )
     parser.add_argument("--expect-head", metavar="HASH", help="the last event's hash as published by the registry")
+    parser.add_argument(
+        "--expect-count",
+        type=_expected_count,
+        metavar="N",
+        help="how many events the registry selected (X-Audit-Count): with --allow-gaps, the one check that no "
+        "event was removed from between the first and the last",
+    )
     parser.add_argument(
         "--jobs",
         type=int,
@@ -723,11 +740,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.expect_count is not None and count != args.expect_count:
+        change = "removed" if count < args.expect_count else "added"
+        print(
+            f"FAIL: the file holds {count} events but the registry selected {args.expect_count}: events were {change}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"OK: {count} events verified; last hash {head}")
     if (args.partial or args.allow_gaps) and not args.expect_start:
         print(
             "note: nothing showed that no event is missing from the start; pass --expect-start with the "
             "export's X-Audit-First-Seq and X-Audit-First-Prev-Hash",
+            file=sys.stderr,
+        )
+    if args.allow_gaps and args.expect_count is None:
+        print(
+            "note: nothing showed that no event was removed from between the first and the last; pass "
+            "--expect-count with the export's X-Audit-Count",
             file=sys.stderr,
         )
     if args.allow_gaps:

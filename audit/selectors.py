@@ -68,20 +68,33 @@ class Export(NamedTuple):
     # the first event included and the hash it links to (0 and GENESIS when none is): verify with --expect-start
     first_seq: int
     first_prev_hash: str
+    # how many events the filters selected (the lines of an NDJSON export): verify with --expect-count, which
+    # alone shows that no event was removed from between the first and the last of a filtered export
+    count: int
 
 
 EXPORT_FORMATS = ("ndjson", "csv")
+# Filters that can leave out events between the first and the last selected: the export's events are counted.
+# (since/until cut the log once each, except among concurrent events recorded before migration audit 0007.)
+_GAPPED_FILTERS = ("since", "until", "subject_type", "subject_id", "actor")
 
 
 def export(fmt: str = "ndjson", **filters) -> Export:
     """The events that `filters` select (see events()), as they stand now: whatever is appended while the
-    chunks stream is left out, so where the export starts and ends can be handed out before the first chunk."""
+    chunks stream is left out, so where the export starts and ends, and how many events it holds, can be handed
+    out before the first chunk."""
     qs = events(**filters)
     last = qs.order_by("-seq").values("seq", "hash").first() or {"seq": 0, "hash": chain.GENESIS}
     qs = qs.filter(seq__lte=last["seq"])
     first = qs.values("seq", "prev_hash").first() or {"seq": 0, "prev_hash": chain.GENESIS}  # in seq order
+    # Sequence numbers have no gaps (the chain-link trigger) and events are never deleted, so a selection by
+    # sequence number alone holds last - first + 1 events; count(*) would take another 0.1-0.6 s on 1M events.
+    if any(filters.get(name) for name in _GAPPED_FILTERS):
+        count = qs.count()
+    else:
+        count = last["seq"] - first["seq"] + 1 if first["seq"] else 0
     chunks = (csv_chunks if fmt == "csv" else ndjson_chunks)(qs)
-    return Export(chunks, last["seq"], last["hash"], first["seq"], first["prev_hash"])
+    return Export(chunks, last["seq"], last["hash"], first["seq"], first["prev_hash"], count)
 
 
 def ndjson_chunks(qs: QuerySet[AuditEvent]) -> Iterator[bytes]:

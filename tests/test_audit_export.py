@@ -188,6 +188,62 @@ def test_filter_by_subject(auditor, log, fmt, tmp_path):
         assert f"sequence {expected[0].seq}" in gaps.stderr
 
 
+@pytest.mark.parametrize(
+    ("params", "some"),
+    [
+        ({}, True),
+        ({"subject_type": "registry.model", "subject_id": "7"}, True),
+        ({"actor": "ci_bot", "after_seq": "3"}, True),
+        ({"after_seq": "3"}, True),
+        ({"since": "2000-01-01T00:00:00Z"}, True),
+        ({"until": "2000-01-01T00:00:00Z"}, False),
+        ({"after_seq": str(2**63 - 1)}, False),
+        ({"format": "csv", "actor": "owner"}, True),
+    ],
+)
+def test_count_header_is_the_number_of_events(auditor, log, params, some):
+    response = auditor.get(URL, params)
+    got = csv_rows(response) if params.get("format") == "csv" else ndjson(response)
+    assert response["X-Audit-Count"] == str(len(got))
+    assert bool(got) == some
+
+
+def test_filtered_export_missing_an_event_between_its_ends_fails_only_with_the_count(auditor, log, tmp_path):
+    """With --allow-gaps sequence numbers only have to increase: an event removed from between the first and the
+    last passes every other check, the start and the head included. X-Audit-Count catches it, and an event of
+    another subject slipped in where it links."""
+    response = auditor.get(URL, {"subject_type": "registry.model", "subject_id": "7"})
+    got = ndjson(response)
+    assert len(got) == 3
+    start = f"{response['X-Audit-First-Seq']}:{response['X-Audit-First-Prev-Hash']}"
+    expect = ["--allow-gaps", "--expect-start", start, "--expect-head", response["X-Audit-Last-Hash"]]
+    count = ["--expect-count", response["X-Audit-Count"]]
+
+    whole = verify_offline(tmp_path, got, *expect, *count)
+    assert whole.returncode == 0, whole.stderr
+    assert "--expect-count" not in whole.stderr  # no note that it is missing
+
+    removed = [got[0], got[2]]
+    unseen = verify_offline(tmp_path, removed, *expect)
+    assert unseen.returncode == 0, unseen.stderr  # why the count is needed
+    assert "pass --expect-count with the export's X-Audit-Count" in unseen.stderr
+    caught = verify_offline(tmp_path, removed, *expect, *count)
+    assert caught.returncode == 1
+    assert "FAIL: the file holds 2 events but the registry selected 3: events were removed" in caught.stderr
+
+    other = next(e.as_export_dict() for e in log if got[0]["seq"] < e.seq < got[1]["seq"])
+    added = verify_offline(tmp_path, [got[0], other, *got[1:]], *expect, *count)
+    assert added.returncode == 1
+    assert "FAIL: the file holds 4 events but the registry selected 3: events were added" in added.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.0", ""])
+def test_expect_count_must_be_a_number_of_events(tmp_path, value):
+    result = verify_offline(tmp_path, [], "--expect-count", value)
+    assert result.returncode == 2
+    assert "expected a number of events (the export's X-Audit-Count)" in result.stderr
+
+
 def test_filter_by_subject_type_alone(auditor, log):
     got = ndjson(auditor.get(URL, {"subject_type": "registry.version"}))
     assert seqs(got) == seqs(e for e in log if e.subject_type == "registry.version")
@@ -264,6 +320,7 @@ def test_export_is_a_snapshot(auditor, log):
     events = ndjson(response)
     assert seqs(events) == seqs(log)
     assert response["X-Audit-Last-Seq"] == str(log[-1].seq)
+    assert response["X-Audit-Count"] == str(len(log))
 
 
 # --- bad queries ----------------------------------------------------------------------------
@@ -309,7 +366,7 @@ def test_an_export_no_row_can_match_streams_nothing(log, fmt):
     """A filter the database is never asked about (Django finds that no row can match): nothing, not an error."""
     export = selectors.export(fmt, after_seq=10**20)
     assert (export.last_seq, export.last_hash) == (0, chain.GENESIS)
-    assert (export.first_seq, export.first_prev_hash) == (0, chain.GENESIS)
+    assert (export.first_seq, export.first_prev_hash, export.count) == (0, chain.GENESIS, 0)
     assert b"".join(export.chunks).count(b"\n") == (fmt == "csv")
 
 

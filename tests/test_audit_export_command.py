@@ -47,10 +47,11 @@ def test_writes_the_api_export_byte_for_byte_and_says_how_to_verify_it(auditor, 
     out = tmp_path / "audit.ndjson"
     summary = export("--output", str(out))
     assert out.read_bytes() == api_body(auditor)
-    assert f"#{log[-1].seq} (hash {log[-1].hash})" in summary
+    assert f"#{log[-1].seq} (hash {log[-1].hash}), {len(log)} events," in summary
     verify = verify_command(summary)
     start = f"1:{chain.GENESIS}"
-    assert verify == ["audit/chain.py", str(out), "--expect-start", start, "--expect-head", log[-1].hash]
+    head = ["--expect-head", log[-1].hash, "--expect-count", str(len(log))]
+    assert verify == ["audit/chain.py", str(out), "--expect-start", start, *head]
     assert out.stat().st_mode & 0o777 == 0o600  # audit data: the owner's only
     result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -81,9 +82,33 @@ def test_filters_select_what_the_api_selects(auditor, log, tmp_path, args, param
     assert body  # the filter matched something, so the comparison means something
     verify = verify_command(summary)
     first = json.loads(body.split(b"\n", 1)[0])
-    assert verify[2:-2] == [*flags, "--expect-start", f"{first['seq']}:{first['prev_hash']}"]
+    assert verify[2:-4] == [*flags, "--expect-start", f"{first['seq']}:{first['prev_hash']}"]
+    assert verify[-2:] == ["--expect-count", str(body.count(b"\n"))]
     result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [["--subject-type", "registry.model", "--subject-id", "8"], ["--actor", "owner"]])
+def test_the_printed_command_fails_on_an_event_removed_from_a_filtered_export(log, tmp_path, args):  # noqa: F811
+    """With --allow-gaps, sequence numbers only have to increase: only --expect-count shows that no event was removed
+    from between the first and the last (the start and the head are still there)."""
+    out = tmp_path / "audit.ndjson"
+    verify = verify_command(export("--output", str(out), *args))
+    assert "--allow-gaps" in verify
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 3
+    assert verify[-2:] == ["--expect-count", str(len(lines))]
+    run = [sys.executable, str(CHAIN_SCRIPT), *verify[1:]]
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    out.write_bytes(b"".join([lines[0], *lines[2:]]))
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    expected = f"the file holds {len(lines) - 1} events but the registry selected {len(lines)}: events were removed"
+    assert expected in result.stderr
+    without_count = subprocess.run(run[:-2], capture_output=True, text=True)
+    assert without_count.returncode == 0, without_count.stderr  # what the count adds
 
 
 def test_csv_to_stdout(auditor, log, capsysbinary):  # noqa: F811
@@ -95,7 +120,8 @@ def test_ndjson_to_stdout_says_how_to_verify_the_saved_output(auditor, log, caps
     summary = export()
     assert capsysbinary.readouterr().out == api_body(auditor)
     start = f"1:{chain.GENESIS}"
-    assert verify_command(summary) == ["audit/chain.py", "FILE", "--expect-start", start, "--expect-head", log[-1].hash]
+    head = ["--expect-head", log[-1].hash, "--expect-count", str(len(log))]
+    assert verify_command(summary) == ["audit/chain.py", "FILE", "--expect-start", start, *head]
 
 
 def test_a_symlinked_output_is_written_at_its_target(auditor, log, tmp_path):  # noqa: F811
@@ -167,7 +193,8 @@ def test_an_empty_selection_exports_an_empty_file_with_the_genesis_head(db, tmp_
     out = tmp_path / "audit.ndjson"
     summary = export("--output", str(out), "--after-seq", "999999")
     assert out.exists() and out.read_bytes() == b""
-    assert f"up to #0 (hash {chain.GENESIS})" in summary
+    assert f"up to #0 (hash {chain.GENESIS}), 0 events," in summary
+    assert verify_command(summary)[-2:] == ["--expect-count", "0"]
 
 
 def test_an_export_stopped_by_sigterm_leaves_no_partial_file(tmp_path):
@@ -262,7 +289,8 @@ def test_time_filters_select_one_contiguous_run_that_verifies(auditor, log, tmp_
         assert seqs and seqs == list(range(seqs[0], seqs[-1] + 1))
         assert (seqs[0] == 1) == ("--since" not in args)
         verify = verify_command(summary)
-        assert verify[2:-2] == ["--expect-start", f"{seqs[0]}:{events[0]['prev_hash']}"]
+        assert verify[2:-4] == ["--expect-start", f"{seqs[0]}:{events[0]['prev_hash']}"]
+        assert verify[-2:] == ["--expect-count", str(len(seqs))]
         result = subprocess.run([sys.executable, str(CHAIN_SCRIPT), *verify[1:]], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 

@@ -204,7 +204,8 @@ def test_audit_export_prints_the_start_and_verifies_it(log, tmp_path, args, firs
     summary, verify = export_command("--output", str(out), *args)
     assert f"from #{first.seq} (prev_hash {first.prev_hash}) up to #{last.seq} (hash {last.hash})" in summary
     start = f"{first.seq}:{first.prev_hash}"
-    assert verify == ["audit/chain.py", str(out), *flags, "--expect-start", start, "--expect-head", last.hash]
+    head = ["--expect-head", last.hash, "--expect-count", str(len(selected))]
+    assert verify == ["audit/chain.py", str(out), *flags, "--expect-start", start, *head]
     lines = out.read_bytes().splitlines(keepends=True)
     assert run_verifier(tmp_path, lines, *verify[2:]).returncode == 0
     assert_fails_at(run_verifier(tmp_path, lines[1:], *verify[2:]), json.loads(lines[1])["seq"], line=1)
@@ -214,7 +215,7 @@ def test_audit_export_of_nothing_says_it_starts_at_zero(db, tmp_path):
     out = tmp_path / "audit.ndjson"
     summary, verify = export_command("--output", str(out), "--after-seq", "999999")
     assert f"from #0 (prev_hash {GENESIS}) up to #0 (hash {GENESIS})" in summary
-    assert verify[2:] == ["--expect-start", f"0:{GENESIS}", "--expect-head", GENESIS]
+    assert verify[2:] == ["--expect-start", f"0:{GENESIS}", "--expect-head", GENESIS, "--expect-count", "0"]
     assert run_verifier(tmp_path, [out.read_bytes()], *verify[2:]).returncode == 0
     assert run_verifier(tmp_path, synthetic_lines(2), *verify[2:]).returncode == 1
 
@@ -223,4 +224,5 @@ def test_stdout_export_prints_the_start(log, capsysbinary):  # noqa: F811
     summary, verify = export_command("--after-seq", str(log[2].seq))
     assert json.loads(capsysbinary.readouterr().out.split(b"\n", 1)[0])["seq"] == log[3].seq
     start = f"{log[3].seq}:{log[2].hash}"
-    assert verify == ["audit/chain.py", "FILE", "--expect-start", start, "--expect-head", log[-1].hash]
+    head = ["--expect-head", log[-1].hash, "--expect-count", str(len(log) - 3)]
+    assert verify == ["audit/chain.py", "FILE", "--expect-start", start, *head]

@@ -49,10 +49,12 @@ class AuditEventExportView(BaseAPIView):
         description=(
             "Streams in constant memory. The response headers X-Audit-Last-Seq and X-Audit-Last-Hash name the "
             "last event included, X-Audit-First-Seq and X-Audit-First-Prev-Hash the first one and the hash it "
-            "links to (all 0 and the genesis hash when the export is empty). Verify an NDJSON export offline "
-            "with audit/chain.py: --expect-start FIRST_SEQ:FIRST_PREV_HASH detects events missing from the "
-            "start, --expect-head LAST_HASH events missing from the end, and --allow-gaps is needed when "
-            "filtered by subject or actor."
+            "links to (all 0 and the genesis hash when the export is empty), X-Audit-Count how many events the "
+            "filters selected (the NDJSON lines). Verify an NDJSON export offline with audit/chain.py: "
+            "--expect-start FIRST_SEQ:FIRST_PREV_HASH detects events missing from the start, --expect-head "
+            "LAST_HASH events missing from the end, --expect-count COUNT events removed or added anywhere; "
+            "--allow-gaps is needed when filtered by subject or actor, and then only --expect-count shows that "
+            "no event was removed between the first and the last."
         ),
     )
     def get(self, request):
@@ -67,6 +69,7 @@ class AuditEventExportView(BaseAPIView):
         response["X-Audit-First-Prev-Hash"] = export.first_prev_hash
         response["X-Audit-Last-Seq"] = str(export.last_seq)
         response["X-Audit-Last-Hash"] = export.last_hash
+        response["X-Audit-Count"] = str(export.count)
         return response
 
 

@@ -17,7 +17,7 @@ from audit import selectors
 from audit.api.serializers import ExportQuery
 
 # What `audit/chain.py` needs to verify an export filtered this way (see its --help), besides where the export
-# starts and ends (--expect-start, --expect-head), which the command always gives.
+# starts and ends and how many events it holds (--expect-start, --expect-head, --expect-count), always given.
 _GAPS = {"subject_type", "subject_id", "actor"}  # events missing in between
 
 
@@ -26,7 +26,8 @@ class Command(BaseCommand):
         "Export audit events in chain order, as GET /api/v1/audit/events does (same formats, filters and "
         "bytes), straight from the database: to --output FILE (a new file, readable by its owner only, in "
         "place once complete) or to stdout. Where it starts (the first event's sequence number and prev_hash) "
-        "and ends (the last event's sequence number and hash) go to stderr, with the command that verifies the file."
+        "and ends (the last event's sequence number and hash) and how many events it holds go to stderr, with the "
+        "command that verifies the file."
     )
     # Django's system checks load the URLconf and every view (13 MB): nothing an export reads from.
     requires_system_checks = []
@@ -61,13 +62,13 @@ class Command(BaseCommand):
             _write_whole(target, export.chunks, say=lambda message: self.stderr.write(message, str))
         summary = (
             f"Exported audit events from #{export.first_seq} (prev_hash {export.first_prev_hash}) "
-            f"up to #{export.last_seq} (hash {export.last_hash}) to {target or 'stdout'}."
+            f"up to #{export.last_seq} (hash {export.last_hash}), {export.count} events, to {target or 'stdout'}."
         )
         if fmt == "ndjson":
             command = ["python", "audit/chain.py", str(target) if target else "FILE"]
             command += ["--allow-gaps"] if _GAPS & filters.keys() else []
             command += ["--expect-start", f"{export.first_seq}:{export.first_prev_hash}"]
-            command += ["--expect-head", export.last_hash]
+            command += ["--expect-head", export.last_hash, "--expect-count", str(export.count)]
             summary += f"\nVerify (from the project directory): {shlex.join(command)}"
         self.stderr.write(summary, style_func=str)  # not an error, whatever a terminal's styling says
 
