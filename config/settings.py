@@ -221,6 +221,7 @@ if AXES_COOLOFF_TIME <= 0:  # django-axes reads 0 as "locked until an admin rese
     raise ImproperlyConfigured(f"AXES_COOLOFF_MINUTES must be at least 1, got {env('AXES_COOLOFF_MINUTES')!r}.")
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "ui/lockout.html"  # the 429 as a page of the site, saying when to try again
 # Proxies in front of the web processes that append to X-Forwarded-For (a load balancer, HAProxy with
 # `option forwardfor`, nginx): without it every client shares the proxy's address, and five wrong passwords
 # from anyone lock a username for everyone. Count only proxies of your own; core/client_ip.py says why.

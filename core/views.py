@@ -1,10 +1,13 @@
 from django.core.exceptions import DisallowedHost
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponseServerError, JsonResponse
+from django.shortcuts import render
+from django.template import loader
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
 from config.celery import app as celery_app
+from core import context
 from core.api import error_body
 
 
@@ -56,6 +59,9 @@ def permission_denied(request, exception=None):
 
 
 def not_found(request, exception=None):
+    """handler404 (with DEBUG off): JSON under /api/; elsewhere the web UI's own page, as a person reads it."""
+    if not _under_api(request):
+        return render(request, "ui/404.html", {"what": None}, status=404)
     return JsonResponse(error_body("not_found", f"No route matches {request.path}."), status=404)
 
 
@@ -67,6 +73,11 @@ def api_not_found(request):
 
 
 def server_error(request):
+    """handler500: JSON under /api/; elsewhere a static page. Neither reads the database or the session (the error
+    may be theirs): the page gets no request context, only the request id to quote."""
+    if not _under_api(request):
+        page = loader.get_template("ui/500.html").render({"request_id": context.request_id.get()})
+        return HttpResponseServerError(page)
     return JsonResponse(
         error_body("internal_error", "Internal server error. Quote the request id when reporting it."), status=500
     )

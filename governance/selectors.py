@@ -170,11 +170,8 @@ def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revisio
     given by someone who may still review under that policy (active, in one of its approver groups, may view
     the model and the target): an approver who leaves the group, is deactivated or loses view of either takes
     their approval with them."""
-    current = (request.version.digest, card_revision, policy.pk)
     bound = [
-        a
-        for a in request.approvals.all()
-        if a.decision == Decision.APPROVE and (a.digest, a.card_revision, a.policy_id) == current
+        a for a in request.approvals.all() if is_bound(a, request=request, policy=policy, card_revision=card_revision)
     ]
     eligible = _still_approvers({a.user_id for a in bound}, request=request, rules=rules_of(policy))
     seen, counted = set(), []
@@ -183,6 +180,17 @@ def counted_approvals(*, request: PromotionRequest, policy: Policy, card_revisio
             seen.add(approval.user_id)
             counted.append(approval)
     return counted
+
+
+def is_bound(approval: Approval, *, request: PromotionRequest, policy: Policy, card_revision: int | None) -> bool:
+    """Whether an approval is bound to the request as it is now: an approve given on its current digest, card
+    revision and policy version. The one place the rule lives: counted_approvals() asks it, then whether the
+    approver may still review; the review queue asks it of its reader, who may review every request listed."""
+    current = (request.version.digest, card_revision, policy.pk)
+    return (
+        approval.decision == Decision.APPROVE
+        and (approval.digest, approval.card_revision, approval.policy_id) == current
+    )
 
 
 def _still_approvers(user_ids: set[int], *, request: PromotionRequest, rules: PolicyRules) -> set[int]:

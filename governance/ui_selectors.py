@@ -1,6 +1,6 @@
 """Reads for the server-rendered UI, in batches so a page costs the same number of queries at any length.
 
-The review queue shows a failing-rule count per request. `evaluate_many()` answers it for a whole page
+The review queue shows the failing rules of each request. `evaluations_many()` answers it for a whole page
 with a fixed number of queries, gathering the facts with the same `selectors.facts_many()` as
 `selectors.promotion_evaluate()` and handing them to the same pure `policy.evaluate()`; only the
 verified-digest fact differs, as registration left it instead of asked of the storage per row
@@ -10,8 +10,11 @@ verified-digest fact differs, as registration left it instead of asked of the st
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import Q, QuerySet
+from django.db.models import Case, CharField, JSONField, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 
+from audit.models import AuditEvent
 from governance import selectors
 from governance.choices import PromotionState, ReleaseState
 from governance.models import DeploymentTarget, Policy, PromotionRequest, Release
@@ -33,29 +36,54 @@ def current_policies(pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], 
     return {(t, m): newest.get((t, m)) or newest.get((t, None)) for t, m in pairs}
 
 
-def evaluate_many(pairs: list[tuple[ModelVersion, DeploymentTarget]]) -> dict[tuple[int, int], list[Check]]:
-    """(version_id, target_id) -> every policy check, for many pairs in a fixed number of queries."""
+def evaluations_many(
+    pairs: list[tuple[ModelVersion, DeploymentTarget]],
+) -> dict[tuple[int, int], selectors.Evaluation]:
+    """(version_id, target_id) -> what promotion_evaluate() answers for the pair (the policy, every check, the
+    card revision), for many pairs in a fixed number of queries."""
     if not pairs:
         return {}
     policies = current_policies((t.pk, v.model_id) for v, t in pairs)
-    rules = {(v.pk, t.pk): parse_rules(policies[(t.pk, v.model_id)].rules) for v, t in pairs}
+    chosen = {(v.pk, t.pk): policies[(t.pk, v.model_id)] for v, t in pairs}
+    rules = {pair: parse_rules(policy.rules) for pair, policy in chosen.items()}
     facts = selectors.facts_many(
         [(v, rules[(v.pk, t.pk)]) for v, t in pairs], digest_check=selectors.registered_digest_check
     )
     kinds = {t.pk: t.kind for _, t in pairs}
     return {
-        (version_id, target_id): evaluate(r, facts[version_id], target_kind=kinds[target_id])
+        (version_id, target_id): selectors.Evaluation(
+            policy=chosen[(version_id, target_id)],
+            checks=evaluate(r, facts[version_id], target_kind=kinds[target_id]),
+            card_revision=facts[version_id].card_revision,
+        )
         for (version_id, target_id), r in rules.items()
     }
 
 
+def evaluate_many(pairs: list[tuple[ModelVersion, DeploymentTarget]]) -> dict[tuple[int, int], list[Check]]:
+    """(version_id, target_id) -> every policy check, for many pairs in a fixed number of queries."""
+    return {pair: e.checks for pair, e in evaluations_many(pairs).items()}
+
+
 def queue_rows(requests: list[PromotionRequest]) -> list[dict]:
-    """One row per request of a queue page: the request and how many of its rules fail now."""
-    checks = evaluate_many([(r.version, r.target) for r in requests])
+    """One row per request of a queue page: the request, the rules that fail now, and who approved it as it is
+    now (`approved_by`: user ids, selectors.is_bound() of the prefetched approvals, no query). The page marks
+    its reader's own: the queue lists only requests its reader may review, so their bound approval counts."""
+    evaluations = evaluations_many([(r.version, r.target) for r in requests])
     rows = []
     for request in requests:
-        failing = [c for c in checks[(request.version_id, request.target_id)] if not c.passed]
-        rows.append({"request": request, "failing": failing})
+        e = evaluations[(request.version_id, request.target_id)]
+        rows.append(
+            {
+                "request": request,
+                "failing": [c for c in e.checks if not c.passed],
+                "approved_by": {
+                    a.user_id
+                    for a in request.approvals.all()
+                    if selectors.is_bound(a, request=request, policy=e.policy, card_revision=e.card_revision)
+                },
+            }
+        )
     return rows
 
 
@@ -92,7 +120,27 @@ def live_by_target(targets: list[DeploymentTarget]) -> dict[int, Release]:
 
 
 def target_releases(*, target: DeploymentTarget) -> QuerySet[Release]:
-    return target.releases.select_related("version__model", "promotion", "created_by").order_by("-number")
+    """The target's releases, newest first. A rolled-back one carries who rolled it back and why
+    (`rolled_back_by`, `rolled_back_reason`; None on the others): the newest rollback event of the target that
+    moved away from it (deployment.deployment_rollback records it on the target, `after.from` the release's
+    number; the release row keeps neither), read in the same query as the page."""
+    rollbacks = (
+        AuditEvent.objects.filter(
+            action="release.rolled_back", subject_type=DeploymentTarget._meta.label_lower, subject_id=str(target.pk)
+        )
+        .annotate(from_number=KeyTextTransform("from", Cast("after", JSONField())))
+        .filter(from_number=Cast(OuterRef("number"), CharField()))
+        .order_by("-seq")
+    )
+
+    def of_rollback(field: str) -> Case:
+        return Case(When(state=ReleaseState.ROLLED_BACK, then=Subquery(rollbacks.values(field)[:1])))
+
+    return (
+        target.releases.select_related("version__model", "promotion", "created_by")
+        .annotate(rolled_back_by=of_rollback("actor_username"), rolled_back_reason=of_rollback("reason"))
+        .order_by("-number")
+    )
 
 
 def pending_for_target(*, user, target: DeploymentTarget) -> QuerySet[PromotionRequest]:

@@ -32,6 +32,29 @@ def paginate(request, queryset, param: str = "page"):
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get(param))
 
 
+def _form_text(request, field: str) -> str:
+    """A free-text field as the API's clients send it, lines ending in LF. Browsers send each line break as CRLF but
+    count it as one character against maxlength: measured raw, a text the form accepted was refused as too long
+    (and stored unlike the API's)."""
+    return request.POST.get(field, "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+DRAFT_MAX_CHARS = 2 * free_text.MAX_CHARS  # no browser form sends more (maxlength): a larger text is not kept
+
+
+def _keep_draft(request, key: str, **texts: str) -> None:
+    """What the person typed into a form the server refused, for the page that shows that form again: the refusal
+    says what to change, and the text is there to change."""
+    kept = {name: text for name, text in texts.items() if text and len(text) <= DRAFT_MAX_CHARS}
+    if kept:
+        request.session[f"ui-draft:{key}"] = kept
+
+
+def _draft(request, key: str) -> dict:
+    """The kept draft, once: the next visit shows an empty form again."""
+    return request.session.pop(f"ui-draft:{key}", {})
+
+
 @login_required
 def review_queue(request):
     queue = selectors.review_queue(user=request.user)
@@ -76,6 +99,7 @@ def promotion_detail(request, pk: int):
     promotion = _promotion(request, pk)
     if promotion is None:
         return not_found(request, f"promotion request #{pk}")
+    draft = _draft(request, f"promotion:{pk}")
     view = presenters.promotion_view(promotion)
     evaluation = view["evaluation"]
     candidate = promotion.version
@@ -115,6 +139,7 @@ def promotion_detail(request, pk: int):
                 or access.has_perm(request.user, "manage_deploymenttarget", promotion.target)
             ),
             "free_text_max": free_text.MAX_CHARS,
+            "draft": draft,  # {"approve"|"reject": comment} of a refused decision
         },
     )
 
@@ -156,31 +181,33 @@ def promotion_review(request, pk: int):
         return not_found(request, f"promotion request #{pk}")
     detail_url = reverse("ui-promotion", args=[pk])
     decision = request.POST.get("decision")
-    comment = request.POST.get("comment", "").strip()
+    comment = _form_text(request, "comment").strip()
+
+    def refuse(message: str):
+        messages.error(request, message)
+        if decision in Decision.values:  # back in the textarea it came from
+            _keep_draft(request, f"promotion:{pk}", **{decision: comment})
+        return redirect(detail_url)
+
     if decision not in Decision.values:
-        messages.error(request, "Choose approve or reject.")
-        return redirect(detail_url)
+        return refuse("Choose approve or reject.")
     if decision == Decision.REJECT and not comment:
-        messages.error(request, "A rejection needs a comment that tells the requester what to change.")
-        return redirect(detail_url)
+        return refuse("A rejection needs a comment that tells the requester what to change.")
     try:
         free_text.check("comment", comment)  # before the confirmation page shows it
     except DomainError as exc:
-        messages.error(request, exc.message)
-        return redirect(detail_url)
+        return refuse(exc.message)
     view = presenters.promotion_view(promotion)
     evaluation = view["evaluation"]
     blocked = _blockers(request.user, promotion, view)[decision]
     if blocked:
-        messages.error(request, blocked)
-        return redirect(detail_url)
+        return refuse(blocked)
     if request.POST.get("confirm") != "yes":
         # The request page says what it showed: if that changed before the confirmation page, the reviewer
         # reads the request again instead of confirming a card or policy they never saw.
         seen = _shown(promotion, evaluation)
         if "digest" in request.POST and _seen_or_none(request.POST) != _seen_or_none(seen):
-            messages.error(request, services.CHANGED_SINCE_REVIEW)
-            return redirect(detail_url)
+            return refuse(services.CHANGED_SINCE_REVIEW)
         return render(
             request,
             "governance/promotion_confirm.html",
@@ -190,16 +217,14 @@ def promotion_review(request, pk: int):
     try:
         seen = _seen(request.POST)
     except ValueError:
-        messages.error(request, services.CHANGED_SINCE_REVIEW)
-        return redirect(detail_url)
+        return refuse(services.CHANGED_SINCE_REVIEW)
     try:
         if decision == Decision.APPROVE:
             done = services.promotion_approve(actor=request.user, request_id=pk, comment=comment, seen=seen)
         else:
             done = services.promotion_reject(actor=request.user, request_id=pk, comment=comment, seen=seen)
     except DomainError as exc:
-        messages.error(request, exc.message)
-        return redirect(detail_url)
+        return refuse(exc.message)
     if decision == Decision.REJECT:
         messages.success(request, f"You rejected promotion #{pk}.")
     elif done.state == PromotionState.APPROVED:
@@ -216,7 +241,7 @@ def promotion_cancel(request, pk: int):
     if promotion is None:
         return not_found(request, f"promotion request #{pk}")
     try:
-        services.promotion_cancel(actor=request.user, request_id=pk, reason=request.POST.get("reason", "").strip())
+        services.promotion_cancel(actor=request.user, request_id=pk, reason=_form_text(request, "reason").strip())
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
@@ -250,6 +275,7 @@ def target_detail(request, name: str):
     page = paginate(request, ui_selectors.target_releases(target=target))
     releases = list(page.object_list)
     may_roll_back = access.has_perm(request.user, "deploy_deploymenttarget", target)
+    draft = _draft(request, f"target:{target.pk}")
     roll_back_to = deployment.previous_good(target) if may_roll_back else None
     # Deploying on a target grants no view of the models it served: the rollback form hides them too.
     shown = [*releases, *(r for r in (release, roll_back_to) if r is not None)]
@@ -278,6 +304,7 @@ def target_detail(request, name: str):
             "may_roll_back": may_roll_back,
             "free_text_max": free_text.MAX_CHARS,
             "roll_back_to": roll_back_to,
+            "draft": draft,  # {"reason": ...} of a refused rollback
         },
     )
 
@@ -300,19 +327,22 @@ def target_rollback(request, name: str):
     if not access.has_perm(request.user, "deploy_deploymenttarget", target):
         messages.error(request, f"You may not roll back {name}: that needs the deploy permission on the target.")
         return redirect("ui-target", name=name)
+    reason = _form_text(request, "reason")
     try:
         release = deployment.deployment_rollback(
             actor=request.user,
             target=target,
-            reason=request.POST.get("reason", ""),
+            reason=reason,
             to_number=_release_number(request),
             from_number=_release_number(request, "from"),
         )
     except DomainError as exc:
         messages.error(request, exc.message)
+        _keep_draft(request, f"target:{target.pk}", reason=reason)
     else:
-        hidden = not selectors.visible_model_ids(user=request.user, model_ids=[release.version.model_id])
-        what = "a version of a model you may not view" if hidden else release.version
+        version = release.version
+        hidden = not selectors.visible_model_ids(user=request.user, model_ids=[version.model_id])
+        what = "a version of a model you may not view" if hidden else f"{version.model} v{version.number}"
         messages.success(
             request, f"Rolling back: release {release.number} ({what}) is desired again; the worker moves traffic."
         )

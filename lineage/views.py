@@ -31,8 +31,20 @@ EXPORTS = [
 ]
 
 
-def _error(request, status: int, message: str):
-    return render(request, "lineage/error.html", {"message": message}, status=status)
+def _error(request, status: int, message: str, **form):
+    """The error page; with `form` (the options form's context) it offers that form again, as the user filled it."""
+    return render(request, "lineage/error.html", {"message": message, **form}, status=status)
+
+
+def _options_form(node_id: str, options: dict) -> dict:
+    """What the options form (lineage/options_form.html) shows."""
+    return {
+        "node_id": node_id,
+        "options": options,
+        "directions": selectors.DIRECTIONS,
+        "granularities": selectors.GRANULARITIES,
+        "max_depth": graphs.MAX_DEPTH,
+    }
 
 
 def _options(request) -> tuple[dict, list[str]]:
@@ -62,6 +74,7 @@ def _options(request) -> tuple[dict, list[str]]:
     return {
         "direction": direction,
         "depth": depth,
+        "depth_text": raw_depth,  # as typed: the form shows it again beside the problem
         "granularity": granularity,
         "as_of": as_of,
         "as_of_text": raw_as_of,
@@ -93,8 +106,8 @@ def lineage_page(request):
     if not node_id:
         return _error(request, 400, "Name a lineage node: ?nodeId=model:{namespace}/{name}:{number}, dataset:…, job:….")
     options, problems = _options(request)
-    if problems:
-        return _error(request, 400, " ".join(problems))
+    if problems:  # the form again, with what the user typed, to correct it there
+        return _error(request, 400, " ".join(problems), **_options_form(node_id, options))
     as_of = options["as_of"]
     try:
         start = node_ids.resolve(node_id, request.user, as_of)
@@ -138,7 +151,7 @@ def lineage_page(request):
         request,
         "lineage/graph.html",
         {
-            "node_id": node_id,
+            **_options_form(node_id, options),  # node_id, options and the options form's choices
             "start": start,
             "subject": subject,
             "subject_href": href(subject) if subject and subject.get("type") in ("model", "release") else None,
@@ -148,10 +161,6 @@ def lineage_page(request):
             "too_big": svg is None,
             "max_nodes": MAX_PICTURE_NODES,
             "max_segments": picture.MAX_SEGMENTS,
-            "options": options,
-            "directions": selectors.DIRECTIONS,
-            "granularities": selectors.GRANULARITIES,
-            "max_depth": graphs.MAX_DEPTH,
             "exports": exports,
             "nodes_by_type": sorted(nodes_by_type.items()),
             "api_graph": reverse("api-lineage-graph")

@@ -246,7 +246,6 @@ def test_an_escaped_surrogate_pair_is_one_character(writer):
         "/api/v1/models/a%00b/x/versions/1",
         "/api/v1/models/a/x%00/aliases/champion",
         "/api/v1/targets/prod%00/releases",
-        "/targets/prod%00/",
         "/api/v1/models/a/b%0a/",
     ],
 )
@@ -254,6 +253,15 @@ def test_a_control_character_in_the_path_is_the_unknown_route_404(writer, path):
     """%00 reached PostgreSQL as a NUL in a name (a 500); no name holds a control character."""
     error = error_of(writer.get(path), 404, "not_found")
     assert error["message"].startswith("No route matches")
+
+
+def test_a_control_character_in_a_web_page_path_is_the_web_uis_404_page(user):
+    """Outside /api/ the same unknown route is the web UI's HTML page: a person reads it in a browser."""
+    client = APIClient()
+    client.force_login(user)
+    response = client.get("/targets/prod%00/")
+    assert response.status_code == 404 and response["Content-Type"].startswith("text/html")
+    assert b"<h1>Not found</h1>" in response.content and b"\x00" not in response.content
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e999", "1.5e309"])

@@ -48,7 +48,7 @@ def test_the_rollback_flash_names_no_model_the_deployer_may_not_view(world, ops)
     again = logged_in(world["admin"].user).post(
         "/targets/prod/rollback/", {"reason": "back", "release": "2"}, follow=True
     )
-    assert b"Rolling back: release 2 (acme/churn:1) is desired again" in again.content
+    assert b"Rolling back: release 2 (acme/churn v1) is desired again" in again.content
 
 
 def test_the_archived_version_refusal_names_no_model(world, ops, make_token):
