@@ -31,10 +31,14 @@ holding one is a usage error before any request; one the CLI read from the CI's 
 with a warning.
 Messages show such URLs with the credential replaced by ***.
 
+TLS: https:// trusts the system's CAs, plus the bundle (file or directory) named by SSL_CERT_FILE or
+REQUESTS_CA_BUNDLE, for a registry whose certificate a private CA signed.
+
 Exit status: 0 success; 1 the server refused a request (its error code and message are printed on
-stderr); 2 usage error (bad arguments, missing token or URL, unreadable files); 3 the server could
-not be reached or did not answer (network error, timeout, a 502/503/504 that outlasted the retries): safe to
-retry, every step is idempotent.
+stderr); 2 usage error (bad arguments, missing token or URL, unreadable files, a file changed while it was
+uploaded, a TLS certificate that is not trusted or an https:// URL for a plain-HTTP port); 3 the server could
+not be reached or did not answer (network error, timeout, a 408/429/502/503/504 that outlasted the retries):
+run the command again, every request it sends is idempotent.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+try:
+    import ssl
+except ImportError:  # Python built without ssl: http:// only, as urllib itself
+    ssl = None
+
 __version__ = "0.1.0"
 
 PROG = "registry-cli"
@@ -68,7 +77,12 @@ CHUNK = 1024 * 1024
 MAX_FILES = 10_000  # the server's limit (registry/manifest.py)
 MAX_PATH = 1024
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
-RETRY_STATUSES = (502, 503, 504)
+# Retried, then exit 3: the request timed out at the server (408), was throttled (429), or a proxy or gateway found
+# the registry down, restarting or too slow (502/503/504). None is a refusal of the request itself.
+RETRY_STATUSES = (408, 429, 502, 503, 504)
+MAX_RETRY_AFTER = 60  # seconds: a longer Retry-After ends the retries at once rather than hold the CI job
+MAX_TIMEOUT = 86400  # seconds; the socket layer refuses much larger values
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")  # CA bundles https:// trusts besides the system's
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 # Rules the server applies with these same names (registry/api/serializers.py imports them), so the CLI refuses
 # before any request what the registry would refuse.
@@ -90,13 +104,14 @@ class UsageError(CliError):
 
 class NetworkError(CliError):
     """The registry could not be reached or did not answer: retried, then exit 3. `note` is the short reason logged
-    before a retry."""
+    before a retry; `wait` the seconds the server asked for (Retry-After), if any; `retry` False when retrying now
+    is pointless (the server asked for a longer wait than MAX_RETRY_AFTER)."""
 
     exit_code = EXIT_NETWORK
 
-    def __init__(self, message: str, note: str = ""):
+    def __init__(self, message: str, note: str = "", wait: int | None = None, retry: bool = True):
         super().__init__(message)
-        self.note = note
+        self.note, self.wait, self.retry = note, wait, retry
 
 
 class ServerError(CliError):
@@ -313,23 +328,51 @@ class _HTTPHandler(_EarlyAnswerHandler, urllib.request.HTTPHandler):
     pass
 
 
-_HANDLERS = [_HTTPHandler]
+_HTTPSHandler = None
 if hasattr(urllib.request, "HTTPSHandler"):  # Python built without ssl: http:// only, as urllib itself
 
     class _HTTPSHandler(_EarlyAnswerHandler, urllib.request.HTTPSHandler):
         pass
 
-    _HANDLERS.append(_HTTPSHandler)
+
+def tls_context():
+    """The context for https://: the system's trusted CAs plus the bundles that CA_VARIABLES name (a PEM file or a
+    directory). CI runners behind a private CA commonly set REQUESTS_CA_BUNDLE, which only `requests` reads; OpenSSL
+    reads SSL_CERT_FILE itself but silently skips a file it cannot load, so both are loaded here, and a bad one is a
+    usage error naming it."""
+    if ssl is None:
+        raise UsageError("this Python has no ssl module, so it cannot reach an https:// registry.")
+    context = ssl.create_default_context()
+    for name in CA_VARIABLES:
+        where = os.environ.get(name, "").strip()
+        if not where:
+            continue
+        try:
+            if os.path.isdir(where):
+                context.load_verify_locations(capath=where)
+            else:
+                context.load_verify_locations(cafile=where)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file holding no PEM certificate
+            raise UsageError(
+                f"{name}={where}: cannot load CA certificates from it ({getattr(exc, 'strerror', None) or exc}); "
+                "point it at a PEM bundle, or unset it."
+            ) from None
+    return context
 
 
 class Client:
-    def __init__(self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2, log=None):
+    def __init__(
+        self, base_url: str, token: str, *, timeout: float = 300.0, retries: int = 2, log=None, tls_context=None
+    ):
         self.base = base_url
         self._token = token
         self.timeout = timeout
         self.retries = retries
         self.log = log or (lambda message: None)
-        self._opener = urllib.request.build_opener(_NoRedirect(), *(handler() for handler in _HANDLERS))
+        handlers = [_NoRedirect(), _HTTPHandler()]
+        if _HTTPSHandler is not None:
+            handlers.append(_HTTPSHandler(context=tls_context))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def url(self, *segments: str, trailing_slash: bool = False) -> str:
         path = "/".join(urllib.parse.quote(s, safe=":") for s in segments)
@@ -349,9 +392,9 @@ class Client:
             try:
                 return self._exchange(self._prepare(method, url, data, content_type, length), short)
             except NetworkError as exc:
-                if attempt > retries:
+                if attempt > retries or not exc.retry:
                     raise
-                self._pause(attempt, exc.note)
+                self._pause(attempt, exc.note, exc.wait)
             finally:
                 if hasattr(data, "close"):
                     data.close()
@@ -368,7 +411,8 @@ class Client:
 
     def _exchange(self, req: urllib.request.Request, short: str) -> tuple:
         """One attempt: (status, parsed JSON body) for a success; ServerError for a refusal, NetworkError (retried)
-        for no answer or a 502/503/504."""
+        for no answer or a status in RETRY_STATUSES, UsageError for a TLS failure that only a change of
+        configuration cures."""
         method = req.get_method()
         try:
             try:
@@ -379,10 +423,13 @@ class Client:
         except http.client.InvalidURL as exc:
             raise UsageError(f"registry URL {self.base}: {exc}.") from None
         except (OSError, http.client.HTTPException) as exc:
+            problem = _tls_problem(exc)
+            if problem is not None:
+                raise self._tls_failed(method, short, problem) from None
             raise self._unreachable(method, short, exc) from None
         error = _server_error(method, short, refused, raw)
         if refused.code in RETRY_STATUSES:
-            raise self._no_answer_in_time(error)
+            raise self._not_now(error, _retry_after(refused.headers))
         raise error
 
     def _unreachable(self, method: str, short: str, exc: Exception) -> NetworkError:
@@ -399,21 +446,70 @@ class Client:
             note=f"{method} {short}: {reason}",
         )
 
-    def _no_answer_in_time(self, error: ServerError) -> NetworkError:
-        # A 502/503/504 comes from a proxy or gateway whose registry is down, restarting or too slow: the registry
-        # itself refused nothing, so once the retries are spent it is a network error (exit 3: retry the job).
-        request_id = f" (request id {error.request_id})" if error.request_id else ""
-        return NetworkError(
-            f"the registry at {self.base} did not answer in time ({error.method} {error.path}): "
-            f"HTTP {error.status} {error.code}: {error.message.rstrip('.')}{request_id}. "
-            "The command is safe to re-run.",
-            note=f"{error.method} {error.path}: HTTP {error.status}",
+    def _tls_failed(self, method: str, short: str, problem: Exception) -> UsageError:
+        if not isinstance(problem, ssl.SSLCertVerificationError):
+            hint = (
+                "An https:// URL for a port that speaks plain HTTP fails like this (WRONG_VERSION_NUMBER): use http://"
+            )
+        elif problem.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            hint = "Use the host name that the registry's certificate names in REGISTRY_URL / --url"
+        else:
+            hint = "If a private CA signed the registry's certificate, set SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) to "
+            hint += "your CA bundle, a PEM file"
+            trusted = [f"${name}" for name in CA_VARIABLES if os.environ.get(name, "").strip()]
+            if trusted:
+                hint += f" (trusted now: the system's CAs and {' and '.join(trusted)})"
+        return UsageError(
+            f"TLS with the registry at {self.base} failed ({method} {short}): {problem}. {hint}. "
+            "Not retried: it fails the same way until the configuration changes."
         )
 
-    def _pause(self, attempt: int, why: str) -> None:
-        delay = min(2 ** (attempt - 1), 30)
+    def _not_now(self, error: ServerError, wait: int | None) -> NetworkError:
+        # None of RETRY_STATUSES refuses the request itself: the registry, or a proxy or gateway in front of it, could
+        # not take it now. Once the retries are spent it is a network error (exit 3: run the command again).
+        if error.status == 429:
+            what = "is limiting requests"
+        elif error.status == 408:
+            what = "timed out waiting for the request"
+        else:
+            what = "did not answer in time"
+        request_id = f" (request id {error.request_id})" if error.request_id else ""
+        retry = wait is None or wait <= MAX_RETRY_AFTER
+        then = (
+            "The command is safe to re-run."
+            if retry
+            else f"It asks to wait {wait}s, longer than registry-cli waits ({MAX_RETRY_AFTER}s): run it again later."
+        )
+        return NetworkError(
+            f"the registry at {self.base} {what} ({error.method} {error.path}): "
+            f"HTTP {error.status} {error.code}: {error.message.rstrip('.')}{request_id}. {then}",
+            note=f"{error.method} {error.path}: HTTP {error.status}",
+            wait=wait,
+            retry=retry,
+        )
+
+    def _pause(self, attempt: int, why: str, wait: int | None = None) -> None:
+        delay = wait if wait is not None else min(2 ** (attempt - 1), 30)  # wait <= MAX_RETRY_AFTER here
         self.log(f"{why}; retrying in {delay}s")
         time.sleep(delay)
+
+
+def _tls_problem(exc: Exception):
+    """The ssl error behind `exc` when retrying cannot cure it (a certificate not trusted, no TLS on that port), else
+    None. urllib wraps what fails while connecting in URLError. A TLS connection cut off (SSLEOFError and the other
+    subclasses: a server hanging up on an upload) stays a network error."""
+    reason = getattr(exc, "reason", None)
+    if ssl is None or not isinstance(reason, ssl.SSLError):
+        return None
+    if isinstance(reason, ssl.SSLCertVerificationError) or type(reason) is ssl.SSLError:
+        return reason
+    return None
+
+
+def _retry_after(headers) -> int | None:
+    """The seconds a Retry-After header asks for; None when absent or an HTTP date (the usual back-off applies)."""
+    value = (headers.get("Retry-After") or "").strip() if headers is not None else ""
+    return int(value) if re.fullmatch(r"[0-9]{1,9}", value) else None
 
 
 def _parse_json(raw: bytes):
@@ -506,7 +602,10 @@ def base_url(args) -> str:
     url = (args.url or os.environ.get("REGISTRY_URL") or "").strip()
     if not url:
         raise UsageError("no registry URL: pass --url or set REGISTRY_URL (e.g. https://registry.example.com).")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket, http://[::1
+        raise UsageError(f"registry URL '{url}' is not a valid URL ({exc}).") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"registry URL '{url}' must start with http:// or https:// and name a host.")
     if parts.username or parts.password:
@@ -531,7 +630,8 @@ def client_from(args) -> Client:
     if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
         # http.client would refuse the header with a traceback that shows the token
         raise UsageError("REGISTRY_TOKEN holds spaces, line breaks or non-ASCII characters; no API token does.")
-    return Client(url, token, timeout=args.timeout, retries=args.retries, log=Log(args.quiet))
+    context = tls_context() if url.startswith("https:") else None
+    return Client(url, token, timeout=args.timeout, retries=args.retries, log=Log(args.quiet), tls_context=context)
 
 
 def parse_model(text: str) -> tuple:
@@ -947,7 +1047,17 @@ def upload(client: Client, namespace: str, name: str, manifest: dict, where: dic
 
     def put(entry):
         url = client.url("models", namespace, name, "artifacts", "sha256:" + entry["sha256"])
-        client.request("PUT", url, body=_file_body(where[entry["path"]], entry["size"]), length=entry["size"])
+        path = where[entry["path"]]
+        try:
+            client.request("PUT", url, body=_file_body(path, entry["size"]), length=entry["size"])
+        except ServerError as exc:
+            # The bytes sent are not the ones hashed: the file changed (keeping its size; a size change is caught
+            # while sending). A local problem, like a file deleted since hashing: nothing was stored.
+            if exc.code != "digest_mismatch":
+                raise
+            raise UsageError(
+                f"{path} changed while it was being uploaded (same size, other content); run again."
+            ) from None
         log(f"uploaded {entry['path']} ({_human(entry['size'])})")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -960,17 +1070,38 @@ def upload(client: Client, namespace: str, name: str, manifest: dict, where: dic
 # --- argument parsing --------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= MAX_TIMEOUT:  # nan compares false too
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TIMEOUT} seconds, not '{text}'")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not '{text}'")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
     parser.add_argument("--url", default=default(None), help="registry base URL (default: $REGISTRY_URL)")
     parser.add_argument(
-        "--timeout", type=float, default=default(300.0), help="seconds to wait on the network (default 300)"
+        "--timeout", type=_seconds, default=default(300.0), help="seconds to wait on the network (default 300)"
     )
     parser.add_argument(
         "--retries",
-        type=int,
+        type=_count,
         default=default(2),
-        help="retries after a network error or HTTP 502/503/504 (default 2)",
+        help="retries after a network error or HTTP 408/429/502/503/504 (default 2), 1s then 2s apart, or as long "
+        f"as the answer's Retry-After says up to {MAX_RETRY_AFTER}s (a longer one ends the retries)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress on stderr")
 
@@ -980,7 +1111,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Register model versions in the model governance registry from CI. "
         "The API token is read from REGISTRY_TOKEN.",
-        epilog="Exit status: 0 ok, 1 the server refused, 2 usage error, 3 network error (retry).",
+        epilog="Exit status: 0 ok, 1 the server refused, 2 usage error (or TLS configuration), "
+        "3 network error (run the command again). https:// trusts the system's CAs and $SSL_CERT_FILE / "
+        "$REQUESTS_CA_BUNDLE.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_common(parser, top=True)

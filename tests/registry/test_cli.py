@@ -1,5 +1,6 @@
 """registry-cli end to end: the CLI runs as a subprocess against a live server over real HTTP."""
 
+import hashlib
 import json
 import os
 import socket
@@ -698,3 +699,26 @@ def test_a_file_changed_after_hashing_is_a_usage_error_not_a_timeout(live_server
     while not answered():
         assert time.monotonic() < deadline, "the server never answered the upload"
         time.sleep(0.05)
+
+
+@live
+def test_a_file_changed_after_hashing_but_not_in_size_exits_2_not_1(live_server, ci, tmp_path, monkeypatch, capsys):
+    """The server refuses the changed bytes with 400 digest_mismatch (not the content declared): that is the file
+    changing on disk, a local problem (exit 2, as docs/ci.md says), not the registry refusing (exit 1)."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"the weights as hashed")
+    hashed = cli.build_manifest
+
+    def build_manifest_then_change(root, log=None):
+        result = hashed(root, log)
+        path.write_bytes(b"the weights, modified")  # the same 21 bytes
+        return result
+
+    monkeypatch.setattr(cli, "build_manifest", build_manifest_then_change)
+    monkeypatch.setenv("REGISTRY_URL", live_server.url)
+    monkeypatch.setenv("REGISTRY_TOKEN", ci)
+    assert cli.main(["register", "--model", "acme/churn", "--path", str(tmp_path), "--create-model", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} changed while it was being uploaded (same size, other content); run again." in err
+    assert not ModelVersion.objects.exists()
+    assert blob_store().size(hashlib.sha256(b"the weights as hashed").hexdigest()) is None  # nothing stored
