@@ -546,7 +546,12 @@ def _serving_number(status: HostStatus, target: DeploymentTarget, release: Relea
     """The release number serving all traffic, mapping host release ids where the host can't number them.
 
     Releases of one model revision share a host id (HF's commit): the host serving it serves `release`, the one
-    converged, when that is its id, and otherwise the newest release with the id."""
+    converged, when that is its id, and otherwise the newest release with the id.
+
+    Ids stored before Replicate's and Modal's were made unique over time ("3", "v3"; now "3@<created_at>",
+    "v3@<app id>") match the part before "@", and only for the live release that no release matches exactly: the
+    host still serving it after the upgrade is no drift, and no other old id can pass for what a re-created
+    deployment or app numbers afresh (its release is deployed again, which the host takes as a no-op)."""
     full = [s for s in status.serving if s.traffic_percent >= 100]
     if status.state != "ready" or len(full) != 1:
         return None
@@ -557,6 +562,11 @@ def _serving_number(status: HostStatus, target: DeploymentTarget, release: Relea
     if candidates.filter(pk=release.pk).exists():
         return release.number
     match = candidates.order_by("-number").first()
+    stored = release.host_release_id
+    if match is None and release.state == ReleaseState.LIVE and stored and "@" not in stored:
+        number, at, _ = serving.host_release_id.partition("@")
+        if at and number == stored:
+            return release.number
     return match.number if match else None
 
 

@@ -47,6 +47,13 @@ class Serving:
     traffic_percent: int
 
 
+def unique_host_release_id(number: str, unique: str) -> str:
+    """A host release id unique over time where the host numbers releases afresh (a Replicate deployment or a Modal
+    app deleted and created again starts at 1 again): the host's number, "@", what changes on re-creation. Ids
+    stored before this were the number alone; the reconciler matches those on the part before "@"."""
+    return f"{number}@{unique}"
+
+
 @dataclass(frozen=True)
 class HostStatus:
     state: str  # "ready" | "deploying" | "failed" | "absent"

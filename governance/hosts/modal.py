@@ -12,17 +12,20 @@ adapter drives its command line in a subprocess (the package's entry point `moda
   (a rollback is a new version in the history). If that new version does not show the tag (Modal
   does not document whether a rollback repeats it), the adapter deploys the generated file with the
   tag instead, so the history always says what serves.
-- status: `modal app info <app> --json`: state `deployed` is ready, serving `v{version}`.
+- status: `modal app info <app> --json`: state `deployed` is ready, serving `v{version}@{app_id}`.
 
-`host_release_id` is Modal's app version (`v7`). Credentials are `"<token id>:<token secret>"`,
-passed to the CLI as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET` (never on the command line), in an allow-listed
-environment (`CLI_ENV`: none of the worker's secrets nor its own Modal token). Errors:
-the CLI runs with `MODAL_TRACEBACK=1`, so its last stderr line names the `modal.exception` class;
-NotFound/Auth/PermissionDenied/Invalid/Conflict/AlreadyExists/Execution errors and usage errors
-(exit 2) are permanent, the rest (ServiceError, InternalError, ConnectionError, timeouts) retryable.
+`host_release_id` is Modal's app version and the app's id (`v7@ap-…`): an app stopped and deployed again
+is a new app whose versions start at v1 again, and two different releases must never share an id.
+Credentials are `"<token id>:<token secret>"`, passed to the CLI as `MODAL_TOKEN_ID`/`MODAL_TOKEN_SECRET`
+(never on the command line), in an allow-listed environment (`CLI_ENV`: none of the worker's secrets nor its
+own Modal token; `MODAL_CONFIG_PATH` is os.devnull unless the worker sets it, so the worker's `~/.modal.toml`
+profile does not apply). Errors: the CLI runs with `MODAL_TRACEBACK=1`, so its last stderr line names the
+`modal.exception` class; NotFound/Auth/PermissionDenied/Invalid/Conflict/AlreadyExists/Execution errors and
+usage errors (exit 2) are permanent, the rest (ServiceError, InternalError, ConnectionError, timeouts) retryable.
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidInput
-from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving
+from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving, unique_host_release_id
 from governance.hosts.config import check_fields
 from governance.hosts.environment import child_env
 from governance.hosts.http import check_name, config_or_host_error, host_error, pop_timeout, scrub
@@ -198,8 +201,12 @@ class ModalHost:
         history = self._history(cfg, cli)
         earlier = next((row for row in history if row.get("tag") == tag), None)
         if earlier is not None and earlier is history[0]:
-            if self.status(cfg, spec.credentials).state == "ready":
-                return DeployResult(host_release_id=history[0]["version"], ready=True)
+            try:
+                info = self._info(cfg, cli)
+            except _Missing:
+                info = None
+            if info is not None and _status(cfg, info).state == "ready":
+                return DeployResult(host_release_id=_release_id(history[0]["version"], info), ready=True)
             earlier = None  # the app was stopped: deploy it afresh (a rollback needs a deployed app)
         if earlier is not None:
             try:
@@ -211,7 +218,7 @@ class ModalHost:
             else:
                 history = self._history(cfg, cli)
                 if history and history[0].get("tag") == tag:
-                    return DeployResult(host_release_id=history[0]["version"], ready=True)
+                    return DeployResult(host_release_id=self._deployed_id(cfg, cli, history[0]["version"]), ready=True)
         with tempfile.TemporaryDirectory(prefix="registry-modal-") as tmp:
             path = Path(tmp) / f"{cfg['app_name'].replace('-', '_').replace('.', '_')}_app.py"
             path.write_text(app_source(spec, cfg, tag))
@@ -227,31 +234,16 @@ class ModalHost:
                 retryable=True,
             )
         url = WEB_URL.search(out)
-        return DeployResult(host_release_id=history[0]["version"], endpoint_url=url.group(0) if url else "", ready=True)
+        host_release_id = self._deployed_id(cfg, cli, history[0]["version"])
+        return DeployResult(host_release_id=host_release_id, endpoint_url=url.group(0) if url else "", ready=True)
 
     def status(self, config: dict, credentials: str | None) -> HostStatus:
         cfg = config_or_host_error(validate_config, config)
-        cli = self._env(credentials)
         try:
-            info = self._json(["app", "info", cfg["app_name"], "--json"], cfg, cli)
+            info = self._info(cfg, self._env(credentials))
         except _Missing as exc:
             return HostStatus(state="absent", detail=str(exc))
-        life = info.get("lifecycle") or {}
-        state, version = life.get("state") or "unknown", life.get("version")
-        detail = f"{cfg['app_name']} ({info.get('app_id', '?')}) {state}"
-        if version:
-            detail += f" at v{version}, deployed {life.get('deployed_at')} by {life.get('deployed_by')}"
-        if state == "deployed" and version:
-            return HostStatus(
-                state="ready",
-                serving=(Serving(release_number=0, host_release_id=f"v{version}", traffic_percent=100),),
-                detail=detail,
-            )
-        if state.startswith("initializing"):
-            return HostStatus(state="deploying", detail=detail)
-        if state.startswith(("stopped", "stopping", "disabled")):
-            return HostStatus(state="absent", detail=detail)
-        return HostStatus(state="failed", detail=detail)
+        return _status(cfg, info)
 
     def set_traffic(self, config: dict, credentials: str | None, split: dict[int, int]) -> None:
         raise HostError("a Modal app serves one version at a time; no traffic split", retryable=False)
@@ -265,6 +257,9 @@ class ModalHost:
                 "no Modal token: the target's credential must be '<token id>:<token secret>'", retryable=False
             )
         env = child_env(CLI_ENV)
+        # Without it the CLI reads ~/.modal.toml, the worker's own profile (its environment, server, token), which
+        # would apply to the target's calls: an `environment = "scratch"` there sends a target without one there.
+        env["MODAL_CONFIG_PATH"] = env.get("MODAL_CONFIG_PATH") or os.devnull
         env.update(
             MODAL_TOKEN_ID=token_id.strip(),
             MODAL_TOKEN_SECRET=token_secret.strip(),
@@ -286,6 +281,22 @@ class ModalHost:
         ):
             raise HostError("modal app history --json printed rows without versions", retryable=True)
         return sorted(rows, key=lambda row: int(row["version"][1:]), reverse=True)
+
+    def _info(self, cfg: dict, cli: "_Cli") -> dict:
+        """`modal app info <app> --json`; _Missing when there is no such app."""
+        info = self._json(["app", "info", cfg["app_name"], "--json"], cfg, cli)
+        if not isinstance(info, dict):
+            raise HostError("modal app info --json printed no object", retryable=True)
+        return info
+
+    def _deployed_id(self, cfg: dict, cli: "_Cli", version: str) -> str:
+        """The host release id of `version` ("v3", the newest in the history) of the app just deployed."""
+        try:
+            return _release_id(version, self._info(cfg, cli))
+        except _Missing as exc:
+            raise HostError(
+                f"modal app info finds no app {cfg['app_name']} after deploying it", retryable=True
+            ) from exc
 
     def _json(self, args: list[str], cfg: dict, cli: "_Cli"):
         out = self._run(args, cfg, cli, self.call_timeout, missing_ok=True)
@@ -330,6 +341,32 @@ class ModalHost:
             raise _Missing(scrub(message, cli.secret))
         text = f"{what} failed ({name or f'exit {done.returncode}'}): {message or 'no message'}"
         raise host_error(text, retryable=name not in PERMANENT, secret=cli.secret)
+
+
+def _release_id(version: str, info: dict) -> str:
+    """`version` of the app `info` describes (`modal app info --json`), qualified by the app's id."""
+    app_id = info.get("app_id")
+    return unique_host_release_id(version, app_id) if app_id else version
+
+
+def _status(cfg: dict, info: dict) -> HostStatus:
+    """What `modal app info --json` says serves."""
+    life = info.get("lifecycle") or {}
+    state, version = life.get("state") or "unknown", life.get("version")
+    detail = f"{cfg['app_name']} ({info.get('app_id', '?')}) {state}"
+    if version:
+        detail += f" at v{version}, deployed {life.get('deployed_at')} by {life.get('deployed_by')}"
+    if state == "deployed" and version:
+        return HostStatus(
+            state="ready",
+            serving=(Serving(release_number=0, host_release_id=_release_id(f"v{version}", info), traffic_percent=100),),
+            detail=detail,
+        )
+    if state.startswith("initializing"):
+        return HostStatus(state="deploying", detail=detail)
+    if state.startswith(("stopped", "stopping", "disabled")):
+        return HostStatus(state="absent", detail=detail)
+    return HostStatus(state="failed", detail=detail)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ with only the fields that change. Every create/update makes a new deployment rel
 update back to the earlier version (a new, higher release number) and the registry keeps the history.
 
 The artifact pointer is `ReleaseSpec.host_revision`: the Replicate version id, as `owner/model:<64 hex>`
-or the bare 64-hex hash. `host_release_id` is the deployment's release number (as a string).
+or the bare 64-hex hash. `host_release_id` is the deployment's release number and the release's `created_at`
+(`"3@2024-02-15T16:32:57.018467Z"`): the number alone starts at 1 again when the deployment is deleted and
+created anew, and two different releases must never share an id.
 """
 
 import re
@@ -18,7 +20,7 @@ from replicate.client import RetryTransport
 from replicate.exceptions import ReplicateError
 
 from core.errors import InvalidInput
-from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving
+from governance.hosts.base import DeployResult, HostError, HostStatus, ReleaseSpec, Serving, unique_host_release_id
 from governance.hosts.config import check_fields
 from governance.hosts.http import (
     DEFAULT_TIMEOUT,
@@ -83,6 +85,11 @@ def scaling(cfg: dict) -> dict:
     return wanted
 
 
+def release_id(release) -> str:
+    """The host release id of a deployment release: its number qualified by when it was made."""
+    return unique_host_release_id(str(release.number), release.created_at)
+
+
 class ReplicateHost:
     """Host adapter for one Replicate deployment per target (see the module docstring)."""
 
@@ -127,7 +134,7 @@ class ReplicateHost:
                 f"version {version[:12]}…",
                 retryable=True,
             )
-        return DeployResult(host_release_id=str(release.number), endpoint_url=self._endpoint(cfg), ready=True)
+        return DeployResult(host_release_id=release_id(release), endpoint_url=self._endpoint(cfg), ready=True)
 
     def status(self, config: dict, credentials: str | None) -> HostStatus:
         cfg = config_or_host_error(validate_config, config)
@@ -140,7 +147,7 @@ class ReplicateHost:
             return HostStatus(state="deploying", detail="the deployment has no current release yet")
         return HostStatus(
             state="ready",
-            serving=(Serving(release_number=0, host_release_id=str(release.number), traffic_percent=100),),
+            serving=(Serving(release_number=0, host_release_id=release_id(release), traffic_percent=100),),
             endpoint_url=self._endpoint(cfg),
             detail=(
                 f"release {release.number}: {release.model}:{release.version} on {release.configuration.hardware} "
@@ -196,6 +203,10 @@ class ReplicateHost:
         if isinstance(transport, RetryTransport):
             transport.max_attempts = max(1, self.attempts)
             transport.max_backoff_wait = self.max_backoff
+            # max_backoff_wait caps only a date in Retry-After: a number ("Retry-After: 20") is slept in full,
+            # which holds the worker past timeout_seconds. Cap every wait.
+            computed = transport._calculate_sleep
+            transport._calculate_sleep = lambda attempts, headers: min(computed(attempts, headers), self.max_backoff)
         return _Client(client)
 
     def _get(self, client, cfg: dict, token: str | None):

@@ -7,7 +7,8 @@ process: `python -m tests.fakes.replicate_server --port N`). Shared here:
   (sleep `fault_sleep` seconds, past the client's timeout, then drop the connection; with
   `timeout_applies` the request is carried out first and only its answer is lost). Decisions come
   from a seeded `random.Random`, so a run is reproducible. Set them as attributes (`server.faults(...)`)
-  or over HTTP: `POST /_fake/faults {"fail_rate": 0.3, "timeout_rate": 0.0, "seed": 7}`.
+  or over HTTP: `POST /_fake/faults {"fail_rate": 0.3, "timeout_rate": 0.0, "seed": 7}`. `retry_after` (seconds; False
+  removes it) adds a `Retry-After` header to the injected failures, as a throttling platform does on a 429 or 503.
 - `GET /_fake/state` (counters and requests seen), `POST /_fake/reset`.
 - a request log (method, path, whether an Authorization header was present) for assertions.
 - `intercept(method, path, body)`: when set (in-process only), called on the server's thread before a
@@ -53,6 +54,7 @@ class FakeServer:
         self.timeout_rate = 0.0
         self.fail_status = 503
         self.fault_sleep = 2.0
+        self.retry_after: int | None = None  # seconds in a Retry-After header on injected failures
         self.timeout_applies = False  # True: a timed-out request is still carried out (its answer is lost)
         self.rng = random.Random(seed)
         self.requests: list[dict] = []
@@ -102,8 +104,11 @@ class FakeServer:
         fail_status=None,
         fault_sleep=None,
         timeout_applies=None,
+        retry_after=None,
     ) -> None:
         with self.lock:
+            if retry_after is not None:
+                self.retry_after = None if retry_after is False else int(retry_after)
             if timeout_applies is not None:
                 self.timeout_applies = bool(timeout_applies)
             if fail_rate is not None:
@@ -134,6 +139,7 @@ class FakeServer:
             self.requests.clear()
             self.faults_injected = {"fail": 0, "timeout": 0}
             self.fail_rate = self.timeout_rate = 0.0
+            self.retry_after = None
             self.rng = random.Random(self.seed)
             self.reset_state()
 
@@ -185,6 +191,7 @@ class FakeServer:
             "fail_status": self.fail_status,
             "fault_sleep": self.fault_sleep,
             "timeout_applies": self.timeout_applies,
+            "retry_after": self.retry_after,
             "seed": self.seed,
         }
 
@@ -228,7 +235,8 @@ class FakeServer:
                 fault = server._fault() if server.faults_apply(path) else None
                 if fault == "fail":
                     status = server.fail_status
-                    self._send(status, server.error_body(status, "Injected fault: the service is unavailable."))
+                    wait = {} if server.retry_after is None else {"Retry-After": str(server.retry_after)}
+                    self._send(status, server.error_body(status, "Injected fault: the service is unavailable."), wait)
                     return
                 if fault == "timeout" and not server.timeout_applies:
                     time.sleep(server.fault_sleep)  # the caller gives up; nothing was done
@@ -276,7 +284,7 @@ class FakeServer:
         return Handler
 
 
-FAULT_KEYS = ("fail_rate", "timeout_rate", "seed", "fail_status", "fault_sleep", "timeout_applies")
+FAULT_KEYS = ("fail_rate", "timeout_rate", "seed", "fail_status", "fault_sleep", "timeout_applies", "retry_after")
 
 
 def bearer_token(headers) -> str | None:

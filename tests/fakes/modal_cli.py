@@ -10,7 +10,8 @@ error printing, exit codes, `MODAL_TRACEBACK`) and replaces only what talks to M
   AppRollback, ObjectSuggest) with real `modal_proto.api_pb2` messages;
 - `modal deploy` still imports the generated app file with the real SDK (so `modal.App`,
   `modal.Image…`, `@app.function`, `@modal.fastapi_endpoint` must accept it), then a fake
-  `deploy_app` validates name and tag like `modal.runner._deploy_app` and records a new version.
+  `deploy_app` validates name and tag like `modal.runner._deploy_app` and records a new version. Deploying
+  the name of a stopped app makes a new app (another app id, versions from v1 again), as on Modal.
 
 State lives in a JSON file (its path is written into the executable by `install`, else `FAKE_MODAL_STATE`),
 locked for the whole invocation, so the adapter's subprocesses and the test see the same apps.
@@ -128,10 +129,10 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _app_id(env: str, name: str) -> str:
+def _app_id(env: str, name: str, generation: int = 0) -> str:
     import hashlib
 
-    digest = hashlib.sha256(f"{env}/{name}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{env}/{name}".encode() + (f"#{generation}".encode() if generation else b"")).hexdigest()
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     return "ap-" + "".join(alphabet[int(digest[i : i + 2], 16) % len(alphabet)] for i in range(0, 44, 2))
 
@@ -168,10 +169,15 @@ class Backend:
             raise AuthError("Token validation failed: invalid token id or secret (UNAUTHENTICATED)")
 
     def app(self, env: str, name: str, *, create: bool = False) -> dict | None:
+        """The app deployed under a name. `create` (a deploy): a new app if there is none or it was stopped, as on
+        Modal, where a stopped app stays stopped and deploying its name again makes another app (a new app id,
+        its version history from v1)."""
         key = f"{env or DEFAULT_ENV}/{name}"
         apps = self.state["apps"]
-        if key not in apps and create:
-            apps[key] = {"app_id": _app_id(env or DEFAULT_ENV, name), "name": name, "state": "deployed", "history": []}
+        if create and (key not in apps or apps[key]["state"] != "deployed"):
+            generation = apps[key].get("generation", 0) + 1 if key in apps else 0
+            app_id = _app_id(env or DEFAULT_ENV, name, generation)
+            apps[key] = {"app_id": app_id, "name": name, "state": "deployed", "history": [], "generation": generation}
         return apps.get(key)
 
     def by_id(self, app_id: str) -> dict:

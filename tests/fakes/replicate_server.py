@@ -5,7 +5,8 @@ Routes: `GET /v1/account` (the token's account: `{type, username, name, github_u
 `GET|PATCH|DELETE /v1/deployments/{owner}/{name}`. Deployment objects are
 `{owner, name, current_release: {number, model, version, created_at, created_by: {type, username, name},
 configuration: {hardware, min_instances, max_instances}}}`; every create or update is a new release
-(`number` + 1). Errors are RFC 7807 `{type, title, status, detail}`. Auth: `Authorization: Bearer <token>`
+(`number` + 1); a deployment deleted and created again starts at 1 again, as on Replicate. Errors are
+RFC 7807 `{type, title, status, detail}`. Auth: `Authorization: Bearer <token>`
 (or the older `Token <token>`); the token decides the account that owns created deployments.
 
 Model versions must be registered first (`add_version("acme/clf", "<64 hex>")`): an unknown version
@@ -20,7 +21,14 @@ from tests.fakes.httpfake import FakeServer, Reply, bearer_token, now_iso, run_m
 HARDWARE = {"cpu", "gpu-t4", "gpu-l40s", "gpu-a40-small", "gpu-a40-large", "gpu-a100-large", "gpu-h100"}
 VERSION = re.compile(r"[0-9a-f]{64}")
 DEPLOYMENT = re.compile(r"/v1/deployments/(?P<owner>[^/]+)/(?P<name>[^/]+)/?")
-TITLES = {400: "Bad Request", 401: "Unauthenticated", 404: "Not found", 409: "Conflict", 422: "Invalid input"}
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthenticated",
+    404: "Not found",
+    409: "Conflict",
+    422: "Invalid input",
+    429: "Too Many Requests",
+}
 
 
 class ReplicateServer(FakeServer):

@@ -1,6 +1,7 @@
 """The reconciler with the managed hosts' particulars: Hugging Face names releases by repo commit (so releases
-of one version share a host id), endpoints restart and pause on their own, Modal's rollback names no URL, and
-credentials are files the worker may not be able to read. Hosts are the wire-compatible local servers and CLI
+of one version share a host id), endpoints restart and pause on their own, Modal's rollback names no URL, a
+Replicate deployment or Modal app deleted and created again numbers its releases from 1 again, and credentials
+are files the worker may not be able to read. Hosts are the wire-compatible local servers and CLI
 (tests/fakes) driven by the real adapters; tasks run in-process."""
 
 import json
@@ -17,6 +18,7 @@ from governance.models import DeploymentTarget, ServingPeriod
 from registry.models import ModelVersion
 from tests.fakes import modal_cli
 from tests.fakes.hf_endpoints_server import HFEndpointsServer
+from tests.fakes.replicate_server import ReplicateServer
 from tests.governance.conftest import approved_release, create_target, register_second_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -185,6 +187,136 @@ def test_a_modal_rollback_keeps_the_release_url(world, modal):
     assert (first.state, first.endpoint_url) == (ReleaseState.LIVE, url)
     live = AuditEvent.objects.get(seq__gt=before, action="release.live")
     assert json.loads(live.after)["endpoint_url"] == url
+
+
+def test_a_modal_rollback_after_the_app_was_stopped_and_redeployed_deploys(world, modal):
+    """The app is stopped and the reconcile deploys it again: a new app, whose versions start at v1 again. Release
+    1 had stored "v1" of the old app, release 2 now "v1" of the new one, and the rollback to release 1 was marked
+    live with no deploy while the app served release 2's version."""
+    state = modal_cli.State(os.environ[modal_cli.STATE_ENV])
+    first = approved_release(world, modal, 1)
+    assert converge(modal) == "converged"
+    approved_release(world, modal, 2)
+    assert converge(modal) == "converged"
+    with state.edit() as data:
+        data["apps"]["main/churn"]["state"] = "stopped"  # someone ran `modal app stop churn`
+    assert converge(modal) == "converged"  # drift: release 2 deployed again, on a new app
+    deploys = state.read()["deploys"]
+    deployment.deployment_rollback(actor=world["admin"].user, target=modal, reason="back", to_number=first.number)
+    assert converge(modal) == "converged"
+    first.refresh_from_db()
+    assert first.state == ReleaseState.LIVE
+    assert state.read()["deploys"] == deploys + 1
+    assert state.history("churn")[-1]["tag"] == tag(first)
+
+
+def test_a_live_modal_release_with_an_id_stored_before_ids_named_the_app_stays_live(world, modal):
+    """Stored before host release ids named the app ("v1", not "v1@ap-…"), the live release is what the app
+    serves: no drift, no deploy."""
+    state = modal_cli.State(os.environ[modal_cli.STATE_ENV])
+    live = approved_release(world, modal, 1)
+    assert converge(modal) == "converged"
+    live.refresh_from_db()
+    assert live.host_release_id.startswith("v1@ap-")
+    type(live).objects.filter(pk=live.pk).update(host_release_id="v1")
+    before, calls = AuditEvent.objects.latest("seq").seq, len(state.read()["calls"])
+    assert deployment.reconcile(modal.pk, owner="test") == "converged"
+    live.refresh_from_db()
+    assert (live.state, live.host_release_id) == (ReleaseState.LIVE, "v1")
+    assert actions(before) == []
+    assert [c["argv"][:2] for c in state.read()["calls"][calls:]] == [["app", "info"]]
+
+
+def tag(release) -> str:
+    return f"v{release.number}-{release.version.digest.removeprefix('sha256:')[:12]}"
+
+
+# --- Replicate ------------------------------------------------------------------------------------
+
+REPLICATE_TOKEN = "r8_ManagedReconcileToken0123456789"  # noqa: S105 - the local server's test account
+VERSION_ID = {1: "1" * 64, 2: "2" * 64}
+
+
+@pytest.fixture
+def rep(monkeypatch):
+    monkeypatch.setenv("REPLICATE_TOKEN_MANAGED", REPLICATE_TOKEN)
+    with ReplicateServer(token=REPLICATE_TOKEN, username="acme") as server:
+        for version in VERSION_ID.values():
+            server.add_version("acme/churn", version)
+        yield server
+
+
+@pytest.fixture
+def rt(world, rep, two_versions):
+    created = create_target(
+        world["admin"],
+        name="rep",
+        kind="replicate",
+        stage="production",
+        config={
+            "owner": "acme",
+            "deployment": "churn",
+            "model": "acme/churn",
+            "base_url": rep.url,
+            "timeout_seconds": 2,
+        },
+        credentials_ref="env:REPLICATE_TOKEN_MANAGED",
+        policy=POLICY,
+    )
+    assert created.status_code == 201, created.json()
+    for number, version in VERSION_ID.items():
+        ModelVersion.objects.filter(number=number).update(tags={"host_revision": version})
+    return DeploymentTarget.objects.get(name="rep")
+
+
+def serves(rep) -> str:
+    return rep.deployment("acme", "churn")["current_release"]["version"]
+
+
+def test_a_replicate_rollback_after_the_deployment_was_recreated_moves_the_host(world, rep, rt):
+    """The deployment is deleted (in Replicate's console) and the reconcile creates it again, at release 1 again:
+    release 1 had stored Replicate's "1", release 2 now the new deployment's "1", and the rollback to release 1
+    was marked live with no update while the deployment served release 2's version."""
+    first = approved_release(world, rt, 1)
+    assert converge(rt) == "converged"
+    approved_release(world, rt, 2)
+    assert converge(rt) == "converged"
+    with rep.lock:
+        del rep.deployments[("acme", "churn")]
+    assert converge(rt) == "converged"  # drift: created again, serving release 2's version
+    assert rep.deployment("acme", "churn")["current_release"]["number"] == 1
+    deployment.deployment_rollback(actor=world["admin"].user, target=rt, reason="back", to_number=first.number)
+    assert converge(rt) == "converged"
+    first.refresh_from_db()
+    assert first.state == ReleaseState.LIVE
+    assert serves(rep) == VERSION_ID[1]
+
+
+def test_live_replicate_releases_with_ids_stored_before_they_were_unique_stay_live(world, rep, rt):
+    """Ids stored before they named when Replicate made the release ("2", not "2@<created_at>"): the live release
+    is what the deployment serves (no drift, no update); an older one is not taken for what a deployment created
+    again numbers the same."""
+    first = approved_release(world, rt, 1)
+    assert converge(rt) == "converged"
+    second = approved_release(world, rt, 2)
+    assert converge(rt) == "converged"
+    type(first).objects.filter(pk=first.pk).update(host_release_id="1")
+    type(second).objects.filter(pk=second.pk).update(host_release_id="2")
+    before, requests = AuditEvent.objects.latest("seq").seq, len(rep.requests)
+    assert deployment.reconcile(rt.pk, owner="test") == "converged"
+    second.refresh_from_db()
+    assert second.state == ReleaseState.LIVE
+    assert actions(before) == []
+    assert [r["method"] for r in rep.requests[requests:]] == ["GET"]
+
+    with rep.lock:
+        del rep.deployments[("acme", "churn")]
+    assert converge(rt) == "converged"  # release 2 created again: "1@<created_at>", and release 1 stored "1"
+    deployment.deployment_rollback(actor=world["admin"].user, target=rt, reason="back", to_number=first.number)
+    assert converge(rt) == "converged"
+    first.refresh_from_db()
+    assert first.state == ReleaseState.LIVE
+    assert serves(rep) == VERSION_ID[1]
 
 
 # --- credentials ----------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ def spec(config: dict, credentials: str, number: int, **fields) -> ReleaseSpec:
     )
 
 
+def number(host_release_id: str) -> str:
+    """The host's own release number in a host release id ("3" of "3@<created_at>", "v3" of "v3@<app id>")."""
+    return host_release_id.partition("@")[0]
+
+
 def retry(call, attempts: int = 10):
     """What the reconciler does with HostError (without its backoff): retry retryable ones, boundedly."""
     for attempt in range(attempts):
@@ -123,32 +128,33 @@ def test_replicate_deploy_is_idempotent_and_rollback_is_an_update(
     assert host.status(replicate_config, R_TOKEN).state == "absent"
 
     first = host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=f"acme/clf:{V1}"))
-    assert (first.host_release_id, first.ready) == ("1", True)
     assert first.endpoint_url == f"{replicate_server.url}/v1/deployments/acme/clf-prod/predictions"
     created = replicate_server.deployment("acme", "clf-prod")["current_release"]
+    assert (first.host_release_id, first.ready) == (f"1@{created['created_at']}", True)
     assert (created["version"], created["configuration"]) == (
         V1,
         {"hardware": "gpu-t4", "min_instances": 1, "max_instances": 2},
     )
     status = host.status(replicate_config, R_TOKEN)
     assert status.state == "ready"
-    assert [(s.release_number, s.host_release_id, s.traffic_percent) for s in status.serving] == [(0, "1", 100)]
+    serving = [(s.release_number, s.host_release_id, s.traffic_percent) for s in status.serving]
+    assert serving == [(0, first.host_release_id, 100)]
 
     # the same spec again (bare hash this time): nothing is written, no new Replicate release
     again = host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=V1))
-    assert again.host_release_id == "1"
+    assert again.host_release_id == first.host_release_id
     assert replicate_server.releases_created == 1
     assert writes(replicate_server) == [("POST", "/v1/deployments")]
 
     second = host.deploy(spec(replicate_config, R_TOKEN, 2, host_revision=V2))
-    assert second.host_release_id == "2"
+    assert number(second.host_release_id) == "2"
     assert replicate_server.requests[-1]["body"] == {"version": V2}  # PATCH with only what changes
 
     rollback = host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=V1))  # rollback = the earlier spec
-    assert rollback.host_release_id == "3"  # Replicate numbers it as a new release
+    assert number(rollback.host_release_id) == "3"  # Replicate numbers it as a new release
     assert replicate_server.deployment("acme", "clf-prod")["current_release"]["version"] == V1
     assert replicate_server.releases_created == 3
-    assert host.status(replicate_config, R_TOKEN).serving[0].host_release_id == "3"
+    assert host.status(replicate_config, R_TOKEN).serving[0].host_release_id == rollback.host_release_id
     assert all(r["authorized"] for r in replicate_server.requests)
 
 
@@ -156,7 +162,7 @@ def test_replicate_config_change_is_a_new_release(replicate_server, replicate_co
     host = ReplicateHost()
     host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=V1))
     result = host.deploy(spec({**replicate_config, "max_instances": 5}, R_TOKEN, 1, host_revision=V1))
-    assert result.host_release_id == "2"
+    assert number(result.host_release_id) == "2"
     assert replicate_server.requests[-1]["body"] == {"max_instances": 5}
 
 
@@ -226,6 +232,25 @@ def test_replicate_server_errors_and_timeouts_are_retryable_and_fast(replicate_s
     assert replicate_server.releases_created == 1
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_replicate_retry_after_in_seconds_is_capped_like_every_wait(replicate_server, replicate_config, status):
+    """A throttled answer with `Retry-After: 30`: the client slept all of a number there (it caps only the date
+    form), so one such GET held the worker 30 s, past timeout_seconds. Waits are capped at max_backoff (2 s)."""
+    host = ReplicateHost()
+    host.deploy(spec(replicate_config, R_TOKEN, 1, host_revision=V1))
+    replicate_server.requests.clear()
+    replicate_server.faults(fail_rate=1.0, fail_status=status, retry_after=30)
+    assert httpx.get(f"{replicate_server.url}/v1/account").headers["Retry-After"] == "30"  # what the client sees
+
+    replicate_server.requests.clear()
+    started = time.monotonic()
+    with pytest.raises(HostError) as throttled:
+        host.status(replicate_config, R_TOKEN)
+    assert time.monotonic() - started < 10
+    assert throttled.value.retryable is True and str(status) in str(throttled.value)
+    assert len(replicate_server.requests) == host.attempts  # it did wait and retry, briefly
+
+
 def undecodable(method, path, body):
     """An answer claiming gzip that is not: the HTTP client cannot decode it (httpx.DecodingError)."""
     raise Reply(200, {"detail": "not gzip"}, {"Content-Encoding": "gzip"})
@@ -257,9 +282,8 @@ def test_replicate_converges_without_duplicate_releases_under_30_percent_faults(
     for number, version in enumerate(plan, start=1):
         result = retry(lambda v=version, n=number: host.deploy(spec(config, R_TOKEN, n, host_revision=v)))
         assert replicate_server.deployment("acme", "clf-prod")["current_release"]["version"] == version
-        assert result.host_release_id == str(
-            replicate_server.deployment("acme", "clf-prod")["current_release"]["number"]
-        )
+        current = replicate_server.deployment("acme", "clf-prod")["current_release"]
+        assert result.host_release_id == f"{current['number']}@{current['created_at']}"
     assert sum(replicate_server.faults_injected.values()) > 0
     assert replicate_server.releases_created == 4  # V1, V2, V1, V2: one per change, none for retries
 
@@ -554,6 +578,7 @@ def modal_state(tmp_path, monkeypatch):
 
 
 MODAL_CONFIG = {"app_name": "clf-prod", "requirements": ["scikit-learn==1.5.2"], "timeout_seconds": 30}
+MODAL_APP = modal_cli._app_id("main", "clf-prod")  # the stand-in's id of the app first deployed as clf-prod
 
 
 def tags(state: modal_cli.State) -> list[tuple[int, str]]:
@@ -566,7 +591,7 @@ def test_modal_deploy_history_and_rollback_through_the_cli(modal_state, no_secre
     assert host.status(MODAL_CONFIG, MODAL_CRED).state == "absent"
 
     first = host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1))
-    assert (first.host_release_id, first.ready) == ("v1", True)
+    assert (first.host_release_id, first.ready) == (f"v1@{MODAL_APP}", True)
     assert first.endpoint_url == "https://acme--clf-prod-predict.modal.run"
     state = modal_state.read()
     assert tags(modal_state) == [(1, "v1-" + "a1" * 6)]
@@ -577,23 +602,24 @@ def test_modal_deploy_history_and_rollback_through_the_cli(modal_state, no_secre
 
     status = host.status(MODAL_CONFIG, MODAL_CRED)
     assert status.state == "ready"
-    assert [(s.release_number, s.host_release_id, s.traffic_percent) for s in status.serving] == [(0, "v1", 100)]
+    serving = [(s.release_number, s.host_release_id, s.traffic_percent) for s in status.serving]
+    assert serving == [(0, f"v1@{MODAL_APP}", 100)]
 
     calls = len(modal_state.read()["calls"])
     again = host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1))
-    assert again.host_release_id == "v1"
+    assert again.host_release_id == f"v1@{MODAL_APP}"
     state = modal_state.read()
     assert state["deploys"] == 1
     assert [c["argv"][:2] for c in state["calls"][calls:]] == [["app", "history"], ["app", "info"]]
 
-    assert host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 2, digest=D2)).host_release_id == "v2"
+    assert host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 2, digest=D2)).host_release_id == f"v2@{MODAL_APP}"
     rollback = host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1))  # rollback = the earlier spec
-    assert rollback.host_release_id == "v3"
+    assert rollback.host_release_id == f"v3@{MODAL_APP}"
     state = modal_state.read()
     assert (state["deploys"], state["rollbacks"]) == (2, 1)
     assert ["app", "rollback", "clf-prod", "v1"] in [c["argv"] for c in state["calls"]]
     assert tags(modal_state)[-1] == (3, "v1-" + "a1" * 6)
-    assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == "v3"
+    assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == f"v3@{MODAL_APP}"
 
 
 def test_modal_cli_gets_its_token_and_none_of_the_workers_secrets(modal_state, monkeypatch, tmp_path):
@@ -607,11 +633,35 @@ def test_modal_cli_gets_its_token_and_none_of_the_workers_secrets(modal_state, m
     assert host.status(MODAL_CONFIG, MODAL_CRED).state == "ready"
 
     calls = modal_state.read()["calls"]
-    assert [c["argv"][0] for c in calls] == ["app", "deploy", "app", "app"]
+    assert [c["argv"][:2] for c in calls] == [
+        ["app", "history"],
+        ["deploy", calls[1]["argv"][1]],
+        ["app", "history"],
+        ["app", "info"],  # the app's id, for the host release id
+        ["app", "info"],
+    ]
     for call in calls:
         env = set(call["env"])
         assert {"PATH", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH"} <= env, call["argv"]
         assert not set(planted) & env, call["argv"]
+
+
+def test_modal_cli_reads_no_profile_from_the_workers_home(modal_state, monkeypatch, tmp_path):
+    """The CLI read the worker's ~/.modal.toml (HOME is passed on): its profile's `environment = "scratch"` sent a
+    target that names no environment into scratch. Unless the worker sets MODAL_CONFIG_PATH, the CLI reads none."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".modal.toml").write_text(
+        '[worker]\ntoken_id = "ak-worker-own"\ntoken_secret = "as-worker-own"\nenvironment = "scratch"\nactive = true\n'
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MODAL_CONFIG_PATH", raising=False)
+
+    host = ModalHost()
+    result = host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1))
+    assert list(modal_state.read()["apps"]) == ["main/clf-prod"]  # the default environment, not the profile's
+    assert result.host_release_id == f"v1@{MODAL_APP}"
+    assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == result.host_release_id
 
 
 def test_modal_rollback_without_a_tag_falls_back_to_a_tagged_deploy(modal_state):
@@ -624,19 +674,24 @@ def test_modal_rollback_without_a_tag_falls_back_to_a_tagged_deploy(modal_state)
     result = host.deploy(spec(config, MODAL_CRED, 1, digest=D1))
     history = [(row["version"], row["tag"]) for row in modal_state.history("clf-prod", env="prod")]
     assert history == [(1, "v1-" + "a1" * 6), (2, "v2-" + "b2" * 6), (3, ""), (4, "v1-" + "a1" * 6)]
-    assert result.host_release_id == "v4"
+    assert result.host_release_id == f"v4@{modal_cli._app_id('prod', 'clf-prod')}"
     assert all(call["argv"][-2:] == ["-e", "prod"] for call in modal_state.read()["calls"])
 
 
 def test_modal_stopped_app_is_absent_and_redeployed(modal_state):
+    """Deployed again, a stopped app is a new app whose versions start at v1 again: the host release id names the
+    app, so it is not the stopped app's v1 (two releases stored one id, and a rollback to the older was taken for
+    served: marked live with no deploy)."""
     host = ModalHost()
     modal_state.seed("clf-prod", ["v1-" + "a1" * 6])
     with modal_state.edit() as data:
         data["apps"]["main/clf-prod"]["state"] = "stopped"  # someone ran `modal app stop`
     assert host.status(MODAL_CONFIG, MODAL_CRED).state == "absent"
-    assert host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1)).host_release_id == "v2"
+    redeployed = host.deploy(spec(MODAL_CONFIG, MODAL_CRED, 1, digest=D1)).host_release_id
+    app_id = modal_state.read()["apps"]["main/clf-prod"]["app_id"]
+    assert app_id != MODAL_APP and redeployed == f"v1@{app_id}" != f"v1@{MODAL_APP}"
     assert modal_state.read()["deploys"] == 2
-    assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == "v2"
+    assert host.status(MODAL_CONFIG, MODAL_CRED).serving[0].host_release_id == redeployed
 
 
 def test_modal_errors_are_classified_from_the_cli(modal_state, no_secrets_logged):
