@@ -128,6 +128,7 @@ MIDDLEWARE = [
     "core.middleware.StartupCheckMiddleware",  # refuses to start on what core.checks refuses; then not used
     "core.middleware.MetricsMiddleware",  # outermost: times the whole request, writes the access log line
     "core.middleware.RequestIdMiddleware",
+    "core.middleware.RequestIOTimeoutMiddleware",  # before anything reads a body: a stalled client times out
     "core.middleware.UnstorableInputMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -278,6 +279,11 @@ MAX_JSON_BODY_BYTES = positive("MAX_JSON_BODY_BYTES", env_int("MAX_JSON_BODY_BYT
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 # One artifact upload (PUT …/artifacts/sha256:<hex>) larger than this gets a 413. There is always a limit.
 MAX_ARTIFACT_BYTES = positive("MAX_ARTIFACT_BYTES", env_int("MAX_ARTIFACT_BYTES", 100 * 1024**3), " bytes")
+# The longest wait for a client's next bytes (of a request's body) or for room to send it more (of a response), per
+# socket operation, not per request: a stalled client was a gunicorn thread held for good (core.middleware).
+REQUEST_IO_TIMEOUT_SECONDS = positive(
+    "REQUEST_IO_TIMEOUT_SECONDS", env_float("REQUEST_IO_TIMEOUT_SECONDS", 60.0), " seconds"
+)
 
 # --- Static and media storage ---------------------------------------------------------------
 STATIC_URL = "/static/"

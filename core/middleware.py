@@ -4,10 +4,12 @@ import re
 import time
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpResponseBadRequest
 
 from core import checks, context, metrics
+from core.errors import RequestTimeout
 from core.views import not_found
 
 # fullmatch: with re.match, `$` also matched before a trailing newline, so "id\n" was taken as given.
@@ -44,6 +46,85 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["X-Request-ID"] = rid
         return response
+
+
+io_log = logging.getLogger("core.request_io")
+
+
+class RequestIOTimeoutMiddleware:
+    """Bounds each wait on the client's connection, for the next bytes of the request's body or for room to send
+    the response, to REQUEST_IO_TIMEOUT_SECONDS. Under gunicorn a client that stopped sending mid-body (a CI runner
+    preempted during an upload, a network partition) held its thread for good: gthread's `timeout` watches the
+    worker, not its threads, and a worker has GUNICORN_THREADS of them; four such uploads and the registry answered
+    nothing, /healthz included. A body that stops arriving is a 408 `request_timeout`, nothing stored (an upload's
+    scratch copy goes, as for any upload that fails), and gunicorn closes the connection, whose body is unfinished.
+    A response the client stops reading fails its write, and the connection is closed (gunicorn writes a response
+    that is not streamed in one call: what the network's buffers do not hold of it must leave within the timeout).
+
+    The timeout is set on gunicorn's socket of the request's connection (environ's `gunicorn.socket`): gthread makes
+    it blocking (no timeout) as a thread takes each request and non-blocking while a kept-alive connection waits in
+    its poller, so it lasts until the response is sent and never reaches the poller or the next request. Here
+    rather than in gunicorn's pre_request hook, which runs at the same point (after the headers): the setting is
+    checked as the others are, and a body read that times out is made an answer. Other servers (runserver, the
+    test client) pass no socket and keep their own rules."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.seconds = settings.REQUEST_IO_TIMEOUT_SECONDS
+
+    def __call__(self, request):
+        sock = request.META.get("gunicorn.socket")
+        if sock is None:
+            return self.get_response(request)
+        sock.settimeout(self.seconds)
+        # Every read of the body (request.body, request.POST, DRF's parsers, an upload's stream) goes through
+        # request._stream; Django would make a timeout an UnreadablePostError, an API's 500.
+        body = request._stream = _TimedBody(request._stream, self.seconds)
+        response = self.get_response(request)
+        if body.timed_out:
+            io_log.warning(
+                "%s %s: the request's body stopped arriving (nothing for %s s, %d of %s bytes read); answered %s, "
+                "connection closed",
+                request.method,
+                request.path,
+                self.seconds,
+                body.received,
+                request.META.get("CONTENT_LENGTH") or "?",
+                response.status_code,
+                extra={"method": request.method, "path": request.path, "read_bytes": body.received},
+            )
+        return response
+
+
+class _TimedBody:
+    """A request's body stream whose socket timeout is a RequestTimeout (and noted, for the log line)."""
+
+    def __init__(self, stream, seconds: float):
+        self._stream, self._seconds = stream, seconds
+        self.received, self.timed_out = 0, False
+
+    def read(self, *args, **kwargs) -> bytes:
+        return self._counted(self._stream.read, *args, **kwargs)
+
+    def readline(self, *args, **kwargs) -> bytes:
+        return self._counted(self._stream.readline, *args, **kwargs)
+
+    def _counted(self, read, *args, **kwargs) -> bytes:
+        try:
+            data = read(*args, **kwargs)
+        except TimeoutError:
+            self.timed_out = True
+            raise RequestTimeout(
+                f"The request's body stopped arriving: nothing came for {self._seconds} seconds "
+                "(REQUEST_IO_TIMEOUT_SECONDS), and the registry stopped waiting. Nothing was stored; send the "
+                "request again (an upload: the whole file).",
+                detail={"timeout_seconds": self._seconds},
+            ) from None
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name):  # close(), seekable(), ... as the wrapped stream's
+        return getattr(self._stream, name)
 
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")

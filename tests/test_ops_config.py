@@ -282,6 +282,7 @@ def test_s3_storage_without_a_bucket_is_refused_at_start(run):
 
 POSITIVE = [
     ("RECONCILE_INTERVAL_SECONDS", "0", " seconds"),
+    ("REQUEST_IO_TIMEOUT_SECONDS", "0", " seconds"),
     ("RECONCILE_LEASE_SECONDS", "-1", " seconds"),
     ("RECONCILE_MAX_HOLD_SECONDS", "0", " seconds"),
     ("DEPLOY_TIMEOUT_SECONDS", "0", " seconds"),

@@ -198,6 +198,9 @@ class ArtifactUploadView(ModelScopedView):
         responses={
             201: s.BlobOutput,
             200: OpenApiResponse(s.BlobOutput, description="already stored"),
+            408: OpenApiResponse(
+                description="request_timeout: the body stopped arriving for REQUEST_IO_TIMEOUT_SECONDS; nothing stored"
+            ),
             411: OpenApiResponse(description="length_required: the body has no Content-Length (a chunked upload)"),
         },
         summary="Upload one file's bytes, addressed by its sha256 (streamed and verified while stored)",
