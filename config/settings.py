@@ -412,7 +412,7 @@ SECRETS_DIR = env("SECRETS_DIR", "/run/secrets")  # credentials_ref "secret:name
 # `registry_max_age` (config/celery.py) drops runs that waited in the queue longer than that (the next run covers
 # them), judged by the broker's clock: Celery's `expires`, judged by beat's clock against the worker's, dropped
 # every run on a worker whose clock ran ahead by more than the allowance.
-# Webhook delivery (docs/webhooks.md): with these defaults a dead receiver is tried for about three hours.
+# Webhook delivery (docs/webhooks.md): with these defaults a dead receiver is tried for 1.5 to 3.1 hours.
 WEBHOOK_MAX_ATTEMPTS = positive("WEBHOOK_MAX_ATTEMPTS", env_int("WEBHOOK_MAX_ATTEMPTS", 10))
 # one attempt, whole
 WEBHOOK_TIMEOUT_SECONDS = positive("WEBHOOK_TIMEOUT_SECONDS", env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0), _SECONDS)

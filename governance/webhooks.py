@@ -11,7 +11,8 @@ its own transaction, so nothing here has to be enqueued inside a caller's transa
 - `deliver()` claims a due delivery with a conditional UPDATE (pushing `next_attempt_at` forward by
   a lease), POSTs it signed in the Standard Webhooks format, logs the attempt, and either marks it
   delivered, schedules the next attempt (exponential backoff with jitter) or marks it failed after
-  `WEBHOOK_MAX_ATTEMPTS`. A duplicate task finds nothing to claim.
+  `WEBHOOK_MAX_ATTEMPTS` (at once on 410 Gone, which also deactivates the endpoint). A duplicate task finds
+  nothing to claim. `delivery_redeliver()` queues a failed delivery again, under the same webhook-id.
 - Celery beat runs the dispatcher every few seconds and the sweeper, which re-enqueues pending
   deliveries whose time has come but whose task was lost (broker down at enqueue time, long
   backoffs). A delivery starts within one dispatch interval (`WEBHOOK_DISPATCH_INTERVAL_SECONDS`): writes
@@ -105,6 +106,8 @@ MANAGE_PERMISSION = "governance.manage_webhooks"
 # reading its delivery log) also needs what exporting the audit log needs.
 AUDIT_PERMISSION = "audit.view_auditevent"
 MANAGE_PERMISSIONS = (MANAGE_PERMISSION, AUDIT_PERMISSION)
+SYSTEM_ACTOR = "system:webhooks"  # the audit actor of what deliveries do by themselves
+GONE_REASON = "receiver answered 410 Gone"
 USER_AGENT = "model-governance-registry-webhooks/1"
 EXCERPT_CHARS = 500
 ERROR_CHARS = 1000  # an attempt's stored error (and the delivery's last_error), whatever the receiver sent
@@ -387,10 +390,15 @@ def endpoint_etag(endpoint: WebhookEndpoint, snapshot: dict | None = None) -> st
     return etag_of({"webhook": endpoint.pk, **(snapshot or _endpoint_snapshot(endpoint))})
 
 
-def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = None, **changes) -> WebhookEndpoint:
+def endpoint_update(
+    *, actor, endpoint: WebhookEndpoint, if_match: str | None = None, reason: str = "", **changes
+) -> WebhookEndpoint:
     """Change name, url, event_types, description or active. The secret stays as it is. With `if_match` (an If-Match
     header) only if the endpoint is still the one that ETag was read from, or already as asked: event_types is sent
-    whole, so an edit of an older read would undo the change made since."""
+    whole, so an edit of an older read would undo the change made since. `reason` goes into the audit event.
+
+    Deactivating sends nothing more: the dispatcher skips the endpoint, and its pending deliveries are abandoned
+    (failed, nothing sent) at their next attempt, unless it is activated again before then."""
     allowed = {"name", "url", "event_types", "description", "active"}
     unknown = set(changes) - allowed
     if unknown:
@@ -417,7 +425,7 @@ def endpoint_update(*, actor, endpoint: WebhookEndpoint, if_match: str | None = 
             if after != before:
                 check_if_match(if_match, etag, f"Webhook {locked.name}")
                 locked.save()
-                record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after)
+                record(action="webhook.updated", subject=locked, actor=actor, before=before, after=after, reason=reason)
     except IntegrityError:
         raise Conflict(f"A webhook named {changes.get('name')} already exists.", code="already_exists") from None
     return locked
@@ -963,19 +971,38 @@ def _time_limit_passed() -> str:
     return f"timed out: the delivery task's {passed}; {allowed}"
 
 
+def _disable_gone(endpoint: WebhookEndpoint) -> bool:
+    """The receiver answered 410 Gone: Standard Webhooks asks the sender to disable the endpoint and stop sending.
+    Deactivated as an operator does it (endpoint_update: the endpoint row locked, audited, its pending deliveries
+    abandoned at their next attempt), by the system. False when the endpoint was deleted meanwhile."""
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+    if locked is None:
+        return False
+    if locked.active:  # not already deactivated (by another delivery's 410, or an operator)
+        endpoint_update(actor=SYSTEM_ACTOR, endpoint=locked, active=False, reason=GONE_REASON)
+        log.warning("webhook endpoint %s (%s): %s; deactivated", locked.pk, locked.name, GONE_REASON)
+    return True
+
+
 def _finish(
     delivery: WebhookDelivery, endpoint: WebhookEndpoint, result: HttpResult, started_at, duration_ms: int
 ) -> DeliveryOutcome | None:
     ok = result.status is not None and 200 <= result.status < 300
+    gone = result.status == http.HTTPStatus.GONE
     # Receivers answer anything: PostgreSQL text cannot hold NUL, and UTF-8 no lone surrogate. And a reason
     # phrase of any length: every error is cut here, the one place all of them pass.
     error = printable(result.error)[:ERROR_CHARS]
     excerpt = printable(result.excerpt)[:EXCERPT_CHARS]
     with transaction.atomic():
+        # On a 410 the endpoint is locked (and deactivated) before the delivery: the order endpoint_delete and
+        # delivery_redeliver lock them in, so neither can deadlock with this.
+        if gone and not _disable_gone(endpoint):
+            return None
         locked = WebhookDelivery.objects.select_for_update(no_key=True).filter(pk=delivery.pk).first()
         if locked is None:  # the endpoint was deleted meanwhile
             return None
-        number = locked.attempts + 1
+        # Numbered on across redeliveries (the log keeps every attempt); `attempts` counts this round's only.
+        number = (locked.attempt_log.aggregate(n=Max("number"))["n"] or 0) + 1
         WebhookAttempt.objects.create(
             delivery=locked,
             number=number,
@@ -985,14 +1012,14 @@ def _finish(
             error=error,
             response_excerpt=excerpt,
         )
-        locked.attempts = number
+        locked.attempts += 1
         locked.last_status = result.status
         locked.last_error = error
         retry_in = None
         if ok:
             locked.state = DeliveryState.DELIVERED
             locked.delivered_at = timezone.now()
-        elif number >= max_attempts() or not endpoint.active:
+        elif gone or locked.attempts >= max_attempts() or not endpoint.active:
             locked.state = DeliveryState.FAILED
         else:
             retry_in = retry_delay(number, result.retry_after)
@@ -1041,3 +1068,80 @@ def enqueue(task, *args, countdown: float | None = None) -> bool:
 
 def deliveries_of(endpoint: WebhookEndpoint):
     return endpoint.deliveries.prefetch_related("attempt_log")
+
+
+# --- redelivery -------------------------------------------------------------------------------
+
+
+def _enqueue_delivery(delivery_id: int) -> None:
+    from governance.tasks import webhooks_deliver  # governance.tasks imports this module
+
+    enqueue(webhooks_deliver, delivery_id)
+
+
+def delivery_redeliver(*, actor, endpoint: WebhookEndpoint, delivery_id: int) -> WebhookDelivery:
+    """Queue a failed delivery again, due now, with a fresh WEBHOOK_MAX_ATTEMPTS: the same body under the same
+    webhook-id (receivers de-duplicate on it), signed afresh when attempted. Only a failed one: a pending delivery
+    is still being retried, a delivered one was answered 2xx. The task is sent once committed; if the broker
+    cannot take it, the sweeper starts the delivery a little later."""
+    with transaction.atomic():
+        # The endpoint, then the delivery: the order endpoint_delete and _finish lock them in. The endpoint's lock
+        # also keeps it from being deactivated or deleted before this commits.
+        locked_endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+        if locked_endpoint is None:  # deleted since the caller read it
+            raise NotFound(f"No webhook {endpoint.pk}.")
+        delivery = (
+            WebhookDelivery.objects.select_for_update(no_key=True)
+            .filter(pk=delivery_id, endpoint=locked_endpoint)
+            .first()
+        )
+        if delivery is None:
+            raise NotFound(f"Webhook {locked_endpoint.pk} has no delivery {delivery_id}.")
+        if delivery.state == DeliveryState.PENDING:
+            raise Conflict(
+                f"Delivery {delivery.pk} is still pending: it is retried on its own (attempt {delivery.attempts + 1} "
+                f"of {max_attempts()} is due at {format_time(delivery.next_attempt_at)}). Only a failed delivery can "
+                "be redelivered.",
+                code="delivery_pending",
+            )
+        if delivery.state == DeliveryState.DELIVERED:
+            raise Conflict(
+                f"Delivery {delivery.pk} was delivered (HTTP {delivery.last_status}): only a failed delivery can be "
+                "redelivered.",
+                code="already_delivered",
+            )
+        if not locked_endpoint.active:
+            raise Conflict(
+                f"Webhook {locked_endpoint.name} is inactive: nothing is sent to it. Activate it first "
+                '(PATCH {"active": true}), then redeliver.',
+                code="endpoint_inactive",
+            )
+        failed = {"attempts": delivery.attempts, "last_status": delivery.last_status}
+        delivery.state = DeliveryState.PENDING
+        delivery.attempts = 0
+        delivery.next_attempt_at = Now()  # the database's clock, like every due time (see _claim)
+        delivery.save(update_fields=["state", "attempts", "next_attempt_at"])
+        # No URL and no secret: the delivery names what is sent again, the endpoint (the subject) where.
+        record(
+            action="webhook.redelivered",
+            subject=locked_endpoint,
+            actor=actor,
+            before={"state": DeliveryState.FAILED, **failed},
+            after={
+                "delivery": delivery.pk,
+                "webhook_id": delivery.webhook_id,
+                "event_seq": delivery.event_seq,
+                "event_type": delivery.event_type,
+                "state": DeliveryState.PENDING,
+            },
+        )
+        transaction.on_commit(lambda: _enqueue_delivery(delivery.pk))
+    delivery.refresh_from_db(fields=["next_attempt_at"])
+    log.info(
+        "webhook delivery %s (%s #%s) to endpoint %s redelivered",
+        delivery.pk,
+        delivery.event_type,
+        delivery.event_seq,
+        locked_endpoint.name,
+    )
+    return delivery

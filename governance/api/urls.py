@@ -44,6 +44,11 @@ urlpatterns += [
         name="api-webhook-deliveries",
     ),
     re_path(
+        r"^webhooks/(?P<pk>[0-9]{1,18})/deliveries/(?P<delivery_id>[0-9]{1,18})/redeliver/?$",
+        webhook_views.WebhookRedeliverView.as_view(),
+        name="api-webhook-delivery-redeliver",
+    ),
+    re_path(
         r"^webhooks/(?P<pk>[0-9]{1,18})/rotate-secret/?$",
         webhook_views.WebhookRotateSecretView.as_view(),
         name="api-webhook-rotate-secret",

@@ -113,7 +113,9 @@ class DeliveryOutput(serializers.Serializer):
     event_seq = serializers.IntegerField(help_text="the audit event's seq")
     event_type = serializers.CharField()
     state = serializers.ChoiceField(choices=DeliveryState.choices)
-    attempts = serializers.IntegerField()
+    attempts = serializers.IntegerField(
+        help_text="attempts since it was queued (created, or redelivered); attempt_log keeps every attempt"
+    )
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     last_status = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
@@ -273,3 +275,29 @@ class WebhookDeliveriesView(WebhookBase):
         for delivery in page:
             delivery.payload = json.loads(delivery.body)
         return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)
+
+
+class WebhookRedeliverView(WebhookBase):
+    required_scopes = {"POST": scopes.DEPLOYMENTS_WRITE}
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: DeliveryOutput,
+            409: OpenApiResponse(
+                description="delivery_pending (still being retried), already_delivered, or endpoint_inactive "
+                "(activate the endpoint first)"
+            ),
+        },
+        summary="Send a failed delivery again",
+        description="`delivery_id`: the `id` of a delivery in the endpoint's delivery log. The delivery goes back "
+        "to pending, due now, with a fresh WEBHOOK_MAX_ATTEMPTS, and is sent with the same body and webhook-id "
+        "(receivers de-duplicate on it), signed afresh. Only a failed delivery, of an active endpoint. Audited as "
+        "webhook.redelivered.",
+    )
+    def post(self, request, pk, delivery_id):
+        delivery = webhooks.delivery_redeliver(
+            actor=request.user, endpoint=self.endpoint(pk), delivery_id=int(delivery_id)
+        )
+        delivery.payload = json.loads(delivery.body)
+        return Response(DeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)
