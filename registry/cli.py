@@ -7,11 +7,16 @@ Runs as the `registry-cli` console script once the project is installed, as
     registry-cli register --model ns/name --path ./model [--metrics metrics.json] [--params params.json]
                           [--card README.md] [--tag k=v ...] [--alias candidate] [--create-model]
                           [--source-commit SHA --source-repo URL --source-branch B --ci-run-url URL]
+                          [--run-id UUID]
     registry-cli digest --path ./model [--manifest]
     registry-cli resolve --model ns/name --alias champion
 
 Configuration: --url or REGISTRY_URL (the server's base URL), and the API token in REGISTRY_TOKEN.
 The token is only ever read from the environment and is never printed.
+
+Lineage: --run-id (default REGISTRY_RUN_ID) names the OpenLineage run that produced the version, the runId of
+the training run's events (8-4-4-4-12 hex digits). It is part of the version: registering the same files again
+with another run id (or none) is refused with 409 digest_conflict.
 
 Which files a version holds: every regular file under --path, recursively, named by its path
 relative to --path with "/" separators, sorted. Hidden files and empty files are included; empty
@@ -89,6 +94,12 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 MAX_TAG_KEY, MAX_TAG_VALUE = 255, 500
 MAX_URL = 1000
 _URL_BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# The run that produced a version: an OpenLineage runId, in the one form the registry's lineage ingest takes for
+# run.runId (lineage/openlineage.py: the spec's `format: uuid`, 8-4-4-4-12 hex digits), so it names the run exactly
+# as the run's events do. Not OPENLINEAGE_PARENT_ID (namespace/job/runId): that names the run that started this
+# process (an Airflow task), for its child runs to point at, not the run that trained the model.
+RUN_ID_VARIABLE = "REGISTRY_RUN_ID"
+RUN_ID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -118,6 +129,7 @@ class ServerError(CliError):
     """The server answered with an error status."""
 
     exit_code = EXIT_REFUSED
+    hint = ""  # what to do, when the CLI knows more than the server's message says
 
     def __init__(self, method, path, status, code, message, detail=None, request_id=None):
         super().__init__(message)
@@ -130,6 +142,8 @@ class ServerError(CliError):
             lines.append("detail: " + json.dumps(self.detail, ensure_ascii=False, sort_keys=True))
         if self.request_id:
             lines.append(f"request id: {self.request_id}")
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
 
 
@@ -838,6 +852,51 @@ def credential_passed(option: str, value: str, problem: str) -> UsageError:
     return UsageError(f"{option} '{redact_url(value)[:200]}' {problem}: remove it. {_WHY_NO_CREDENTIALS}")
 
 
+def run_id_from(args, environ=None) -> str | None:
+    """The OpenLineage run UUID to send as the version's run_id: --run-id, else $REGISTRY_RUN_ID, else None. Given
+    and malformed (an empty --run-id too: a CI variable that came out empty) is a usage error."""
+    env = os.environ if environ is None else environ
+    if args.run_id is not None:
+        where, text = "--run-id", args.run_id
+    else:
+        where, text = f"${RUN_ID_VARIABLE}", env.get(RUN_ID_VARIABLE) or ""
+        if not text.strip():
+            return None
+    text = _utf8(text, where).strip()
+    if RUN_ID_RE.fullmatch(text):
+        return text.lower()
+    shown = f"{where} '{text[:100]}'"
+    if text.count("/") >= 2:
+        raise UsageError(
+            f"{shown} looks like OPENLINEAGE_PARENT_ID's namespace/job/runId: pass the runId alone (after the last "
+            "'/') if that run is the one that trained the model."
+        )
+    raise UsageError(
+        f"{shown} is not an OpenLineage run id; pass the run's UUID (8-4-4-4-12 hex digits), as its OpenLineage "
+        "events send it in run.runId."
+    )
+
+
+def _run_id_conflict_hint(exc: ServerError, model: str, run_id: str | None) -> str:
+    """What to do when the version these files make exists with another run_id (or none) than the one sent."""
+    fields = exc.detail.get("fields") if isinstance(exc.detail, dict) else None
+    if exc.code != "digest_conflict" or not isinstance(fields, list) or "run_id" not in fields:
+        return ""
+    number = exc.detail.get("number", "N")
+    hint = f"hint: version {number} of {model} "
+    if not run_id:
+        return hint + (
+            f"was registered with a run id (the run that produced it), and this command gives none: pass the same "
+            f"--run-id (GET the version: its run_id) or set ${RUN_ID_VARIABLE}."
+        )
+    return hint + (
+        f"was registered with another run id, or without one, not {run_id}; the run that produced a version is part "
+        "of it. Pass the run id it was registered with (GET the version: its run_id) or, to name the producing run of "
+        f'a version registered without one, link it: POST /api/v1/lineage/links {{"nodeId": "model:{model}:{number}", '
+        f'"runId": "{run_id}", "linked": true}}.'
+    )
+
+
 def source_from(args, environ=None) -> dict:
     """Source fields: explicit options first, then GitHub Actions or GitLab CI variables."""
     env = os.environ if environ is None else environ
@@ -951,6 +1010,7 @@ def cmd_register(args) -> int:
     params = load_json_object(args.params, "--params") if args.params else None
     tags = parse_tags(args.tag)
     source = source_from(args)
+    run_id = run_id_from(args)
     if args.alias:
         _utf8(args.alias, "--alias")
     card = None
@@ -986,16 +1046,22 @@ def cmd_register(args) -> int:
     for key, value in (("metrics", metrics), ("params", params), ("source", source), ("tags", tags)):
         if value:
             body[key] = value
+    if run_id:
+        body["run_id"] = run_id
     versions_url = client.url("models", namespace, name, "versions", trailing_slash=True)
     versions_path = urllib.parse.urlsplit(versions_url).path
     # Register first: if the registry already holds every file (a re-run), nothing is uploaded.
     try:
-        status, version = client.request("POST", versions_url, json_body=body)
+        try:
+            status, version = client.request("POST", versions_url, json_body=body)
+        except ServerError as exc:
+            if exc.code != "artifacts_missing" or not artifact_uri.startswith("registry://"):
+                raise
+            upload(client, namespace, name, manifest, where, exc.detail, args.jobs, log)
+            status, version = client.request("POST", versions_url, json_body=body)
     except ServerError as exc:
-        if exc.code != "artifacts_missing" or not artifact_uri.startswith("registry://"):
-            raise
-        upload(client, namespace, name, manifest, where, exc.detail, args.jobs, log)
-        status, version = client.request("POST", versions_url, json_body=body)
+        exc.hint = _run_id_conflict_hint(exc, f"{namespace}/{name}", run_id)
+        raise
     version = _api_object(status, version, "POST", versions_url, "number")
     number, created = version["number"], status == 201
     if version.get("digest") != digest:
@@ -1144,6 +1210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-branch", help="branch (default: $GITHUB_HEAD_REF/$GITHUB_REF_NAME or $CI_COMMIT_REF_NAME)"
     )
     reg.add_argument("--ci-run-url", help="CI run URL (default: the GitHub Actions run or $CI_PIPELINE_URL)")
+    reg.add_argument(
+        "--run-id",
+        metavar="UUID",
+        help="the OpenLineage run that produced the version: the runId (8-4-4-4-12 hex digits) of the training "
+        f"run's events, sent by the identity that registers (default: ${RUN_ID_VARIABLE}). A require_lineage policy "
+        "reads that run's inputs and commit",
+    )
     reg.set_defaults(func=cmd_register)
 
     dig = sub.add_parser("digest", help="print the digest of a directory, computed locally")
