@@ -51,12 +51,14 @@ ACTIVE = (ReleaseState.PENDING, ReleaseState.DEPLOYING)
 
 
 def _enqueue(target_id: int) -> None:
-    """Kick the reconciler; if the broker is down the periodic reconcile picks the target up. A task's soft time
-    limit reached during the publish (a broker that stopped answering) goes on up: swallowed, the task ran on."""
+    """Kick the reconciler; if the broker is down the periodic reconcile picks the target up. Published once, without
+    Celery's publish retries: an approval's or a rollback's request waited for each of them (the broker's socket
+    timeout, 5 s, every time) while the broker did not answer. A task's soft time limit reached during the publish
+    (a broker that stopped answering) goes on up: swallowed, the task ran on."""
     from governance import deployment_tasks
 
     try:
-        deployment_tasks.reconcile_target.delay(target_id)
+        deployment_tasks.reconcile_target.apply_async((target_id,), retry=False)
     except SoftTimeLimitExceeded:
         raise
     except Exception:  # noqa: BLE001 - the database row is the truth; beat retries

@@ -28,8 +28,16 @@ POLLS = 120  # "still deploying" re-checks before leaving the target to the peri
     soft_time_limit=settings.RECONCILE_MAX_HOLD_SECONDS,
     time_limit=settings.RECONCILE_MAX_HOLD_SECONDS + settings.RECONCILE_LEASE_SECONDS / 3,
 )
-def reconcile_target(self, target_id: int, failures: int = 0, failing_release: int | None = None) -> str:
+def reconcile_target(
+    self, target_id: int, failures: int = 0, failing_release: int | None = None, periodic: bool = False
+) -> str:
     """Converge one target. Host errors retry with backoff (bounded), then the release fails with the reason.
+
+    A run that leaves the release deploying (the host still at it, a canary step held), finds another worker on the
+    target or lost its claim looks again every second (up to POLLS times) when an approval, a rollback or a
+    fallback sent it (deployment._enqueue). A periodic run (reconcile_all's, `periodic`) ends there: the next
+    periodic run is its poll. Each polling as well, the runs sent every interval added up to several chains
+    polling, and deploying to, one target at once.
 
     Retries never expire: a retry keeps its message's options, and an `expires` given to the first run dropped
     every retry due after it, so the failures never added up to a failed release (a max age, reconcile_all's, is
@@ -39,8 +47,10 @@ def reconcile_target(self, target_id: int, failures: int = 0, failing_release: i
     would hold a worker as long again on every retry. The claim is released on the way out (deployment.reconcile),
     and a fallback to the last good release is reconciled like any other desired state.
 
-    The failures counted are those of one release (`failing_release`): a rollback made during a chain of retries
-    starts its destination's count at zero, not at what the release it replaced had used up."""
+    The failures counted are those of one release (`failing_release`), and only in a row: a poll the host answered
+    ("deploying") starts the count again, so passing errors spread over a long deploy do not add up to a failure.
+    A rollback made during a chain of retries starts its destination's count at zero, not at what the release it
+    replaced had used up."""
     try:
         outcome = deployment.reconcile(target_id, owner=self.request.id or "inline")
     except HostError as exc:
@@ -59,8 +69,10 @@ def reconcile_target(self, target_id: int, failures: int = 0, failing_release: i
             )
         deployment.release_fail(target_id=target_id, release_id=exc.release_id, reason=reason)
         return "failed"
-    # A run that lost its claim mid-way recorded nothing: look again, as for a target another worker holds.
-    if outcome in ("deploying", "busy", deployment.LEASE_LOST) and self.request.retries < POLLS:
+    # A run that lost its claim mid-way recorded nothing: look again, as for a target another worker holds. A busy
+    # target or a lost claim says nothing of the host: the count goes on; an answer from it ends the run of errors.
+    if not periodic and outcome in ("deploying", "busy", deployment.LEASE_LOST) and self.request.retries < POLLS:
+        failures = 0 if outcome == "deploying" else failures
         raise self.retry(args=(target_id, failures, failing_release), countdown=1, expires=None)
     return outcome
 
@@ -70,7 +82,9 @@ def reconcile_all() -> int:
     """Periodic: look at every target with a desired release (unfinished work, drift)."""
     ids = deployment.targets_to_reconcile()
     for target_id in ids:  # the next periodic run covers a task that waited longer than the interval
-        reconcile_target.apply_async((target_id,), headers={MAX_AGE_HEADER: settings.RECONCILE_INTERVAL_SECONDS})
+        reconcile_target.apply_async(
+            (target_id,), {"periodic": True}, headers={MAX_AGE_HEADER: settings.RECONCILE_INTERVAL_SECONDS}
+        )
     return len(ids)
 
 

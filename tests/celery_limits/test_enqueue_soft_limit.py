@@ -5,6 +5,8 @@ the task itself, so the publish is under way when the limit strikes), a prefork 
 limits).
 That broker errors are still swallowed: tests/webhooks/test_queues.py."""
 
+import time
+
 import pytest
 from redis import Redis
 
@@ -22,6 +24,10 @@ def test_a_soft_time_limit_during_a_publish_ends_the_task(redis, tmp_path):
         env, log, "-P", "prefork", "-c", "1", "-n", f"publish-{redis.port}@%h", "-I", "tests.celery_limits.publish"
     )
     try:
+        # Past the worker's first event-loop tick, whose writes (kombu's binding refresh and sweep) the pause held too:
+        # its main process, which sends the soft limit, waited the socket timeout (5 s) with them.
+        processes.wait(in_log(log, "ready."), 60, f"the worker to start\n{processes.tail(log)}")
+        time.sleep(2)
         from config.celery import app
 
         with app.connection_for_write(redis.url) as connection:
