@@ -38,7 +38,8 @@ class EventKind(models.TextChoices):
 
 
 class RunState(models.TextChoices):
-    """OpenLineage 2-0-2 eventType values; the state of a run is its latest non-OTHER event."""
+    """OpenLineage 2-0-2 eventType values. A run's state: lineage.graph._Query.run_state (docs/lineage.md,
+    "Run state")."""
 
     START = "START"
     RUNNING = "RUNNING"

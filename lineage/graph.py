@@ -33,7 +33,7 @@ from django.db import connection
 
 from accounts import access
 from lineage import nodes as node_ids
-from lineage.choices import EdgeKind, NodeType
+from lineage.choices import TERMINAL_STATES, EdgeKind, NodeType
 
 DEFAULT_DEPTH = 20
 MAX_DEPTH = 100
@@ -352,12 +352,31 @@ class _Query:
             " ORDER BY a.seq LIMIT 1), mv.status)"
         )
 
-    def node_rows(self) -> list[str]:
-        t = self.t
-        state = (
-            "(SELECT ev.event_type FROM lineage_lineageevent ev WHERE ev.run_id = r.id AND ev.event_type <> 'OTHER'"
-            f"{t('ev.recorded_at')} ORDER BY ev.event_time DESC, ev.id DESC LIMIT 1)"
+    def run_state(self, run: str) -> str:
+        """The state of run `run` (its id column), as of T: OpenLineage's run cycle (docs/lineage.md, "Run state").
+
+        Events are ordered by eventTime, then a terminal one (COMPLETE, FAIL, ABORT) after the others of the same
+        eventTime, then by arrival. A START begins a cycle (a long-running job is started again after a terminal
+        event); of the events since the last START, the state is the latest terminal one, else RUNNING if one
+        came, else START: a RUNNING after a terminal event (a late report) does not reopen the run. OTHER events
+        are not states; a run with no other event has none. One scan of the run's events (`starts` counts the
+        STARTs so far). The rule's only statement: run_states() reads it for the run details."""
+        terminal = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
+        rank = f"CASE WHEN c.event_type IN ({terminal}) THEN 2 WHEN c.event_type = 'RUNNING' THEN 1 ELSE 0 END"
+        in_order = f"ev.event_time, CASE WHEN ev.event_type IN ({terminal}) THEN 1 ELSE 0 END, ev.id"
+        events = (
+            "SELECT ev.event_type, ev.event_time, ev.id,"
+            f" SUM(CASE WHEN ev.event_type = 'START' THEN 1 ELSE 0 END) OVER (ORDER BY {in_order}) AS starts"
+            f" FROM lineage_lineageevent ev WHERE ev.run_id = {run} AND ev.event_type <> 'OTHER'"
+            f"{self.t('ev.recorded_at')}"
         )
+        return (
+            f"(SELECT c.event_type FROM ({events}) c"
+            f" ORDER BY c.starts DESC, {rank} DESC, c.event_time DESC, c.id DESC LIMIT 1)"
+        )
+
+    def node_rows(self) -> list[str]:
+        state = self.run_state("r.id")
         base = {"rec": "'n'", "a_t": "x.t", "a_id": "x.id", "depth": "x.depth"}
         model = {
             "ns": "m.namespace",
@@ -435,3 +454,18 @@ def walk(
                 result.truncated = bool(rec["kind"])
                 result.rows = rec["depth"]
     return result
+
+
+def run_states(run_ids: list[int], as_of: datetime | None = None) -> dict[int, str | None]:
+    """The state of each run as of a time (None: now), by the walk's rule (_Query.run_state): one statement."""
+    if not run_ids:
+        return {}
+    query = _Query(seen=Visibility(), as_of=as_of, vendor=connection.vendor)
+    ids = sorted(set(run_ids))
+    query.params.update({f"run_{i}": pk for i, pk in enumerate(ids)})
+    placeholders = ", ".join(f"%(run_{i})s" for i in range(len(ids)))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT r.id, {query.run_state('r.id')} FROM lineage_run r WHERE r.id IN ({placeholders})", query.params
+        )
+        return dict(cursor.fetchall())

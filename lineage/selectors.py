@@ -17,7 +17,7 @@ from django.db.models.functions import RowNumber
 
 from lineage import graph as graphs
 from lineage import nodes as node_ids
-from lineage.choices import FacetRole, NodeType, RunState
+from lineage.choices import TERMINAL_STATES, FacetRole, NodeType, RunState
 from lineage.models import DatasetVersion, Facet, LineageEvent, Run
 
 T_DSV, T_RUN, T_MODEL, T_DS, T_JOB = graphs.T_DSV, graphs.T_RUN, graphs.T_MODEL, graphs.T_DS, graphs.T_JOB
@@ -288,18 +288,18 @@ def run_details(runs: list[Run], as_of: datetime | None, facets: dict | None = N
         facets = facets_as_of(
             [(T_RUN, r.pk) for r in runs] + [(T_JOB, r.job_id) for r in runs], as_of, runs=[r.pk for r in runs]
         )
+    states = graphs.run_states([run.pk for run in runs], as_of)  # the walk's rule, so the graph says the same
     result = {}
     for run in runs:
         evs = by_run.get(run.pk, [])
-        states = [e for e in evs if e["event_type"] != RunState.OTHER]
+        state = states.get(run.pk)
         started = next((e["event_time"] for e in evs if e["event_type"] == RunState.START), None)
-        ended = next(
-            (
-                e["event_time"]
-                for e in reversed(evs)
-                if e["event_type"] in (RunState.COMPLETE, RunState.FAIL, RunState.ABORT)
-            ),
-            None,
+        # Ended while in a terminal state, at its latest terminal event (the one the state is); a run started
+        # again after one has not ended.
+        ended = (
+            next((e["event_time"] for e in reversed(evs) if e["event_type"] in TERMINAL_STATES), None)
+            if state in TERMINAL_STATES
+            else None
         )
         run_facets = facets.get((T_RUN, run.pk), {})
         job_facets = facets.get((T_JOB, run.job_id), {})
@@ -312,7 +312,7 @@ def run_details(runs: list[Run], as_of: datetime | None, facets: dict | None = N
             "runId": str(run.run_uuid),
             "job": node_ids.job_id(run.job.namespace, run.job.name),
             "kind": _run_kind(job_type.get("jobType")),
-            "state": states[-1]["event_type"] if states else None,
+            "state": state,
             "startedAt": started,
             "endedAt": ended,
             "code": {

@@ -95,7 +95,9 @@ class NodeOutput(serializers.Serializer):
     dataset = serializers.CharField(required=False, help_text="datasetVersion: its dataset node id")
     runId = UUIDString(required=False)  # noqa: N815
     state = serializers.CharField(
-        required=False, allow_null=True, help_text="run: latest eventType; release: release state"
+        required=False,
+        allow_null=True,
+        help_text="run: its state by OpenLineage's run cycle (docs/lineage.md, 'Run state'); release: release state",
     )
     job = serializers.CharField(required=False, help_text="run: its job node id")
     number = serializers.IntegerField(required=False, help_text="model: version number; release: release number")
