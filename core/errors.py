@@ -1,7 +1,5 @@
 """The one error hierarchy. Services raise these; core.api turns them into JSON responses."""
 
-from django.core.exceptions import BadRequest
-
 
 class DomainError(Exception):
     """A request the domain refuses. `code` is machine-readable, `message` tells a person what to do."""
@@ -50,11 +48,3 @@ class LengthRequired(DomainError):
 class PreconditionFailed(DomainError):
     status = 412
     code = "precondition_failed"
-
-
-class RequestTimeout(DomainError, BadRequest):
-    """A request's body stopped arriving (core.middleware.RequestIOTimeoutMiddleware): for the API a JSON 408; a
-    BadRequest for Django, which answers a web form's post 400."""
-
-    status = 408
-    code = "request_timeout"

@@ -31,6 +31,7 @@ SAMPLE_KWARGS = {  # a value for each path parameter of the API: any object, rea
     "upload_id": "u1",
     "pk": "1",
     "token_id": "1",
+    "delivery_id": "1",
 }
 SKIPPED_METHODS = {"OPTIONS", "HEAD", "TRACE", "CONNECT"}
 
