@@ -769,6 +769,7 @@ def _converge(target: DeploymentTarget, release: Release, lease: _LeaseKeeper) -
     serving = _serving_number(status, target, release)
     if serving == release.number and not _mid_canary(release):
         lease.check()
+        _renew_stored_id(release, status)
         _mark_live(target.pk, release.pk, status)
         return "converged"
     busy = status.busy_with if status.state == "deploying" else ""
@@ -804,6 +805,20 @@ def _converge(target: DeploymentTarget, release: Release, lease: _LeaseKeeper) -
             _mark_live(target.pk, release.pk, status, result.host_release_id)
             return "converged"
     return "deploying"
+
+
+def _renew_stored_id(release: Release, status: HostStatus) -> None:
+    """A live release's host id stored before ids were unique over time ("3", "v3") takes the one the host now
+    serves it under ("3@<created_at>", "v3@<app id>"), which _serving_number matched by its number: kept as it
+    was, it would match by number for good, and a deployment re-created later that reached that number again
+    serving another version would be taken for it (the drift unseen)."""
+    stored = release.host_release_id
+    served = [s.host_release_id for s in status.serving if s.traffic_percent >= 100]
+    if release.state != ReleaseState.LIVE or not stored or "@" in stored or len(served) != 1:
+        return
+    number, at, _ = served[0].partition("@")
+    if at and number == stored:
+        Release.objects.filter(pk=release.pk, host_release_id=stored).update(host_release_id=served[0])
 
 
 def _give_up_if_overdue(release: Release, status: HostStatus) -> None:

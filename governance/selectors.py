@@ -51,7 +51,7 @@ DigestCheck = Callable[[ModelVersion], tuple[bool | None, str]]
 def facts_many(wanted: list[tuple[ModelVersion, PolicyRules | None]], *, digest_check: DigestCheck) -> dict[int, Facts]:
     """version id -> the facts its rules look at, for many versions in a fixed number of queries: the one
     place each fact is gathered, for one version (promotion_evaluate, the trail) and for a page
-    (ui_selectors.evaluate_many). Rules None gathers every fact (the trail checks one version against several
+    (ui_selectors.evaluations_many). Rules None gathers every fact (the trail checks one version against several
     policies).
 
     The verified-digest and lineage facts cost a storage HEAD per file and a graph walk: they are gathered

@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from governance import selectors
 from governance.choices import PromotionState, ReleaseState
 from governance.models import DeploymentTarget, Policy, PromotionRequest, Release
-from governance.policy import Check, evaluate, parse_rules
+from governance.policy import evaluate, parse_rules
 from registry.models import ModelVersion
 
 
@@ -58,11 +58,6 @@ def evaluations_many(
         )
         for (version_id, target_id), r in rules.items()
     }
-
-
-def evaluate_many(pairs: list[tuple[ModelVersion, DeploymentTarget]]) -> dict[tuple[int, int], list[Check]]:
-    """(version_id, target_id) -> every policy check, for many pairs in a fixed number of queries."""
-    return {pair: e.checks for pair, e in evaluations_many(pairs).items()}
 
 
 def queue_rows(requests: list[PromotionRequest]) -> list[dict]:

@@ -1022,7 +1022,7 @@ def _finish(
         elif gone or locked.attempts >= max_attempts() or not endpoint.active:
             locked.state = DeliveryState.FAILED
         else:
-            retry_in = retry_delay(number, result.retry_after)
+            retry_in = retry_delay(locked.attempts, result.retry_after)  # this round's: a redelivery starts afresh
             locked.next_attempt_at = Now() + timedelta(seconds=retry_in)
         locked.save()
     level = logging.INFO if ok else logging.WARNING

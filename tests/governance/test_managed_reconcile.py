@@ -222,8 +222,8 @@ def test_a_live_modal_release_with_an_id_stored_before_ids_named_the_app_stays_l
     before, calls = AuditEvent.objects.latest("seq").seq, len(state.read()["calls"])
     assert deployment.reconcile(modal.pk, owner="test") == "converged"
     live.refresh_from_db()
-    assert (live.state, live.host_release_id) == (ReleaseState.LIVE, "v1")
-    assert actions(before) == []
+    assert live.state == ReleaseState.LIVE and live.host_release_id.startswith("v1@ap-")
+    assert actions(before) == []  # renewed to what the app serves it under, which then matches exactly
     assert [c["argv"][:2] for c in state.read()["calls"][calls:]] == [["app", "info"]]
 
 
@@ -306,8 +306,18 @@ def test_live_replicate_releases_with_ids_stored_before_they_were_unique_stay_li
     assert deployment.reconcile(rt.pk, owner="test") == "converged"
     second.refresh_from_db()
     assert second.state == ReleaseState.LIVE
+    assert second.host_release_id == f"2@{rep.deployment('acme', 'churn')['current_release']['created_at']}"
     assert actions(before) == []
     assert [r["method"] for r in rep.requests[requests:]] == ["GET"]
+
+    # Renewed, the id matches only what it names: a deployment created again whose release 2 serves another
+    # version (release 1's) is drift, and repaired.
+    with rep.lock:
+        current = rep.deployments[("acme", "churn")]["current_release"]
+        current.update(version=VERSION_ID[1], created_at="2031-01-01T00:00:00.000000Z")
+    converge(rt)
+    assert serves(rep) == VERSION_ID[2]
+    assert "target.drift_detected" in actions(before)
 
     with rep.lock:
         del rep.deployments[("acme", "churn")]

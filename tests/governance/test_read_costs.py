@@ -108,14 +108,15 @@ def test_batched_lineage_gives_the_per_version_summary(personas, scenario, make_
     for version in versions:
         services.promotion_request(actor=owner.user, version=version, target=prod)
     requests = list(PromotionRequest.objects.select_related("version__model", "target"))
-    checks = ui_selectors.evaluate_many([(r.version, r.target) for r in requests])
+    evaluations = ui_selectors.evaluations_many([(r.version, r.target) for r in requests])
     for r in requests:
         assert (
-            checks[(r.version_id, r.target_id)]
+            evaluations[(r.version_id, r.target_id)].checks
             == selectors.promotion_evaluate(version=r.version, target=r.target).checks
         )
     lineage = {
-        r.version_id: next(c for c in checks[(r.version_id, r.target_id)] if c.rule == "lineage") for r in requests
+        r.version_id: next(c for c in evaluations[(r.version_id, r.target_id)].checks if c.rule == "lineage")
+        for r in requests
     }
     assert [lineage[v.pk].passed for v in versions] == [True, False, False, True, True]
 
@@ -229,7 +230,7 @@ def test_the_queue_asks_the_storage_nothing_and_the_request_page_only_under_the_
     version = request.version
     (queued,) = [
         c
-        for c in ui_selectors.evaluate_many([(version, strict)])[(version.pk, strict.pk)]
+        for c in ui_selectors.evaluations_many([(version, strict)])[(version.pk, strict.pk)].checks
         if c.rule == "digest_verified"
     ]
     assert queued.passed and "when the version was registered" in queued.reason

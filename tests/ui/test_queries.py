@@ -117,7 +117,7 @@ def test_version_page_queries_are_bounded(personas, two_of_each):
 
 
 def test_batch_evaluation_matches_the_selector(personas, two_of_each):
-    """evaluate_many() must give exactly the checks promotion_evaluate() gives (the API's list)."""
+    """evaluations_many() must give exactly the checks promotion_evaluate() gives (the API's list)."""
     targets, models = two_of_each
     owner, admin = personas["owner"].user, personas["admin"].user
     services.policy_set(
@@ -133,11 +133,11 @@ def test_batch_evaluation_matches_the_selector(personas, two_of_each):
     staging_version = PromotionRequest.objects.filter(target=targets[0]).first().version
     builders.release(targets[1], staging_version, 1)
     requests = list(PromotionRequest.objects.select_related("version__model", "target"))
-    batch = ui_selectors.evaluate_many([(r.version, r.target) for r in requests])
+    batch = ui_selectors.evaluations_many([(r.version, r.target) for r in requests])
     assert len(batch) == 8
     for r in requests:
         one = selectors.promotion_evaluate(version=r.version, target=r.target).checks
-        assert batch[(r.version_id, r.target_id)] == one
+        assert batch[(r.version_id, r.target_id)].checks == one
 
 
 def test_the_review_queue_is_planned_for_its_parameters(personas, two_of_each):

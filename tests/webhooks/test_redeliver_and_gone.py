@@ -240,3 +240,24 @@ def test_a_410_on_an_endpoint_already_inactive_writes_no_second_audit_event(worl
     assert [o.state for o in outcomes] == ["failed", "failed"]
     assert WebhookEndpoint.objects.get(pk=hook).active is False
     assert AuditEvent.objects.filter(action="webhook.updated", reason="receiver answered 410 Gone").count() == 1
+
+
+def test_a_redelivered_deliverys_retries_wait_as_a_new_ones_do(world, receiver, settings):
+    """A fresh round's first retry waits 15-30 s (base 30, jittered), as a new delivery's does: it waited the
+    1 h cap, the backoff read from the attempts numbered across rounds."""
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 0.001
+    settings.WEBHOOK_MAX_ATTEMPTS = 10
+    admin = world["admin"]
+    created = create(admin.client(), receiver.url("/flaky"))
+    receiver.script["/flaky"] = [500] * 10 + [503]
+    register(world["owner"].user, world["model"], "v1")
+    [delivery_id] = webhooks.dispatch().delivery_ids
+    assert fail_for_good(delivery_id).attempts == 10
+
+    settings.WEBHOOK_RETRY_BASE_SECONDS, settings.WEBHOOK_RETRY_MAX_SECONDS = 30.0, 3600.0
+    assert admin.client().post(redeliver_path(created["id"], delivery_id)).status_code == 202
+    outcome = webhooks.deliver(delivery_id=delivery_id)
+
+    delivery = WebhookDelivery.objects.get(pk=delivery_id)
+    assert (delivery.state, delivery.attempts, delivery.attempt_log.count()) == (DeliveryState.PENDING, 1, 11)
+    assert 15 <= outcome.retry_in <= 30
