@@ -1126,7 +1126,7 @@ def upload(client: Client, namespace: str, name: str, manifest: dict, where: dic
             ) from None
         log(f"uploaded {entry['path']} ({_human(entry['size'])})")
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(put, entry) for entry in todo.values()]
         errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
@@ -1146,14 +1146,19 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not '{text}'")
-    return value
+def _count(least: int):
+    """An argparse type: a whole number of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not '{text}'")
+        return value
+
+    return parse
 
 
 def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -1164,7 +1169,7 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     )
     parser.add_argument(
         "--retries",
-        type=_count,
+        type=_count(0),
         default=default(2),
         help="retries after a network error or HTTP 408/429/502/503/504 (default 2), 1s then 2s apart, or as long "
         f"as the answer's Retry-After says up to {MAX_RETRY_AFTER}s (a longer one ends the retries)",
@@ -1201,7 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the files live: registry:// (default: upload them here), s3://bucket/prefix "
         "or hf://org/repo@<commit> (nothing is uploaded)",
     )
-    reg.add_argument("--jobs", type=int, default=4, help="parallel uploads (default 4)")
+    reg.add_argument("--jobs", type=_count(1), default=4, help="parallel uploads (default 4)")
     reg.add_argument("--source-commit", help="commit SHA (default: $GITHUB_SHA or $CI_COMMIT_SHA)")
     reg.add_argument(
         "--source-repo", help="repository URL (default: $GITHUB_SERVER_URL/$GITHUB_REPOSITORY or $CI_PROJECT_URL)"

@@ -156,6 +156,16 @@ def test_a_ca_bundle_that_cannot_be_loaded_is_a_usage_error_naming_it(https_regi
     assert "Traceback" not in result.stderr and received == []
 
 
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_register_needs_at_least_one_upload_job(servers, tmp_path, jobs):
+    """--jobs 0 or less ran one upload at a time, as if 1 were given; now it says so."""
+    url, received = answering(servers)
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    result = run("register", "--model", "acme/churn", "--path", str(tmp_path), "--jobs", jobs, url=url, token="mgr_x")
+    assert result.returncode == 2, result.stderr
+    assert "argument --jobs:" in result.stderr and "Traceback" not in result.stderr and received == []
+
+
 class PlainHTTP(socketserver.BaseRequestHandler):
     """A plain-HTTP server's answer to a TLS hello (a 400), sent at once: a server waiting for a request's end would
     wait for good, as a TLS hello has none."""
