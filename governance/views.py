@@ -240,10 +240,12 @@ def promotion_cancel(request, pk: int):
     promotion = _promotion(request, pk)
     if promotion is None:
         return not_found(request, f"promotion request #{pk}")
+    reason = _form_text(request, "reason").strip()
     try:
-        services.promotion_cancel(actor=request.user, request_id=pk, reason=_form_text(request, "reason").strip())
+        services.promotion_cancel(actor=request.user, request_id=pk, reason=reason)
     except DomainError as exc:
         messages.error(request, exc.message)
+        _keep_draft(request, f"promotion:{pk}", cancel=reason)
     else:
         messages.success(request, f"You cancelled promotion #{pk}.")
     return redirect("ui-promotion", pk=pk)

@@ -86,6 +86,19 @@ def test_a_cancel_reason_is_stored_with_lf_breaks(seeded):
     assert AuditEvent.objects.get(action="promotion.cancelled").reason == "Wrong version.\nUse v3."
 
 
+def test_a_refused_cancel_keeps_its_reason_once(seeded):
+    pk = seeded["promotion"].pk
+    owner = as_user(seeded["owner"].user)
+    reason = "Superseded by v3, which fixes the calibration. " * 110  # over the bound: refused
+    refused = owner.post(f"/promotions/{pk}/cancel/", {"reason": reason}, follow=True)
+    assert "no more than" in refused.content.decode()
+    [kept] = re.findall(r'<input id="cancel-reason"[^>]*value="([^"]*)"', refused.content.decode())
+    assert html.unescape(kept) == reason.strip()
+    again = owner.get(f"/promotions/{pk}/").content.decode()
+    assert re.findall(r'<input id="cancel-reason"[^>]*value="([^"]*)"', again) == [""]  # shown once
+    assert not AuditEvent.objects.filter(action="promotion.cancelled").exists()
+
+
 def test_a_rollback_reason_is_stored_with_lf_breaks(rollback_target):
     done = rollback_target.post("/targets/prod/rollback/", {"reason": "p95 doubled\r\nafter 14:00", "release": "1"})
     assert done.status_code == 302

@@ -131,6 +131,16 @@ def test_times_on_the_target_model_and_version_pages_carry_their_zone(seeded):
         assert not ZONELESS.search(page), ZONELESS.search(page)
 
 
+def test_a_pending_requests_time_is_text_on_the_queue_and_the_target_page(seeded):
+    """The exact time was only a `title` (the queue) or not shown (the target's pending list): neither reaches a
+    keyboard or touch user."""
+    client = as_user(seeded["reviewer"].user)
+    shown = re.compile(r'<time datetime="\d{4}-\d\d-\d\dT[^"]+"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>')
+    assert shown.search(text(client.get("/reviews/")).split("<tbody>")[1])
+    pending = text(as_user(seeded["admin"].user).get("/targets/prod/")).split('id="pending-h"')[1].split("</ul>")[0]
+    assert shown.search(pending), pending
+
+
 # --- 6. who rolled a release back, and why --------------------------------------------------------------------
 
 
