@@ -472,11 +472,14 @@ def version_register(*, actor, model: RegisteredModel, content: VersionContent, 
 
 
 def _check_before_insert(actor, model: RegisteredModel, manifest: dict, stored_here: bool, run_id) -> None:
-    if stored_here:
-        _check_registry_files(manifest, actor=actor)
+    """The run claim first: a registration naming a run it may not is refused before its files are asked for (the
+    CLI uploaded every file, then was told 403), and the claim's lock comes first, as docs/lineage.md has it. No
+    cycle with the blobs' locks: the pruning takes no run lock, and a lineage ingest no blob lock."""
     if run_id is not None:
         for check in _RUN_CLAIM_CHECKS:  # lineage: who may name a run as a model's producer
             check(actor=actor, run_uuid=run_id, claimed_for=f"a version of {model}")
+    if stored_here:
+        _check_registry_files(manifest, actor=actor)
 
 
 def _check_no_alias_points_at(version: ModelVersion) -> None:

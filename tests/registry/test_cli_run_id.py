@@ -9,7 +9,7 @@ import pytest
 from accounts import scopes
 from lineage import selectors as lineage_selectors
 from registry import services as registry_services
-from registry.models import ModelVersion
+from registry.models import BlobHolding, ModelVersion
 from tests.conftest import bearer
 from tests.lineage.conftest import RAW, ol_dataset, run_event
 from tests.registry.test_cli import CI_TOKEN_SCOPES, FAKE_GITHUB, run, summary
@@ -119,6 +119,7 @@ def test_run_id_of_a_run_that_produced_another_teams_model_is_refused(live_serve
     assert "HTTP 403 forbidden" in result.stderr and f"Run {run_uuid} produced a model version" in result.stderr
     assert "team/ranker" not in result.stderr  # a model the ci-bot may not view is not named
     assert not ModelVersion.objects.filter(model__name="churn").exists()
+    assert not BlobHolding.objects.exists()  # refused before its files were asked for: none was uploaded
 
 
 @pytest.fixture
