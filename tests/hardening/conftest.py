@@ -12,6 +12,7 @@ suites run: nothing reaches the shared Redis, and no worker acts on this test da
 
 import contextlib
 import json
+import uuid
 from dataclasses import dataclass, field
 
 import model_signing
@@ -21,10 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models.functions import Now
 
 from accounts import scopes
 from accounts import services as account_services
 from config.celery import app as celery_app
+from governance.webhook_models import DeliveryState, WebhookDelivery
 from tests.governance.conftest import FULL_CARD, MODEL, POLICY  # the same world the governance tests use
 from tests.registry.helpers import register_body, s3_manifest
 
@@ -35,6 +38,7 @@ class World:
     promotion_id: int
     cancelled_promotion_id: int
     webhook_id: int
+    failed_delivery_id: int  # of the webhook, out of attempts: what redeliver acts on
     spare_token_ids: dict[str, int]
     foreign_token_id: int
     reviewer2: object = None
@@ -108,6 +112,16 @@ def build_world(personas) -> World:
             format="json",
         )
     )
+    failed = WebhookDelivery.objects.create(
+        endpoint_id=webhook["id"],
+        event_seq=1,
+        event_type="promotion.requested",
+        webhook_id=f"msg_{uuid.uuid4().hex}",
+        body="{}",
+        state=DeliveryState.FAILED,
+        attempts=10,
+        next_attempt_at=Now(),
+    )
     spare = {}
     for name, persona in personas.items():
         issued = account_services.token_create(actor="test", user=persona.user, name="spare", scopes=[scopes.READ])
@@ -121,6 +135,7 @@ def build_world(personas) -> World:
         promotion_id=promotion["id"],
         cancelled_promotion_id=cancelled["id"],
         webhook_id=webhook["id"],
+        failed_delivery_id=failed.pk,
         spare_token_ids=spare,
         foreign_token_id=foreign.token.pk,
         reviewer2=reviewer2,

@@ -17,10 +17,8 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
-from django.db.models.functions import Now
 from drf_spectacular.generators import SchemaGenerator
 
-from governance.webhook_models import DeliveryState, WebhookDelivery
 from tests.hardening.conftest import FULL_CARD, MODEL, POLICY, rolled_back
 from tests.registry.helpers import register_body, s3_manifest
 
@@ -229,7 +227,7 @@ def matrix(world) -> dict[str, Row]:
         "DELETE /api/v1/webhooks/{id}/": Row(f"{w}/", admin_only(204)),
         "GET /api/v1/webhooks/{id}/deliveries/": Row(f"{w}/deliveries/", admin_only(200)),
         "POST /api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver/": Row(
-            f"{w}/deliveries/{world.extra.get('failed_delivery_id', 1)}/redeliver/", admin_only(202)
+            f"{w}/deliveries/{world.failed_delivery_id}/redeliver/", admin_only(202)
         ),
         "POST /api/v1/webhooks/{id}/rotate-secret/": Row(
             f"{w}/rotate-secret/", admin_only(200), {"grace_period_seconds": 3600}
@@ -249,7 +247,7 @@ def schema_operations() -> list[str]:
 
 def test_every_schema_operation_has_a_matrix_row(db):
     class Stub:
-        promotion_id = cancelled_promotion_id = webhook_id = foreign_token_id = 1
+        promotion_id = cancelled_promotion_id = webhook_id = failed_delivery_id = foreign_token_id = 1
         spare_token_ids = {"owner": 1}
         extra = {"bundle": {}}
 
@@ -287,25 +285,9 @@ def _mentions_hidden_name(row: Row) -> bool:
     return "acme/churn" in json.dumps([row.query, row.body if isinstance(row.body, dict) else None])
 
 
-def failed_delivery(webhook_id: int) -> int:
-    """A delivery of the world's webhook that ran out of attempts: what the redeliver operation acts on."""
-    delivery = WebhookDelivery.objects.create(
-        endpoint_id=webhook_id,
-        event_seq=1,
-        event_type="promotion.requested",
-        webhook_id=f"msg_{uuid.uuid4().hex}",
-        body="{}",
-        state=DeliveryState.FAILED,
-        attempts=10,
-        next_attempt_at=Now(),
-    )
-    return delivery.pk
-
-
 def test_persona_access(signed_world):
     """Every row as every persona, each request in a savepoint rolled back: all see the same world."""
     world = signed_world
-    world.extra["failed_delivery_id"] = failed_delivery(world.webhook_id)
     problems = []
     for operation, row in matrix(world).items():
         method = operation.split(" ", 1)[0].lower()

@@ -72,6 +72,8 @@ def real_path_parameters(path: str, world) -> list[dict]:
         return [base]
     if path.startswith("/api/v1/promotions/{id}"):
         return [{"id": world.promotion_id}, {"id": world.cancelled_promotion_id}]
+    if path.startswith("/api/v1/webhooks/{id}/deliveries/{delivery_id}"):
+        return [{"id": world.webhook_id, "delivery_id": world.failed_delivery_id}]
     if path.startswith("/api/v1/webhooks/{id}"):
         return [{"id": world.webhook_id}]
     if path.startswith("/api/v1/tokens/{token_id}"):
