@@ -56,6 +56,14 @@ class RequestTimeout(DomainError, BadRequest):
     code = "request_timeout"
 
 
+class RequestCut(DomainError, BadRequest):
+    """The client's connection broke mid-body (reset): a 400 nobody may read, rather than Django's
+    UnreadablePostError, an API's 500 with a traceback logged for what the client did."""
+
+    status = 400
+    code = "incomplete_body"
+
+
 io_log = logging.getLogger("core.request_io")
 
 
@@ -89,13 +97,12 @@ class RequestIOTimeoutMiddleware:
         # request._stream; Django would make a timeout an UnreadablePostError, an API's 500.
         body = request._stream = _TimedBody(request._stream, self.seconds)
         response = self.get_response(request)
-        if body.timed_out:
+        if body.failure:
             io_log.warning(
-                "%s %s: the request's body stopped arriving (nothing for %s s, %d of %s bytes read); answered %s, "
-                "connection closed",
+                "%s %s: %s (%d of %s bytes read); answered %s, connection closed",
                 request.method,
                 request.path,
-                self.seconds,
+                body.failure,
                 body.received,
                 request.META.get("CONTENT_LENGTH") or "?",
                 response.status_code,
@@ -105,11 +112,12 @@ class RequestIOTimeoutMiddleware:
 
 
 class _TimedBody:
-    """A request's body stream whose socket timeout is a RequestTimeout (and noted, for the log line)."""
+    """A request's body stream whose socket timeout is a RequestTimeout and whose broken connection a RequestCut (each
+    noted in `failure`, for the log line)."""
 
     def __init__(self, stream, seconds: float):
         self._stream, self._seconds = stream, seconds
-        self.received, self.timed_out = 0, False
+        self.received, self.failure = 0, ""
 
     def read(self, *args, **kwargs) -> bytes:
         return self._counted(self._stream.read, *args, **kwargs)
@@ -121,12 +129,18 @@ class _TimedBody:
         try:
             data = read(*args, **kwargs)
         except TimeoutError:
-            self.timed_out = True
+            self.failure = f"the request's body stopped arriving (nothing for {self._seconds} s)"
             raise RequestTimeout(
                 f"The request's body stopped arriving: nothing came for {self._seconds} seconds "
                 "(REQUEST_IO_TIMEOUT_SECONDS), and the registry stopped waiting. Nothing was stored; send the "
                 "request again (an upload: the whole file).",
                 detail={"timeout_seconds": self._seconds},
+            ) from None
+        except ConnectionError as exc:  # reset, aborted, broken pipe: the client is gone
+            self.failure = f"the connection was closed before the request's body arrived ({type(exc).__name__})"
+            raise RequestCut(
+                "The connection was closed before the request's body arrived whole. Nothing was stored; send the "
+                "request again (an upload: the whole file)."
             ) from None
         self.received += len(data)
         return data

@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import socket
+import struct
 import time
 
 import pytest
@@ -128,4 +129,45 @@ def test_stalled_request_bodies_free_their_threads(token, tmp_path):
     finally:
         for sock in sockets:
             sock.close()
+        processes.stop(web)
+
+
+def test_a_body_cut_by_a_reset_is_no_server_error(token, tmp_path):
+    """A client whose connection is reset mid-body (its process killed, a proxy giving up): the read fails at
+    once. It was Django's UnreadablePostError, an API's 500 with a traceback in the log, for the client's fault."""
+    processes.require_postgresql()
+    data = tmp_path / "data"
+    env = processes.service_env("redis://127.0.0.1:1/0", DATA_DIR=str(data), GUNICORN_THREADS="2")
+    port = processes.free_port()
+    log = tmp_path / "web.log"
+    web = processes.start_web(env, log, port, "--workers", "1")
+    try:
+        digest = hashlib.sha256(b"never sent whole").hexdigest()
+        head = (
+            f"PUT /api/v1/models/acme/reset/artifacts/sha256:{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {100 * MB}\r\n\r\n"
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        model = json.dumps({"namespace": "acme", "name": "reset"})
+        conn.request(
+            "POST", "/api/v1/models", model, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
+        assert conn.getresponse().status == 201
+        conn.close()
+        sock = stalled(port, head, b"\x01" * MB)
+        time.sleep(0.5)  # the server is reading the body
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a FIN
+        processes.wait(
+            lambda: "before the request's body arrived" in log.read_text() or "Unhandled error" in log.read_text(),
+            10,
+            f"the server to give up on the reset request\n{processes.tail(log)}",
+        )
+        text = log.read_text()
+        assert "Internal Server Error" not in text and "Traceback" not in text, processes.tail(log)
+        assert "the connection was closed before the request's body arrived" in text, processes.tail(log)
+        assert list((data / "artifacts" / "tmp").glob("*")) == []
+        assert not BlobHolding.objects.exists()
+    finally:
         processes.stop(web)
