@@ -18,12 +18,10 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import psycopg
 import run  # bench/run.py: processes, payloads, the load client
 
 NAMES = ("A", "B")
@@ -31,41 +29,18 @@ WARM_PER_CLIENT = 20  # registrations per client before the first pass; `get` pa
 
 
 def prepare(tree: Path, name: str, work: Path, args) -> dict:
-    db = f"registry_ab_{name.lower()}"
-    with psycopg.connect(dbname="postgres", autocommit=True, **run.PG) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {db}")
     data_dir = work / name
-    data_dir.mkdir()
-    env = {**run.django_env(data_dir), "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}"}
-
-    def manage(*argv: str) -> str:
-        out = subprocess.run(
-            [run.PYTHON, "manage.py", *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=600
-        )
-        if out.returncode:
-            raise RuntimeError(f"{tree}: manage.py {argv[0]} failed:\n{out.stdout}\n{out.stderr}")
-        return out.stdout
-
-    manage("migrate", "--noinput")
-    manage("collectstatic", "--noinput")
-    manage("ensure_roles")
-    token = manage("create_api_token", "bench", "--scopes", "read,models:write,versions:write", "--create-user")
-    token = token.strip().splitlines()[-1].strip()
-    manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import Group, User; "
-        "User.objects.get(username='bench').groups.add(Group.objects.get(name='model-owners'))",
-    )
-    port = run.free_port()
-    old_root = run.ROOT
-    run.ROOT = tree  # start_gunicorn runs in ROOT
     workers = args.workers_b if name == "B" and args.workers_b else args.workers
-    try:
-        run.start_gunicorn(env, port, argparse.Namespace(**{**vars(args), "workers": workers}), data_dir)
-    finally:
-        run.ROOT = old_root
+    server = argparse.Namespace(**{**vars(args), "workers": workers})
+    port, token = run.serve_checkout(
+        tree,
+        f"registry_ab_{name.lower()}",
+        data_dir,
+        server,
+        user="bench",
+        scopes="read,models:write,versions:write",
+        group="model-owners",
+    )
     api = run.Api(port, token)
     api.once("POST", "/api/v1/models/", {"namespace": run.NAMESPACE, "name": run.REG_MODEL})
     return {

@@ -16,14 +16,12 @@ import argparse
 import http.client
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psycopg
 import run  # bench/run.py: processes, settings, gunicorn
 
 PRODUCER = "https://github.com/OpenLineage/OpenLineage/tree/1.40.0/integration/spark"
@@ -75,42 +73,21 @@ def event(tag: str, size: int, columns: int) -> bytes:
 
 
 def prepare(tree: Path, name: str, work: Path, broker_url: str) -> dict:
-    db = f"registry_ingest_{name.lower()}"
-    with psycopg.connect(dbname="postgres", autocommit=True, **run.PG) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {db}")
     data_dir = work / name
-    data_dir.mkdir()
-    env = {
-        **run.django_env(data_dir),
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
-        "CELERY_BROKER_URL": broker_url,
-    }
-
-    def manage(*argv: str) -> str:
-        out = subprocess.run(
-            [run.PYTHON, "manage.py", *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=600
-        )
-        if out.returncode:
-            raise RuntimeError(f"{tree}: manage.py {argv[0]} failed:\n{out.stdout}\n{out.stderr}")
-        return out.stdout
-
-    manage("migrate", "--noinput")
-    manage("collectstatic", "--noinput")
-    manage("ensure_roles")
-    token = manage("create_api_token", "ingest", "--scopes", "lineage:write", "--create-user")
-    port = run.free_port()
-    old_root = run.ROOT
-    run.ROOT = tree  # start_gunicorn runs in ROOT
-    try:
-        server = argparse.Namespace(workers=1, worker_class="sync", threads=1)
-        run.start_gunicorn(env, port, server, data_dir)
-    finally:
-        run.ROOT = old_root
+    server = argparse.Namespace(workers=1, worker_class="sync", threads=1)
+    port, token = run.serve_checkout(
+        tree,
+        f"registry_ingest_{name.lower()}",
+        data_dir,
+        server,
+        user="ingest",
+        scopes="lineage:write",
+        extra_env={"CELERY_BROKER_URL": broker_url},
+    )
     return {
         "tree": str(tree),
         "port": port,
-        "token": token.strip().splitlines()[-1].strip(),
+        "token": token,
         "log": run.AccessLog(data_dir / "access.log"),
     }
 

@@ -348,6 +348,55 @@ def start_gunicorn(env: dict, port: int, args, log_dir: Path) -> subprocess.Pope
     raise RuntimeError("gunicorn did not answer /healthz within 60 s")
 
 
+def serve_checkout(
+    tree: Path,
+    db: str,
+    data_dir: Path,
+    server,
+    *,
+    user: str,
+    scopes: str,
+    group: str = "",
+    extra_env: dict | None = None,
+) -> tuple[int, str]:
+    """A checkout of the code (A/B scripts: bench/ab.py, bench/ingest_large.py) served by its own gunicorn on its
+    own new database `db`, with `data_dir` (its access.log has gunicorn's request times): migrated, static collected,
+    roles ensured, a token for `user` (in `group`, if given) with `scopes`. Returns the port and the token."""
+    global ROOT
+    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
+    data_dir.mkdir()
+    env = {**django_env(data_dir), "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}", **(extra_env or {})}
+
+    def manage(*argv: str) -> str:
+        out = subprocess.run(
+            [PYTHON, "manage.py", *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=600
+        )
+        if out.returncode:
+            raise RuntimeError(f"{tree}: manage.py {argv[0]} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    manage("migrate", "--noinput")
+    manage("collectstatic", "--noinput")
+    manage("ensure_roles")
+    token = manage("create_api_token", user, "--scopes", scopes, "--create-user").strip().splitlines()[-1].strip()
+    if group:
+        manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import Group, User; "
+            f"User.objects.get(username={user!r}).groups.add(Group.objects.get(name={group!r}))",
+        )
+    port = free_port()
+    old_root, ROOT = ROOT, tree  # start_gunicorn runs in ROOT
+    try:
+        start_gunicorn(env, port, server, data_dir)
+    finally:
+        ROOT = old_root
+    return port, token
+
+
 def worker_pids(master: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
