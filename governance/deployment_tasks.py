@@ -36,8 +36,8 @@ def reconcile_target(
     A run that leaves the release deploying (the host still at it, a canary step held), finds another worker on the
     target or lost its claim looks again every second (up to POLLS times) when an approval, a rollback or a
     fallback sent it (deployment._enqueue). A periodic run (reconcile_all's, `periodic`) ends there: the next
-    periodic run is its poll. Each polling as well, the runs sent every interval added up to several chains
-    polling, and deploying to, one target at once.
+    periodic run is its poll. When every run polled, the periodic runs added up to several chains polling (and
+    deploying to) one target at once.
 
     Retries never expire: a retry keeps its message's options, and an `expires` given to the first run dropped
     every retry due after it, so the failures never added up to a failed release (a max age, reconcile_all's, is
