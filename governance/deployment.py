@@ -550,10 +550,8 @@ def _serving_number(status: HostStatus, target: DeploymentTarget, release: Relea
     Releases of one model revision share a host id (HF's commit): the host serving it serves `release`, the one
     converged, when that is its id, and otherwise the newest release with the id.
 
-    Ids stored before Replicate's and Modal's were made unique over time ("3", "v3"; now "3@<created_at>",
-    "v3@<app id>") match the part before "@", and only for the live release that no release matches exactly: the
-    host still serving it after the upgrade is no drift, and no other old id can pass for what a re-created
-    deployment or app numbers afresh (its release is deployed again, which the host takes as a no-op)."""
+    A live release's id stored before ids were unique over time matches by number when no release matches exactly
+    (_legacy_served_id)."""
     full = [s for s in status.serving if s.traffic_percent >= 100]
     if status.state != "ready" or len(full) != 1:
         return None
@@ -564,12 +562,23 @@ def _serving_number(status: HostStatus, target: DeploymentTarget, release: Relea
     if candidates.filter(pk=release.pk).exists():
         return release.number
     match = candidates.order_by("-number").first()
-    stored = release.host_release_id
-    if match is None and release.state == ReleaseState.LIVE and stored and "@" not in stored:
-        number, at, _ = serving.host_release_id.partition("@")
-        if at and number == stored:
-            return release.number
+    if match is None and _legacy_served_id(release, serving.host_release_id):
+        return release.number
     return match.number if match else None
+
+
+def _legacy_served_id(release: Release, served: str) -> str:
+    """`served` (the id the host serves all traffic under) when it is `release`'s, whose id was stored before
+    Replicate's and Modal's were made unique over time ("3", "v3"; now "3@<created_at>", "v3@<app id>"): the part
+    before "@" is its id, and the release is live. Else "". Only the live release: the host still serving it after
+    the upgrade is no drift, and no other old id can pass for what a re-created deployment or app numbers afresh
+    (its release is deployed again, which the host takes as a no-op). _converge then stores `served` in its place
+    (_renew_stored_id)."""
+    stored = release.host_release_id
+    if release.state != ReleaseState.LIVE or not stored or "@" in stored:
+        return ""
+    number, at, _ = served.partition("@")
+    return served if at and number == stored else ""
 
 
 def _mark_deploying(target_id: int, release_id: int) -> bool:
@@ -808,17 +817,13 @@ def _converge(target: DeploymentTarget, release: Release, lease: _LeaseKeeper) -
 
 
 def _renew_stored_id(release: Release, status: HostStatus) -> None:
-    """A live release's host id stored before ids were unique over time ("3", "v3") takes the one the host now
-    serves it under ("3@<created_at>", "v3@<app id>"), which _serving_number matched by its number: kept as it
-    was, it would match by number for good, and a deployment re-created later that reached that number again
-    serving another version would be taken for it (the drift unseen)."""
-    stored = release.host_release_id
+    """A live release's host id stored before ids were unique over time takes the one the host now serves it under
+    (_legacy_served_id): kept as it was, it would match by number for good, and a deployment re-created later that
+    reached that number again serving another version would be taken for it (the drift unseen)."""
     served = [s.host_release_id for s in status.serving if s.traffic_percent >= 100]
-    if release.state != ReleaseState.LIVE or not stored or "@" in stored or len(served) != 1:
-        return
-    number, at, _ = served[0].partition("@")
-    if at and number == stored:
-        Release.objects.filter(pk=release.pk, host_release_id=stored).update(host_release_id=served[0])
+    renewed = _legacy_served_id(release, served[0]) if len(served) == 1 else ""
+    if renewed:
+        Release.objects.filter(pk=release.pk, host_release_id=release.host_release_id).update(host_release_id=renewed)
 
 
 def _give_up_if_overdue(release: Release, status: HostStatus) -> None:

@@ -121,11 +121,12 @@ class DeliveryOutput(serializers.Serializer):
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
     delivered_at = serializers.DateTimeField(allow_null=True)
-    payload = serializers.JSONField(help_text="the body as sent")
+    payload = serializers.JSONField(source="body", help_text="the body as sent")
     attempt_log = AttemptOutput(many=True)
 
     def to_representation(self, delivery):
         data = super().to_representation(delivery)
+        data["payload"] = json.loads(delivery.body)  # stored as the bytes sent (signed); shown as the JSON it is
         if delivery.state != DeliveryState.PENDING:
             data["next_attempt_at"] = None
         return data
@@ -272,8 +273,6 @@ class WebhookDeliveriesView(WebhookBase):
             qs = qs.filter(event_type=q["event_type"])
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, self)
-        for delivery in page:
-            delivery.payload = json.loads(delivery.body)
         return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)
 
 
@@ -299,5 +298,4 @@ class WebhookRedeliverView(WebhookBase):
         delivery = webhooks.delivery_redeliver(
             actor=request.user, endpoint=self.endpoint(pk), delivery_id=int(delivery_id)
         )
-        delivery.payload = json.loads(delivery.body)
         return Response(DeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)
