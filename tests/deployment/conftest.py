@@ -73,6 +73,28 @@ def users(transactional_db, django_user_model):
     return tokens
 
 
+def request_promotion(owner, admin, *, host_revision: str, **target) -> int:
+    """Through the API (stack.api clients): acme/churn v1 (files elsewhere, tagged with its `host_revision`), the
+    target (`name`, `kind`, `config`, `credentials_ref`; one reviewer approves) and v1's promotion request to it,
+    whose id is returned."""
+    assert owner.post("/models/", json={"namespace": "acme", "name": "churn"}).status_code == 201
+    registered = owner.post(
+        "/models/acme/churn/versions/",
+        json={
+            "artifact_uri": "s3://acme-models/churn/1",
+            "manifest": {"files": [{"path": "model.bin", "size": 1, "sha256": "1" * 64}]},
+            "tags": {"host_revision": host_revision},
+        },
+    )
+    assert registered.status_code == 201, registered.text
+    policy = {"approvals_required": 1, "approver_groups": ["reviewers"]}
+    created = admin.post("/targets/", json={**target, "stage": "production", "policy": policy})
+    assert created.status_code == 201, created.text
+    promotion = owner.post("/promotions/", json={"model": "acme/churn", "version": 1, "target": target["name"]})
+    assert promotion.status_code == 201, promotion.text
+    return promotion.json()["id"]
+
+
 def make_stack(users, tmp_path: Path, *, beat: bool = True, **settings_env: str) -> Stack:
     processes.require_postgresql()
     redis = processes.Redis(processes.free_port(), tmp_path / "redis.log")

@@ -11,7 +11,7 @@ from redis import Redis
 
 from governance.models import DeploymentTarget
 from tests import processes
-from tests.deployment.conftest import Stack, stop_stack
+from tests.deployment.conftest import Stack, request_promotion, stop_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -28,35 +28,20 @@ def test_an_approval_does_not_wait_for_a_silent_broker(users, tmp_path):
     try:
         stack.web = processes.start_web(env, tmp_path / "web.log", port)
         with stack.api("owner") as owner, stack.api("admin") as admin, stack.api("reviewer") as reviewer:
-            assert owner.post("/models/", json={"namespace": "acme", "name": "churn"}).status_code == 201
-            registered = owner.post(
-                "/models/acme/churn/versions/",
-                json={
-                    "artifact_uri": "s3://acme-models/churn/1",
-                    "manifest": {"files": [{"path": "model.bin", "size": 1, "sha256": "1" * 64}]},
-                    "tags": {"host_revision": "acme/churn:" + "a" * 64},
-                },
+            promotion = request_promotion(
+                owner,
+                admin,
+                host_revision="acme/churn:" + "a" * 64,
+                name="rep",
+                kind="replicate",
+                config={"owner": "acme", "deployment": "churn", "model": "acme/churn"},
+                credentials_ref="env:REPLICATE_TOKEN_SILENT",
             )
-            assert registered.status_code == 201, registered.text
-            created = admin.post(
-                "/targets/",
-                json={
-                    "name": "rep",
-                    "kind": "replicate",
-                    "stage": "production",
-                    "config": {"owner": "acme", "deployment": "churn", "model": "acme/churn"},
-                    "credentials_ref": "env:REPLICATE_TOKEN_SILENT",
-                    "policy": {"approvals_required": 1, "approver_groups": ["reviewers"]},
-                },
-            )
-            assert created.status_code == 201, created.text
-            promotion = owner.post("/promotions/", json={"model": "acme/churn", "version": 1, "target": "rep"})
-            assert promotion.status_code == 201, promotion.text
 
             Redis(port=redis.port).client_pause(60_000, all=False)  # writes only: the broker stops answering
             try:
                 started = time.monotonic()
-                approved = reviewer.post(f"/promotions/{promotion.json()['id']}/approve", json={})
+                approved = reviewer.post(f"/promotions/{promotion}/approve", json={})
                 took = time.monotonic() - started
             finally:
                 Redis(port=redis.port).client_unpause()

@@ -22,7 +22,7 @@ from governance.models import DeploymentTarget, Release
 from registry.models import ModelVersion
 from registry.services import model_create
 from tests import processes
-from tests.deployment.conftest import make_stack, stop_stack
+from tests.deployment.conftest import make_stack, request_promotion, stop_stack
 from tests.fakes.hf_endpoints_server import HFEndpointsServer
 from tests.fakes.httpfake import Reply
 
@@ -59,31 +59,16 @@ def test_periodic_reconciles_do_not_pile_up_polling_chains(users, tmp_path, hf):
     stack = make_stack(users, tmp_path, HF_TOKEN_CHAINS=HF_TOKEN)
     try:
         with stack.api("owner") as owner, stack.api("admin") as admin, stack.api("reviewer") as reviewer:
-            assert owner.post("/models/", json={"namespace": "acme", "name": "churn"}).status_code == 201
-            registered = owner.post(
-                "/models/acme/churn/versions/",
-                json={
-                    "artifact_uri": "s3://acme-models/churn/1",
-                    "manifest": {"files": [{"path": "model.bin", "size": 1, "sha256": "1" * 64}]},
-                    "tags": {"host_revision": COMMIT},
-                },
+            promotion = request_promotion(
+                owner,
+                admin,
+                host_revision=COMMIT,
+                name="hfp",
+                kind="hf_endpoint",
+                config=hf_config(hf),
+                credentials_ref="env:HF_TOKEN_CHAINS",
             )
-            assert registered.status_code == 201, registered.text
-            created = admin.post(
-                "/targets/",
-                json={
-                    "name": "hfp",
-                    "kind": "hf_endpoint",
-                    "stage": "production",
-                    "config": hf_config(hf),
-                    "credentials_ref": "env:HF_TOKEN_CHAINS",
-                    "policy": {"approvals_required": 1, "approver_groups": ["reviewers"]},
-                },
-            )
-            assert created.status_code == 201, created.text
-            promotion = owner.post("/promotions/", json={"model": "acme/churn", "version": 1, "target": "hfp"})
-            assert promotion.status_code == 201, promotion.text
-            approved = reviewer.post(f"/promotions/{promotion.json()['id']}/approve", json={})
+            approved = reviewer.post(f"/promotions/{promotion}/approve", json={})
             assert approved.status_code == 200, approved.text
 
         processes.wait(lambda: hf.endpoint("acme", "churn"), 90, f"the endpoint to be created\n{stack.logs()}")

@@ -43,6 +43,24 @@ def converge(target: DeploymentTarget, tries: int = 40) -> str:
     return outcome
 
 
+def managed_target(world, name: str, kind: str, config: dict, credentials_ref: str, revisions=None):
+    """Target `name` (one reviewer approves) created through the API; `revisions`: version number -> its
+    host_revision tag."""
+    created = create_target(
+        world["admin"],
+        name=name,
+        kind=kind,
+        stage="production",
+        config=config,
+        credentials_ref=credentials_ref,
+        policy=POLICY,
+    )
+    assert created.status_code == 201, created.json()
+    for number, revision in (revisions or {}).items():
+        ModelVersion.objects.filter(number=number).update(tags={"host_revision": revision})
+    return DeploymentTarget.objects.get(name=name)
+
+
 def actions(since: int) -> list[str]:
     return list(AuditEvent.objects.filter(seq__gt=since).order_by("seq").values_list("action", flat=True))
 
@@ -62,25 +80,14 @@ def hf(monkeypatch):
 
 @pytest.fixture
 def hfp(world, hf, two_versions):
-    created = create_target(
-        world["admin"],
-        name="hfp",
-        kind="hf_endpoint",
-        stage="production",
-        config={
-            "namespace": "acme",
-            "endpoint": "churn",
-            "repository": "acme/churn",
-            "base_url": hf.api_url,
-            "timeout_seconds": 2,
-        },
-        credentials_ref="env:HF_TOKEN_MANAGED",
-        policy=POLICY,
-    )
-    assert created.status_code == 201, created.json()
-    for number, commit in COMMIT.items():
-        ModelVersion.objects.filter(number=number).update(tags={"host_revision": commit})
-    return DeploymentTarget.objects.get(name="hfp")
+    config = {
+        "namespace": "acme",
+        "endpoint": "churn",
+        "repository": "acme/churn",
+        "base_url": hf.api_url,
+        "timeout_seconds": 2,
+    }
+    return managed_target(world, "hfp", "hf_endpoint", config, "env:HF_TOKEN_MANAGED", COMMIT)
 
 
 def test_rollback_to_a_release_whose_commit_a_newer_release_shares_goes_live(world, hf, hfp):
@@ -157,17 +164,8 @@ def modal(world, two_versions, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv(modal_cli.STATE_ENV, str(state))
     monkeypatch.setenv("MODAL_CREDENTIAL_MANAGED", f"{MODAL_ID}:{MODAL_SECRET}")
-    created = create_target(
-        world["admin"],
-        name="mod",
-        kind="modal",
-        stage="production",
-        config={"app_name": "churn", "timeout_seconds": 60},
-        credentials_ref="env:MODAL_CREDENTIAL_MANAGED",
-        policy=POLICY,
-    )
-    assert created.status_code == 201, created.json()
-    return DeploymentTarget.objects.get(name="mod")
+    config = {"app_name": "churn", "timeout_seconds": 60}
+    return managed_target(world, "mod", "modal", config, "env:MODAL_CREDENTIAL_MANAGED")
 
 
 def test_a_modal_rollback_keeps_the_release_url(world, modal):
@@ -248,25 +246,8 @@ def rep(monkeypatch):
 
 @pytest.fixture
 def rt(world, rep, two_versions):
-    created = create_target(
-        world["admin"],
-        name="rep",
-        kind="replicate",
-        stage="production",
-        config={
-            "owner": "acme",
-            "deployment": "churn",
-            "model": "acme/churn",
-            "base_url": rep.url,
-            "timeout_seconds": 2,
-        },
-        credentials_ref="env:REPLICATE_TOKEN_MANAGED",
-        policy=POLICY,
-    )
-    assert created.status_code == 201, created.json()
-    for number, version in VERSION_ID.items():
-        ModelVersion.objects.filter(number=number).update(tags={"host_revision": version})
-    return DeploymentTarget.objects.get(name="rep")
+    config = {"owner": "acme", "deployment": "churn", "model": "acme/churn", "base_url": rep.url, "timeout_seconds": 2}
+    return managed_target(world, "rep", "replicate", config, "env:REPLICATE_TOKEN_MANAGED", VERSION_ID)
 
 
 def serves(rep) -> str:

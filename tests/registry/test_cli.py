@@ -82,15 +82,6 @@ def ci(personas, make_token):
     return make_token(personas["ci_bot"].user, CI_TOKEN_SCOPES)
 
 
-@pytest.fixture
-def dead_url() -> str:
-    """A URL nobody answers: any request the CLI made would fail with exit status 3."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 live = pytest.mark.django_db(transaction=True)  # the live server thread must see committed rows
 
 

@@ -1,7 +1,6 @@
 """registry-cli register --run-id: the version names the OpenLineage run that produced it, as CI registers it (the CLI
 as a subprocess against a live server; the run's events sent with POST /api/v1/lineage by the same identity)."""
 
-import socket
 import uuid
 
 import pytest
@@ -120,15 +119,6 @@ def test_run_id_of_a_run_that_produced_another_teams_model_is_refused(live_serve
     assert "team/ranker" not in result.stderr  # a model the ci-bot may not view is not named
     assert not ModelVersion.objects.filter(model__name="churn").exists()
     assert not BlobHolding.objects.exists()  # refused before its files were asked for: none was uploaded
-
-
-@pytest.fixture
-def dead_url() -> str:
-    """A URL nobody answers: any request the CLI made would fail with exit status 3."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 RUN = "3f1c2a9e-5b7d-4e8f-9a01-23456789abcd"

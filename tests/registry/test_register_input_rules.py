@@ -4,7 +4,6 @@ server and registry-cli apply the same rules."""
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -236,13 +235,6 @@ def test_the_cli_takes_the_urls_the_server_takes():
 
 
 # --- the CLI checks locally what the server would refuse --------------------------------------------------------
-
-
-@pytest.fixture
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def run_cli(*args, url: str) -> subprocess.CompletedProcess:

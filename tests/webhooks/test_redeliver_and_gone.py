@@ -53,6 +53,18 @@ def fail_for_good(delivery_id: int) -> WebhookDelivery:
     raise AssertionError("still pending")
 
 
+def failed_delivery(world, receiver, settings) -> tuple[int, int]:
+    """(endpoint id, delivery id) of a delivery of `version.registered` that failed for good: its endpoint's
+    receiver answers 500, and one attempt is all a delivery gets."""
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    hook = create(world["admin"].client(), receiver.url("/down"))["id"]
+    receiver.script["/down"] = [500]
+    register(world["owner"].user, world["model"], "v1")
+    [delivery_id] = webhooks.dispatch().delivery_ids
+    fail_for_good(delivery_id)
+    return hook, delivery_id
+
+
 # --- redelivery ------------------------------------------------------------------------------------
 
 
@@ -144,14 +156,8 @@ def test_only_a_failed_delivery_of_an_active_endpoint_is_redelivered(world, rece
 
 
 def test_redelivering_needs_what_every_other_webhook_change_needs(world, receiver, settings, make_token):
-    settings.WEBHOOK_MAX_ATTEMPTS = 1
     admin = world["admin"]
-    hook = create(admin.client(), receiver.url("/down"))["id"]
-    receiver.script["/down"] = [500]
-    register(world["owner"].user, world["model"], "v1")
-    [delivery_id] = webhooks.dispatch().delivery_ids
-    fail_for_good(delivery_id)
-    path = redeliver_path(hook, delivery_id)
+    path = redeliver_path(*failed_delivery(world, receiver, settings))
 
     for persona in ("owner", "reviewer", "auditor", "ci_bot", "outsider"):
         r = world[persona].client().post(path)
@@ -168,13 +174,8 @@ def test_redelivering_needs_what_every_other_webhook_change_needs(world, receive
 @needs_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_redelivery_racing_a_deactivation_waits_for_it_and_is_refused(world, receiver, settings):
-    settings.WEBHOOK_MAX_ATTEMPTS = 1
     admin = world["admin"]
-    hook = create(admin.client(), receiver.url("/down"))["id"]
-    receiver.script["/down"] = [500]
-    register(world["owner"].user, world["model"], "v1")
-    [delivery_id] = webhooks.dispatch().delivery_ids
-    fail_for_good(delivery_id)
+    hook, delivery_id = failed_delivery(world, receiver, settings)
     endpoint = WebhookEndpoint.objects.get(pk=hook)
 
     holder = Holder(lambda: webhooks.endpoint_update(actor=admin.user, endpoint=endpoint, active=False))
